@@ -1,0 +1,119 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+// Module layout (dependencies point one way, top to bottom):
+//
+//   CBLAS            system library: OpenBLAS's cblas.h
+//   PolicyEngine     numerics + model: safetensors, tokenizer, chat templates, transformer
+//                    forward/backward, KV cache, sampling.            (no HTTP, no SQL)
+//   PromptR1         the Prompt-R1 protocol: prompt rendering, call parsing, turn loop, reward.
+//                    Written against small protocols; one adapter file binds it to PolicyEngine.
+//   OpenAIWire       OpenAI Codable types, SSE encode/decode, errors, upstream HTTP client.
+//   TrafficLog       SQLite (GRDB) schema, migrations, batched writer, readers.
+//   GatewayServer    Hummingbird routes, auth, admin, metrics, config.
+//   GatewayTrainer   rollouts, rewards, GRPO/PPO, optimizer, LoRA, checkpoints. Never imports
+//                    GatewayServer.
+//   gateway, gateway-train, gateway-bench: thin executables.
+let package = Package(
+    name: "PromptR1Gateway",
+    platforms: [.macOS(.v14)],
+    products: [
+        .executable(name: "gateway", targets: ["gateway"]),
+        .executable(name: "gateway-train", targets: ["gateway-train"]),
+        .executable(name: "gateway-bench", targets: ["gateway-bench"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/hummingbird-project/hummingbird.git", from: "2.28.0"),
+        .package(url: "https://github.com/swift-server/async-http-client.git", from: "1.37.0"),
+        .package(url: "https://github.com/groue/GRDB.swift.git", from: "7.10.0"),
+        .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.0"),
+        .package(url: "https://github.com/apple/swift-log.git", from: "1.16.0"),
+        .package(url: "https://github.com/apple/swift-metrics.git", from: "2.13.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.0"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
+        .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.0"),
+        .package(url: "https://github.com/apple/swift-crypto.git", "3.12.0"..<"5.0.0"),
+    ],
+    targets: [
+        .systemLibrary(name: "CBLAS", path: "Sources/CBLAS", pkgConfig: "openblas",
+                       providers: [.apt(["libopenblas-dev"])]),
+        .target(
+            name: "PolicyEngine",
+            dependencies: ["CBLAS"],
+            swiftSettings: [.unsafeFlags(["-Ounchecked"], .when(configuration: .release))]
+        ),
+        .target(name: "PromptR1", dependencies: ["PolicyEngine"]),
+        .target(
+            name: "OpenAIWire",
+            dependencies: [
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .target(
+            name: "TrafficLog",
+            dependencies: [
+                .product(name: "GRDB", package: "GRDB.swift"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .target(
+            name: "GatewayServer",
+            dependencies: [
+                "OpenAIWire", "TrafficLog", "PromptR1", "PolicyEngine",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "Crypto", package: "swift-crypto"),
+            ]
+        ),
+        // A scriptable OpenAI-compatible upstream on loopback, for tests and benchmarks.
+        .target(
+            name: "FakeUpstream",
+            dependencies: [
+                "OpenAIWire",
+                .product(name: "Hummingbird", package: "hummingbird"),
+            ]
+        ),
+        .target(
+            name: "GatewayTrainer",
+            dependencies: [
+                "PolicyEngine", "PromptR1", "OpenAIWire", "TrafficLog",
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .executableTarget(
+            name: "gateway",
+            dependencies: ["GatewayServer", .product(name: "ArgumentParser", package: "swift-argument-parser")]
+        ),
+        .executableTarget(
+            name: "gateway-train",
+            dependencies: ["GatewayTrainer", "PolicyEngine", "PromptR1",
+                           .product(name: "ArgumentParser", package: "swift-argument-parser")]
+        ),
+        .executableTarget(
+            name: "gateway-bench",
+            dependencies: ["GatewayServer", "PolicyEngine", "OpenAIWire", "FakeUpstream",
+                           .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                           .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            swiftSettings: [.unsafeFlags(["-Ounchecked"], .when(configuration: .release))]
+        ),
+        .testTarget(name: "PolicyEngineTests", dependencies: ["PolicyEngine"]),
+        .testTarget(name: "PromptR1Tests", dependencies: ["PromptR1", "PolicyEngine"]),
+        .testTarget(name: "OpenAIWireTests", dependencies: ["OpenAIWire"]),
+        .testTarget(name: "TrafficLogTests", dependencies: ["TrafficLog", .product(name: "GRDB", package: "GRDB.swift")]),
+        .testTarget(
+            name: "GatewayServerTests",
+            dependencies: ["GatewayServer", "OpenAIWire", "TrafficLog", "FakeUpstream",
+                           .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                           .product(name: "Hummingbird", package: "hummingbird"),
+                           .product(name: "GRDB", package: "GRDB.swift")]
+        ),
+        .testTarget(name: "GatewayTrainerTests", dependencies: ["GatewayTrainer", "PolicyEngine"]),
+    ]
+)

@@ -1,0 +1,223 @@
+import Foundation
+
+public struct Usage: Codable, Sendable, Equatable {
+    public var promptTokens: Int
+    public var completionTokens: Int
+    public var totalTokens: Int
+    /// Gateway extension: tokens the embedded policy model read and wrote for this request.
+    public var policyTokens: PolicyTokens?
+
+    public struct PolicyTokens: Codable, Sendable, Equatable {
+        public var promptTokens: Int
+        public var completionTokens: Int
+        enum CodingKeys: String, CodingKey {
+            case promptTokens = "prompt_tokens"
+            case completionTokens = "completion_tokens"
+        }
+        public init(promptTokens: Int, completionTokens: Int) {
+            self.promptTokens = promptTokens
+            self.completionTokens = completionTokens
+        }
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case promptTokens = "prompt_tokens"
+        case completionTokens = "completion_tokens"
+        case totalTokens = "total_tokens"
+        case policyTokens = "policy_tokens"
+    }
+
+    public init(promptTokens: Int, completionTokens: Int, totalTokens: Int? = nil, policyTokens: PolicyTokens? = nil) {
+        self.promptTokens = promptTokens
+        self.completionTokens = completionTokens
+        self.totalTokens = totalTokens ?? promptTokens + completionTokens
+        self.policyTokens = policyTokens
+    }
+
+    public static func + (a: Usage, b: Usage) -> Usage {
+        Usage(promptTokens: a.promptTokens + b.promptTokens, completionTokens: a.completionTokens + b.completionTokens,
+              totalTokens: a.totalTokens + b.totalTokens)
+    }
+}
+
+/// A `chat.completion` object as the gateway returns it for collaboration routes.
+public struct ChatCompletion: Codable, Sendable, Equatable {
+    public struct Message: Codable, Sendable, Equatable {
+        public var role: String
+        public var content: String?
+        public var refusal: String?
+        /// The collaboration trace, in the field DeepSeek and vLLM use for reasoning text.
+        public var reasoningContent: String?
+        enum CodingKeys: String, CodingKey {
+            case role, content, refusal
+            case reasoningContent = "reasoning_content"
+        }
+        public init(role: String = "assistant", content: String?, reasoningContent: String? = nil) {
+            self.role = role
+            self.content = content
+            self.reasoningContent = reasoningContent
+        }
+        public func encode(to encoder: any Encoder) throws {
+            var c = encoder.container(keyedBy: CodingKeys.self)
+            try c.encode(role, forKey: .role)
+            try c.encode(content, forKey: .content)
+            try c.encode(refusal, forKey: .refusal)
+            try c.encodeIfPresent(reasoningContent, forKey: .reasoningContent)
+        }
+    }
+    public struct Choice: Codable, Sendable, Equatable {
+        public var index: Int
+        public var message: Message
+        public var finishReason: String?
+        public var logprobs: JSONValue?
+        enum CodingKeys: String, CodingKey {
+            case index, message, logprobs
+            case finishReason = "finish_reason"
+        }
+        public init(index: Int = 0, message: Message, finishReason: String?) {
+            self.index = index
+            self.message = message
+            self.finishReason = finishReason
+        }
+        public func encode(to encoder: any Encoder) throws {
+            var c = encoder.container(keyedBy: CodingKeys.self)
+            try c.encode(index, forKey: .index)
+            try c.encode(message, forKey: .message)
+            try c.encode(finishReason, forKey: .finishReason)
+            try c.encode(logprobs, forKey: .logprobs)
+        }
+    }
+
+    public var id: String
+    public var object: String = "chat.completion"
+    public var created: Int
+    public var model: String
+    public var choices: [Choice]
+    public var usage: Usage?
+    public var systemFingerprint: String?
+
+    enum CodingKeys: String, CodingKey {
+        case id, object, created, model, choices, usage
+        case systemFingerprint = "system_fingerprint"
+    }
+
+    public init(id: String, created: Int, model: String, choices: [Choice], usage: Usage?) {
+        self.id = id
+        self.created = created
+        self.model = model
+        self.choices = choices
+        self.usage = usage
+    }
+}
+
+/// A `chat.completion.chunk` object. Decoding is lenient (unknown fields ignored) because the
+/// gateway reads upstream chunks to assemble the logged text.
+public struct ChatCompletionChunk: Codable, Sendable, Equatable {
+    public struct Delta: Codable, Sendable, Equatable {
+        public var role: String?
+        public var content: String?
+        public var reasoningContent: String?
+        public var toolCalls: [JSONValue]?
+        enum CodingKeys: String, CodingKey {
+            case role, content
+            case reasoningContent = "reasoning_content"
+            case toolCalls = "tool_calls"
+        }
+        public init(role: String? = nil, content: String? = nil, reasoningContent: String? = nil) {
+            self.role = role
+            self.content = content
+            self.reasoningContent = reasoningContent
+        }
+    }
+    public struct Choice: Codable, Sendable, Equatable {
+        public var index: Int
+        public var delta: Delta
+        public var finishReason: String?
+        enum CodingKeys: String, CodingKey {
+            case index, delta
+            case finishReason = "finish_reason"
+        }
+        public init(index: Int = 0, delta: Delta, finishReason: String? = nil) {
+            self.index = index
+            self.delta = delta
+            self.finishReason = finishReason
+        }
+        public func encode(to encoder: any Encoder) throws {
+            var c = encoder.container(keyedBy: CodingKeys.self)
+            try c.encode(index, forKey: .index)
+            try c.encode(delta, forKey: .delta)
+            try c.encode(finishReason, forKey: .finishReason)
+        }
+    }
+
+    public var id: String
+    public var object: String = "chat.completion.chunk"
+    public var created: Int
+    public var model: String
+    public var choices: [Choice]
+    public var usage: Usage?
+
+    enum CodingKeys: String, CodingKey { case id, object, created, model, choices, usage }
+
+    public init(id: String, created: Int, model: String, choices: [Choice], usage: Usage? = nil) {
+        self.id = id
+        self.created = created
+        self.model = model
+        self.choices = choices
+        self.usage = usage
+    }
+
+    public init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        id = try c.decodeIfPresent(String.self, forKey: .id) ?? ""
+        object = try c.decodeIfPresent(String.self, forKey: .object) ?? "chat.completion.chunk"
+        created = try c.decodeIfPresent(Int.self, forKey: .created) ?? 0
+        model = try c.decodeIfPresent(String.self, forKey: .model) ?? ""
+        choices = try c.decodeIfPresent([Choice].self, forKey: .choices) ?? []
+        usage = try c.decodeIfPresent(Usage.self, forKey: .usage)
+    }
+}
+
+/// The parts of an upstream `chat.completion` the gateway reads (text, finish reason, usage).
+public struct UpstreamCompletionSummary: Decodable, Sendable {
+    public struct Choice: Decodable, Sendable {
+        public struct Message: Decodable, Sendable { public var content: String? }
+        public var message: Message?
+        public var finishReason: String?
+        enum CodingKeys: String, CodingKey { case message; case finishReason = "finish_reason" }
+    }
+    public var model: String?
+    public var choices: [Choice]?
+    public var usage: Usage?
+
+    public var text: String? { choices?.first?.message?.content }
+    public var finishReason: String? { choices?.first?.finishReason }
+}
+
+public struct ModelList: Codable, Sendable, Equatable {
+    public struct Model: Codable, Sendable, Equatable {
+        public var id: String
+        public var object: String = "model"
+        public var created: Int
+        public var ownedBy: String
+        enum CodingKeys: String, CodingKey {
+            case id, object, created
+            case ownedBy = "owned_by"
+        }
+        public init(id: String, created: Int, ownedBy: String) {
+            self.id = id
+            self.created = created
+            self.ownedBy = ownedBy
+        }
+        public init(from decoder: any Decoder) throws {
+            let c = try decoder.container(keyedBy: CodingKeys.self)
+            id = try c.decode(String.self, forKey: .id)
+            object = try c.decodeIfPresent(String.self, forKey: .object) ?? "model"
+            created = try c.decodeIfPresent(Int.self, forKey: .created) ?? 0
+            ownedBy = try c.decodeIfPresent(String.self, forKey: .ownedBy) ?? "unknown"
+        }
+    }
+    public var object: String = "list"
+    public var data: [Model]
+    public init(data: [Model]) { self.data = data }
+}
