@@ -1,0 +1,204 @@
+import Foundation
+
+/// xoshiro256** seeded through SplitMix64: small, fast and reproducible across platforms.
+public struct Xoshiro256: RandomNumberGenerator, Sendable {
+    private var s: (UInt64, UInt64, UInt64, UInt64)
+
+    public init(seed: UInt64) {
+        var sm = seed
+        func splitmix() -> UInt64 {
+            sm &+= 0x9E37_79B9_7F4A_7C15
+            var z = sm
+            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+            return z ^ (z >> 31)
+        }
+        s = (splitmix(), splitmix(), splitmix(), splitmix())
+    }
+
+    @inline(__always)
+    private static func rotl(_ x: UInt64, _ k: UInt64) -> UInt64 { (x << k) | (x >> (64 - k)) }
+
+    public mutating func next() -> UInt64 {
+        let result = Self.rotl(s.1 &* 5, 7) &* 9
+        let t = s.1 << 17
+        s.2 ^= s.0
+        s.3 ^= s.1
+        s.1 ^= s.2
+        s.0 ^= s.3
+        s.2 ^= t
+        s.3 = Self.rotl(s.3, 45)
+        return result
+    }
+
+    /// Uniform double in [0, 1) with 53 random bits.
+    public mutating func nextUnit() -> Double { Double(next() >> 11) * 0x1.0p-53 }
+}
+
+/// How to pick the next token. Applied in Hugging Face's order: temperature, then top-k, then top-p.
+public struct SamplingParameters: Sendable, Equatable {
+    /// 0 means greedy (argmax).
+    public var temperature: Float
+    /// 0 (or >= vocab) disables top-k.
+    public var topK: Int
+    /// 1 disables top-p (nucleus).
+    public var topP: Float
+    /// Seed of the per-sequence RNG; nil draws one from the system RNG.
+    public var seed: UInt64?
+
+    public init(temperature: Float = 1, topK: Int = 0, topP: Float = 1, seed: UInt64? = nil) {
+        self.temperature = temperature
+        self.topK = topK
+        self.topP = topP
+        self.seed = seed
+    }
+
+    public static let greedy = SamplingParameters(temperature: 0)
+
+    /// Parameters from generation_config.json (`do_sample: false` means greedy).
+    public init(defaults d: GenerationDefaults, seed: UInt64? = nil) {
+        if d.doSample == false {
+            self.init(temperature: 0, seed: seed)
+        } else {
+            self.init(temperature: d.temperature ?? 1, topK: d.topK ?? 0, topP: d.topP ?? 1, seed: seed)
+        }
+    }
+
+    public var isGreedy: Bool { temperature <= 0 }
+}
+
+/// A sampled token and its log-probabilities.
+public struct SampledToken: Sendable, Equatable {
+    public var id: Int32
+    /// Log-probability of `id` under the distribution actually sampled from: softmax(logits / temperature)
+    /// restricted to the top-k / top-p candidate set and renormalised. 0 for greedy decoding (a point
+    /// mass on the argmax).
+    public var logprob: Float
+    /// log_softmax(logits)[id] of the raw model logits (temperature 1, no truncation): the policy
+    /// log-probability an RL trainer needs.
+    public var rawLogprob: Float
+}
+
+/// Turns logits into tokens. Owns its RNG and scratch buffers, so one sampler per sequence; no
+/// allocation per token after the first call.
+public final class Sampler {
+    public let parameters: SamplingParameters
+    private var rng: Xoshiro256
+    private var probs: [Float] = []
+    private var candidates: [Int32] = []
+
+    public init(_ parameters: SamplingParameters) {
+        self.parameters = parameters
+        rng = Xoshiro256(seed: parameters.seed ?? UInt64.random(in: .min ... .max))
+    }
+
+    /// Raw log_softmax(logits)[id], computed in double.
+    public static func logSoftmax(_ logits: UnsafeBufferPointer<Float>, at id: Int) -> Float {
+        var m = -Float.infinity
+        for v in logits where v > m { m = v }
+        var sum: Double = 0
+        for v in logits { sum += Foundation.exp(Double(v - m)) }
+        return Float(Double(logits[id] - m) - Foundation.log(sum))
+    }
+
+    public static func argmax(_ logits: UnsafeBufferPointer<Float>) -> Int {
+        var best = 0
+        var bv = -Float.infinity
+        for i in 0..<logits.count where logits[i] > bv {
+            bv = logits[i]
+            best = i
+        }
+        return best
+    }
+
+    public func sample(_ logits: [Float]) -> SampledToken {
+        logits.withUnsafeBufferPointer { sample($0) }
+    }
+
+    public func sample(_ logits: UnsafeBufferPointer<Float>) -> SampledToken {
+        precondition(!logits.isEmpty, "Sampler: empty logits")
+        let p = parameters
+        if p.isGreedy {
+            let id = Self.argmax(logits)
+            return SampledToken(id: Int32(id), logprob: 0, rawLogprob: Self.logSoftmax(logits, at: id))
+        }
+        let n = logits.count
+        if probs.count != n { probs = [Float](repeating: 0, count: n) }
+        // Softmax of logits / temperature (in place in `probs`), plus the raw log-sum-exp.
+        var m = -Float.infinity
+        for v in logits where v > m { m = v }
+        let invT = 1 / p.temperature
+        var sumT: Double = 0, sumRaw: Double = 0
+        probs.withUnsafeMutableBufferPointer { pr in
+            for i in 0..<n {
+                let e = Foundation.exp(Double((logits[i] - m) * invT))
+                pr[i] = Float(e)
+                sumT += e
+                sumRaw += Foundation.exp(Double(logits[i] - m))
+            }
+            let inv = Float(1 / sumT)
+            for i in 0..<n { pr[i] *= inv }
+        }
+        let logSumRaw = Foundation.log(sumRaw)
+        func raw(_ id: Int) -> Float { Float(Double(logits[id] - m) - logSumRaw) }
+
+        let useTopK = p.topK > 0 && p.topK < n
+        let useTopP = p.topP < 1
+        if !useTopK && !useTopP {
+            let id = drawFromAll(n)
+            return SampledToken(id: Int32(id), logprob: Foundation.log(max(probs[id], .leastNonzeroMagnitude)),
+                                rawLogprob: raw(id))
+        }
+        // Candidate set: the smallest set of top tokens that can contain the top-k / nucleus. Start with a
+        // probability threshold and lower it until enough mass (or count) is covered, then sort only those.
+        var threshold: Float = 1e-4
+        while true {
+            candidates.removeAll(keepingCapacity: true)
+            var mass: Float = 0
+            for i in 0..<n where probs[i] >= threshold {
+                candidates.append(Int32(i))
+                mass += probs[i]
+            }
+            let enoughK = !useTopK || candidates.count >= p.topK
+            let enoughP = !useTopP || mass >= p.topP
+            if (enoughK && enoughP) || threshold == 0 { break }
+            threshold = threshold < 1e-30 ? 0 : threshold * 1e-3
+        }
+        candidates.sort { probs[Int($0)] > probs[Int($1)] || (probs[Int($0)] == probs[Int($1)] && $0 < $1) }
+        var keep = candidates.count
+        if useTopK { keep = min(keep, p.topK) }
+        if useTopP {
+            var cum: Float = 0
+            var k = 0
+            while k < keep {
+                cum += probs[Int(candidates[k])]
+                k += 1
+                if cum >= p.topP { break }
+            }
+            keep = max(k, 1)
+        }
+        var total: Double = 0
+        for j in 0..<keep { total += Double(probs[Int(candidates[j])]) }
+        let u = rng.nextUnit() * total
+        var acc: Double = 0
+        var chosen = Int(candidates[keep - 1])
+        for j in 0..<keep {
+            acc += Double(probs[Int(candidates[j])])
+            if u < acc { chosen = Int(candidates[j]); break }
+        }
+        let lp = Float(Foundation.log(Double(probs[chosen])) - Foundation.log(total))
+        return SampledToken(id: Int32(chosen), logprob: lp, rawLogprob: raw(chosen))
+    }
+
+    private func drawFromAll(_ n: Int) -> Int {
+        let u = rng.nextUnit()
+        var acc: Double = 0
+        var last = 0
+        for i in 0..<n where probs[i] > 0 {
+            acc += Double(probs[i])
+            last = i
+            if u < acc { return i }
+        }
+        return last
+    }
+}

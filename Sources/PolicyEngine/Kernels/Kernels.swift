@@ -1,0 +1,110 @@
+import CBLAS
+import Foundation
+
+// Plain, checkable loops for everything that is not a matrix product (llm.c style). Matrix products go
+// through CBLAS. All buffers are row-major Float arrays owned by the caller; nothing here allocates.
+
+/// Controls OpenBLAS's thread pool (process wide).
+public enum BLASThreads {
+    /// Sets the number of OpenBLAS threads used by every later BLAS call.
+    public static func set(_ n: Int) { openblas_set_num_threads(Int32(max(1, n))) }
+    public static var current: Int { Int(openblas_get_num_threads()) }
+}
+
+enum Kernels {
+    /// y[rows, outDim] = x[rows, inDim] * W[outDim, inDim]^T (+ bias) (+ beta * y).
+    /// Uses sgemv for a single row and sgemm otherwise.
+    @inline(__always)
+    static func linear(_ x: UnsafePointer<Float>, rows: Int, inDim: Int, weight: UnsafePointer<Float>, outDim: Int,
+                       bias: UnsafePointer<Float>?, into y: UnsafeMutablePointer<Float>, accumulate: Bool = false) {
+        let beta: Float = accumulate ? 1 : 0
+        if rows == 1 {
+            cblas_sgemv(CblasRowMajor, CblasNoTrans, Int32(outDim), Int32(inDim), 1, weight, Int32(inDim),
+                        x, 1, beta, y, 1)
+        } else {
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(rows), Int32(outDim), Int32(inDim), 1,
+                        x, Int32(inDim), weight, Int32(inDim), beta, y, Int32(outDim))
+        }
+        if let bias {
+            for r in 0..<rows {
+                let yr = y + r * outDim
+                for j in 0..<outDim { yr[j] += bias[j] }
+            }
+        }
+    }
+
+    /// RMSNorm over `rows` vectors of length `dim`: out = x / sqrt(mean(x^2) + eps) * weight.
+    /// `out` may alias `x`.
+    @inline(__always)
+    static func rmsNorm(_ x: UnsafePointer<Float>, weight: UnsafePointer<Float>, rows: Int, dim: Int, eps: Float,
+                        into out: UnsafeMutablePointer<Float>) {
+        for r in 0..<rows {
+            let xr = x + r * dim, o = out + r * dim
+            var ss: Float = 0
+            for i in 0..<dim { ss += xr[i] * xr[i] }
+            let inv = 1 / (ss / Float(dim) + eps).squareRoot()
+            for i in 0..<dim { o[i] = weight[i] * (xr[i] * inv) }
+        }
+    }
+
+    /// HF rotate_half RoPE on `heads` vectors of length `headDim` starting at `x` with stride `headDim`:
+    /// x1 = x[:d/2], x2 = x[d/2:]; out = [x1*cos - x2*sin, x2*cos + x1*sin].
+    @inline(__always)
+    static func rope(_ x: UnsafeMutablePointer<Float>, heads: Int, headDim: Int,
+                     cos: UnsafePointer<Float>, sin: UnsafePointer<Float>) {
+        let half = headDim / 2
+        for h in 0..<heads {
+            let v = x + h * headDim
+            for i in 0..<half {
+                let a = v[i], b = v[i + half]
+                v[i] = a * cos[i] - b * sin[i]
+                v[i + half] = b * cos[i] + a * sin[i]
+            }
+        }
+    }
+
+    /// gate[i] = silu(gate[i]) * up[i]
+    @inline(__always)
+    static func swiglu(_ gate: UnsafeMutablePointer<Float>, _ up: UnsafePointer<Float>, count: Int) {
+        for i in 0..<count {
+            let g = gate[i]
+            gate[i] = g / (1 + expf(-g)) * up[i]
+        }
+    }
+
+    /// In-place softmax of row[0..<valid]; row[valid..<width] is set to zero.
+    @inline(__always)
+    static func maskedSoftmax(_ row: UnsafeMutablePointer<Float>, valid: Int, width: Int) {
+        var m = -Float.infinity
+        for j in 0..<valid where row[j] > m { m = row[j] }
+        var sum: Float = 0
+        for j in 0..<valid {
+            let e = expf(row[j] - m)
+            row[j] = e
+            sum += e
+        }
+        let inv = 1 / sum
+        for j in 0..<valid { row[j] *= inv }
+        if valid < width { for j in valid..<width { row[j] = 0 } }
+    }
+
+    /// out[i] += a[i]
+    @inline(__always)
+    static func add(_ out: UnsafeMutablePointer<Float>, _ a: UnsafePointer<Float>, count: Int) {
+        for i in 0..<count { out[i] += a[i] }
+    }
+}
+
+/// Small wall-clock timing helper for ad-hoc measurements and benchmarks.
+public struct Stopwatch: Sendable {
+    private var start: UInt64
+    public init() { start = DispatchTime.now().uptimeNanoseconds }
+    public var seconds: Double { Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9 }
+    public mutating func reset() { start = DispatchTime.now().uptimeNanoseconds }
+    /// Runs `body` and returns its result and the elapsed seconds.
+    public static func measure<T>(_ body: () throws -> T) rethrows -> (T, Double) {
+        let s = Stopwatch()
+        let r = try body()
+        return (r, s.seconds)
+    }
+}

@@ -1,0 +1,304 @@
+import CBLAS
+import Foundation
+
+/// Which logits a forward request wants back.
+public enum LogitsSelection: Sendable {
+    case none
+    /// Only the last new position (prefill / decode).
+    case last
+    /// Every new position.
+    case all
+}
+
+/// New tokens for one sequence in a forward step. `tokens` are appended after `cache.count` positions.
+public struct ForwardRequest {
+    public var tokens: ArraySlice<Int32>
+    public var cache: KVCache
+    public var logits: LogitsSelection
+    public init(tokens: ArraySlice<Int32>, cache: KVCache, logits: LogitsSelection = .last) {
+        self.tokens = tokens
+        self.cache = cache
+        self.logits = logits
+    }
+    public init(tokens: [Int32], cache: KVCache, logits: LogitsSelection = .last) {
+        self.init(tokens: tokens[...], cache: cache, logits: logits)
+    }
+}
+
+/// A decoder-only transformer (Qwen2, Qwen3, Llama) running on the CPU in float32 with CBLAS.
+///
+/// All sequences of one forward step are stacked into one [rows, hidden] matrix so every weight matrix
+/// is read once per step (sgemm), whatever the mix of prefill chunks and decode tokens. Attention runs
+/// per sequence against its own `KVCache`.
+///
+/// Thread safety: weights are immutable; the scratch workspace is guarded by a lock, so concurrent
+/// calls are serialised (use `BatchScheduler` to batch concurrent sequences instead).
+public final class TransformerModel: @unchecked Sendable {
+    public let config: ModelConfig
+    public let generationDefaults: GenerationDefaults
+    let weights: TransformerWeights
+    let rope: RotaryEmbedding
+    private let lock = NSLock()
+    private let ws = Workspace()
+
+    public init(config: ModelConfig, checkpoint: SafetensorsCheckpoint,
+                generationDefaults: GenerationDefaults = GenerationDefaults()) throws {
+        try config.validate()
+        self.config = config
+        self.generationDefaults = generationDefaults
+        weights = try TransformerWeights(config: config, checkpoint: checkpoint)
+        rope = RotaryEmbedding(config: config)
+    }
+
+    /// Loads `config.json`, `generation_config.json` (optional) and the safetensors weights of a
+    /// Hugging Face checkpoint directory.
+    public static func load(from directory: URL) throws -> TransformerModel {
+        let config = try ModelConfig.load(from: directory.appendingPathComponent("config.json"))
+        let gen = try GenerationDefaults.load(from: directory)
+        let ckpt = try SafetensorsCheckpoint.open(directory: directory)
+        return try TransformerModel(config: config, checkpoint: ckpt, generationDefaults: gen)
+    }
+
+    /// End-of-sequence ids from generation_config.json, falling back to config.json.
+    public var eosTokenIds: [Int32] {
+        let ids = generationDefaults.eosTokenIds.isEmpty ? config.eosTokenIds : generationDefaults.eosTokenIds
+        return ids.map { Int32($0) }
+    }
+
+    public var parameterCount: Int { weights.parameterCount }
+    /// Fraction of the weights used in place from the mmap'ed files.
+    public var mappedWeightFraction: Double { weights.mappedFraction }
+
+    public func makeCache(initialCapacity: Int = 256) -> KVCache {
+        KVCache(numLayers: config.numHiddenLayers, kvDim: config.kvDim, maxPositions: config.maxPositionEmbeddings,
+                initialCapacity: initialCapacity)
+    }
+
+    // MARK: convenience API
+
+    /// Appends `tokens` to `cache` and returns the logits of the last position.
+    public func prefill(tokens: [Int32], cache: KVCache) throws -> [Float] {
+        var out: [Float] = []
+        try forward([ForwardRequest(tokens: tokens, cache: cache, logits: .last)]) { _, _, l in out = Array(l) }
+        return out
+    }
+
+    /// Appends `tokens` to `cache` and returns the logits of every new position.
+    public func prefillAllLogits(tokens: [Int32], cache: KVCache) throws -> [[Float]] {
+        var out: [[Float]] = []
+        out.reserveCapacity(tokens.count)
+        try forward([ForwardRequest(tokens: tokens, cache: cache, logits: .all)]) { _, _, l in out.append(Array(l)) }
+        return out
+    }
+
+    /// One decode step for several sequences at once (one token each); returns logits per sequence.
+    public func decode(_ batch: [(token: Int32, cache: KVCache)]) throws -> [[Float]] {
+        var out = [[Float]](repeating: [], count: batch.count)
+        try forward(batch.map { ForwardRequest(tokens: [$0.token], cache: $0.cache, logits: .last) }) { i, _, l in
+            out[i] = Array(l)
+        }
+        return out
+    }
+
+    // MARK: forward
+
+    /// Runs one forward step over all requests and hands the requested logits rows to `body`
+    /// as (request index, row index within that request's selection, logits). The buffer is only valid
+    /// during the call. No allocation happens here once the workspace has grown to the batch size.
+    public func forward(_ requests: [ForwardRequest],
+                        body: (Int, Int, UnsafeBufferPointer<Float>) throws -> Void) throws {
+        lock.lock()
+        defer { lock.unlock() }
+        let c = config
+        guard !requests.isEmpty else { throw ModelError.emptyInput }
+        var seen = Set<ObjectIdentifier>()
+        var rows = 0, logitRows = 0, scoreSize = 0
+        let nRep = c.numAttentionHeads / c.numKeyValueHeads
+        for r in requests {
+            guard !r.tokens.isEmpty else { throw ModelError.emptyInput }
+            guard seen.insert(ObjectIdentifier(r.cache)).inserted else { throw ModelError.duplicateCache }
+            guard r.cache.numLayers == c.numHiddenLayers, r.cache.kvDim == c.kvDim else {
+                throw ModelError.cacheMismatch(reason: "cache has \(r.cache.numLayers) layers x kvDim \(r.cache.kvDim), "
+                    + "model has \(c.numHiddenLayers) x \(c.kvDim)")
+            }
+            for t in r.tokens where t < 0 || Int(t) >= c.vocabSize {
+                throw ModelError.tokenOutOfRange(token: t, vocabSize: c.vocabSize)
+            }
+            let total = r.cache.count + r.tokens.count
+            guard total <= c.maxPositionEmbeddings else {
+                throw ModelError.contextOverflow(needed: total, maxPositions: c.maxPositionEmbeddings)
+            }
+            rows += r.tokens.count
+            logitRows += r.logits == .all ? r.tokens.count : (r.logits == .last ? 1 : 0)
+            let m = r.tokens.count == 1 ? nRep : r.tokens.count
+            scoreSize = max(scoreSize, m * total)
+        }
+        for r in requests { try r.cache.reserve(r.cache.count + r.tokens.count) }
+        ws.ensure(config: c, rows: rows, logitRows: logitRows, scoreSize: scoreSize)
+
+        let H = c.hiddenSize, hd = c.headDim, half = hd / 2
+        // Embedding lookup, positions and RoPE tables per row.
+        var row = 0
+        for r in requests {
+            let p0 = r.cache.count
+            for (i, t) in r.tokens.enumerated() {
+                (ws.x + row * H).update(from: weights.embed.pointer + Int(t) * H, count: H)
+                rope.fill(position: p0 + i, cos: ws.cos + row * half, sin: ws.sin + row * half)
+                row += 1
+            }
+        }
+        for l in 0..<c.numHiddenLayers {
+            layer(l, requests: requests, rows: rows)
+        }
+        // Final norm + lm_head on the selected rows only.
+        if logitRows > 0 {
+            var sel = 0
+            row = 0
+            for r in requests {
+                let n = r.tokens.count
+                switch r.logits {
+                case .none: break
+                case .last:
+                    Kernels.rmsNorm(ws.x + (row + n - 1) * H, weight: weights.finalNorm.pointer, rows: 1, dim: H,
+                                    eps: c.rmsNormEps, into: ws.hsel + sel * H)
+                    sel += 1
+                case .all:
+                    Kernels.rmsNorm(ws.x + row * H, weight: weights.finalNorm.pointer, rows: n, dim: H,
+                                    eps: c.rmsNormEps, into: ws.hsel + sel * H)
+                    sel += n
+                }
+                row += n
+            }
+            let V = c.vocabSize
+            Kernels.linear(ws.hsel, rows: logitRows, inDim: H, weight: weights.lmHead.pointer, outDim: V,
+                           bias: nil, into: ws.logits)
+            sel = 0
+            for (i, r) in requests.enumerated() {
+                let k = r.logits == .all ? r.tokens.count : (r.logits == .last ? 1 : 0)
+                for j in 0..<k {
+                    try body(i, j, UnsafeBufferPointer(start: ws.logits + (sel + j) * V, count: V))
+                }
+                sel += k
+            }
+        }
+        for r in requests { r.cache.commit(r.tokens) }
+    }
+
+    /// One decoder block over all rows of the step.
+    private func layer(_ l: Int, requests: [ForwardRequest], rows: Int) {
+        let c = config, w = weights.layers[l]
+        let H = c.hiddenSize, Q = c.qDim, KV = c.kvDim, I = c.intermediateSize, hd = c.headDim, half = hd / 2
+        let nH = c.numAttentionHeads, nKV = c.numKeyValueHeads, nRep = nH / nKV
+        let eps = c.rmsNormEps
+
+        // Attention block.
+        Kernels.rmsNorm(ws.x, weight: w.inputNorm.pointer, rows: rows, dim: H, eps: eps, into: ws.xn)
+        Kernels.linear(ws.xn, rows: rows, inDim: H, weight: w.qProj.pointer, outDim: Q, bias: w.qBias?.pointer, into: ws.q)
+        Kernels.linear(ws.xn, rows: rows, inDim: H, weight: w.kProj.pointer, outDim: KV, bias: w.kBias?.pointer, into: ws.k)
+        Kernels.linear(ws.xn, rows: rows, inDim: H, weight: w.vProj.pointer, outDim: KV, bias: w.vBias?.pointer, into: ws.v)
+        if let qn = w.qNorm, let kn = w.kNorm {
+            Kernels.rmsNorm(ws.q, weight: qn.pointer, rows: rows * nH, dim: hd, eps: eps, into: ws.q)
+            Kernels.rmsNorm(ws.k, weight: kn.pointer, rows: rows * nKV, dim: hd, eps: eps, into: ws.k)
+        }
+        for r in 0..<rows {
+            Kernels.rope(ws.q + r * Q, heads: nH, headDim: hd, cos: ws.cos + r * half, sin: ws.sin + r * half)
+            Kernels.rope(ws.k + r * KV, heads: nKV, headDim: hd, cos: ws.cos + r * half, sin: ws.sin + r * half)
+        }
+        let scale = 1 / Float(hd).squareRoot()
+        var row0 = 0
+        for req in requests {
+            let T = req.tokens.count, p0 = req.cache.count, S = p0 + T
+            let K = req.cache.keys[l], V = req.cache.values[l]
+            (K + p0 * KV).update(from: ws.k + row0 * KV, count: T * KV)
+            (V + p0 * KV).update(from: ws.v + row0 * KV, count: T * KV)
+            if T == 1 {
+                // Decode: the nRep query heads sharing a KV head form one [nRep, hd] matrix.
+                for g in 0..<nKV {
+                    let qg = ws.q + row0 * Q + g * nRep * hd
+                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(nRep), Int32(S), Int32(hd), scale,
+                                qg, Int32(hd), K + g * hd, Int32(KV), 0, ws.scores, Int32(S))
+                    for r in 0..<nRep { Kernels.maskedSoftmax(ws.scores + r * S, valid: S, width: S) }
+                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(nRep), Int32(hd), Int32(S), 1,
+                                ws.scores, Int32(S), V + g * hd, Int32(KV), 0, ws.att + row0 * Q + g * nRep * hd, Int32(hd))
+                }
+            } else {
+                // Prefill chunk: per head, scores [T, S] with a causal mask offset by p0.
+                for h in 0..<nH {
+                    let g = h / nRep
+                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(T), Int32(S), Int32(hd), scale,
+                                ws.q + row0 * Q + h * hd, Int32(Q), K + g * hd, Int32(KV), 0, ws.scores, Int32(S))
+                    for t in 0..<T { Kernels.maskedSoftmax(ws.scores + t * S, valid: p0 + t + 1, width: S) }
+                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(T), Int32(hd), Int32(S), 1,
+                                ws.scores, Int32(S), V + g * hd, Int32(KV), 0, ws.att + row0 * Q + h * hd, Int32(Q))
+                }
+            }
+            row0 += T
+        }
+        // x += att * Wo^T (+ bo)
+        Kernels.linear(ws.att, rows: rows, inDim: Q, weight: w.oProj.pointer, outDim: H, bias: w.oBias?.pointer,
+                       into: ws.x, accumulate: true)
+
+        // MLP block.
+        Kernels.rmsNorm(ws.x, weight: w.postNorm.pointer, rows: rows, dim: H, eps: eps, into: ws.xn)
+        Kernels.linear(ws.xn, rows: rows, inDim: H, weight: w.gateProj.pointer, outDim: I, bias: nil, into: ws.gate)
+        Kernels.linear(ws.xn, rows: rows, inDim: H, weight: w.upProj.pointer, outDim: I, bias: nil, into: ws.up)
+        Kernels.swiglu(ws.gate, ws.up, count: rows * I)
+        Kernels.linear(ws.gate, rows: rows, inDim: I, weight: w.downProj.pointer, outDim: H, bias: nil,
+                       into: ws.x, accumulate: true)
+    }
+}
+
+/// Scratch buffers for one forward step; grown (never shrunk) when a step needs more rows.
+final class Workspace {
+    private(set) var rows = 0, logitRows = 0, scoreSize = 0
+    var x = UnsafeMutablePointer<Float>.allocate(capacity: 1)
+    var xn = UnsafeMutablePointer<Float>.allocate(capacity: 1)
+    var q = UnsafeMutablePointer<Float>.allocate(capacity: 1)
+    var k = UnsafeMutablePointer<Float>.allocate(capacity: 1)
+    var v = UnsafeMutablePointer<Float>.allocate(capacity: 1)
+    var att = UnsafeMutablePointer<Float>.allocate(capacity: 1)
+    var gate = UnsafeMutablePointer<Float>.allocate(capacity: 1)
+    var up = UnsafeMutablePointer<Float>.allocate(capacity: 1)
+    var cos = UnsafeMutablePointer<Float>.allocate(capacity: 1)
+    var sin = UnsafeMutablePointer<Float>.allocate(capacity: 1)
+    var scores = UnsafeMutablePointer<Float>.allocate(capacity: 1)
+    var hsel = UnsafeMutablePointer<Float>.allocate(capacity: 1)
+    var logits = UnsafeMutablePointer<Float>.allocate(capacity: 1)
+
+    private static func regrow(_ p: inout UnsafeMutablePointer<Float>, _ n: Int) {
+        p.deallocate()
+        p = .allocate(capacity: max(n, 1))
+    }
+
+    func ensure(config c: ModelConfig, rows n: Int, logitRows lr: Int, scoreSize s: Int) {
+        if n > rows {
+            let cap = max(n, rows * 2)
+            Self.regrow(&x, cap * c.hiddenSize)
+            Self.regrow(&xn, cap * c.hiddenSize)
+            Self.regrow(&q, cap * c.qDim)
+            Self.regrow(&k, cap * c.kvDim)
+            Self.regrow(&v, cap * c.kvDim)
+            Self.regrow(&att, cap * c.qDim)
+            Self.regrow(&gate, cap * c.intermediateSize)
+            Self.regrow(&up, cap * c.intermediateSize)
+            Self.regrow(&cos, cap * c.headDim / 2)
+            Self.regrow(&sin, cap * c.headDim / 2)
+            rows = cap
+        }
+        if lr > logitRows {
+            let cap = max(lr, logitRows * 2)
+            Self.regrow(&hsel, cap * c.hiddenSize)
+            Self.regrow(&logits, cap * c.vocabSize)
+            logitRows = cap
+        }
+        if s > scoreSize {
+            let cap = max(s, scoreSize * 2)
+            Self.regrow(&scores, cap)
+            scoreSize = cap
+        }
+    }
+
+    deinit {
+        for p in [x, xn, q, k, v, att, gate, up, cos, sin, scores, hsel, logits] { p.deallocate() }
+    }
+}
