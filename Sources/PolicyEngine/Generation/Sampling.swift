@@ -111,6 +111,8 @@ public final class Sampler {
         return best
     }
 
+    public static func argmax(_ logits: [Float]) -> Int { logits.withUnsafeBufferPointer { argmax($0) } }
+
     public func sample(_ logits: [Float]) -> SampledToken {
         logits.withUnsafeBufferPointer { sample($0) }
     }

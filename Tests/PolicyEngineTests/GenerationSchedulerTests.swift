@@ -1,0 +1,123 @@
+import Foundation
+import XCTest
+@testable import PolicyEngine
+
+final class GenerationSchedulerTests: XCTestCase {
+    let prompts: [[Int32]] = [
+        [1000, 12, 345, 67, 8, 910, 11],
+        [1001, 5, 600, 7, 88, 3, 3, 3, 900, 14, 15, 16, 17, 18, 19, 20, 21],
+        [42],
+    ]
+
+    func solo(_ model: TransformerModel, _ prompt: [Int32], _ n: Int, _ p: SamplingParameters = .greedy) throws -> GenerationResult {
+        let s = Session(model: model)
+        try s.append(prompt)
+        return try s.generate(maxTokens: n, sampling: p)
+    }
+
+    func testSequencesJoiningLaterMatchSoloRuns() async throws {
+        let model = try TransformerModel.load(from: EngineFixtures.model("qwen2-tiny"))
+        let sched = BatchScheduler(model: model, maxStepTokens: 8)  // long prompts take several steps
+        defer { sched.shutdown() }
+        let n = 24
+        let a = sched.submit(GenerationRequest(prompt: prompts[0], maxTokens: n))
+        // Let A run a few steps before B and C join.
+        var aTokens: [Int32] = []
+        var iterator = a.events.makeAsyncIterator()
+        while aTokens.count < 5, let e = await iterator.next() {
+            if case .token(let t) = e { aTokens.append(t.id) }
+        }
+        let sampled = SamplingParameters(temperature: 0.8, topK: 40, topP: 0.9, seed: 5)
+        let b = sched.submit(GenerationRequest(prompt: prompts[1], maxTokens: n))
+        let c = sched.submit(GenerationRequest(prompt: prompts[2], maxTokens: n, sampling: sampled))
+        var aResult: GenerationResult?
+        while let e = await iterator.next() {
+            if case .finished(let r) = e { aResult = r }
+        }
+        let bResult = try await b.result()
+        let cResult = try await c.result()
+        XCTAssertEqual(aResult?.tokens, try solo(model, prompts[0], n).tokens)
+        XCTAssertEqual(bResult.tokens, try solo(model, prompts[1], n).tokens)
+        XCTAssertEqual(cResult.tokens, try solo(model, prompts[2], n, sampled).tokens)
+        XCTAssertEqual(aResult?.finishReason, .length)
+        XCTAssertEqual(bResult.tokens.count, n)
+        let soloB = try solo(model, prompts[1], n)
+        XCTAssertLessThan(EngineFixtures.maxAbsDiff(bResult.rawLogprobs, soloB.rawLogprobs), 1e-4)
+        // The caches hold prompt + generated tokens except the last sampled one.
+        XCTAssertEqual(b.cache.tokens, prompts[1] + bResult.tokens.dropLast())
+        XCTAssertEqual(bResult.uncachedTokens, [bResult.tokens.last!])
+        XCTAssertEqual(sched.runningCount, 0)
+        // Fewer steps than running everything one after another.
+        XCTAssertLessThan(sched.steps, 3 * n)
+    }
+
+    func testContinueASequenceThroughTheScheduler() async throws {
+        let model = try TransformerModel.load(from: EngineFixtures.model("qwen3-tiny"))
+        let sched = BatchScheduler(model: model)
+        defer { sched.shutdown() }
+        let first = sched.submit(GenerationRequest(prompt: prompts[0], maxTokens: 4))
+        let r1 = try await first.result()
+        let more: [Int32] = [1002, 1001, 77]
+        let second = sched.submit(GenerationRequest(prompt: r1.uncachedTokens + more, maxTokens: 6), cache: first.cache)
+        let r2 = try await second.result()
+        let s = Session(model: model)
+        try s.append(prompts[0] + r1.tokens + more)
+        XCTAssertEqual(r2.tokens, try s.generate(maxTokens: 6).tokens)
+    }
+
+    func testStopStringsCancellationAndFailures() async throws {
+        let model = try TransformerModel.load(from: EngineFixtures.model("qwen2-tiny"))
+        // Token bytes: every token spells its id followed by a comma, so stop strings span tokens.
+        let sched = BatchScheduler(model: model, tokenBytes: { Array("\($0),".utf8) })
+        defer { sched.shutdown() }
+        let reference = try solo(model, prompts[0], 10)
+        let stop = "\(reference.tokens[3]),\(reference.tokens[4])"
+        let r = try await sched.submit(GenerationRequest(prompt: prompts[0], maxTokens: 10,
+                                                        stop: StopConditions(strings: [stop]))).result()
+        XCTAssertEqual(r.finishReason, .stop)
+        XCTAssertEqual(r.stopString, stop)
+        XCTAssertEqual(r.tokens, Array(reference.tokens.prefix(5)))
+        XCTAssertEqual(r.text, reference.tokens.prefix(5).map { "\($0)," }.joined().dropLast().description)
+
+        // Cancel after the first token.
+        let long = sched.submit(GenerationRequest(prompt: prompts[1], maxTokens: 10_000))
+        var got = 0
+        var reason: FinishReason?
+        for await e in long.events {
+            switch e {
+            case .token: got += 1; if got == 2 { long.cancel() }
+            case .finished(let res): reason = res.finishReason
+            case .failed(let m): XCTFail(m)
+            }
+        }
+        XCTAssertEqual(reason, .cancelled)
+        XCTAssertLessThan(got, 50)
+
+        // Invalid input fails only that sequence.
+        do {
+            _ = try await sched.submit(GenerationRequest(prompt: [99_999], maxTokens: 3)).result()
+            XCTFail("expected failure")
+        } catch let e as SchedulerError {
+            XCTAssertTrue("\(e)".contains("99999"))
+        }
+        let zero = try await sched.submit(GenerationRequest(prompt: prompts[2], maxTokens: 0)).result()
+        XCTAssertEqual(zero.finishReason, .length)
+        XCTAssertEqual(zero.tokens, [])
+    }
+
+    func testDroppingTheStreamCancels() async throws {
+        let model = try TransformerModel.load(from: EngineFixtures.model("llama-tiny"))
+        let sched = BatchScheduler(model: model)
+        defer { sched.shutdown() }
+        do {
+            let h = sched.submit(GenerationRequest(prompt: prompts[0], maxTokens: 100_000))
+            let task = Task {
+                for await e in h.events { if case .token = e { break } }
+            }
+            await task.value
+        }
+        let deadline = Date().addingTimeInterval(10)
+        while sched.runningCount > 0 && Date() < deadline { try await Task.sleep(nanoseconds: 10_000_000) }
+        XCTAssertEqual(sched.runningCount, 0)
+    }
+}
