@@ -274,6 +274,20 @@ public struct CollaborationLoop: Sendable {
         self.makeSession = makeSession
     }
 
+    /// Render a client conversation into the question (see `QuestionRenderer`) and run an
+    /// episode. With `forwardClientSystem`, the client's system messages go to the upstream as
+    /// `clientSystemMessage` (unless the options already set one).
+    public func run(conversation: [ClientMessage], rendering: QuestionRenderingPolicy = .init(),
+                    forwardClientSystem: Bool = true,
+                    onEvent: (@Sendable (CollaborationEvent) -> Void)? = nil) async throws(QuestionRenderingError) -> Episode {
+        let rendered = try QuestionRenderer.render(conversation, policy: rendering)
+        var loop = self
+        if forwardClientSystem, loop.options.clientSystemMessage == nil {
+            loop.options.clientSystemMessage = rendered.clientSystem
+        }
+        return await loop.run(question: rendered.question, onEvent: onEvent)
+    }
+
     /// Run one episode for `question` (already rendered, see `QuestionRenderer`). Never throws:
     /// failures are in `Episode.outcome`, with everything recorded up to that point.
     public func run(question: String, onEvent: (@Sendable (CollaborationEvent) -> Void)? = nil) async -> Episode {

@@ -148,16 +148,16 @@ public struct Episode: Sendable, Codable, Equatable {
     public var startedAt: Date
     public var durationSeconds: Double
 
-    /// Everything the policy saw and wrote, as text: prompt, then per turn the generated text and
-    /// the injection, plus `<|im_end|>` when the last turn ended with the end-of-turn token.
+    /// Everything the policy saw and wrote, as text: the prompt, then per turn the generated text
+    /// (plus `<|im_end|>` when the turn ended with the end-of-turn token, whose id is in
+    /// `generatedTokenIDs` but whose text is not in `generatedText`) and the injection. With a
+    /// session that honours the contract, `tokenizer.decode(tokenIDs) == fullText`.
     public var fullText: String {
         var s = promptText
         for t in turns {
             s += t.generatedText
+            if t.finishReason == .endOfTurn { s += PromptR1Tag.imEnd }
             if let inj = t.injectedText { s += inj }
-        }
-        if let last = turns.last, last.injectedText == nil, last.finishReason == .endOfTurn {
-            s += PromptR1Tag.imEnd
         }
         return s
     }

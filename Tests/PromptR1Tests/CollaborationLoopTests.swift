@@ -404,3 +404,37 @@ final class CollaborationLoopTests: XCTestCase {
         XCTAssertEqual(m, [sys, .user("p1"), .assistant("a1"), .user("p2"), .assistant("a2"), .user("p3")])
     }
 }
+
+final class CollaborationLoopConversationTests: XCTestCase {
+    func testRunFromConversationForwardsClientSystem() async throws {
+        let box = SessionBox([
+            .call("<think>t</think><interaction_prompt>Tell me about the second one.</interaction_prompt>"),
+            .final("ok</think><answer>Osaka</answer>"),
+        ])
+        let up = ScriptedUpstream([.text("Osaka is the second largest.")])
+        let loop = CollaborationLoop(upstream: up, makeSession: box.factory)
+        let ep = try await loop.run(conversation: [
+            .init(role: "system", content: "Answer briefly."),
+            .init(role: "user", content: "Name two cities in Japan."),
+            .init(role: "assistant", content: "Tokyo and Osaka."),
+            .init(role: "user", content: "Which is smaller?"),
+        ])
+        XCTAssertEqual(ep.question, "Which is smaller?\n\nConversation so far:\nUser: Name two cities in Japan.\nAssistant: Tokyo and Osaka.")
+        assertScalarsEqual(box.session?.prompt, PromptR1Prompt.firstPrompt(question: ep.question))
+        XCTAssertEqual(up.requests.first, [.system("Answer briefly."), .system(PromptR1Prompt.upstreamSystemPrompt),
+                                           .user("Tell me about the second one.")])
+        XCTAssertEqual(ep.outcome, .answer("Osaka"))
+    }
+
+    func testCallTurnEndingWithEndOfTurnKeepsTextAndTokensAligned() async throws {
+        // A session without stop-string support: the call turn ends with <|im_end|>.
+        let box = SessionBox([
+            ScriptedTurn(text: "<think>t</think><interaction_prompt>q</interaction_prompt>", finish: .endOfTurn),
+            .final("ok</think><answer>a</answer>"),
+        ])
+        let loop = CollaborationLoop(upstream: ScriptedUpstream([.text("r")]), makeSession: box.factory)
+        let ep = await loop.run(question: "Q?")
+        XCTAssertEqual(ep.outcome, .answer("a"))
+        assertScalarsEqual(FakeTokenizer.decode(ep.tokenIDs), ep.fullText)
+    }
+}
