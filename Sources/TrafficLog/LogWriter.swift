@@ -172,6 +172,9 @@ public final class LogWriter: Sendable {
         }
     }
 
+    /// Number of `flush()` calls currently waiting (tests).
+    var waitingFlushes: Int { state.withLock { $0.flushWaiters.count } }
+
     /// True while an episode with this id is queued or being written (not yet committed).
     public func isPending(episodeID: String) -> Bool {
         state.withLock { $0.pendingIDs[episodeID] != nil }

@@ -295,14 +295,9 @@ public final class TrafficDatabase: Sendable {
         }
     }
 
-    /// Episodes matching `query`, ordered by (createdAt, id), read from one snapshot.
-    public func episodes(_ query: EpisodeQuery) throws -> [EpisodeRecord] {
-        if let limit = query.limit, limit < 0 {
-            throw TrafficLogError.invalidField(record: "EpisodeQuery", field: "limit", value: "\(limit)", reason: "must be >= 0")
-        }
-        if query.offset < 0 {
-            throw TrafficLogError.invalidField(record: "EpisodeQuery", field: "offset", value: "\(query.offset)", reason: "must be >= 0")
-        }
+    /// WHERE clause (possibly empty) and arguments for the filters of `query`
+    /// (not limit/offset).
+    static func whereClause(_ query: EpisodeQuery) -> (String, [(any DatabaseValueConvertible)?]) {
         var clauses: [String] = []
         var args: [(any DatabaseValueConvertible)?] = []
         if let since = query.since { clauses.append("e.created_at >= ?"); args.append(TrafficTime.databaseValue(since)) }
@@ -314,17 +309,35 @@ public final class TrafficDatabase: Sendable {
             let exists = "EXISTS (SELECT 1 FROM feedback f WHERE f.episode_id = e.id AND f.kind IN ('score', 'reference'))"
             clauses.append(reward ? exists : "NOT \(exists)")
         }
-        var sql = "SELECT \(Self.episodeColumns) FROM episodes e"
-        if !clauses.isEmpty { sql += " WHERE " + clauses.joined(separator: " AND ") }
-        sql += " ORDER BY e.created_at, e.id LIMIT ? OFFSET ?"
+        return (clauses.isEmpty ? "" : " WHERE " + clauses.joined(separator: " AND "), args)
+    }
+
+    /// Episodes matching `query`, ordered by (createdAt, id), read from one snapshot.
+    public func episodes(_ query: EpisodeQuery) throws -> [EpisodeRecord] {
+        if let limit = query.limit, limit < 0 {
+            throw TrafficLogError.invalidField(record: "EpisodeQuery", field: "limit", value: "\(limit)", reason: "must be >= 0")
+        }
+        if query.offset < 0 {
+            throw TrafficLogError.invalidField(record: "EpisodeQuery", field: "offset", value: "\(query.offset)", reason: "must be >= 0")
+        }
+        var (whereSQL, args) = Self.whereClause(query)
+        let sql = "SELECT \(Self.episodeColumns) FROM episodes e\(whereSQL) ORDER BY e.created_at, e.id LIMIT ? OFFSET ?"
         args.append(query.limit ?? -1)
         args.append(query.offset)
-        let finalSQL = sql
         let finalArgs = StatementArguments(args)
         return try writer.read { db in
-            var list = try Row.fetchAll(db, sql: finalSQL, arguments: finalArgs).map(Self.decodeEpisode)
+            var list = try Row.fetchAll(db, sql: sql, arguments: finalArgs).map(Self.decodeEpisode)
             if query.includeTurns { try Self.attachTurns(&list, db) }
             return list
+        }
+    }
+
+    /// Number of episodes matching the filters of `query` (limit and offset are ignored).
+    public func count(_ query: EpisodeQuery) throws -> Int {
+        let (whereSQL, args) = Self.whereClause(query)
+        let finalArgs = StatementArguments(args)
+        return try writer.read { db in
+            try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM episodes e\(whereSQL)", arguments: finalArgs) ?? 0
         }
     }
 
@@ -400,6 +413,34 @@ public final class TrafficDatabase: Sendable {
                 FeedbackRecord(id: row[0], episodeID: row[1], kind: row[2], value: row[3], source: row[4],
                                createdAt: TrafficTime.date(row[5]))
             }
+        }
+    }
+
+    /// Feedback of many episodes at once (e.g. a training batch), keyed by episode id,
+    /// each list in insertion order. Episodes without feedback are absent from the result.
+    public func feedback(episodeIDs: [String]) throws -> [String: [FeedbackRecord]] {
+        guard !episodeIDs.isEmpty else { return [:] }
+        let ids = Array(Set(episodeIDs))
+        return try writer.read { db in
+            var out: [String: [FeedbackRecord]] = [:]
+            var start = 0
+            while start < ids.count {
+                let chunk = Array(ids[start..<min(start + 500, ids.count)])
+                let placeholders = Array(repeating: "?", count: chunk.count).joined(separator: ",")
+                let rows = try Row.fetchCursor(
+                    db, sql: """
+                        SELECT id, episode_id, kind, value, source, created_at FROM feedback
+                        WHERE episode_id IN (\(placeholders)) ORDER BY id
+                        """,
+                    arguments: StatementArguments(chunk))
+                while let row = try rows.next() {
+                    let f = FeedbackRecord(id: row[0], episodeID: row[1], kind: row[2], value: row[3],
+                                           source: row[4], createdAt: TrafficTime.date(row[5]))
+                    out[f.episodeID, default: []].append(f)
+                }
+                start += 500
+            }
+            return out
         }
     }
 

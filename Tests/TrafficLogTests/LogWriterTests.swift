@@ -115,7 +115,7 @@ final class LogWriterTests: XCTestCase {
                 try await group.waitForAll()
             }
         }
-        XCTAssertTrue(holder.released, "nothing could commit before the lock was released")
+        try await holder.waitReleased()
         XCTAssertEqual(try db.episodeCount(), 20)
         let stats = writer.stats
         XCTAssertGreaterThan(stats.failures, 0)
@@ -236,9 +236,11 @@ final class LogWriterTests: XCTestCase {
         bad.turns[0].kind = "bogus"
         try await writer.append(makeEpisode())
         try await writer.append(bad)
+        let flusher = Task { try await writer.flush() }
+        while writer.waitingFlushes == 0 { try await Task.sleep(nanoseconds: 1_000_000) }
         let runner = Task { await writer.run() }
         do {
-            try await writer.flush()
+            try await flusher.value
             XCTFail("flush must report the rejected episode")
         } catch {
             guard case .notAllCommitted(1, _)? = error as? LogWriterError else { return XCTFail("unexpected \(error)") }
