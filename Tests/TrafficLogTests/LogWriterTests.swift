@@ -282,4 +282,34 @@ final class LogWriterTests: XCTestCase {
         XCTAssertTrue(capture.all.contains { $0.level == .error && $0.metadata.contains(e.id) })
         try await holder.waitReleased()
     }
+
+    func testDiskFullIsRetriedUntilSpaceIsAvailable() async throws {
+        let tmp = try TempDir()
+        let db = try TrafficDatabase(path: tmp.path("log.sqlite"))
+        try db.insert(episodes: [makeEpisode()])
+        // Simulate a full disk: cap the file at its current size (SQLITE_FULL on growth).
+        let pages = try await db.writer.write { try Int.fetchOne($0, sql: "PRAGMA page_count") ?? 0 }
+        try await db.writer.writeWithoutTransaction { try $0.execute(sql: "PRAGMA max_page_count = \(pages)") }
+
+        let capture = LogCapture()
+        let writer = LogWriter(database: db, logger: capture.logger(), retryBaseDelay: 0.01, maxRetryDelay: 0.02)
+        let runner = Task { await writer.run() }
+        let big = makeEpisode(turns: 2, requestJSON: String(repeating: "x", count: 256 * 1024))
+        let waiter = Task { try await writer.appendAndWait(big) }
+        try await within(seconds: 10, "first failures") {
+            while writer.stats.failures < 3 { try await Task.sleep(nanoseconds: 2_000_000) }
+        }
+        XCTAssertTrue(writer.isPending(episodeID: big.id))
+        XCTAssertFalse(try db.episodeExists(id: big.id))
+        XCTAssertTrue(writer.stats.lastError?.contains("full") ?? false, writer.stats.lastError ?? "nil")
+
+        // Space comes back: the same batch commits, the waiter returns normally.
+        try await db.writer.writeWithoutTransaction { try $0.execute(sql: "PRAGMA max_page_count = 1073741823") }
+        try await within(seconds: 10, "commit after space is back") { try await waiter.value }
+        XCTAssertEqual(try db.episode(id: big.id), big)
+        XCTAssertEqual(writer.stats.abandoned + writer.stats.rejected, 0)
+        XCTAssertTrue(capture.all.contains { $0.level == .error })
+        await writer.shutdown()
+        await runner.value
+    }
 }
