@@ -1,0 +1,138 @@
+import Foundation
+import HTTPTypes
+import Hummingbird
+import Logging
+import OpenAIWire
+import ServiceLifecycle
+import UnixSignals
+import TrafficLog
+
+/// The assembled gateway: routes, traffic log services and the HTTP server, run as one
+/// ServiceGroup. On SIGTERM/SIGINT the server stops accepting and finishes in-flight requests,
+/// then the log writer drains its queue, then the process exits.
+public final class Gateway: Sendable {
+    public let state: GatewayState
+    private let app: Application<RouterResponder<GatewayContext>>
+    private let services: [any Service]
+    private let portBox: PortBox
+    private let groupBox = GroupBox()
+
+    /// Builds everything from a config. `environment` supplies the secrets named in it.
+    public init(config: GatewayConfig, environment: [String: String] = ProcessInfo.processInfo.environment,
+                logger: Logger = Logger(label: "gateway")) throws {
+        let auth = try ClientAuth(config: config.auth, environment: environment)
+        let apiKey = config.upstream.apiKeyEnv.flatMap { environment[$0] }
+        let upstream = UpstreamClient(settings: UpstreamSettings(
+            baseURL: config.upstream.baseURL, apiKey: apiKey,
+            connectTimeout: .milliseconds(config.upstream.connectTimeoutMs),
+            firstByteTimeout: .milliseconds(config.upstream.firstByteTimeoutMs),
+            idleTimeout: .milliseconds(config.upstream.idleTimeoutMs),
+            totalTimeout: .milliseconds(config.upstream.totalTimeoutMs),
+            maxRetries: config.upstream.maxRetries,
+            retryBaseDelay: .milliseconds(config.upstream.retryBaseDelayMs),
+            maxConnections: config.upstream.maxConnections), logger: logger)
+        let database = try TrafficDatabase(path: config.log.path)
+        let writer = LogWriter(database: database, capacity: config.log.queueCapacity, maxBatch: config.log.maxBatch, logger: logger)
+        let state = GatewayState(config: config, auth: auth, upstream: upstream, database: database, writer: writer, logger: logger)
+        self.state = state
+
+        let router = Router(context: GatewayContext.self)
+        router.add(middleware: GatewayMiddleware(state: state))
+        let passthrough = Passthrough(state: state)
+        let feedback = FeedbackRoute(state: state)
+        router.post("/v1/chat/completions") { req, ctx in try await passthrough.chatCompletions(req, ctx) }
+        router.get("/v1/models") { req, ctx in try await passthrough.models(req, ctx) }
+        router.post("/v1/feedback") { req, ctx in try await feedback.handle(req, ctx) }
+        for method: HTTPRequest.Method in [.get, .post, .put, .patch, .delete] {
+            router.on("/v1/**", method: method) { req, ctx in try await passthrough.proxy(req, ctx) }
+        }
+        router.get("/health") { _, _ in Response(status: .ok, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(string: #"{"status":"ok"}"#))) }
+
+        let portBox = PortBox()
+        self.portBox = portBox
+        app = Application(
+            router: router,
+            server: .http1(configuration: .init(
+                idleTimeout: .seconds(Int64(config.server.idleTimeoutSeconds)),
+                httpDecoderConfiguration: .init(maxHeaderFieldSize: config.limits.maxHeaderBytes,
+                                                maxHeaderListSize: config.limits.maxHeaderBytes))),
+            configuration: .init(address: .hostname(config.server.host, port: config.server.port), serverName: nil),
+            onServerRunning: { channel in portBox.set(channel.localAddress?.port ?? 0) },
+            logger: logger
+        )
+        var services: [any Service] = [LogWriterService(writer: writer)]
+        if config.log.retentionDays > 0 {
+            services.append(RetentionLoop(service: RetentionService(
+                database: database, maxAge: config.log.retentionDays * 86_400,
+                interval: TimeInterval(config.log.retentionIntervalSeconds), logger: logger)))
+        }
+        self.services = services
+    }
+
+    /// The port the server listens on, once it runs (useful with port 0).
+    public func waitForPort() async -> Int { await portBox.wait() }
+
+    /// Runs until SIGTERM/SIGINT (or cancellation), then shuts down gracefully.
+    public func run(gracefulShutdownSignals: [UnixSignal] = [.sigterm, .sigint]) async throws {
+        // Services shut down in reverse order: the HTTP server first (no new requests, in-flight
+        // ones finish), then retention, then the log writer drains.
+        let group = ServiceGroup(configuration: .init(
+            services: services.map { ServiceGroupConfiguration.ServiceConfiguration(service: $0) }
+                + [.init(service: app)],
+            gracefulShutdownSignals: gracefulShutdownSignals,
+            logger: state.logger))
+        groupBox.set(group)
+        try await group.run()
+        try? await state.upstream.shutdown()
+    }
+
+    /// Starts a graceful shutdown, as SIGTERM does; `run()` returns when it is complete.
+    public func shutdown() async {
+        await groupBox.get()?.triggerGracefulShutdown()
+    }
+}
+
+/// Runs the log writer's drain loop as a service; on graceful shutdown it drains everything.
+struct LogWriterService: Service {
+    let writer: LogWriter
+    func run() async throws {
+        let writer = self.writer
+        await withGracefulShutdownHandler {
+            await writer.run()
+        } onGracefulShutdown: {
+            Task { await writer.shutdown() }
+        }
+    }
+}
+
+struct RetentionLoop: Service {
+    let service: RetentionService
+    func run() async throws {
+        await cancelWhenGracefulShutdown { await service.run() }
+    }
+}
+
+final class PortBox: @unchecked Sendable {
+    // Guarded by `lock`.
+    private let lock = NSLock()
+    private var port: Int?
+    private var waiters: [CheckedContinuation<Int, Never>] = []
+    func set(_ p: Int) {
+        let w: [CheckedContinuation<Int, Never>] = lock.withLock { port = p; defer { waiters = [] }; return waiters }
+        for c in w { c.resume(returning: p) }
+    }
+    func wait() async -> Int {
+        await withCheckedContinuation { c in
+            let p: Int? = lock.withLock { if port == nil { waiters.append(c) }; return port }
+            if let p { c.resume(returning: p) }
+        }
+    }
+}
+
+final class GroupBox: @unchecked Sendable {
+    // Guarded by `lock`.
+    private let lock = NSLock()
+    private var group: ServiceGroup?
+    func set(_ g: ServiceGroup) { lock.withLock { group = g } }
+    func get() -> ServiceGroup? { lock.withLock { group } }
+}

@@ -1,0 +1,101 @@
+import Foundation
+import HTTPTypes
+import Hummingbird
+import Logging
+import OpenAIWire
+import TrafficLog
+
+/// What every handler shares: configuration, the upstream client, auth, the traffic log.
+/// Swappable pieces (config on reload) sit behind a lock.
+public final class GatewayState: @unchecked Sendable {
+    // `_config` and `_auth` are guarded by `lock`; everything else is immutable.
+    private let lock = NSLock()
+    private var _config: GatewayConfig
+    private var _auth: ClientAuth
+    public let upstream: UpstreamClient
+    public let database: TrafficDatabase
+    public let writer: LogWriter
+    public let logger: Logger
+    let limiter: ConcurrencyLimiter
+    /// The collaboration path (set once a policy engine is attached); nil answers 503.
+    var collaboration: (@Sendable (Request, GatewayContext, Passthrough.Incoming, EpisodeRecord) async throws -> Response)? {
+        lock.withLock { _collaboration }
+    }
+    private var _collaboration: (@Sendable (Request, GatewayContext, Passthrough.Incoming, EpisodeRecord) async throws -> Response)?
+    func setCollaboration(_ handler: (@Sendable (Request, GatewayContext, Passthrough.Incoming, EpisodeRecord) async throws -> Response)?) {
+        lock.withLock { _collaboration = handler }
+    }
+    let scanner = JSONScanner(maxDepth: 64)
+
+    public init(config: GatewayConfig, auth: ClientAuth, upstream: UpstreamClient, database: TrafficDatabase,
+                writer: LogWriter, logger: Logger) {
+        _config = config
+        _auth = auth
+        self.upstream = upstream
+        self.database = database
+        self.writer = writer
+        self.logger = logger
+        limiter = ConcurrencyLimiter(limit: config.limits.maxConcurrentRequests)
+    }
+
+    public var config: GatewayConfig { lock.withLock { _config } }
+    public var auth: ClientAuth { lock.withLock { _auth } }
+
+    /// Replaces routes, keys and other reloadable settings (listen address, upstream and log
+    /// settings need a restart and are kept).
+    public func reload(config new: GatewayConfig, auth: ClientAuth) {
+        lock.withLock {
+            var c = new
+            c.server = _config.server
+            c.upstream = _config.upstream
+            c.log.path = _config.log.path
+            _config = c
+            _auth = auth
+        }
+    }
+
+    /// Writes an episode to the traffic log with the configured durability: with
+    /// `commit_before_response` the call returns once the row is committed.
+    func record(_ episode: EpisodeRecord) async {
+        do {
+            if config.log.durability == "async" {
+                try await writer.append(episode)
+            } else {
+                try await writer.appendAndWait(episode)
+            }
+        } catch {
+            // Only possible after shutdown began; the request itself already completed.
+            logger.error("traffic log rejected an episode", metadata: ["episode": "\(episode.id)", "error": "\(error)"])
+        }
+    }
+
+    /// The request JSON as logged: verbatim, or with message contents replaced by their length.
+    func loggedRequest(_ bytes: [UInt8]) -> String {
+        guard config.log.redactBodies else { return String(decoding: bytes, as: UTF8.self) }
+        guard var obj = (try? JSONSerialization.jsonObject(with: Data(bytes))) as? [String: Any] else {
+            return "[redacted \(bytes.count) bytes]"
+        }
+        if let messages = obj["messages"] as? [[String: Any]] {
+            obj["messages"] = messages.map { m -> [String: Any] in
+                var m = m
+                if let c = m["content"] as? String { m["content"] = "[redacted \(c.utf8.count) bytes]" }
+                else if m["content"] != nil { m["content"] = "[redacted]" }
+                return m
+            }
+        }
+        if obj["input"] != nil { obj["input"] = "[redacted]" }
+        if obj["prompt"] != nil { obj["prompt"] = "[redacted]" }
+        let data = (try? JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys])) ?? Data()
+        return String(decoding: data, as: UTF8.self)
+    }
+
+    /// Response text as logged.
+    func loggedResponse(_ text: String?) -> String? {
+        guard let text else { return nil }
+        return config.log.redactBodies ? "[redacted \(text.utf8.count) bytes]" : text
+    }
+}
+
+extension ContinuousClock.Instant {
+    func ms(since start: ContinuousClock.Instant) -> Double { (self - start).milliseconds }
+}

@@ -1,0 +1,63 @@
+import Foundation
+import HTTPTypes
+import Hummingbird
+import OpenAIWire
+
+/// The outermost layer of every request: the concurrency limit (429 with Retry-After when the
+/// queue wait runs out), and errors turned into OpenAI-shaped responses. Every response leaves
+/// with `x-gateway-episode-id` and `x-gateway-overhead-ms`.
+struct GatewayMiddleware: RouterMiddleware {
+    typealias Context = GatewayContext
+    let state: GatewayState
+
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+        let limits = state.config.limits
+        guard await state.limiter.acquire(timeout: .milliseconds(limits.queueTimeoutMs)) else {
+            let e = GatewayError.overloaded(retryAfterSeconds: 1, "\(limits.maxConcurrentRequests) requests in flight")
+            return finish(Passthrough.errorResponse(e, episodeID: context.episodeID), context)
+        }
+        var response: Response
+        do {
+            response = try await next(request, context)
+        } catch {
+            state.limiter.release()
+            return finish(Passthrough.errorResponse(Self.gatewayError(error, request), episodeID: context.episodeID), context)
+        }
+        // Hold the slot until the body is written (a stream can outlive the handler).
+        let body = response.body
+        let limiter = state.limiter
+        response.body = ResponseBody(contentLength: body.contentLength) { writer in
+            defer { limiter.release() }
+            try await body.write(writer)
+        }
+        return finish(response, context)
+    }
+
+    func finish(_ response: Response, _ context: Context) -> Response {
+        var response = response
+        if response.headers[.gatewayEpisodeID] == nil { response.headers[.gatewayEpisodeID] = context.episodeID }
+        if response.headers[.gatewayOverheadMs] == nil {
+            response.headers[.gatewayOverheadMs] = Passthrough.format(ContinuousClock.now.ms(since: context.start))
+        }
+        return response
+    }
+
+    static func gatewayError(_ error: any Error, _ request: Request) -> GatewayError {
+        switch error {
+        case let e as GatewayError: return e
+        case let e as HTTPError:
+            switch e.status {
+            case .notFound: return .notFound(method: request.method.rawValue, path: request.uri.path)
+            case .methodNotAllowed: return .methodNotAllowed(method: request.method.rawValue, path: request.uri.path)
+            case .contentTooLarge: return .bodyTooLarge(limit: -1)
+            default:
+                return GatewayError(status: Int(e.status.code), message: e.body ?? e.status.reasonPhrase,
+                                    type: e.status.code < 500 ? "invalid_request_error" : "server_error")
+            }
+        case is CancellationError:
+            return GatewayError(status: 499, message: "The request was cancelled.", type: "invalid_request_error", code: "cancelled")
+        default:
+            return .internalError(String(describing: type(of: error)))
+        }
+    }
+}
