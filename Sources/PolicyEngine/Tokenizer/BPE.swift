@@ -55,26 +55,102 @@ struct PairTable: Sendable {
     }
 }
 
-/// Thread-safe word -> ids cache with a size bound.
+/// 64-bit hash of a byte string (8 bytes per step; words are short).
+@inline(__always)
+func hashBytes(_ p: UnsafeBufferPointer<UInt8>) -> UInt64 {
+    let n = p.count
+    var h: UInt64 = 0x9E37_79B9_7F4A_7C15 ^ UInt64(n)
+    var i = 0
+    if let base = p.baseAddress {
+        let raw = UnsafeRawPointer(base)
+        while i + 8 <= n {
+            h = (h ^ raw.loadUnaligned(fromByteOffset: i, as: UInt64.self)) &* 0xBF58_476D_1CE4_E5B9
+            h ^= h >> 31
+            i += 8
+        }
+    }
+    var tail: UInt64 = 0
+    var shift: UInt64 = 0
+    while i < n {
+        tail |= UInt64(p[i]) << shift
+        shift += 8
+        i += 1
+    }
+    h = (h ^ tail) &* 0x94D0_49BB_1331_11EB
+    return h ^ (h >> 29)
+}
+
+/// Thread-safe word -> ids cache. Keys and values live in flat arenas and lookups take a
+/// borrowed byte slice, so a cache hit allocates nothing. Cleared when full.
 final class BPECache: @unchecked Sendable {
-    // @unchecked: all access to `map` goes through `lock`.
+    // @unchecked: every access to the mutable state below happens under `lock`.
     private let lock = NSLock()
-    private var map: [[UInt8]: [Int32]] = [:]
-    private let capacity: Int
+    private var slots: [Int32]  // entry index or -1
+    private var mask: Int
+    private var hashes: [UInt64] = []
+    private var keyStart: [Int32] = []
+    private var keyLen: [Int32] = []
+    private var valStart: [Int32] = []
+    private var valLen: [Int32] = []
+    private var keyArena: [UInt8] = []
+    private var valArena: [Int32] = []
+    private let maxEntries: Int
 
-    init(capacity: Int) { self.capacity = capacity }
-
-    func get(_ key: [UInt8]) -> [Int32]? {
-        lock.lock()
-        defer { lock.unlock() }
-        return map[key]
+    init(maxEntries: Int) {
+        self.maxEntries = maxEntries
+        var size = 1024
+        while size < maxEntries * 2 { size <<= 1 }
+        slots = [Int32](repeating: -1, count: size)
+        mask = size - 1
     }
 
-    func set(_ key: [UInt8], _ value: [Int32]) {
+    /// Appends the cached ids of `key` to `out` and returns true, or returns false.
+    func lookup(_ key: UnsafeBufferPointer<UInt8>, hash: UInt64, into out: inout [Int32]) -> Bool {
         lock.lock()
         defer { lock.unlock() }
-        if map.count >= capacity { map.removeAll(keepingCapacity: true) }
-        map[key] = value
+        var i = Int(truncatingIfNeeded: hash) & mask
+        while true {
+            let e = Int(slots[i])
+            if e < 0 { return false }
+            if hashes[e] == hash && Int(keyLen[e]) == key.count {
+                let ks = Int(keyStart[e])
+                var same = true
+                keyArena.withUnsafeBufferPointer { arena in
+                    same = memcmp(arena.baseAddress! + ks, key.baseAddress!, key.count) == 0
+                }
+                if same {
+                    let vs = Int(valStart[e])
+                    out.append(contentsOf: valArena[vs..<(vs + Int(valLen[e]))])
+                    return true
+                }
+            }
+            i = (i + 1) & mask
+        }
+    }
+
+    func insert(_ key: UnsafeBufferPointer<UInt8>, hash: UInt64, _ value: ArraySlice<Int32>) {
+        lock.lock()
+        defer { lock.unlock() }
+        if hashes.count >= maxEntries {
+            for k in slots.indices { slots[k] = -1 }
+            hashes.removeAll(keepingCapacity: true)
+            keyStart.removeAll(keepingCapacity: true)
+            keyLen.removeAll(keepingCapacity: true)
+            valStart.removeAll(keepingCapacity: true)
+            valLen.removeAll(keepingCapacity: true)
+            keyArena.removeAll(keepingCapacity: true)
+            valArena.removeAll(keepingCapacity: true)
+        }
+        var i = Int(truncatingIfNeeded: hash) & mask
+        while slots[i] >= 0 { i = (i + 1) & mask }
+        slots[i] = Int32(hashes.count)
+        hashes.append(hash)
+        keyStart.append(Int32(keyArena.count))
+        keyLen.append(Int32(key.count))
+        keyArena.append(contentsOf: key)
+        valStart.append(Int32(valArena.count))
+        valLen.append(Int32(value.count))
+        valArena.append(contentsOf: value)
     }
 }
 
@@ -165,7 +241,7 @@ struct BPEModel: Sendable {
         }
         let ignoreMerges = model["ignore_merges"]?.boolValue ?? false
         let bpe = BPEModel(vocab: vocab, byteIds: byteIds, merges: table, ignoreMerges: ignoreMerges,
-                           unkId: unkId, cache: BPECache(capacity: 200_000))
+                           unkId: unkId, cache: BPECache(maxEntries: 1 << 17))
         return (bpe, strings)
     }
 
@@ -175,28 +251,25 @@ struct BPEModel: Sendable {
     }
 
     /// Tokenizes one pre-tokenized word (raw bytes), appending ids to `out`.
-    func tokenize(_ word: [UInt8], into out: inout [Int32], scratch: inout BPEScratch) {
+    func tokenize(_ word: UnsafeBufferPointer<UInt8>, into out: inout [Int32], scratch: inout BPEScratch) {
         if word.count == 1 {
             let id = byteIds[Int(word[0])]
             if id >= 0 { out.append(id) } else if let unkId { out.append(unkId) }
             return
         }
-        if let cached = cache.get(word) {
-            out.append(contentsOf: cached)
-            return
-        }
-        var ids: [Int32] = []
-        if ignoreMerges, let id = vocab[word] {
-            ids = [id]
+        let hash = hashBytes(word)
+        if cache.lookup(word, hash: hash, into: &out) { return }
+        let start = out.count
+        if ignoreMerges, let id = vocab[Array(word)] {
+            out.append(id)
         } else {
-            merge(word, &ids, &scratch)
+            merge(word, &out, &scratch)
         }
-        cache.set(word, ids)
-        out.append(contentsOf: ids)
+        cache.insert(word, hash: hash, out[start...])
     }
 
     /// HF `Word::merge_all` with a binary heap of (rank, position).
-    private func merge(_ word: [UInt8], _ out: inout [Int32], _ s: inout BPEScratch) {
+    private func merge(_ word: UnsafeBufferPointer<UInt8>, _ out: inout [Int32], _ s: inout BPEScratch) {
         s.ids.removeAll(keepingCapacity: true)
         for b in word {
             let id = byteIds[Int(b)]

@@ -49,15 +49,63 @@ enum SplitBehavior: String, Sendable {
     case contiguous = "Contiguous"
 }
 
-/// Reusable per-call scratch space for scanning (decoded scalars, classes and byte offsets).
+/// Reusable per-call scratch space for scanning.
 struct ScanScratch {
-    var cps: [UInt32] = []
-    var cls: [UInt8] = []
-    var offs: [Int] = []
     var matches: [(Range<Int>, Bool)] = []
 }
 
+/// Reads scalars and their classes from valid UTF-8.
+struct ScalarReader {
+    let p: UnsafeBufferPointer<UInt8>
+    let table: UnsafeBufferPointer<UInt8>
+
+    @inline(__always)
+    func at(_ i: Int) -> (cp: UInt32, len: Int, cls: UInt8) {
+        let (cp, len) = decodeScalar(p, i)
+        return (cp, len, cp < 0x20000 ? table[Int(cp)] : CharClass.of(cp))
+    }
+}
+
 extension SplitPattern {
+    /// True for the patterns run by the hand-written scanners.
+    var isScanned: Bool {
+        switch self {
+        case .qwenLike, .gpt2: return true
+        default: return false
+        }
+    }
+
+    /// Calls `body` with each piece of `buf[range]` in order: pattern matches (true) and the
+    /// gaps between them (false). Only for `isScanned` patterns.
+    @inline(__always)
+    func scan(_ buf: UnsafeBufferPointer<UInt8>, _ range: Range<Int>, _ body: (Range<Int>, Bool) -> Void) {
+        CharClass.table.withUnsafeBufferPointer { table in
+            let r = ScalarReader(p: buf, table: table)
+            let end = range.upperBound
+            var pos = range.lowerBound
+            var gapStart = -1
+            while pos < end {
+                let m: Int
+                switch self {
+                case .qwenLike(let maxDigits): m = matchQwenLike(r, pos, end, maxDigits)
+                default: m = matchGPT2(r, pos, end)
+                }
+                if m > pos {
+                    if gapStart >= 0 {
+                        body(gapStart..<pos, false)
+                        gapStart = -1
+                    }
+                    body(pos..<m, true)
+                    pos = m
+                } else {
+                    if gapStart < 0 { gapStart = pos }
+                    pos += utf8SequenceLength(buf[pos])
+                }
+            }
+            if gapStart >= 0 { body(gapStart..<end, false) }
+        }
+    }
+
     /// Finds pattern matches in `buf[range]`, appending a cover of the range as
     /// (byte range, isMatch) pieces in order (HF `Pattern::find_matches`).
     func findMatches(_ buf: UnsafeBufferPointer<UInt8>, _ range: Range<Int>, _ scratch: inout ScanScratch) {
@@ -72,47 +120,10 @@ extension SplitPattern {
         case .regex(let re, _):
             findRegex(buf, range, re, &scratch.matches)
         case .qwenLike, .gpt2:
-            // Decode scalars once; the matchers work on scalar indices.
-            scratch.cps.removeAll(keepingCapacity: true)
-            scratch.cls.removeAll(keepingCapacity: true)
-            scratch.offs.removeAll(keepingCapacity: true)
-            var i = range.lowerBound
-            while i < range.upperBound {
-                let (cp, len) = decodeScalar(buf, i)
-                scratch.cps.append(cp)
-                scratch.cls.append(CharClass.of(cp))
-                scratch.offs.append(i)
-                i += len
-            }
-            scratch.offs.append(range.upperBound)
-            let n = scratch.cps.count
-            var gapStart = -1
-            var pos = 0
-            scratch.cps.withUnsafeBufferPointer { cps in
-                scratch.cls.withUnsafeBufferPointer { cls in
-                    while pos < n {
-                        let end: Int
-                        switch self {
-                        case .qwenLike(let maxDigits): end = matchQwenLike(cps, cls, pos, maxDigits)
-                        default: end = matchGPT2(cps, cls, pos)
-                        }
-                        if end > pos {
-                            if gapStart >= 0 {
-                                scratch.matches.append((scratch.offs[gapStart]..<scratch.offs[pos], false))
-                                gapStart = -1
-                            }
-                            scratch.matches.append((scratch.offs[pos]..<scratch.offs[end], true))
-                            pos = end
-                        } else {
-                            if gapStart < 0 { gapStart = pos }
-                            pos += 1
-                        }
-                    }
-                }
-            }
-            if gapStart >= 0 {
-                scratch.matches.append((scratch.offs[gapStart]..<scratch.offs[n], false))
-            }
+            var out = scratch.matches
+            scratch.matches = []
+            scan(buf, range) { r, isMatch in out.append((r, isMatch)) }
+            scratch.matches = out
         }
     }
 
@@ -183,62 +194,80 @@ private func foldLower(_ c: UInt32) -> UInt32 {
 @inline(__always)
 private func isCRLF(_ c: UInt32) -> Bool { c == 0x0A || c == 0x0D }
 
-/// Matcher for the Qwen2 (`maxDigits` 1) and Llama 3 / cl100k (`maxDigits` 3) patterns.
-/// Returns the end scalar index of the match at `i`, or `i` if nothing matches at `i`.
+/// Matcher for the Qwen2 (`maxDigits` 1) and Llama 3 / cl100k (`maxDigits` 3) patterns at byte
+/// offset `i`. Returns the end offset of the match, or `i` if nothing matches at `i`.
 @inline(__always)
-private func matchQwenLike(_ cps: UnsafeBufferPointer<UInt32>, _ cls: UnsafeBufferPointer<UInt8>,
-                           _ i: Int, _ maxDigits: Int) -> Int {
-    let n = cps.count
-    let c = cps[i]
-    let k = cls[i]
+private func matchQwenLike(_ r: ScalarReader, _ i: Int, _ end: Int, _ maxDigits: Int) -> Int {
+    let (c, l, k) = r.at(i)
     // 1. (?i:'s|'t|'re|'ve|'m|'ll|'d)
-    if c == 0x27, i + 1 < n {
-        let c1 = foldLower(cps[i + 1])
-        if c1 == 0x73 || c1 == 0x74 || c1 == 0x6D || c1 == 0x64 { return i + 2 }  // s t m d
-        if i + 2 < n {
-            let c2 = foldLower(cps[i + 2])
-            if (c1 == 0x72 && c2 == 0x65) || (c1 == 0x76 && c2 == 0x65) || (c1 == 0x6C && c2 == 0x6C) {
-                return i + 3  // re ve ll
+    if c == 0x27, i + 1 < end {
+        let (c1, l1, _) = r.at(i + 1)
+        let f1 = foldLower(c1)
+        if f1 == 0x73 || f1 == 0x74 || f1 == 0x6D || f1 == 0x64 { return i + 1 + l1 }  // s t m d
+        if i + 1 + l1 < end {
+            let (c2, l2, _) = r.at(i + 1 + l1)
+            let f2 = foldLower(c2)
+            if (f1 == 0x72 && f2 == 0x65) || (f1 == 0x76 && f2 == 0x65) || (f1 == 0x6C && f2 == 0x6C) {
+                return i + 1 + l1 + l2  // re ve ll
             }
         }
     }
     // 2. [^\r\n\p{L}\p{N}]?\p{L}+
+    var letterStart = -1
     if k & cLetter != 0 {
-        var j = i + 1
-        while j < n && cls[j] & cLetter != 0 { j += 1 }
-        return j
+        letterStart = i
+    } else if k & cNumber == 0 && !isCRLF(c) && i + l < end && r.at(i + l).cls & cLetter != 0 {
+        letterStart = i + l
     }
-    if k & cNumber == 0 && !isCRLF(c) && i + 1 < n && cls[i + 1] & cLetter != 0 {
-        var j = i + 2
-        while j < n && cls[j] & cLetter != 0 { j += 1 }
+    if letterStart >= 0 {
+        var j = letterStart
+        while j < end {
+            let (_, lj, kj) = r.at(j)
+            if kj & cLetter == 0 { break }
+            j += lj
+        }
         return j
     }
     // 3. \p{N}{1,maxDigits}
     if k & cNumber != 0 {
-        var j = i + 1
-        while j < n && j - i < maxDigits && cls[j] & cNumber != 0 { j += 1 }
+        var j = i + l
+        var count = 1
+        while j < end && count < maxDigits {
+            let (_, lj, kj) = r.at(j)
+            if kj & cNumber == 0 { break }
+            j += lj
+            count += 1
+        }
         return j
     }
     // 4. ` ?[^\s\p{L}\p{N}]+[\r\n]*`
     let s = c == 0x20 ? i + 1 : i
-    if s < n && cls[s] & (cLetter | cNumber | cSpace) == 0 {
-        var j = s + 1
-        while j < n && cls[j] & (cLetter | cNumber | cSpace) == 0 { j += 1 }
-        while j < n && isCRLF(cps[j]) { j += 1 }
+    if s < end && r.at(s).cls & (cLetter | cNumber | cSpace) == 0 {
+        var j = s
+        while j < end {
+            let (_, lj, kj) = r.at(j)
+            if kj & (cLetter | cNumber | cSpace) != 0 { break }
+            j += lj
+        }
+        while j < end && (r.p[j] == 0x0A || r.p[j] == 0x0D) { j += 1 }
         return j
     }
     if k & cSpace != 0 {
-        var j = i + 1
-        var lastNL = isCRLF(c) ? i : -1
-        while j < n && cls[j] & cSpace != 0 {
-            if isCRLF(cps[j]) { lastNL = j }
-            j += 1
+        var j = i + l
+        var lastNLEnd = isCRLF(c) ? i + l : -1
+        var lastStart = i
+        while j < end {
+            let (cj, lj, kj) = r.at(j)
+            if kj & cSpace == 0 { break }
+            if isCRLF(cj) { lastNLEnd = j + lj }
+            lastStart = j
+            j += lj
         }
         // 5. \s*[\r\n]+ : backtracks to just after the last newline of the whitespace run.
-        if lastNL >= 0 { return lastNL + 1 }
-        // 6. \s+(?!\S)
-        if j == n { return j }
-        if j - i >= 2 { return j - 1 }
+        if lastNLEnd >= 0 { return lastNLEnd }
+        // 6. \s+(?!\S) : the whole run at the end of input, else all but its last scalar.
+        if j == end { return j }
+        if lastStart > i { return lastStart }
         // 7. \s+
         return j
     }
@@ -247,45 +276,49 @@ private func matchQwenLike(_ cps: UnsafeBufferPointer<UInt32>, _ cls: UnsafeBuff
 
 /// Matcher for the GPT-2 pattern used by ByteLevel(use_regex: true).
 @inline(__always)
-private func matchGPT2(_ cps: UnsafeBufferPointer<UInt32>, _ cls: UnsafeBufferPointer<UInt8>, _ i: Int) -> Int {
-    let n = cps.count
-    let c = cps[i]
+private func matchGPT2(_ r: ScalarReader, _ i: Int, _ end: Int) -> Int {
+    let (c, l, k) = r.at(i)
     // 's|'t|'re|'ve|'m|'ll|'d (case-sensitive)
-    if c == 0x27, i + 1 < n {
-        let c1 = cps[i + 1]
-        if c1 == 0x73 || c1 == 0x74 || c1 == 0x6D || c1 == 0x64 { return i + 2 }
-        if i + 2 < n {
-            let c2 = cps[i + 2]
+    if c == 0x27, i + 1 < end {
+        let (c1, l1, _) = r.at(i + 1)
+        if c1 == 0x73 || c1 == 0x74 || c1 == 0x6D || c1 == 0x64 { return i + 1 + l1 }
+        if i + 1 + l1 < end {
+            let (c2, l2, _) = r.at(i + 1 + l1)
             if (c1 == 0x72 && c2 == 0x65) || (c1 == 0x76 && c2 == 0x65) || (c1 == 0x6C && c2 == 0x6C) {
-                return i + 3
+                return i + 1 + l1 + l2
             }
         }
     }
+    // ` ?\p{L}+`, ` ?\p{N}+`, ` ?[^\s\p{L}\p{N}]+`
     let s = c == 0x20 ? i + 1 : i
-    if s < n {
-        let ks = cls[s]
-        // ` ?\p{L}+`, ` ?\p{N}+`, ` ?[^\s\p{L}\p{N}]+`
-        let want: UInt8
-        if ks & cLetter != 0 { want = cLetter }
-        else if ks & cNumber != 0 { want = cNumber }
-        else if ks & cSpace == 0 { want = 0 }
-        else { want = 255 }
-        if want == cLetter || want == cNumber {
-            var j = s + 1
-            while j < n && cls[j] & want != 0 { j += 1 }
-            return j
-        }
-        if want == 0 {
-            var j = s + 1
-            while j < n && cls[j] & (cLetter | cNumber | cSpace) == 0 { j += 1 }
+    if s < end {
+        let ks = r.at(s).cls
+        var stopMask: UInt8 = 0  // classes that end the run
+        var wantMask: UInt8 = 0  // classes that continue it
+        if ks & cLetter != 0 { wantMask = cLetter }
+        else if ks & cNumber != 0 { wantMask = cNumber }
+        else if ks & cSpace == 0 { stopMask = cLetter | cNumber | cSpace }
+        if wantMask != 0 || stopMask != 0 {
+            var j = s
+            while j < end {
+                let (_, lj, kj) = r.at(j)
+                if wantMask != 0 ? (kj & wantMask == 0) : (kj & stopMask != 0) { break }
+                j += lj
+            }
             return j
         }
     }
-    if cls[i] & cSpace != 0 {
-        var j = i + 1
-        while j < n && cls[j] & cSpace != 0 { j += 1 }
-        if j == n { return j }  // \s+(?!\S) at end of input
-        if j - i >= 2 { return j - 1 }
+    if k & cSpace != 0 {
+        var j = i + l
+        var lastStart = i
+        while j < end {
+            let (_, lj, kj) = r.at(j)
+            if kj & cSpace == 0 { break }
+            lastStart = j
+            j += lj
+        }
+        if j == end { return j }  // \s+(?!\S) at end of input
+        if lastStart > i { return lastStart }
         return j
     }
     return i
@@ -301,6 +334,25 @@ enum PreTokenizerStep: Sendable {
 /// The pre-tokenizer pipeline: a flat list of steps applied in order, each to every piece.
 struct PreTokenizer: Sendable {
     var steps: [PreTokenizerStep]
+    /// When the pipeline is a single isolated split by a scanned pattern (ByteLevel steps that
+    /// neither add a prefix space nor split), words can be produced straight from the scanner.
+    var fastPattern: SplitPattern? {
+        var pattern: SplitPattern? = nil
+        for step in steps {
+            switch step {
+            case .split(let p, .isolated, invert: false) where p.isScanned && pattern == nil:
+                pattern = p
+            case .byteLevel(addPrefixSpace: false, useRegex: false):
+                continue
+            case .byteLevel(addPrefixSpace: false, useRegex: true) where pattern == nil:
+                pattern = .gpt2
+            default:
+                return nil
+            }
+        }
+        return pattern
+    }
+
     /// True when the pipeline contains a ByteLevel step (byte-level BPE).
     var hasByteLevel: Bool {
         steps.contains { if case .byteLevel = $0 { return true } else { return false } }

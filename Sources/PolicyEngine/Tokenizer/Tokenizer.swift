@@ -24,6 +24,7 @@ public final class Tokenizer: Sendable {
     private let model: BPEModel
     private let normalizer: Normalizer
     private let preTokenizer: PreTokenizer
+    private let fastPattern: SplitPattern?
     /// Added tokens with normalized == false, matched on the raw text.
     private let rawMatcher: AddedTokenMatcher
     /// Added tokens with normalized == true, matched on each normalized piece.
@@ -92,6 +93,7 @@ public final class Tokenizer: Sendable {
         model = bpe
         normalizer = try Normalizer.parse(root["normalizer"])
         preTokenizer = try PreTokenizer.parse(root["pre_tokenizer"])
+        fastPattern = preTokenizer.fastPattern
         guard preTokenizer.hasByteLevel else {
             throw TokenizerError.unsupported(field: "pre_tokenizer",
                                              value: "no ByteLevel step (only byte-level BPE tokenizers are supported)")
@@ -346,11 +348,19 @@ public final class Tokenizer: Sendable {
                 out.append(id)
                 continue
             }
+            if let fastPattern {
+                fastPattern.scan(seg, r) { w, _ in
+                    model.tokenize(UnsafeBufferPointer(rebasing: seg[w]), into: &out, scratch: &state.bpe)
+                }
+                continue
+            }
             var buffer = Array(UnsafeBufferPointer(rebasing: seg[r]))
             var ranges = [0..<buffer.count]
             preTokenizer.run(buffer: &buffer, ranges: &ranges, scratch: &state.scan)
-            for w in ranges {
-                model.tokenize(Array(buffer[w]), into: &out, scratch: &state.bpe)
+            buffer.withUnsafeBufferPointer { buf in
+                for w in ranges {
+                    model.tokenize(UnsafeBufferPointer(rebasing: buf[w]), into: &out, scratch: &state.bpe)
+                }
             }
         }
     }

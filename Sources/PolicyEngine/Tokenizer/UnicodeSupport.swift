@@ -29,24 +29,46 @@ enum CharClass {
     }()
 
     static func compute(_ s: Unicode.Scalar) -> UInt8 {
+        let v = s.value
+        if v < 0x80 {
+            // ASCII fast path (no property lookups).
+            switch v {
+            case 0x41...0x5A, 0x61...0x7A: return letter | word
+            case 0x30...0x39: return number | word
+            case 0x09...0x0D, 0x20: return whitespace
+            case 0x5F: return word
+            default: return 0
+            }
+        }
         let p = s.properties
         // Oniguruma in tokenizers has Unicode 16.0 tables: later scalars are unassigned there.
         guard let age = p.age, age.major < 17 else { return newerThanUnicode9 }
         var c: UInt8 = age.major > 9 ? newerThanUnicode9 : 0
-        switch p.generalCategory {
-        case .uppercaseLetter, .lowercaseLetter, .titlecaseLetter, .modifierLetter, .otherLetter:
-            c |= letter
-        case .decimalNumber, .letterNumber, .otherNumber:
-            c |= number
+        // White_Space (stable list; none of these is a letter or number).
+        switch v {
+        case 0x85, 0xA0, 0x1680, 0x2000...0x200A, 0x2028, 0x2029, 0x202F, 0x205F, 0x3000:
+            return c | whitespace
+        case 0x200C, 0x200D:  // Join_Control
+            return c | word
         default:
             break
         }
-        if p.isWhitespace { c |= whitespace }
         switch p.generalCategory {
-        case .nonspacingMark, .spacingMark, .enclosingMark, .decimalNumber, .connectorPunctuation:
+        case .uppercaseLetter, .lowercaseLetter, .titlecaseLetter, .modifierLetter, .otherLetter:
+            c |= letter | word
+        case .decimalNumber:
+            c |= number | word
+        case .letterNumber:
+            c |= number | word  // Nl is Alphabetic
+        case .otherNumber:
+            c |= number
+            if p.isAlphabetic { c |= word }
+        case .nonspacingMark, .spacingMark, .enclosingMark, .connectorPunctuation:
             c |= word
+        case .unassigned, .surrogate, .privateUse:
+            break
         default:
-            if p.isAlphabetic || p.isJoinControl { c |= word }
+            if p.isAlphabetic { c |= word }  // e.g. circled letters (So, Other_Alphabetic)
         }
         return c
     }
