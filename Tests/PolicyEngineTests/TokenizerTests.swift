@@ -377,6 +377,27 @@ final class TokenizerReferenceTests: XCTestCase {
         }
     }
 
+    func testConcurrentEncodingSharesTheWordCacheSafely() throws {
+        final class Mismatches: @unchecked Sendable {  // @unchecked: guarded by `lock`
+            let lock = NSLock()
+            var count = 0
+            func add() { lock.lock(); count += 1; lock.unlock() }
+        }
+        let tok = try loadFixtureTokenizer("qwen2-tiny")
+        let data = try Data(contentsOf: tokenizerFixturesDir.appendingPathComponent("reference/tokenizer-qwen.json"))
+        let cases = try JSONDecoder().decode(TokenizerReference.self, from: data).cases
+        let mismatches = Mismatches()
+        // 8 threads encode the reference texts in different orders against one shared cache.
+        DispatchQueue.concurrentPerform(iterations: 8) { worker in
+            for round in 0..<4 {
+                for c in (round + worker) % 2 == 0 ? cases : cases.reversed() where tok.encode(c.text) != c.ids {
+                    mismatches.add()
+                }
+            }
+        }
+        XCTAssertEqual(mismatches.count, 0)
+    }
+
     func testSpecialTokenIdsFromConfig() throws {
         let qwen = try loadFixtureTokenizer("qwen3-tiny")
         XCTAssertEqual(qwen.eosToken, "<|im_end|>")
