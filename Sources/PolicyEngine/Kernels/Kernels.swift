@@ -11,6 +11,69 @@ public enum BLASThreads {
     public static var current: Int { Int(openblas_get_num_threads()) }
 }
 
+/// OpenBLAS kernel selection.
+///
+/// Debian's DYNAMIC_ARCH OpenBLAS 0.3.21 does not recognise some virtualised Xeons and falls back to the
+/// "Prescott" (SSE3) kernels, which run sgemm 3-4x slower than the AVX-512 ("SkylakeX") ones on the same
+/// machine. `selectOptimizedCore()` re-runs OpenBLAS's dynamic core selection with OPENBLAS_CORETYPE set
+/// from the CPU flags in /proc/cpuinfo. It only acts when the library exports its dynamic-arch entry
+/// points, the user did not set OPENBLAS_CORETYPE, and the detected core is a generic fallback.
+public enum BLASCore {
+    /// The OpenBLAS kernel family in use ("SkylakeX", "Haswell", "Prescott", ...), if the library says.
+    public static var name: String? {
+        guard let f = symbol("openblas_get_corename") else { return nil }
+        let fn = unsafeBitCast(f, to: (@convention(c) () -> UnsafePointer<CChar>?).self)
+        return fn().map { String(cString: $0) }
+    }
+
+    private static let generic: Set<String> = ["prescott", "core2", "penryn", "dunnington", "nehalem", "sandybridge",
+                                                "atom", "banias", "katmai", "coppermine", "northwood", "unknown"]
+
+    nonisolated(unsafe) private static var done = false
+    private static let lock = NSLock()
+
+    /// Switches to AVX-512 or AVX2 kernels when OpenBLAS picked a generic fallback on a CPU that has them.
+    /// Call once at startup, before other threads use BLAS. Returns the core name in use afterwards.
+    @discardableResult
+    public static func selectOptimizedCore() -> String? {
+        lock.lock()
+        defer { lock.unlock() }
+        if done { return name }
+        done = true
+        #if os(Linux)
+        guard ProcessInfo.processInfo.environment["OPENBLAS_CORETYPE"] == nil,
+              ProcessInfo.processInfo.environment["POLICYENGINE_KEEP_BLAS_CORE"] == nil,
+              let current = name, generic.contains(current.lowercased()),
+              let quit = symbol("gotoblas_dynamic_quit"), let initialise = symbol("gotoblas_dynamic_init"),
+              let cpuinfo = try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8),
+              let flagsLine = cpuinfo.split(separator: "\n").first(where: { $0.hasPrefix("flags") })
+        else { return name }
+        let flags = Set(flagsLine.split(separator: " ").map(String.init))
+        let target: String
+        if ["avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512cd"].allSatisfy(flags.contains) {
+            target = "SkylakeX"
+        } else if ["avx2", "fma"].allSatisfy(flags.contains) {
+            target = "Haswell"
+        } else {
+            return name
+        }
+        setenv("OPENBLAS_CORETYPE", target, 1)
+        unsafeBitCast(quit, to: (@convention(c) () -> Void).self)()
+        unsafeBitCast(initialise, to: (@convention(c) () -> Void).self)()
+        unsetenv("OPENBLAS_CORETYPE")
+        #endif
+        return name
+    }
+
+    private static func symbol(_ s: String) -> UnsafeMutableRawPointer? {
+        #if os(Linux)
+        return dlsym(UnsafeMutableRawPointer(bitPattern: 0), s)  // RTLD_DEFAULT
+        #else
+        return dlsym(UnsafeMutableRawPointer(bitPattern: -2), s)  // RTLD_DEFAULT on Darwin
+        #endif
+    }
+}
+
 enum Kernels {
     /// y[rows, outDim] = x[rows, inDim] * W[outDim, inDim]^T (+ bias) (+ beta * y).
     /// Uses sgemv for a single row and sgemm otherwise.
@@ -40,8 +103,7 @@ enum Kernels {
                         into out: UnsafeMutablePointer<Float>) {
         for r in 0..<rows {
             let xr = x + r * dim, o = out + r * dim
-            var ss: Float = 0
-            for i in 0..<dim { ss += xr[i] * xr[i] }
+            let ss = VectorMath.sumOfSquares(xr, dim)
             let inv = 1 / (ss / Float(dim) + eps).squareRoot()
             for i in 0..<dim { o[i] = weight[i] * (xr[i] * inv) }
         }
@@ -66,9 +128,16 @@ enum Kernels {
     /// gate[i] = silu(gate[i]) * up[i]
     @inline(__always)
     static func swiglu(_ gate: UnsafeMutablePointer<Float>, _ up: UnsafePointer<Float>, count: Int) {
-        for i in 0..<count {
+        var i = 0
+        while i + 8 <= count {
+            let g = VectorMath.load(gate + i)
+            VectorMath.store(g / (1 + VectorMath.exp(-g)) * VectorMath.load(up + i), gate + i)
+            i += 8
+        }
+        while i < count {
             let g = gate[i]
-            gate[i] = g / (1 + expf(-g)) * up[i]
+            gate[i] = g / (1 + VectorMath.exp(-g)) * up[i]
+            i += 1
         }
     }
 
@@ -77,11 +146,21 @@ enum Kernels {
     static func maskedSoftmax(_ row: UnsafeMutablePointer<Float>, valid: Int, width: Int) {
         var m = -Float.infinity
         for j in 0..<valid where row[j] > m { m = row[j] }
-        var sum: Float = 0
-        for j in 0..<valid {
-            let e = expf(row[j] - m)
+        var acc = VectorMath.V()
+        let mv = VectorMath.V(repeating: m)
+        var j = 0
+        while j + 8 <= valid {
+            let e = VectorMath.exp(VectorMath.load(row + j) - mv)
+            VectorMath.store(e, row + j)
+            acc += e
+            j += 8
+        }
+        var sum = acc.sum()
+        while j < valid {
+            let e = VectorMath.exp(row[j] - m)
             row[j] = e
             sum += e
+            j += 1
         }
         let inv = 1 / sum
         for j in 0..<valid { row[j] *= inv }

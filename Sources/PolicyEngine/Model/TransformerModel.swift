@@ -40,10 +40,13 @@ public final class TransformerModel: @unchecked Sendable {
     let rope: RotaryEmbedding
     private let lock = NSLock()
     private let ws = Workspace()
+    /// Per-section timing of forward steps; enable with `profiler.enabled = true`.
+    public let profiler = ForwardProfiler()
 
     public init(config: ModelConfig, checkpoint: SafetensorsCheckpoint,
                 generationDefaults: GenerationDefaults = GenerationDefaults()) throws {
         try config.validate()
+        BLASCore.selectOptimizedCore()
         self.config = config
         self.generationDefaults = generationDefaults
         weights = try TransformerWeights(config: config, checkpoint: checkpoint)
@@ -137,6 +140,8 @@ public final class TransformerModel: @unchecked Sendable {
         ws.ensure(config: c, rows: rows, logitRows: logitRows, scoreSize: scoreSize)
 
         let H = c.hiddenSize, hd = c.headDim, half = hd / 2
+        let prof = profiler
+        prof.start()
         // Embedding lookup, positions and RoPE tables per row.
         var row = 0
         for r in requests {
@@ -147,6 +152,7 @@ public final class TransformerModel: @unchecked Sendable {
                 row += 1
             }
         }
+        prof.mark(.embed)
         for l in 0..<c.numHiddenLayers {
             layer(l, requests: requests, rows: rows)
         }
@@ -170,8 +176,10 @@ public final class TransformerModel: @unchecked Sendable {
                 row += n
             }
             let V = c.vocabSize
+            prof.mark(.norms)
             Kernels.linear(ws.hsel, rows: logitRows, inDim: H, weight: weights.lmHead.pointer, outDim: V,
                            bias: nil, into: ws.logits)
+            prof.mark(.lmHead)
             sel = 0
             for (i, r) in requests.enumerated() {
                 let k = r.logits == .all ? r.tokens.count : (r.logits == .last ? 1 : 0)
@@ -180,6 +188,7 @@ public final class TransformerModel: @unchecked Sendable {
                 }
                 sel += k
             }
+            prof.mark(.sampling)
         }
         for r in requests { r.cache.commit(r.tokens) }
     }
@@ -190,12 +199,15 @@ public final class TransformerModel: @unchecked Sendable {
         let H = c.hiddenSize, Q = c.qDim, KV = c.kvDim, I = c.intermediateSize, hd = c.headDim, half = hd / 2
         let nH = c.numAttentionHeads, nKV = c.numKeyValueHeads, nRep = nH / nKV
         let eps = c.rmsNormEps
+        let prof = profiler
 
         // Attention block.
         Kernels.rmsNorm(ws.x, weight: w.inputNorm.pointer, rows: rows, dim: H, eps: eps, into: ws.xn)
+        prof.mark(.norms)
         Kernels.linear(ws.xn, rows: rows, inDim: H, weight: w.qProj.pointer, outDim: Q, bias: w.qBias?.pointer, into: ws.q)
         Kernels.linear(ws.xn, rows: rows, inDim: H, weight: w.kProj.pointer, outDim: KV, bias: w.kBias?.pointer, into: ws.k)
         Kernels.linear(ws.xn, rows: rows, inDim: H, weight: w.vProj.pointer, outDim: KV, bias: w.vBias?.pointer, into: ws.v)
+        prof.mark(.qkv)
         if let qn = w.qNorm, let kn = w.kNorm {
             Kernels.rmsNorm(ws.q, weight: qn.pointer, rows: rows * nH, dim: hd, eps: eps, into: ws.q)
             Kernels.rmsNorm(ws.k, weight: kn.pointer, rows: rows * nKV, dim: hd, eps: eps, into: ws.k)
@@ -204,6 +216,7 @@ public final class TransformerModel: @unchecked Sendable {
             Kernels.rope(ws.q + r * Q, heads: nH, headDim: hd, cos: ws.cos + r * half, sin: ws.sin + r * half)
             Kernels.rope(ws.k + r * KV, heads: nKV, headDim: hd, cos: ws.cos + r * half, sin: ws.sin + r * half)
         }
+        prof.mark(.rope)
         let scale = 1 / Float(hd).squareRoot()
         var row0 = 0
         for req in requests {
@@ -234,17 +247,23 @@ public final class TransformerModel: @unchecked Sendable {
             }
             row0 += T
         }
+        prof.mark(.attention)
         // x += att * Wo^T (+ bo)
         Kernels.linear(ws.att, rows: rows, inDim: Q, weight: w.oProj.pointer, outDim: H, bias: w.oBias?.pointer,
                        into: ws.x, accumulate: true)
+        prof.mark(.outProj)
 
         // MLP block.
         Kernels.rmsNorm(ws.x, weight: w.postNorm.pointer, rows: rows, dim: H, eps: eps, into: ws.xn)
+        prof.mark(.norms)
         Kernels.linear(ws.xn, rows: rows, inDim: H, weight: w.gateProj.pointer, outDim: I, bias: nil, into: ws.gate)
         Kernels.linear(ws.xn, rows: rows, inDim: H, weight: w.upProj.pointer, outDim: I, bias: nil, into: ws.up)
+        prof.mark(.gateUp)
         Kernels.swiglu(ws.gate, ws.up, count: rows * I)
+        prof.mark(.swiglu)
         Kernels.linear(ws.gate, rows: rows, inDim: I, weight: w.downProj.pointer, outDim: H, bias: nil,
                        into: ws.x, accumulate: true)
+        prof.mark(.down)
     }
 }
 

@@ -1,0 +1,51 @@
+/// Vectorised float math for the non-BLAS loops (softmax, SiLU). Written with Swift SIMD types so the
+/// compiler emits vector instructions regardless of the target's libm.
+enum VectorMath {
+    typealias V = SIMD8<Float>
+
+    /// exp(x) for 8 lanes: Cephes-style range reduction x = n ln2 + r, |r| <= ln2/2, degree-5 polynomial;
+    /// max relative error about 2e-7 over the clamped range [-87.3, 88.3] (below that it returns ~1e-38,
+    /// above it ~2e38, never inf/NaN for finite input).
+    @inline(__always)
+    static func exp(_ v: V) -> V {
+        let x = v.clamped(lowerBound: V(repeating: -87.3), upperBound: V(repeating: 88.3))
+        let n = (x * 1.442_695_040_888_963_4).rounded(.toNearestOrEven)
+        // r = x - n * ln2, with ln2 split in two for precision.
+        var r = x - n * 0.693_359_375
+        r = r + n * 2.121_944_4e-4
+        var p = V(repeating: 1.987_569_150_0e-4)
+        p = p * r + 1.398_199_950_7e-3
+        p = p * r + 8.333_451_907_3e-3
+        p = p * r + 4.166_579_589_4e-2
+        p = p * r + 1.666_666_545_9e-1
+        p = p * r + 5.000_000_120_1e-1
+        let y = p * (r * r) + r + 1
+        let bits = (SIMD8<Int32>(n, rounding: .toNearestOrEven) &+ 127) &<< 23
+        return y * unsafeBitCast(bits, to: V.self)
+    }
+
+    /// Scalar version through the same polynomial (used for loop tails so results match lane for lane).
+    @inline(__always)
+    static func exp(_ x: Float) -> Float { exp(V(repeating: x))[0] }
+
+    @inline(__always)
+    static func load(_ p: UnsafePointer<Float>) -> V { UnsafeRawPointer(p).loadUnaligned(as: V.self) }
+
+    @inline(__always)
+    static func store(_ v: V, _ p: UnsafeMutablePointer<Float>) { UnsafeMutableRawPointer(p).storeBytes(of: v, as: V.self) }
+
+    /// Sum of squares with 8 independent accumulators.
+    @inline(__always)
+    static func sumOfSquares(_ x: UnsafePointer<Float>, _ n: Int) -> Float {
+        var acc = V()
+        var i = 0
+        while i + 8 <= n {
+            let a = load(x + i)
+            acc = acc.addingProduct(a, a)
+            i += 8
+        }
+        var s = acc.sum()
+        while i < n { s += x[i] * x[i]; i += 1 }
+        return s
+    }
+}
