@@ -134,4 +134,19 @@ final class GenerationSessionTests: XCTestCase {
         XCTAssertEqual(a, b)
         XCTAssertEqual(fork.commonPrefixLength(with: promptA + [1]), promptA.count)
     }
+
+    func testLogProbabilitiesMatchGeneration() throws {
+        let model = try fixtureModel("qwen2-tiny")
+        let s = Session(model: model)
+        try s.append(promptA)
+        let r = try s.generate(maxTokens: 10, sampling: SamplingParameters(temperature: 1.2, seed: 11))
+        let scored = try model.logProbabilities(of: r.tokens, after: promptA)
+        XCTAssertLessThan(EngineFixtures.maxAbsDiff(scored, r.rawLogprobs), 1e-4)
+        let c = model.makeCache()
+        _ = try model.prefill(tokens: promptA, cache: c)
+        let again = try model.logProbabilities(of: r.tokens, after: promptA, cache: c)
+        XCTAssertLessThan(EngineFixtures.maxAbsDiff(again, scored), 1e-4)
+        XCTAssertEqual(c.tokens, promptA + r.tokens.dropLast())
+        XCTAssertThrowsError(try model.logProbabilities(of: [1], after: [2, 3], cache: c))
+    }
 }

@@ -8,8 +8,11 @@ enum VectorMath {
     /// above it ~2e38, never inf/NaN for finite input).
     @inline(__always)
     static func exp(_ v: V) -> V {
-        let x = v.clamped(lowerBound: V(repeating: -87.3), upperBound: V(repeating: 88.3))
-        let n = (x * 1.442_695_040_888_963_4).rounded(.toNearestOrEven)
+        let x = pointwiseMax(pointwiseMin(v, V(repeating: 88.3)), V(repeating: -87.3))
+        // Round x / ln2 to the nearest integer n with the 1.5 * 2^23 trick: t's low mantissa bits hold n.
+        let magic = V(repeating: 12_582_912)
+        let t = x * 1.442_695_040_888_963_4 + magic
+        let n = t - magic
         // r = x - n * ln2, with ln2 split in two for precision.
         var r = x - n * 0.693_359_375
         r = r + n * 2.121_944_4e-4
@@ -20,8 +23,8 @@ enum VectorMath {
         p = p * r + 1.666_666_545_9e-1
         p = p * r + 5.000_000_120_1e-1
         let y = p * (r * r) + r + 1
-        let bits = (SIMD8<Int32>(n, rounding: .toNearestOrEven) &+ 127) &<< 23
-        return y * unsafeBitCast(bits, to: V.self)
+        let ni = unsafeBitCast(t, to: SIMD8<Int32>.self) &- unsafeBitCast(magic, to: SIMD8<Int32>.self)
+        return y * unsafeBitCast((ni &+ 127) &<< 23, to: V.self)
     }
 
     /// Scalar version through the same polynomial (used for loop tails so results match lane for lane).
@@ -41,7 +44,7 @@ enum VectorMath {
         var i = 0
         while i + 8 <= n {
             let a = load(x + i)
-            acc = acc.addingProduct(a, a)
+            acc += a * a  // not addingProduct: without FMA in the target that becomes a libm call
             i += 8
         }
         var s = acc.sum()

@@ -103,6 +103,34 @@ public final class TransformerModel: @unchecked Sendable {
         return out
     }
 
+    /// Raw log_softmax log-probabilities of each `completion` token given everything before it
+    /// (`prompt` must be non-empty). Uses a fresh cache unless one holding `prompt` is passed; the cache then
+    /// also holds the completion.
+    public func logProbabilities(of completion: [Int32], after prompt: [Int32], cache: KVCache? = nil) throws -> [Float] {
+        guard !completion.isEmpty else { return [] }
+        let cache = cache ?? makeCache(initialCapacity: prompt.count + completion.count)
+        var feed: [Int32]
+        if cache.count == 0 {
+            guard !prompt.isEmpty else { throw ModelError.emptyInput }
+            feed = prompt
+        } else {
+            guard cache.tokens == prompt else {
+                throw ModelError.cacheMismatch(reason: "cache holds \(cache.count) tokens that are not the given prompt")
+            }
+            // Recompute the last prompt position to get its logits.
+            cache.truncate(to: cache.count - 1)
+            feed = [prompt[prompt.count - 1]]
+        }
+        let firstRow = feed.count - 1
+        feed += completion.dropLast()
+        var out = [Float](repeating: 0, count: completion.count)
+        try forward([ForwardRequest(tokens: feed, cache: cache, logits: .all)]) { _, row, logits in
+            let k = row - firstRow
+            if k >= 0 { out[k] = Sampler.logSoftmax(logits, at: Int(completion[k])) }
+        }
+        return out
+    }
+
     // MARK: forward
 
     /// Runs one forward step over all requests and hands the requested logits rows to `body`
