@@ -149,4 +149,14 @@ final class GenerationSessionTests: XCTestCase {
         XCTAssertEqual(c.tokens, promptA + r.tokens.dropLast())
         XCTAssertThrowsError(try model.logProbabilities(of: [1], after: [2, 3], cache: c))
     }
+
+    func testLongPromptIsPrefilledInChunks() throws {
+        let model = try fixtureModel("qwen2-tiny")
+        let n = TransformerModel.prefillChunk + 37
+        let tokens = (0..<n).map { Int32(($0 * 7919) % 1000) }
+        let chunked = try model.prefill(tokens: tokens, cache: model.makeCache())
+        var oneShot: [Float] = []
+        try model.forward([ForwardRequest(tokens: tokens, cache: model.makeCache())]) { _, _, l in oneShot = Array(l) }
+        XCTAssertLessThan(EngineFixtures.maxAbsDiff(chunked, oneShot), 1e-4)
+    }
 }

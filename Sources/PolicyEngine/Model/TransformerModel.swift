@@ -11,7 +11,7 @@ public enum LogitsSelection: Sendable {
 }
 
 /// New tokens for one sequence in a forward step. `tokens` are appended after `cache.count` positions.
-public struct ForwardRequest {
+public struct ForwardRequest: Sendable {
     public var tokens: ArraySlice<Int32>
     public var cache: KVCache
     public var logits: LogitsSelection
@@ -79,18 +79,36 @@ public final class TransformerModel: @unchecked Sendable {
 
     // MARK: convenience API
 
+    /// Prompts longer than this are run in several forward steps (bounds scratch memory; sgemm is already
+    /// efficient at this size).
+    public static let prefillChunk = 512
+
     /// Appends `tokens` to `cache` and returns the logits of the last position.
     public func prefill(tokens: [Int32], cache: KVCache) throws -> [Float] {
+        guard !tokens.isEmpty else { throw ModelError.emptyInput }
         var out: [Float] = []
-        try forward([ForwardRequest(tokens: tokens, cache: cache, logits: .last)]) { _, _, l in out = Array(l) }
+        var start = 0
+        while start < tokens.count {
+            let end = min(tokens.count, start + Self.prefillChunk)
+            try forward([ForwardRequest(tokens: tokens[start..<end], cache: cache, logits: end == tokens.count ? .last : .none)]) {
+                _, _, l in out = Array(l)
+            }
+            start = end
+        }
         return out
     }
 
     /// Appends `tokens` to `cache` and returns the logits of every new position.
     public func prefillAllLogits(tokens: [Int32], cache: KVCache) throws -> [[Float]] {
+        guard !tokens.isEmpty else { throw ModelError.emptyInput }
         var out: [[Float]] = []
         out.reserveCapacity(tokens.count)
-        try forward([ForwardRequest(tokens: tokens, cache: cache, logits: .all)]) { _, _, l in out.append(Array(l)) }
+        var start = 0
+        while start < tokens.count {
+            let end = min(tokens.count, start + Self.prefillChunk)
+            try forward([ForwardRequest(tokens: tokens[start..<end], cache: cache, logits: .all)]) { _, _, l in out.append(Array(l)) }
+            start = end
+        }
         return out
     }
 
