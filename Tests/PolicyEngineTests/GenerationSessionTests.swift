@@ -152,9 +152,11 @@ final class GenerationSessionTests: XCTestCase {
 
     func testLongPromptIsPrefilledInChunks() throws {
         let model = try fixtureModel("qwen2-tiny")
-        let n = TransformerModel.prefillChunk + 37
-        let tokens = (0..<n).map { Int32(($0 * 7919) % 1000) }
-        let chunked = try model.prefill(tokens: tokens, cache: model.makeCache())
+        let tokens = (0..<45).map { Int32(($0 * 7919) % 1000) }
+        let chunked = try model.prefill(tokens: tokens, cache: model.makeCache(), chunkSize: 16)
+        let all = try model.prefillAllLogits(tokens: tokens, cache: model.makeCache(), chunkSize: 7)
+        XCTAssertEqual(all.count, 45)
+        XCTAssertLessThan(EngineFixtures.maxAbsDiff(all[44], chunked), 1e-4)
         var oneShot: [Float] = []
         try model.forward([ForwardRequest(tokens: tokens, cache: model.makeCache())]) { _, _, l in oneShot = Array(l) }
         XCTAssertLessThan(EngineFixtures.maxAbsDiff(chunked, oneShot), 1e-4)

@@ -84,12 +84,12 @@ public final class TransformerModel: @unchecked Sendable {
     public static let prefillChunk = 512
 
     /// Appends `tokens` to `cache` and returns the logits of the last position.
-    public func prefill(tokens: [Int32], cache: KVCache) throws -> [Float] {
+    public func prefill(tokens: [Int32], cache: KVCache, chunkSize: Int = TransformerModel.prefillChunk) throws -> [Float] {
         guard !tokens.isEmpty else { throw ModelError.emptyInput }
         var out: [Float] = []
         var start = 0
         while start < tokens.count {
-            let end = min(tokens.count, start + Self.prefillChunk)
+            let end = min(tokens.count, start + max(1, chunkSize))
             try forward([ForwardRequest(tokens: tokens[start..<end], cache: cache, logits: end == tokens.count ? .last : .none)]) {
                 _, _, l in out = Array(l)
             }
@@ -99,13 +99,14 @@ public final class TransformerModel: @unchecked Sendable {
     }
 
     /// Appends `tokens` to `cache` and returns the logits of every new position.
-    public func prefillAllLogits(tokens: [Int32], cache: KVCache) throws -> [[Float]] {
+    public func prefillAllLogits(tokens: [Int32], cache: KVCache,
+                                 chunkSize: Int = TransformerModel.prefillChunk) throws -> [[Float]] {
         guard !tokens.isEmpty else { throw ModelError.emptyInput }
         var out: [[Float]] = []
         out.reserveCapacity(tokens.count)
         var start = 0
         while start < tokens.count {
-            let end = min(tokens.count, start + Self.prefillChunk)
+            let end = min(tokens.count, start + max(1, chunkSize))
             try forward([ForwardRequest(tokens: tokens[start..<end], cache: cache, logits: .all)]) { _, _, l in out.append(Array(l)) }
             start = end
         }
