@@ -1,0 +1,108 @@
+import ArgumentParser
+import Foundation
+import GatewayServer
+import Logging
+
+/// `gateway`: the Prompt-R1 gateway server. Thin: parses flags, loads the config, runs.
+@main
+struct GatewayCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "gateway",
+        abstract: "An OpenAI-compatible gateway whose embedded policy model prompts the upstream LLM (Prompt-R1).",
+        version: GatewayVersion.string,
+        subcommands: [Serve.self, CheckConfig.self],
+        defaultSubcommand: Serve.self
+    )
+}
+
+struct ConfigOptions: ParsableArguments {
+    @Option(name: .long, help: "Path of the JSON config file.")
+    var config: String = "gateway.json"
+
+    @Option(name: .long, help: "Listen address (overrides server.host).")
+    var host: String?
+
+    @Option(name: .long, help: "Listen port (overrides server.port; 0 picks a free port).")
+    var port: Int?
+
+    @Option(name: .customLong("upstream-url"), help: "Upstream base URL, e.g. https://api.openai.com/v1 (overrides upstream.base_url).")
+    var upstreamURL: String?
+
+    @Option(name: .customLong("log-db"), help: "SQLite traffic log path (overrides log.path).")
+    var logDB: String?
+
+    @Option(name: .long, help: "Policy checkpoint folder (overrides policy.path).")
+    var policy: String?
+
+    func load() throws -> GatewayConfig {
+        var c = try GatewayConfig.load(path: config)
+        if let host { c.server.host = host }
+        if let port {
+            guard (0...65535).contains(port) else { throw ValidationError("--port must be between 0 and 65535") }
+            c.server.port = port
+        }
+        if let upstreamURL {
+            guard let u = URL(string: upstreamURL), ["http", "https"].contains(u.scheme ?? ""), u.host != nil else {
+                throw ValidationError("--upstream-url must be an http(s) URL")
+            }
+            c.upstream.baseURL = upstreamURL
+        }
+        if let logDB { c.log.path = logDB }
+        if let policy { c.policyPath = policy }
+        return c
+    }
+}
+
+struct Serve: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Run the gateway until SIGTERM or SIGINT.")
+
+    @OptionGroup var options: ConfigOptions
+
+    @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical.")
+    var logLevel: String = "info"
+
+    func run() async throws {
+        let config: GatewayConfig
+        do { config = try options.load() } catch let e as ConfigError {
+            throw ValidationError("invalid config \(options.config): \(e)")
+        }
+        LoggingSystem.bootstrap { label in
+            var h = StreamLogHandler.standardError(label: label)
+            h.logLevel = Logger.Level(rawValue: logLevel) ?? .info
+            return h
+        }
+        let logger = Logger(label: "gateway")
+        let gateway = try Gateway(config: config, logger: logger)
+        Task {
+            let port = await gateway.waitForPort()
+            logger.notice("gateway listening", metadata: [
+                "address": "\(config.server.host):\(port)", "upstream": "\(config.upstream.baseURL)",
+                "log": "\(config.log.path)", "version": "\(GatewayVersion.string)",
+            ])
+        }
+        try await gateway.run()
+        logger.notice("gateway stopped; traffic log drained")
+    }
+}
+
+struct CheckConfig: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "check-config",
+        abstract: "Validate the config (and the overrides) and print the effective settings.")
+
+    @OptionGroup var options: ConfigOptions
+
+    func run() async throws {
+        do {
+            let c = try options.load()
+            print("config OK: \(options.config)")
+            print("  listen       \(c.server.host):\(c.server.port)")
+            print("  upstream     \(c.upstream.baseURL) (key from env \(c.upstream.apiKeyEnv ?? "none"): \(c.upstream.apiKeyEnv.flatMap { ProcessInfo.processInfo.environment[$0] } == nil ? "not set" : "set"))")
+            print("  routes       " + c.routes.map { "\($0.model) -> \($0.mode.rawValue)\($0.upstreamModel.map { " (\($0))" } ?? "")" }.joined(separator: ", "))
+            print("  log          \(c.log.path) (durability \(c.log.durability), retention \(c.log.retentionDays) days)")
+            print("  policy       \(c.policyPath ?? "none")")
+        } catch let e as ConfigError {
+            throw ValidationError("invalid config \(options.config): \(e)")
+        }
+    }
+}

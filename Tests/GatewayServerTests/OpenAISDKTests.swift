@@ -1,0 +1,71 @@
+import Foundation
+import XCTest
+@testable import GatewayServer
+
+/// The official `openai` Python SDK against a live gateway: the strongest check that
+/// unmodified clients work. The test command installs the SDK; without it the test is skipped
+/// locally and fails in CI.
+final class OpenAISDKTests: XCTestCase {
+    static var repoRoot: URL {
+        URL(fileURLWithPath: #filePath).deletingLastPathComponent().resolvingSymlinksInPath()
+            .deletingLastPathComponent().deletingLastPathComponent()
+    }
+
+    static func python() -> String? {
+        for p in ["/usr/local/bin/python3", "/usr/bin/python3"] where FileManager.default.isExecutableFile(atPath: p) { return p }
+        let env = ProcessInfo.processInfo.environment["PATH"] ?? ""
+        for dir in env.split(separator: ":") {
+            let p = "\(dir)/python3"
+            if FileManager.default.isExecutableFile(atPath: p) { return p }
+        }
+        return nil
+    }
+
+    /// Runs a process to completion off the cooperative pool.
+    static func run(_ exe: String, _ args: [String], env: [String: String]) async throws -> (Int32, String, String) {
+        try await withCheckedThrowingContinuation { cont in
+            DispatchQueue.global().async {
+                let p = Process()
+                p.executableURL = URL(fileURLWithPath: exe)
+                p.arguments = args
+                p.environment = ProcessInfo.processInfo.environment.merging(env) { $1 }
+                let out = Pipe(), err = Pipe()
+                p.standardOutput = out
+                p.standardError = err
+                do { try p.run() } catch { cont.resume(throwing: error); return }
+                let o = out.fileHandleForReading.readDataToEndOfFile()
+                let e = err.fileHandleForReading.readDataToEndOfFile()
+                p.waitUntilExit()
+                cont.resume(returning: (p.terminationStatus, String(decoding: o, as: UTF8.self), String(decoding: e, as: UTF8.self)))
+            }
+        }
+    }
+
+    func requireSDK() async throws -> String {
+        guard let py = Self.python() else { throw XCTSkip("python3 not found") }
+        let (status, _, _) = try await Self.run(py, ["-c", "import openai"], env: [:])
+        if status != 0 {
+            if ProcessInfo.processInfo.environment["CI"] != nil {
+                XCTFail("the openai SDK is not installed; the test command must install it (pip install openai)")
+            }
+            throw XCTSkip("openai SDK not installed (pip install openai)")
+        }
+        return py
+    }
+
+    func testOfficialSDKPassthrough() async throws {
+        let py = try await requireSDK()
+        let h = try await Harness.start(environment: ["TEST_CLIENT_KEYS": "test-key"])
+        let script = Self.repoRoot.appendingPathComponent("Tests/compat/openai_sdk_check.py").path
+        let (status, out, err) = try await Self.run(py, [script], env: ["GATEWAY_BASE_URL": "\(h.base)/v1", "GATEWAY_KEY": "test-key"])
+        try await h.stop()
+        XCTAssertEqual(status, 0, "stdout: \(out)\nstderr: \(err)")
+        let seen = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(out.utf8)) as? [String: Any], out)
+        XCTAssertEqual(seen["non_stream"] as? String, "echo: hello sdk")
+        XCTAssertEqual(seen["stream"] as? String, "echo: stream please")
+        XCTAssertEqual(seen["stream_usage"] as? Int, 14)
+        XCTAssertEqual(seen["bad_request"] as? [AnyHashable], [400, "messages[0].role"])
+        XCTAssertEqual(seen["auth"] as? Int, 401)
+        XCTAssertEqual(seen["models"] as? [String], ["gpt-4o-mini", "gpt-4o", "prompt-r1/gpt-4o-mini", "prompt-r1/gpt-4o"])
+    }
+}

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Runs the whole test suite (debug build). Installs the system packages and the official
+# openai Python SDK that the compatibility test drives.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/install-deps.sh
+python3 -c "import openai" 2>/dev/null || python3 -m pip install -q --disable-pip-version-check openai
+swift build --build-tests
+swift test --skip-build "$@"
