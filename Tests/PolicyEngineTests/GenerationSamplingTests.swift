@@ -117,4 +117,22 @@ final class GenerationSamplingTests: XCTestCase {
         XCTAssertThrowsError(try GenerationTracker(maxTokens: 2, stop: StopConditions(strings: ["x"]), tokenBytes: nil))
         XCTAssertThrowsError(try GenerationTracker(maxTokens: 2, stop: StopConditions(strings: [""]), tokenBytes: bytesOf(table)))
     }
+
+    func testStreamingDeltasHoldBackStopPrefixesAndPartialUTF8() throws {
+        // "é" is C3 A9; token 2 ends in the middle of it. Stop string "</a>" arrives split over 3 tokens.
+        let raw: [Int32: [UInt8]] = [1: Array("hi <".utf8), 2: [0x2F, 0xC3], 3: [0xA9, 0x3C], 4: Array("/a>tail".utf8)]
+        let stop = StopConditions(strings: ["</a>"])
+        var t = try GenerationTracker(maxTokens: 10, stop: stop, tokenBytes: { raw[$0] ?? [] })
+        var deltas: [[UInt8]] = []
+        for id: Int32 in [1, 2, 3, 4] {
+            let r = t.add(SampledToken(id: id, logprob: 0, rawLogprob: 0))
+            deltas.append(t.takeDelta(finished: r != nil))
+        }
+        XCTAssertEqual(deltas[0], Array("hi ".utf8))       // "<" may start "</a>"
+        XCTAssertEqual(deltas[1], Array("</".utf8))          // "</" + C3 cannot be "</a>"; half an é is held
+        XCTAssertEqual(deltas[2], Array("é".utf8))           // trailing "<" held back again
+        XCTAssertEqual(deltas[3], [])                         // the stop string itself is never streamed
+        XCTAssertEqual(deltas.flatMap { $0 }, Array(t.result(.stop, uncached: []).textExcludingStop.utf8))
+        XCTAssertEqual(t.stopString, "</a>")
+    }
 }

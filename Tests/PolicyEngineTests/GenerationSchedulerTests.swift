@@ -25,7 +25,7 @@ final class GenerationSchedulerTests: XCTestCase {
         var aTokens: [Int32] = []
         var iterator = a.events.makeAsyncIterator()
         while aTokens.count < 5, let e = await iterator.next() {
-            if case .token(let t) = e { aTokens.append(t.id) }
+            if case .token(let t, _) = e { aTokens.append(t.id) }
         }
         let sampled = SamplingParameters(temperature: 0.8, topK: 40, topP: 0.9, seed: 5)
         let b = sched.submit(GenerationRequest(prompt: prompts[1], maxTokens: n))
@@ -78,6 +78,20 @@ final class GenerationSchedulerTests: XCTestCase {
         XCTAssertEqual(r.stopString, stop)
         XCTAssertEqual(r.tokens, Array(reference.tokens.prefix(5)))
         XCTAssertEqual(r.text, reference.tokens.prefix(5).map { "\($0)," }.joined().dropLast().description)
+
+        // Streaming deltas add up to the text without the stop string.
+        let streamed = sched.submit(GenerationRequest(prompt: prompts[0], maxTokens: 10, stop: StopConditions(strings: [stop])))
+        var text: [UInt8] = []
+        var final: GenerationResult?
+        for await e in streamed.events {
+            switch e {
+            case .token(_, let delta): text += delta
+            case .finished(let res): final = res
+            case .failed(let m): XCTFail(m)
+            }
+        }
+        XCTAssertEqual(String(decoding: text, as: UTF8.self), final?.textExcludingStop)
+        XCTAssertTrue(final?.text.hasSuffix(stop) ?? false)
 
         // Cancel after the first token.
         let long = sched.submit(GenerationRequest(prompt: prompts[1], maxTokens: 10_000))

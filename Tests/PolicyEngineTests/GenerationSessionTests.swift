@@ -113,7 +113,7 @@ final class GenerationSessionTests: XCTestCase {
         s.truncate(to: promptA.count)
         let flag = CancellationFlag()
         var n = 0
-        let cancelled = try s.generate(maxTokens: 50, cancellation: flag) { _ in n += 1; if n == 3 { flag.cancel() } }
+        let cancelled = try s.generate(maxTokens: 50, cancellation: flag) { _, _ in n += 1; if n == 3 { flag.cancel() } }
         XCTAssertEqual(cancelled.finishReason, .cancelled)
         XCTAssertEqual(cancelled.tokens.count, 3)
         XCTAssertThrowsError(try s.append([5000])) { XCTAssertEqual($0 as? ModelError, .tokenOutOfRange(token: 5000, vocabSize: 1024)) }

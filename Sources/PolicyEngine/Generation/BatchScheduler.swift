@@ -19,7 +19,10 @@ public struct GenerationRequest: Sendable {
 
 /// Streamed per sequence: one `.token` per sampled token, then exactly one `.finished` or `.failed`.
 public enum GenerationEvent: Sendable {
-    case token(SampledToken)
+    /// A sampled token and the text bytes that became safe to show with it: bytes that cannot be part of a
+    /// stop string and do not end in an incomplete UTF-8 sequence. All deltas together equal the final
+    /// result's text without the stop string. Empty when the scheduler has no `tokenBytes`.
+    case token(SampledToken, text: [UInt8])
     case finished(GenerationResult)
     case failed(String)
 }
@@ -281,14 +284,13 @@ public final class BatchScheduler: @unchecked Sendable {  // mutable state guard
                     continue
                 }
                 s.generated += 1
-                s.continuation.yield(.token(tok))
                 s.pending = [tok.id]
                 s.fed = 0
-                if let reason = s.tracker.add(tok) {
+                var reason = s.tracker.add(tok)
+                if reason == nil && s.cache.count + 1 > maxPos { reason = .length }
+                s.continuation.yield(.token(tok, text: s.tracker.takeDelta(finished: reason != nil)))
+                if let reason {
                     finish(s, reason)
-                    finished.insert(s.id)
-                } else if s.cache.count + 1 > maxPos {
-                    finish(s, .length)
                     finished.insert(s.id)
                 }
             }

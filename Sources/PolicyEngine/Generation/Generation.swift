@@ -78,6 +78,8 @@ struct GenerationTracker {
     var stopTokenId: Int32?
     var stopString: String?
     var stopRange: Range<Int>?
+    /// Bytes already handed out as streaming deltas.
+    private(set) var emitted = 0
 
     init(maxTokens: Int, stop: StopConditions, tokenBytes: ((Int32) -> [UInt8])?) throws {
         guard maxTokens >= 0 else { throw GenerationError.invalidMaxTokens(maxTokens) }
@@ -112,6 +114,37 @@ struct GenerationTracker {
             }
         }
         return tokens.count >= maxTokens ? .length : nil
+    }
+
+    /// New text that is safe to stream: never part of a stop string, never an incomplete UTF-8 sequence
+    /// (unless generation is over). Concatenated deltas equal `textExcludingStop` of the final result.
+    mutating func takeDelta(finished: Bool) -> [UInt8] {
+        var end = bytes.count
+        if let r = stopRange {
+            end = r.lowerBound
+        } else if !finished {
+            // Hold back the longest suffix that could still grow into a stop string.
+            var hold = 0
+            for pat in stopStrings {
+                var k = min(pat.count - 1, bytes.count)
+                while k > hold {
+                    if bytes[(bytes.count - k)...].elementsEqual(pat[..<k]) { hold = k; break }
+                    k -= 1
+                }
+            }
+            end -= hold
+            // Hold back an incomplete trailing UTF-8 sequence.
+            var i = end - 1, back = 0
+            while i >= emitted, back < 4, bytes[i] & 0xC0 == 0x80 { i -= 1; back += 1 }
+            if i >= emitted {
+                let lead = bytes[i]
+                let need = lead >= 0xF0 ? 4 : lead >= 0xE0 ? 3 : lead >= 0xC0 ? 2 : 1
+                if need > back + 1 { end = i }
+            }
+        }
+        guard end > emitted else { return [] }
+        defer { emitted = end }
+        return Array(bytes[emitted..<end])
     }
 
     /// The stop string occurrence that starts first at or after `start` (ties: the first listed).
@@ -192,9 +225,11 @@ public final class Session {
 
     /// Generates up to `maxTokens` tokens. The last sampled token is left out of the cache (see
     /// `GenerationResult.uncachedTokens`) and is fed automatically by the next `append`/`generate`.
+    /// `onToken` receives each sampled token and the text bytes that became safe to stream with it (see
+    /// `GenerationEvent.token`).
     public func generate(maxTokens: Int, sampling: SamplingParameters = .greedy, stop: StopConditions = StopConditions(),
                          tokenBytes: ((Int32) -> [UInt8])? = nil, cancellation: CancellationFlag? = nil,
-                         onToken: ((SampledToken) -> Void)? = nil) throws -> GenerationResult {
+                         onToken: ((SampledToken, [UInt8]) -> Void)? = nil) throws -> GenerationResult {
         var tracker = try GenerationTracker(maxTokens: maxTokens, stop: stop, tokenBytes: tokenBytes)
         let sampler = Sampler(sampling)
         func uncached() -> [Int32] { Array(tokens[cache.count...]) }
@@ -207,9 +242,10 @@ public final class Session {
             let s = sampler.sample(logits)
             tokens.append(s.id)
             lastLogits = nil
-            onToken?(s)
-            if let reason = tracker.add(s) { return tracker.result(reason, uncached: uncached()) }
-            if tokens.count >= cache.maxPositions { return tracker.result(.length, uncached: uncached()) }
+            var reason = tracker.add(s)
+            if reason == nil && tokens.count >= cache.maxPositions { reason = .length }
+            if let onToken { onToken(s, tracker.takeDelta(finished: reason != nil)) }
+            if let reason { return tracker.result(reason, uncached: uncached()) }
             logits = try model.prefill(tokens: [s.id], cache: cache)
             lastLogits = logits
         }
