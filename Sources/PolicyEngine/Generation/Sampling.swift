@@ -92,12 +92,11 @@ public final class Sampler {
         rng = Xoshiro256(seed: parameters.seed ?? UInt64.random(in: .min ... .max))
     }
 
-    /// Raw log_softmax(logits)[id], computed in double.
+    /// Raw log_softmax(logits)[id].
     public static func logSoftmax(_ logits: UnsafeBufferPointer<Float>, at id: Int) -> Float {
-        var m = -Float.infinity
-        for v in logits where v > m { m = v }
-        var sum: Double = 0
-        for v in logits { sum += Foundation.exp(Double(v - m)) }
+        guard let base = logits.baseAddress else { return -.infinity }
+        let m = VectorMath.max(base, logits.count)
+        let sum = VectorMath.sumExp(base, logits.count, shift: m)
         return Float(Double(logits[id] - m) - Foundation.log(sum))
     }
 
@@ -126,18 +125,13 @@ public final class Sampler {
         }
         let n = logits.count
         if probs.count != n { probs = [Float](repeating: 0, count: n) }
-        // Softmax of logits / temperature (in place in `probs`), plus the raw log-sum-exp.
-        var m = -Float.infinity
-        for v in logits where v > m { m = v }
+        // Softmax of logits / temperature (into `probs`), plus the raw log-sum-exp.
+        let base = logits.baseAddress!
+        let m = VectorMath.max(base, n)
         let invT = 1 / p.temperature
-        var sumT: Double = 0, sumRaw: Double = 0
+        let sumRaw = VectorMath.sumExp(base, n, shift: m)
         probs.withUnsafeMutableBufferPointer { pr in
-            for i in 0..<n {
-                let e = Foundation.exp(Double((logits[i] - m) * invT))
-                pr[i] = Float(e)
-                sumT += e
-                sumRaw += Foundation.exp(Double(logits[i] - m))
-            }
+            let sumT = VectorMath.sumExp(base, n, shift: m, scale: invT, out: pr.baseAddress!)
             let inv = Float(1 / sumT)
             for i in 0..<n { pr[i] *= inv }
         }

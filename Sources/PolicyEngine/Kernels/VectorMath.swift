@@ -51,4 +51,42 @@ enum VectorMath {
         while i < n { s += x[i] * x[i]; i += 1 }
         return s
     }
+
+    /// max(x[0..<n]) (-inf for n == 0).
+    static func max(_ x: UnsafePointer<Float>, _ n: Int) -> Float {
+        var acc = V(repeating: -.infinity)
+        var i = 0
+        while i + 8 <= n { acc = pointwiseMax(acc, load(x + i)); i += 8 }
+        var m = acc.max()
+        while i < n { m = Swift.max(m, x[i]); i += 1 }
+        return m
+    }
+
+    /// sum(exp((x[i] - shift) * scale)); when `out` is given the terms are also stored there.
+    /// Accumulates 8 float lanes per block of 1024 elements, blocks in double.
+    static func sumExp(_ x: UnsafePointer<Float>, _ n: Int, shift: Float, scale: Float = 1,
+                       out: UnsafeMutablePointer<Float>? = nil) -> Double {
+        var total: Double = 0
+        let sv = V(repeating: shift), kv = V(repeating: scale)
+        var i = 0
+        while i < n {
+            let end = Swift.min(n, i + 1024)
+            var acc = V()
+            while i + 8 <= end {
+                let e = exp((load(x + i) - sv) * kv)
+                if let out { store(e, out + i) }
+                acc += e
+                i += 8
+            }
+            var s = acc.sum()
+            while i < end {
+                let e = exp((x[i] - shift) * scale)
+                out?[i] = e
+                s += e
+                i += 1
+            }
+            total += Double(s)
+        }
+        return total
+    }
 }
