@@ -89,6 +89,17 @@ struct ConfigObject {
         return x
     }
 
+    /// An optional number: nil when absent or null.
+    mutating func optionalDouble(_ key: String, range: ClosedRange<Double>) throws(ConfigError) -> Double? {
+        guard dict[key] != nil, dict[key] != .null else { seen.insert(key); return nil }
+        return try double(key, default: 0, range: range)
+    }
+
+    mutating func optionalInt(_ key: String, range: ClosedRange<Int>) throws(ConfigError) -> Int? {
+        guard dict[key] != nil, dict[key] != .null else { seen.insert(key); return nil }
+        return try int(key, default: 0, range: range)
+    }
+
     mutating func bool(_ key: String, default d: Bool) throws(ConfigError) -> Bool {
         guard let v = raw(key) else { return d }
         guard case .bool(let b) = v else {

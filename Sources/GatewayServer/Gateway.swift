@@ -12,6 +12,8 @@ import TrafficLog
 /// then the log writer drains its queue, then the process exits.
 public final class Gateway: Sendable {
     public let state: GatewayState
+    /// The serving policy (nil until one is loaded).
+    public let policies: PolicyHolder
     private let app: Application<RouterResponder<GatewayContext>>
     private let services: [any Service]
     private let portBox: PortBox
@@ -40,6 +42,17 @@ public final class Gateway: Sendable {
         router.add(middleware: GatewayMiddleware(state: state))
         let passthrough = Passthrough(state: state)
         let feedback = FeedbackRoute(state: state)
+        let holder = PolicyHolder()
+        if let path = config.policy.path {
+            let loaded = try LoadedPolicy.load(path: path)
+            try database.insertPolicyVersion(loaded.record)
+            holder.set(loaded)
+            logger.notice("policy loaded", metadata: ["path": "\(path)", "version": "\(loaded.version)",
+                                                      "architecture": "\(loaded.architecture)", "parameters": "\(loaded.parameterCount)"])
+        }
+        policies = holder
+        let collaboration = CollaborationRoute(state: state, holder: holder, passthrough: passthrough)
+        state.setCollaboration { req, ctx, incoming, episode in try await collaboration.handle(req, ctx, incoming, episode) }
         router.post("/v1/chat/completions") { req, ctx in try await passthrough.chatCompletions(req, ctx) }
         router.get("/v1/models") { req, ctx in try await passthrough.models(req, ctx) }
         router.post("/v1/feedback") { req, ctx in try await feedback.handle(req, ctx) }
@@ -83,6 +96,7 @@ public final class Gateway: Sendable {
             logger: state.logger))
         groupBox.set(group)
         try await group.run()
+        policies.current?.policy.shutdown()
         try? await state.upstream.shutdown()
     }
 

@@ -90,8 +90,49 @@ public struct GatewayConfig: Sendable, Equatable {
     /// Honour the `x-gateway-mode` request header.
     public var allowModeHeader = true
     public var log = Log()
+    public var policy = Policy()
     /// Checkpoint folder of the policy model (null: none loaded; collaboration answers 503).
-    public var policyPath: String?
+    public var policyPath: String? {
+        get { policy.path }
+        set { policy.path = newValue }
+    }
+
+    /// The embedded policy model and the collaboration loop (Prompt-R1).
+    public struct Policy: Sendable, Equatable {
+        public var path: String?
+        /// Sampling of the policy; null takes the checkpoint's generation_config.json (greedy if absent).
+        public var temperature: Double?
+        public var topP: Double?
+        public var topK: Int?
+        public var seed: Int?
+        public var maxTurns = 5
+        public var maxTokensPerTurn = 1024
+        public var maxPolicyTokensPerEpisode = 4096
+        public var maxUpstreamCalls = 5
+        public var episodeDeadlineSeconds = 300.0
+        public var maxConcurrentEpisodes = 16
+        public var queueTimeoutMs = 10_000
+        /// N of protocol section 4 (upstream answers are cut to N characters when injected).
+        public var maxResultChars = 8192
+        /// "policy": the <answer> body (as in the paper); "upstream": the last upstream answer verbatim.
+        public var finalAnswer = "policy"
+        /// Out of turns or an empty answer: "last_upstream_answer", "direct" (one upstream call with the
+        /// client's original messages) or "error".
+        public var fallback = "last_upstream_answer"
+        /// The policy failed or timed out: "passthrough" (answer as a plain proxy would) or "error".
+        public var onPolicyError = "passthrough"
+        /// "conversation": earlier messages are folded into the question as context;
+        /// "last_user_message": only the last user message is the question.
+        public var questionContext = "conversation"
+        /// Put the client's system message in front of the upstream's system prompt.
+        public var forwardClientSystem = true
+        /// Return the collaboration trace as `reasoning_content`: "off", "on" or "on_request"
+        /// (header `x-gateway-trace: 1`).
+        public var trace = "on_request"
+        /// SSE comment sent while nothing else is sent for this long (keeps proxies from cutting).
+        public var keepaliveSeconds = 10.0
+        public init() {}
+    }
 
     public init() {}
 
@@ -175,7 +216,26 @@ public struct GatewayConfig: Sendable, Equatable {
         try lg.finish()
 
         var p = try root.object("policy")
-        c.policyPath = try p.string("path")
+        c.policy.path = try p.string("path")
+        c.policy.temperature = try p.optionalDouble("temperature", range: 0...2)
+        c.policy.topP = try p.optionalDouble("top_p", range: 0...1)
+        c.policy.topK = try p.optionalInt("top_k", range: 0...1_000_000)
+        c.policy.seed = try p.optionalInt("seed", range: 0...Int(Int32.max))
+        c.policy.maxTurns = try p.int("max_turns", default: c.policy.maxTurns, range: 1...50)
+        c.policy.maxTokensPerTurn = try p.int("max_tokens_per_turn", default: c.policy.maxTokensPerTurn, range: 1...32_768)
+        c.policy.maxPolicyTokensPerEpisode = try p.int("max_policy_tokens_per_episode", default: c.policy.maxPolicyTokensPerEpisode, range: 1...1_000_000)
+        c.policy.maxUpstreamCalls = try p.int("max_upstream_calls", default: c.policy.maxUpstreamCalls, range: 0...50)
+        c.policy.episodeDeadlineSeconds = try p.double("episode_deadline_seconds", default: c.policy.episodeDeadlineSeconds, range: 0.1...86_400)
+        c.policy.maxConcurrentEpisodes = try p.int("max_concurrent_episodes", default: c.policy.maxConcurrentEpisodes, range: 1...10_000)
+        c.policy.queueTimeoutMs = try p.int("queue_timeout_ms", default: c.policy.queueTimeoutMs, range: 0...600_000)
+        c.policy.maxResultChars = try p.int("max_result_chars", default: c.policy.maxResultChars, range: 16...1_000_000)
+        c.policy.finalAnswer = try p.oneOf("final_answer", ["policy", "upstream"], default: c.policy.finalAnswer)
+        c.policy.fallback = try p.oneOf("fallback", ["last_upstream_answer", "direct", "error"], default: c.policy.fallback)
+        c.policy.onPolicyError = try p.oneOf("on_policy_error", ["passthrough", "error"], default: c.policy.onPolicyError)
+        c.policy.questionContext = try p.oneOf("question_context", ["conversation", "last_user_message"], default: c.policy.questionContext)
+        c.policy.forwardClientSystem = try p.bool("forward_client_system", default: c.policy.forwardClientSystem)
+        c.policy.trace = try p.oneOf("trace", ["off", "on", "on_request"], default: c.policy.trace)
+        c.policy.keepaliveSeconds = try p.double("keepalive_seconds", default: c.policy.keepaliveSeconds, range: 0.1...3600)
         try p.finish()
 
         try root.finish()

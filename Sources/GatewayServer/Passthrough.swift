@@ -14,7 +14,7 @@ struct Passthrough: Sendable {
     // MARK: POST /v1/chat/completions
 
     /// A validated chat request, ready to route.
-    struct Incoming {
+    struct Incoming: Sendable {
         var bytes: [UInt8]
         var members: [JSONScanner.Member]
         var request: ChatCompletionRequest

@@ -13,12 +13,12 @@ public struct JSONScanner {
     }
 
     /// A top-level member: key (decoded, simple keys only) and the byte range of its value.
-    public struct Member: Equatable {
+    public struct Member: Equatable, Sendable {
         public var key: String
         public var valueRange: Range<Int>
         public var valueKind: Kind
     }
-    public enum Kind: Equatable { case object, array, string, number, bool, null }
+    public enum Kind: Equatable, Sendable { case object, array, string, number, bool, null }
 
     public let maxDepth: Int
     public init(maxDepth: Int = 64) { self.maxDepth = maxDepth }

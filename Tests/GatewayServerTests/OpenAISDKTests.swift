@@ -11,14 +11,14 @@ final class OpenAISDKTests: XCTestCase {
             .deletingLastPathComponent().deletingLastPathComponent()
     }
 
+    /// The python3 the test command used to install the SDK: the first on PATH.
     static func python() -> String? {
-        for p in ["/usr/local/bin/python3", "/usr/bin/python3"] where FileManager.default.isExecutableFile(atPath: p) { return p }
         let env = ProcessInfo.processInfo.environment["PATH"] ?? ""
         for dir in env.split(separator: ":") {
             let p = "\(dir)/python3"
             if FileManager.default.isExecutableFile(atPath: p) { return p }
         }
-        return nil
+        return FileManager.default.isExecutableFile(atPath: "/usr/bin/python3") ? "/usr/bin/python3" : nil
     }
 
     /// Runs a process to completion off the cooperative pool.
