@@ -124,7 +124,11 @@ public final class EnginePolicySession: PolicySession, @unchecked Sendable {
         } else {
             reason = .length
         }
-        return PolicyTurn(text: result.text, tokenIDs: result.tokens, logprobs: result.logprobs, finishReason: reason)
+        // The log-prob under the sampling distribution; greedy decoding has a degenerate one
+        // (every chosen token would be 0), so the model's own log-softmax is recorded instead,
+        // which is what a trainer needs as the behaviour log-prob.
+        let logprobs = sampling.isGreedy ? result.rawLogprobs : result.logprobs
+        return PolicyTurn(text: result.text, tokenIDs: result.tokens, logprobs: logprobs, finishReason: reason)
     }
 
     public func appendInjected(_ text: String) async throws -> [Int32] {

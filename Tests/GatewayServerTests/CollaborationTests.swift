@@ -1,0 +1,214 @@
+import FakeUpstream
+import Foundation
+import GRDB
+import NIOCore
+import OpenAIWire
+import PromptR1
+import TrafficLog
+import XCTest
+@testable import GatewayServer
+
+/// The real loop with the real engine: `promptr1-tiny` was fine-tuned (scripts/make_protocol_policy.py)
+/// to write well-formed Prompt-R1 turns for the questions of reference/promptr1-tiny-episodes.json.
+/// The fake upstream answers each expected prompt with the scripted answer.
+final class CollaborationTests: XCTestCase {
+    struct Case: Decodable {
+        struct Turn: Decodable { var text: String; var ids: [Int32]; var logprobs: [Float] }
+        struct Injection: Decodable { var text: String; var ids: [Int32] }
+        var question: String
+        var upstream_answers: [String]
+        var upstream_prompts: [String]
+        var turns: [Turn]
+        var injections: [Injection]
+        var prompt_ids: [Int32]
+        var final_answer: String
+        var held_out: Bool?
+    }
+
+    static var fixtures: URL {
+        URL(fileURLWithPath: #filePath).deletingLastPathComponent().resolvingSymlinksInPath()
+            .deletingLastPathComponent().appendingPathComponent("Fixtures")
+    }
+
+    static func cases() throws -> [Case] {
+        struct File: Decodable { var cases: [Case] }
+        let data = try Data(contentsOf: fixtures.appendingPathComponent("reference/promptr1-tiny-episodes.json"))
+        return try JSONDecoder().decode(File.self, from: data).cases.filter { $0.held_out != true }
+    }
+
+    /// Answers each expected prompt with its scripted answer; anything else gets "unknown".
+    static func script(_ cases: [Case]) -> FakeUpstream.Script {
+        var answers: [String: String] = [:]
+        for c in cases { for (p, a) in zip(c.upstream_prompts, c.upstream_answers) { answers[p] = a } }
+        let table = answers
+        return { r in
+            guard r.path == "/v1/chat/completions" else { return nil }
+            let messages = r.json?["messages"] as? [[String: Any]] ?? []
+            let last = messages.last?["content"] as? String ?? ""
+            let model = r.json?["model"] as? String ?? ""
+            if let a = table[last] { return .json(status: 200, body: FakeUpstream.completionJSON(model: model, text: "  " + a + "\n")) }
+            return nil
+        }
+    }
+
+    static func start(_ cases: [Case], policy: String = "promptr1-tiny", configure: @escaping (inout GatewayConfig) -> Void = { _ in }) async throws -> Harness {
+        try await Harness.start(script: script(cases), configure: { c in
+            c.policy.path = fixtures.appendingPathComponent("models/\(policy)").path
+            c.policy.temperature = 0
+            configure(&c)
+        })
+    }
+
+    func testNonStreamEpisodesMatchReferenceExactly() async throws {
+        let cases = try Self.cases()
+        let h = try await Self.start(cases)
+        var ids: [String] = []
+        for c in cases {
+            let body = try JSONSerialization.data(withJSONObject: ["model": "prompt-r1/gpt-4o-mini", "messages": [["role": "user", "content": c.question]]])
+            let reply = try await h.chat(String(decoding: body, as: UTF8.self))
+            XCTAssertEqual(reply.status, 200, reply.body)
+            let choice = (reply.json?["choices"] as? [[String: Any]])?.first
+            let message = choice?["message"] as? [String: Any]
+            XCTAssertEqual(message?["content"] as? String, c.final_answer, c.question)
+            XCTAssertNil(message?["reasoning_content"], "trace is on request only")
+            XCTAssertEqual(reply.json?["model"] as? String, "prompt-r1/gpt-4o-mini")
+            let usage = reply.json?["usage"] as? [String: Any]
+            XCTAssertEqual(usage?["prompt_tokens"] as? Int, 11 * c.upstream_answers.count)
+            XCTAssertNotNil(usage?["policy_tokens"])
+            ids.append(try XCTUnwrap(reply.episodeID))
+        }
+        // What the upstream received: exactly protocol section 3, for the mapped model.
+        let received = h.upstream.received.filter { $0.path == "/v1/chat/completions" }
+        var expected: [[[String: String]]] = []
+        for c in cases {
+            var history: [[String: String]] = [["role": "system", "content": PromptR1Prompt.upstreamSystemPrompt]]
+            for (p, a) in zip(c.upstream_prompts, c.upstream_answers) {
+                expected.append(history + [["role": "user", "content": p]])
+                history += [["role": "user", "content": p], ["role": "assistant", "content": a]]
+            }
+        }
+        XCTAssertEqual(received.count, expected.count)
+        for (r, e) in zip(received, expected) {
+            XCTAssertEqual(r.json?["model"] as? String, "gpt-4o-mini")
+            XCTAssertEqual(r.json?["messages"] as? [[String: String]], e)
+        }
+        try await h.stop()
+
+        // The log holds everything the trainer needs, matching the reference ids and log-probs.
+        let db = try TrafficDatabase(path: h.dbPath)
+        for (c, id) in zip(cases, ids) {
+            let e = try XCTUnwrap(try db.episode(id: id))
+            XCTAssertEqual(e.mode, "collaborate")
+            XCTAssertEqual(e.outcome, "answer")
+            XCTAssertEqual(e.question, c.question)
+            XCTAssertEqual(e.responseText, c.final_answer)
+            XCTAssertEqual(e.formatScore, 1.0)
+            XCTAssertNotNil(e.policyVersion)
+            let policyTurns = e.turns.filter { $0.kind == "policy" }
+            let upstreamTurns = e.turns.filter { $0.kind == "upstream" }
+            XCTAssertEqual(policyTurns.count, c.turns.count)
+            XCTAssertEqual(upstreamTurns.count, c.upstream_answers.count)
+            XCTAssertEqual(policyTurns.first?.inputIDs, c.prompt_ids)
+            for (k, (got, want)) in zip(policyTurns, c.turns).enumerated() {
+                XCTAssertEqual(got.outputIDs, want.ids, "\(c.question) turn \(k + 1)")
+                XCTAssertEqual(got.text, want.text)
+                let lp = try XCTUnwrap(got.logprobs)
+                XCTAssertEqual(lp.count, want.logprobs.count)
+                for (a, b) in zip(lp, want.logprobs) { XCTAssertEqual(a, b, accuracy: 2e-3) }
+                XCTAssertEqual(got.lossMask, [UInt8](repeating: 0, count: got.inputIDs?.count ?? 0) + [UInt8](repeating: 1, count: want.ids.count))
+                if k > 0 { XCTAssertEqual(got.inputIDs, c.injections[k - 1].ids, "injected ids of turn \(k + 1)") }
+            }
+            // Rebuild the training sequence from the log alone.
+            let sequence = policyTurns.flatMap { ($0.inputIDs ?? []) + ($0.outputIDs ?? []) }
+            var reference = c.prompt_ids
+            for (k, t) in c.turns.enumerated() {
+                reference += t.ids
+                if k < c.injections.count && k < c.turns.count - 1 { reference += c.injections[k].ids }
+            }
+            XCTAssertEqual(sequence, reference)
+        }
+    }
+
+    func testStreamShowsTraceAndAnswer() async throws {
+        let cases = try Self.cases()
+        let c = try XCTUnwrap(cases.first { $0.upstream_answers.count == 2 })
+        let h = try await Self.start(cases)
+        let body = try JSONSerialization.data(withJSONObject: [
+            "model": "prompt-r1/gpt-4o-mini", "stream": true, "stream_options": ["include_usage": true],
+            "messages": [["role": "user", "content": c.question]],
+        ] as [String: Any])
+        let reply = try await h.chat(String(decoding: body, as: UTF8.self), headers: [("content-type", "application/json"), ("x-gateway-trace", "1")])
+        XCTAssertEqual(reply.status, 200)
+        XCTAssertEqual(reply.headers.first(name: "content-type"), "text/event-stream")
+        var parser = SSEParser()
+        let events = try parser.feed(Array(reply.body.utf8))
+        XCTAssertEqual(events.last?.isDone, true)
+        var content = "", reasoning = "", finish: String?, usage: [String: Any]?, roles = 0
+        for e in events.dropLast() {
+            let obj = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(e.data)) as? [String: Any], e.dataString)
+            XCTAssertEqual(obj["object"] as? String, "chat.completion.chunk")
+            if let u = obj["usage"] as? [String: Any] { usage = u }
+            for choice in obj["choices"] as? [[String: Any]] ?? [] {
+                let d = choice["delta"] as? [String: Any] ?? [:]
+                if d["role"] != nil { roles += 1 }
+                content += d["content"] as? String ?? ""
+                reasoning += d["reasoning_content"] as? String ?? ""
+                if let f = choice["finish_reason"] as? String { finish = f }
+            }
+        }
+        XCTAssertEqual(roles, 1)
+        XCTAssertEqual(content, c.final_answer)
+        XCTAssertEqual(finish, "stop")
+        XCTAssertNotNil(usage?["total_tokens"])
+        for t in c.turns { XCTAssertTrue(reasoning.contains(t.text), "trace misses \(t.text)") }
+        for a in c.upstream_answers { XCTAssertTrue(reasoning.contains(a)) }
+        // The answer went out token by token: more than one content delta.
+        let contentDeltas = events.filter { $0.dataString.contains("\"content\":\"") && !$0.dataString.contains("\"content\":\"\"") }
+        XCTAssertGreaterThan(contentDeltas.count, 1)
+        try await h.stop()
+    }
+
+    /// A policy that cannot speak the protocol (random weights) runs out of turns: the configured
+    /// fallback answers with one direct upstream call, and the log says so.
+    func testNoAnswerFallsBackToDirectCall() async throws {
+        let h = try await Self.start([], policy: "qwen3-tiny") { c in
+            c.policy.maxTurns = 2
+            c.policy.maxTokensPerTurn = 6
+            c.policy.fallback = "direct"
+        }
+        let reply = try await h.chat(#"{"model":"prompt-r1/gpt-4o-mini","messages":[{"role":"user","content":"Why is the sky blue?"}]}"#)
+        XCTAssertEqual(reply.status, 200, reply.body)
+        let message = ((reply.json?["choices"] as? [[String: Any]])?.first?["message"]) as? [String: Any]
+        XCTAssertEqual(message?["content"] as? String, "echo: Why is the sky blue?")
+        let id = try XCTUnwrap(reply.episodeID)
+        try await h.stop()
+        let e = try XCTUnwrap(try TrafficDatabase(path: h.dbPath).episode(id: id))
+        XCTAssertTrue(e.outcome?.hasPrefix("fallback_direct") ?? false, e.outcome ?? "nil")
+        XCTAssertGreaterThan(e.turns.filter { $0.kind == "policy" }.count, 0)
+    }
+
+    func testCollaborationOverloadIs429() async throws {
+        let cases = try Self.cases()
+        let h = try await Self.start(cases) { c in
+            c.policy.maxConcurrentEpisodes = 1
+            c.policy.queueTimeoutMs = 0
+        }
+        let body = try JSONSerialization.data(withJSONObject: ["model": "prompt-r1/gpt-4o-mini", "messages": [["role": "user", "content": cases[0].question]]])
+        let statuses = try await withThrowingTaskGroup(of: (Int, String?).self) { group in
+            for _ in 0..<4 {
+                group.addTask {
+                    let r = try await h.chat(String(decoding: body, as: UTF8.self))
+                    return (r.status, r.headers.first(name: "retry-after"))
+                }
+            }
+            var out: [(Int, String?)] = []
+            for try await s in group { out.append(s) }
+            return out
+        }
+        XCTAssertTrue(statuses.contains { $0.0 == 200 })
+        let rejected = statuses.filter { $0.0 == 429 }
+        XCTAssertFalse(rejected.isEmpty, "\(statuses)")
+        XCTAssertTrue(rejected.allSatisfy { $0.1 != nil })
+        try await h.stop()
+    }
+}
