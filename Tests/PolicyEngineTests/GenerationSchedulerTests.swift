@@ -63,6 +63,12 @@ final class GenerationSchedulerTests: XCTestCase {
         let s = Session(model: model)
         try s.append(prompts[0] + r1.tokens + more)
         XCTAssertEqual(r2.tokens, try s.generate(maxTokens: 6).tokens)
+        // A finished sequence's cache can be adopted by a Session.
+        let adopted = Session(model: model, cache: second.cache, uncachedTokens: r2.uncachedTokens)
+        XCTAssertEqual(adopted.tokens, prompts[0] + r1.tokens + more + r2.tokens)
+        let fresh = Session(model: model)
+        try fresh.append(adopted.tokens)
+        XCTAssertLessThan(EngineFixtures.maxAbsDiff(try adopted.nextLogits(), try fresh.nextLogits()), 1e-4)
     }
 
     func testStopStringsCancellationAndFailures() async throws {

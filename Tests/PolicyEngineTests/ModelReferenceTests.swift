@@ -68,4 +68,24 @@ final class ModelReferenceTests: XCTestCase {
         let bf16 = try TransformerModel.load(from: EngineFixtures.model("qwen3-tiny-bf16"))
         XCTAssertEqual(bf16.mappedWeightFraction, 0.0, accuracy: 1e-9)
     }
+
+    /// Synthetic checkpoints (used by benchmarks) load for every family, and batched decode matches single.
+    func testSyntheticCheckpointsForEveryFamily() throws {
+        for family in ModelFamily.allCases {
+            let model = try EngineFixtures.syntheticModel(self, family: family, tied: family != .llama)
+            XCTAssertEqual(model.config.modelType, family)
+            let caches = (0..<3).map { _ in model.makeCache() }
+            let solo = (0..<3).map { _ in model.makeCache() }
+            for i in 0..<3 {
+                _ = try model.prefill(tokens: [Int32(i + 1), 5, 9], cache: caches[i])
+                _ = try model.prefill(tokens: [Int32(i + 1), 5, 9], cache: solo[i])
+            }
+            let batched = try model.decode((0..<3).map { (token: Int32(10 + $0), cache: caches[$0]) })
+            for i in 0..<3 {
+                let one = try model.decode([(token: Int32(10 + i), cache: solo[i])])[0]
+                XCTAssertLessThan(EngineFixtures.maxAbsDiff(batched[i], one), 1e-5, "\(family)")
+                XCTAssertTrue(one.allSatisfy(\.isFinite))
+            }
+        }
+    }
 }

@@ -194,6 +194,14 @@ public final class Session {
         cache = model.makeCache(initialCapacity: initialCapacity)
     }
 
+    /// Adopts an existing cache (e.g. a `ScheduledSequence.cache` once its generation has finished) plus the
+    /// tokens that belong to the sequence but are not cached yet (`GenerationResult.uncachedTokens`).
+    public init(model: TransformerModel, cache: KVCache, uncachedTokens: [Int32] = []) {
+        self.model = model
+        self.cache = cache
+        tokens = cache.tokens + uncachedTokens
+    }
+
     /// Appends tokens to the sequence and runs them through the model (together with a pending sampled
     /// token, if any).
     public func append(_ newTokens: [Int32]) throws {
