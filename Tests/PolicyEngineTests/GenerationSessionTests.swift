@@ -161,4 +161,16 @@ final class GenerationSessionTests: XCTestCase {
         try model.forward([ForwardRequest(tokens: tokens, cache: model.makeCache())]) { _, _, l in oneShot = Array(l) }
         XCTAssertLessThan(EngineFixtures.maxAbsDiff(chunked, oneShot), 1e-4)
     }
+
+    /// A prompt longer than one attention block, run in one step, matches token-by-token decoding.
+    func testBlockedPrefillAttentionMatchesIncrementalDecode() throws {
+        let model = try fixtureModel("qwen3-tiny")
+        let tokens = (0..<300).map { Int32(($0 * 389) % 1000) }
+        let all = try model.prefillAllLogits(tokens: tokens, cache: model.makeCache())
+        let cache = model.makeCache(initialCapacity: 1)
+        for (i, t) in tokens.enumerated() {
+            let l = try model.decode([(token: t, cache: cache)])[0]
+            if i % 37 == 0 || i == 299 { XCTAssertLessThan(EngineFixtures.maxAbsDiff(l, all[i]), 1e-4, "pos \(i)") }
+        }
+    }
 }

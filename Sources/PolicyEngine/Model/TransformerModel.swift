@@ -82,6 +82,8 @@ public final class TransformerModel: @unchecked Sendable {
     /// Prompts longer than this are run in several forward steps (bounds scratch memory; sgemm is already
     /// efficient at this size).
     public static let prefillChunk = 512
+    /// Query rows per attention block in prefill.
+    static let attentionBlock = 128
 
     /// Appends `tokens` to `cache` and returns the logits of the last position.
     public func prefill(tokens: [Int32], cache: KVCache, chunkSize: Int = TransformerModel.prefillChunk) throws -> [Float] {
@@ -282,14 +284,24 @@ public final class TransformerModel: @unchecked Sendable {
                                 ws.scores, Int32(S), V + g * hd, Int32(KV), 0, ws.att + row0 * Q + g * nRep * hd, Int32(hd))
                 }
             } else {
-                // Prefill chunk: per head, scores [T, S] with a causal mask offset by p0.
+                // Prefill chunk: per head and block of query rows, scores [rows, keys] with the causal mask
+                // offset by p0. A block only looks at the keys it can see, which skips most of the masked half.
                 for h in 0..<nH {
                     let g = h / nRep
-                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(T), Int32(S), Int32(hd), scale,
-                                ws.q + row0 * Q + h * hd, Int32(Q), K + g * hd, Int32(KV), 0, ws.scores, Int32(S))
-                    for t in 0..<T { Kernels.maskedSoftmax(ws.scores + t * S, valid: p0 + t + 1, width: S) }
-                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(T), Int32(hd), Int32(S), 1,
-                                ws.scores, Int32(S), V + g * hd, Int32(KV), 0, ws.att + row0 * Q + h * hd, Int32(Q))
+                    var t0 = 0
+                    while t0 < T {
+                        let bt = min(Self.attentionBlock, T - t0)
+                        let keys = p0 + t0 + bt
+                        let qRow = row0 + t0
+                        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(bt), Int32(keys), Int32(hd), scale,
+                                    ws.q + qRow * Q + h * hd, Int32(Q), K + g * hd, Int32(KV), 0, ws.scores, Int32(keys))
+                        for t in 0..<bt {
+                            Kernels.maskedSoftmax(ws.scores + t * keys, valid: p0 + t0 + t + 1, width: keys)
+                        }
+                        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(bt), Int32(hd), Int32(keys), 1,
+                                    ws.scores, Int32(keys), V + g * hd, Int32(KV), 0, ws.att + qRow * Q + h * hd, Int32(Q))
+                        t0 += bt
+                    }
                 }
             }
             row0 += T
