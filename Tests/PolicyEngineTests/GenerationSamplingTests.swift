@@ -65,15 +65,15 @@ final class GenerationSamplingTests: XCTestCase {
     }
 
     func testTopPOnLargeFlatVocabulary() {
-        // 100k equal logits: every probability is below the first candidate threshold.
-        let flat = [Float](repeating: 0, count: 100_000)
+        // 30k equal logits: every probability is below the first candidate threshold.
+        let flat = [Float](repeating: 0, count: 30_000)
         let s = Sampler(SamplingParameters(temperature: 1, topP: 0.5, seed: 4))
         var ids = Set<Int32>()
         for _ in 0..<10 {
             let x = s.sample(flat)
             ids.insert(x.id)
-            XCTAssertLessThan(x.id, 50_001)  // ties sorted by id: the nucleus is the first half
-            XCTAssertEqual(Double(x.logprob), log(1.0 / 50_000), accuracy: 1e-3)
+            XCTAssertLessThan(x.id, 15_001)  // ties sorted by id: the nucleus is the first half
+            XCTAssertEqual(Double(x.logprob), log(1.0 / 15_000), accuracy: 1e-3)
         }
         XCTAssertGreaterThan(ids.count, 7)
     }
