@@ -11,8 +11,8 @@ import PackageDescription
 //   OpenAIWire       OpenAI Codable types, SSE encode/decode, errors, upstream HTTP client.
 //   TrafficLog       SQLite (GRDB) schema, migrations, batched writer, readers.
 //   GatewayServer    Hummingbird routes, auth, admin, metrics, config.
-//   GatewayTrainer   rollouts, rewards, GRPO/PPO, optimizer, LoRA, checkpoints. Never imports
-//                    GatewayServer.
+//   GatewayTrainer   (planned, issue 6) rollouts, rewards, GRPO/PPO, optimizer, LoRA,
+//                    checkpoints. Will never import GatewayServer.
 //   gateway, gateway-train, gateway-bench: thin executables.
 let package = Package(
     name: "PromptR1Gateway",
@@ -87,20 +87,13 @@ let package = Package(
                 .product(name: "HTTPTypes", package: "swift-http-types"),
             ]
         ),
-        .target(
-            name: "GatewayTrainer",
-            dependencies: [
-                "PolicyEngine", "PromptR1", "OpenAIWire", "TrafficLog",
-                .product(name: "Logging", package: "swift-log"),
-            ]
-        ),
         .executableTarget(
             name: "gateway",
             dependencies: ["GatewayServer", .product(name: "ArgumentParser", package: "swift-argument-parser")]
         ),
         .executableTarget(
             name: "gateway-train",
-            dependencies: ["GatewayTrainer", "PolicyEngine", "PromptR1",
+            dependencies: ["PolicyEngine", "PromptR1",
                            .product(name: "ArgumentParser", package: "swift-argument-parser")]
         ),
         .executableTarget(
@@ -122,6 +115,8 @@ let package = Package(
                 .product(name: "HTTPTypes", package: "swift-http-types"),
                            .product(name: "GRDB", package: "GRDB.swift")]
         ),
-        .testTarget(name: "GatewayTrainerTests", dependencies: ["GatewayTrainer", "PolicyEngine"]),
+        // Drives the built gateway-train executable; the GatewayTrainer library (GRPO/PPO, LoRA,
+        // checkpoints) joins here when issue 6 lands.
+        .testTarget(name: "GatewayTrainerTests", dependencies: ["PolicyEngine"]),
     ]
 )
