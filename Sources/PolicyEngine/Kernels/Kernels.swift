@@ -220,13 +220,3 @@ public struct Stopwatch: Sendable {
         return (r, s.seconds)
     }
 }
-
-/// Entry points for kernel micro-benchmarks (the kernels themselves stay internal).
-public enum KernelBenchHooks {
-    public static func swiglu(_ gate: UnsafeMutablePointer<Float>, _ up: UnsafePointer<Float>, count: Int) {
-        Kernels.swiglu(gate, up, count: count)
-    }
-    public static func softmax(_ row: UnsafeMutablePointer<Float>, count: Int) {
-        Kernels.maskedSoftmax(row, valid: count, width: count)
-    }
-}
