@@ -212,3 +212,94 @@ final class CollaborationTests: XCTestCase {
         try await h.stop()
     }
 }
+
+final class CollaborationEdgeTests: XCTestCase {
+    func testOfficialSDKAgainstCollaborationRoute() async throws {
+        let py = try await OpenAISDKTests.requireSDK()
+        let cases = try CollaborationTests.cases()
+        let h = try await CollaborationTests.start(cases)
+        let script = OpenAISDKTests.repoRoot.appendingPathComponent("Tests/compat/openai_sdk_collab.py").path
+        let (status, out, err) = try await OpenAISDKTests.run(py, [script, cases[0].question], env: ["GATEWAY_BASE_URL": "\(h.base)/v1"])
+        try await h.stop()
+        XCTAssertEqual(status, 0, "stdout: \(out)\nstderr: \(err)")
+        let seen = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(out.utf8)) as? [String: Any], out)
+        XCTAssertEqual(seen["content"] as? String, cases[0].final_answer)
+        XCTAssertEqual(seen["stream_content"] as? String, cases[0].final_answer)
+        XCTAssertEqual(seen["finish_reason"] as? String, "stop")
+        XCTAssertEqual(seen["has_reasoning"] as? Bool, false)
+        XCTAssertGreaterThan(seen["stream_reasoning_len"] as? Int ?? 0, 100)
+    }
+
+    /// The upstream fails in the middle of an episode: a clear 502, and the log keeps the
+    /// policy turn that was generated before the failure.
+    func testUpstreamErrorMidEpisode() async throws {
+        let cases = try CollaborationTests.cases()
+        let h = try await Harness.start(script: { r in
+            r.path == "/v1/chat/completions" ? .json(status: 503, body: #"{"error":{"message":"overloaded","type":"server_error","param":null,"code":null}}"#) : nil
+        }, configure: { c in
+            c.policy.path = CollaborationTests.fixtures.appendingPathComponent("models/promptr1-tiny").path
+            c.policy.temperature = 0
+        })
+        let body = try JSONSerialization.data(withJSONObject: ["model": "prompt-r1/gpt-4o-mini", "messages": [["role": "user", "content": cases[0].question]]])
+        let reply = try await h.chat(String(decoding: body, as: UTF8.self))
+        let e = assertOpenAIError(reply, status: 502)
+        XCTAssertTrue((e["message"] as? String ?? "").contains("overloaded"))
+        let id = try XCTUnwrap(reply.episodeID)
+        try await h.stop()
+        let rec = try XCTUnwrap(try TrafficDatabase(path: h.dbPath).episode(id: id))
+        XCTAssertEqual(rec.outcome, "upstream_error")
+        XCTAssertEqual(rec.status, 502)
+        XCTAssertEqual(rec.turns.first?.kind, "policy")
+        XCTAssertEqual(rec.turns.first?.outputIDs, cases[0].turns[0].ids)
+    }
+
+    /// The episode deadline passes while the upstream is slow: by default the gateway answers
+    /// as a plain proxy would (one direct call), and logs why.
+    func testDeadlineFallsBackToPassthrough() async throws {
+        let cases = try CollaborationTests.cases()
+        let h = try await Harness.start(script: { r in
+            let messages = r.json?["messages"] as? [[String: Any]] ?? []
+            // Slow for the policy's call (which has the protocol's system prompt), fast for the direct one.
+            if (messages.first?["content"] as? String) == PromptR1Prompt.upstreamSystemPrompt {
+                return .delayed(.seconds(3), .json(status: 200, body: FakeUpstream.completionJSON(model: "m", text: "late")))
+            }
+            return nil
+        }, configure: { c in
+            c.policy.path = CollaborationTests.fixtures.appendingPathComponent("models/promptr1-tiny").path
+            c.policy.temperature = 0
+            c.policy.episodeDeadlineSeconds = 0.5
+        })
+        let started = Date()
+        let body = try JSONSerialization.data(withJSONObject: ["model": "prompt-r1/gpt-4o-mini", "messages": [["role": "user", "content": cases[0].question]]])
+        let reply = try await h.chat(String(decoding: body, as: UTF8.self))
+        XCTAssertLessThan(Date().timeIntervalSince(started), 2.5)
+        XCTAssertEqual(reply.status, 200, reply.body)
+        let message = ((reply.json?["choices"] as? [[String: Any]])?.first?["message"]) as? [String: Any]
+        XCTAssertEqual(message?["content"] as? String, "echo: " + cases[0].question)
+        let id = try XCTUnwrap(reply.episodeID)
+        try await h.stop()
+        let rec = try XCTUnwrap(try TrafficDatabase(path: h.dbPath).episode(id: id))
+        XCTAssertEqual(rec.outcome, "fallback_passthrough(policy_timeout)")
+    }
+
+    /// A long silent phase (slow upstream) gets SSE keep-alive comments.
+    func testKeepAliveDuringSilence() async throws {
+        let cases = try CollaborationTests.cases()
+        let inner = CollaborationTests.script(cases)
+        let h = try await Harness.start(script: { r in
+            guard let reply = await inner(r) else { return nil }
+            return .delayed(.milliseconds(700), reply)
+        }, configure: { c in
+            c.policy.path = CollaborationTests.fixtures.appendingPathComponent("models/promptr1-tiny").path
+            c.policy.temperature = 0
+            c.policy.keepaliveSeconds = 0.2
+        })
+        let body = try JSONSerialization.data(withJSONObject: ["model": "prompt-r1/gpt-4o-mini", "stream": true,
+                                                               "messages": [["role": "user", "content": cases[0].question]]] as [String: Any])
+        let reply = try await h.chat(String(decoding: body, as: UTF8.self))
+        XCTAssertEqual(reply.status, 200)
+        XCTAssertTrue(reply.body.contains(": keep-alive\n\n"), reply.body)
+        XCTAssertTrue(reply.body.hasSuffix("data: [DONE]\n\n"))
+        try await h.stop()
+    }
+}

@@ -41,7 +41,7 @@ final class OpenAISDKTests: XCTestCase {
         }
     }
 
-    func requireSDK() async throws -> String {
+    static func requireSDK() async throws -> String {
         guard let py = Self.python() else { throw XCTSkip("python3 not found") }
         let (status, _, _) = try await Self.run(py, ["-c", "import openai"], env: [:])
         if status != 0 {
@@ -54,7 +54,7 @@ final class OpenAISDKTests: XCTestCase {
     }
 
     func testOfficialSDKPassthrough() async throws {
-        let py = try await requireSDK()
+        let py = try await Self.requireSDK()
         let h = try await Harness.start(environment: ["TEST_CLIENT_KEYS": "test-key"])
         let script = Self.repoRoot.appendingPathComponent("Tests/compat/openai_sdk_check.py").path
         let (status, out, err) = try await Self.run(py, [script], env: ["GATEWAY_BASE_URL": "\(h.base)/v1", "GATEWAY_KEY": "test-key"])
