@@ -4,6 +4,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
-python3 -c "import openai" 2>/dev/null || python3 -m pip install -q --disable-pip-version-check openai
+python3 -c "import openai, prometheus_client" 2>/dev/null || python3 -m pip install -q --disable-pip-version-check openai prometheus-client
 swift build --build-tests
 swift test --skip-build "$@"

@@ -117,7 +117,7 @@ struct CollaborationRoute: Sendable {
     func handle(_ request: Request, _ context: GatewayContext, _ incoming: Passthrough.Incoming, _ started: EpisodeRecord) async throws -> Response {
         var episode = started
         let config = state.config
-        guard let loaded = holder.current else {
+        guard let loaded = holder.acquireForRequest() else {
             return await passthrough.fail(.policyUnavailable(model: incoming.request.model), episode: &episode, context: context)
         }
         guard await limiter.acquire(timeout: .milliseconds(config.policy.queueTimeoutMs)) else {

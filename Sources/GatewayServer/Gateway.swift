@@ -1,3 +1,4 @@
+import Crypto
 import Foundation
 import HTTPTypes
 import Hummingbird
@@ -17,12 +18,31 @@ public final class Gateway: Sendable {
     private let app: Application<RouterResponder<GatewayContext>>
     private let services: [any Service]
     private let portBox: PortBox
+    private let adminPortBox: PortBox
     private let groupBox = GroupBox()
 
     /// Builds everything from a config. `environment` supplies the secrets named in it.
-    public init(config: GatewayConfig, environment: [String: String] = ProcessInfo.processInfo.environment,
+    /// `configPath` is the file `POST /admin/config/reload` and SIGHUP re-read (nil: reload is
+    /// refused); settings given on the command line are kept over reloads.
+    public init(config: GatewayConfig, configPath: String? = nil,
+                environment: [String: String] = ProcessInfo.processInfo.environment,
                 logger: Logger = Logger(label: "gateway")) throws {
+        let adminToken = environment[config.admin.tokenEnv].flatMap { $0.isEmpty ? nil : $0 }
+        if adminToken == nil && !Self.isLoopback(config.admin.host) {
+            throw ConfigError(path: "admin.host", problem: "the admin listener is on a non-loopback address (\(config.admin.host)) but no admin token is set in $\(config.admin.tokenEnv); refusing to start")
+        }
         let auth = try ClientAuth(config: config.auth, environment: environment)
+        // Everything that can fail comes before the upstream client, which must be shut down
+        // once created.
+        let database = try TrafficDatabase(path: config.log.path)
+        var initialPolicy: LoadedPolicy?
+        if let path = config.policy.path {
+            let loaded = try LoadedPolicy.load(path: path)
+            try database.insertPolicyVersion(loaded.record)
+            initialPolicy = loaded
+            logger.notice("policy loaded", metadata: ["path": "\(path)", "version": "\(loaded.version)",
+                                                      "architecture": "\(loaded.architecture)", "parameters": "\(loaded.parameterCount)"])
+        }
         let apiKey = config.upstream.apiKeyEnv.flatMap { environment[$0] }
         let upstream = UpstreamClient(settings: UpstreamSettings(
             baseURL: config.upstream.baseURL, apiKey: apiKey,
@@ -33,7 +53,6 @@ public final class Gateway: Sendable {
             maxRetries: config.upstream.maxRetries,
             retryBaseDelay: .milliseconds(config.upstream.retryBaseDelayMs),
             maxConnections: config.upstream.maxConnections), logger: logger)
-        let database = try TrafficDatabase(path: config.log.path)
         let writer = LogWriter(database: database, capacity: config.log.queueCapacity, maxBatch: config.log.maxBatch, logger: logger)
         let state = GatewayState(config: config, auth: auth, upstream: upstream, database: database, writer: writer, logger: logger)
         self.state = state
@@ -42,16 +61,20 @@ public final class Gateway: Sendable {
         router.add(middleware: GatewayMiddleware(state: state))
         let passthrough = Passthrough(state: state)
         let feedback = FeedbackRoute(state: state)
-        let holder = PolicyHolder()
-        if let path = config.policy.path {
-            let loaded = try LoadedPolicy.load(path: path)
-            try database.insertPolicyVersion(loaded.record)
-            holder.set(loaded)
-            logger.notice("policy loaded", metadata: ["path": "\(path)", "version": "\(loaded.version)",
-                                                      "architecture": "\(loaded.architecture)", "parameters": "\(loaded.parameterCount)"])
-        }
+        let holder = PolicyHolder(initialPolicy)
         policies = holder
         let collaboration = CollaborationRoute(state: state, holder: holder, passthrough: passthrough)
+        let reload: @Sendable () async throws -> Void = { [state] in
+            guard let configPath else { throw ConfigError(path: "", problem: "the gateway was started without a config file") }
+            var fresh = try GatewayConfig.load(path: configPath)
+            fresh.policy.path = state.config.policy.path
+            let auth = try ClientAuth(config: fresh.auth, environment: environment)
+            state.reload(config: fresh, auth: auth)
+            logger.notice("config reloaded", metadata: ["path": "\(configPath)"])
+        }
+        let admin = AdminRoutes(state: state, holder: holder, tokenDigest: adminToken.map { Array(SHA256.hash(data: Data($0.utf8))) },
+                                modelsDir: config.admin.modelsDir, reloadConfig: reload,
+                                collaborationWaiting: { collaboration.limiter.waiting })
         state.setCollaboration { req, ctx, incoming, episode in try await collaboration.handle(req, ctx, incoming, episode) }
         router.post("/v1/chat/completions") { req, ctx in try await passthrough.chatCompletions(req, ctx) }
         router.get("/v1/models") { req, ctx in try await passthrough.models(req, ctx) }
@@ -73,14 +96,31 @@ public final class Gateway: Sendable {
             onServerRunning: { channel in portBox.set(channel.localAddress?.port ?? 0) },
             logger: logger
         )
+        let adminPortBox = PortBox()
+        self.adminPortBox = adminPortBox
+        let adminApp = Application(
+            router: admin.build(),
+            configuration: .init(address: .hostname(config.admin.host, port: config.admin.port), serverName: nil),
+            onServerRunning: { channel in adminPortBox.set(channel.localAddress?.port ?? 0) },
+            logger: logger
+        )
         var services: [any Service] = [LogWriterService(writer: writer)]
         if config.log.retentionDays > 0 {
             services.append(RetentionLoop(service: RetentionService(
                 database: database, maxAge: config.log.retentionDays * 86_400,
                 interval: TimeInterval(config.log.retentionIntervalSeconds), logger: logger)))
         }
+        services.append(adminApp)
+        if configPath != nil { services.append(ReloadOnHangup(reload: reload, logger: logger)) }
         self.services = services
     }
+
+    static func isLoopback(_ host: String) -> Bool {
+        host == "localhost" || host == "::1" || host.hasPrefix("127.")
+    }
+
+    /// The admin listener's port, once it runs.
+    public func waitForAdminPort() async -> Int { await adminPortBox.wait() }
 
     /// The port the server listens on, once it runs (useful with port 0).
     public func waitForPort() async -> Int { await portBox.wait() }
@@ -89,6 +129,8 @@ public final class Gateway: Sendable {
     public func run(gracefulShutdownSignals: [UnixSignal] = [.sigterm, .sigint]) async throws {
         // Services shut down in reverse order: the HTTP server first (no new requests, in-flight
         // ones finish), then retention, then the log writer drains.
+        // The public server is last: on shutdown it stops first, then SIGHUP handling, the admin
+        // listener and retention, and the log writer drains last.
         let group = ServiceGroup(configuration: .init(
             services: services.map { ServiceGroupConfiguration.ServiceConfiguration(service: $0) }
                 + [.init(service: app)],
@@ -115,6 +157,22 @@ struct LogWriterService: Service {
             await writer.run()
         } onGracefulShutdown: {
             Task { await writer.shutdown() }
+        }
+    }
+}
+
+/// SIGHUP re-reads the config file; an invalid one is logged and the old one stays.
+struct ReloadOnHangup: Service {
+    let reload: @Sendable () async throws -> Void
+    let logger: Logger
+    func run() async throws {
+        let signals = await UnixSignalsSequence(trapping: .sighup)
+        await cancelWhenGracefulShutdown {
+            for await _ in signals {
+                do { try await reload() } catch {
+                    logger.error("config reload rejected; keeping the old config", metadata: ["error": "\(error)"])
+                }
+            }
         }
     }
 }

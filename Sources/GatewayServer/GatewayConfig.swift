@@ -91,6 +91,18 @@ public struct GatewayConfig: Sendable, Equatable {
     public var allowModeHeader = true
     public var log = Log()
     public var policy = Policy()
+    public var admin = Admin()
+
+    /// The admin listener: policy versions, config reload, health, readiness, metrics.
+    public struct Admin: Sendable, Equatable {
+        public var host = "127.0.0.1"
+        public var port = 8081
+        /// Environment variable holding the admin bearer token.
+        public var tokenEnv = "GATEWAY_ADMIN_TOKEN"
+        /// Policy checkpoints may only be loaded from inside this folder.
+        public var modelsDir = "models"
+        public init() {}
+    }
     /// Checkpoint folder of the policy model (null: none loaded; collaboration answers 503).
     public var policyPath: String? {
         get { policy.path }
@@ -214,6 +226,16 @@ public struct GatewayConfig: Sendable, Equatable {
         c.log.durability = try lg.oneOf("durability", ["commit_before_response", "async"], default: c.log.durability)
         c.log.redactBodies = try lg.bool("redact_bodies", default: c.log.redactBodies)
         try lg.finish()
+
+        var ad = try root.object("admin")
+        c.admin.host = try ad.string("host", default: c.admin.host)
+        c.admin.port = try ad.int("port", default: c.admin.port, range: 0...65535)
+        c.admin.tokenEnv = try ad.string("token_env", default: c.admin.tokenEnv)
+        if !Self.isEnvName(c.admin.tokenEnv) {
+            throw ConfigError(path: "admin.token_env", problem: "must be the NAME of an environment variable, not a token")
+        }
+        c.admin.modelsDir = try ad.string("models_dir", default: c.admin.modelsDir)
+        try ad.finish()
 
         var p = try root.object("policy")
         c.policy.path = try p.string("path")

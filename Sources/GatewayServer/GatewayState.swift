@@ -16,6 +16,7 @@ public final class GatewayState: @unchecked Sendable {
     public let database: TrafficDatabase
     public let writer: LogWriter
     public let logger: Logger
+    public let metrics = GatewayMetrics()
     let limiter: ConcurrencyLimiter
     /// The collaboration path (set once a policy engine is attached); nil answers 503.
     var collaboration: (@Sendable (Request, GatewayContext, Passthrough.Incoming, EpisodeRecord) async throws -> Response)? {
@@ -49,6 +50,8 @@ public final class GatewayState: @unchecked Sendable {
             c.server = _config.server
             c.upstream = _config.upstream
             c.log.path = _config.log.path
+            c.admin = _config.admin
+            c.policy.path = _config.policy.path
             _config = c
             _auth = auth
         }
@@ -57,6 +60,7 @@ public final class GatewayState: @unchecked Sendable {
     /// Writes an episode to the traffic log with the configured durability: with
     /// `commit_before_response` the call returns once the row is committed.
     func record(_ episode: EpisodeRecord) async {
+        metrics.observe(episode)
         do {
             if config.log.durability == "async" {
                 try await writer.append(episode)

@@ -14,6 +14,14 @@ public final class LoadedPolicy: Sendable {
     public let loadedAt: Date
     public let architecture: String
     public let parameterCount: Int
+    private let served = ServedCounter()
+    /// Requests that started on this version.
+    public var requestsServed: Int { served.value }
+    func countRequest() { served.increment() }
+
+    /// The engine's worker thread keeps the weights alive until it is stopped: stop it when the
+    /// last request holding this version lets go (after a swap), which frees the weights.
+    deinit { policy.shutdown() }
 
     init(policy: EnginePolicy, sha256: String, path: String) {
         self.policy = policy
@@ -74,16 +82,96 @@ public final class LoadedPolicy: Sendable {
     }
 }
 
+final class ServedCounter: @unchecked Sendable {
+    // Guarded by `lock`.
+    private let lock = NSLock()
+    private var n = 0
+    func increment() { lock.withLock { n += 1 } }
+    var value: Int { lock.withLock { n } }
+}
+
+/// What the admin API shows of a version (also kept for versions no longer in memory).
+public struct PolicyVersionInfo: Codable, Sendable, Equatable {
+    public var id: String
+    public var path: String
+    public var sha256: String
+    public var architecture: String
+    public var parameterCount: Int
+    public var loadedAt: Date
+    public var requestsServed: Int
+
+    enum CodingKeys: String, CodingKey {
+        case id, path, sha256, architecture
+        case parameterCount = "parameter_count"
+        case loadedAt = "loaded_at"
+        case requestsServed = "requests_served"
+    }
+
+    init(_ p: LoadedPolicy) {
+        id = p.version
+        path = p.path
+        sha256 = p.sha256
+        architecture = p.architecture
+        parameterCount = p.parameterCount
+        loadedAt = p.loadedAt
+        requestsServed = p.requestsServed
+    }
+}
+
 /// The serving policy. A request takes the current one once and keeps it to the end, so a
-/// later swap never changes the weights under a running episode.
+/// swap never changes the weights under a running episode; the old version's weights are freed
+/// when its last request ends. Earlier versions are remembered (not kept in memory) for
+/// `GET /admin/policy` and rollback.
 public final class PolicyHolder: @unchecked Sendable {
     // Guarded by `lock`.
     private let lock = NSLock()
     private var _current: LoadedPolicy?
+    private var _history: [PolicyVersionInfo] = []
+    private var _loading = false
 
     public init(_ initial: LoadedPolicy? = nil) { _current = initial }
 
     public var current: LoadedPolicy? { lock.withLock { _current } }
 
-    public func set(_ p: LoadedPolicy?) { lock.withLock { _current = p } }
+    /// Takes the current version for one request (and counts it).
+    func acquireForRequest() -> LoadedPolicy? {
+        let p = lock.withLock { _current }
+        p?.countRequest()
+        return p
+    }
+
+    /// Earlier versions, most recent first.
+    public var history: [PolicyVersionInfo] { lock.withLock { _history } }
+
+    /// Switches atomically; returns the version replaced.
+    @discardableResult
+    public func set(_ p: LoadedPolicy?) -> LoadedPolicy? {
+        lock.withLock {
+            let old = _current
+            if let old { _history.insert(PolicyVersionInfo(old), at: 0) }
+            _current = p
+            return old
+        }
+    }
+
+    /// The most recent earlier version.
+    var previous: PolicyVersionInfo? { lock.withLock { _history.first } }
+
+    /// One load at a time.
+    func beginLoad() -> Bool {
+        lock.withLock {
+            if _loading { return false }
+            _loading = true
+            return true
+        }
+    }
+    func endLoad() { lock.withLock { _loading = false } }
+
+    /// After a rollback the version rolled back from goes to the history like any other, and the
+    /// one rolled back to is removed from it.
+    func removeFromHistory(id: String) {
+        lock.withLock {
+            if let i = _history.firstIndex(where: { $0.id == id }) { _history.remove(at: i) }
+        }
+    }
 }

@@ -34,6 +34,9 @@ struct ConfigOptions: ParsableArguments {
     @Option(name: .long, help: "Policy checkpoint folder (overrides policy.path).")
     var policy: String?
 
+    @Option(name: .customLong("admin-port"), help: "Admin listener port (overrides admin.port; 0 picks a free port).")
+    var adminPort: Int?
+
     func load() throws -> GatewayConfig {
         var c = try GatewayConfig.load(path: config)
         if let host { c.server.host = host }
@@ -49,6 +52,10 @@ struct ConfigOptions: ParsableArguments {
         }
         if let logDB { c.log.path = logDB }
         if let policy { c.policyPath = policy }
+        if let adminPort {
+            guard (0...65535).contains(adminPort) else { throw ValidationError("--admin-port must be between 0 and 65535") }
+            c.admin.port = adminPort
+        }
         return c
     }
 }
@@ -72,11 +79,13 @@ struct Serve: AsyncParsableCommand {
             return h
         }
         let logger = Logger(label: "gateway")
-        let gateway = try Gateway(config: config, logger: logger)
+        let gateway = try Gateway(config: config, configPath: options.config, logger: logger)
         Task {
             let port = await gateway.waitForPort()
+            let adminPort = await gateway.waitForAdminPort()
             logger.notice("gateway listening", metadata: [
-                "address": "\(config.server.host):\(port)", "upstream": "\(config.upstream.baseURL)",
+                "address": "\(config.server.host):\(port)", "admin": "\(config.admin.host):\(adminPort)",
+                "upstream": "\(config.upstream.baseURL)",
                 "log": "\(config.log.path)", "version": "\(GatewayVersion.string)",
             ])
         }

@@ -17,18 +17,21 @@ final class Harness: @unchecked Sendable {
     let gateway: Gateway
     let runTask: Task<Void, any Error>
     let port: Int
+    let adminPort: Int
+    var adminBase: String { "http://127.0.0.1:\(adminPort)" }
     let client: HTTPClient
     let directory: URL
     var dbPath: String { directory.appendingPathComponent("traffic.sqlite").path }
     var base: String { "http://127.0.0.1:\(port)" }
 
-    static func start(script: FakeUpstream.Script? = nil, environment: [String: String] = [:],
+    static func start(script: FakeUpstream.Script? = nil, environment: [String: String] = [:], configPath: String? = nil,
                       configure: (inout GatewayConfig) -> Void = { _ in }) async throws -> Harness {
         let upstream = try await FakeUpstream(script: script)
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("gw-test-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
         var config = GatewayConfig()
         config.server.port = 0
+        config.admin.port = 0
         config.upstream.baseURL = upstream.baseURL
         config.upstream.apiKeyEnv = "TEST_UPSTREAM_KEY"
         config.upstream.maxRetries = 0
@@ -37,13 +40,15 @@ final class Harness: @unchecked Sendable {
         configure(&config)
         var logger = Logger(label: "gateway-test")
         logger.logLevel = .error
-        let gateway = try Gateway(config: config, environment: environment, logger: logger)
+        let gateway = try Gateway(config: config, configPath: configPath, environment: environment, logger: logger)
         let task = Task { try await gateway.run(gracefulShutdownSignals: []) }
         let port = await gateway.waitForPort()
-        return Harness(upstream: upstream, gateway: gateway, runTask: task, port: port, directory: dir)
+        let adminPort = await gateway.waitForAdminPort()
+        return Harness(upstream: upstream, gateway: gateway, runTask: task, port: port, adminPort: adminPort, directory: dir)
     }
 
-    private init(upstream: FakeUpstream, gateway: Gateway, runTask: Task<Void, any Error>, port: Int, directory: URL) {
+    private init(upstream: FakeUpstream, gateway: Gateway, runTask: Task<Void, any Error>, port: Int, adminPort: Int, directory: URL) {
+        self.adminPort = adminPort
         self.upstream = upstream
         self.gateway = gateway
         self.runTask = runTask
@@ -51,15 +56,28 @@ final class Harness: @unchecked Sendable {
         self.directory = directory
         var config = HTTPClient.Configuration()
         config.timeout = .init(connect: .seconds(5), read: .seconds(30))
+        config.connectionPool = .init(idleTimeout: .seconds(30), concurrentHTTP1ConnectionsPerHostSoftLimit: 256)
         client = HTTPClient(eventLoopGroup: HTTPClient.defaultEventLoopGroup, configuration: config)
     }
 
+    private var stopped = false
+
     /// Graceful stop: in-flight requests finish, the log drains.
     func stop() async throws {
+        stopped = true
         await gateway.shutdown()
         try await runTask.value
         try await client.shutdown()
         await upstream.stop()
+    }
+
+    /// A test that failed before `stop()` must not also crash the run (an HTTPClient that is
+    /// never shut down traps in its deinit), so that its own failure is what gets reported.
+    deinit {
+        if !stopped {
+            try? client.syncShutdown()
+            runTask.cancel()
+        }
     }
 
     struct Reply {
@@ -80,6 +98,16 @@ final class Harness: @unchecked Sendable {
         if let bodyBytes { req.body = .bytes(ByteBuffer(bytes: bodyBytes)) }
         let resp = try await client.execute(req, timeout: .seconds(30))
         let bytes = try await resp.body.collect(upTo: 64 << 20)
+        return Reply(status: Int(resp.status.code), headers: resp.headers, body: String(buffer: bytes))
+    }
+
+    func admin(_ method: HTTPMethod, _ path: String, body: String? = nil, token: String? = nil) async throws -> Reply {
+        var req = HTTPClientRequest(url: adminBase + path)
+        req.method = method
+        if let token { req.headers.add(name: "authorization", value: "Bearer \(token)") }
+        if let body { req.body = .bytes(ByteBuffer(string: body)) }
+        let resp = try await client.execute(req, timeout: .seconds(60))
+        let bytes = try await resp.body.collect(upTo: 16 << 20)
         return Reply(status: Int(resp.status.code), headers: resp.headers, body: String(buffer: bytes))
     }
 

@@ -1,0 +1,167 @@
+import Crypto
+import Foundation
+import HTTPTypes
+import Hummingbird
+import OpenAIWire
+import TrafficLog
+
+/// The admin listener (default 127.0.0.1:8081): policy versions, config reload, health,
+/// readiness and metrics. `/admin/*` needs `Authorization: Bearer <token>` when a token is set
+/// (compared as SHA-256 digests in constant time); `/health`, `/ready` and `/metrics` do not.
+struct AdminRoutes: Sendable {
+    let state: GatewayState
+    let holder: PolicyHolder
+    let tokenDigest: [UInt8]?
+    let modelsDir: String
+    let reloadConfig: @Sendable () async throws -> Void
+    let collaborationWaiting: @Sendable () -> Int
+
+    func build() -> Router<BasicRequestContext> {
+        let router = Router()
+        router.add(middleware: AdminErrors())
+        router.get("/health") { _, _ in Self.json(#"{"status":"ok"}"#) }
+        router.get("/ready") { _, _ in self.ready() }
+        router.get("/metrics") { _, _ in
+            let text = self.state.metrics.render(writer: self.state.writer.stats, policyWaiting: self.collaborationWaiting())
+            return Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4"], body: .init(byteBuffer: ByteBuffer(string: text)))
+        }
+        router.get("/admin/policy") { req, _ in
+            try self.authorize(req)
+            return try self.policyStatus()
+        }
+        router.post("/admin/policy") { req, _ in
+            try self.authorize(req)
+            var req = req
+            let body = try await Passthrough.collectBody(&req, limit: 64 << 10)
+            struct Load: Decodable { var path: String }
+            guard let load = try? JSONDecoder().decode(Load.self, from: Data(buffer: body)) else {
+                throw GatewayError.invalidField("path", "Send {\"path\": \"<checkpoint folder inside the models directory>\"}.")
+            }
+            return try await self.swap(to: load.path)
+        }
+        router.post("/admin/policy/rollback") { req, _ in
+            try self.authorize(req)
+            guard let previous = self.holder.previous else {
+                throw GatewayError(status: 409, message: "There is no earlier policy version to roll back to.", type: "invalid_request_error", code: "no_previous_version")
+            }
+            return try await self.swap(to: previous.path, rollbackOf: previous.id)
+        }
+        router.post("/admin/config/reload") { req, _ in
+            try self.authorize(req)
+            do { try await self.reloadConfig() } catch {
+                throw GatewayError(status: 400, message: "The new config was rejected; the old one stays: \(error)", type: "invalid_request_error", code: "invalid_config")
+            }
+            return Self.json(#"{"status":"reloaded"}"#)
+        }
+        return router
+    }
+
+    static func json(_ s: String, status: HTTPResponse.Status = .ok) -> Response {
+        Response(status: status, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(string: s)))
+    }
+
+    static func encode(_ v: some Encodable, status: HTTPResponse.Status = .ok) throws -> Response {
+        let e = JSONEncoder()
+        e.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        e.dateEncodingStrategy = .iso8601
+        return Response(status: status, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(data: try e.encode(v))))
+    }
+
+    func authorize(_ req: Request) throws {
+        guard let tokenDigest else { return }
+        guard let presented = ClientAuth.bearer(req.headers[.authorization]) else {
+            throw GatewayError.unauthorized("The admin API needs 'Authorization: Bearer <admin token>'.")
+        }
+        let d = Array(SHA256.hash(data: Data(presented.utf8)))
+        var diff: UInt8 = 0
+        for i in 0..<32 { diff |= d[i] ^ tokenDigest[i] }
+        guard diff == 0 else { throw GatewayError.unauthorized("Invalid admin token.") }
+    }
+
+    func ready() -> Response {
+        var problems: [String] = []
+        let config = state.config
+        if config.routes.contains(where: { $0.mode == .collaborate }) && holder.current == nil {
+            problems.append("collaboration routes are configured but no policy is loaded")
+        }
+        let stats = state.writer.stats
+        if stats.lastError != nil && stats.queued >= config.log.queueCapacity {
+            problems.append("the traffic log is not writable: \(stats.lastError ?? "")")
+        }
+        if problems.isEmpty { return Self.json(#"{"status":"ready"}"#) }
+        let body = (try? JSONEncoder.wire.encode(["status": "not_ready", "problems": problems.joined(separator: "; ")])) ?? Data()
+        return Response(status: .serviceUnavailable, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(data: body)))
+    }
+
+    struct PolicyStatus: Encodable {
+        var current: PolicyVersionInfo?
+        var history: [PolicyVersionInfo]
+    }
+
+    func policyStatus() throws -> Response {
+        try Self.encode(PolicyStatus(current: holder.current.map(PolicyVersionInfo.init), history: holder.history))
+    }
+
+    /// Resolves a requested checkpoint path inside the models directory: relative paths are
+    /// taken from it, `..` is refused, and the real path (symlinks resolved) must stay inside.
+    static func confine(_ raw: String, modelsDir: String) throws -> String {
+        guard !raw.isEmpty, !raw.contains("\0") else { throw GatewayError.invalidField("path", "The path is empty.") }
+        if raw.split(separator: "/").contains("..") {
+            throw GatewayError.invalidField("path", "The path must not contain '..'.")
+        }
+        let base = URL(fileURLWithPath: modelsDir).standardizedFileURL.resolvingSymlinksInPath().path
+        let candidate = raw.hasPrefix("/") ? raw : base + "/" + raw
+        let real = URL(fileURLWithPath: candidate).standardizedFileURL.resolvingSymlinksInPath().path
+        guard real.hasPrefix(base + "/") else {
+            throw GatewayError.invalidField("path", "Checkpoints can only be loaded from inside the models directory (\(modelsDir)).")
+        }
+        var isDir: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: real, isDirectory: &isDir), isDir.boolValue else {
+            throw GatewayError(status: 404, message: "No checkpoint folder at '\(raw)' in the models directory.", type: "invalid_request_error", param: "path", code: "not_found")
+        }
+        return real
+    }
+
+    struct SwapReply: Encodable {
+        var current: PolicyVersionInfo
+        var previous: PolicyVersionInfo?
+        var loadSeconds: Double
+        enum CodingKeys: String, CodingKey { case current, previous; case loadSeconds = "load_seconds" }
+    }
+
+    /// Loads in the background while the current version keeps serving, validates, switches.
+    func swap(to raw: String, rollbackOf: String? = nil) async throws -> Response {
+        let path = try Self.confine(raw, modelsDir: modelsDir)
+        guard holder.beginLoad() else {
+            throw GatewayError(status: 409, message: "Another policy load is in progress.", type: "invalid_request_error", code: "load_in_progress")
+        }
+        defer { holder.endLoad() }
+        let start = ContinuousClock.now
+        let loaded: LoadedPolicy
+        do {
+            loaded = try await Task.detached(priority: .utility) { try LoadedPolicy.load(path: path) }.value
+        } catch {
+            throw GatewayError(status: 422, message: "The checkpoint could not be loaded; the serving version is unchanged: \(error)",
+                               type: "invalid_request_error", param: "path", code: "invalid_checkpoint")
+        }
+        try state.database.insertPolicyVersion(loaded.record)
+        let old = holder.set(loaded)
+        if let rollbackOf { holder.removeFromHistory(id: rollbackOf) }
+        state.metrics.swapped()
+        state.logger.notice("policy switched", metadata: ["version": "\(loaded.version)", "path": "\(path)", "previous": "\(old?.version ?? "none")"])
+        return try Self.encode(SwapReply(current: PolicyVersionInfo(loaded), previous: old.map(PolicyVersionInfo.init),
+                                         loadSeconds: (ContinuousClock.now - start).milliseconds / 1000))
+    }
+}
+
+/// Admin errors in the same OpenAI shape as the public API.
+struct AdminErrors: RouterMiddleware {
+    typealias Context = BasicRequestContext
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+        do {
+            return try await next(request, context)
+        } catch {
+            return Passthrough.errorResponse(GatewayMiddleware.gatewayError(error, request), episodeID: "admin")
+        }
+    }
+}
