@@ -1,0 +1,140 @@
+import ArgumentParser
+import Foundation
+import PolicyEngine
+import PromptR1
+
+/// The time the gateway adds to a collaboration episode apart from upstream time: the policy's
+/// prefill and decode per turn, through the real loop, engine and continuous batching. Each
+/// turn generates exactly `--tokens-per-turn` tokens; the turn's text is then replaced by a
+/// well-formed call (or, on the last turn, an answer), so every episode has the same shape
+/// whatever the random weights say. The upstream answers instantly.
+struct CollabBench: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "collab",
+        abstract: "Gateway time per collaboration episode (policy prefill + decode), at 1 and 8 concurrent episodes.")
+
+    @Option(help: "Checkpoint folder (default: a Qwen2.5-0.5B-shaped random model, created once).") var model: String?
+    @Option(name: .customLong("model-cache"), help: "Where the default model is written.") var modelCache = "/tmp/prompt-r1-bench/qwen2.5-0.5b-shape"
+    @Option(name: .customLong("tokenizer-from"), help: "Tokenizer files for the default model.") var tokenizerFrom = "Tests/Fixtures/models/qwen3-tiny"
+    @Option(name: .customLong("tokens-per-turn")) var tokensPerTurn = 32
+    @Option var turns = 2
+    @Option(help: "Comma-separated concurrency levels.") var concurrency = "1,8"
+    @Option(help: "Episodes per concurrent slot.") var rounds = 2
+    @Option(help: "OpenBLAS threads.") var threads = 2
+
+    func run() async throws {
+        setenv("OPENBLAS_NUM_THREADS", "\(threads)", 1)
+        let dir = try BenchModel.folder(given: model, cache: modelCache, tokenizerFrom: tokenizerFrom)
+        let t0 = ContinuousClock.now
+        let policy = try EnginePolicy(directory: dir)
+        print("collab bench: model \(dir.lastPathComponent) (\(policy.model.parameterCount / 1_000_000)M parameters, loaded in \(fmt((ContinuousClock.now - t0).milliseconds / 1000)) s)")
+        print("episode shape: \(turns) turns x \(tokensPerTurn) generated tokens; upstream answers instantly; OpenBLAS threads \(threads)")
+        let question = "Which planet is the largest in the Solar System, and what is its largest moon?"
+        print("first prompt: \(policy.tokenizer.encode(PromptR1Prompt.firstPrompt(question: question)).count) tokens")
+        print("")
+        print("conc  episodes  ep/s    gateway ms/episode (mean, p50, max)   first prefill ms   decode tok/s per episode   aggregate tok/s")
+        for c in concurrency.split(separator: ",").compactMap({ Int($0) }) {
+            let stats = Stats()
+            let start = ContinuousClock.now
+            await withTaskGroup(of: Void.self) { group in
+                for _ in 0..<c {
+                    group.addTask {
+                        for _ in 0..<rounds {
+                            let loop = CollaborationLoop(options: .init(limits: .init(maxTurns: turns, maxTokensPerTurn: tokensPerTurn)),
+                                                         upstream: InstantUpstream()) { prompt in
+                                FixedShapeSession(inner: policy.session(promptText: prompt, sampling: .greedy), turns: turns,
+                                                  tokensPerTurn: tokensPerTurn, stats: stats)
+                            }
+                            let t = ContinuousClock.now
+                            let e = await loop.run(question: question)
+                            let upstream = e.turns.compactMap { $0.upstream?.latencySeconds }.reduce(0, +) * 1000
+                            stats.episode(ms: (ContinuousClock.now - t).milliseconds - upstream, ok: e.outcome.answerText != nil)
+                        }
+                    }
+                }
+            }
+            let wall = (ContinuousClock.now - start).milliseconds / 1000
+            let s = stats.snapshot()
+            let eps = s.episodes.sorted()
+            print("\(padTo("\(c)", 6))\(padTo("\(eps.count)", 10))\(padTo(fmt(Double(eps.count) / wall), 8))"
+                  + padTo("\(fmt(eps.reduce(0, +) / Double(max(eps.count, 1)))), \(fmt(eps[eps.count / 2])), \(fmt(eps.last ?? 0))", 38)
+                  + padTo(fmt(s.firstPrefillMs.reduce(0, +) / Double(max(s.firstPrefillMs.count, 1))), 19)
+                  + padTo(fmt(s.decodeTokens / max(s.decodeSeconds, 1e-9) * Double(c)), 27)
+                  + fmt(Double(s.generated) / wall) + (s.failures > 0 ? "  (\(s.failures) episodes without answer!)" : ""))
+        }
+        policy.shutdown()
+    }
+}
+
+struct InstantUpstream: UpstreamAnswering {
+    func answer(messages: [UpstreamMessage], options: UpstreamCallOptions) async throws -> UpstreamAnswer {
+        UpstreamAnswer(text: "Jupiter is the largest planet; its largest moon is Ganymede.")
+    }
+}
+
+final class Stats: @unchecked Sendable {
+    // Guarded by `lock`.
+    private let lock = NSLock()
+    struct Snapshot { var episodes: [Double] = []; var firstPrefillMs: [Double] = []; var decodeSeconds = 0.0; var decodeTokens = 0.0; var generated = 0; var failures = 0 }
+    private var s = Snapshot()
+    func episode(ms: Double, ok: Bool) { lock.withLock { s.episodes.append(ms); if !ok { s.failures += 1 } } }
+    func turn(first: Bool, firstTokenMs: Double, decodeSeconds: Double, tokens: Int) {
+        lock.withLock {
+            if first { s.firstPrefillMs.append(firstTokenMs) }
+            s.decodeSeconds += decodeSeconds
+            s.decodeTokens += Double(max(tokens - 1, 0))
+            s.generated += tokens
+        }
+    }
+    func snapshot() -> Snapshot { lock.withLock { s } }
+}
+
+/// Real generation of a fixed number of tokens per turn; the text is replaced by a well-formed
+/// call, or an answer on the last turn.
+final class FixedShapeSession: PolicySession, @unchecked Sendable {
+    // Used by one loop, one call at a time.
+    let inner: EnginePolicySession
+    let turns: Int
+    let tokensPerTurn: Int
+    let stats: Stats
+    var turn = 0
+    var promptTokenIDs: [Int32] { inner.promptTokenIDs }
+
+    init(inner: EnginePolicySession, turns: Int, tokensPerTurn: Int, stats: Stats) {
+        self.inner = inner
+        self.turns = turns
+        self.tokensPerTurn = tokensPerTurn
+        self.stats = stats
+    }
+
+    func generateTurn(limits: PolicyTurnLimits, onText: (@Sendable (String) -> Void)?) async throws -> PolicyTurn {
+        turn += 1
+        let clock = ContinuousClock()
+        let start = clock.now
+        let firstToken = FirstTokenTime()
+        let real = try await inner.generateTurn(limits: PolicyTurnLimits(maxNewTokens: tokensPerTurn, stopStrings: ["\u{0}never\u{0}"]),
+                                                onText: { _ in firstToken.mark() })
+        let end = clock.now
+        let first = firstToken.at ?? end
+        stats.turn(first: turn == 1, firstTokenMs: (first - start).milliseconds, decodeSeconds: (end - first).milliseconds / 1000,
+                   tokens: real.tokenIDs.count)
+        let text = turn < turns
+            ? #"<think>step</think>\#n<interaction_prompt>{"name": "prompt", "arguments": {"prompt": "Which planet is the largest?"}}</interaction_prompt>"#
+            : "done</think>\n<answer>Jupiter; Ganymede</answer>"
+        return PolicyTurn(text: text, tokenIDs: real.tokenIDs, logprobs: real.logprobs, finishReason: turn < turns ? .stopString : .length)
+    }
+
+    func appendInjected(_ text: String) async throws -> [Int32] { try await inner.appendInjected(text) }
+}
+
+final class FirstTokenTime: @unchecked Sendable {
+    // Guarded by `lock`.
+    private let lock = NSLock()
+    private var t: ContinuousClock.Instant?
+    func mark() { lock.withLock { if t == nil { t = .now } } }
+    var at: ContinuousClock.Instant? { lock.withLock { t } }
+}
+
+func fmt(_ x: Double) -> String { String(format: "%.1f", x) }
+
+func padTo(_ s: String, _ n: Int) -> String { s.count >= n ? s : s + String(repeating: " ", count: n - s.count) }
