@@ -60,6 +60,10 @@ public final class UpstreamClient: Sendable {
     private let http: HTTPClient
     private let base: String
     private let logger: Logger
+    /// Handed to AsyncHTTPClient per request. It attaches request metadata to this logger on
+    /// every request, which costs a metadata re-render with stream log handlers; unless its
+    /// debug/trace output could be seen, a no-op logger skips that.
+    private let requestLogger: Logger
 
     public init(settings: UpstreamSettings, logger: Logger = Logger(label: "upstream")) {
         self.settings = settings
@@ -67,6 +71,7 @@ public final class UpstreamClient: Sendable {
         while base.hasSuffix("/") { base.removeLast() }
         self.base = base
         self.logger = logger
+        self.requestLogger = logger.logLevel <= .debug ? logger : Logger(label: logger.label, factory: { _ in SwiftLogNoOpLogHandler() })
         var config = HTTPClient.Configuration()
         config.timeout = .init(connect: .nanoseconds(settings.connectTimeout.nanoseconds),
                                read: .nanoseconds(settings.idleTimeout.nanoseconds))
@@ -74,6 +79,9 @@ public final class UpstreamClient: Sendable {
                                       concurrentHTTP1ConnectionsPerHostSoftLimit: settings.maxConnections)
         config.decompression = .disabled
         config.redirectConfiguration = .disallow
+        // No tracer: the gateway never bootstraps distributed tracing, and the default no-op
+        // tracer still makes the client re-parse the URL and fill span attributes per request.
+        config.tracing.tracer = nil
         self.http = HTTPClient(eventLoopGroup: HTTPClient.defaultEventLoopGroup, configuration: config)
     }
 
@@ -146,21 +154,16 @@ public final class UpstreamClient: Sendable {
         return .milliseconds(Int(Double.random(in: 0.5...1.0) * ms))
     }
 
+    /// Waits for the response head at most `firstByteTimeout` (and never past `deadline`).
+    /// AsyncHTTPClient's deadline covers exactly that wait (it is cancelled once the head
+    /// arrives), so the earlier of the two is handed to it: no extra task or timer per request.
     private func executeWithFirstByteTimeout(_ request: HTTPClientRequest, deadline: NIODeadline) async throws -> HTTPClientResponse {
-        let firstByte = settings.firstByteTimeout
+        let firstByteDeadline = NIODeadline.now() + .nanoseconds(settings.firstByteTimeout.nanoseconds)
+        let firstByteFirst = firstByteDeadline < deadline
         do {
-            return try await withThrowingTaskGroup(of: HTTPClientResponse?.self) { group in
-                group.addTask { try await self.http.execute(request, deadline: deadline, logger: self.logger) }
-                group.addTask {
-                    try await Task.sleep(for: firstByte)
-                    return nil
-                }
-                defer { group.cancelAll() }
-                guard let first = try await group.next(), let response = first else {
-                    throw GatewayError.upstreamTimeout("first byte")
-                }
-                return response
-            }
+            return try await http.execute(request, deadline: firstByteFirst ? firstByteDeadline : deadline, logger: requestLogger)
+        } catch let e as HTTPClientError where firstByteFirst && e == .deadlineExceeded {
+            throw GatewayError.upstreamTimeout("first byte")
         } catch let e as GatewayError {
             throw e
         } catch {
@@ -226,7 +229,7 @@ public final class UpstreamClient: Sendable {
             throw GatewayError(status: response.status, message: "Upstream error: \(message.prefix(500))",
                                type: "upstream_error", code: "upstream_status_\(response.status)")
         }
-        guard let summary = try? JSONDecoder().decode(UpstreamCompletionSummary.self, from: Data(text.utf8)) else {
+        guard let summary = UpstreamCompletionSummary.decode(bytes) else {
             throw GatewayError.upstreamBadResponse("the chat completion was not valid JSON")
         }
         return ChatAnswer(text: summary.text ?? "", usage: summary.usage, finishReason: summary.finishReason,
