@@ -194,6 +194,154 @@ public struct ChatCompletionRequest: Codable, Sendable, Equatable {
         return req
     }
 
+    /// Like `decode(from:)` for a body that `JSONScanner` already accepted, minus the Codable
+    /// machinery in the common case: the known fields are read straight from the bytes, and
+    /// anything unusual (odd types, duplicate keys, tool calls, non-integral integers, ...) is
+    /// decoded by `decode(from:)` instead, which gives the same value or the same error.
+    public static func decode(validated bytes: [UInt8]) throws(GatewayError) -> ChatCompletionRequest {
+        let fast = bytes.withUnsafeBytes { buf -> ChatCompletionRequest? in
+            var r = JSONFastReader(buf)
+            return fastDecode(&r)
+        }
+        guard let req = fast else { return try decode(from: Data(bytes)) }
+        try req.validate()
+        return req
+    }
+
+    private static let fastKeys = JSONFastReader.keys(
+        "model", "messages", "stream", "stream_options", "temperature", "top_p", "max_tokens",
+        "max_completion_tokens", "n", "stop", "seed", "presence_penalty", "frequency_penalty", "user")
+    private static let messageKeys = JSONFastReader.keys("role", "content", "name", "tool_calls", "tool_call_id")
+    private static let partKeys = JSONFastReader.keys("type", "text")
+    private static let streamOptionKeys = JSONFastReader.keys("include_usage")
+
+    private static func fastDecode(_ r: inout JSONFastReader) -> ChatCompletionRequest? {
+        var model: String?
+        var messages: [ChatMessage]?
+        var req = ChatCompletionRequest(model: "", messages: [])
+        func optionalDouble(_ r: inout JSONFastReader, _ into: inout Double?) -> Bool {
+            if r.null() { return true }
+            guard let d = r.double() else { return false }
+            into = d
+            return true
+        }
+        /// Integers are decoded as Double then checked, as in `integer(_:_:)`; a failing check
+        /// goes to the slow path for its error.
+        func optionalInteger(_ r: inout JSONFastReader, _ into: inout Int?) -> Bool {
+            if r.null() { return true }
+            guard let d = r.double(), d.rounded() == d, abs(d) <= 9_007_199_254_740_992 else { return false }
+            into = Int(d)
+            return true
+        }
+        func optionalString(_ r: inout JSONFastReader, _ into: inout String?) -> Bool {
+            if r.null() { return true }
+            guard let v = r.string() else { return false }
+            into = v
+            return true
+        }
+        let ok = r.object(keys: fastKeys) { r, key in
+            switch key {
+            case 0:  // model
+                model = r.string()
+                return model != nil
+            case 1:  // messages
+                var list: [ChatMessage] = []
+                let ok = r.array { r in
+                    guard let m = fastMessage(&r) else { return false }
+                    list.append(m)
+                    return true
+                }
+                messages = list
+                return ok
+            case 2:  // stream
+                if r.null() { return true }
+                guard let v = r.bool() else { return false }
+                req.stream = v
+                return true
+            case 3:  // stream_options
+                if r.null() { return true }
+                var include: Bool?
+                let ok = r.object(keys: streamOptionKeys) { r, _ in
+                    if r.null() { return true }
+                    include = r.bool()
+                    return include != nil
+                }
+                req.streamOptions = StreamOptions(includeUsage: include)
+                return ok
+            case 4: return optionalDouble(&r, &req.temperature)
+            case 5: return optionalDouble(&r, &req.topP)
+            case 11: return optionalDouble(&r, &req.presencePenalty)
+            case 12: return optionalDouble(&r, &req.frequencyPenalty)
+            case 6: return optionalInteger(&r, &req.maxTokens)
+            case 7: return optionalInteger(&r, &req.maxCompletionTokens)
+            case 8: return optionalInteger(&r, &req.n)
+            case 10: return optionalInteger(&r, &req.seed)
+            case 13: return optionalString(&r, &req.user)
+            case 9:  // stop
+                if r.null() { return true }
+                if let one = r.string() { req.stop = .one(one); return true }
+                var many: [String] = []
+                let ok = r.array { r in
+                    guard let v = r.string() else { return false }
+                    many.append(v)
+                    return true
+                }
+                req.stop = .many(many)
+                return ok
+            default: return false
+            }
+        }
+        guard ok, r.peek() == nil, let model, let messages else { return nil }
+        req.model = model
+        req.messages = messages
+        return req
+    }
+
+    private static func fastMessage(_ r: inout JSONFastReader) -> ChatMessage? {
+        var role: String?
+        var message = ChatMessage(role: "", content: nil)
+        let ok = r.object(keys: messageKeys) { r, key in
+            switch key {
+            case 0:  // role
+                role = r.string()
+                return role != nil
+            case 1:  // content
+                if r.null() { return true }
+                if let s = r.string() { message.content = .text(s); return true }
+                var parts: [MessageContent.ContentPart] = []
+                let ok = r.array { r in
+                    var type: String?
+                    var text: String?
+                    let ok = r.object(keys: partKeys) { r, key in
+                        if key == 0 { type = r.string(); return type != nil }
+                        if r.null() { return true }
+                        text = r.string()
+                        return text != nil
+                    }
+                    guard ok, let type else { return false }
+                    parts.append(.init(type: type, text: text))
+                    return true
+                }
+                message.content = .parts(parts)
+                return ok
+            case 2:  // name
+                if r.null() { return true }
+                message.name = r.string()
+                return message.name != nil
+            case 4:  // tool_call_id
+                if r.null() { return true }
+                message.toolCallID = r.string()
+                return message.toolCallID != nil
+            default:
+                // tool_calls: carried as JSONValue, left to JSONDecoder unless null.
+                return r.null()
+            }
+        }
+        guard ok, let role else { return nil }
+        message.role = role
+        return message
+    }
+
     public func validate() throws(GatewayError) {
         if model.isEmpty { throw .invalidField("model", "'model' must be a non-empty string.") }
         if messages.isEmpty { throw .invalidField("messages", "'messages' must contain at least one message.") }

@@ -1,4 +1,5 @@
 import Foundation
+import NIOCore
 
 public struct Usage: Codable, Sendable, Equatable {
     public var promptTokens: Int
@@ -185,6 +186,10 @@ public struct UpstreamCompletionSummary: Decodable, Sendable {
         public var message: Message?
         public var finishReason: String?
         enum CodingKeys: String, CodingKey { case message; case finishReason = "finish_reason" }
+        init(message: Message?, finishReason: String?) {
+            self.message = message
+            self.finishReason = finishReason
+        }
     }
     public var model: String?
     public var choices: [Choice]?
@@ -192,6 +197,83 @@ public struct UpstreamCompletionSummary: Decodable, Sendable {
 
     public var text: String? { choices?.first?.message?.content }
     public var finishReason: String? { choices?.first?.finishReason }
+
+    init(model: String?, choices: [Choice]?, usage: Usage?) {
+        self.model = model
+        self.choices = choices
+        self.usage = usage
+    }
+
+    /// The summary of a response body, or nil when it is not a chat completion JSON (what
+    /// `try? JSONDecoder().decode(...)` gives). Common bodies are read directly from the bytes;
+    /// anything unusual goes through JSONDecoder, with the same result.
+    public static func decode(_ bytes: UnsafeRawBufferPointer) -> UpstreamCompletionSummary? {
+        if (try? JSONScanner(maxDepth: 64).validateObject(bytes)) != nil {
+            var r = JSONFastReader(bytes)
+            if let s = fastDecode(&r) { return s }
+        }
+        return try? JSONDecoder().decode(UpstreamCompletionSummary.self, from: Data(bytes))
+    }
+
+    public static func decode(_ buffer: ByteBuffer) -> UpstreamCompletionSummary? {
+        buffer.withUnsafeReadableBytes { decode($0) }
+    }
+
+    private static let summaryKeys = JSONFastReader.keys("model", "choices", "usage")
+    private static let choiceKeys = JSONFastReader.keys("message", "finish_reason")
+    private static let messageKeys = JSONFastReader.keys("content")
+    private static let usageKeys = JSONFastReader.keys("prompt_tokens", "completion_tokens", "total_tokens", "policy_tokens")
+
+    private static func fastDecode(_ r: inout JSONFastReader) -> UpstreamCompletionSummary? {
+        var s = UpstreamCompletionSummary(model: nil, choices: nil, usage: nil)
+        let ok = r.object(keys: summaryKeys) { r, key in
+            if r.null() { return true }
+            switch key {
+            case 0:  // model
+                s.model = r.string()
+                return s.model != nil
+            case 1:  // choices
+                var choices: [Choice] = []
+                let ok = r.array { r in
+                    var choice = Choice(message: nil, finishReason: nil)
+                    let ok = r.object(keys: choiceKeys) { r, key in
+                        if r.null() { return true }
+                        if key == 1 {  // finish_reason
+                            choice.finishReason = r.string()
+                            return choice.finishReason != nil
+                        }
+                        var content: String?
+                        let ok = r.object(keys: messageKeys) { r, _ in
+                            if r.null() { return true }
+                            content = r.string()
+                            return content != nil
+                        }
+                        choice.message = Choice.Message(content: content)
+                        return ok
+                    }
+                    choices.append(choice)
+                    return ok
+                }
+                s.choices = choices
+                return ok
+            default:
+                var p: Int?, c: Int?, t: Int?
+                let ok = r.object(keys: usageKeys) { r, key in
+                    switch key {
+                    case 0: p = r.integer(); return p != nil
+                    case 1: c = r.integer(); return c != nil
+                    case 2: t = r.integer(); return t != nil
+                    default: return r.null()  // policy_tokens: left to JSONDecoder unless null
+                    }
+                }
+                guard ok, let p, let c, let t else { return false }
+                s.usage = Usage(promptTokens: p, completionTokens: c, totalTokens: t)
+                return true
+            }
+        }
+        guard ok, r.peek() == nil else { return nil }
+        return s
+    }
 }
 
 public struct ModelList: Codable, Sendable, Equatable {

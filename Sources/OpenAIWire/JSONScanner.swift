@@ -36,6 +36,18 @@ public struct JSONScanner {
         return members
     }
 
+    /// Validates `bytes` as one JSON document whose root is an object, collecting nothing.
+    public func validateObject(_ bytes: UnsafeRawBufferPointer) throws(Failure) {
+        var p = Parser(b: bytes, maxDepth: maxDepth)
+        p.skipWS()
+        guard p.i < p.n, p.b[p.i] == UInt8(ascii: "{") else {
+            throw Failure(offset: p.i, reason: "the body must be a JSON object")
+        }
+        _ = try p.object(depth: 1, collect: false)
+        p.skipWS()
+        if p.i != p.n { throw Failure(offset: p.i, reason: "unexpected data after the JSON value") }
+    }
+
     public func scanObject(_ bytes: [UInt8]) throws(Failure) -> [Member] {
         do {
             return try bytes.withUnsafeBytes { buf in try self.scanObject(buf) }
@@ -213,4 +225,234 @@ public struct JSONScanner {
 extension Array where Element == JSONScanner.Member {
     /// The member named `key`; with duplicate keys the last wins, as in most JSON parsers.
     public func member(named key: String) -> JSONScanner.Member? { last { $0.key == key } }
+}
+
+/// A cursor over JSON bytes for the hot paths that read a few known fields (the chat request,
+/// the upstream completion summary) without building Codable containers. It is only a fast
+/// path: every method returns nil on anything it does not handle exactly like `JSONDecoder`
+/// (odd types, duplicate keys, lone surrogates, non-integral integers...), and the caller then
+/// decodes with `JSONDecoder`, which produces the result or the error. Input must already be
+/// valid JSON (checked with `JSONScanner`).
+struct JSONFastReader {
+    let b: UnsafeRawBufferPointer
+    var i = 0
+    init(_ b: UnsafeRawBufferPointer) { self.b = b }
+
+    mutating func skipWS() {
+        while i < b.count {
+            let c = b[i]
+            if c == 0x20 || c == 0x0A || c == 0x0D || c == 0x09 { i += 1 } else { break }
+        }
+    }
+
+    /// The next non-space byte, not consumed.
+    mutating func peek() -> UInt8? {
+        skipWS()
+        return i < b.count ? b[i] : nil
+    }
+
+    mutating func consume(_ c: UInt8) -> Bool {
+        if peek() == c { i += 1; return true }
+        return false
+    }
+
+    /// `null`, consumed.
+    mutating func null() -> Bool {
+        guard peek() == UInt8(ascii: "n"), i + 4 <= b.count else { return false }
+        i += 4
+        return true
+    }
+
+    mutating func bool() -> Bool? {
+        switch peek() {
+        case UInt8(ascii: "t"): i += 4; return true
+        case UInt8(ascii: "f"): i += 5; return false
+        default: return nil
+        }
+    }
+
+    /// A string value, escapes decoded. Nil for non-strings and lone surrogates.
+    mutating func string() -> String? {
+        guard peek() == UInt8(ascii: "\"") else { return nil }
+        i += 1
+        let start = i
+        while i < b.count, b[i] != UInt8(ascii: "\""), b[i] != UInt8(ascii: "\\") { i += 1 }
+        guard i < b.count else { return nil }
+        if b[i] == UInt8(ascii: "\"") {
+            defer { i += 1 }
+            return String(decoding: UnsafeRawBufferPointer(rebasing: b[start..<i]), as: UTF8.self)
+        }
+        var out: [UInt8] = []
+        out.reserveCapacity(i - start + 16)
+        out.append(contentsOf: UnsafeRawBufferPointer(rebasing: b[start..<i]))
+        while i < b.count {
+            let c = b[i]
+            if c == UInt8(ascii: "\"") { i += 1; return String(decoding: out, as: UTF8.self) }
+            if c != UInt8(ascii: "\\") { out.append(c); i += 1; continue }
+            guard i + 1 < b.count else { return nil }
+            let e = b[i + 1]
+            i += 2
+            switch e {
+            case UInt8(ascii: "\""), UInt8(ascii: "\\"), UInt8(ascii: "/"): out.append(e)
+            case UInt8(ascii: "b"): out.append(0x08)
+            case UInt8(ascii: "f"): out.append(0x0C)
+            case UInt8(ascii: "n"): out.append(0x0A)
+            case UInt8(ascii: "r"): out.append(0x0D)
+            case UInt8(ascii: "t"): out.append(0x09)
+            case UInt8(ascii: "u"):
+                guard var scalar = hex4() else { return nil }
+                if (0xD800..<0xDC00).contains(scalar) {
+                    guard i + 1 < b.count, b[i] == UInt8(ascii: "\\"), b[i + 1] == UInt8(ascii: "u") else { return nil }
+                    i += 2
+                    guard let low = hex4(), (0xDC00..<0xE000).contains(low) else { return nil }
+                    scalar = 0x10000 + ((scalar - 0xD800) << 10) + (low - 0xDC00)
+                } else if (0xDC00..<0xE000).contains(scalar) {
+                    return nil
+                }
+                guard let u = Unicode.Scalar(scalar) else { return nil }
+                out.append(contentsOf: UTF8.encode(u)!)
+            default: return nil
+            }
+        }
+        return nil
+    }
+
+    private mutating func hex4() -> UInt32? {
+        guard i + 4 <= b.count else { return nil }
+        var v: UInt32 = 0
+        for k in 0..<4 {
+            let c = b[i + k]
+            let d: UInt8
+            switch c {
+            case 0x30...0x39: d = c - 0x30
+            case 0x41...0x46: d = c - 0x41 + 10
+            case 0x61...0x66: d = c - 0x61 + 10
+            default: return nil
+            }
+            v = v << 4 | UInt32(d)
+        }
+        i += 4
+        return v
+    }
+
+    /// The bytes of a number value.
+    private mutating func numberText() -> UnsafeRawBufferPointer? {
+        guard let c = peek(), c == UInt8(ascii: "-") || (c >= 0x30 && c <= 0x39) else { return nil }
+        let start = i
+        while i < b.count {
+            let c = b[i]
+            if (c >= 0x30 && c <= 0x39) || c == UInt8(ascii: "-") || c == UInt8(ascii: "+") || c == UInt8(ascii: ".")
+                || c == UInt8(ascii: "e") || c == UInt8(ascii: "E") { i += 1 } else { break }
+        }
+        return UnsafeRawBufferPointer(rebasing: b[start..<i])
+    }
+
+    /// A number as Double (correctly rounded, like JSONDecoder). Nil for non-numbers and
+    /// values out of Double's range.
+    mutating func double() -> Double? {
+        guard let t = numberText() else { return nil }
+        guard let d = Double(String(decoding: t, as: UTF8.self)), d.isFinite else { return nil }
+        return d
+    }
+
+    /// A number written as a plain integer (digits, optional minus) that fits in Int. Others
+    /// (fractions, exponents) are left to JSONDecoder.
+    mutating func integer() -> Int? {
+        let save = i
+        guard let t = numberText() else { return nil }
+        var k = 0
+        var negative = false
+        if t[0] == UInt8(ascii: "-") { negative = true; k = 1 }
+        guard k < t.count, t.count - k <= 18 else { i = save; return nil }
+        var v = 0
+        while k < t.count {
+            let c = t[k]
+            guard c >= 0x30, c <= 0x39 else { i = save; return nil }
+            v = v * 10 + Int(c - 0x30)
+            k += 1
+        }
+        return negative ? -v : v
+    }
+
+    /// Skips one (valid) value.
+    mutating func skipValue() -> Bool {
+        guard let c = peek() else { return false }
+        switch c {
+        case UInt8(ascii: "\""):
+            i += 1
+            while i < b.count {
+                if b[i] == UInt8(ascii: "\\") { i += 2; continue }
+                if b[i] == UInt8(ascii: "\"") { i += 1; return true }
+                i += 1
+            }
+            return false
+        case UInt8(ascii: "{"), UInt8(ascii: "["):
+            var depth = 0
+            while i < b.count {
+                let c = b[i]
+                if c == UInt8(ascii: "\"") { guard skipValue() else { return false }; continue }
+                if c == UInt8(ascii: "{") || c == UInt8(ascii: "[") { depth += 1 }
+                if c == UInt8(ascii: "}") || c == UInt8(ascii: "]") {
+                    depth -= 1
+                    if depth == 0 { i += 1; return true }
+                }
+                i += 1
+            }
+            return false
+        case UInt8(ascii: "t"): i += 4; return true
+        case UInt8(ascii: "f"): i += 5; return true
+        case UInt8(ascii: "n"): i += 4; return true
+        default: return numberText() != nil
+        }
+    }
+
+    /// Iterates the members of an object; `body` gets the index of the key in `keys` and
+    /// reads the value (returns false to give up). Other members are skipped. Gives up on a
+    /// key with escapes and on a repeated tracked key (JSONDecoder's pick is not replicated).
+    mutating func object(keys: [[UInt8]], _ body: (inout JSONFastReader, Int) -> Bool) -> Bool {
+        guard consume(UInt8(ascii: "{")) else { return false }
+        if consume(UInt8(ascii: "}")) { return true }
+        var seen: UInt64 = 0
+        while true {
+            guard peek() == UInt8(ascii: "\""), let key = rawKey(), consume(UInt8(ascii: ":")) else { return false }
+            if let k = keys.firstIndex(where: { $0.elementsEqual(key) }) {
+                if seen & (1 << k) != 0 { return false }
+                seen |= 1 << k
+                guard body(&self, k) else { return false }
+            } else {
+                guard skipValue() else { return false }
+            }
+            if consume(UInt8(ascii: ",")) { continue }
+            return consume(UInt8(ascii: "}"))
+        }
+    }
+
+    /// The bytes of a key without escapes (nil if it has any), quotes consumed.
+    private mutating func rawKey() -> UnsafeRawBufferPointer? {
+        i += 1
+        let start = i
+        while i < b.count {
+            let c = b[i]
+            if c == UInt8(ascii: "\\") { return nil }
+            if c == UInt8(ascii: "\"") {
+                i += 1
+                return UnsafeRawBufferPointer(rebasing: b[start..<(i - 1)])
+            }
+            i += 1
+        }
+        return nil
+    }
+
+    static func keys(_ names: String...) -> [[UInt8]] { names.map { Array($0.utf8) } }
+
+    /// Iterates the elements of an array.
+    mutating func array(_ body: (inout JSONFastReader) -> Bool) -> Bool {
+        guard consume(UInt8(ascii: "[")) else { return false }
+        if consume(UInt8(ascii: "]")) { return true }
+        while true {
+            guard body(&self) else { return false }
+            if consume(UInt8(ascii: ",")) { continue }
+            return consume(UInt8(ascii: "]"))
+        }
+    }
 }
