@@ -369,7 +369,12 @@ public final class LogWriter: Sendable {
         var attemptsWhileClosed = 0
         while true {
             do {
-                try await database.insertAsync(episodes: episodes)
+                // Synchronous on purpose: GRDB runs it on this thread (its writer queue is
+                // idle: this loop is the only writer), which saves two thread hops per commit
+                // (to the writer queue and back). Those hops were most of the wait of
+                // `appendAndWait` at low concurrency. WAL with synchronous=NORMAL does not
+                // fsync on commit, so the thread is held for the SQL only.
+                try database.insert(episodes: episodes)
                 let turns = episodes.reduce(0) { $0 + $1.turns.count }
                 state.withLock { s in
                     s.stats.batches += 1
