@@ -17,13 +17,21 @@ struct GatewayMiddleware: RouterMiddleware {
             return finish(Passthrough.errorResponse(e, episodeID: context.episodeID), context)
         }
         var response: Response
+        let mark = BufferedBodyMark()
         do {
-            response = try await next(request, context)
+            response = try await BufferedBodyMark.$current.withValue(mark) { try await next(request, context) }
         } catch {
             state.limiter.release()
             return finish(Passthrough.errorResponse(Self.gatewayError(error, request), episodeID: context.episodeID), context)
         }
-        // Hold the slot until the body is written (a stream can outlive the handler).
+        if mark.isBuffered {
+            // The work is done and the body is in memory: free the slot now and leave the body
+            // as it is, so Hummingbird writes head, body and end in one batched write.
+            state.limiter.release()
+            return finish(response, context)
+        }
+        // Hold the slot until the body is written (a stream can outlive the handler). Wrapping
+        // the body makes it a closure body, which Hummingbird writes in three steps.
         let body = response.body
         let limiter = state.limiter
         response.body = ResponseBody(contentLength: body.contentLength) { writer in
@@ -60,4 +68,19 @@ struct GatewayMiddleware: RouterMiddleware {
             return .internalError(String(describing: type(of: error)))
         }
     }
+}
+
+/// Lets a handler tell `GatewayMiddleware` that the response it returns has its whole body in
+/// memory (`ResponseBody(byteBuffer:)`), so the concurrency slot need not be held while it is
+/// written. The middleware binds a fresh mark around each handler call; a mark set anywhere
+/// else (no binding, e.g. inside a streaming body) has no effect.
+final class BufferedBodyMark: @unchecked Sendable {
+    // Only touched by the request's own task: set by the handler, which runs inside the
+    // middleware's `next` call on that task, and read by the middleware after `next` returned.
+    private(set) var isBuffered = false
+
+    @TaskLocal static var current: BufferedBodyMark?
+
+    /// Call right before returning a response whose body is a byte buffer.
+    static func markBuffered() { current?.isBuffered = true }
 }

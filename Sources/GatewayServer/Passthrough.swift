@@ -156,6 +156,7 @@ struct Passthrough: Sendable {
         headers[.gatewayEpisodeID] = episode.id
         headers[.gatewayOverheadMs] = Self.format(overhead)
         if let ra = response.headers.first(name: "retry-after") { headers[.retryAfter] = ra }
+        BufferedBodyMark.markBuffered()
         return Response(status: .init(code: response.status), headers: headers, body: .init(byteBuffer: bytes))
     }
 
@@ -348,6 +349,7 @@ struct Passthrough: Sendable {
         await state.record(episode)
         var response = Self.errorResponse(e, episodeID: episode.id)
         response.headers[.gatewayOverheadMs] = Self.format(overhead)
+        BufferedBodyMark.markBuffered()
         return response
     }
 
