@@ -38,28 +38,33 @@ public final class TransformerModel: @unchecked Sendable {
     public let generationDefaults: GenerationDefaults
     let weights: TransformerWeights
     let rope: RotaryEmbedding
+    /// 8-bit projections when loaded with `WeightFormat.q8`.
+    let quantized: QuantizedWeights?
     private let lock = NSLock()
     private let ws = Workspace()
+    private let q8Scratch = Q8Scratch()
     /// Per-section timing of forward steps; enable with `profiler.enabled = true`.
     public let profiler = ForwardProfiler()
 
     public init(config: ModelConfig, checkpoint: SafetensorsCheckpoint,
-                generationDefaults: GenerationDefaults = GenerationDefaults()) throws {
+                generationDefaults: GenerationDefaults = GenerationDefaults(), weightFormat: WeightFormat = .f32) throws {
         try config.validate()
         BLASCore.selectOptimizedCore()
         self.config = config
         self.generationDefaults = generationDefaults
         weights = try TransformerWeights(config: config, checkpoint: checkpoint)
+        quantized = weightFormat == .q8 ? try QuantizedWeights(config: config, weights: weights) : nil
         rope = RotaryEmbedding(config: config)
     }
 
     /// Loads `config.json`, `generation_config.json` (optional) and the safetensors weights of a
     /// Hugging Face checkpoint directory.
-    public static func load(from directory: URL) throws -> TransformerModel {
+    /// With `.q8` the projections and lm_head are quantised to 8 bits while loading (see `WeightFormat`).
+    public static func load(from directory: URL, weightFormat: WeightFormat = .f32) throws -> TransformerModel {
         let config = try ModelConfig.load(from: directory.appendingPathComponent("config.json"))
         let gen = try GenerationDefaults.load(from: directory)
         let ckpt = try SafetensorsCheckpoint.open(directory: directory)
-        return try TransformerModel(config: config, checkpoint: ckpt, generationDefaults: gen)
+        return try TransformerModel(config: config, checkpoint: ckpt, generationDefaults: gen, weightFormat: weightFormat)
     }
 
     /// End-of-sequence ids from generation_config.json, falling back to config.json.
@@ -69,6 +74,9 @@ public final class TransformerModel: @unchecked Sendable {
     }
 
     public var parameterCount: Int { weights.parameterCount }
+    public var weightFormat: WeightFormat { quantized == nil ? .f32 : .q8 }
+    /// Bytes of the 8-bit weight copies (values + scales); 0 for `.f32`.
+    public var quantizedWeightBytes: Int { quantized?.byteCount ?? 0 }
     /// Fraction of the weights used in place from the mmap'ed files.
     public var mappedWeightFraction: Double { weights.mappedFraction }
 
@@ -226,8 +234,8 @@ public final class TransformerModel: @unchecked Sendable {
             }
             let V = c.vocabSize
             prof.mark(.norms)
-            Kernels.linear(ws.hsel, rows: logitRows, inDim: H, weight: weights.lmHead.pointer, outDim: V,
-                           bias: nil, into: ws.logits)
+            project(ws.hsel, rows: logitRows, inDim: H, weights.lmHead, quantized?.lmHead, outDim: V,
+                    bias: nil, into: ws.logits)
             prof.mark(.lmHead)
             sel = 0
             for (i, r) in requests.enumerated() {
@@ -249,13 +257,14 @@ public final class TransformerModel: @unchecked Sendable {
         let nH = c.numAttentionHeads, nKV = c.numKeyValueHeads, nRep = nH / nKV
         let eps = c.rmsNormEps
         let prof = profiler
+        let q8 = quantized?.layers[l]
 
         // Attention block.
         Kernels.rmsNorm(ws.x, weight: w.inputNorm.pointer, rows: rows, dim: H, eps: eps, into: ws.xn)
         prof.mark(.norms)
-        Kernels.linear(ws.xn, rows: rows, inDim: H, weight: w.qProj.pointer, outDim: Q, bias: w.qBias?.pointer, into: ws.q)
-        Kernels.linear(ws.xn, rows: rows, inDim: H, weight: w.kProj.pointer, outDim: KV, bias: w.kBias?.pointer, into: ws.k)
-        Kernels.linear(ws.xn, rows: rows, inDim: H, weight: w.vProj.pointer, outDim: KV, bias: w.vBias?.pointer, into: ws.v)
+        project(ws.xn, rows: rows, inDim: H, w.qProj, q8?.q, outDim: Q, bias: w.qBias?.pointer, into: ws.q)
+        project(ws.xn, rows: rows, inDim: H, w.kProj, q8?.k, outDim: KV, bias: w.kBias?.pointer, into: ws.k)
+        project(ws.xn, rows: rows, inDim: H, w.vProj, q8?.v, outDim: KV, bias: w.vBias?.pointer, into: ws.v)
         prof.mark(.qkv)
         if let qn = w.qNorm, let kn = w.kNorm {
             Kernels.rmsNorm(ws.q, weight: qn.pointer, rows: rows * nH, dim: hd, eps: eps, into: ws.q)
@@ -308,21 +317,35 @@ public final class TransformerModel: @unchecked Sendable {
         }
         prof.mark(.attention)
         // x += att * Wo^T (+ bo)
-        Kernels.linear(ws.att, rows: rows, inDim: Q, weight: w.oProj.pointer, outDim: H, bias: w.oBias?.pointer,
-                       into: ws.x, accumulate: true)
+        project(ws.att, rows: rows, inDim: Q, w.oProj, q8?.o, outDim: H, bias: w.oBias?.pointer,
+                into: ws.x, accumulate: true)
         prof.mark(.outProj)
 
         // MLP block.
         Kernels.rmsNorm(ws.x, weight: w.postNorm.pointer, rows: rows, dim: H, eps: eps, into: ws.xn)
         prof.mark(.norms)
-        Kernels.linear(ws.xn, rows: rows, inDim: H, weight: w.gateProj.pointer, outDim: I, bias: nil, into: ws.gate)
-        Kernels.linear(ws.xn, rows: rows, inDim: H, weight: w.upProj.pointer, outDim: I, bias: nil, into: ws.up)
+        project(ws.xn, rows: rows, inDim: H, w.gateProj, q8?.gate, outDim: I, bias: nil, into: ws.gate)
+        project(ws.xn, rows: rows, inDim: H, w.upProj, q8?.up, outDim: I, bias: nil, into: ws.up)
         prof.mark(.gateUp)
         Kernels.swiglu(ws.gate, ws.up, count: rows * I)
         prof.mark(.swiglu)
-        Kernels.linear(ws.gate, rows: rows, inDim: I, weight: w.downProj.pointer, outDim: H, bias: nil,
-                       into: ws.x, accumulate: true)
+        project(ws.gate, rows: rows, inDim: I, w.downProj, q8?.down, outDim: H, bias: nil,
+                into: ws.x, accumulate: true)
         prof.mark(.down)
+    }
+}
+
+extension TransformerModel {
+    /// A projection through the 8-bit copy when there is one, else the float32 weights.
+    @inline(__always)
+    fileprivate func project(_ x: UnsafePointer<Float>, rows: Int, inDim: Int, _ f32: FloatTensor, _ q8: Q8Matrix?, outDim: Int,
+                             bias: UnsafePointer<Float>?, into y: UnsafeMutablePointer<Float>, accumulate: Bool = false) {
+        if let q8 {
+            Q8Kernels.linear(x, rows: rows, weight: q8, bias: bias, into: y, accumulate: accumulate, scratch: q8Scratch)
+        } else {
+            Kernels.linear(x, rows: rows, inDim: inDim, weight: f32.pointer, outDim: outDim, bias: bias, into: y,
+                           accumulate: accumulate)
+        }
     }
 }
 

@@ -1,0 +1,128 @@
+import Foundation
+import XCTest
+@testable import PolicyEngine
+
+/// 8-bit weights (`WeightFormat.q8`): the quantiser, both product paths, and whole models against float32.
+final class QuantizationTests: XCTestCase {
+    private func randomMatrix(_ n: Int, seed: UInt64, scale: Float = 1) -> [Float] {
+        var rng = Xoshiro256(seed: seed)
+        return (0..<n).map { _ in Float(rng.nextUnit() * 2 - 1) * scale }
+    }
+
+    func testQuantiseRoundTripIsWithinHalfAStep() throws {
+        let rows = 5, cols = 96  // 96: blocks of 32
+        var w = randomMatrix(rows * cols, seed: 1)
+        w[7] = 40  // one outlier only coarsens its own block
+        let q = try Q8Matrix(quantizing: w, rows: rows, cols: cols, name: "w")
+        XCTAssertEqual(q.block, 32)
+        var back = [Float](repeating: 0, count: rows * cols)
+        q.dequantize(rows: 0, rows, into: &back)
+        for r in 0..<rows {
+            for j in 0..<cols {
+                let step = q.scales[r * q.blocksPerRow + j / q.block]
+                XCTAssertLessThanOrEqual(abs(back[r * cols + j] - w[r * cols + j]), step / 2 + 1e-6, "row \(r) col \(j)")
+            }
+        }
+        XCTAssertEqual(back[7], 40, accuracy: 1e-4)
+        XCTAssertLessThan(q.scales[1], 0.01, "the block after the outlier keeps a fine scale")
+    }
+
+    func testRejectsInputDimensionNotMultipleOf32() {
+        XCTAssertThrowsError(try Q8Matrix(quantizing: [Float](repeating: 1, count: 48), rows: 1, cols: 48, name: "mlp.down_proj.weight")) {
+            XCTAssertEqual($0 as? QuantizationError, .unsupportedShape(tensor: "mlp.down_proj.weight", shape: [1, 48]))
+        }
+    }
+
+    /// y = x W^T through the int8 kernel (1-2 rows) and the dequantised sgemm path (more rows), with bias and
+    /// accumulation, against float32 products with the dequantised weights.
+    func testProductPathsMatchDequantisedFloatProduct() throws {
+        let outDim = 70, inDim = 128
+        let w = randomMatrix(outDim * inDim, seed: 2, scale: 0.1)
+        let q = try Q8Matrix(quantizing: w, rows: outDim, cols: inDim, name: "w")
+        var wq = [Float](repeating: 0, count: outDim * inDim)
+        q.dequantize(rows: 0, outDim, into: &wq)
+        let bias = randomMatrix(outDim, seed: 3)
+        let scratch = Q8Scratch()
+        for rows in [1, 2, 3, 20] {
+            let x = randomMatrix(rows * inDim, seed: 10 + UInt64(rows))
+            let start = randomMatrix(rows * outDim, seed: 30 + UInt64(rows))
+            var y = start
+            Q8Kernels.linear(x, rows: rows, weight: q, bias: bias, into: &y, accumulate: true, scratch: scratch)
+            for r in 0..<rows {
+                for o in 0..<outDim {
+                    var ref = start[r * outDim + o] + bias[o]
+                    var mag: Float = 0
+                    for j in 0..<inDim {
+                        ref += x[r * inDim + j] * wq[o * inDim + j]
+                        mag += abs(x[r * inDim + j] * wq[o * inDim + j])
+                    }
+                    // sgemm path: float rounding only. int8 path: activations quantised per block of 64 to 1/254 of
+                    // their range, so the error stays well under 1% of the sum of |products|.
+                    let tol = rows <= Q8Kernels.maxIntegerRows ? 0.01 * mag : 1e-4 * max(mag, 1)
+                    XCTAssertEqual(y[r * outDim + o], ref, accuracy: tol, "rows \(rows), row \(r), out \(o)")
+                }
+            }
+        }
+    }
+
+    /// The trained fixture policy: teacher-forced on its own float32 greedy continuation, the 8-bit model picks
+    /// the same token at nearly every position and its logits stay close.
+    func testTrainedFixtureAgreesWithFloat32() throws {
+        let dir = EngineFixtures.model("promptr1-tiny")
+        let f32 = try TransformerModel.load(from: dir)
+        let q8 = try TransformerModel.load(from: dir, weightFormat: .q8)
+        XCTAssertEqual(q8.weightFormat, .q8)
+        XCTAssertEqual(f32.weightFormat, .f32)
+        XCTAssertGreaterThan(q8.quantizedWeightBytes, 0)
+        XCTAssertLessThan(q8.quantizedWeightBytes, f32.parameterCount * 4 / 3)
+        let tok = try Tokenizer(directory: dir)
+        let prompt = tok.encode("Question: Which planet is the largest in the Solar System?\nThink step by step.")
+        let cf = f32.makeCache(), cq = q8.makeCache()
+        var lf = try f32.prefill(tokens: prompt, cache: cf)
+        var lq = try q8.prefill(tokens: prompt, cache: cq)
+        var agree = 0, maxErr: Float = 0, span: Float = 0
+        let steps = 48
+        for _ in 0..<steps {
+            let next = Int32(Sampler.argmax(lf))
+            if Int32(Sampler.argmax(lq)) == next { agree += 1 }
+            maxErr = max(maxErr, EngineFixtures.maxAbsDiff(lf, lq))
+            span = max(span, lf.max()! - lf.min()!)
+            lf = try f32.decode([(token: next, cache: cf)])[0]
+            lq = try q8.decode([(token: next, cache: cq)])[0]
+        }
+        XCTAssertGreaterThanOrEqual(agree, steps - 2, "greedy agreement \(agree)/\(steps)")
+        XCTAssertLessThan(maxErr, 0.05 * span, "max |logit error| \(maxErr), F32 logit span \(span)")
+    }
+
+    /// Batched decode and prefill chunks (the dequantised sgemm path) give the logits of the int8 decode path
+    /// up to activation quantisation, on the fixture with a real tokenizer-free prompt.
+    func testPrefillPathMatchesDecodePath() throws {
+        let q8 = try TransformerModel.load(from: EngineFixtures.model("promptr1-tiny"), weightFormat: .q8)
+        let tokens: [Int32] = [5, 17, 300, 42, 9, 700, 12, 88]
+        let all = try q8.prefillAllLogits(tokens: tokens, cache: q8.makeCache())
+        let stepwise = q8.makeCache()
+        for (i, t) in tokens.enumerated() {
+            let l = try q8.prefill(tokens: [t], cache: stepwise)
+            let span = all[i].max()! - all[i].min()!
+            XCTAssertLessThan(EngineFixtures.maxAbsDiff(l, all[i]), 0.05 * span, "position \(i)")
+            XCTAssertEqual(Sampler.argmax(l), Sampler.argmax(all[i]), "position \(i)")
+        }
+    }
+
+    /// Projections whose input dimension is not a multiple of 32 stay float32; the rest is quantised.
+    func testMixedModelKeepsUnquantisableProjectionsInFloat32() throws {
+        let cfg = try ModelConfig(modelType: .qwen2, hiddenSize: 64, numHiddenLayers: 1, numAttentionHeads: 4,
+                                  numKeyValueHeads: 2, intermediateSize: 48, vocabSize: 97, maxPositionEmbeddings: 64,
+                                  tieWordEmbeddings: true)
+        let dir = try EngineFixtures.tempDirectory(self)
+        try SyntheticCheckpoint.write(config: cfg, to: dir, seed: 3)
+        let q8 = try TransformerModel.load(from: dir, weightFormat: .q8)
+        let layer = try XCTUnwrap(q8.quantized?.layers.first)
+        XCTAssertNotNil(layer.gate)
+        XCTAssertNil(layer.down, "down_proj has 48 inputs")
+        let f32 = try TransformerModel.load(from: dir)
+        let a = try f32.prefill(tokens: [1, 2, 3], cache: f32.makeCache())
+        let b = try q8.prefill(tokens: [1, 2, 3], cache: q8.makeCache())
+        XCTAssertLessThan(EngineFixtures.maxAbsDiff(a, b), 0.05 * (a.max()! - a.min()!))
+    }
+}
