@@ -25,6 +25,7 @@ struct EngineBench: AsyncParsableCommand {
     @Option(help: "Minimum measuring time per figure, seconds.") var seconds: Double = 4
     @Option(name: .customLong("python"), help: "Python for the optional PyTorch / HF tokenizers comparisons.") var python = "python3"
     @Flag(name: .customLong("no-python"), help: "Skip the PyTorch and HF tokenizers comparisons.") var noPython = false
+    @Flag(help: "Also load the model with 8-bit weights (WeightFormat.q8): speed, and accuracy against F32.") var q8 = false
 
     func run() async throws {
         BLASThreads.set(threads)
@@ -132,7 +133,10 @@ struct EngineBench: AsyncParsableCommand {
         let encodeMBs = Double(textBytes) / 1e6 / median(encTimes)
         let roundTrip = tokenizer.decode(ids) == text
 
-        // 7. Optional Python comparisons (after everything else, so they do not disturb the measurements).
+        // 7. 8-bit weights.
+        let q8Result = q8 ? try await measureQ8(dir: dir, f32: m, prompt: prompt, bandwidth: bw.gbps) : nil
+
+        // 8. Optional Python comparisons (after everything else, so they do not disturb the measurements).
         var hf: PythonResult?
         var torch: PythonResult?
         if !noPython {
@@ -209,6 +213,20 @@ struct EngineBench: AsyncParsableCommand {
                 table.row("HF tokenizers", "n/a", hf.error, "")
             }
         }
+        if let q = q8Result {
+            table.section("8-bit weights (--q8: int8 projections + lm_head, per-block scales)")
+            table.row("quantised at load", "\(mb(q.bytes)) MB", "in \(f2(q.loadSeconds)) s; F32 \(mb(weightFileBytes)) MB", "")
+            table.row("RSS added by the 8-bit model", "\(mb(q.rssAdded)) MB", "after load + a 512-token prefill", "")
+            table.row("prefill 128-token prompt", "\(f1(q.prefill128)) tok/s", "F32 \(f1(prefill[128]!)); target >= 150", verdict(q.prefill128 >= 150))
+            table.row("prefill 512-token prompt", "\(f1(q.prefill512)) tok/s", "F32 \(f1(prefill[512]!)); target >= 150", verdict(q.prefill512 >= 150))
+            table.row("decode x1 (median step)", "\(f2(q.decodeMedian)) tok/s",
+                      "target >= 40; F32 \(f2(decodeMedian)); int8 bandwidth limit \(f1(q.limit))", verdict(q.decodeMedian >= 40))
+            table.row("decode x16 aggregate (scheduler)", "\(f2(q.x16)) tok/s", "F32 \(f2(sched[16]!.rate))", "")
+            table.row("max |logit error| vs F32 (\(q.steps + 1) positions)", f3(q.maxError),
+                      "F32 logits span \(f1(q.span)); mean |error| \(f3(q.meanError))", "")
+            table.row("greedy agreement, teacher-forced", "\(q.agree)/\(q.steps + 1)", "argmax equal at each position", "")
+            table.row("greedy agreement, free-running", "\(q.prefix)/\(q.steps)", "tokens equal before the first difference", "")
+        }
         if let torch {
             if torch.ok, let dec = torch.values["decode_tps"], let pre = torch.values["prefill128_tps"] {
                 table.section("PyTorch \(torch.text["version"] ?? "") on the same checkpoint (\(threads) threads, F32)")
@@ -228,6 +246,73 @@ struct EngineBench: AsyncParsableCommand {
     }
 
     // MARK: measurements
+
+    struct Q8Result {
+        var bytes: Int, rssAdded: Int, loadSeconds: Double, prefill128: Double, prefill512: Double, decodeMedian: Double, limit: Double
+        var x16: Double, maxError: Double, meanError: Double, span: Double, agree: Int, prefix: Int, steps: Int
+    }
+
+    /// The same checkpoint with 8-bit weights: speed, and logits/greedy tokens against the float32 model.
+    private func measureQ8(dir: URL, f32: TransformerModel, prompt: [Int32], bandwidth: Double) async throws -> Q8Result {
+        let rss0 = ProcStatus.bytes("VmRSS") ?? 0
+        let (m, loadSeconds) = try Stopwatch.measure { try TransformerModel.load(from: dir, weightFormat: .q8) }
+        _ = try m.prefill(tokens: randomTokens(512, seed: 99), cache: m.makeCache(initialCapacity: 512))
+        let rssAdded = (ProcStatus.bytes("VmRSS") ?? 0) - rss0
+        var pre: [Int: Double] = [:]
+        for len in [128, 512] {
+            var times: [Double] = []
+            let clock = Stopwatch()
+            while times.count < 2 || clock.seconds < seconds / 2 {
+                let toks = randomTokens(len, seed: UInt64(1000 + times.count))
+                let cache = m.makeCache(initialCapacity: len)
+                times.append(try Stopwatch.measure { try m.prefill(tokens: toks, cache: cache) }.1)
+            }
+            pre[len] = Double(len) / median(times)
+        }
+        // Accuracy: both models fed the F32 greedy continuation (teacher forcing), logits compared at each position.
+        let steps = 64
+        let cf = f32.makeCache(initialCapacity: prompt.count + steps + 1), cq = m.makeCache(initialCapacity: prompt.count + steps + 1)
+        var lf = try f32.prefill(tokens: prompt, cache: cf), lq = try m.prefill(tokens: prompt, cache: cq)
+        var maxErr: Float = 0, sumErr: Double = 0, span: Float = 0, agree = 0
+        var f32Greedy: [Int32] = []
+        var stepTimes: [Double] = []
+        for step in 0...steps {
+            for j in 0..<lf.count {
+                let e = abs(lf[j] - lq[j])
+                maxErr = max(maxErr, e)
+                sumErr += Double(e)
+            }
+            span = max(span, lf.max()! - lf.min()!)
+            let next = Int32(Sampler.argmax(lf))
+            if Int32(Sampler.argmax(lq)) == next { agree += 1 }
+            if step == steps { break }
+            f32Greedy.append(next)
+            lf = try f32.decode([(token: next, cache: cf)])[0]
+            let (l, t) = try Stopwatch.measure { try m.decode([(token: next, cache: cq)])[0] }
+            lq = l
+            stepTimes.append(t)
+        }
+        // Free-running 8-bit greedy decode from the same prompt.
+        let cq2 = m.makeCache(initialCapacity: prompt.count + steps)
+        var l2 = try m.prefill(tokens: prompt, cache: cq2)
+        var prefix = 0, diverged = false
+        for step in 0..<steps {
+            let next = Int32(Sampler.argmax(l2))
+            if !diverged && next == f32Greedy[step] { prefix += 1 } else { diverged = true }
+            if diverged { break }
+            let (l, t) = try Stopwatch.measure { try m.decode([(token: next, cache: cq2)])[0] }
+            l2 = l
+            stepTimes.append(t)
+        }
+        let decodeMedian = 1 / median(stepTimes)
+        let x16 = await schedulerRun(m, sequences: 16, promptLen: prompt.count,
+                                     maxTokens: max(16, Int(seconds * decodeMedian * 0.4))).rate
+        let bytesPerToken = m.quantizedWeightBytes
+        return Q8Result(bytes: m.quantizedWeightBytes, rssAdded: rssAdded, loadSeconds: loadSeconds, prefill128: pre[128]!, prefill512: pre[512]!,
+                        decodeMedian: decodeMedian, limit: bandwidth * 1e9 / Double(bytesPerToken), x16: x16,
+                        maxError: Double(maxErr), meanError: sumErr / Double((steps + 1) * lf.count), span: Double(span),
+                        agree: agree, prefix: prefix, steps: steps)
+    }
 
     /// cblas_sgemv over a rows x cols matrix: bytes of the matrix / time, median and best.
     private func sgemvBandwidth(rows: Int, cols: Int, seconds: Double) -> (gbps: Double, best: Double, runs: Int) {
