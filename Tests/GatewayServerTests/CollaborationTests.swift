@@ -1,3 +1,4 @@
+import AsyncHTTPClient
 import FakeUpstream
 import Foundation
 import GRDB
@@ -301,5 +302,40 @@ final class CollaborationEdgeTests: XCTestCase {
         XCTAssertTrue(reply.body.contains(": keep-alive\n\n"), reply.body)
         XCTAssertTrue(reply.body.hasSuffix("data: [DONE]\n\n"))
         try await h.stop()
+    }
+
+    /// A streaming client that goes away mid-episode: generation stops (no upstream call is made
+    /// after the disconnect) and the episode is logged as client_disconnected.
+    func testStreamClientDisconnectStopsTheEpisode() async throws {
+        let cases = try CollaborationTests.cases()
+        let inner = CollaborationTests.script(cases)
+        let h = try await Harness.start(script: { r in
+            guard let reply = await inner(r) else { return nil }
+            return .delayed(.milliseconds(800), reply)
+        }, configure: { c in
+            c.policy.path = CollaborationTests.fixtures.appendingPathComponent("models/promptr1-tiny").path
+            c.policy.temperature = 0
+            c.policy.trace = "on"
+        })
+        let c = try XCTUnwrap(cases.first { $0.upstream_answers.count == 2 })
+        var req = HTTPClientRequest(url: h.base + "/v1/chat/completions")
+        req.method = .POST
+        req.body = .bytes(ByteBuffer(data: try JSONSerialization.data(withJSONObject: [
+            "model": "prompt-r1/gpt-4o-mini", "stream": true, "messages": [["role": "user", "content": c.question]]] as [String: Any])))
+        let id: String? = try await {
+            let resp = try await h.client.execute(req, timeout: .seconds(10))
+            var it = resp.body.makeAsyncIterator()
+            _ = try await it.next()   // the first trace delta: the episode is running
+            return resp.headers.first(name: "x-gateway-episode-id")
+        }()
+        // The response body is dropped here: the connection closes while the first upstream
+        // call is still pending.
+        try await Task.sleep(for: .milliseconds(2500))
+        // Two calls would be made by a full episode; at most the one in flight may have started.
+        XCTAssertLessThanOrEqual(h.upstream.received.filter { $0.path == "/v1/chat/completions" }.count, 1,
+                                 "the episode went on calling the upstream after the client left")
+        try await h.stop()
+        let e = try XCTUnwrap(try TrafficDatabase(path: h.dbPath).episode(id: try XCTUnwrap(id)))
+        XCTAssertEqual(e.outcome, "client_disconnected")
     }
 }
