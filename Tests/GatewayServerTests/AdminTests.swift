@@ -181,7 +181,7 @@ final class AdminTests: XCTestCase {
                 out.setdefault(s.name, []).append([s.labels, s.value])
         print(json.dumps(out))
         """
-        let (status, out, err) = try await Self.runWithStdin(py, ["-c", parser], stdin: metrics.body)
+        let (status, out, err) = try await OpenAISDKTests.run(py, ["-c", parser], stdin: metrics.body)
         if err.contains("No module named 'prometheus_client'") {
             if ProcessInfo.processInfo.environment["CI"] != nil { XCTFail("prometheus_client missing; the test command installs it") }
             throw XCTSkip("prometheus_client not installed")
@@ -200,27 +200,6 @@ final class AdminTests: XCTestCase {
         XCTAssertNotNil(value("gateway_log_queue_depth"))
         XCTAssertNotNil(value("gateway_policy_tokens_per_second"))
         XCTAssertEqual(value("gateway_errors_total", ["kind": "bad_request"]), 1)
-    }
-
-    static func runWithStdin(_ exe: String, _ args: [String], stdin: String) async throws -> (Int32, String, String) {
-        try await withCheckedThrowingContinuation { cont in
-            DispatchQueue.global().async {
-                let p = Process()
-                p.executableURL = URL(fileURLWithPath: exe)
-                p.arguments = args
-                let inp = Pipe(), out = Pipe(), err = Pipe()
-                p.standardInput = inp
-                p.standardOutput = out
-                p.standardError = err
-                do { try p.run() } catch { cont.resume(throwing: error); return }
-                inp.fileHandleForWriting.write(Data(stdin.utf8))
-                try? inp.fileHandleForWriting.close()
-                let o = out.fileHandleForReading.readDataToEndOfFile()
-                let e = err.fileHandleForReading.readDataToEndOfFile()
-                p.waitUntilExit()
-                cont.resume(returning: (p.terminationStatus, String(decoding: o, as: UTF8.self), String(decoding: e, as: UTF8.self)))
-            }
-        }
     }
 
     func testConfigReloadGoodAndBad() async throws {

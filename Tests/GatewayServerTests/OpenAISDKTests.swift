@@ -21,18 +21,21 @@ final class OpenAISDKTests: XCTestCase {
         return FileManager.default.isExecutableFile(atPath: "/usr/bin/python3") ? "/usr/bin/python3" : nil
     }
 
-    /// Runs a process to completion off the cooperative pool.
-    static func run(_ exe: String, _ args: [String], env: [String: String]) async throws -> (Int32, String, String) {
+    /// Runs a process to completion off the cooperative pool, optionally feeding it stdin.
+    static func run(_ exe: String, _ args: [String], env: [String: String] = [:], stdin: String? = nil) async throws -> (Int32, String, String) {
         try await withCheckedThrowingContinuation { cont in
             DispatchQueue.global().async {
                 let p = Process()
                 p.executableURL = URL(fileURLWithPath: exe)
                 p.arguments = args
                 p.environment = ProcessInfo.processInfo.environment.merging(env) { $1 }
-                let out = Pipe(), err = Pipe()
+                let inp = Pipe(), out = Pipe(), err = Pipe()
+                p.standardInput = inp
                 p.standardOutput = out
                 p.standardError = err
                 do { try p.run() } catch { cont.resume(throwing: error); return }
+                if let stdin { inp.fileHandleForWriting.write(Data(stdin.utf8)) }
+                try? inp.fileHandleForWriting.close()
                 let o = out.fileHandleForReading.readDataToEndOfFile()
                 let e = err.fileHandleForReading.readDataToEndOfFile()
                 p.waitUntilExit()
