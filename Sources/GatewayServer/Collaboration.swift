@@ -288,9 +288,19 @@ struct EpisodeRun: Sendable {
     // MARK: Non-streaming
 
     func completeResponse(episode started: EpisodeRecord) async throws -> Response {
-        let e = await loop.run(question: question)
+        // The episode stops when the client gives up (closes its side of the connection).
+        let loop = self.loop, question = self.question
+        let episodeTask = Task { await loop.run(question: question) }
+        ClientGoneWatcher.onClientGone(context.channel) { episodeTask.cancel() }
+        let e = await withTaskCancellationHandler { await episodeTask.value } onCancel: { episodeTask.cancel() }
         let final = await resolve(e)
         let u = usage(e, final)
+        if final.outcome == "client_disconnected" {
+            // Logged with nginx's 499 (client closed request); nobody reads the response.
+            await log(e, final: final, usage: u, episode: started, status: 499)
+            return Passthrough.errorResponse(GatewayError(status: 499, message: "The client closed the connection.",
+                                                          type: "invalid_request_error", code: "client_closed"), episodeID: context.episodeID)
+        }
         if let err = final.error {
             await log(e, final: final, usage: u, episode: started, status: err.status)
             return Passthrough.errorResponse(err, episodeID: context.episodeID)

@@ -89,6 +89,7 @@ public final class Gateway: Sendable {
         app = Application(
             router: router,
             server: .http1(configuration: .init(
+                additionalChannelHandlers: [ClientGoneWatcher()],
                 idleTimeout: .seconds(Int64(config.server.idleTimeoutSeconds)),
                 httpDecoderConfiguration: .init(maxHeaderFieldSize: config.limits.maxHeaderBytes,
                                                 maxHeaderListSize: config.limits.maxHeaderBytes))),

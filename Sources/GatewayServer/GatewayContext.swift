@@ -1,5 +1,6 @@
 import HTTPTypes
 import Hummingbird
+import NIOCore
 import TrafficLog
 
 /// Per-request state: the episode id every response carries, and the arrival time from which
@@ -8,9 +9,12 @@ public struct GatewayContext: RequestContext {
     public var coreContext: CoreRequestContextStorage
     public let episodeID: String
     public let start: ContinuousClock.Instant
+    /// The connection, to notice a client that gave up (see `ClientGoneWatcher`).
+    let channel: any Channel
 
     public init(source: ApplicationRequestContextSource) {
         coreContext = .init(source: source)
+        channel = source.channel
         episodeID = UUIDv7.generate()
         start = ContinuousClock.now
     }

@@ -338,4 +338,34 @@ final class CollaborationEdgeTests: XCTestCase {
         let e = try XCTUnwrap(try TrafficDatabase(path: h.dbPath).episode(id: try XCTUnwrap(id)))
         XCTAssertEqual(e.outcome, "client_disconnected")
     }
+
+    /// The same for a non-streaming client: giving up cancels the episode.
+    func testNonStreamClientDisconnectStopsTheEpisode() async throws {
+        let cases = try CollaborationTests.cases()
+        let inner = CollaborationTests.script(cases)
+        let h = try await Harness.start(script: { r in
+            guard let reply = await inner(r) else { return nil }
+            return .delayed(.milliseconds(800), reply)
+        }, configure: { c in
+            c.policy.path = CollaborationTests.fixtures.appendingPathComponent("models/promptr1-tiny").path
+            c.policy.temperature = 0
+        })
+        let c = try XCTUnwrap(cases.first { $0.upstream_answers.count == 2 })
+        var req = HTTPClientRequest(url: h.base + "/v1/chat/completions")
+        req.method = .POST
+        req.body = .bytes(ByteBuffer(data: try JSONSerialization.data(withJSONObject: [
+            "model": "prompt-r1/gpt-4o-mini", "messages": [["role": "user", "content": c.question]]] as [String: Any])))
+        // The client gives up after 400 ms, while the first upstream call (800 ms) is pending.
+        do {
+            _ = try await h.client.execute(req, timeout: .milliseconds(400))
+            XCTFail("the episode should take longer than the client waits")
+        } catch {}
+        try await Task.sleep(for: .milliseconds(2500))
+        XCTAssertLessThanOrEqual(h.upstream.received.filter { $0.path == "/v1/chat/completions" }.count, 1,
+                                 "the episode went on calling the upstream after the client left")
+        try await h.stop()
+        let episodes = try TrafficDatabase(path: h.dbPath).episodes(EpisodeQuery())
+        XCTAssertEqual(episodes.map(\.outcome), ["client_disconnected"])
+        XCTAssertEqual(episodes.map(\.status), [499])
+    }
 }
