@@ -368,4 +368,29 @@ final class CollaborationEdgeTests: XCTestCase {
         XCTAssertEqual(episodes.map(\.outcome), ["client_disconnected"])
         XCTAssertEqual(episodes.map(\.status), [499])
     }
+
+    /// A policy whose context window cannot hold the episode: the policy fails cleanly and the
+    /// request is answered as a plain proxy would (on_policy_error = passthrough).
+    func testContextWindowFullFallsBackToPassthrough() async throws {
+        let cases = try CollaborationTests.cases()
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("gw-small-ctx-\(UUID().uuidString)")
+        try FileManager.default.copyItem(at: CollaborationTests.fixtures.appendingPathComponent("models/promptr1-tiny"), to: dir)
+        let configURL = dir.appendingPathComponent("config.json")
+        var config = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(contentsOf: configURL)) as? [String: Any])
+        config["max_position_embeddings"] = cases[0].prompt_ids.count + 1   // room for the prompt only
+        try JSONSerialization.data(withJSONObject: config).write(to: configURL)
+        let h = try await Harness.start(script: CollaborationTests.script(cases), configure: { c in
+            c.policy.path = dir.path
+            c.policy.temperature = 0
+        })
+        let body = try JSONSerialization.data(withJSONObject: ["model": "prompt-r1/gpt-4o-mini", "messages": [["role": "user", "content": cases[0].question]]])
+        let reply = try await h.chat(String(decoding: body, as: UTF8.self))
+        XCTAssertEqual(reply.status, 200, reply.body)
+        let message = ((reply.json?["choices"] as? [[String: Any]])?.first?["message"]) as? [String: Any]
+        XCTAssertEqual(message?["content"] as? String, "echo: " + cases[0].question)
+        let id = try XCTUnwrap(reply.episodeID)
+        try await h.stop()
+        let e = try XCTUnwrap(try TrafficDatabase(path: h.dbPath).episode(id: id))
+        XCTAssertEqual(e.outcome, "fallback_passthrough(policy_error)")
+    }
 }
