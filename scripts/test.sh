@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Runs the whole test suite (debug build). Installs the system packages and the official
-# openai Python SDK that the compatibility test drives.
+# Runs the whole test suite (debug build). Installs the system packages, the official
+# openai Python SDK, prometheus_client and jsonschema (independent checkers the tests drive).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
-python3 -c "import openai, prometheus_client" 2>/dev/null || python3 -m pip install -q --disable-pip-version-check openai prometheus-client
+python3 -c "import openai, prometheus_client, jsonschema" 2>/dev/null || python3 -m pip install -q --disable-pip-version-check openai prometheus-client jsonschema
 swift build --build-tests
 swift test --skip-build "$@"
