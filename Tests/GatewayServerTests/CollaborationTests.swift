@@ -52,8 +52,19 @@ final class CollaborationTests: XCTestCase {
         }
     }
 
-    static func start(_ cases: [Case], policy: String = "promptr1-tiny", configure: @escaping (inout GatewayConfig) -> Void = { _ in }) async throws -> Harness {
-        try await Harness.start(script: script(cases), configure: { c in
+    /// The scripted upstream answering after `delay` (a slow phase in the middle of an episode).
+    static func slowScript(_ cases: [Case], delay: Duration) -> FakeUpstream.Script {
+        let inner = script(cases)
+        return { r in
+            guard let reply = await inner(r) else { return nil }
+            return .delayed(delay, reply)
+        }
+    }
+
+    /// A gateway serving `policy` (greedy) in front of `upstream` (default: the scripted answers).
+    static func start(_ cases: [Case], policy: String = "promptr1-tiny", upstream: FakeUpstream.Script? = nil,
+                      configure: @escaping (inout GatewayConfig) -> Void = { _ in }) async throws -> Harness {
+        try await Harness.start(script: upstream ?? script(cases), configure: { c in
             c.policy.path = fixtures.appendingPathComponent("models/\(policy)").path
             c.policy.temperature = 0
             configure(&c)
@@ -172,11 +183,11 @@ final class CollaborationTests: XCTestCase {
     /// A policy that cannot speak the protocol (random weights) runs out of turns: the configured
     /// fallback answers with one direct upstream call, and the log says so.
     func testNoAnswerFallsBackToDirectCall() async throws {
-        let h = try await Self.start([], policy: "qwen3-tiny") { c in
+        let h = try await Self.start([], policy: "qwen3-tiny", configure: { c in
             c.policy.maxTurns = 2
             c.policy.maxTokensPerTurn = 6
             c.policy.fallback = "direct"
-        }
+        })
         let reply = try await h.chat(#"{"model":"prompt-r1/gpt-4o-mini","messages":[{"role":"user","content":"Why is the sky blue?"}]}"#)
         XCTAssertEqual(reply.status, 200, reply.body)
         let message = ((reply.json?["choices"] as? [[String: Any]])?.first?["message"]) as? [String: Any]
@@ -190,10 +201,10 @@ final class CollaborationTests: XCTestCase {
 
     func testCollaborationOverloadIs429() async throws {
         let cases = try Self.cases()
-        let h = try await Self.start(cases) { c in
+        let h = try await Self.start(cases, configure: { c in
             c.policy.maxConcurrentEpisodes = 1
             c.policy.queueTimeoutMs = 0
-        }
+        })
         let body = try JSONSerialization.data(withJSONObject: ["model": "prompt-r1/gpt-4o-mini", "messages": [["role": "user", "content": cases[0].question]]])
         let statuses = try await withThrowingTaskGroup(of: (Int, String?).self) { group in
             for _ in 0..<4 {
@@ -235,11 +246,8 @@ final class CollaborationEdgeTests: XCTestCase {
     /// policy turn that was generated before the failure.
     func testUpstreamErrorMidEpisode() async throws {
         let cases = try CollaborationTests.cases()
-        let h = try await Harness.start(script: { r in
+        let h = try await CollaborationTests.start(cases, upstream: { r in
             r.path == "/v1/chat/completions" ? .json(status: 503, body: #"{"error":{"message":"overloaded","type":"server_error","param":null,"code":null}}"#) : nil
-        }, configure: { c in
-            c.policy.path = CollaborationTests.fixtures.appendingPathComponent("models/promptr1-tiny").path
-            c.policy.temperature = 0
         })
         let body = try JSONSerialization.data(withJSONObject: ["model": "prompt-r1/gpt-4o-mini", "messages": [["role": "user", "content": cases[0].question]]])
         let reply = try await h.chat(String(decoding: body, as: UTF8.self))
@@ -258,18 +266,14 @@ final class CollaborationEdgeTests: XCTestCase {
     /// as a plain proxy would (one direct call), and logs why.
     func testDeadlineFallsBackToPassthrough() async throws {
         let cases = try CollaborationTests.cases()
-        let h = try await Harness.start(script: { r in
+        let h = try await CollaborationTests.start(cases, upstream: { r in
             let messages = r.json?["messages"] as? [[String: Any]] ?? []
             // Slow for the policy's call (which has the protocol's system prompt), fast for the direct one.
             if (messages.first?["content"] as? String) == PromptR1Prompt.upstreamSystemPrompt {
                 return .delayed(.seconds(3), .json(status: 200, body: FakeUpstream.completionJSON(model: "m", text: "late")))
             }
             return nil
-        }, configure: { c in
-            c.policy.path = CollaborationTests.fixtures.appendingPathComponent("models/promptr1-tiny").path
-            c.policy.temperature = 0
-            c.policy.episodeDeadlineSeconds = 0.5
-        })
+        }, configure: { c in c.policy.episodeDeadlineSeconds = 0.5 })
         let started = Date()
         let body = try JSONSerialization.data(withJSONObject: ["model": "prompt-r1/gpt-4o-mini", "messages": [["role": "user", "content": cases[0].question]]])
         let reply = try await h.chat(String(decoding: body, as: UTF8.self))
@@ -286,15 +290,8 @@ final class CollaborationEdgeTests: XCTestCase {
     /// A long silent phase (slow upstream) gets SSE keep-alive comments.
     func testKeepAliveDuringSilence() async throws {
         let cases = try CollaborationTests.cases()
-        let inner = CollaborationTests.script(cases)
-        let h = try await Harness.start(script: { r in
-            guard let reply = await inner(r) else { return nil }
-            return .delayed(.milliseconds(700), reply)
-        }, configure: { c in
-            c.policy.path = CollaborationTests.fixtures.appendingPathComponent("models/promptr1-tiny").path
-            c.policy.temperature = 0
-            c.policy.keepaliveSeconds = 0.2
-        })
+        let h = try await CollaborationTests.start(cases, upstream: CollaborationTests.slowScript(cases, delay: .milliseconds(700)),
+                                                   configure: { c in c.policy.keepaliveSeconds = 0.2 })
         let body = try JSONSerialization.data(withJSONObject: ["model": "prompt-r1/gpt-4o-mini", "stream": true,
                                                                "messages": [["role": "user", "content": cases[0].question]]] as [String: Any])
         let reply = try await h.chat(String(decoding: body, as: UTF8.self))
@@ -308,15 +305,8 @@ final class CollaborationEdgeTests: XCTestCase {
     /// after the disconnect) and the episode is logged as client_disconnected.
     func testStreamClientDisconnectStopsTheEpisode() async throws {
         let cases = try CollaborationTests.cases()
-        let inner = CollaborationTests.script(cases)
-        let h = try await Harness.start(script: { r in
-            guard let reply = await inner(r) else { return nil }
-            return .delayed(.milliseconds(800), reply)
-        }, configure: { c in
-            c.policy.path = CollaborationTests.fixtures.appendingPathComponent("models/promptr1-tiny").path
-            c.policy.temperature = 0
-            c.policy.trace = "on"
-        })
+        let h = try await CollaborationTests.start(cases, upstream: CollaborationTests.slowScript(cases, delay: .milliseconds(800)),
+                                                   configure: { c in c.policy.trace = "on" })
         let c = try XCTUnwrap(cases.first { $0.upstream_answers.count == 2 })
         var req = HTTPClientRequest(url: h.base + "/v1/chat/completions")
         req.method = .POST
@@ -342,14 +332,7 @@ final class CollaborationEdgeTests: XCTestCase {
     /// The same for a non-streaming client: giving up cancels the episode.
     func testNonStreamClientDisconnectStopsTheEpisode() async throws {
         let cases = try CollaborationTests.cases()
-        let inner = CollaborationTests.script(cases)
-        let h = try await Harness.start(script: { r in
-            guard let reply = await inner(r) else { return nil }
-            return .delayed(.milliseconds(800), reply)
-        }, configure: { c in
-            c.policy.path = CollaborationTests.fixtures.appendingPathComponent("models/promptr1-tiny").path
-            c.policy.temperature = 0
-        })
+        let h = try await CollaborationTests.start(cases, upstream: CollaborationTests.slowScript(cases, delay: .milliseconds(800)))
         let c = try XCTUnwrap(cases.first { $0.upstream_answers.count == 2 })
         var req = HTTPClientRequest(url: h.base + "/v1/chat/completions")
         req.method = .POST

@@ -16,7 +16,7 @@ final class OpenAPISchemaTests: XCTestCase {
         }
         let py = try await OpenAISDKTests.requireSDK()
         let cases = try CollaborationTests.cases()
-        let h = try await CollaborationTests.start(cases) { c in c.limits.maxBodyBytes = 4096 }
+        let h = try await CollaborationTests.start(cases, configure: { c in c.limits.maxBodyBytes = 4096 })
         var docs: [(String, String)] = []
         let question = String(decoding: try JSONSerialization.data(withJSONObject: ["model": "prompt-r1/gpt-4o-mini", "messages": [["role": "user", "content": cases[0].question]]]), as: UTF8.self)
         docs.append(("CreateChatCompletionResponse", try await h.chat(question, headers: [("content-type", "application/json"), ("x-gateway-trace", "1")]).body))
