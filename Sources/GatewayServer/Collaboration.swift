@@ -168,7 +168,8 @@ struct EpisodeRun: Sendable {
 
     var state: GatewayState { route.state }
     var completionID: String { "chatcmpl-" + context.episodeID }
-    var created: Int { Int(Date().timeIntervalSince1970) }
+    /// One timestamp for the whole response (every chunk of a stream carries the same `created`).
+    let created = Int(Date().timeIntervalSince1970)
 
     /// What the client gets in the end, and how the log describes it.
     struct Final {
