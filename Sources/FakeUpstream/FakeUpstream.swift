@@ -22,8 +22,10 @@ public final class FakeUpstream: Sendable {
         /// A complete body with a status.
         case json(status: Int, body: String, headers: [(String, String)] = [])
         /// SSE: each string is sent as its own write, after `delay`; `hangAfter` stops sending
-        /// (without closing) after that many parts; `closeEarly` drops the connection after them.
-        case stream(parts: [String], delay: Duration = .zero, hangAfter: Int? = nil)
+        /// (without closing) after that many parts; `resetAfter` drops the connection after them.
+        /// `contentType` lets a plain JSON body arrive in pieces too (to cut or stall it midway).
+        case stream(parts: [String], delay: Duration = .zero, hangAfter: Int? = nil, resetAfter: Int? = nil,
+                    contentType: String = "text/event-stream")
         /// Wait, then reply.
         indirect case delayed(Duration, Reply)
         /// Close the connection without any response.
@@ -100,19 +102,24 @@ public final class FakeUpstream: Sendable {
             try await Task.sleep(for: d)
             return try await respond(inner, state: state)
         case .dropConnection:
-            throw FakeDrop()
-        case .stream(let parts, let delay, let hangAfter):
-            return Response(status: .ok, headers: [.contentType: "text/event-stream", .cacheControl: "no-cache"],
+            // Throwing from the handler would make the server answer 500; failing the body
+            // writer closes the connection instead, before any byte of the body.
+            return Response(status: .ok, headers: [.contentType: "application/json"], body: .init { _ in throw FakeDrop() })
+        case .stream(let parts, let delay, let hangAfter, let resetAfter, let contentType):
+            return Response(status: .ok, headers: [.contentType: contentType, .cacheControl: "no-cache"],
                             body: .init { writer in
                 do {
                     for (i, p) in parts.enumerated() {
                         if let hangAfter, i >= hangAfter {
                             try await Task.sleep(for: .seconds(3600))
                         }
+                        if let resetAfter, i >= resetAfter { throw FakeDrop() }
                         if delay > .zero { try await Task.sleep(for: delay) }
                         try await writer.write(ByteBuffer(string: p))
                     }
                     try await writer.finish(nil)
+                } catch is FakeDrop {
+                    throw FakeDrop()
                 } catch {
                     // The reader went away before the end.
                     state.streamAborted()

@@ -52,7 +52,9 @@ public final class Gateway: Sendable {
             totalTimeout: .milliseconds(config.upstream.totalTimeoutMs),
             maxRetries: config.upstream.maxRetries,
             retryBaseDelay: .milliseconds(config.upstream.retryBaseDelayMs),
-            maxConnections: config.upstream.maxConnections), logger: logger)
+            maxConnections: config.upstream.maxConnections,
+            circuitBreakerFailures: config.upstream.circuitBreakerFailures,
+            circuitBreakerCooldown: .milliseconds(config.upstream.circuitBreakerCooldownMs)), logger: logger)
         let writer = LogWriter(database: database, capacity: config.log.queueCapacity, maxBatch: config.log.maxBatch, logger: logger)
         let state = GatewayState(config: config, auth: auth, upstream: upstream, database: database, writer: writer, logger: logger)
         self.state = state

@@ -33,6 +33,10 @@ public struct GatewayConfig: Sendable, Equatable {
         public var maxRetries = 2
         public var retryBaseDelayMs = 200
         public var maxConnections = 256
+        /// Consecutive upstream failures that open the circuit breaker (0 disables it).
+        public var circuitBreakerFailures = 5
+        /// How long an open circuit answers 503 at once before a probe request is let through.
+        public var circuitBreakerCooldownMs = 10_000
         /// Send the client's own `Authorization` header upstream instead of the gateway's key.
         public var forwardClientAuthorization = false
         /// Client headers forwarded upstream besides content-type and accept (allow-list).
@@ -190,6 +194,8 @@ public struct GatewayConfig: Sendable, Equatable {
         c.upstream.maxRetries = try u.int("max_retries", default: c.upstream.maxRetries, range: 0...10)
         c.upstream.retryBaseDelayMs = try u.int("retry_base_delay_ms", default: c.upstream.retryBaseDelayMs, range: 0...60_000)
         c.upstream.maxConnections = try u.int("max_connections", default: c.upstream.maxConnections, range: 1...10_000)
+        c.upstream.circuitBreakerFailures = try u.int("circuit_breaker_failures", default: c.upstream.circuitBreakerFailures, range: 0...10_000)
+        c.upstream.circuitBreakerCooldownMs = try u.int("circuit_breaker_cooldown_ms", default: c.upstream.circuitBreakerCooldownMs, range: 1...3_600_000)
         c.upstream.forwardClientAuthorization = try u.bool("forward_client_authorization", default: c.upstream.forwardClientAuthorization)
         c.upstream.forwardHeaders = try u.stringArray("forward_headers", default: c.upstream.forwardHeaders).map { $0.lowercased() }
         for (i, h) in c.upstream.forwardHeaders.enumerated() where Self.neverForwarded.contains(h) {

@@ -131,12 +131,20 @@ struct Passthrough: Sendable {
         do {
             bytes = try await response.collect(upTo: 64 << 20)
         } catch {
+            state.upstream.breaker.recordFailure()
             episode.upstreamMs = clock.now.ms(since: upstreamStart)
             episode.outcome = "upstream_error"
             let e = (UpstreamClient.mapError(error) as? GatewayError) ?? .upstreamBadResponse("\(error)")
             return await fail(e, episode: &episode, context: context)
         }
         episode.upstreamMs = clock.now.ms(since: upstreamStart)
+        if (200..<300).contains(response.status), (try? state.scanner.scanObject(Array(bytes.readableBytesView))) == nil {
+            // A success whose body is not a JSON object would only make the client's SDK fail
+            // with a parse error; an OpenAI-shaped 502 says what happened.
+            state.upstream.breaker.recordFailure()
+            episode.outcome = "upstream_bad_response"
+            return await fail(.upstreamBadResponse("the chat completion was not valid JSON"), episode: &episode, context: context)
+        }
         episode.status = response.status
         if (200..<300).contains(response.status) {
             let summary = UpstreamCompletionSummary.decode(bytes)
@@ -176,7 +184,6 @@ struct Passthrough: Sendable {
             var parser = SSEParser()
             var logged = false
             var clientGone = false
-            var upstreamError: (any Error)?
             var lastUpstreamByte = ContinuousClock.now
 
             func log(outcome: String, status: Int = 200, error: String? = nil) async {
@@ -195,9 +202,19 @@ struct Passthrough: Sendable {
                 await state.record(episode)
             }
 
+            // Set when the upstream's stream goes wrong after the head: cut, silent past the idle
+            // timeout, past the total timeout, or an event whose data is not JSON.
+            var failure: GatewayError?
+            var failureOutcome = "upstream_truncated"
+            let totalTimeout = state.upstream.settings.totalTimeout
             do {
                 stream: for try await chunk in body {
                     lastUpstreamByte = ContinuousClock.now
+                    if lastUpstreamByte - upstreamStart > totalTimeout {
+                        failure = .upstreamTimeout("total")
+                        failureOutcome = "upstream_timeout"
+                        break stream
+                    }
                     let events = try parser.feed(chunk.readableBytesView)
                     if events.isEmpty { continue }
                     var out = ByteBuffer()
@@ -208,30 +225,32 @@ struct Passthrough: Sendable {
                                 out.clear()
                             }
                             await log(outcome: "ok")
-                        } else {
-                            assembler.add(event)
+                        } else if !assembler.add(event) {
+                            failure = .upstreamBadResponse("a stream event's data was not valid JSON")
+                            failureOutcome = "upstream_bad_response"
+                            if out.readableBytes > 0 { try? await writer.write(out) }
+                            break stream
                         }
                         out.writeBytes(event.raw)
                     }
                     do { try await writer.write(out) } catch { clientGone = true; break stream }
                 }
             } catch {
-                upstreamError = error
+                let e = (UpstreamClient.mapError(error) as? GatewayError) ?? .upstreamBadResponse("\(error)")
+                failure = e
+                if e.status == 504 { failureOutcome = "upstream_timeout" }
             }
 
             if clientGone {
+                state.upstream.breaker.release()
                 await log(outcome: "client_disconnected")
                 return
             }
             if !logged {
                 // The upstream ended without [DONE]: an error, a cut connection, or a truncated event.
-                let e: GatewayError
-                if let upstreamError {
-                    e = (UpstreamClient.mapError(upstreamError) as? GatewayError) ?? .upstreamBadResponse("\(upstreamError)")
-                } else {
-                    e = .upstreamBadResponse(parser.hasPartialEvent ? "the stream ended in the middle of an event" : "the stream ended without [DONE]")
-                }
-                await log(outcome: "upstream_truncated", status: e.status, error: e.body.message)
+                let e = failure ?? .upstreamBadResponse(parser.hasPartialEvent ? "the stream ended in the middle of an event" : "the stream ended without [DONE]")
+                state.upstream.breaker.recordFailure()
+                await log(outcome: failureOutcome, status: e.status, error: e.body.message)
                 // Tell the client in-band, as OpenAI does for errors after the stream started.
                 var tail = ByteBuffer(bytes: SSE.encode(data: Array(e.encoded())))
                 tail.writeBytes(SSE.done)
@@ -396,14 +415,21 @@ struct StreamAssembler {
     private(set) var toolCallDeltas = 0
     private let decoder = JSONDecoder()
 
-    mutating func add(_ event: SSEEvent) {
-        guard !event.data.isEmpty, let chunk = try? decoder.decode(ChatCompletionChunk.self, from: Data(event.data)) else { return }
+    /// Adds one event; false when its data is not JSON at all (valid JSON that is not a chunk,
+    /// such as an in-band error object, is passed on untouched).
+    @discardableResult
+    mutating func add(_ event: SSEEvent) -> Bool {
+        guard !event.data.isEmpty else { return true }
+        guard let chunk = try? decoder.decode(ChatCompletionChunk.self, from: Data(event.data)) else {
+            return (try? JSONSerialization.jsonObject(with: Data(event.data), options: [.fragmentsAllowed])) != nil
+        }
         for choice in chunk.choices where choice.index == 0 {
             if let c = choice.delta.content { text += c }
             if let f = choice.finishReason { finishReason = f }
             toolCallDeltas += choice.delta.toolCalls?.count ?? 0
         }
         if let u = chunk.usage { usage = u }
+        return true
     }
 }
 

@@ -94,6 +94,10 @@ public struct GatewayError: Error, Sendable, Equatable, CustomStringConvertible 
         .init(status: 504, message: "The upstream LLM did not answer in time (\(which) timeout).", type: "upstream_error",
               code: "upstream_timeout")
     }
+    public static func upstreamCircuitOpen(retryAfterSeconds: Int) -> GatewayError {
+        .init(status: 503, message: "The upstream LLM is failing; the gateway stopped sending it requests for a while (circuit breaker open). Retry after \(retryAfterSeconds) s.",
+              type: "upstream_error", code: "upstream_circuit_open", headers: [("Retry-After", String(retryAfterSeconds))])
+    }
     public static func overloaded(retryAfterSeconds: Int, _ what: String) -> GatewayError {
         .init(status: 429, message: "The gateway is at capacity (\(what)). Retry after \(retryAfterSeconds) s.",
               type: "rate_limit_error", code: "gateway_overloaded", headers: [("Retry-After", String(retryAfterSeconds))])

@@ -21,11 +21,15 @@ public struct UpstreamSettings: Sendable, Equatable {
     public var maxRetries: Int
     public var retryBaseDelay: Duration
     public var maxConnections: Int
+    /// Consecutive failures that open the circuit breaker (0: no breaker).
+    public var circuitBreakerFailures: Int
+    /// How long an open circuit fails requests fast before letting a probe through.
+    public var circuitBreakerCooldown: Duration
 
     public init(baseURL: String, apiKey: String? = nil, connectTimeout: Duration = .seconds(5),
                 firstByteTimeout: Duration = .seconds(120), idleTimeout: Duration = .seconds(120),
                 totalTimeout: Duration = .seconds(600), maxRetries: Int = 2, retryBaseDelay: Duration = .milliseconds(200),
-                maxConnections: Int = 256) {
+                maxConnections: Int = 256, circuitBreakerFailures: Int = 5, circuitBreakerCooldown: Duration = .seconds(10)) {
         self.baseURL = baseURL
         self.apiKey = apiKey
         self.connectTimeout = connectTimeout
@@ -35,6 +39,8 @@ public struct UpstreamSettings: Sendable, Equatable {
         self.maxRetries = maxRetries
         self.retryBaseDelay = retryBaseDelay
         self.maxConnections = maxConnections
+        self.circuitBreakerFailures = circuitBreakerFailures
+        self.circuitBreakerCooldown = circuitBreakerCooldown
     }
 }
 
@@ -58,6 +64,8 @@ public struct UpstreamResponse: Sendable {
 public final class UpstreamClient: Sendable {
     public let settings: UpstreamSettings
     private let http: HTTPClient
+    /// Shared by every request to this upstream; the stream relays report mid-stream failures to it.
+    public let breaker: CircuitBreaker
     private let base: String
     private let logger: Logger
     /// Handed to AsyncHTTPClient per request. It attaches request metadata to this logger on
@@ -71,6 +79,7 @@ public final class UpstreamClient: Sendable {
         while base.hasSuffix("/") { base.removeLast() }
         self.base = base
         self.logger = logger
+        self.breaker = CircuitBreaker(failureThreshold: settings.circuitBreakerFailures, cooldown: settings.circuitBreakerCooldown)
         self.requestLogger = logger.logLevel <= .debug ? logger : Logger(label: logger.label, factory: { _ in SwiftLogNoOpLogHandler() })
         var config = HTTPClient.Configuration()
         config.timeout = .init(connect: .nanoseconds(settings.connectTimeout.nanoseconds),
@@ -110,6 +119,9 @@ public final class UpstreamClient: Sendable {
         }
         if let body { request.body = .bytes(body) }
 
+        if let wait = breaker.acquire() {
+            throw GatewayError.upstreamCircuitOpen(retryAfterSeconds: wait)
+        }
         let clock = ContinuousClock()
         let start = clock.now
         let deadline = NIODeadline.now() + .nanoseconds(settings.totalTimeout.nanoseconds)
@@ -119,7 +131,8 @@ public final class UpstreamClient: Sendable {
             do {
                 let response = try await executeWithFirstByteTimeout(request, deadline: deadline)
                 let status = Int(response.status.code)
-                if attempt <= settings.maxRetries, [429, 502, 503, 504].contains(status) {
+                if CircuitBreaker.isFailure(status: status) { breaker.recordFailure() } else { breaker.recordSuccess() }
+                if attempt <= settings.maxRetries, Self.retryableStatuses.contains(status) {
                     let delay = retryDelay(attempt: attempt, retryAfter: response.headers.first(name: "retry-after"))
                     if clock.now + delay < start + settings.totalTimeout {
                         // Drain and drop the failed body so the connection can be reused.
@@ -132,6 +145,9 @@ public final class UpstreamClient: Sendable {
                 return UpstreamResponse(status: status, headers: response.headers, body: response.body,
                                         attempts: attempt, firstByteLatency: clock.now - start)
             } catch let e as GatewayError {
+                breaker.recordFailure()
+                // Only a request that never reached the upstream is safe to send again: a
+                // timeout may mean the upstream is already working on (and billing) it.
                 if e.status == 502, e.body.code == "upstream_unreachable", attempt <= settings.maxRetries {
                     let delay = retryDelay(attempt: attempt, retryAfter: nil)
                     if clock.now + delay < start + settings.totalTimeout {
@@ -140,9 +156,16 @@ public final class UpstreamClient: Sendable {
                     }
                 }
                 throw e
+            } catch {
+                breaker.release()
+                throw error
             }
         }
     }
+
+    /// Statuses retried before any byte reached the client: the upstream refused the work
+    /// (rate limit) or a proxy in front of it failed; none of them ran the request.
+    public static let retryableStatuses: Set<Int> = [429, 502, 503, 504]
 
     private func retryDelay(attempt: Int, retryAfter: String?) -> Duration {
         if let retryAfter, let s = Double(retryAfter.trimmingCharacters(in: .whitespaces)), s >= 0, s <= 30 {
@@ -175,6 +198,11 @@ public final class UpstreamClient: Sendable {
     public static func mapError(_ error: any Error) -> any Error {
         if error is CancellationError { return error }
         if let e = error as? GatewayError { return e }
+        if error is HTTPParserError {
+            // The connection closed (or sent garbage) in the middle of a response: the upstream
+            // got the request, so this is a bad response, not an unreachable upstream.
+            return GatewayError.upstreamBadResponse("the connection was closed in the middle of the response (\(error))")
+        }
         if let e = error as? HTTPClientError {
             switch e {
             case .deadlineExceeded: return GatewayError.upstreamTimeout("total")
