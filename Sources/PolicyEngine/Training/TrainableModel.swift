@@ -1,0 +1,619 @@
+import CBLAS
+import Foundation
+
+/// One named float32 tensor of the training model, owned, with its gradient when trainable.
+final class TrainParam: @unchecked Sendable {  // guarded by TrainableModel's lock
+    let name: String
+    let shape: [Int]
+    let count: Int
+    let value: UnsafeMutablePointer<Float>
+    private(set) var grad: UnsafeMutablePointer<Float>?
+
+    init(name: String, shape: [Int], from tensor: FloatTensor? = nil) {
+        self.name = name
+        self.shape = shape
+        count = shape.reduce(1, *)
+        value = .allocate(capacity: max(count, 1))
+        if let tensor { value.update(from: tensor.pointer, count: count) } else { value.initialize(repeating: 0, count: count) }
+    }
+
+    var trainable: Bool { grad != nil }
+
+    func enableGradient() {
+        if grad == nil {
+            let g = UnsafeMutablePointer<Float>.allocate(capacity: max(count, 1))
+            g.initialize(repeating: 0, count: count)
+            grad = g
+        }
+    }
+
+    var values: [Float] { Array(UnsafeBufferPointer(start: value, count: count)) }
+
+    deinit {
+        value.deallocate()
+        grad?.deallocate()
+    }
+}
+
+/// A linear layer y = x W^T (+ b) (+ scale (x A^T) B^T).
+struct TrainLinear {
+    let weight: TrainParam      // [out, in]
+    let bias: TrainParam?       // [out]
+    var loraA: TrainParam?      // [r, in]
+    var loraB: TrainParam?      // [out, r]
+    let inDim: Int, outDim: Int
+}
+
+struct TrainLayer {
+    let inputNorm: TrainParam
+    var q, k, v, o: TrainLinear
+    let qNorm, kNorm: TrainParam?
+    let postNorm: TrainParam
+    var gate, up, down: TrainLinear
+
+    /// The seven linears in LoRAConfig.allModules order.
+    var linears: [TrainLinear] { [q, k, v, o, gate, up, down] }
+}
+
+/// What `backward` needs from a `forward`: the input of every decoder layer (and the final hidden state)
+/// for the positions of this sequence. Each layer's internals are recomputed during backward
+/// (activation checkpointing), so a tape holds (layers + 1) * tokens * hidden floats.
+public final class ForwardTape: @unchecked Sendable {  // immutable after forward, except logprobs
+    public let tokens: [Int32]
+    /// logprobs[i] = log p(tokens[i+1] | tokens[0...i]), count = tokens.count - 1.
+    public var logprobs: [Float]
+    /// [(layers + 1), T, H]: hidden[l] is the input of layer l; hidden[layers] the final (pre-norm) state.
+    let hidden: UnsafeMutablePointer<Float>
+    let hiddenCount: Int
+    /// Identifies the model (and its LoRA-on/off state) that wrote the tape.
+    let owner: ObjectIdentifier
+
+    init(tokens: [Int32], layers: Int, hiddenSize: Int, owner: ObjectIdentifier) {
+        self.tokens = tokens
+        logprobs = []
+        hiddenCount = (layers + 1) * tokens.count * hiddenSize
+        hidden = .allocate(capacity: max(hiddenCount, 1))
+        self.owner = owner
+    }
+
+    deinit { hidden.deallocate() }
+
+    /// Bytes held by the tape.
+    public var byteCount: Int { hiddenCount * 4 + logprobs.count * 4 }
+}
+
+/// A decoder-only transformer (Qwen2, Qwen3, Llama) for training: full-sequence forward without KV cache,
+/// backward through every layer with activation checkpointing, float32 with CBLAS.
+///
+/// Parameters and gradients are named as in the Hugging Face checkpoint; LoRA adapters as PEFT names them
+/// ("model.layers.0.self_attn.q_proj.lora_A.weight", "...lora_B.weight").
+///
+/// Thread safety: calls are serialised by a lock (one scratch workspace). Run one model per thread for
+/// parallel rollouts.
+public final class TrainableModel: @unchecked Sendable {
+    public let config: ModelConfig
+    public let mode: TrainingMode
+    /// The dtype of the source checkpoint's embedding ("F32", "BF16", "F16").
+    public let sourceDType: String
+
+    let embed: TrainParam
+    var layers: [TrainLayer]
+    let finalNorm: TrainParam
+    let lmHead: TrainParam  // === embed when tied
+    let rope: RotaryEmbedding
+    let loraScale: Float
+    let lock = NSLock()
+    private let ws = TrainWorkspace()
+    /// All parameters in checkpoint order (base weights first, then LoRA adapters), unique.
+    private(set) var allParams: [TrainParam] = []
+    private var byName: [String: TrainParam] = [:]
+
+    public convenience init(directory: URL, mode: TrainingMode, seed: UInt64 = 0) throws {
+        let config = try ModelConfig.load(from: directory.appendingPathComponent("config.json"))
+        let ckpt = try SafetensorsCheckpoint.open(directory: directory)
+        try self.init(config: config, checkpoint: ckpt, mode: mode, seed: seed)
+    }
+
+    public init(config c: ModelConfig, checkpoint: SafetensorsCheckpoint, mode: TrainingMode, seed: UInt64 = 0) throws {
+        try c.validate()
+        BLASCore.selectOptimizedCore()
+        config = c
+        self.mode = mode
+        sourceDType = checkpoint.info("model.embed_tokens.weight")?.dtype.rawValue ?? "F32"
+        let t = c.traits
+        let H = c.hiddenSize, Q = c.qDim, KV = c.kvDim, I = c.intermediateSize, V = c.vocabSize, D = c.headDim
+        var params: [TrainParam] = []
+        func load(_ name: String, _ shape: [Int]) throws -> TrainParam {
+            let p = TrainParam(name: name, shape: shape, from: try checkpoint.floatTensor(name, shape: shape))
+            params.append(p)
+            return p
+        }
+        func linear(_ name: String, out: Int, inDim: Int, bias: Bool) throws -> TrainLinear {
+            let w = try load(name + ".weight", [out, inDim])
+            let b = bias ? try load(name + ".bias", [out]) : nil
+            return TrainLinear(weight: w, bias: b, loraA: nil, loraB: nil, inDim: inDim, outDim: out)
+        }
+        embed = try load("model.embed_tokens.weight", [V, H])
+        var layers: [TrainLayer] = []
+        for l in 0..<c.numHiddenLayers {
+            let p = "model.layers.\(l)."
+            let inputNorm = try load(p + "input_layernorm.weight", [H])
+            let q = try linear(p + "self_attn.q_proj", out: Q, inDim: H, bias: t.qkvBias)
+            let k = try linear(p + "self_attn.k_proj", out: KV, inDim: H, bias: t.qkvBias)
+            let v = try linear(p + "self_attn.v_proj", out: KV, inDim: H, bias: t.qkvBias)
+            let o = try linear(p + "self_attn.o_proj", out: H, inDim: Q, bias: t.outputBias)
+            let qn = t.qkNorm ? try load(p + "self_attn.q_norm.weight", [D]) : nil
+            let kn = t.qkNorm ? try load(p + "self_attn.k_norm.weight", [D]) : nil
+            let post = try load(p + "post_attention_layernorm.weight", [H])
+            let gate = try linear(p + "mlp.gate_proj", out: I, inDim: H, bias: false)
+            let up = try linear(p + "mlp.up_proj", out: I, inDim: H, bias: false)
+            let down = try linear(p + "mlp.down_proj", out: H, inDim: I, bias: false)
+            layers.append(TrainLayer(inputNorm: inputNorm, q: q, k: k, v: v, o: o, qNorm: qn, kNorm: kn, postNorm: post,
+                                     gate: gate, up: up, down: down))
+        }
+        finalNorm = try load("model.norm.weight", [H])
+        lmHead = c.tieWordEmbeddings ? embed : try load("lm_head.weight", [V, H])
+        rope = RotaryEmbedding(config: c)
+
+        switch mode {
+        case .frozen:
+            loraScale = 0
+        case .full:
+            loraScale = 0
+            for p in params { p.enableGradient() }
+        case .lora(let lc):
+            try lc.validate()
+            loraScale = lc.scale
+            // PEFT: A ~ kaiming_uniform(a = sqrt(5)) = U(-1/sqrt(in), 1/sqrt(in)), B = 0. Layers in order,
+            // modules in LoRAConfig.allModules order, one generator seeded with `seed`.
+            var rng = Xoshiro256(seed: seed)
+            let names = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+                         "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]
+            for l in 0..<layers.count {
+                for (mi, module) in LoRAConfig.allModules.enumerated() where lc.targetModules.contains(module) {
+                    let base = layers[l].linears[mi]
+                    let prefix = "model.layers.\(l).\(names[mi])"
+                    let a = TrainParam(name: prefix + ".lora_A.weight", shape: [lc.rank, base.inDim])
+                    let b = TrainParam(name: prefix + ".lora_B.weight", shape: [base.outDim, lc.rank])
+                    let bound = 1 / Float(base.inDim).squareRoot()
+                    for i in 0..<a.count { a.value[i] = Float(rng.nextUnit() * 2 - 1) * bound }
+                    a.enableGradient()
+                    b.enableGradient()
+                    params += [a, b]
+                    var lin = base
+                    lin.loraA = a
+                    lin.loraB = b
+                    switch mi {
+                    case 0: layers[l].q = lin
+                    case 1: layers[l].k = lin
+                    case 2: layers[l].v = lin
+                    case 3: layers[l].o = lin
+                    case 4: layers[l].gate = lin
+                    case 5: layers[l].up = lin
+                    default: layers[l].down = lin
+                    }
+                }
+            }
+        }
+        self.layers = layers
+        allParams = params
+        for p in params { byName[p.name] = p }
+    }
+
+    // MARK: parameters
+
+    var trainableParams: [TrainParam] { allParams.filter(\.trainable) }
+
+    public var trainableParameterCount: Int { trainableParams.reduce(0) { $0 + $1.count } }
+
+    /// Names of the trainable parameters (checkpoint order, then adapters by layer).
+    public func parameterNames() -> [String] { trainableParams.map(\.name) }
+
+    /// Names of every tensor the model holds (base weights and adapters), trainable or not.
+    public func allParameterNames() -> [String] { allParams.map(\.name) }
+
+    /// Values of any parameter (trainable or frozen) by name.
+    public func parameter(_ name: String) -> [Float]? {
+        lock.lock(); defer { lock.unlock() }
+        return byName[name]?.values
+    }
+
+    public func parameterShape(_ name: String) -> [Int]? { byName[name]?.shape }
+
+    /// Gradient of a trainable parameter (nil for unknown or frozen ones).
+    public func gradient(_ name: String) -> [Float]? {
+        lock.lock(); defer { lock.unlock() }
+        guard let p = byName[name], let g = p.grad else { return nil }
+        return Array(UnsafeBufferPointer(start: g, count: p.count))
+    }
+
+    /// Overwrites a parameter's values (trainable or frozen); the count must match.
+    public func setParameter(_ name: String, _ values: [Float]) {
+        lock.lock(); defer { lock.unlock() }
+        guard let p = byName[name] else { preconditionFailure("TrainableModel.setParameter: unknown parameter '\(name)'") }
+        precondition(values.count == p.count, "setParameter(\(name)): \(values.count) values, expected \(p.count)")
+        values.withUnsafeBufferPointer { p.value.update(from: $0.baseAddress!, count: p.count) }
+    }
+
+    public func zeroGradients() {
+        lock.lock(); defer { lock.unlock() }
+        for p in allParams { p.grad?.update(repeating: 0, count: p.count) }
+    }
+
+    public func scaleGradients(by s: Float) {
+        lock.lock(); defer { lock.unlock() }
+        for p in allParams { if let g = p.grad { cblas_sscal(Int32(p.count), s, g, 1) } }
+    }
+
+    /// Global L2 norm of all gradients (accumulated in double).
+    public func gradientNorm() -> Float {
+        lock.lock(); defer { lock.unlock() }
+        return unlockedGradientNorm()
+    }
+
+    private func unlockedGradientNorm() -> Float {
+        var total: Double = 0
+        for p in allParams {
+            guard let g = p.grad else { continue }
+            var s: Double = 0
+            for i in 0..<p.count { let v = Double(g[i]); s += v * v }
+            total += s
+        }
+        return Float(total.squareRoot())
+    }
+
+    /// Scales the gradients so their global norm is at most `maxNorm` (as torch.nn.utils.clip_grad_norm_,
+    /// factor maxNorm / (norm + 1e-6), only when below 1). Returns the norm before clipping.
+    @discardableResult
+    public func clipGradients(maxNorm: Float) -> Float {
+        lock.lock(); defer { lock.unlock() }
+        let norm = unlockedGradientNorm()
+        let coef = maxNorm / (norm + 1e-6)
+        if coef < 1 {
+            for p in allParams { if let g = p.grad { cblas_sscal(Int32(p.count), coef, g, 1) } }
+        }
+        return norm
+    }
+
+    // MARK: forward
+
+    /// Full-sequence forward keeping a tape for `backward`.
+    public func forward(_ tokens: [Int32]) -> ForwardTape {
+        lock.lock(); defer { lock.unlock() }
+        check(tokens)
+        let tape = ForwardTape(tokens: tokens, layers: config.numHiddenLayers, hiddenSize: config.hiddenSize,
+                               owner: ObjectIdentifier(self))
+        tape.logprobs = run(tokens, adapters: true, tape: tape)
+        return tape
+    }
+
+    /// Forward only (no tape kept).
+    public func tokenLogprobs(_ tokens: [Int32]) -> [Float] {
+        lock.lock(); defer { lock.unlock() }
+        check(tokens)
+        return run(tokens, adapters: true, tape: nil)
+    }
+
+    /// The base model's log-probabilities: with LoRA, adapters off (the KL reference); otherwise the same as
+    /// `tokenLogprobs` (the current weights; keep a `.frozen` copy for a full fine-tuning reference).
+    public func baseLogprobs(_ tokens: [Int32]) -> [Float] {
+        lock.lock(); defer { lock.unlock() }
+        check(tokens)
+        return run(tokens, adapters: false, tape: nil)
+    }
+
+    private func check(_ tokens: [Int32]) {
+        precondition(!tokens.isEmpty, "\(TrainingError.emptyInput)")
+        precondition(tokens.count <= config.maxPositionEmbeddings,
+                     "\(TrainingError.contextOverflow(needed: tokens.count, maxPositions: config.maxPositionEmbeddings))")
+        for t in tokens {
+            precondition(t >= 0 && Int(t) < config.vocabSize, "\(TrainingError.tokenOutOfRange(token: t, vocabSize: config.vocabSize))")
+        }
+    }
+
+    /// Rows of the lm_head computed at once (bounds the [rows, vocab] logits buffer).
+    static let headChunk = 32
+
+    private func run(_ tokens: [Int32], adapters: Bool, tape: ForwardTape?) -> [Float] {
+        let c = config, T = tokens.count, H = c.hiddenSize, L = c.numHiddenLayers
+        ws.ensure(config: c, rows: T, rank: loraRank)
+        fillRope(T)
+        // Hidden states: the tape's storage, or two ping-pong buffers.
+        func hidden(_ l: Int) -> UnsafeMutablePointer<Float> {
+            if let tape { return tape.hidden + l * T * H }
+            return l % 2 == 0 ? ws.h0.p : ws.h1.p
+        }
+        let x0 = hidden(0)
+        for (t, tok) in tokens.enumerated() { (x0 + t * H).update(from: embed.value + Int(tok) * H, count: H) }
+        for l in 0..<L {
+            layerForward(l, x: hidden(l), out: hidden(l + 1), T: T, adapters: adapters)
+        }
+        // Head: logprob of each next token, in chunks of rows.
+        let xf = hidden(L), V = c.vocabSize
+        var out = [Float](repeating: 0, count: T - 1)
+        var r0 = 0
+        while r0 < T - 1 {
+            let n = min(Self.headChunk, T - 1 - r0)
+            TrainKernels.rmsNormForward(xf + r0 * H, weight: finalNorm.value, rows: n, dim: H, eps: c.rmsNormEps,
+                                        out: ws.hn.p, rstd: ws.rstdF.p)
+            TrainKernels.gemmNT(n, V, H, ws.hn.p, lda: H, lmHead.value, ldb: H, ws.logits.p, ldc: V, beta: 0)
+            for i in 0..<n {
+                let row = ws.logits.p + i * V
+                out[r0 + i] = row[Int(tokens[r0 + i + 1])] - TrainKernels.logSumExp(row, count: V)
+            }
+            r0 += n
+        }
+        return out
+    }
+
+    private var loraRank: Int {
+        if case .lora(let lc) = mode { return lc.rank }
+        return 0
+    }
+
+    private func fillRope(_ T: Int) {
+        let half = config.headDim / 2
+        if ws.ropeRows >= T { return }
+        for t in 0..<T { rope.fill(position: t, cos: ws.cos.p + t * half, sin: ws.sin.p + t * half) }
+        ws.ropeRows = T
+    }
+
+    // MARK: linear with optional LoRA
+
+    /// y (+)= x W^T + b (+ scale (x A^T) B^T); the LoRA intermediate x A^T goes to `u` [T, r].
+    @inline(__always)
+    private func linearForward(_ lin: TrainLinear, x: UnsafePointer<Float>, T: Int, y: UnsafeMutablePointer<Float>,
+                               accumulate: Bool, adapters: Bool, u: UnsafeMutablePointer<Float>) {
+        let n = lin.outDim, k = lin.inDim
+        TrainKernels.gemmNT(T, n, k, x, lda: k, lin.weight.value, ldb: k, y, ldc: n, beta: accumulate ? 1 : 0)
+        if let b = lin.bias {
+            for r in 0..<T {
+                let yr = y + r * n
+                for j in 0..<n { yr[j] += b.value[j] }
+            }
+        }
+        if adapters, let a = lin.loraA, let bm = lin.loraB {
+            let r = a.shape[0]
+            TrainKernels.gemmNT(T, r, k, x, lda: k, a.value, ldb: k, u, ldc: r, beta: 0)
+            TrainKernels.gemmNT(T, n, r, u, lda: r, bm.value, ldb: r, y, ldc: n, alpha: loraScale, beta: 1)
+        }
+    }
+
+    /// Parameter gradients of the linear from dy, and dx (+)= dy W (+ scale dy B A) when `dx` is given.
+    @inline(__always)
+    private func linearBackward(_ lin: TrainLinear, x: UnsafePointer<Float>, T: Int, dy: UnsafePointer<Float>,
+                                dx: UnsafeMutablePointer<Float>?, accumulate: Bool, adapters: Bool,
+                                u: UnsafePointer<Float>, du: UnsafeMutablePointer<Float>) {
+        let n = lin.outDim, k = lin.inDim
+        if let gW = lin.weight.grad { TrainKernels.gemmTN(n, k, T, dy, lda: n, x, ldb: k, gW, ldc: k, beta: 1) }
+        if let b = lin.bias, let gb = b.grad { TrainKernels.biasBackward(dy, rows: T, dim: n, db: gb) }
+        if let dx { TrainKernels.gemmNN(T, k, n, dy, lda: n, lin.weight.value, ldb: k, dx, ldc: k, beta: accumulate ? 1 : 0) }
+        if adapters, let a = lin.loraA, let bm = lin.loraB {
+            let r = a.shape[0], s = loraScale
+            if let gB = bm.grad { TrainKernels.gemmTN(n, r, T, dy, lda: n, u, ldb: r, gB, ldc: r, alpha: s, beta: 1) }
+            // du = s * dy B  [T, r]
+            TrainKernels.gemmNN(T, r, n, dy, lda: n, bm.value, ldb: r, du, ldc: r, alpha: s, beta: 0)
+            if let gA = a.grad { TrainKernels.gemmTN(r, k, T, du, lda: r, x, ldb: k, gA, ldc: k, beta: 1) }
+            if let dx { TrainKernels.gemmNN(T, k, r, du, lda: r, a.value, ldb: k, dx, ldc: k, beta: 1) }
+        }
+    }
+
+    // MARK: decoder layer
+
+    /// Forward of layer `l` on T rows; every intermediate the backward needs stays in the workspace.
+    private func layerForward(_ l: Int, x: UnsafePointer<Float>, out: UnsafeMutablePointer<Float>, T: Int, adapters: Bool) {
+        let c = config, w = layers[l]
+        let H = c.hiddenSize, Q = c.qDim, KV = c.kvDim, I = c.intermediateSize, hd = c.headDim
+        let nH = c.numAttentionHeads, nKV = c.numKeyValueHeads, nRep = nH / nKV
+        let eps = c.rmsNormEps
+        let s = ws
+        TrainKernels.rmsNormForward(x, weight: w.inputNorm.value, rows: T, dim: H, eps: eps, out: s.xn1.p, rstd: s.rstd1.p)
+        linearForward(w.q, x: s.xn1.p, T: T, y: s.qRaw.p, accumulate: false, adapters: adapters, u: s.loraU(0, T))
+        linearForward(w.k, x: s.xn1.p, T: T, y: s.kRaw.p, accumulate: false, adapters: adapters, u: s.loraU(1, T))
+        linearForward(w.v, x: s.xn1.p, T: T, y: s.v.p, accumulate: false, adapters: adapters, u: s.loraU(2, T))
+        if let qn = w.qNorm, let kn = w.kNorm {
+            TrainKernels.rmsNormForward(s.qRaw.p, weight: qn.value, rows: T * nH, dim: hd, eps: eps, out: s.q.p, rstd: s.rstdQ.p)
+            TrainKernels.rmsNormForward(s.kRaw.p, weight: kn.value, rows: T * nKV, dim: hd, eps: eps, out: s.k.p, rstd: s.rstdK.p)
+        } else {
+            s.q.p.update(from: s.qRaw.p, count: T * Q)
+            s.k.p.update(from: s.kRaw.p, count: T * KV)
+        }
+        TrainKernels.ropeForward(s.q.p, rows: T, heads: nH, headDim: hd, cos: s.cos.p, sin: s.sin.p)
+        TrainKernels.ropeForward(s.k.p, rows: T, heads: nKV, headDim: hd, cos: s.cos.p, sin: s.sin.p)
+        let scale = 1 / Float(hd).squareRoot()
+        for h in 0..<nH {
+            let g = h / nRep
+            TrainKernels.attentionForward(q: s.q.p + h * hd, ldq: Q, k: s.k.p + g * hd, v: s.v.p + g * hd, ldk: KV,
+                                          out: s.att.p + h * hd, ldo: Q, T: T, headDim: hd, scale: scale, p: s.probs.p)
+        }
+        // x2 = x + att Wo^T (+ bo)
+        s.x2.p.update(from: x, count: T * H)
+        linearForward(w.o, x: s.att.p, T: T, y: s.x2.p, accumulate: true, adapters: adapters, u: s.loraU(3, T))
+        // MLP
+        TrainKernels.rmsNormForward(s.x2.p, weight: w.postNorm.value, rows: T, dim: H, eps: eps, out: s.xn2.p, rstd: s.rstd2.p)
+        linearForward(w.gate, x: s.xn2.p, T: T, y: s.g.p, accumulate: false, adapters: adapters, u: s.loraU(4, T))
+        linearForward(w.up, x: s.xn2.p, T: T, y: s.u.p, accumulate: false, adapters: adapters, u: s.loraU(5, T))
+        TrainKernels.swigluForward(s.g.p, s.u.p, out: s.a.p, count: T * I)
+        if out != s.x2.p { out.update(from: s.x2.p, count: T * H) }
+        linearForward(w.down, x: s.a.p, T: T, y: out, accumulate: true, adapters: adapters, u: s.loraU(6, T))
+    }
+
+    /// Backward of layer `l` after `layerForward` recomputed its internals for the same input `x`:
+    /// d(in) = dOut + contributions; written into `dIn` (may not alias dOut).
+    private func layerBackward(_ l: Int, x: UnsafePointer<Float>, dOut: UnsafePointer<Float>, dIn: UnsafeMutablePointer<Float>,
+                               T: Int, needInputGradient: Bool) {
+        let c = config, w = layers[l]
+        let H = c.hiddenSize, Q = c.qDim, KV = c.kvDim, I = c.intermediateSize, hd = c.headDim
+        let nH = c.numAttentionHeads, nKV = c.numKeyValueHeads, nRep = nH / nKV
+        let s = ws
+        let du = s.loraDU.p
+        // Residual: dx2 = dOut (+ MLP branch below). dIn doubles as dx2.
+        let dx2 = dIn
+        dx2.update(from: dOut, count: T * H)
+        // down: da = dOut Wd
+        linearBackward(w.down, x: s.a.p, T: T, dy: dOut, dx: s.da.p, accumulate: false, adapters: true, u: s.loraU(6, T), du: du)
+        TrainKernels.swigluBackward(s.da.p, s.g.p, s.u.p, dg: s.dg.p, du: s.du.p, count: T * I)
+        linearBackward(w.gate, x: s.xn2.p, T: T, dy: s.dg.p, dx: s.dxn.p, accumulate: false, adapters: true, u: s.loraU(4, T), du: du)
+        linearBackward(w.up, x: s.xn2.p, T: T, dy: s.du.p, dx: s.dxn.p, accumulate: true, adapters: true, u: s.loraU(5, T), du: du)
+        TrainKernels.rmsNormBackward(s.dxn.p, x: s.x2.p, weight: w.postNorm.value, rstd: s.rstd2.p, rows: T, dim: H,
+                                     dx: dx2, dw: w.postNorm.grad)
+        // o_proj: datt = dx2 Wo
+        linearBackward(w.o, x: s.att.p, T: T, dy: dx2, dx: s.datt.p, accumulate: false, adapters: true, u: s.loraU(3, T), du: du)
+        // attention, per query head
+        s.dq.p.update(repeating: 0, count: T * Q)
+        s.dk.p.update(repeating: 0, count: T * KV)
+        s.dv.p.update(repeating: 0, count: T * KV)
+        let scale = 1 / Float(hd).squareRoot()
+        for h in 0..<nH {
+            let g = h / nRep
+            // Recompute this head's probabilities (the forward kept only its output).
+            TrainKernels.gemmNT(T, T, hd, s.q.p + h * hd, lda: Q, s.k.p + g * hd, ldb: KV, s.probs.p, ldc: T, alpha: scale, beta: 0)
+            for t in 0..<T { Kernels.maskedSoftmax(s.probs.p + t * T, valid: t + 1, width: T) }
+            TrainKernels.attentionBackward(dOut: s.datt.p + h * hd, ldo: Q, q: s.q.p + h * hd, ldq: Q,
+                                           k: s.k.p + g * hd, v: s.v.p + g * hd, ldk: KV,
+                                           dq: s.dq.p + h * hd, dk: s.dk.p + g * hd, dv: s.dv.p + g * hd,
+                                           T: T, headDim: hd, scale: scale, p: s.probs.p, dp: s.dprobs.p)
+        }
+        TrainKernels.ropeBackward(s.dq.p, rows: T, heads: nH, headDim: hd, cos: s.cos.p, sin: s.sin.p)
+        TrainKernels.ropeBackward(s.dk.p, rows: T, heads: nKV, headDim: hd, cos: s.cos.p, sin: s.sin.p)
+        var dqRaw = s.dq.p, dkRaw = s.dk.p
+        if let qn = w.qNorm, let kn = w.kNorm {
+            s.dqRaw.p.update(repeating: 0, count: T * Q)
+            s.dkRaw.p.update(repeating: 0, count: T * KV)
+            TrainKernels.rmsNormBackward(s.dq.p, x: s.qRaw.p, weight: qn.value, rstd: s.rstdQ.p, rows: T * nH, dim: hd,
+                                         dx: s.dqRaw.p, dw: qn.grad)
+            TrainKernels.rmsNormBackward(s.dk.p, x: s.kRaw.p, weight: kn.value, rstd: s.rstdK.p, rows: T * nKV, dim: hd,
+                                         dx: s.dkRaw.p, dw: kn.grad)
+            dqRaw = s.dqRaw.p
+            dkRaw = s.dkRaw.p
+        }
+        linearBackward(w.q, x: s.xn1.p, T: T, dy: dqRaw, dx: needInputGradient ? s.dxn.p : nil, accumulate: false,
+                       adapters: true, u: s.loraU(0, T), du: du)
+        linearBackward(w.k, x: s.xn1.p, T: T, dy: dkRaw, dx: needInputGradient ? s.dxn.p : nil, accumulate: true,
+                       adapters: true, u: s.loraU(1, T), du: du)
+        linearBackward(w.v, x: s.xn1.p, T: T, dy: s.dv.p, dx: needInputGradient ? s.dxn.p : nil, accumulate: true,
+                       adapters: true, u: s.loraU(2, T), du: du)
+        if needInputGradient {
+            TrainKernels.rmsNormBackward(s.dxn.p, x: x, weight: w.inputNorm.value, rstd: s.rstd1.p, rows: T, dim: H,
+                                         dx: dx2, dw: w.inputNorm.grad)
+        }
+    }
+
+    // MARK: backward
+
+    /// Adds d(sum_i dLogprobs[i] * logprobs[i]) / d(params) into the gradient buffers. Positions after the
+    /// last non-zero weight do not influence the loss (causal attention) and are skipped, as are lm_head
+    /// rows with zero weight.
+    public func backward(_ tape: ForwardTape, dLogprobs: [Float]) {
+        lock.lock(); defer { lock.unlock() }
+        precondition(tape.owner == ObjectIdentifier(self), "backward: the tape comes from another model")
+        precondition(dLogprobs.count == tape.tokens.count - 1,
+                     "backward: \(dLogprobs.count) weights for \(tape.tokens.count - 1) logprobs")
+        if case .frozen = mode { return }
+        guard let last = dLogprobs.lastIndex(where: { $0 != 0 }) else { return }
+        let c = config, H = c.hiddenSize, L = c.numHiddenLayers, V = c.vocabSize
+        let Tfull = tape.tokens.count
+        let T = last + 1  // rows that influence the loss
+        ws.ensure(config: c, rows: Tfull, rank: loraRank)
+        fillRope(T)
+        let tokens = tape.tokens
+        let xL = tape.hidden + L * Tfull * H
+        // dX: gradient w.r.t. the current layer's output, [T, H]
+        var dX = ws.dh0.p, dNext = ws.dh1.p
+        dX.update(repeating: 0, count: T * H)
+
+        // Head: rows with non-zero weight, gathered in chunks.
+        let rows = (0..<T).filter { dLogprobs[$0] != 0 }
+        var ci = 0
+        while ci < rows.count {
+            let n = min(Self.headChunk, rows.count - ci)
+            let sel = rows[ci..<(ci + n)]
+            for (j, r) in sel.enumerated() { (ws.hx.p + j * H).update(from: xL + r * H, count: H) }
+            TrainKernels.rmsNormForward(ws.hx.p, weight: finalNorm.value, rows: n, dim: H, eps: c.rmsNormEps,
+                                        out: ws.hn.p, rstd: ws.rstdF.p)
+            TrainKernels.gemmNT(n, V, H, ws.hn.p, lda: H, lmHead.value, ldb: H, ws.logits.p, ldc: V, beta: 0)
+            for (j, r) in sel.enumerated() {
+                TrainKernels.logprobBackward(ws.logits.p + j * V, count: V, target: Int(tokens[r + 1]), weight: dLogprobs[r])
+            }
+            // dhn = dlogits W; dW += dlogits^T hn
+            TrainKernels.gemmNN(n, H, V, ws.logits.p, lda: V, lmHead.value, ldb: H, ws.dhn.p, ldc: H, beta: 0)
+            if let gW = lmHead.grad {
+                TrainKernels.gemmTN(V, H, n, ws.logits.p, lda: V, ws.hn.p, ldb: H, gW, ldc: H, beta: 1)
+            }
+            ws.dhx.p.update(repeating: 0, count: n * H)
+            TrainKernels.rmsNormBackward(ws.dhn.p, x: ws.hx.p, weight: finalNorm.value, rstd: ws.rstdF.p, rows: n, dim: H,
+                                         dx: ws.dhx.p, dw: finalNorm.grad)
+            for (j, r) in sel.enumerated() { Kernels.add(dX + r * H, ws.dhx.p + j * H, count: H) }
+            ci += n
+        }
+
+        // Layers, last to first: recompute the layer from its stored input, then backpropagate.
+        let needEmbedGrad = embed.grad != nil
+        for l in stride(from: L - 1, through: 0, by: -1) {
+            let x = tape.hidden + l * Tfull * H
+            layerForward(l, x: x, out: ws.scratchOut.p, T: T, adapters: true)
+            layerBackward(l, x: x, dOut: dX, dIn: dNext, T: T, needInputGradient: l > 0 || needEmbedGrad || layers[l].inputNorm.grad != nil)
+            swap(&dX, &dNext)
+        }
+        if let gE = embed.grad {
+            for t in 0..<T { Kernels.add(gE + Int(tokens[t]) * H, dX + t * H, count: H) }
+        }
+    }
+}
+
+/// A growable scratch buffer.
+final class TrainBuffer {
+    private(set) var p = UnsafeMutablePointer<Float>.allocate(capacity: 1)
+    private(set) var capacity = 1
+    func ensure(_ n: Int) {
+        if n > capacity {
+            p.deallocate()
+            p = .allocate(capacity: n)
+            capacity = n
+        }
+    }
+    deinit { p.deallocate() }
+}
+
+/// Scratch for one decoder layer's forward + backward over T rows, and the lm_head chunk.
+final class TrainWorkspace {
+    private(set) var rows = 0
+    var ropeRows = 0
+    let xn1 = TrainBuffer(), rstd1 = TrainBuffer(), qRaw = TrainBuffer(), kRaw = TrainBuffer()
+    let rstdQ = TrainBuffer(), rstdK = TrainBuffer(), q = TrainBuffer(), k = TrainBuffer(), v = TrainBuffer()
+    let att = TrainBuffer(), x2 = TrainBuffer(), xn2 = TrainBuffer(), rstd2 = TrainBuffer()
+    let g = TrainBuffer(), u = TrainBuffer(), a = TrainBuffer()
+    let probs = TrainBuffer(), dprobs = TrainBuffer()
+    let cos = TrainBuffer(), sin = TrainBuffer()
+    let h0 = TrainBuffer(), h1 = TrainBuffer(), scratchOut = TrainBuffer()
+    let dh0 = TrainBuffer(), dh1 = TrainBuffer(), dxn = TrainBuffer(), datt = TrainBuffer()
+    let dq = TrainBuffer(), dk = TrainBuffer(), dv = TrainBuffer(), dqRaw = TrainBuffer(), dkRaw = TrainBuffer()
+    let da = TrainBuffer(), dg = TrainBuffer(), du = TrainBuffer()
+    let lora = TrainBuffer(), loraDU = TrainBuffer()
+    let hn = TrainBuffer(), hx = TrainBuffer(), dhn = TrainBuffer(), dhx = TrainBuffer(), rstdF = TrainBuffer()
+    let logits = TrainBuffer()
+    private var rank = 0
+
+    func loraU(_ i: Int, _ T: Int) -> UnsafeMutablePointer<Float> { lora.p + i * rows * max(rank, 1) }
+
+    func ensure(config c: ModelConfig, rows n: Int, rank r: Int) {
+        let V = c.vocabSize, H = c.hiddenSize, C = TrainableModel.headChunk
+        hn.ensure(C * H); hx.ensure(C * H); dhn.ensure(C * H); dhx.ensure(C * H); rstdF.ensure(C)
+        logits.ensure(C * V)
+        if n <= rows && r == rank { return }
+        let T = max(n, rows), Q = c.qDim, KV = c.kvDim, I = c.intermediateSize
+        let nH = c.numAttentionHeads, nKV = c.numKeyValueHeads, half = c.headDim / 2
+        for b in [xn1, x2, xn2, h0, h1, scratchOut, dh0, dh1, dxn] { b.ensure(T * H) }
+        for b in [rstd1, rstd2] { b.ensure(T) }
+        rstdQ.ensure(T * nH); rstdK.ensure(T * nKV)
+        for b in [qRaw, q, att, datt, dq, dqRaw] { b.ensure(T * Q) }
+        for b in [kRaw, k, v, dk, dv, dkRaw] { b.ensure(T * KV) }
+        for b in [g, u, a, da, dg, du] { b.ensure(T * I) }
+        probs.ensure(T * T); dprobs.ensure(T * T)
+        cos.ensure(T * half); sin.ensure(T * half)
+        lora.ensure(7 * T * max(r, 1)); loraDU.ensure(T * max(r, 1))
+        rows = T
+        rank = r
+        ropeRows = 0
+    }
+}
