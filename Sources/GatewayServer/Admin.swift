@@ -22,7 +22,7 @@ struct AdminRoutes: Sendable {
         router.get("/health") { _, _ in Self.json(#"{"status":"ok"}"#) }
         router.get("/ready") { _, _ in self.ready() }
         router.get("/metrics") { _, _ in
-            let text = self.state.metrics.render(writer: self.state.writer.stats, policyWaiting: self.collaborationWaiting())
+            let text = self.state.metrics.render(writer: self.state.writer.stats, policyWaiting: self.collaborationWaiting(), breaker: self.state.upstream.breaker)
             return Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4"], body: .init(byteBuffer: ByteBuffer(string: text)))
         }
         router.get("/admin/policy") { req, _ in

@@ -120,6 +120,12 @@ struct CollaborationRoute: Sendable {
         guard let loaded = holder.acquireForRequest() else {
             return await passthrough.fail(.policyUnavailable(model: incoming.request.model), episode: &episode, context: context)
         }
+        // An episode needs the upstream: while its circuit is open, fail fast instead of
+        // spending policy time on prompts that cannot be sent.
+        if let wait = state.upstream.breaker.secondsUntilProbe {
+            episode.outcome = "upstream_error"
+            return await passthrough.fail(.upstreamCircuitOpen(retryAfterSeconds: wait), episode: &episode, context: context)
+        }
         guard await limiter.acquire(timeout: .milliseconds(config.policy.queueTimeoutMs)) else {
             let e = GatewayError.overloaded(retryAfterSeconds: 2, "\(config.policy.maxConcurrentEpisodes) collaboration episodes running")
             return await passthrough.fail(e, episode: &episode, context: context)

@@ -1,4 +1,5 @@
 import Foundation
+import OpenAIWire
 import Prometheus
 import TrafficLog
 
@@ -19,6 +20,8 @@ public final class GatewayMetrics: Sendable {
     private let policyQueue: Gauge
     private let rowsWritten: Gauge
     private let logFailures: Gauge
+    private let circuitOpen: Gauge
+    private let circuitOpened: Gauge
 
     public init() {
         func d(_ name: String, _ unit: String = "", _ help: String) -> MetricNameDescriptor {
@@ -35,6 +38,8 @@ public final class GatewayMetrics: Sendable {
         policyQueue = registry.makeGauge(descriptor: d("policy_queue_depth", "", "Collaboration requests waiting for an episode slot"), labels: [])
         rowsWritten = registry.makeGauge(descriptor: d("log_rows_written", "total", "Episodes written to the traffic log"), labels: [])
         logFailures = registry.makeGauge(descriptor: d("log_write_failures", "total", "Failed traffic log write attempts (retried)"), labels: [])
+        circuitOpen = registry.makeGauge(descriptor: d("upstream_circuit_state", "", "Upstream circuit breaker: 0 closed, 1 open, 2 half-open"), labels: [])
+        circuitOpened = registry.makeGauge(descriptor: d("upstream_circuit_opened", "total", "Times the upstream circuit breaker opened"), labels: [])
     }
 
     /// Records one finished request from its log record.
@@ -63,7 +68,13 @@ public final class GatewayMetrics: Sendable {
     func swapped() { swaps.increment() }
 
     /// The Prometheus text exposition, with scrape-time gauges refreshed.
-    func render(writer: LogWriterStats, policyWaiting: Int) -> String {
+    func render(writer: LogWriterStats, policyWaiting: Int, breaker: CircuitBreaker) -> String {
+        switch breaker.state {
+        case .closed: circuitOpen.set(Double(0))
+        case .open: circuitOpen.set(Double(1))
+        case .halfOpen: circuitOpen.set(Double(2))
+        }
+        circuitOpened.set(Double(breaker.timesOpened))
         logQueue.set(Double(writer.queued))
         rowsWritten.set(Double(writer.rowsWritten))
         logFailures.set(Double(writer.failures))

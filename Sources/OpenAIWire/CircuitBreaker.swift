@@ -47,6 +47,17 @@ public final class CircuitBreaker: @unchecked Sendable {
         return t - openedAt >= cooldown ? .halfOpen : .open
     }
 
+    /// While open: the seconds until a probe may go (nil when closed or half-open). Read-only,
+    /// for callers that want to fail fast before doing expensive work.
+    public var secondsUntilProbe: Int? {
+        guard isEnabled else { return nil }
+        return lock.withLock {
+            let t = now()
+            guard stateLocked(at: t) == .open, let openedAt else { return nil }
+            return max(1, Int((Double((cooldown - (t - openedAt)).nanoseconds) / 1e9).rounded(.up)))
+        }
+    }
+
     /// Permission to send one request. Returns nil when it may go, else the seconds to wait.
     /// A caller that got permission in the half-open state is the probe and must report back.
     public func acquire() -> Int? {

@@ -262,6 +262,33 @@ final class CollaborationEdgeTests: XCTestCase {
         XCTAssertEqual(rec.turns.first?.outputIDs, cases[0].turns[0].ids)
     }
 
+    /// Collaboration shares the upstream's circuit breaker: once it is open, an episode fails at
+    /// once with 503 and Retry-After, before the policy spends any time.
+    func testOpenCircuitFailsCollaborationFast() async throws {
+        let cases = try CollaborationTests.cases()
+        let h = try await CollaborationTests.start(cases, upstream: { r in
+            r.path == "/v1/chat/completions" ? .json(status: 500, body: #"{"error":{"message":"down","type":"server_error","param":null,"code":null}}"#) : nil
+        }, configure: { c in
+            c.upstream.circuitBreakerFailures = 1
+            c.upstream.circuitBreakerCooldownMs = 60_000
+        })
+        let body = try JSONSerialization.data(withJSONObject: ["model": "prompt-r1/gpt-4o-mini", "messages": [["role": "user", "content": cases[0].question]]])
+        let first = try await h.chat(String(decoding: body, as: UTF8.self))
+        assertOpenAIError(first, status: 502)
+        let second = try await h.chat(String(decoding: body, as: UTF8.self))
+        XCTAssertEqual(assertOpenAIError(second, status: 503)["code"] as? String, "upstream_circuit_open")
+        XCTAssertNotNil(second.headers.first(name: "retry-after"))
+        XCTAssertEqual(h.upstream.received.count, 1)
+        let ids = [try XCTUnwrap(first.episodeID), try XCTUnwrap(second.episodeID)]
+        try await h.stop()
+        let db = try TrafficDatabase(path: h.dbPath)
+        let firstRec = try XCTUnwrap(try db.episode(id: ids[0]))
+        let secondRec = try XCTUnwrap(try db.episode(id: ids[1]))
+        XCTAssertFalse(firstRec.turns.isEmpty, "the first episode ran the policy")
+        XCTAssertEqual(secondRec.status, 503)
+        XCTAssertTrue(secondRec.turns.isEmpty, "the second never reached the policy")
+    }
+
     /// The episode deadline passes while the upstream is slow: by default the gateway answers
     /// as a plain proxy would (one direct call), and logs why.
     func testDeadlineFallsBackToPassthrough() async throws {

@@ -327,8 +327,8 @@ final class FaultTests: XCTestCase {
             XCTAssertEqual(open.headers.first(name: "retry-after"), "1")
         }
         XCTAssertEqual(h.upstream.received.count, 3, "an open circuit sends nothing upstream")
-        // Collaboration's upstream calls go through the same breaker (no policy here: the
-        // passthrough route is what this gateway serves).
+        let metrics = try await h.admin(.GET, "/metrics")
+        XCTAssertTrue(metrics.body.contains("gateway_upstream_circuit_state 1"), metrics.body)
         try await Task.sleep(for: .milliseconds(800))
         // Half-open: the probe fails, the circuit opens again at once.
         assertOpenAIError(try await h.chat(Self.chatBody(stream: false)), status: 500)
@@ -342,6 +342,9 @@ final class FaultTests: XCTestCase {
         XCTAssertEqual(after.status, 200, after.body)
         XCTAssertEqual(h.gateway.state.upstream.breaker.state, .closed)
         XCTAssertEqual(h.gateway.state.upstream.breaker.timesOpened, 2)
+        let closed = try await h.admin(.GET, "/metrics")
+        XCTAssertTrue(closed.body.contains("gateway_upstream_circuit_state 0"), closed.body)
+        XCTAssertTrue(closed.body.contains("gateway_upstream_circuit_opened_total 2"), closed.body)
         try await h.stop()
         let rows = try Self.episodes(h)
         XCTAssertEqual(rows.map { $0["status"] as Int }, [500, 500, 500, 503, 503, 500, 503, 200, 200])
