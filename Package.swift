@@ -11,8 +11,10 @@ import PackageDescription
 //   OpenAIWire       OpenAI Codable types, SSE encode/decode, errors, upstream HTTP client.
 //   TrafficLog       SQLite (GRDB) schema, migrations, batched writer, readers.
 //   GatewayServer    Hummingbird routes, auth, admin, metrics, config.
-//   GatewayTrainer   (planned, issue 6) rollouts, rewards, GRPO/PPO, optimizer, LoRA,
-//                    checkpoints. Will never import GatewayServer.
+//   GatewayTrainer   (issue 6) rollouts, training rewards, GRPO advantages, PPO/KL loss, the
+//                    training loop over PolicyEngine's TrainableModel/AdamW (LoRA or full),
+//                    checkpoints + manifest, export for verl/TRL, eval. Never imports
+//                    GatewayServer (it has its own small upstream adapter and weights hash).
 //   gateway, gateway-train, gateway-bench: thin executables.
 let package = Package(
     name: "PromptR1Gateway",
@@ -93,9 +95,17 @@ let package = Package(
             name: "gateway",
             dependencies: ["GatewayServer", .product(name: "ArgumentParser", package: "swift-argument-parser")]
         ),
+        .target(
+            name: "GatewayTrainer",
+            dependencies: ["PolicyEngine", "PromptR1", "OpenAIWire", "TrafficLog",
+                           .product(name: "Logging", package: "swift-log"),
+                           .product(name: "Crypto", package: "swift-crypto"),
+                           .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                           .product(name: "NIOCore", package: "swift-nio")]
+        ),
         .executableTarget(
             name: "gateway-train",
-            dependencies: ["PolicyEngine", "PromptR1",
+            dependencies: ["GatewayTrainer", "PolicyEngine", "PromptR1",
                            .product(name: "ArgumentParser", package: "swift-argument-parser")]
         ),
         .executableTarget(
@@ -118,8 +128,9 @@ let package = Package(
                 .product(name: "HTTPTypes", package: "swift-http-types"),
                            .product(name: "GRDB", package: "GRDB.swift")]
         ),
-        // Drives the built gateway-train executable; the GatewayTrainer library (GRPO/PPO, LoRA,
-        // checkpoints) joins here when issue 6 lands.
-        .testTarget(name: "GatewayTrainerTests", dependencies: ["PolicyEngine"]),
+        // The trainer's math, selection, export and rollout against a real SQLite file and a
+        // FakeUpstream, the learning test, and the built gateway-train executable.
+        .testTarget(name: "GatewayTrainerTests",
+                    dependencies: ["GatewayTrainer", "PolicyEngine", "PromptR1", "TrafficLog", "OpenAIWire", "FakeUpstream"]),
     ]
 )

@@ -1,0 +1,126 @@
+// Which logged episodes the trainer uses and what each is worth: collaboration episodes with a
+// reward source (reference answers or a feedback score) inside the filters, their protocol reward,
+// and their advantage (GRPO within the episodes of one question, a running baseline for lone ones).
+
+import Foundation
+import PromptR1
+import TrafficLog
+
+public struct EpisodeFilter: Sendable, Equatable, Codable {
+    public var since: Date?
+    public var until: Date?
+    public var route: String?
+    public var policyVersion: String?
+    public var limit: Int?
+
+    public init(since: Date? = nil, until: Date? = nil, route: String? = nil, policyVersion: String? = nil, limit: Int? = nil) {
+        self.since = since
+        self.until = until
+        self.route = route
+        self.policyVersion = policyVersion
+        self.limit = limit
+    }
+
+    public var query: EpisodeQuery {
+        EpisodeQuery(since: since, until: until, route: route, mode: "collaborate", policyVersion: policyVersion,
+                     hasRewardSource: true, limit: limit)
+    }
+}
+
+public struct ScoredEpisode: Sendable {
+    public var sequence: TrainingSequence
+    public var source: RewardSource
+    public var reward: TrainingReward
+    public var advantage: Double
+    /// Episodes with the same key form a GRPO group.
+    public var groupKey: String
+    public var groupSize: Int
+
+    public init(sequence: TrainingSequence, source: RewardSource, reward: TrainingReward, advantage: Double,
+                groupKey: String, groupSize: Int) {
+        self.sequence = sequence
+        self.source = source
+        self.reward = reward
+        self.advantage = advantage
+        self.groupKey = groupKey
+        self.groupSize = groupSize
+    }
+}
+
+public struct Selection: Sendable {
+    public var episodes: [ScoredEpisode]
+    /// Episodes matching the filters that could not be used, with the reason.
+    public var skipped: [(id: String, reason: String)]
+    public var groups: Int
+    public var loneEpisodes: Int
+
+    public var meanReward: Double {
+        episodes.isEmpty ? 0 : episodes.reduce(0) { $0 + $1.reward.reward } / Double(episodes.count)
+    }
+}
+
+public enum EpisodeSelector {
+    /// The reward source of an episode from its feedback rows: all "reference" values (answer F1
+    /// against the best of them), else the most recent "score".
+    public static func rewardSource(_ feedback: [FeedbackRecord]) -> RewardSource? {
+        let refs = feedback.filter { $0.kind == "reference" }.map(\.value)
+        if !refs.isEmpty { return .references(refs) }
+        let scores = feedback.filter { $0.kind == "score" }.sorted { ($0.createdAt, $0.id ?? 0) < ($1.createdAt, $1.id ?? 0) }
+        if let last = scores.last, let v = Double(last.value), v.isFinite { return .score(v) }
+        return nil
+    }
+
+    /// Loads, scores and groups. `formatFallback` computes the format score from a sequence whose
+    /// log row has none (e.g. by decoding its ids); without it such episodes are skipped.
+    public static func select(database: TrafficDatabase, filter: EpisodeFilter,
+                              formatFallback: ((TrainingSequence) -> Double)? = nil) throws -> Selection {
+        let records = try database.episodes(filter.query)
+        let feedback = try database.feedback(episodeIDs: records.map(\.id))
+        var scored: [ScoredEpisode] = []
+        var skipped: [(String, String)] = []
+        for r in records {
+            guard let source = rewardSource(feedback[r.id] ?? []) else {
+                skipped.append((r.id, "no usable reward source")); continue
+            }
+            let seq: TrainingSequence
+            do { seq = try TrainingSequence(record: r) } catch {
+                skipped.append((r.id, "\(error)")); continue
+            }
+            if seq.policyTokenCount == 0 { skipped.append((r.id, "no policy tokens")); continue }
+            guard let fmt = seq.formatScore ?? formatFallback?(seq) else {
+                skipped.append((r.id, "no format score and no tokenizer to compute it")); continue
+            }
+            let reward = TrainingReward.compute(format: fmt, answer: seq.answer, source: source)
+            scored.append(ScoredEpisode(sequence: seq, source: source, reward: reward, advantage: 0,
+                                        groupKey: r.question ?? "episode:" + r.id, groupSize: 1))
+        }
+        let (withAdvantages, groups, lone) = assignAdvantages(scored)
+        return Selection(episodes: withAdvantages, skipped: skipped, groups: groups, loneEpisodes: lone)
+    }
+
+    /// GRPO advantages within groups of >= 2 episodes sharing a key; lone episodes get
+    /// `R - running mean` in log order. Returns the episodes in their input order.
+    public static func assignAdvantages(_ input: [ScoredEpisode]) -> ([ScoredEpisode], groups: Int, lone: Int) {
+        var out = input
+        var byKey: [String: [Int]] = [:]
+        var keyOrder: [String] = []
+        for (i, e) in input.enumerated() {
+            if byKey[e.groupKey] == nil { keyOrder.append(e.groupKey) }
+            byKey[e.groupKey, default: []].append(i)
+        }
+        var groups = 0
+        var loneIndices: [Int] = []
+        for key in keyOrder {
+            let idx = byKey[key]!
+            if idx.count == 1 { loneIndices.append(idx[0]); continue }
+            groups += 1
+            let adv = Advantages.grpo(idx.map { input[$0].reward.reward })
+            for (i, a) in zip(idx, adv) { out[i].advantage = a; out[i].groupSize = idx.count }
+        }
+        var baseline = RunningBaseline()
+        for i in loneIndices.sorted(by: { (input[$0].sequence.createdAt, input[$0].sequence.episodeID) < (input[$1].sequence.createdAt, input[$1].sequence.episodeID) }) {
+            out[i].advantage = baseline.advantage(input[i].reward.reward)
+        }
+        return (out, groups, loneIndices.count)
+    }
+}

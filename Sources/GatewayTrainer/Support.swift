@@ -1,0 +1,167 @@
+// Small shared pieces: the upstream adapter for the collaboration loop, the dataset reader, the
+// checkpoint weights hash (the gateway's policy version id), progress output and tables.
+
+import Crypto
+import Foundation
+import OpenAIWire
+import PromptR1
+
+/// The upstream as the collaboration loop sees it (the same mapping as the gateway's
+/// collaboration route: one non-streaming chat completion per call).
+public struct ClientUpstream: UpstreamAnswering {
+    public let client: UpstreamClient
+    public init(client: UpstreamClient) { self.client = client }
+
+    public func answer(messages: [UpstreamMessage], options: UpstreamCallOptions) async throws -> UpstreamAnswer {
+        let a = try await client.chat(model: options.model ?? "", messages: messages.map { ChatMessage(role: $0.role, content: $0.content) },
+                                      temperature: options.temperature, maxTokens: options.maxTokens)
+        return UpstreamAnswer(text: a.text,
+                              usage: a.usage.map { UpstreamUsage(promptTokens: $0.promptTokens, completionTokens: $0.completionTokens, totalTokens: $0.totalTokens) },
+                              model: options.model, latency: a.latency)
+    }
+}
+
+/// One line of a dataset file: `{"question": ..., "answers": [...]}` (`"answer": "..."` also read).
+public struct DatasetItem: Codable, Sendable, Equatable {
+    public var question: String
+    public var answers: [String]
+
+    public init(question: String, answers: [String]) {
+        self.question = question
+        self.answers = answers
+    }
+
+    enum CodingKeys: String, CodingKey { case question, answers, answer }
+
+    public init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        question = try c.decode(String.self, forKey: .question)
+        if let a = try c.decodeIfPresent([String].self, forKey: .answers) {
+            answers = a
+        } else if let a = try c.decodeIfPresent(String.self, forKey: .answer) {
+            answers = [a]
+        } else {
+            answers = []
+        }
+    }
+
+    public func encode(to encoder: any Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(question, forKey: .question)
+        try c.encode(answers, forKey: .answers)
+    }
+}
+
+public enum DatasetError: Error, CustomStringConvertible {
+    case unreadable(String)
+    case badLine(Int, String)
+    public var description: String {
+        switch self {
+        case .unreadable(let p): return "cannot read dataset \(p)"
+        case .badLine(let n, let m): return "dataset line \(n): \(m)"
+        }
+    }
+}
+
+public enum Dataset {
+    public static func load(_ path: String) throws -> [DatasetItem] {
+        guard let data = FileManager.default.contents(atPath: path) else { throw DatasetError.unreadable(path) }
+        var out: [DatasetItem] = []
+        for (n, line) in String(decoding: data, as: UTF8.self).split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
+            let t = line.trimmingCharacters(in: .whitespaces)
+            if t.isEmpty { continue }
+            do {
+                let item = try JSONDecoder().decode(DatasetItem.self, from: Data(t.utf8))
+                if item.question.isEmpty { throw DatasetError.badLine(n + 1, "empty question") }
+                out.append(item)
+            } catch let e as DatasetError { throw e } catch {
+                throw DatasetError.badLine(n + 1, "expected {\"question\": String, \"answers\": [String]}: \(error)")
+            }
+        }
+        return out
+    }
+}
+
+public enum CheckpointHash {
+    /// SHA-256 over the checkpoint's `*.safetensors` files in name order: the same digest the
+    /// gateway computes for a loaded policy (its version id is the first 16 hex digits).
+    public static func weightsSHA256(directory: URL) throws -> String {
+        let files = try FileManager.default.contentsOfDirectory(atPath: directory.path)
+            .filter { $0.hasSuffix(".safetensors") }.sorted()
+        var hasher = SHA256()
+        for name in files {
+            let handle = try FileHandle(forReadingFrom: directory.appendingPathComponent(name))
+            defer { try? handle.close() }
+            while let chunk = try handle.read(upToCount: 4 << 20), !chunk.isEmpty { hasher.update(data: chunk) }
+        }
+        return hasher.finalize().map { String(format: "%02x", $0) }.joined()
+    }
+
+    public static func versionID(sha256: String) -> String { String(sha256.prefix(16)) }
+}
+
+/// Progress on stderr: a redrawn bar with ETA on a terminal, plain lines otherwise (about every
+/// 5 % and at the end).
+public final class ProgressReporter: @unchecked Sendable {
+    let label: String
+    let total: Int
+    let isTTY: Bool
+    let start = ContinuousClock.now
+    let lock = NSLock()
+    var lastPlainPercent = -1
+    var done = 0
+    public var enabled = true
+
+    public init(label: String, total: Int, forceTTY: Bool? = nil) {
+        self.label = label
+        self.total = max(total, 0)
+        isTTY = forceTTY ?? (isatty(STDERR_FILENO) == 1)
+    }
+
+    static func fmt(_ s: Double) -> String {
+        guard s.isFinite, s >= 0 else { return "--:--" }
+        let t = Int(s.rounded())
+        return t >= 3600 ? String(format: "%d:%02d:%02d", t / 3600, (t / 60) % 60, t % 60) : String(format: "%02d:%02d", t / 60, t % 60)
+    }
+
+    /// Reports `n` items done (absolute) with an optional note.
+    public func update(_ n: Int, note: String = "") {
+        lock.lock(); defer { lock.unlock() }
+        guard enabled else { return }
+        done = n
+        let elapsed = (ContinuousClock.now - start)
+        let secs = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) * 1e-18
+        let frac = total == 0 ? 1 : Double(n) / Double(total)
+        let eta = n == 0 ? Double.nan : secs / Double(n) * Double(total - n)
+        if isTTY {
+            let width = 28
+            let filled = Int(frac * Double(width))
+            let bar = String(repeating: "#", count: filled) + String(repeating: "-", count: width - filled)
+            let line = "\r\(label) [\(bar)] \(n)/\(total) \(Int(frac * 100))% elapsed \(Self.fmt(secs)) ETA \(Self.fmt(eta)) \(note)"
+            FileHandle.standardError.write(Data((line + "\u{1B}[K").utf8))
+            if n >= total { FileHandle.standardError.write(Data("\n".utf8)) }
+        } else {
+            let pct = Int(frac * 100)
+            if n >= total || pct / 5 > lastPlainPercent / 5 || lastPlainPercent < 0 {
+                lastPlainPercent = pct
+                FileHandle.standardError.write(Data("\(label): \(n)/\(total) (\(pct)%) elapsed \(Self.fmt(secs)) eta \(Self.fmt(eta)) \(note)\n".utf8))
+            }
+        }
+    }
+}
+
+/// A plain text table.
+public enum Table {
+    public static func render(_ header: [String], _ rows: [[String]]) -> String {
+        var widths = header.map(\.count)
+        for r in rows { for (i, c) in r.enumerated() where i < widths.count { widths[i] = max(widths[i], c.count) } }
+        func line(_ cells: [String]) -> String {
+            cells.enumerated().map { i, c in c.padding(toLength: widths[i], withPad: " ", startingAt: 0) }.joined(separator: "  ")
+        }
+        var out = line(header) + "\n" + widths.map { String(repeating: "-", count: $0) }.joined(separator: "  ") + "\n"
+        for r in rows { out += line(r) + "\n" }
+        return out
+    }
+
+    public static func num(_ x: Double, _ digits: Int = 4) -> String { String(format: "%.\(digits)f", x) }
+}
