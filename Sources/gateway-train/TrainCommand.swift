@@ -2,14 +2,16 @@ import ArgumentParser
 import Foundation
 import PolicyEngine
 
-/// `gateway-train`: the offline side of the gateway. Today: commands to inspect a checkpoint
-/// with the same engine the gateway runs (tokenize, generate, score).
+/// `gateway-train`: the offline side of the gateway: reinforcement learning of the policy
+/// (rollout, train, eval, export; see TrainerCommands.swift) and commands to inspect a
+/// checkpoint with the same engine the gateway runs (tokenize, generate, score).
 @main
 struct TrainCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "gateway-train",
         abstract: "Offline tools for the Prompt-R1 gateway's policy model.",
-        subcommands: [Tokenize.self, Generate.self, Score.self]
+        subcommands: [RolloutCommand.self, TrainRLCommand.self, EvalCommand.self, ExportCommand.self,
+                      Tokenize.self, Generate.self, Score.self]
     )
 }
 
