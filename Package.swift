@@ -110,7 +110,7 @@ let package = Package(
         ),
         .executableTarget(
             name: "gateway-bench",
-            dependencies: ["GatewayServer", "PolicyEngine", "PromptR1", "OpenAIWire", "FakeUpstream",
+            dependencies: ["GatewayServer", "PolicyEngine", "PromptR1", "OpenAIWire", "FakeUpstream", "TrafficLog",
                            .product(name: "AsyncHTTPClient", package: "async-http-client"),
                            .product(name: "NIOPosix", package: "swift-nio"),
                            .product(name: "ArgumentParser", package: "swift-argument-parser")],
@@ -122,7 +122,7 @@ let package = Package(
         .testTarget(name: "TrafficLogTests", dependencies: ["TrafficLog", .product(name: "GRDB", package: "GRDB.swift")]),
         .testTarget(
             name: "GatewayServerTests",
-            dependencies: ["GatewayServer", "OpenAIWire", "TrafficLog", "FakeUpstream", "PromptR1",
+            dependencies: ["GatewayServer", "OpenAIWire", "TrafficLog", "FakeUpstream", "PromptR1", "PolicyEngine",
                            .product(name: "AsyncHTTPClient", package: "async-http-client"),
                            .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HTTPTypes", package: "swift-http-types"),
