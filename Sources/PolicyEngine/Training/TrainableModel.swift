@@ -62,6 +62,8 @@ public final class ForwardTape: @unchecked Sendable {  // immutable after forwar
     public let tokens: [Int32]
     /// logprobs[i] = log p(tokens[i+1] | tokens[0...i]), count = tokens.count - 1.
     public var logprobs: [Float]
+    /// logsumexp of each row's logits (T - 1), for the backward of the log-softmax.
+    var lse: [Float] = []
     /// [(layers + 1), T, H]: hidden[l] is the input of layer l; hidden[layers] the final (pre-norm) state.
     let hidden: UnsafeMutablePointer<Float>
     let hiddenCount: Int
@@ -79,7 +81,7 @@ public final class ForwardTape: @unchecked Sendable {  // immutable after forwar
     deinit { hidden.deallocate() }
 
     /// Bytes held by the tape.
-    public var byteCount: Int { hiddenCount * 4 + logprobs.count * 4 }
+    public var byteCount: Int { hiddenCount * 4 + logprobs.count * 4 + lse.count * 4 }
 }
 
 /// A decoder-only transformer (Qwen2, Qwen3, Llama) for training: full-sequence forward without KV cache,
@@ -104,6 +106,8 @@ public final class TrainableModel: @unchecked Sendable {
     let loraScale: Float
     let lock = NSLock()
     private let ws = TrainWorkspace()
+    /// Per-section timing of forward/backward; enable with `profiler.enabled = true`.
+    public let profiler = TrainProfiler()
     /// All parameters in checkpoint order (base weights first, then LoRA adapters), unique.
     private(set) var allParams: [TrainParam] = []
     private var byName: [String: TrainParam] = [:]
@@ -311,12 +315,12 @@ public final class TrainableModel: @unchecked Sendable {
         }
     }
 
-    /// Rows of the lm_head computed at once (bounds the [rows, vocab] logits buffer).
-    static let headChunk = 32
+    /// lm_head rows (vocabulary entries) per slice of the head: bounds the [tokens, slice] logits buffer.
+    var vocabSlice = 4096
 
     private func run(_ tokens: [Int32], adapters: Bool, tape: ForwardTape?) -> [Float] {
         let c = config, T = tokens.count, H = c.hiddenSize, L = c.numHiddenLayers
-        ws.ensure(config: c, rows: T, rank: loraRank)
+        ws.ensure(config: c, rows: T, rank: loraRank, vocabSlice: vocabSlice)
         fillRope(T)
         // Hidden states: the tape's storage, or two ping-pong buffers.
         func hidden(_ l: Int) -> UnsafeMutablePointer<Float> {
@@ -324,25 +328,45 @@ public final class TrainableModel: @unchecked Sendable {
             return l % 2 == 0 ? ws.h0.p : ws.h1.p
         }
         let x0 = hidden(0)
+        profiler.start()
         for (t, tok) in tokens.enumerated() { (x0 + t * H).update(from: embed.value + Int(tok) * H, count: H) }
         for l in 0..<L {
-            layerForward(l, x: hidden(l), out: hidden(l + 1), T: T, adapters: adapters)
+            layerForward(l, x: hidden(l), out: hidden(l + 1), T: T, adapters: adapters, section: "fwd.")
         }
-        // Head: logprob of each next token, in chunks of rows.
-        let xf = hidden(L), V = c.vocabSize
-        var out = [Float](repeating: 0, count: T - 1)
-        var r0 = 0
-        while r0 < T - 1 {
-            let n = min(Self.headChunk, T - 1 - r0)
-            TrainKernels.rmsNormForward(xf + r0 * H, weight: finalNorm.value, rows: n, dim: H, eps: c.rmsNormEps,
+        // Head: log p(next token) per row. The vocabulary is processed in slices of lm_head rows so each weight is
+        // read once: logits [rows, slice], with an online logsumexp (running max, double sum) per row.
+        let xf = hidden(L), V = c.vocabSize, n = T - 1
+        var out = [Float](repeating: 0, count: n)
+        if n > 0 {
+            TrainKernels.rmsNormForward(xf, weight: finalNorm.value, rows: n, dim: H, eps: c.rmsNormEps,
                                         out: ws.hn.p, rstd: ws.rstdF.p)
-            TrainKernels.gemmNT(n, V, H, ws.hn.p, lda: H, lmHead.value, ldb: H, ws.logits.p, ldc: V, beta: 0)
-            for i in 0..<n {
-                let row = ws.logits.p + i * V
-                out[r0 + i] = row[Int(tokens[r0 + i + 1])] - TrainKernels.logSumExp(row, count: V)
+            var runMax = [Float](repeating: -.infinity, count: n)
+            var runSum = [Double](repeating: 0, count: n)
+            var v0 = 0
+            while v0 < V {
+                let vc = min(vocabSlice, V - v0)
+                TrainKernels.gemmNT(n, vc, H, ws.hn.p, lda: H, lmHead.value + v0 * H, ldb: H, ws.logits.p, ldc: vc, beta: 0)
+                for i in 0..<n {
+                    let row = ws.logits.p + i * vc
+                    let cm = VectorMath.max(row, vc)
+                    if cm > runMax[i] {
+                        if runSum[i] > 0 { runSum[i] *= Foundation.exp(Double(runMax[i] - cm)) }
+                        runMax[i] = cm
+                    }
+                    runSum[i] += VectorMath.sumExp(row, vc, shift: runMax[i])
+                    let target = Int(tokens[i + 1])
+                    if target >= v0 && target < v0 + vc { out[i] = row[target - v0] }
+                }
+                v0 += vc
             }
-            r0 += n
+            var lse = [Float](repeating: 0, count: n)
+            for i in 0..<n {
+                lse[i] = runMax[i] + Float(Foundation.log(runSum[i]))
+                out[i] -= lse[i]
+            }
+            tape?.lse = lse
         }
+        profiler.mark("fwd.head")
         return out
     }
 
@@ -401,7 +425,9 @@ public final class TrainableModel: @unchecked Sendable {
     // MARK: decoder layer
 
     /// Forward of layer `l` on T rows; every intermediate the backward needs stays in the workspace.
-    private func layerForward(_ l: Int, x: UnsafePointer<Float>, out: UnsafeMutablePointer<Float>, T: Int, adapters: Bool) {
+    private func layerForward(_ l: Int, x: UnsafePointer<Float>, out: UnsafeMutablePointer<Float>, T: Int, adapters: Bool,
+                              section: String) {
+        let prof = profiler
         let c = config, w = layers[l]
         let H = c.hiddenSize, Q = c.qDim, KV = c.kvDim, I = c.intermediateSize, hd = c.headDim
         let nH = c.numAttentionHeads, nKV = c.numKeyValueHeads, nRep = nH / nKV
@@ -420,12 +446,14 @@ public final class TrainableModel: @unchecked Sendable {
         }
         TrainKernels.ropeForward(s.q.p, rows: T, heads: nH, headDim: hd, cos: s.cos.p, sin: s.sin.p)
         TrainKernels.ropeForward(s.k.p, rows: T, heads: nKV, headDim: hd, cos: s.cos.p, sin: s.sin.p)
+        prof.mark(section + "qkv")
         let scale = 1 / Float(hd).squareRoot()
         for h in 0..<nH {
             let g = h / nRep
             TrainKernels.attentionForward(q: s.q.p + h * hd, ldq: Q, k: s.k.p + g * hd, v: s.v.p + g * hd, ldk: KV,
                                           out: s.att.p + h * hd, ldo: Q, T: T, headDim: hd, scale: scale, p: s.probs.p)
         }
+        prof.mark(section + "attention")
         // x2 = x + att Wo^T (+ bo)
         s.x2.p.update(from: x, count: T * H)
         linearForward(w.o, x: s.att.p, T: T, y: s.x2.p, accumulate: true, adapters: adapters, u: s.loraU(3, T))
@@ -436,6 +464,7 @@ public final class TrainableModel: @unchecked Sendable {
         TrainKernels.swigluForward(s.g.p, s.u.p, out: s.a.p, count: T * I)
         if out != s.x2.p { out.update(from: s.x2.p, count: T * H) }
         linearForward(w.down, x: s.a.p, T: T, y: out, accumulate: true, adapters: adapters, u: s.loraU(6, T))
+        prof.mark(section + "o+mlp")
     }
 
     /// Backward of layer `l` after `layerForward` recomputed its internals for the same input `x`:
@@ -446,6 +475,7 @@ public final class TrainableModel: @unchecked Sendable {
         let H = c.hiddenSize, Q = c.qDim, KV = c.kvDim, I = c.intermediateSize, hd = c.headDim
         let nH = c.numAttentionHeads, nKV = c.numKeyValueHeads, nRep = nH / nKV
         let s = ws
+        let prof = profiler
         let du = s.loraDU.p
         // Residual: dx2 = dOut (+ MLP branch below). dIn doubles as dx2.
         let dx2 = dIn
@@ -457,6 +487,7 @@ public final class TrainableModel: @unchecked Sendable {
         linearBackward(w.up, x: s.xn2.p, T: T, dy: s.du.p, dx: s.dxn.p, accumulate: true, adapters: true, u: s.loraU(5, T), du: du)
         TrainKernels.rmsNormBackward(s.dxn.p, x: s.x2.p, weight: w.postNorm.value, rstd: s.rstd2.p, rows: T, dim: H,
                                      dx: dx2, dw: w.postNorm.grad)
+        prof.mark("bwd.mlp")
         // o_proj: datt = dx2 Wo
         linearBackward(w.o, x: s.att.p, T: T, dy: dx2, dx: s.datt.p, accumulate: false, adapters: true, u: s.loraU(3, T), du: du)
         // attention, per query head
@@ -474,6 +505,7 @@ public final class TrainableModel: @unchecked Sendable {
                                            dq: s.dq.p + h * hd, dk: s.dk.p + g * hd, dv: s.dv.p + g * hd,
                                            T: T, headDim: hd, scale: scale, p: s.probs.p, dp: s.dprobs.p)
         }
+        prof.mark("bwd.o+attention")
         TrainKernels.ropeBackward(s.dq.p, rows: T, heads: nH, headDim: hd, cos: s.cos.p, sin: s.sin.p)
         TrainKernels.ropeBackward(s.dk.p, rows: T, heads: nKV, headDim: hd, cos: s.cos.p, sin: s.sin.p)
         var dqRaw = s.dq.p, dkRaw = s.dk.p
@@ -497,6 +529,7 @@ public final class TrainableModel: @unchecked Sendable {
             TrainKernels.rmsNormBackward(s.dxn.p, x: x, weight: w.inputNorm.value, rstd: s.rstd1.p, rows: T, dim: H,
                                          dx: dx2, dw: w.inputNorm.grad)
         }
+        prof.mark("bwd.qkv")
     }
 
     // MARK: backward
@@ -514,7 +547,7 @@ public final class TrainableModel: @unchecked Sendable {
         let c = config, H = c.hiddenSize, L = c.numHiddenLayers, V = c.vocabSize
         let Tfull = tape.tokens.count
         let T = last + 1  // rows that influence the loss
-        ws.ensure(config: c, rows: Tfull, rank: loraRank)
+        ws.ensure(config: c, rows: Tfull, rank: loraRank, vocabSlice: vocabSlice)
         fillRope(T)
         let tokens = tape.tokens
         let xL = tape.hidden + L * Tfull * H
@@ -522,43 +555,64 @@ public final class TrainableModel: @unchecked Sendable {
         var dX = ws.dh0.p, dNext = ws.dh1.p
         dX.update(repeating: 0, count: T * H)
 
-        // Head: rows with non-zero weight, gathered in chunks.
+        profiler.start()
+        // Head, on the rows with non-zero weight only, one vocabulary slice at a time (each lm_head row is read,
+        // and its gradient updated, once): dlogits = w * (onehot(target) - exp(logits - lse)),
+        // dhn += dlogits W_slice, dW_slice += dlogits^T hn.
         let rows = (0..<T).filter { dLogprobs[$0] != 0 }
-        var ci = 0
-        while ci < rows.count {
-            let n = min(Self.headChunk, rows.count - ci)
-            let sel = rows[ci..<(ci + n)]
-            for (j, r) in sel.enumerated() { (ws.hx.p + j * H).update(from: xL + r * H, count: H) }
-            TrainKernels.rmsNormForward(ws.hx.p, weight: finalNorm.value, rows: n, dim: H, eps: c.rmsNormEps,
-                                        out: ws.hn.p, rstd: ws.rstdF.p)
-            TrainKernels.gemmNT(n, V, H, ws.hn.p, lda: H, lmHead.value, ldb: H, ws.logits.p, ldc: V, beta: 0)
-            for (j, r) in sel.enumerated() {
-                TrainKernels.logprobBackward(ws.logits.p + j * V, count: V, target: Int(tokens[r + 1]), weight: dLogprobs[r])
+        let n = rows.count
+        for (j, r) in rows.enumerated() { (ws.hx.p + j * H).update(from: xL + r * H, count: H) }
+        TrainKernels.rmsNormForward(ws.hx.p, weight: finalNorm.value, rows: n, dim: H, eps: c.rmsNormEps,
+                                    out: ws.hn.p, rstd: ws.rstdF.p)
+        ws.dhn.p.update(repeating: 0, count: n * H)
+        var v0 = 0
+        while v0 < V {
+            let vc = min(vocabSlice, V - v0)
+            let W = lmHead.value + v0 * H
+            TrainKernels.gemmNT(n, vc, H, ws.hn.p, lda: H, W, ldb: H, ws.logits.p, ldc: vc, beta: 0)
+            for (j, r) in rows.enumerated() {
+                TrainKernels.logprobBackward(ws.logits.p + j * vc, count: vc, lse: tape.lse[r], weight: dLogprobs[r],
+                                             target: Int(tokens[r + 1]) - v0)
             }
-            // dhn = dlogits W; dW += dlogits^T hn
-            TrainKernels.gemmNN(n, H, V, ws.logits.p, lda: V, lmHead.value, ldb: H, ws.dhn.p, ldc: H, beta: 0)
+            TrainKernels.gemmNN(n, H, vc, ws.logits.p, lda: vc, W, ldb: H, ws.dhn.p, ldc: H, beta: 1)
             if let gW = lmHead.grad {
-                TrainKernels.gemmTN(V, H, n, ws.logits.p, lda: V, ws.hn.p, ldb: H, gW, ldc: H, beta: 1)
+                TrainKernels.gemmTN(vc, H, n, ws.logits.p, lda: vc, ws.hn.p, ldb: H, gW + v0 * H, ldc: H, beta: 1)
             }
-            ws.dhx.p.update(repeating: 0, count: n * H)
-            TrainKernels.rmsNormBackward(ws.dhn.p, x: ws.hx.p, weight: finalNorm.value, rstd: ws.rstdF.p, rows: n, dim: H,
-                                         dx: ws.dhx.p, dw: finalNorm.grad)
-            for (j, r) in sel.enumerated() { Kernels.add(dX + r * H, ws.dhx.p + j * H, count: H) }
-            ci += n
+            v0 += vc
         }
-
+        ws.dhx.p.update(repeating: 0, count: n * H)
+        TrainKernels.rmsNormBackward(ws.dhn.p, x: ws.hx.p, weight: finalNorm.value, rstd: ws.rstdF.p, rows: n, dim: H,
+                                     dx: ws.dhx.p, dw: finalNorm.grad)
+        for (j, r) in rows.enumerated() { Kernels.add(dX + r * H, ws.dhx.p + j * H, count: H) }
+        profiler.mark("bwd.head")
         // Layers, last to first: recompute the layer from its stored input, then backpropagate.
         let needEmbedGrad = embed.grad != nil
         for l in stride(from: L - 1, through: 0, by: -1) {
             let x = tape.hidden + l * Tfull * H
-            layerForward(l, x: x, out: ws.scratchOut.p, T: T, adapters: true)
+            layerForward(l, x: x, out: ws.scratchOut.p, T: T, adapters: true, section: "bwd.recompute.")
             layerBackward(l, x: x, dOut: dX, dIn: dNext, T: T, needInputGradient: l > 0 || needEmbedGrad || layers[l].inputNorm.grad != nil)
             swap(&dX, &dNext)
         }
         if let gE = embed.grad {
             for t in 0..<T { Kernels.add(gE + Int(tokens[t]) * H, dX + t * H, count: H) }
         }
+        profiler.mark("bwd.embed")
     }
+}
+
+/// Wall-clock seconds per section of forward/backward, when enabled (benchmarks).
+public final class TrainProfiler: @unchecked Sendable {  // used under the model's lock
+    public var enabled = false
+    public private(set) var seconds: [String: Double] = [:]
+    private var last: UInt64 = 0
+    func start() { if enabled { last = DispatchTime.now().uptimeNanoseconds } }
+    func mark(_ section: String) {
+        guard enabled else { return }
+        let now = DispatchTime.now().uptimeNanoseconds
+        seconds[section, default: 0] += Double(now - last) / 1e9
+        last = now
+    }
+    public func reset() { seconds = [:] }
 }
 
 /// A growable scratch buffer.
@@ -596,12 +650,10 @@ final class TrainWorkspace {
 
     func loraU(_ i: Int, _ T: Int) -> UnsafeMutablePointer<Float> { lora.p + i * rows * max(rank, 1) }
 
-    func ensure(config c: ModelConfig, rows n: Int, rank r: Int) {
-        let V = c.vocabSize, H = c.hiddenSize, C = TrainableModel.headChunk
-        hn.ensure(C * H); hx.ensure(C * H); dhn.ensure(C * H); dhx.ensure(C * H); rstdF.ensure(C)
-        logits.ensure(C * V)
+    func ensure(config c: ModelConfig, rows n: Int, rank r: Int, vocabSlice: Int) {
+        logits.ensure(max(n, rows) * min(c.vocabSize, vocabSlice))
         if n <= rows && r == rank { return }
-        let T = max(n, rows), Q = c.qDim, KV = c.kvDim, I = c.intermediateSize
+        let T = max(n, rows), H = c.hiddenSize, Q = c.qDim, KV = c.kvDim, I = c.intermediateSize
         let nH = c.numAttentionHeads, nKV = c.numKeyValueHeads, half = c.headDim / 2
         for b in [xn1, x2, xn2, h0, h1, scratchOut, dh0, dh1, dxn] { b.ensure(T * H) }
         for b in [rstd1, rstd2] { b.ensure(T) }
@@ -612,6 +664,8 @@ final class TrainWorkspace {
         probs.ensure(T * T); dprobs.ensure(T * T)
         cos.ensure(T * half); sin.ensure(T * half)
         lora.ensure(7 * T * max(r, 1)); loraDU.ensure(T * max(r, 1))
+        for b in [hn, hx, dhn, dhx] { b.ensure(T * H) }
+        rstdF.ensure(T)
         rows = T
         rank = r
         ropeRows = 0

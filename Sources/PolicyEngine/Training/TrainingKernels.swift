@@ -106,9 +106,16 @@ enum TrainKernels {
 
     @inline(__always)
     static func swigluForward(_ g: UnsafePointer<Float>, _ u: UnsafePointer<Float>, out a: UnsafeMutablePointer<Float>, count: Int) {
-        for i in 0..<count {
+        var i = 0
+        while i + 8 <= count {
+            let x = VectorMath.load(g + i)
+            VectorMath.store(x / (1 + VectorMath.exp(-x)) * VectorMath.load(u + i), a + i)
+            i += 8
+        }
+        while i < count {
             let x = g[i]
-            a[i] = x / (1 + Foundation.exp(-x)) * u[i]
+            a[i] = x / (1 + VectorMath.exp(-x)) * u[i]
+            i += 1
         }
     }
 
@@ -116,12 +123,20 @@ enum TrainKernels {
     @inline(__always)
     static func swigluBackward(_ da: UnsafePointer<Float>, _ g: UnsafePointer<Float>, _ u: UnsafePointer<Float>,
                                dg: UnsafeMutablePointer<Float>, du: UnsafeMutablePointer<Float>, count: Int) {
-        for i in 0..<count {
+        var i = 0
+        while i + 8 <= count {
+            let x = VectorMath.load(g + i), d = VectorMath.load(da + i)
+            let s = 1 / (1 + VectorMath.exp(-x))
+            VectorMath.store(d * x * s, du + i)
+            VectorMath.store(d * VectorMath.load(u + i) * s * (1 + x * (1 - s)), dg + i)
+            i += 8
+        }
+        while i < count {
             let x = g[i]
-            let s = 1 / (1 + Foundation.exp(-x))
-            let silu = x * s
-            du[i] = da[i] * silu
+            let s = 1 / (1 + VectorMath.exp(-x))
+            du[i] = da[i] * x * s
             dg[i] = da[i] * u[i] * s * (1 + x * (1 - s))
+            i += 1
         }
     }
 
@@ -166,11 +181,17 @@ enum TrainKernels {
         return m + Float(Foundation.log(VectorMath.sumExp(row, count, shift: m)))
     }
 
-    /// In place: logits row -> d(w * (logits[target] - logsumexp)) / d logits = w * (onehot(target) - softmax).
+    /// In place, on a slice of one logits row: logits -> d(w * (logits[target] - lse)) / d logits
+    /// = w * (onehot(target) - exp(logits - lse)). `target` is relative to the slice (may fall outside it).
     @inline(__always)
-    static func logprobBackward(_ row: UnsafeMutablePointer<Float>, count: Int, target: Int, weight w: Float) {
-        let lse = logSumExp(row, count: count)
-        for j in 0..<count { row[j] = -w * Foundation.exp(row[j] - lse) }
-        row[target] += w
+    static func logprobBackward(_ row: UnsafeMutablePointer<Float>, count: Int, lse: Float, weight w: Float, target: Int) {
+        let lv = VectorMath.V(repeating: lse), wv = VectorMath.V(repeating: -w)
+        var j = 0
+        while j + 8 <= count {
+            VectorMath.store(wv * VectorMath.exp(VectorMath.load(row + j) - lv), row + j)
+            j += 8
+        }
+        while j < count { row[j] = -w * VectorMath.exp(row[j] - lse); j += 1 }
+        if target >= 0 && target < count { row[target] += w }
     }
 }
