@@ -228,6 +228,23 @@ final class TrainingGradientTests: XCTestCase {
         XCTAssertEqual(m.gradientNorm(), 0)
     }
 
+    /// The training forward equals the inference engine on every fixture (F32, BF16 upcast, sharded), and a
+    /// tape holds only the layer inputs.
+    func testForwardMatchesInferenceEngine() throws {
+        let ids: [Int32] = [3, 14, 159, 265, 358, 979, 323, 846, 264, 338, 327, 950, 288, 419, 716, 939, 937, 510]
+        for name in ["qwen2-tiny", "qwen2-tiny-sharded", "qwen3-tiny", "qwen3-tiny-bf16", "llama-tiny", "promptr1-tiny"] {
+            let dir = EngineFixtures.model(name)
+            let tm = try TrainableModel(directory: dir, mode: .frozen)
+            let inf = try TransformerModel.load(from: dir)
+            let want = try inf.logProbabilities(of: Array(ids.dropFirst()), after: [ids[0]])
+            let tape = tm.forward(ids)
+            XCTAssertLessThan(EngineFixtures.maxAbsDiff(tape.logprobs, want), 2e-5, name)
+            let c = tm.config
+            XCTAssertEqual(tape.byteCount, ((c.numHiddenLayers + 1) * ids.count * c.hiddenSize + 2 * (ids.count - 1)) * 4, name)
+        }
+        XCTAssertEqual(try TrainableModel(directory: EngineFixtures.model("qwen3-tiny-bf16"), mode: .frozen).sourceDType, "BF16")
+    }
+
     func testParameterCounts() throws {
         let full = try TrainableModel(directory: EngineFixtures.model("qwen2-tiny"), mode: .full)
         let inference = try TransformerModel.load(from: EngineFixtures.model("qwen2-tiny"))
