@@ -40,7 +40,10 @@ struct TrainBench: AsyncParsableCommand {
               + "\(T) tokens per step (\(T - 1 - T / 4) weighted), LoRA rank \(rank) alpha \(alpha) on q/k/v/o")
         print("  OpenBLAS core \(core), \(threads) threads; \(ProcessInfo.processInfo.activeProcessorCount) CPUs; load average at start \(trainLoadAverage())")
 
-        struct Result { var step: Double; var forward: Double; var backward: Double; var trainable: Int; var rss: Int }
+        struct Result {
+            var step: Double, forward: Double, backward: Double, trainable: Int, total: Int, rss: Int
+            var adam: Double, rssAdam: Int, sections: String
+        }
         var ours: [String: Result] = [:]
         for mode in modeList {
             let tm: TrainingMode
@@ -58,11 +61,24 @@ struct TrainBench: AsyncParsableCommand {
                 if i > 0 { fw.append(tf); bw.append(tb) }  // step 0 warms up (page faults, workspace)
             }
             let steps = zip(fw, bw).map { $0 + $1 }
+            let rss = ProcStatus.bytes("VmRSS") ?? 0
+            // One more step with the section profiler on (where the time goes), then AdamW updates (their
+            // moments are the rest of the training memory).
+            m.profiler.enabled = true
+            m.backward(m.forward(ids), dLogprobs: weights)
+            m.profiler.enabled = false
+            let sections = m.profiler.seconds.sorted { $0.value > $1.value }.prefix(8)
+                .map { "\($0.key) \(String(format: "%.2f", $0.value))" }.joined(separator: ", ")
+            let opt = AdamW(model: m, config: AdamWConfig(lr: 1e-6))
+            var adam: [Double] = []
+            for _ in 0..<3 { adam.append(Stopwatch.measure { opt.update(learningRate: 1e-6) }.1) }
             let r = Result(step: trainMedian(steps), forward: trainMedian(fw), backward: trainMedian(bw),
-                           trainable: m.trainableParameterCount, rss: ProcStatus.bytes("VmRSS") ?? 0)
+                           trainable: m.trainableParameterCount, total: m.parameterCount, rss: rss, adam: trainMedian(adam),
+                           rssAdam: ProcStatus.bytes("VmRSS") ?? 0, sections: sections)
             ours[mode] = r
-            print("  \(mode): loaded in \(String(format: "%.1f", loadSeconds)) s, \(r.trainable) trainable parameters, RSS \(r.rss / 1_000_000) MB; "
+            print("  \(mode): loaded in \(String(format: "%.1f", loadSeconds)) s, \(r.trainable) trainable parameters; "
                   + "step times " + steps.map { String(format: "%.2f", $0) }.joined(separator: ", ") + " s")
+            print("    sections (s): \(r.sections)")
         }
 
         var torch: PythonTrainResult?
@@ -78,6 +94,9 @@ struct TrainBench: AsyncParsableCommand {
             table.section("\(mode) (\(r.trainable) trainable)")
             table.row("forward+backward tok/s", String(format: "%.1f", Double(T) / r.step), "", "")
             table.row("  forward s / backward s", String(format: "%.2f / %.2f", r.forward, r.backward), "", "")
+            table.row("  AdamW update s", String(format: "%.3f", r.adam), "", "")
+            table.row("  RSS MB (weights+grads / +AdamW)", "\(r.rss / 1_000_000) / \(r.rssAdam / 1_000_000)",
+                      "\((r.total + r.trainable) * 4 / 1_000_000) / \((r.total + 3 * r.trainable) * 4 / 1_000_000) (4 B each)", "")
             if let t = torch, t.ok, let ts = t.values["\(mode)_seconds"] {
                 let ratio = ts / r.step
                 table.row("  vs PyTorch \(t.text["version"] ?? "")", String(format: "%.2fx", ratio),

@@ -210,6 +210,9 @@ public final class TrainableModel: @unchecked Sendable {
 
     public var trainableParameterCount: Int { trainableParams.reduce(0) { $0 + $1.count } }
 
+    /// Every parameter the model holds (base weights, tied head once, adapters).
+    public var parameterCount: Int { allParams.reduce(0) { $0 + $1.count } }
+
     /// Names of the trainable parameters (checkpoint order, then adapters by layer).
     public func parameterNames() -> [String] { trainableParams.map(\.name) }
 
