@@ -92,7 +92,7 @@ def model_case(name: str, seed: int) -> dict:
     grads = {}
     for pname, p in model.named_parameters():
         grads[pname] = summarize(p.grad)
-    return {"model": name, "ids": ids, "weights": w, "logprobs": [float(v) for v in lp], "loss": float(loss), "grads": grads}
+    return {"model": name, "ids": ids, "weights": w, "logprobs": [float(v) for v in lp.detach()], "loss": float(loss.detach()), "grads": grads}
 
 
 def lora_case(name: str, seed: int, rank: int, alpha: float) -> dict:
@@ -122,7 +122,7 @@ def lora_case(name: str, seed: int, rank: int, alpha: float) -> dict:
     lp, loss = logprobs_and_loss(model, ids, w)
     loss.backward()
     return {"model": name, "rank": rank, "alpha": alpha, "target_modules": LORA_MODULES, "ids": ids, "weights": w,
-            "logprobs": [float(v) for v in lp], "loss": float(loss),
+            "logprobs": [float(v) for v in lp.detach()], "loss": float(loss.detach()),
             "grads": {k: summarize(v.grad) for k, v in adapters.items()}}
 
 

@@ -245,6 +245,27 @@ final class TrainingGradientTests: XCTestCase {
         XCTAssertEqual(try TrainableModel(directory: EngineFixtures.model("qwen3-tiny-bf16"), mode: .frozen).sourceDType, "BF16")
     }
 
+    /// Causality: with weights only on the first positions of a 300-token sequence, gradients equal those of
+    /// the truncated sequence (backward skips the rest), and the long forward agrees with the engine.
+    func testLongSequenceAndTrailingPositions() throws {
+        let dir = EngineFixtures.model("qwen3-tiny")
+        let long = (0..<300).map { Int32(($0 * 7919 + 13) % 1000) }
+        let short = Array(long.prefix(20))
+        var w = [Float](repeating: 0, count: 299)
+        for i in 3..<19 { w[i] = Float(i % 5) - 2 }
+        let a = try TrainableModel(directory: dir, mode: .full), b = try TrainableModel(directory: dir, mode: .full)
+        let tape = a.forward(long)
+        let inf = try TransformerModel.load(from: dir)
+        XCTAssertLessThan(EngineFixtures.maxAbsDiff(tape.logprobs, try inf.logProbabilities(of: Array(long.dropFirst()), after: [long[0]])), 5e-5)
+        a.backward(tape, dLogprobs: w)
+        b.backward(b.forward(short), dLogprobs: Array(w.prefix(19)))
+        for name in a.parameterNames() {
+            let ga = a.gradient(name)!, gb = b.gradient(name)!
+            let scale = max(gb.map(abs).max()!, 1e-6)
+            XCTAssertLessThan(EngineFixtures.maxAbsDiff(ga, gb) / scale, 1e-4, name)
+        }
+    }
+
     func testParameterCounts() throws {
         let full = try TrainableModel(directory: EngineFixtures.model("qwen2-tiny"), mode: .full)
         let inference = try TransformerModel.load(from: EngineFixtures.model("qwen2-tiny"))
