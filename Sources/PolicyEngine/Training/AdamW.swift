@@ -91,13 +91,18 @@ public final class AdamW: @unchecked Sendable {  // serialised by the model's lo
     /// Moments as safetensors ("<param>.exp_avg", "<param>.exp_avg_sq"), step and config in the metadata.
     public func save(to file: URL) throws {
         model.lock.lock(); defer { model.lock.unlock() }
-        var tensors: [SafetensorsWriter.Tensor] = []
+        // Streamed tensor by tensor: the moments of a full fine-tuning are GBs.
+        var entries: [(name: String, shape: [Int])] = []
+        var sources: [(UnsafeMutablePointer<Float>, Int)] = []
         for (i, p) in params.enumerated() {
-            tensors.append(.init(name: p.name + ".exp_avg", shape: p.shape, values: Array(UnsafeBufferPointer(start: m[i], count: p.count))))
-            tensors.append(.init(name: p.name + ".exp_avg_sq", shape: p.shape, values: Array(UnsafeBufferPointer(start: v[i], count: p.count))))
+            entries.append((p.name + ".exp_avg", p.shape)); sources.append((m[i], p.count))
+            entries.append((p.name + ".exp_avg_sq", p.shape)); sources.append((v[i], p.count))
         }
         let cfg = String(decoding: try JSONEncoder().encode(config), as: UTF8.self)
-        try SafetensorsWriter.write(tensors, metadata: ["format": "gateway-adamw", "step": String(step), "config": cfg], to: file)
+        try replaceAtomically(file) { tmp in
+            try SafetensorsWriter.write(entries: entries, metadata: ["format": "gateway-adamw", "step": String(step), "config": cfg],
+                                        to: tmp) { i, buf in buf.baseAddress!.update(from: sources[i].0, count: sources[i].1) }
+        }
     }
 
     /// Restores moments and step written by `save` for the same set of trainable parameters. The learning
@@ -117,5 +122,15 @@ public final class AdamW: @unchecked Sendable {  // serialised by the model's lo
         }
         if let c = f.metadata["config"], let cfg = try? JSONDecoder().decode(AdamWConfig.self, from: Data(c.utf8)) { config = cfg }
         step = s
+    }
+}
+
+/// Writes `file` through a temporary sibling renamed into place, so an interrupted save never leaves a torn file.
+func replaceAtomically(_ file: URL, write: (URL) throws -> Void) throws {
+    let tmp = file.deletingLastPathComponent().appendingPathComponent("." + file.lastPathComponent + ".partial")
+    try? FileManager.default.removeItem(at: tmp)
+    try write(tmp)
+    if rename(tmp.path, file.path) != 0 {
+        throw TrainingError.badState(file: file.lastPathComponent, reason: "cannot rename into place: errno \(errno)")
     }
 }

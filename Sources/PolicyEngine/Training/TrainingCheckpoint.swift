@@ -51,8 +51,10 @@ extension TrainableModel {
         let ps = trainableParams
         var meta = ["format": "gateway-trainable-state"]
         if case .lora(let lc) = mode { meta["lora"] = String(decoding: try JSONEncoder().encode(lc), as: UTF8.self) }
-        try SafetensorsWriter.write(entries: ps.map { ($0.name, $0.shape) }, metadata: meta, to: file) { i, buf in
-            buf.baseAddress!.update(from: ps[i].value, count: ps[i].count)
+        try replaceAtomically(file) { tmp in
+            try SafetensorsWriter.write(entries: ps.map { ($0.name, $0.shape) }, metadata: meta, to: tmp) { i, buf in
+                buf.baseAddress!.update(from: ps[i].value, count: ps[i].count)
+            }
         }
     }
 
