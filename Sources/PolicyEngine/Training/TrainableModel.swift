@@ -428,7 +428,8 @@ public final class TrainableModel: @unchecked Sendable {
     // MARK: decoder layer
 
     /// Forward of layer `l` on T rows; every intermediate the backward needs stays in the workspace.
-    private func layerForward(_ l: Int, x: UnsafePointer<Float>, out: UnsafeMutablePointer<Float>, T: Int, adapters: Bool,
+    /// With `out` nil (the recompute in backward) the down projection, whose output backward never needs, is skipped.
+    private func layerForward(_ l: Int, x: UnsafePointer<Float>, out: UnsafeMutablePointer<Float>?, T: Int, adapters: Bool,
                               section: String) {
         let prof = profiler
         let c = config, w = layers[l]
@@ -465,8 +466,14 @@ public final class TrainableModel: @unchecked Sendable {
         linearForward(w.gate, x: s.xn2.p, T: T, y: s.g.p, accumulate: false, adapters: adapters, u: s.loraU(4, T))
         linearForward(w.up, x: s.xn2.p, T: T, y: s.u.p, accumulate: false, adapters: adapters, u: s.loraU(5, T))
         TrainKernels.swigluForward(s.g.p, s.u.p, out: s.a.p, count: T * I)
-        if out != s.x2.p { out.update(from: s.x2.p, count: T * H) }
-        linearForward(w.down, x: s.a.p, T: T, y: out, accumulate: true, adapters: adapters, u: s.loraU(6, T))
+        if let out {
+            out.update(from: s.x2.p, count: T * H)
+            linearForward(w.down, x: s.a.p, T: T, y: out, accumulate: true, adapters: adapters, u: s.loraU(6, T))
+        } else if adapters, let a = w.down.loraA {
+            // Backward needs the LoRA intermediate a A^T of the down projection.
+            let r = a.shape[0]
+            TrainKernels.gemmNT(T, r, I, s.a.p, lda: I, a.value, ldb: I, s.loraU(6, T), ldc: r, beta: 0)
+        }
         prof.mark(section + "o+mlp")
     }
 
@@ -592,7 +599,7 @@ public final class TrainableModel: @unchecked Sendable {
         let needEmbedGrad = embed.grad != nil
         for l in stride(from: L - 1, through: 0, by: -1) {
             let x = tape.hidden + l * Tfull * H
-            layerForward(l, x: x, out: ws.scratchOut.p, T: T, adapters: true, section: "bwd.recompute.")
+            layerForward(l, x: x, out: nil, T: T, adapters: true, section: "bwd.recompute.")
             layerBackward(l, x: x, dOut: dX, dIn: dNext, T: T, needInputGradient: l > 0 || needEmbedGrad || layers[l].inputNorm.grad != nil)
             swap(&dX, &dNext)
         }
@@ -642,7 +649,7 @@ final class TrainWorkspace {
     let g = TrainBuffer(), u = TrainBuffer(), a = TrainBuffer()
     let probs = TrainBuffer(), dprobs = TrainBuffer()
     let cos = TrainBuffer(), sin = TrainBuffer()
-    let h0 = TrainBuffer(), h1 = TrainBuffer(), scratchOut = TrainBuffer()
+    let h0 = TrainBuffer(), h1 = TrainBuffer()
     let dh0 = TrainBuffer(), dh1 = TrainBuffer(), dxn = TrainBuffer(), datt = TrainBuffer()
     let dq = TrainBuffer(), dk = TrainBuffer(), dv = TrainBuffer(), dqRaw = TrainBuffer(), dkRaw = TrainBuffer()
     let da = TrainBuffer(), dg = TrainBuffer(), du = TrainBuffer()
@@ -658,7 +665,7 @@ final class TrainWorkspace {
         if n <= rows && r == rank { return }
         let T = max(n, rows), H = c.hiddenSize, Q = c.qDim, KV = c.kvDim, I = c.intermediateSize
         let nH = c.numAttentionHeads, nKV = c.numKeyValueHeads, half = c.headDim / 2
-        for b in [xn1, x2, xn2, h0, h1, scratchOut, dh0, dh1, dxn] { b.ensure(T * H) }
+        for b in [xn1, x2, xn2, h0, h1, dh0, dh1, dxn] { b.ensure(T * H) }
         for b in [rstd1, rstd2] { b.ensure(T) }
         rstdQ.ensure(T * nH); rstdK.ensure(T * nKV)
         for b in [qRaw, q, att, datt, dq, dqRaw] { b.ensure(T * Q) }
