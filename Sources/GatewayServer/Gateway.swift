@@ -136,7 +136,7 @@ public final class Gateway: Sendable {
         // listener and retention, and the log writer drains last.
         let group = ServiceGroup(configuration: .init(
             services: services.map { ServiceGroupConfiguration.ServiceConfiguration(service: $0) }
-                + [.init(service: app)],
+                + [.init(service: ShutdownDeadline(inner: app, deadline: .seconds(state.config.server.shutdownTimeoutSeconds), logger: state.logger))],
             gracefulShutdownSignals: gracefulShutdownSignals,
             logger: state.logger))
         groupBox.set(group)
@@ -148,6 +148,44 @@ public final class Gateway: Sendable {
     /// Starts a graceful shutdown, as SIGTERM does; `run()` returns when it is complete.
     public func shutdown() async {
         await groupBox.get()?.triggerGracefulShutdown()
+    }
+}
+
+/// Gives a service's graceful shutdown a deadline: past it, the service's task is cancelled
+/// (for the HTTP server: in-flight requests are cancelled and log themselves as such). Only this
+/// service is cut short; the services after it in shutdown order (the log writer) still drain.
+struct ShutdownDeadline<Inner: Service>: Service {
+    let inner: Inner
+    let deadline: Duration
+    let logger: Logger
+
+    struct DeadlinePassed: Error {}
+
+    func run() async throws {
+        try await withThrowingTaskGroup(of: Bool.self) { group in
+            group.addTask {
+                try await inner.run()
+                return true
+            }
+            group.addTask {
+                // Returns (or throws) only once a graceful shutdown began, then waits out the deadline.
+                try await gracefulShutdown()
+                try await Task.sleep(for: deadline)
+                return false
+            }
+            var cutShort = false
+            while true {
+                do {
+                    guard let finished = try await group.next(), !finished else { break }
+                    logger.warning("shutdown deadline passed; cancelling in-flight requests", metadata: ["deadline": "\(deadline)"])
+                    cutShort = true
+                    group.cancelAll()
+                } catch where cutShort {
+                    break   // the server ending by cancellation is what the deadline asked for
+                }
+            }
+            group.cancelAll()
+        }
     }
 }
 

@@ -10,6 +10,9 @@ public struct GatewayConfig: Sendable, Equatable {
         public var port = 8080
         /// Close connections idle (or sending a request too slowly) for this long.
         public var idleTimeoutSeconds = 75
+        /// On SIGTERM/SIGINT, in-flight requests get this long to finish; then they are
+        /// cancelled (and logged as such) and the traffic log drains.
+        public var shutdownTimeoutSeconds = 30
         public init() {}
     }
 
@@ -167,6 +170,7 @@ public struct GatewayConfig: Sendable, Equatable {
         c.server.host = try s.string("host", default: c.server.host)
         c.server.port = try s.int("port", default: c.server.port, range: 0...65535)
         c.server.idleTimeoutSeconds = try s.int("idle_timeout_seconds", default: c.server.idleTimeoutSeconds, range: 1...86_400)
+        c.server.shutdownTimeoutSeconds = try s.int("shutdown_timeout_seconds", default: c.server.shutdownTimeoutSeconds, range: 1...86_400)
         try s.finish()
 
         var l = try root.object("limits")

@@ -1,5 +1,8 @@
+import AsyncHTTPClient
+import FakeUpstream
 import Foundation
 import GRDB
+import NIOCore
 import XCTest
 @testable import GatewayServer
 
@@ -32,6 +35,41 @@ final class DurabilityTests: XCTestCase {
         try h.withDatabase { db in
             let logged = Set(try String.fetchAll(db, sql: "SELECT id FROM episodes"))
             XCTAssertEqual(logged, Set(ids))
+        }
+    }
+
+    /// SIGTERM with a stream that never ends: in-flight work gets `shutdown_timeout_seconds`,
+    /// then it is cancelled, logged, and the log drains; short requests in flight still finish.
+    func testShutdownDeadlineCutsHungStreamsAndKeepsTheirRows() async throws {
+        let h = try await Harness.start(script: { r in
+            guard r.path == "/v1/chat/completions" else { return nil }
+            if r.json?["stream"] as? Bool == true {
+                return .stream(parts: FakeUpstream.streamParts(model: "m", text: "never ending", includeUsage: false), hangAfter: 1)
+            }
+            return .delayed(.milliseconds(300), FakeUpstream.defaultReply(r))
+        }, configure: { c in c.server.shutdownTimeoutSeconds = 1 })
+        var req = HTTPClientRequest(url: h.base + "/v1/chat/completions")
+        req.method = .POST
+        req.body = .bytes(ByteBuffer(string: #"{"model":"m","stream":true,"messages":[{"role":"user","content":"x"}]}"#))
+        let resp = try await h.client.execute(req, timeout: .seconds(30))
+        let hungID = try XCTUnwrap(resp.headers.first(name: "x-gateway-episode-id"))
+        var it = resp.body.makeAsyncIterator()
+        _ = try await it.next()   // the stream is under way, and then hangs
+        let slow = Task { try await h.chat(simpleChat) }
+        try await Task.sleep(for: .milliseconds(50))
+        let started = Date()
+        try await h.stop()
+        let took = Date().timeIntervalSince(started)
+        XCTAssertGreaterThanOrEqual(took, 0.9, "the hung stream had its full second")
+        XCTAssertLessThan(took, 10, "and no more than that (plus the drain)")
+        let slowReply = try await slow.value
+        XCTAssertEqual(slowReply.status, 200, "a request in flight at SIGTERM finishes")
+        try h.withDatabase { db in
+            let rows = try Row.fetchAll(db, sql: "SELECT id, outcome FROM episodes")
+            XCTAssertEqual(rows.count, 2)
+            let hung = rows.first { ($0["id"] as String) == hungID }
+            XCTAssertNotNil(hung, "the cut stream is logged")
+            XCTAssertNotEqual(hung?["outcome"] as String?, "ok")
         }
     }
 
