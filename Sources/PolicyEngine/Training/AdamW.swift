@@ -44,6 +44,7 @@ public final class AdamW: @unchecked Sendable {  // serialised by the model's lo
     public func update(learningRate lr: Float) {
         model.lock.lock(); defer { model.lock.unlock() }
         step += 1
+        model.weightsVersion &+= 1
         let c = config
         for (i, p) in params.enumerated() {
             guard let g = p.grad else { continue }

@@ -67,8 +67,9 @@ public final class ForwardTape: @unchecked Sendable {  // immutable after forwar
     /// [(layers + 1), T, H]: hidden[l] is the input of layer l; hidden[layers] the final (pre-norm) state.
     let hidden: UnsafeMutablePointer<Float>
     let hiddenCount: Int
-    /// Identifies the model (and its LoRA-on/off state) that wrote the tape.
+    /// Identifies the model that wrote the tape, and the version of its weights.
     let owner: ObjectIdentifier
+    var weightsVersion: UInt64 = 0
 
     init(tokens: [Int32], layers: Int, hiddenSize: Int, owner: ObjectIdentifier) {
         self.tokens = tokens
@@ -110,6 +111,9 @@ public final class TrainableModel: @unchecked Sendable {
     public let profiler = TrainProfiler()
     /// All parameters in checkpoint order (base weights first, then LoRA adapters), unique.
     private(set) var allParams: [TrainParam] = []
+    /// Bumped by every change of the weights (optimiser step, setParameter, loadTrainableState): backward
+    /// recomputes layers from the tape, so a tape is only valid for the weights it was recorded with.
+    var weightsVersion: UInt64 = 0
     private var byName: [String: TrainParam] = [:]
 
     public convenience init(directory: URL, mode: TrainingMode, seed: UInt64 = 0) throws {
@@ -240,6 +244,7 @@ public final class TrainableModel: @unchecked Sendable {
         guard let p = byName[name] else { preconditionFailure("TrainableModel.setParameter: unknown parameter '\(name)'") }
         precondition(values.count == p.count, "setParameter(\(name)): \(values.count) values, expected \(p.count)")
         values.withUnsafeBufferPointer { p.value.update(from: $0.baseAddress!, count: p.count) }
+        weightsVersion &+= 1
     }
 
     public func zeroGradients() {
@@ -291,6 +296,7 @@ public final class TrainableModel: @unchecked Sendable {
         let tape = ForwardTape(tokens: tokens, layers: config.numHiddenLayers, hiddenSize: config.hiddenSize,
                                owner: ObjectIdentifier(self))
         tape.logprobs = run(tokens, adapters: true, tape: tape)
+        tape.weightsVersion = weightsVersion
         return tape
     }
 
@@ -550,6 +556,8 @@ public final class TrainableModel: @unchecked Sendable {
     public func backward(_ tape: ForwardTape, dLogprobs: [Float]) {
         lock.lock(); defer { lock.unlock() }
         precondition(tape.owner == ObjectIdentifier(self), "backward: the tape comes from another model")
+        precondition(tape.weightsVersion == weightsVersion,
+                     "backward: the weights changed since this tape's forward (optimiser step?); run forward again")
         precondition(dLogprobs.count == tape.tokens.count - 1,
                      "backward: \(dLogprobs.count) weights for \(tape.tokens.count - 1) logprobs")
         if case .frozen = mode { return }

@@ -75,5 +75,6 @@ extension TrainableModel {
         var loaded: [(TrainParam, FloatTensor)] = []
         for p in ps { loaded.append((p, try ckpt.floatTensor(p.name, shape: p.shape))) }
         for (p, t) in loaded { p.value.update(from: t.pointer, count: p.count) }
+        weightsVersion &+= 1
     }
 }
