@@ -150,7 +150,7 @@ struct TrainBench: AsyncParsableCommand {
         return r
     }
 
-    /// The same step in PyTorch: transformers model (eager attention, float32) from the same weights file;
+    /// The same step in PyTorch: transformers model (default sdpa attention, float32) from the same weights file;
     /// LoRA as forward hooks y + s (x A^T) B^T on q/k/v/o with only A, B requiring gradients.
     static let torchScript = #"""
 import sys, time, json, os, tempfile
@@ -179,7 +179,7 @@ json.dump(hf, open(os.path.join(tmp, "config.json"), "w"))
 for f in os.listdir(folder):
     if f.endswith(".safetensors") or f.endswith(".index.json"):
         os.symlink(os.path.abspath(os.path.join(folder, f)), os.path.join(tmp, f))
-model = getattr(transformers, arch).from_pretrained(tmp, dtype=torch.float32, attn_implementation="eager")
+model = getattr(transformers, arch).from_pretrained(tmp, dtype=torch.float32)  # default attention (sdpa)
 model.train()
 gen = torch.Generator().manual_seed(1)
 ids = torch.randint(0, cfg["vocab_size"] - 1, (1, T), generator=gen)
