@@ -145,8 +145,10 @@ public final class PPOTrainer<Model: PolicyGradientModel, Optimizer: PolicyOptim
     }
 
     /// Computes the reference log-probs (and fills in missing behaviour log-probs). Returns the
-    /// token-mean KL of the current model to the reference over all policy tokens.
-    public func prepare() -> Double {
+    /// token-mean KL of the current model to the reference over all policy tokens (0 without
+    /// `measureKL`, which saves a forward pass per episode when the model is known to equal the
+    /// reference, i.e. at the start of a run).
+    public func prepare(measureKL: Bool = true) -> Double {
         refLogp = []; oldLogp = []
         var klSum = 0.0, n = 0
         for e in episodes {
@@ -161,6 +163,7 @@ public final class PPOTrainer<Model: PolicyGradientModel, Optimizer: PolicyOptim
             }
             oldLogp.append(old)
         }
+        guard measureKL else { return 0 }
         for (i, e) in episodes.enumerated() {
             let cur = model.tokenLogprobs(e.sequence.tokens)
             for t in e.sequence.policyPositions { klSum += PPOObjective.kl(logp: Double(cur[t - 1]), ref: Double(refLogp[i][t - 1])); n += 1 }
@@ -243,7 +246,8 @@ public final class PPOTrainer<Model: PolicyGradientModel, Optimizer: PolicyOptim
 
     /// Runs the remaining steps. `stateDirectory`: where resumable state goes (`saveEvery` and at
     /// the end). `onStep` reports each optimiser step.
-    public func run(stateDirectory: URL?, klBefore: Double, onStep: (StepReport) -> Void = { _ in }) throws -> TrainingResult {
+    public func run(stateDirectory: URL?, klBefore: Double, measureKLAfter: Bool = true,
+                    onStep: (StepReport) -> Void = { _ in }) throws -> TrainingResult {
         guard !episodes.isEmpty else { throw TrainerError.nothingToTrain }
         let perEpoch = stepsPerEpoch
         while progress.epoch < hyper.epochs {
@@ -271,7 +275,7 @@ public final class PPOTrainer<Model: PolicyGradientModel, Optimizer: PolicyOptim
             progress.stepInEpoch = 0
         }
         if let dir = stateDirectory { try saveState(to: dir) }
-        let klAfter = meanKL()
+        let klAfter = measureKLAfter ? meanKL() : .nan
         return TrainingResult(steps: progress.globalStep, policyTokens: progress.policyTokens,
                               meanLoss: progress.globalStep == 0 ? 0 : progress.lossSum / Double(progress.globalStep),
                               klBefore: klBefore, klAfter: klAfter,

@@ -136,7 +136,9 @@ public enum TrainJob {
         }
         // KL "before" is measured against the starting model, i.e. before any update (a resumed
         // run reports the KL at the point it resumed).
-        let klBefore = trainer.prepare()
+        // A fresh run starts from the reference itself (full: the same weights; LoRA: B = 0), so
+        // its KL is 0 without measuring.
+        let klBefore = trainer.prepare(measureKL: resumed)
         let result = try trainer.run(stateDirectory: stateDir, klBefore: klBefore, onStep: onStep)
         try model.exportCheckpoint(to: c.out, sourceDirectory: c.base)
         let sha = try CheckpointHash.weightsSHA256(directory: c.out)
