@@ -44,6 +44,10 @@ public struct TrainingHyperparameters: Sendable, Equatable, Codable {
     public var ppo: PPOConfig = .init()
     /// Write resumable state every this many optimiser steps (0: only at the end).
     public var saveEvery: Int = 0
+    /// Use the starting weights' log-probs instead of the logged behaviour log-probs as the PPO
+    /// denominator. For traffic sampled at a temperature other than 1 (or with top-k/top-p), the
+    /// logged log-probs are of the tempered distribution and the ratio would be biased.
+    public var recomputeBehaviour = false
     public init() {}
 }
 
@@ -155,6 +159,10 @@ public final class PPOTrainer<Model: PolicyGradientModel, Optimizer: PolicyOptim
             let s = e.sequence
             let ref = model.referenceLogprobs(s.tokens)
             refLogp.append(ref)
+            if hyper.recomputeBehaviour {
+                oldLogp.append(model.tokenLogprobs(s.tokens))
+                continue
+            }
             // Behaviour log-probs shifted to the model's alignment: old[t-1] scores token t.
             var old = [Float](repeating: 0, count: s.tokens.count - 1)
             for t in 1..<s.tokens.count {

@@ -75,6 +75,8 @@ public struct TrainManifest: Codable, Sendable {
         public var ppo_clip: Double
         public var kl_coef: Double
         public var seed: UInt64
+        /// PPO denominator: "logged" behaviour log-probs or "base" (recomputed at the start).
+        public var behaviour: String
     }
     public var format = "prompt-r1-gateway-train/1"
     public var parent_version: String
@@ -148,7 +150,8 @@ public enum TrainJob {
                                         lora_targets: c.lora?.targetModules, learning_rate: c.hyper.learningRate,
                                         weight_decay: c.weightDecay, epochs: c.hyper.epochs, grad_accum: c.hyper.gradAccum,
                                         warmup_steps: c.hyper.warmupSteps, grad_clip: c.hyper.gradClip,
-                                        ppo_clip: c.hyper.ppo.clip, kl_coef: c.hyper.ppo.klCoef, seed: c.hyper.seed)
+                                        ppo_clip: c.hyper.ppo.clip, kl_coef: c.hyper.ppo.klCoef, seed: c.hyper.seed,
+                                        behaviour: c.hyper.recomputeBehaviour ? "base" : "logged")
         let eps = selection.episodes
         let manifest = TrainManifest(
             parent_version: CheckpointHash.versionID(sha256: parentSHA), parent_sha256: parentSHA, parent_path: c.base.path,

@@ -181,6 +181,7 @@ struct TrainRLCommand: AsyncParsableCommand {
     @Option(name: .customLong("save-every"), help: "Save resumable state every N steps (0: at the end only).") var saveEvery: Int = 0
     @Option(name: .customLong("state-dir"), help: "Resumable state folder (default <out>.train-state).") var stateDir: String?
     @Flag(help: "Continue from the saved state.") var resume = false
+    @Option(help: "PPO denominator: 'logged' (the behaviour log-probs in the log) or 'base' (recomputed with the weights the run starts from: --base, or the resumed state; use it for traffic sampled at a temperature other than 1 or with top-k/top-p).") var behaviour: String = "logged"
     @OptionGroup var filters: FilterOptions
     @Option(help: "After training, hot-swap the checkpoint into a running gateway: its admin base URL (e.g. http://127.0.0.1:8081).") var push: String?
     @Option(name: .customLong("push-path"), help: "Path to send in the swap request (relative to the gateway's admin.models_dir; default: --out as given).") var pushPath: String?
@@ -189,6 +190,7 @@ struct TrainRLCommand: AsyncParsableCommand {
     func validate() throws {
         if gradAccum < 1 || epochs < 1 { throw ValidationError("--grad-accum and --epochs must be at least 1") }
         if !(clip > 0) { throw ValidationError("--clip must be positive") }
+        if !["logged", "base"].contains(behaviour) { throw ValidationError("--behaviour: 'logged' or 'base'") }
     }
 
     func run() async throws {
@@ -201,6 +203,7 @@ struct TrainRLCommand: AsyncParsableCommand {
         }
         c.hyper.learningRate = lr; c.hyper.epochs = epochs; c.hyper.gradAccum = gradAccum; c.hyper.warmupSteps = warmup
         c.hyper.gradClip = gradClip; c.hyper.seed = seed; c.hyper.ppo = PPOConfig(clip: clip, klCoef: klCoef); c.hyper.saveEvery = saveEvery
+        c.hyper.recomputeBehaviour = behaviour == "base"
         c.weightDecay = weightDecay
         c.filter = try filters.filter()
         c.resume = resume

@@ -149,4 +149,23 @@ final class TrainerLoopTests: XCTestCase {
         XCTAssertEqual(t.order(epoch: 0), t.order(epoch: 0))
         XCTAssertNotEqual(t.order(epoch: 0), t.order(epoch: 1))
     }
+
+    func testRecomputedBehaviourStartsAtRatioOne() {
+        let policy = BigramPolicy(vocab: 6, seed: 3)
+        let eps = Self.episodes(policy, count: 3, seed: 2)
+        var hyper = TrainingHyperparameters()
+        hyper.ppo = PPOConfig(clip: 0.2, klCoef: 0)
+        hyper.recomputeBehaviour = true
+        let t = PPOTrainer(model: policy, optimizer: BigramSGD(policy), episodes: eps, hyper: hyper)
+        _ = t.prepare()
+        // Ratio 1 everywhere: the loss is minus the token-weighted mean advantage.
+        let tokens = eps.map { Double($0.sequence.policyTokenCount) }
+        let expected = -zip(eps, tokens).reduce(0) { $0 + $1.0.advantage * $1.1 } / tokens.reduce(0, +)
+        XCTAssertEqual(t.batchLoss([0, 1, 2]), expected, accuracy: 1e-6)
+        // With the logged (perturbed) behaviour log-probs it differs.
+        hyper.recomputeBehaviour = false
+        let logged = PPOTrainer(model: policy, optimizer: BigramSGD(policy), episodes: eps, hyper: hyper)
+        _ = logged.prepare()
+        XCTAssertNotEqual(logged.batchLoss([0, 1, 2]), expected, accuracy: 1e-4)
+    }
 }
