@@ -67,22 +67,40 @@ public final class ForwardTape: @unchecked Sendable {  // immutable after forwar
     /// [(layers + 1), T, H]: hidden[l] is the input of layer l; hidden[layers] the final (pre-norm) state.
     let hidden: UnsafeMutablePointer<Float>
     let hiddenCount: Int
+    /// Optional stored MLP activations (gate and up projections, [layers, 2, T, I]) for the first
+    /// `mlpLayers` layers, so backward skips their recompute (see `TrainableModel.activationBudgetBytes`).
+    let mlp: UnsafeMutablePointer<Float>?
+    let mlpLayers: Int
+    let mlpStride: Int
     /// Identifies the model that wrote the tape, and the version of its weights.
     let owner: ObjectIdentifier
     var weightsVersion: UInt64 = 0
 
-    init(tokens: [Int32], layers: Int, hiddenSize: Int, owner: ObjectIdentifier) {
+    init(tokens: [Int32], layers: Int, hiddenSize: Int, owner: ObjectIdentifier, mlpLayers: Int = 0, intermediateSize: Int = 0) {
         self.tokens = tokens
         logprobs = []
         hiddenCount = (layers + 1) * tokens.count * hiddenSize
         hidden = .allocate(capacity: max(hiddenCount, 1))
         self.owner = owner
+        self.mlpLayers = mlpLayers
+        mlpStride = 2 * tokens.count * intermediateSize
+        mlp = mlpLayers > 0 ? .allocate(capacity: mlpLayers * mlpStride) : nil
     }
 
-    deinit { hidden.deallocate() }
+    deinit {
+        hidden.deallocate()
+        mlp?.deallocate()
+    }
+
+    /// (gate, up) storage of layer `l`, when stored.
+    func mlpStore(_ l: Int) -> (g: UnsafeMutablePointer<Float>, u: UnsafeMutablePointer<Float>)? {
+        guard let mlp, l < mlpLayers else { return nil }
+        let g = mlp + l * mlpStride
+        return (g, g + mlpStride / 2)
+    }
 
     /// Bytes held by the tape.
-    public var byteCount: Int { hiddenCount * 4 + logprobs.count * 4 + lse.count * 4 }
+    public var byteCount: Int { hiddenCount * 4 + logprobs.count * 4 + lse.count * 4 + mlpLayers * mlpStride * 4 }
 }
 
 /// A decoder-only transformer (Qwen2, Qwen3, Llama) for training: full-sequence forward without KV cache,
@@ -293,8 +311,10 @@ public final class TrainableModel: @unchecked Sendable {
     public func forward(_ tokens: [Int32]) -> ForwardTape {
         lock.lock(); defer { lock.unlock() }
         check(tokens)
+        let perLayer = 2 * tokens.count * config.intermediateSize * 4
+        let mlpLayers = trainableParams.isEmpty ? 0 : min(config.numHiddenLayers, _activationBudgetBytes / max(perLayer, 1))
         let tape = ForwardTape(tokens: tokens, layers: config.numHiddenLayers, hiddenSize: config.hiddenSize,
-                               owner: ObjectIdentifier(self))
+                               owner: ObjectIdentifier(self), mlpLayers: mlpLayers, intermediateSize: config.intermediateSize)
         tape.logprobs = run(tokens, adapters: true, tape: tape)
         tape.weightsVersion = weightsVersion
         return tape
@@ -327,6 +347,16 @@ public final class TrainableModel: @unchecked Sendable {
     /// lm_head rows (vocabulary entries) per slice of the head: bounds the [tokens, slice] logits buffer.
     var vocabSlice = 4096
 
+    /// Extra bytes a tape may use to keep MLP activations (gate and up projection outputs, 2 x tokens x
+    /// intermediate_size floats per layer). 0 (default): pure checkpointing, a tape holds the layer inputs only.
+    /// Layers whose activations fit skip the two largest products of their backward recompute
+    /// (about a third of a forward's FLOPs when all fit). Qwen2.5-0.5B: 10 MB per layer per 256 tokens.
+    public var activationBudgetBytes: Int {
+        get { lock.lock(); defer { lock.unlock() }; return _activationBudgetBytes }
+        set { lock.lock(); _activationBudgetBytes = max(0, newValue); lock.unlock() }
+    }
+    private var _activationBudgetBytes = 0
+
     private func run(_ tokens: [Int32], adapters: Bool, tape: ForwardTape?) -> [Float] {
         let c = config, T = tokens.count, H = c.hiddenSize, L = c.numHiddenLayers
         ws.ensure(config: c, rows: T, rank: loraRank, vocabSlice: vocabSlice)
@@ -340,7 +370,8 @@ public final class TrainableModel: @unchecked Sendable {
         profiler.start()
         for (t, tok) in tokens.enumerated() { (x0 + t * H).update(from: embed.value + Int(tok) * H, count: H) }
         for l in 0..<L {
-            layerForward(l, x: hidden(l), out: hidden(l + 1), T: T, adapters: adapters, section: "fwd.")
+            layerForward(l, x: hidden(l), out: hidden(l + 1), T: T, adapters: adapters, section: "fwd.",
+                         mlp: tape?.mlpStore(l), mlpStored: false)
         }
         // Head: log p(next token) per row. The vocabulary is processed in slices of lm_head rows so each weight is
         // read once: logits [rows, slice], with an online logsumexp (running max, double sum) per row.
@@ -435,8 +466,11 @@ public final class TrainableModel: @unchecked Sendable {
 
     /// Forward of layer `l` on T rows; every intermediate the backward needs stays in the workspace.
     /// With `out` nil (the recompute in backward) the down projection, whose output backward never needs, is skipped.
+    /// `mlp`: where the gate/up outputs go (default: the workspace); with `mlpStored` they already hold this
+    /// layer's values (kept by the tape) and the two products are skipped.
     private func layerForward(_ l: Int, x: UnsafePointer<Float>, out: UnsafeMutablePointer<Float>?, T: Int, adapters: Bool,
-                              section: String) {
+                              section: String, mlp: (g: UnsafeMutablePointer<Float>, u: UnsafeMutablePointer<Float>)?,
+                              mlpStored: Bool) {
         let prof = profiler
         let c = config, w = layers[l]
         let H = c.hiddenSize, Q = c.qDim, KV = c.kvDim, I = c.intermediateSize, hd = c.headDim
@@ -469,9 +503,18 @@ public final class TrainableModel: @unchecked Sendable {
         linearForward(w.o, x: s.att.p, T: T, y: s.x2.p, accumulate: true, adapters: adapters, u: s.loraU(3, T))
         // MLP
         TrainKernels.rmsNormForward(s.x2.p, weight: w.postNorm.value, rows: T, dim: H, eps: eps, out: s.xn2.p, rstd: s.rstd2.p)
-        linearForward(w.gate, x: s.xn2.p, T: T, y: s.g.p, accumulate: false, adapters: adapters, u: s.loraU(4, T))
-        linearForward(w.up, x: s.xn2.p, T: T, y: s.u.p, accumulate: false, adapters: adapters, u: s.loraU(5, T))
-        TrainKernels.swigluForward(s.g.p, s.u.p, out: s.a.p, count: T * I)
+        let g = mlp?.g ?? s.g.p, u = mlp?.u ?? s.u.p
+        if mlpStored {
+            // Only the LoRA intermediates x A^T are needed again.
+            for (lin, slot) in [(w.gate, 4), (w.up, 5)] where adapters && lin.loraA != nil {
+                let r = lin.loraA!.shape[0]
+                TrainKernels.gemmNT(T, r, H, s.xn2.p, lda: H, lin.loraA!.value, ldb: H, s.loraU(slot, T), ldc: r, beta: 0)
+            }
+        } else {
+            linearForward(w.gate, x: s.xn2.p, T: T, y: g, accumulate: false, adapters: adapters, u: s.loraU(4, T))
+            linearForward(w.up, x: s.xn2.p, T: T, y: u, accumulate: false, adapters: adapters, u: s.loraU(5, T))
+        }
+        TrainKernels.swigluForward(g, u, out: s.a.p, count: T * I)
         if let out {
             out.update(from: s.x2.p, count: T * H)
             linearForward(w.down, x: s.a.p, T: T, y: out, accumulate: true, adapters: adapters, u: s.loraU(6, T))
@@ -486,7 +529,8 @@ public final class TrainableModel: @unchecked Sendable {
     /// Backward of layer `l` after `layerForward` recomputed its internals for the same input `x`:
     /// d(in) = dOut + contributions; written into `dIn` (may not alias dOut).
     private func layerBackward(_ l: Int, x: UnsafePointer<Float>, dOut: UnsafePointer<Float>, dIn: UnsafeMutablePointer<Float>,
-                               T: Int, needInputGradient: Bool) {
+                               T: Int, needInputGradient: Bool,
+                               mlp: (g: UnsafeMutablePointer<Float>, u: UnsafeMutablePointer<Float>)?) {
         let c = config, w = layers[l]
         let H = c.hiddenSize, Q = c.qDim, KV = c.kvDim, I = c.intermediateSize, hd = c.headDim
         let nH = c.numAttentionHeads, nKV = c.numKeyValueHeads, nRep = nH / nKV
@@ -498,7 +542,7 @@ public final class TrainableModel: @unchecked Sendable {
         dx2.update(from: dOut, count: T * H)
         // down: da = dOut Wd
         linearBackward(w.down, x: s.a.p, T: T, dy: dOut, dx: s.da.p, accumulate: false, adapters: true, u: s.loraU(6, T), du: du)
-        TrainKernels.swigluBackward(s.da.p, s.g.p, s.u.p, dg: s.dg.p, du: s.du.p, count: T * I)
+        TrainKernels.swigluBackward(s.da.p, mlp?.g ?? s.g.p, mlp?.u ?? s.u.p, dg: s.dg.p, du: s.du.p, count: T * I)
         linearBackward(w.gate, x: s.xn2.p, T: T, dy: s.dg.p, dx: s.dxn.p, accumulate: false, adapters: true, u: s.loraU(4, T), du: du)
         linearBackward(w.up, x: s.xn2.p, T: T, dy: s.du.p, dx: s.dxn.p, accumulate: true, adapters: true, u: s.loraU(5, T), du: du)
         TrainKernels.rmsNormBackward(s.dxn.p, x: s.x2.p, weight: w.postNorm.value, rstd: s.rstd2.p, rows: T, dim: H,
@@ -607,8 +651,11 @@ public final class TrainableModel: @unchecked Sendable {
         let needEmbedGrad = embed.grad != nil
         for l in stride(from: L - 1, through: 0, by: -1) {
             let x = tape.hidden + l * Tfull * H
-            layerForward(l, x: x, out: nil, T: T, adapters: true, section: "bwd.recompute.")
-            layerBackward(l, x: x, dOut: dX, dIn: dNext, T: T, needInputGradient: l > 0 || needEmbedGrad || layers[l].inputNorm.grad != nil)
+            // Stored gate/up rows have stride T (the tape's length): the first T rows are this backward's rows.
+            let gu = tape.mlpStore(l)
+            layerForward(l, x: x, out: nil, T: T, adapters: true, section: "bwd.recompute.", mlp: gu, mlpStored: gu != nil)
+            layerBackward(l, x: x, dOut: dX, dIn: dNext, T: T, needInputGradient: l > 0 || needEmbedGrad || layers[l].inputNorm.grad != nil,
+                          mlp: gu)
             swap(&dX, &dNext)
         }
         if let gE = embed.grad {
