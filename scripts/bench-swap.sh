@@ -23,7 +23,7 @@ for _ in $(seq 1 600); do curl -sf localhost:18481/ready >/dev/null && break; sl
 rss() { grep -E '^(VmRSS|VmHWM)' /proc/$pid/status | tr -s ' ' | tr '\n' ' '; }
 echo "before swap: $(rss)"
 start=$(date +%s.%N)
-curl -sf -X POST localhost:18481/admin/policy -d '{"path": "b"}' > "$work/swap.json"
+curl -sf -X POST -H "Authorization: Bearer $(cat "$work/admin-token")" localhost:18481/admin/policy -d '{"path": "b"}' > "$work/swap.json"
 end=$(date +%s.%N)
 echo "swap: $(python3 -c "print(f'{$end - $start:.2f}')") s from POST to the new version serving (load_seconds $(python3 -c "import json;print(round(json.load(open('$work/swap.json'))['load_seconds'],2))"))"
 echo "after swap:  $(rss)"

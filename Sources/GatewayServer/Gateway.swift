@@ -20,6 +20,8 @@ public final class Gateway: Sendable {
     private let portBox: PortBox
     private let adminPortBox: PortBox
     private let groupBox = GroupBox()
+    /// The file holding the generated admin token, when the environment gave none.
+    public let adminTokenFile: String?
 
     /// Builds everything from a config. `environment` supplies the secrets named in it.
     /// `configPath` is the file `POST /admin/config/reload` and SIGHUP re-read (nil: reload is
@@ -27,9 +29,21 @@ public final class Gateway: Sendable {
     public init(config: GatewayConfig, configPath: String? = nil,
                 environment: [String: String] = ProcessInfo.processInfo.environment,
                 logger: Logger = Logger(label: "gateway")) throws {
-        let adminToken = environment[config.admin.tokenEnv].flatMap { $0.isEmpty ? nil : $0 }
+        var adminToken = environment[config.admin.tokenEnv].flatMap { $0.isEmpty ? nil : $0 }
         if adminToken == nil && !Self.isLoopback(config.admin.host) {
             throw ConfigError(path: "admin.host", problem: "the admin listener is on a non-loopback address (\(config.admin.host)) but no admin token is set in $\(config.admin.tokenEnv); refusing to start")
+        }
+        // The admin API always needs a token: without one in the environment, a fresh random one
+        // is written to a 0600 file for the operator (and `gateway-train --push`) to read.
+        let tokenFile = config.admin.tokenFile
+            ?? URL(fileURLWithPath: config.log.path).deletingLastPathComponent().appendingPathComponent("admin-token").path
+        if adminToken == nil {
+            let generated = try Self.writeGeneratedToken(to: tokenFile)
+            adminToken = generated
+            logger.notice("admin token generated (none in the environment)", metadata: ["file": "\(tokenFile)", "env": "\(config.admin.tokenEnv)"])
+            adminTokenFile = tokenFile
+        } else {
+            adminTokenFile = nil
         }
         let auth = try ClientAuth(config: config.auth, environment: environment)
         // Everything that can fail comes before the upstream client, which must be shut down
@@ -148,6 +162,20 @@ public final class Gateway: Sendable {
     /// Starts a graceful shutdown, as SIGTERM does; `run()` returns when it is complete.
     public func shutdown() async {
         await groupBox.get()?.triggerGracefulShutdown()
+    }
+}
+
+extension Gateway {
+    /// 32 random bytes as hex, written to `path` with mode 0600 (replacing an older file).
+    static func writeGeneratedToken(to path: String) throws -> String {
+        var rng = SystemRandomNumberGenerator()
+        let token = (0..<32).map { _ in String(format: "%02x", UInt8.random(in: 0...255, using: &rng)) }.joined()
+        let fm = FileManager.default
+        try? fm.removeItem(atPath: path)
+        guard fm.createFile(atPath: path, contents: Data((token + "\n").utf8), attributes: [.posixPermissions: 0o600]) else {
+            throw ConfigError(path: "admin.token_file", problem: "cannot write the generated admin token to \(path)")
+        }
+        return token
     }
 }
 

@@ -106,6 +106,9 @@ public struct GatewayConfig: Sendable, Equatable {
         public var port = 8081
         /// Environment variable holding the admin bearer token.
         public var tokenEnv = "GATEWAY_ADMIN_TOKEN"
+        /// Where a generated token is written (0600) when the variable is not set; null: next to
+        /// the traffic log, as `admin-token`.
+        public var tokenFile: String?
         /// Policy checkpoints may only be loaded from inside this folder.
         public var modelsDir = "models"
         public init() {}
@@ -241,6 +244,7 @@ public struct GatewayConfig: Sendable, Equatable {
         c.admin.host = try ad.string("host", default: c.admin.host)
         c.admin.port = try ad.int("port", default: c.admin.port, range: 0...65535)
         c.admin.tokenEnv = try ad.string("token_env", default: c.admin.tokenEnv)
+        c.admin.tokenFile = try ad.string("token_file")
         if !Self.isEnvName(c.admin.tokenEnv) {
             throw ConfigError(path: "admin.token_env", problem: "must be the NAME of an environment variable, not a token")
         }

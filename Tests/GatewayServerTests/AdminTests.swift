@@ -215,12 +215,19 @@ final class AdminTests: XCTestCase {
         XCTAssertEqual(h.upstream.received.last?.json?["model"] as? String, "house")
 
         try write(#"[{"model": "house", "mode": "passthrough", "upstream_model": "gpt-4o"}, {"model": "*", "mode": "passthrough"}]"#)
-        do { let reply = try await h.admin(.POST, "/admin/config/reload"); XCTAssertEqual(reply.status, 200, reply.body) }
+        // No token in the environment: the gateway generated one into a private file.
+        let tokenFile = try XCTUnwrap(h.gateway.adminTokenFile)
+        let token = try String(contentsOfFile: tokenFile, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
+        XCTAssertEqual(token.count, 64)
+        let mode = try FileManager.default.attributesOfItem(atPath: tokenFile)[.posixPermissions] as? Int
+        XCTAssertEqual(mode, 0o600)
+        assertOpenAIError(try await h.admin(.POST, "/admin/config/reload"), status: 401)
+        do { let reply = try await h.admin(.POST, "/admin/config/reload", token: token); XCTAssertEqual(reply.status, 200, reply.body) }
         _ = try await h.chat(#"{"model":"house","messages":[{"role":"user","content":"x"}]}"#)
         XCTAssertEqual(h.upstream.received.last?.json?["model"] as? String, "gpt-4o")
 
         try write(#"[{"model": "house", "mode": "sideways"}]"#)
-        let bad = try await h.admin(.POST, "/admin/config/reload")
+        let bad = try await h.admin(.POST, "/admin/config/reload", token: token)
         XCTAssertTrue((assertOpenAIError(bad, status: 400)["message"] as? String ?? "").contains("routes[0].mode"))
         _ = try await h.chat(#"{"model":"house","messages":[{"role":"user","content":"x"}]}"#)
         XCTAssertEqual(h.upstream.received.last?.json?["model"] as? String, "gpt-4o", "the old config must stay")
