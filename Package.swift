@@ -11,10 +11,12 @@ import PackageDescription
 //   OpenAIWire       OpenAI Codable types, SSE encode/decode, errors, upstream HTTP client.
 //   TrafficLog       SQLite (GRDB) schema, migrations, batched writer, readers.
 //   GatewayServer    Hummingbird routes, auth, admin, metrics, config.
+//   EpisodeLog       between the protocol and the log: Episode -> EpisodeRecord rows, and a
+//                    checkpoint's weights digest (version id). Used by server and trainer.
 //   GatewayTrainer   (issue 6) rollouts, training rewards, GRPO advantages, PPO/KL loss, the
 //                    training loop over PolicyEngine's TrainableModel/AdamW (LoRA or full),
 //                    checkpoints + manifest, export for verl/TRL, eval. Never imports
-//                    GatewayServer (it has its own small upstream adapter and weights hash).
+//                    GatewayServer (it has its own small upstream adapter).
 //   gateway, gateway-train, gateway-bench: thin executables.
 let package = Package(
     name: "PromptR1Gateway",
@@ -66,9 +68,13 @@ let package = Package(
             ]
         ),
         .target(
+            name: "EpisodeLog",
+            dependencies: ["PromptR1", "TrafficLog", .product(name: "Crypto", package: "swift-crypto")]
+        ),
+        .target(
             name: "GatewayServer",
             dependencies: [
-                "OpenAIWire", "TrafficLog", "PromptR1", "PolicyEngine",
+                "OpenAIWire", "TrafficLog", "PromptR1", "PolicyEngine", "EpisodeLog",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HTTPTypes", package: "swift-http-types"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
@@ -97,15 +103,14 @@ let package = Package(
         ),
         .target(
             name: "GatewayTrainer",
-            dependencies: ["PolicyEngine", "PromptR1", "OpenAIWire", "TrafficLog",
+            dependencies: ["PolicyEngine", "PromptR1", "OpenAIWire", "TrafficLog", "EpisodeLog",
                            .product(name: "Logging", package: "swift-log"),
-                           .product(name: "Crypto", package: "swift-crypto"),
                            .product(name: "AsyncHTTPClient", package: "async-http-client"),
                            .product(name: "NIOCore", package: "swift-nio")]
         ),
         .executableTarget(
             name: "gateway-train",
-            dependencies: ["GatewayTrainer", "PolicyEngine", "PromptR1",
+            dependencies: ["GatewayTrainer", "EpisodeLog", "PolicyEngine", "PromptR1",
                            .product(name: "ArgumentParser", package: "swift-argument-parser")]
         ),
         .executableTarget(
@@ -131,6 +136,6 @@ let package = Package(
         // The trainer's math, selection, export and rollout against a real SQLite file and a
         // FakeUpstream, the learning test, and the built gateway-train executable.
         .testTarget(name: "GatewayTrainerTests",
-                    dependencies: ["GatewayTrainer", "PolicyEngine", "PromptR1", "TrafficLog", "OpenAIWire", "FakeUpstream"]),
+                    dependencies: ["GatewayTrainer", "EpisodeLog", "PolicyEngine", "PromptR1", "TrafficLog", "OpenAIWire", "FakeUpstream"]),
     ]
 )

@@ -1,3 +1,4 @@
+import EpisodeLog
 import Foundation
 import HTTPTypes
 import Hummingbird
@@ -266,28 +267,9 @@ struct EpisodeRun: Sendable {
         record.totalTokens = u.totalTokens
         record.policyTokens = (u.policyTokens?.promptTokens ?? 0) + (u.policyTokens?.completionTokens ?? 0)
         record.formatScore = PromptR1Reward.formatScore(e.rewardText)
-        var turns: [TurnRecord] = []
-        var upstreamMs = 0.0
-        for t in e.turns {
-            var call: String?
-            switch t.parse {
-            case .call(let c): call = c.prompt
-            case .malformedCall(let err, _): call = err.rawValue
-            case .final: call = nil
-            }
-            turns.append(TurnRecord(index: turns.count, kind: "policy", inputIDs: t.inputTokenIDs, outputIDs: t.generatedTokenIDs,
-                                    logprobs: t.logprobs, lossMask: t.mask, text: state.loggedResponse(t.generatedText), call: call.map { state.loggedResponse($0) ?? $0 }))
-            if let up = t.upstream {
-                let messages = (try? JSONEncoder.wire.encode(up.messages)).map { String(decoding: $0, as: UTF8.self) }
-                upstreamMs += up.latencySeconds * 1000
-                turns.append(TurnRecord(index: turns.count, kind: "upstream", upstreamRequest: state.loggedResponse(messages),
-                                        upstreamResponse: state.loggedResponse(up.rawAnswer), latencyMs: up.latencySeconds * 1000,
-                                        promptTokens: up.usage?.promptTokens, completionTokens: up.usage?.completionTokens,
-                                        status: up.error == nil ? 200 : nil, error: up.error))
-            }
-        }
-        record.turns = turns
-        record.upstreamMs = upstreamMs
+        let rows = EpisodeMapping.turnRows(e, redact: state.loggedResponse)
+        record.turns = rows.turns
+        record.upstreamMs = rows.upstreamMs
         _ = Passthrough.finishTiming(&record, context: context)
         await state.record(record)
     }

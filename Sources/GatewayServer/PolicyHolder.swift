@@ -1,4 +1,4 @@
-import Crypto
+import EpisodeLog
 import Foundation
 import PolicyEngine
 import PromptR1
@@ -26,7 +26,7 @@ public final class LoadedPolicy: Sendable {
     init(policy: EnginePolicy, sha256: String, path: String) {
         self.policy = policy
         self.sha256 = sha256
-        version = String(sha256.prefix(16))
+        version = CheckpointHash.versionID(sha256: sha256)
         self.path = path
         loadedAt = Date()
         architecture = policy.model.config.modelType.rawValue
@@ -59,20 +59,7 @@ public final class LoadedPolicy: Sendable {
             policy.shutdown()
             throw LoadError.nonFiniteLogits(path)
         }
-        return LoadedPolicy(policy: policy, sha256: try weightsSHA256(directory: url), path: path)
-    }
-
-    /// SHA-256 over the checkpoint's safetensors files in name order.
-    static func weightsSHA256(directory: URL) throws -> String {
-        let files = try FileManager.default.contentsOfDirectory(atPath: directory.path)
-            .filter { $0.hasSuffix(".safetensors") }.sorted()
-        var hasher = SHA256()
-        for name in files {
-            let handle = try FileHandle(forReadingFrom: directory.appendingPathComponent(name))
-            defer { try? handle.close() }
-            while let chunk = try handle.read(upToCount: 4 << 20), !chunk.isEmpty { hasher.update(data: chunk) }
-        }
-        return hasher.finalize().map { String(format: "%02x", $0) }.joined()
+        return LoadedPolicy(policy: policy, sha256: try CheckpointHash.weightsSHA256(directory: url), path: path)
     }
 
     var record: PolicyVersionRecord {

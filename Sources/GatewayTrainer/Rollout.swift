@@ -4,6 +4,7 @@
 // transaction) into the gateway's SQLite schema. Resumable: questions that already have their G
 // episodes on the route are skipped, partly done ones get only the missing episodes.
 
+import EpisodeLog
 import Foundation
 import OpenAIWire
 import PolicyEngine

@@ -1,7 +1,6 @@
 // Small shared pieces: the upstream adapter for the collaboration loop, the dataset reader, the
 // checkpoint weights hash (the gateway's policy version id), progress output and tables.
 
-import Crypto
 import Foundation
 import OpenAIWire
 import PromptR1
@@ -80,24 +79,6 @@ public enum Dataset {
         }
         return out
     }
-}
-
-public enum CheckpointHash {
-    /// SHA-256 over the checkpoint's `*.safetensors` files in name order: the same digest the
-    /// gateway computes for a loaded policy (its version id is the first 16 hex digits).
-    public static func weightsSHA256(directory: URL) throws -> String {
-        let files = try FileManager.default.contentsOfDirectory(atPath: directory.path)
-            .filter { $0.hasSuffix(".safetensors") }.sorted()
-        var hasher = SHA256()
-        for name in files {
-            let handle = try FileHandle(forReadingFrom: directory.appendingPathComponent(name))
-            defer { try? handle.close() }
-            while let chunk = try handle.read(upToCount: 4 << 20), !chunk.isEmpty { hasher.update(data: chunk) }
-        }
-        return hasher.finalize().map { String(format: "%02x", $0) }.joined()
-    }
-
-    public static func versionID(sha256: String) -> String { String(sha256.prefix(16)) }
 }
 
 /// Progress on stderr: a redrawn bar with ETA on a terminal, plain lines otherwise (about every

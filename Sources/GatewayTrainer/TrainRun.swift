@@ -3,6 +3,7 @@
 // gateway's admin endpoint.
 
 import AsyncHTTPClient
+import EpisodeLog
 import Foundation
 import NIOCore
 import PolicyEngine

@@ -1,4 +1,5 @@
 import ArgumentParser
+import EpisodeLog
 import Foundation
 import GatewayTrainer
 import OpenAIWire

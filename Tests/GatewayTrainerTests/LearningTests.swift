@@ -1,4 +1,5 @@
 import FakeUpstream
+import EpisodeLog
 import Foundation
 import GatewayTrainer
 import OpenAIWire
