@@ -128,6 +128,7 @@ let package = Package(
         .testTarget(
             name: "GatewayServerTests",
             dependencies: ["GatewayServer", "OpenAIWire", "TrafficLog", "FakeUpstream", "PromptR1", "PolicyEngine",
+                           "EpisodeLog", "GatewayTrainer",
                            .product(name: "AsyncHTTPClient", package: "async-http-client"),
                            .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HTTPTypes", package: "swift-http-types"),

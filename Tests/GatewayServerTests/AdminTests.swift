@@ -1,6 +1,9 @@
+import EpisodeLog
 import FakeUpstream
 import Foundation
+import GatewayTrainer
 import GRDB
+import PolicyEngine
 import TrafficLog
 import XCTest
 @testable import GatewayServer
@@ -32,6 +35,48 @@ final class AdminTests: XCTestCase {
             c.policy.queueTimeoutMs = 120_000
             configure(&c)
         })
+    }
+
+    /// The trainer's way out, end to end: a LoRA step on the serving checkpoint, exported as a
+    /// checkpoint folder by the trainer, pushed with `gateway-train`'s push call to the running
+    /// gateway, which loads it, reports its weights digest as the version and serves with it.
+    func testTrainerExportPushedIntoRunningGateway() async throws {
+        let models = try Self.modelsDir()
+        let h = try await Self.start(models: models)
+        let token = "admin-SECRET-token"
+        let base = models.appendingPathComponent("A")
+        let model = try TrainableModel(directory: base, mode: .lora(LoRAConfig(rank: 4, alpha: 8, targetModules: ["q_proj", "v_proj"])), seed: 1)
+        let optimizer = AdamW(model: model, config: AdamWConfig(lr: 1e-2, weightDecay: 0))
+        for _ in 0..<2 {
+            let tokens: [Int32] = (0..<24).map { Int32(($0 * 37) % 200) }
+            let tape = model.forward(tokens)
+            model.backward(tape, dLogprobs: [Float](repeating: -1, count: tokens.count - 1))
+            optimizer.update(learningRate: 1e-2)
+            model.zeroGradients()
+        }
+        let out = models.appendingPathComponent("A-trained")
+        try model.exportCheckpoint(to: out, sourceDirectory: base)
+        let sha = try CheckpointHash.weightsSHA256(directory: out)
+        XCTAssertNotEqual(sha, try CheckpointHash.weightsSHA256(directory: base), "the LoRA step changed the merged weights")
+
+        do {
+            _ = try await TrainJob.push(adminURL: h.adminBase, path: "A-trained", token: "wrong")
+            XCTFail("a wrong token must be refused")
+        } catch let e as TrainJob.PushError {
+            XCTAssertEqual(e.status, 401)
+        }
+        let reply = try await TrainJob.push(adminURL: h.adminBase, path: "A-trained", token: token)
+        XCTAssertTrue(reply.contains(CheckpointHash.versionID(sha256: sha)), reply)
+        let status = try await h.admin(.GET, "/admin/policy", token: token)
+        XCTAssertEqual((status.json?["current"] as? [String: Any])?["id"] as? String, CheckpointHash.versionID(sha256: sha))
+        let question = try CollaborationTests.cases()[0]
+        let body = String(decoding: try JSONSerialization.data(withJSONObject: ["model": "prompt-r1/gpt-4o-mini", "messages": [["role": "user", "content": question.question]]]), as: UTF8.self)
+        let served = try await h.chat(body)
+        XCTAssertEqual(served.status, 200, served.body)
+        let id = try XCTUnwrap(served.episodeID)
+        try await h.stop()
+        let rec = try XCTUnwrap(try TrafficDatabase(path: h.dbPath).episode(id: id))
+        XCTAssertEqual(rec.policyVersion, CheckpointHash.versionID(sha256: sha))
     }
 
     func testSwapUnderLoadLosesNothingAndRecordsTheServingVersion() async throws {
