@@ -48,6 +48,9 @@ public struct TrainJobConfig: Sendable {
     public var lora: LoRAConfig?   // nil: full fine-tuning
     public var hyper = TrainingHyperparameters()
     public var weightDecay: Double = 0.01
+    /// Bytes of MLP activations the tape may keep so backward skips recomputing them
+    /// (`TrainableModel.activationBudgetBytes`); 0: pure activation checkpointing.
+    public var activationBudgetBytes = 1 << 30
     public var filter = EpisodeFilter()
     public var resume = false
     /// Where resumable state lives (default `<out>.state`).
@@ -125,6 +128,7 @@ public enum TrainJob {
         log("selected \(selection.episodes.count) episodes (\(selection.groups) groups, \(selection.loneEpisodes) lone, \(selection.skipped.count) skipped), mean reward \(Table.num(selection.meanReward))")
         let mode: TrainingMode = c.lora.map { .lora($0) } ?? .full
         let model = try TrainableModel(directory: c.base, mode: mode, seed: c.hyper.seed)
+        model.activationBudgetBytes = c.activationBudgetBytes
         let reference: TrainableModel? = c.lora == nil ? try TrainableModel(directory: c.base, mode: .frozen, seed: c.hyper.seed) : nil
         let adam = AdamW(model: model, config: AdamWConfig(lr: Float(c.hyper.learningRate), weightDecay: Float(c.weightDecay)))
         let trainer = PPOTrainer(model: EngineTrainable(model: model, reference: reference), optimizer: EngineAdamW(adam),

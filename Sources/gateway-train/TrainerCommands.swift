@@ -182,6 +182,7 @@ struct TrainRLCommand: AsyncParsableCommand {
     @Option(name: .customLong("save-every"), help: "Save resumable state every N steps (0: at the end only).") var saveEvery: Int = 0
     @Option(name: .customLong("state-dir"), help: "Resumable state folder (default <out>.train-state).") var stateDir: String?
     @Flag(help: "Continue from the saved state.") var resume = false
+    @Option(name: .customLong("activation-budget-mb"), help: "MB of MLP activations kept per sequence so backward does not recompute them (faster; 0: recompute everything, least memory).") var activationBudgetMB: Int = 1024
     @Option(help: "PPO denominator: 'logged' (the behaviour log-probs in the log) or 'base' (recomputed with the weights the run starts from: --base, or the resumed state; use it for traffic sampled at a temperature other than 1 or with top-k/top-p).") var behaviour: String = "logged"
     @OptionGroup var filters: FilterOptions
     @Option(help: "After training, hot-swap the checkpoint into a running gateway: its admin base URL (e.g. http://127.0.0.1:8081).") var push: String?
@@ -206,6 +207,7 @@ struct TrainRLCommand: AsyncParsableCommand {
         c.hyper.gradClip = gradClip; c.hyper.seed = seed; c.hyper.ppo = PPOConfig(clip: clip, klCoef: klCoef); c.hyper.saveEvery = saveEvery
         c.hyper.recomputeBehaviour = behaviour == "base"
         c.weightDecay = weightDecay
+        c.activationBudgetBytes = max(0, activationBudgetMB) << 20
         c.filter = try filters.filter()
         c.resume = resume
         c.stateDirectory = stateDir.map { URL(fileURLWithPath: $0) }
