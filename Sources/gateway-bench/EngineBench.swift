@@ -371,41 +371,9 @@ struct EngineBench: AsyncParsableCommand {
 
     // MARK: Python
 
-    struct PythonResult {
-        var ok: Bool
-        var values: [String: Double] = [:]
-        var text: [String: String] = [:]
-        var error = ""
-    }
-
     /// Runs `script` with `python`; the script prints `key=value` lines.
     private func runPython(_ script: String, args: [String], work: URL) -> PythonResult {
-        let file = work.appendingPathComponent("script-\(abs(script.hashValue)).py")
-        do { try script.write(to: file, atomically: true, encoding: .utf8) } catch {
-            return PythonResult(ok: false, error: "cannot write the script: \(error)")
-        }
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        p.arguments = [python, file.path] + args
-        let out = Pipe(), err = Pipe()
-        p.standardOutput = out
-        p.standardError = err
-        do { try p.run() } catch { return PythonResult(ok: false, error: "cannot run \(python): \(error)") }
-        let outData = out.fileHandleForReading.readDataToEndOfFile()
-        let errData = err.fileHandleForReading.readDataToEndOfFile()
-        p.waitUntilExit()
-        var r = PythonResult(ok: p.terminationStatus == 0)
-        for line in String(decoding: outData, as: UTF8.self).split(separator: "\n") {
-            let kv = line.split(separator: "=", maxSplits: 1).map(String.init)
-            guard kv.count == 2 else { continue }
-            if let v = Double(kv[1]) { r.values[kv[0]] = v } else { r.text[kv[0]] = kv[1] }
-        }
-        if let skip = r.text["skip"] { r.ok = false; r.error = skip }
-        if p.terminationStatus != 0 {
-            let lastLine = String(decoding: errData, as: UTF8.self).split(separator: "\n").last.map(String.init) ?? ""
-            r.error = "\(python) exited \(p.terminationStatus): \(lastLine)"
-        }
-        return r
+        PythonRunner.run(python: python, script: script, name: "script-\(abs(script.hashValue)).py", args: args, work: work)
     }
 }
 

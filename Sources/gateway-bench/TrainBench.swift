@@ -102,7 +102,7 @@ struct TrainBench: AsyncParsableCommand {
             print("    sections (s): \(r.sections)")
         }
 
-        var torch: PythonTrainResult?
+        var torch: PythonResult?
         if !noPython {
             print("  running the PyTorch step (loads the model in a subprocess)...")
             torch = runTorch(dir: dir, modes: modeList)
@@ -141,48 +141,15 @@ struct TrainBench: AsyncParsableCommand {
         table.print()
     }
 
-    struct PythonTrainResult {
-        var ok: Bool
-        var values: [String: Double] = [:]
-        var text: [String: String] = [:]
-        var error = ""
-    }
-
-    private func runTorch(dir: URL, modes: [String]) -> PythonTrainResult {
+    private func runTorch(dir: URL, modes: [String]) -> PythonResult {
         let work = FileManager.default.temporaryDirectory.appendingPathComponent("train-bench-\(UUID().uuidString)")
         defer { try? FileManager.default.removeItem(at: work) }
         do { try FileManager.default.createDirectory(at: work, withIntermediateDirectories: true) } catch {
-            return PythonTrainResult(ok: false, error: "\(error)")
+            return PythonResult(ok: false, error: "\(error)")
         }
-        let file = work.appendingPathComponent("torch_train.py")
-        do { try Self.torchScript.write(to: file, atomically: true, encoding: .utf8) } catch {
-            return PythonTrainResult(ok: false, error: "cannot write the script: \(error)")
-        }
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        p.arguments = [python, file.path, dir.path, String(threads), String(tokens), String(runs), modes.joined(separator: ","),
-                       String(rank), String(alpha)]
-        let out = Pipe()
-        let errFile = work.appendingPathComponent("stderr.txt")
-        FileManager.default.createFile(atPath: errFile.path, contents: nil)
-        p.standardOutput = out
-        p.standardError = try? FileHandle(forWritingTo: errFile)
-        do { try p.run() } catch { return PythonTrainResult(ok: false, error: "cannot run \(python): \(error)") }
-        let outData = out.fileHandleForReading.readDataToEndOfFile()
-        p.waitUntilExit()
-        var r = PythonTrainResult(ok: p.terminationStatus == 0)
-        for line in String(decoding: outData, as: UTF8.self).split(separator: "\n") {
-            let kv = line.split(separator: "=", maxSplits: 1).map(String.init)
-            guard kv.count == 2 else { continue }
-            if let v = Double(kv[1]) { r.values[kv[0]] = v } else { r.text[kv[0]] = kv[1] }
-        }
-        if let skip = r.text["skip"] { r.ok = false; r.error = skip }
-        if p.terminationStatus != 0 {
-            let errData = (try? Data(contentsOf: errFile)) ?? Data()
-            let lastLine = String(decoding: errData, as: UTF8.self).split(separator: "\n").last.map(String.init) ?? ""
-            r.error = "\(python) exited \(p.terminationStatus): \(lastLine)"
-        }
-        return r
+        return PythonRunner.run(python: python, script: Self.torchScript, name: "torch_train.py",
+                                args: [dir.path, String(threads), String(tokens), String(runs), modes.joined(separator: ","),
+                                       String(rank), String(alpha)], work: work)
     }
 
     /// The same step in PyTorch: transformers model (default sdpa attention, float32) from the same weights file;
