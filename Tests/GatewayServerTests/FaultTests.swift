@@ -40,6 +40,29 @@ final class FaultTests: XCTestCase {
         try h.withDatabase { db in try Row.fetchAll(db, sql: "SELECT status, outcome, error, stream FROM episodes ORDER BY id") }
     }
 
+    /// The pair every mid-body fault is checked with: a non-stream request must get `status` with
+    /// the OpenAI error `code`; a stream request must start (200), carry the error in-band (code
+    /// `streamCode`, after `streamEvents - 2` relayed events when given) and end with [DONE]; then,
+    /// after the log drained, the two rows must have these statuses and outcomes.
+    @discardableResult
+    func checkPlainAndStream(_ h: Harness, status: Int, code: String, streamCode: String?, streamEvents: Int?,
+                             logged: [Int]?, outcomes: [String], file: StaticString = #filePath, line: UInt = #line) async throws -> StreamOutcome {
+        let plain = try await h.chat(Self.chatBody(stream: false))
+        XCTAssertEqual(assertOpenAIError(plain, status: status, file: file, line: line)["code"] as? String, code, file: file, line: line)
+        let reply = try await h.chat(Self.chatBody(stream: true))
+        XCTAssertEqual(reply.status, 200, "the stream had started: the error comes in-band", file: file, line: line)
+        let s = StreamOutcome(status: reply.status, events: Self.dataLines(reply.body))
+        if let streamEvents { XCTAssertEqual(s.events.count, streamEvents, "\(s.events)", file: file, line: line) }
+        if let streamCode { XCTAssertEqual(s.inBandError?["code"] as? String, streamCode, file: file, line: line) }
+        XCTAssertNotNil(s.inBandError, file: file, line: line)
+        XCTAssertTrue(s.endsWithDone, file: file, line: line)
+        try await h.stop()
+        let rows = try Self.episodes(h)
+        if let logged { XCTAssertEqual(rows.map { $0["status"] as Int }, logged, file: file, line: line) }
+        XCTAssertEqual(rows.map { $0["outcome"] as String }, outcomes, file: file, line: line)
+        return s
+    }
+
     // MARK: Connection refused
 
     func testConnectionRefused() async throws {
@@ -119,20 +142,9 @@ final class FaultTests: XCTestCase {
             let cut = whole.index(whole.startIndex, offsetBy: 20)
             return .stream(parts: [String(whole[..<cut]), String(whole[cut...])], hangAfter: 1, contentType: "application/json")
         }, configure: { c in c.upstream.idleTimeoutMs = 400 })
-
-        let plain = try await h.chat(Self.chatBody(stream: false))
-        XCTAssertEqual(assertOpenAIError(plain, status: 504)["code"] as? String, "upstream_timeout")
-
-        let reply = try await h.chat(Self.chatBody(stream: true))
-        XCTAssertEqual(reply.status, 200, "the stream had started: the error comes in-band")
-        let s = StreamOutcome(status: reply.status, events: Self.dataLines(reply.body))
-        XCTAssertEqual(s.events.count, 4, "two relayed events, the error, [DONE]: \(s.events)")
-        XCTAssertEqual(s.inBandError?["code"] as? String, "upstream_timeout")
-        XCTAssertTrue(s.endsWithDone)
-        try await h.stop()
-        let rows = try Self.episodes(h)
-        XCTAssertEqual(rows.map { $0["status"] as Int }, [504, 504])
-        XCTAssertEqual(rows.map { $0["outcome"] as String }, ["upstream_error", "upstream_timeout"])
+        // Two relayed events, the error, [DONE].
+        try await checkPlainAndStream(h, status: 504, code: "upstream_timeout", streamCode: "upstream_timeout", streamEvents: 4,
+                                      logged: [504, 504], outcomes: ["upstream_error", "upstream_timeout"])
     }
 
     func testStreamPastTotalTimeoutIsCut() async throws {
@@ -235,19 +247,9 @@ final class FaultTests: XCTestCase {
             }
             return .json(status: 200, body: #"{"id":"chatcmpl-x","choices":[{"message":{"content":"oops}"#)
         })
-        let plain = try await h.chat(Self.chatBody(stream: false))
-        XCTAssertEqual(assertOpenAIError(plain, status: 502)["code"] as? String, "upstream_bad_response")
-
-        let reply = try await h.chat(Self.chatBody(stream: true))
-        XCTAssertEqual(reply.status, 200)
-        let s = StreamOutcome(status: reply.status, events: Self.dataLines(reply.body))
-        XCTAssertEqual(s.events.count, 3, "the good event, the error, [DONE]; nothing after the bad one: \(s.events)")
-        XCTAssertEqual(s.inBandError?["code"] as? String, "upstream_bad_response")
-        XCTAssertTrue(s.endsWithDone)
-        try await h.stop()
-        let rows = try Self.episodes(h)
-        XCTAssertEqual(rows.map { $0["status"] as Int }, [502, 502])
-        XCTAssertEqual(rows.map { $0["outcome"] as String }, ["upstream_bad_response", "upstream_bad_response"])
+        // The good event, the error, [DONE]; nothing after the bad one.
+        try await checkPlainAndStream(h, status: 502, code: "upstream_bad_response", streamCode: "upstream_bad_response", streamEvents: 3,
+                                      logged: [502, 502], outcomes: ["upstream_bad_response", "upstream_bad_response"])
     }
 
     // MARK: Truncated bodies
@@ -265,16 +267,9 @@ final class FaultTests: XCTestCase {
             let whole = FakeUpstream.completionJSON(model: "m", text: "one two three")
             return .stream(parts: [String(whole.prefix(whole.count / 2))], contentType: "application/json")
         })
-        let plain = try await h.chat(Self.chatBody(stream: false))
-        XCTAssertEqual(assertOpenAIError(plain, status: 502)["code"] as? String, "upstream_bad_response")
-
-        let reply = try await h.chat(Self.chatBody(stream: true))
-        let s = StreamOutcome(status: reply.status, events: Self.dataLines(reply.body))
-        XCTAssertEqual(s.inBandError?["code"] as? String, "upstream_bad_response")
+        let s = try await checkPlainAndStream(h, status: 502, code: "upstream_bad_response", streamCode: "upstream_bad_response",
+                                              streamEvents: nil, logged: nil, outcomes: ["upstream_bad_response", "upstream_truncated"])
         XCTAssertTrue((s.inBandError?["message"] as? String ?? "").contains("middle of an event"))
-        XCTAssertTrue(s.endsWithDone)
-        try await h.stop()
-        XCTAssertEqual(try Self.episodes(h).map { $0["outcome"] as String }, ["upstream_bad_response", "upstream_truncated"])
     }
 
     // MARK: Connection reset
@@ -290,21 +285,9 @@ final class FaultTests: XCTestCase {
             c.upstream.maxRetries = 2
             c.upstream.retryBaseDelayMs = 10
         })
-        let plain = try await h.chat(Self.chatBody(stream: false))
-        let e = assertOpenAIError(plain, status: 502)
-        XCTAssertEqual(e["code"] as? String, "upstream_bad_response")
-        XCTAssertEqual(h.upstream.received.count, 1, "the request reached the upstream: no retry")
-
-        let reply = try await h.chat(Self.chatBody(stream: true))
-        XCTAssertEqual(reply.status, 200)
-        let s = StreamOutcome(status: reply.status, events: Self.dataLines(reply.body))
-        XCTAssertEqual(s.events.count, 4, "\(s.events)")
-        XCTAssertNotNil(s.inBandError)
-        XCTAssertTrue(s.endsWithDone)
-        try await h.stop()
-        let rows = try Self.episodes(h)
-        XCTAssertEqual(rows.map { $0["status"] as Int }, [502, 502])
-        XCTAssertEqual(rows.map { $0["outcome"] as String }, ["upstream_error", "upstream_truncated"])
+        try await checkPlainAndStream(h, status: 502, code: "upstream_bad_response", streamCode: nil, streamEvents: 4,
+                                      logged: [502, 502], outcomes: ["upstream_error", "upstream_truncated"])
+        XCTAssertEqual(h.upstream.received.count, 2, "each request reached the upstream once: no retry after a reset")
     }
 
     // MARK: Circuit breaker
