@@ -161,15 +161,21 @@ enum Kernels {
     /// gate[i] = silu(gate[i]) * up[i]
     @inline(__always)
     static func swiglu(_ gate: UnsafeMutablePointer<Float>, _ up: UnsafePointer<Float>, count: Int) {
+        swiglu(gate, up, out: gate, count: count)
+    }
+
+    /// out[i] = silu(gate[i]) * up[i]  (`out` may be `gate`: each element is read before it is written)
+    @inline(__always)
+    static func swiglu(_ gate: UnsafePointer<Float>, _ up: UnsafePointer<Float>, out: UnsafeMutablePointer<Float>, count: Int) {
         var i = 0
         while i + 8 <= count {
             let g = VectorMath.load(gate + i)
-            VectorMath.store(g / (1 + VectorMath.exp(-g)) * VectorMath.load(up + i), gate + i)
+            VectorMath.store(g / (1 + VectorMath.exp(-g)) * VectorMath.load(up + i), out + i)
             i += 8
         }
         while i < count {
             let g = gate[i]
-            gate[i] = g / (1 + VectorMath.exp(-g)) * up[i]
+            out[i] = g / (1 + VectorMath.exp(-g)) * up[i]
             i += 1
         }
     }

@@ -106,17 +106,7 @@ enum TrainKernels {
 
     @inline(__always)
     static func swigluForward(_ g: UnsafePointer<Float>, _ u: UnsafePointer<Float>, out a: UnsafeMutablePointer<Float>, count: Int) {
-        var i = 0
-        while i + 8 <= count {
-            let x = VectorMath.load(g + i)
-            VectorMath.store(x / (1 + VectorMath.exp(-x)) * VectorMath.load(u + i), a + i)
-            i += 8
-        }
-        while i < count {
-            let x = g[i]
-            a[i] = x / (1 + VectorMath.exp(-x)) * u[i]
-            i += 1
-        }
+        Kernels.swiglu(g, u, out: a, count: count)
     }
 
     /// dg = da * u * silu'(g), du = da * silu(g)   (written, not added)
