@@ -131,6 +131,19 @@ public final class FakeUpstream: Sendable {
 
     struct FakeDrop: Error {}
 
+    /// A script answering chat completions by their last message: `table[lastMessage]`, else
+    /// `unknown` (nil: the default echo reply). Other paths get the default replies.
+    public static func answering(_ table: [String: String], unknown: String? = nil) -> Script {
+        return { r in
+            guard r.path == "/v1/chat/completions" else { return nil }
+            let messages = r.json?["messages"] as? [[String: Any]] ?? []
+            let last = messages.last?["content"] as? String ?? ""
+            let model = r.json?["model"] as? String ?? ""
+            guard let text = table[last] ?? unknown else { return nil }
+            return .json(status: 200, body: completionJSON(model: model, text: text))
+        }
+    }
+
     // MARK: Default, deterministic behaviour.
 
     public static func echoText(for received: Received) -> String {

@@ -37,19 +37,11 @@ final class CollaborationTests: XCTestCase {
         return try JSONDecoder().decode(File.self, from: data).cases.filter { $0.held_out != true }
     }
 
-    /// Answers each expected prompt with its scripted answer; anything else gets "unknown".
+    /// Answers each expected prompt with its scripted answer; anything else gets the default echo.
     static func script(_ cases: [Case]) -> FakeUpstream.Script {
         var answers: [String: String] = [:]
-        for c in cases { for (p, a) in zip(c.upstream_prompts, c.upstream_answers) { answers[p] = a } }
-        let table = answers
-        return { r in
-            guard r.path == "/v1/chat/completions" else { return nil }
-            let messages = r.json?["messages"] as? [[String: Any]] ?? []
-            let last = messages.last?["content"] as? String ?? ""
-            let model = r.json?["model"] as? String ?? ""
-            if let a = table[last] { return .json(status: 200, body: FakeUpstream.completionJSON(model: model, text: "  " + a + "\n")) }
-            return nil
-        }
+        for c in cases { for (p, a) in zip(c.upstream_prompts, c.upstream_answers) { answers[p] = "  " + a + "\n" } }
+        return FakeUpstream.answering(answers)
     }
 
     /// The scripted upstream answering after `delay` (a slow phase in the middle of an episode).

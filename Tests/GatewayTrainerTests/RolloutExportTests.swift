@@ -28,14 +28,7 @@ final class RolloutExportTests: XCTestCase {
     static func script(_ cases: [Case]) -> FakeUpstream.Script {
         var answers: [String: String] = [:]
         for c in cases { for (p, a) in zip(c.upstream_prompts, c.upstream_answers) { answers[p] = a } }
-        let table = answers
-        return { r in
-            guard r.path == "/v1/chat/completions" else { return nil }
-            let messages = r.json?["messages"] as? [[String: Any]] ?? []
-            let last = messages.last?["content"] as? String ?? ""
-            let model = r.json?["model"] as? String ?? ""
-            return .json(status: 200, body: FakeUpstream.completionJSON(model: model, text: table[last] ?? "I do not know."))
-        }
+        return FakeUpstream.answering(answers, unknown: "I do not know.")
     }
 
     func testRolloutLogsGroupsWithReferencesAndResumes() async throws {
