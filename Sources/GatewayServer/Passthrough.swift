@@ -131,14 +131,17 @@ struct Passthrough: Sendable {
         do {
             bytes = try await response.collect(upTo: 64 << 20)
         } catch {
-            state.upstream.breaker.recordFailure()
             episode.upstreamMs = clock.now.ms(since: upstreamStart)
             episode.outcome = "upstream_error"
             let e = (UpstreamClient.mapError(error) as? GatewayError) ?? .upstreamBadResponse("\(error)")
             return await fail(e, episode: &episode, context: context)
         }
         episode.upstreamMs = clock.now.ms(since: upstreamStart)
-        if (200..<300).contains(response.status), (try? state.scanner.scanObject(Array(bytes.readableBytesView))) == nil {
+        let succeeded = (200..<300).contains(response.status)
+        // The summary for the log validates the JSON as it reads it; only when it fails is the
+        // body checked on its own (valid JSON of an unexpected shape is still relayed).
+        let summary = succeeded ? UpstreamCompletionSummary.decode(bytes) : nil
+        if succeeded, summary == nil, !bytes.withUnsafeReadableBytes({ (try? state.scanner.scanObject($0)) != nil }) {
             // A success whose body is not a JSON object would only make the client's SDK fail
             // with a parse error; an OpenAI-shaped 502 says what happened.
             state.upstream.breaker.recordFailure()
@@ -146,8 +149,7 @@ struct Passthrough: Sendable {
             return await fail(.upstreamBadResponse("the chat completion was not valid JSON"), episode: &episode, context: context)
         }
         episode.status = response.status
-        if (200..<300).contains(response.status) {
-            let summary = UpstreamCompletionSummary.decode(bytes)
+        if succeeded {
             episode.responseText = state.loggedResponse(summary?.text)
             episode.finishReason = summary?.finishReason
             episode.promptTokens = summary?.usage?.promptTokens
@@ -242,7 +244,6 @@ struct Passthrough: Sendable {
             }
 
             if clientGone {
-                state.upstream.breaker.release()
                 await log(outcome: "client_disconnected")
                 return
             }

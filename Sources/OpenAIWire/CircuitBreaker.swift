@@ -47,6 +47,11 @@ public final class CircuitBreaker: @unchecked Sendable {
         return t - openedAt >= cooldown ? .halfOpen : .open
     }
 
+    /// Whole seconds (at least 1) for a Retry-After covering `d`.
+    private static func seconds(_ d: Duration) -> Int {
+        max(1, Int((Double(d.nanoseconds) / 1e9).rounded(.up)))
+    }
+
     /// While open: the seconds until a probe may go (nil when closed or half-open). Read-only,
     /// for callers that want to fail fast before doing expensive work.
     public var secondsUntilProbe: Int? {
@@ -54,7 +59,7 @@ public final class CircuitBreaker: @unchecked Sendable {
         return lock.withLock {
             let t = now()
             guard stateLocked(at: t) == .open, let openedAt else { return nil }
-            return max(1, Int((Double((cooldown - (t - openedAt)).nanoseconds) / 1e9).rounded(.up)))
+            return Self.seconds(cooldown - (t - openedAt))
         }
     }
 
@@ -68,10 +73,9 @@ public final class CircuitBreaker: @unchecked Sendable {
             case .closed:
                 return nil
             case .open:
-                let left = cooldown - (t - openedAt!)
-                return max(1, Int((Double(left.nanoseconds) / 1e9).rounded(.up)))
+                return Self.seconds(cooldown - (t - openedAt!))
             case .halfOpen:
-                if probeInFlight { return max(1, Int((Double(cooldown.nanoseconds) / 1e9).rounded(.up))) }
+                if probeInFlight { return Self.seconds(cooldown) }
                 probeInFlight = true
                 return nil
             }

@@ -52,10 +52,18 @@ public struct UpstreamResponse: Sendable {
     /// Attempts made (1 = no retry).
     public var attempts: Int
     public var firstByteLatency: Duration
+    /// The upstream's breaker: a body that fails after a good head counts against the upstream.
+    let breaker: CircuitBreaker?
 
-    /// Collects the whole body, bounded.
+    /// Collects the whole body, bounded. A failure (cut connection, idle timeout) is reported to
+    /// the circuit breaker.
     public func collect(upTo limit: Int) async throws -> ByteBuffer {
-        try await body.collect(upTo: limit)
+        do {
+            return try await body.collect(upTo: limit)
+        } catch {
+            breaker?.recordFailure()
+            throw error
+        }
     }
 }
 
@@ -143,7 +151,7 @@ public final class UpstreamClient: Sendable {
                     }
                 }
                 return UpstreamResponse(status: status, headers: response.headers, body: response.body,
-                                        attempts: attempt, firstByteLatency: clock.now - start)
+                                        attempts: attempt, firstByteLatency: clock.now - start, breaker: breaker)
             } catch let e as GatewayError {
                 breaker.recordFailure()
                 // Only a request that never reached the upstream is safe to send again: a
@@ -258,6 +266,7 @@ public final class UpstreamClient: Sendable {
                                type: "upstream_error", code: "upstream_status_\(response.status)")
         }
         guard let summary = UpstreamCompletionSummary.decode(bytes) else {
+            breaker.recordFailure()
             throw GatewayError.upstreamBadResponse("the chat completion was not valid JSON")
         }
         return ChatAnswer(text: summary.text ?? "", usage: summary.usage, finishReason: summary.finishReason,
