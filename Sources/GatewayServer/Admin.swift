@@ -1,4 +1,3 @@
-import Crypto
 import Foundation
 import HTTPTypes
 import Hummingbird
@@ -6,12 +5,12 @@ import OpenAIWire
 import TrafficLog
 
 /// The admin listener (default 127.0.0.1:8081): policy versions, config reload, health,
-/// readiness and metrics. `/admin/*` needs `Authorization: Bearer <token>` when a token is set
-/// (compared as SHA-256 digests in constant time); `/health`, `/ready` and `/metrics` do not.
+/// readiness and metrics. `/admin/*` always needs `Authorization: Bearer <token>` (compared as
+/// SHA-256 digests in constant time); `/health`, `/ready` and `/metrics` do not.
 struct AdminRoutes: Sendable {
     let state: GatewayState
     let holder: PolicyHolder
-    let tokenDigest: [UInt8]?
+    let tokenDigest: [UInt8]
     let modelsDir: String
     let reloadConfig: @Sendable () async throws -> Void
     let collaborationWaiting: @Sendable () -> Int
@@ -68,14 +67,12 @@ struct AdminRoutes: Sendable {
     }
 
     func authorize(_ req: Request) throws {
-        guard let tokenDigest else { return }
         guard let presented = ClientAuth.bearer(req.headers[.authorization]) else {
             throw GatewayError.unauthorized("The admin API needs 'Authorization: Bearer <admin token>'.")
         }
-        let d = Array(SHA256.hash(data: Data(presented.utf8)))
-        var diff: UInt8 = 0
-        for i in 0..<32 { diff |= d[i] ^ tokenDigest[i] }
-        guard diff == 0 else { throw GatewayError.unauthorized("Invalid admin token.") }
+        guard ClientAuth.sameDigest(ClientAuth.digest(presented), tokenDigest) else {
+            throw GatewayError.unauthorized("Invalid admin token.")
+        }
     }
 
     func ready() -> Response {

@@ -36,6 +36,13 @@ public struct ClientAuth: Sendable {
 
     static func digest(_ key: String) -> [UInt8] { Array(SHA256.hash(data: Data(key.utf8))) }
 
+    /// Whether two 32-byte digests are equal, in time that does not depend on where they differ.
+    static func sameDigest(_ a: [UInt8], _ b: [UInt8]) -> Bool {
+        var diff: UInt8 = 0
+        for i in 0..<32 { diff |= a[i] ^ b[i] }
+        return diff == 0
+    }
+
     /// The id logged for a key.
     public static func keyID(_ key: String) -> String {
         digest(key).prefix(8).map { String(format: "%02x", $0) }.joined()
@@ -59,10 +66,8 @@ public struct ClientAuth: Sendable {
         let d = Self.digest(key)
         var match: UInt8 = 1
         for known in digests {
-            var diff: UInt8 = 0
-            for i in 0..<32 { diff |= known[i] ^ d[i] }
             // match becomes 0 once any digest matched; every digest is always compared.
-            match &= (diff == 0 ? 0 : 1)
+            match &= Self.sameDigest(known, d) ? 0 : 1
         }
         guard match == 0 else { throw .unauthorized() }
         return Self.keyID(key)

@@ -1,4 +1,3 @@
-import Crypto
 import Foundation
 import HTTPTypes
 import Hummingbird
@@ -29,21 +28,21 @@ public final class Gateway: Sendable {
     public init(config: GatewayConfig, configPath: String? = nil,
                 environment: [String: String] = ProcessInfo.processInfo.environment,
                 logger: Logger = Logger(label: "gateway")) throws {
-        var adminToken = environment[config.admin.tokenEnv].flatMap { $0.isEmpty ? nil : $0 }
-        if adminToken == nil && !Self.isLoopback(config.admin.host) {
-            throw ConfigError(path: "admin.host", problem: "the admin listener is on a non-loopback address (\(config.admin.host)) but no admin token is set in $\(config.admin.tokenEnv); refusing to start")
-        }
-        // The admin API always needs a token: without one in the environment, a fresh random one
-        // is written to a 0600 file for the operator (and `gateway-train --push`) to read.
-        let tokenFile = config.admin.tokenFile
-            ?? URL(fileURLWithPath: config.log.path).deletingLastPathComponent().appendingPathComponent("admin-token").path
-        if adminToken == nil {
-            let generated = try Self.writeGeneratedToken(to: tokenFile)
-            adminToken = generated
-            logger.notice("admin token generated (none in the environment)", metadata: ["file": "\(tokenFile)", "env": "\(config.admin.tokenEnv)"])
-            adminTokenFile = tokenFile
-        } else {
+        let adminToken: String
+        if let fromEnv = environment[config.admin.tokenEnv], !fromEnv.isEmpty {
+            adminToken = fromEnv
             adminTokenFile = nil
+        } else {
+            guard Self.isLoopback(config.admin.host) else {
+                throw ConfigError(path: "admin.host", problem: "the admin listener is on a non-loopback address (\(config.admin.host)) but no admin token is set in $\(config.admin.tokenEnv); refusing to start")
+            }
+            // The admin API always needs a token: without one in the environment, a fresh random
+            // one is written to a 0600 file for the operator (and `gateway-train --push`) to read.
+            let tokenFile = config.admin.tokenFile
+                ?? URL(fileURLWithPath: config.log.path).deletingLastPathComponent().appendingPathComponent("admin-token").path
+            adminToken = try Self.writeGeneratedToken(to: tokenFile)
+            adminTokenFile = tokenFile
+            logger.notice("admin token generated (none in the environment)", metadata: ["file": "\(tokenFile)", "env": "\(config.admin.tokenEnv)"])
         }
         let auth = try ClientAuth(config: config.auth, environment: environment)
         // Everything that can fail comes before the upstream client, which must be shut down
@@ -88,7 +87,7 @@ public final class Gateway: Sendable {
             state.reload(config: fresh, auth: auth)
             logger.notice("config reloaded", metadata: ["path": "\(configPath)"])
         }
-        let admin = AdminRoutes(state: state, holder: holder, tokenDigest: adminToken.map { Array(SHA256.hash(data: Data($0.utf8))) },
+        let admin = AdminRoutes(state: state, holder: holder, tokenDigest: ClientAuth.digest(adminToken),
                                 modelsDir: config.admin.modelsDir, reloadConfig: reload,
                                 collaborationWaiting: { collaboration.limiter.waiting })
         state.setCollaboration { req, ctx, incoming, episode in try await collaboration.handle(req, ctx, incoming, episode) }
@@ -144,10 +143,9 @@ public final class Gateway: Sendable {
 
     /// Runs until SIGTERM/SIGINT (or cancellation), then shuts down gracefully.
     public func run(gracefulShutdownSignals: [UnixSignal] = [.sigterm, .sigint]) async throws {
-        // Services shut down in reverse order: the HTTP server first (no new requests, in-flight
-        // ones finish), then retention, then the log writer drains.
-        // The public server is last: on shutdown it stops first, then SIGHUP handling, the admin
-        // listener and retention, and the log writer drains last.
+        // Services shut down in reverse order. The public server is last in the list, so it stops
+        // first (no new requests; in-flight ones get the shutdown deadline), then SIGHUP
+        // handling, the admin listener and retention, and the log writer drains last.
         let group = ServiceGroup(configuration: .init(
             services: services.map { ServiceGroupConfiguration.ServiceConfiguration(service: $0) }
                 + [.init(service: ShutdownDeadline(inner: app, deadline: .seconds(state.config.server.shutdownTimeoutSeconds), logger: state.logger))],
@@ -186,8 +184,6 @@ struct ShutdownDeadline<Inner: Service>: Service {
     let inner: Inner
     let deadline: Duration
     let logger: Logger
-
-    struct DeadlinePassed: Error {}
 
     func run() async throws {
         try await withThrowingTaskGroup(of: Bool.self) { group in
