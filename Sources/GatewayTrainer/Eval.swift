@@ -95,49 +95,36 @@ public enum Evaluator {
         let clock = ContinuousClock.now
         let total = items.count * (config.baseline ? 2 : 1)
         let counter = Counter()
-        let results: [(Int, EvalItemResult, Episode?, UpstreamAnswer?, Bool)] = await withTaskGroup(of: (Int, EvalItemResult, Episode?, UpstreamAnswer?, Bool).self) { group in
-            var next = 0
-            var out: [(Int, EvalItemResult, Episode?, UpstreamAnswer?, Bool)] = []
-            func launch() {
-                guard next < items.count else { return }
-                let i = next
-                next += 1
-                let item = items[i]
-                group.addTask {
-                    let e = await Rollout.runEpisode(question: item.question, policy: policy, upstream: upstream, config: config.rollout, sample: 0)
-                    progress(counter.increment(), total)
-                    let rb = e.reward(references: item.answers)
-                    var r = EvalItemResult(question: item.question, answers: item.answers, collaborationAnswer: rb.answer,
-                                           collaborationEM: rb.exactMatch, collaborationF1: rb.f1, reward: rb.reward, format: rb.format)
-                    var alone: UpstreamAnswer?
-                    var aloneFailed = false
-                    if config.baseline {
-                        do {
-                            let a = try await upstream.answer(messages: [.user(item.question)],
-                                                              options: UpstreamCallOptions(model: config.rollout.upstreamModel,
-                                                                                           temperature: config.rollout.upstreamTemperature,
-                                                                                           maxTokens: config.rollout.upstreamMaxTokens))
-                            let text = PythonString.strip(a.text)
-                            r.upstreamAnswer = text
-                            r.upstreamEM = PromptR1Reward.exactMatch(prediction: text, references: item.answers)
-                            r.upstreamF1 = PromptR1Reward.f1(prediction: text, references: item.answers)
-                            alone = a
-                        } catch {
-                            aloneFailed = true
-                        }
-                        progress(counter.increment(), total)
-                    }
-                    if case .error = e.outcome { return (i, r, nil, alone, aloneFailed) }
-                    return (i, r, e, alone, aloneFailed)
+        var results: [(Int, EvalItemResult, Episode?, UpstreamAnswer?, Bool)] = []
+        try await runBounded(count: items.count, limit: config.rollout.concurrency, { i in
+            let item = items[i]
+            let e = await Rollout.runEpisode(question: item.question, policy: policy, upstream: upstream, config: config.rollout, sample: 0)
+            progress(counter.increment(), total)
+            let rb = e.reward(references: item.answers)
+            var r = EvalItemResult(question: item.question, answers: item.answers, collaborationAnswer: rb.answer,
+                                   collaborationEM: rb.exactMatch, collaborationF1: rb.f1, reward: rb.reward, format: rb.format)
+            var alone: UpstreamAnswer?
+            var aloneFailed = false
+            if config.baseline {
+                do {
+                    let a = try await upstream.answer(messages: [.user(item.question)],
+                                                      options: UpstreamCallOptions(model: config.rollout.upstreamModel,
+                                                                                   temperature: config.rollout.upstreamTemperature,
+                                                                                   maxTokens: config.rollout.upstreamMaxTokens))
+                    let text = PythonString.strip(a.text)
+                    r.upstreamAnswer = text
+                    r.upstreamEM = PromptR1Reward.exactMatch(prediction: text, references: item.answers)
+                    r.upstreamF1 = PromptR1Reward.f1(prediction: text, references: item.answers)
+                    alone = a
+                } catch {
+                    aloneFailed = true
                 }
+                progress(counter.increment(), total)
             }
-            for _ in 0..<max(1, config.rollout.concurrency) { launch() }
-            while let x = await group.next() {
-                out.append(x)
-                launch()
-            }
-            return out.sorted { $0.0 < $1.0 }
-        }
+            if case .error = e.outcome { return (i, r, nil, alone, aloneFailed) }
+            return (i, r, e, alone, aloneFailed)
+        }, onResult: { results.append($0) })
+        results.sort { $0.0 < $1.0 }
         var collab = EvalSide()
         var alone = EvalSide()
         var rewardSum = 0.0, formatSum = 0.0

@@ -111,46 +111,35 @@ public enum Rollout {
         var rewards: [Double] = [], formats: [Double] = [], ems: [Double] = []
         var finished = 0
         progress(0, work.count, nil)
-        try await withThrowingTaskGroup(of: (Int, Episode).self) { group in
-            var next = 0
-            func launch() {
-                guard next < work.count else { return }
-                let w = work[next]
-                next += 1
-                let question = items[w.item].question
-                group.addTask {
-                    (w.item, await runEpisode(question: question, policy: policy, upstream: upstream, config: config, sample: w.sample))
-                }
+        try await runBounded(count: work.count, limit: config.concurrency, { n in
+            let w = work[n]
+            return (w.item, await runEpisode(question: items[w.item].question, policy: policy, upstream: upstream, config: config, sample: w.sample))
+        }, onResult: { (itemIndex: Int, e: Episode) in
+            finished += 1
+            let item = items[itemIndex]
+            if case .error(let kind) = e.outcome {
+                // Not logged: a failed episode (network, deadline) says nothing about the
+                // policy; a rerun tries again.
+                summary.episodesFailed += 1
+                if summary.failures.count < 10 { summary.failures.append("\(item.question.prefix(60)): \(kind)") }
+                progress(finished, work.count, nil)
+                return
             }
-            for _ in 0..<max(1, config.concurrency) { launch() }
-            while let (itemIndex, e) = try await group.next() {
-                launch()
-                finished += 1
-                let item = items[itemIndex]
-                if case .error(let kind) = e.outcome {
-                    // Not logged: a failed episode (network, deadline) says nothing about the
-                    // policy; a rerun tries again.
-                    summary.episodesFailed += 1
-                    if summary.failures.count < 10 { summary.failures.append("\(item.question.prefix(60)): \(kind)") }
-                    progress(finished, work.count, nil)
-                    continue
-                }
-                let reward = e.reward(references: item.answers)
-                var record = EpisodeMapping.record(e, route: config.route, requestedModel: "prompt-r1/" + config.upstreamModel,
-                                                   upstreamModel: config.upstreamModel, policyVersion: policyVersion)
-                record.requestJSON = nil
-                let feedback = item.answers.map { FeedbackRecord(episodeID: record.id, kind: "reference", value: $0, source: "rollout") }
-                // An item without answers still needs a marker to count as done; it has no reward.
-                let rows = feedback.isEmpty ? [FeedbackRecord(episodeID: record.id, kind: "label", value: "no_reference", source: "rollout")] : feedback
-                try database.insert(episode: record, feedback: rows)
-                summary.episodesLogged += 1
-                rewards.append(reward.reward); formats.append(reward.format); ems.append(reward.exactMatch)
-                summary.upstreamCalls += e.upstreamCallCount
-                summary.upstreamTokens += record.totalTokens ?? 0
-                summary.policyTokens += e.generatedTokenCount
-                progress(finished, work.count, RolloutEpisodeResult(episode: e, reward: reward, recordID: record.id))
-            }
-        }
+            let reward = e.reward(references: item.answers)
+            var record = EpisodeMapping.record(e, route: config.route, requestedModel: "prompt-r1/" + config.upstreamModel,
+                                               upstreamModel: config.upstreamModel, policyVersion: policyVersion)
+            record.requestJSON = nil
+            let feedback = item.answers.map { FeedbackRecord(episodeID: record.id, kind: "reference", value: $0, source: "rollout") }
+            // An item without answers still needs a marker to count as done; it has no reward.
+            let rows = feedback.isEmpty ? [FeedbackRecord(episodeID: record.id, kind: "label", value: "no_reference", source: "rollout")] : feedback
+            try database.insert(episode: record, feedback: rows)
+            summary.episodesLogged += 1
+            rewards.append(reward.reward); formats.append(reward.format); ems.append(reward.exactMatch)
+            summary.upstreamCalls += e.upstreamCallCount
+            summary.upstreamTokens += record.totalTokens ?? 0
+            summary.policyTokens += e.generatedTokenCount
+            progress(finished, work.count, RolloutEpisodeResult(episode: e, reward: reward, recordID: record.id))
+        })
         func mean(_ x: [Double]) -> Double { x.isEmpty ? 0 : x.reduce(0, +) / Double(x.count) }
         summary.meanReward = mean(rewards)
         summary.meanFormat = mean(formats)

@@ -146,3 +146,24 @@ public enum Table {
 
     public static func num(_ x: Double, _ digits: Int = 4) -> String { String(format: "%.\(digits)f", x) }
 }
+
+/// Runs `work(0..<count)` with at most `limit` running at a time, and hands each result to
+/// `onResult` as it finishes (completion order, on the caller's task). Rollout and eval both
+/// share one policy engine and one upstream this way.
+func runBounded<T: Sendable>(count: Int, limit: Int, _ work: @escaping @Sendable (Int) async -> T,
+                             onResult: (T) async throws -> Void) async throws {
+    try await withThrowingTaskGroup(of: T.self) { group in
+        var next = 0
+        func launch() {
+            guard next < count else { return }
+            let i = next
+            next += 1
+            group.addTask { await work(i) }
+        }
+        for _ in 0..<max(1, limit) { launch() }
+        while let result = try await group.next() {
+            launch()
+            try await onResult(result)
+        }
+    }
+}
