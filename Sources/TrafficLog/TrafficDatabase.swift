@@ -127,14 +127,6 @@ public final class TrafficDatabase: Sendable {
         try writer.write { db in try Self.insertRows(episodes, db) }
     }
 
-    /// Async variant used by `LogWriter`: runs on GRDB's writer queue, not on
-    /// the caller's (cooperative) thread.
-    func insertAsync(episodes: [EpisodeRecord]) async throws {
-        guard !episodes.isEmpty else { return }
-        try Self.validate(episodes)
-        try await writer.write { db in try Self.insertRows(episodes, db) }
-    }
-
     static func validate(_ episodes: [EpisodeRecord]) throws {
         for e in episodes {
             if e.id.isEmpty {
@@ -381,6 +373,19 @@ public final class TrafficDatabase: Sendable {
     /// Throws `TrafficLogError.unknownEpisode` if the episode does not exist.
     @discardableResult
     public func insertFeedback(_ f: FeedbackRecord) throws -> Int64 {
+        try Self.validate(f)
+        return try writer.write { db in
+            do {
+                try Self.insertFeedbackRow(f, db)
+            } catch let error as DatabaseError where error.extendedResultCode == .SQLITE_CONSTRAINT_FOREIGNKEY {
+                throw TrafficLogError.unknownEpisode(id: f.episodeID)
+            }
+            return db.lastInsertedRowID
+        }
+    }
+
+    /// The checks every feedback row passes before it is written.
+    static func validate(_ f: FeedbackRecord) throws {
         guard FeedbackRecord.validKinds.contains(f.kind) else {
             throw TrafficLogError.invalidField(record: "feedback", field: "kind", value: f.kind,
                                                reason: "expected one of \(FeedbackRecord.validKinds.sorted())")
@@ -391,16 +396,12 @@ public final class TrafficDatabase: Sendable {
                                                    reason: "a score must be a finite number")
             }
         }
-        return try writer.write { db in
-            do {
-                try db.execute(
-                    sql: "INSERT INTO feedback (episode_id, kind, value, source, created_at) VALUES (?, ?, ?, ?, ?)",
-                    arguments: [f.episodeID, f.kind, f.value, f.source, TrafficTime.databaseValue(f.createdAt)])
-            } catch let error as DatabaseError where error.extendedResultCode == .SQLITE_CONSTRAINT_FOREIGNKEY {
-                throw TrafficLogError.unknownEpisode(id: f.episodeID)
-            }
-            return db.lastInsertedRowID
-        }
+    }
+
+    static func insertFeedbackRow(_ f: FeedbackRecord, _ db: Database) throws {
+        try db.execute(
+            sql: "INSERT INTO feedback (episode_id, kind, value, source, created_at) VALUES (?, ?, ?, ?, ?)",
+            arguments: [f.episodeID, f.kind, f.value, f.source, TrafficTime.databaseValue(f.createdAt)])
     }
 
     /// Feedback rows of one episode, in insertion order.

@@ -9,10 +9,7 @@ extension TrafficDatabase {
     public func insert(episode: EpisodeRecord, feedback: [FeedbackRecord]) throws {
         try Self.validate([episode])
         for f in feedback {
-            guard FeedbackRecord.validKinds.contains(f.kind) else {
-                throw TrafficLogError.invalidField(record: "feedback", field: "kind", value: f.kind,
-                                                   reason: "expected one of \(FeedbackRecord.validKinds.sorted())")
-            }
+            try Self.validate(f)
             guard f.episodeID == episode.id else {
                 throw TrafficLogError.invalidField(record: "feedback", field: "episode_id", value: f.episodeID,
                                                    reason: "must be the id of the episode inserted with it")
@@ -20,11 +17,7 @@ extension TrafficDatabase {
         }
         try writer.write { db in
             try Self.insertRows([episode], db)
-            for f in feedback {
-                try db.execute(
-                    sql: "INSERT INTO feedback (episode_id, kind, value, source, created_at) VALUES (?, ?, ?, ?, ?)",
-                    arguments: [f.episodeID, f.kind, f.value, f.source, TrafficTime.databaseValue(f.createdAt)])
-            }
+            for f in feedback { try Self.insertFeedbackRow(f, db) }
         }
     }
 
