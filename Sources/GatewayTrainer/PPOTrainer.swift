@@ -154,7 +154,6 @@ public final class PPOTrainer<Model: PolicyGradientModel, Optimizer: PolicyOptim
     /// reference, i.e. at the start of a run).
     public func prepare(measureKL: Bool = true) -> Double {
         refLogp = []; oldLogp = []
-        var klSum = 0.0, n = 0
         for e in episodes {
             let s = e.sequence
             let ref = model.referenceLogprobs(s.tokens)
@@ -172,18 +171,16 @@ public final class PPOTrainer<Model: PolicyGradientModel, Optimizer: PolicyOptim
             oldLogp.append(old)
         }
         guard measureKL else { return 0 }
-        for (i, e) in episodes.enumerated() {
-            let cur = model.tokenLogprobs(e.sequence.tokens)
-            for t in e.sequence.policyPositions { klSum += PPOObjective.kl(logp: Double(cur[t - 1]), ref: Double(refLogp[i][t - 1])); n += 1 }
-        }
-        return n == 0 ? 0 : klSum / Double(n)
+        // Recomputed behaviour log-probs are the current model's: no second forward pass.
+        return meanKL(current: hyper.recomputeBehaviour ? oldLogp : nil)
     }
 
-    /// Token-mean KL to the reference under the current weights.
-    public func meanKL() -> Double {
+    /// Token-mean KL to the reference under the current weights (`current`: their log-probs per
+    /// episode when already computed).
+    public func meanKL(current: [[Float]]? = nil) -> Double {
         var klSum = 0.0, n = 0
         for (i, e) in episodes.enumerated() {
-            let cur = model.tokenLogprobs(e.sequence.tokens)
+            let cur = current?[i] ?? model.tokenLogprobs(e.sequence.tokens)
             for t in e.sequence.policyPositions { klSum += PPOObjective.kl(logp: Double(cur[t - 1]), ref: Double(refLogp[i][t - 1])); n += 1 }
         }
         return n == 0 ? 0 : klSum / Double(n)
