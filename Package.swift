@@ -4,6 +4,7 @@ import PackageDescription
 // Module layout (dependencies point one way, top to bottom):
 //
 //   CBLAS            system library: OpenBLAS's cblas.h
+//   CQ8              C: the int8 dot products of 8-bit weights, SIMD level chosen at run time
 //   PolicyEngine     numerics + model: safetensors, tokenizer, chat templates, transformer
 //                    forward/backward, KV cache, sampling.            (no HTTP, no SQL)
 //   PromptR1         the Prompt-R1 protocol: prompt rendering, call parsing, turn loop, reward.
@@ -42,9 +43,11 @@ let package = Package(
     targets: [
         .systemLibrary(name: "CBLAS", path: "Sources/CBLAS", pkgConfig: "openblas",
                        providers: [.apt(["libopenblas-dev"])]),
+        // 8-bit dot products (AVX2 / AVX-512 VNNI picked at run time); CBLAS has no integer products.
+        .target(name: "CQ8", cSettings: [.unsafeFlags(["-O2"])]),
         .target(
             name: "PolicyEngine",
-            dependencies: ["CBLAS"],
+            dependencies: ["CBLAS", "CQ8"],
             // The numerics are optimised in debug builds too: tests run real models, and an
             // unoptimised forward pass is ~30x slower. Release adds -Ounchecked.
             swiftSettings: [.unsafeFlags(["-O"], .when(configuration: .debug)),

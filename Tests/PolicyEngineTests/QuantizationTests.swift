@@ -125,4 +125,64 @@ final class QuantizationTests: XCTestCase {
         let b = try q8.prefill(tokens: [1, 2, 3], cache: q8.makeCache())
         XCTAssertLessThan(EngineFixtures.maxAbsDiff(a, b), 0.05 * (a.max()! - a.min()!))
     }
+
+    /// Every SIMD level this CPU runs computes what the portable C kernel computes: the block dot products are
+    /// exact int32 sums (only the float accumulation order may differ), for blocks of 32 and 64, an odd number
+    /// of blocks (the kernels pair blocks), extreme values (|q| = 127 on both sides) and 1 to 16 rows of x.
+    func testKernelLevelsAgreeWithPortableKernel() throws {
+        defer { Q8KernelLevel.use(.best) }
+        for (outDim, inDim) in [(37, 96), (40, 192), (9, 64)] {
+            var w = randomMatrix(outDim * inDim, seed: 50 + UInt64(inDim))
+            for j in 0..<inDim { w[j] = j % 2 == 0 ? 1 : -1 }  // a row of +-max values
+            let q = try Q8Matrix(quantizing: w, rows: outDim, cols: inDim, name: "w")
+            let scratch = Q8Scratch()
+            for rows in [1, 5, 16] {
+                var x = randomMatrix(rows * inDim, seed: 70 + UInt64(rows), scale: 3)
+                for j in 0..<inDim { x[j] = j % 3 == 0 ? -3 : 3 }  // saturating row: every |q| = 127
+                func product(_ level: Q8KernelLevel) -> [Float] {
+                    Q8KernelLevel.use(level)
+                    var y = [Float](repeating: 0.5, count: rows * outDim)
+                    Q8Kernels.quantizeActivations(x, rows: rows, cols: inDim, block: q.block, into: scratch)
+                    Q8Kernels.integerProduct(rows: rows, weight: q, scratch: scratch, into: &y, accumulate: true)
+                    return y
+                }
+                let reference = product(.portable)
+                XCTAssertEqual(Q8KernelLevel.current, .portable)
+                for level in Q8KernelLevel.allCases where level.rawValue <= Q8KernelLevel.best.rawValue && level != .portable {
+                    let y = product(level)
+                    XCTAssertEqual(Q8KernelLevel.current, level)
+                    for k in 0..<y.count {
+                        XCTAssertEqual(y[k], reference[k], accuracy: 1e-5 * max(1, abs(reference[k])),
+                                       "\(level), \(outDim)x\(inDim), rows \(rows), index \(k)")
+                    }
+                }
+            }
+        }
+    }
+
+    /// The portable kernel against a plain Swift double-precision sum of dequantised products: a check that does
+    /// not share code with the C kernels.
+    func testPortableKernelMatchesDequantisedSums() throws {
+        defer { Q8KernelLevel.use(.best) }
+        Q8KernelLevel.use(.portable)
+        let outDim = 11, inDim = 128, rows = 3
+        let q = try Q8Matrix(quantizing: randomMatrix(outDim * inDim, seed: 90), rows: outDim, cols: inDim, name: "w")
+        let x = randomMatrix(rows * inDim, seed: 91)
+        let scratch = Q8Scratch()
+        var y = [Float](repeating: 0, count: rows * outDim)
+        Q8Kernels.quantizeActivations(x, rows: rows, cols: inDim, block: q.block, into: scratch)
+        Q8Kernels.integerProduct(rows: rows, weight: q, scratch: scratch, into: &y, accumulate: false)
+        let nb = inDim / q.block
+        for i in 0..<rows {
+            for r in 0..<outDim {
+                var ref = 0.0
+                for j in 0..<inDim {
+                    let xs = Double(scratch.scales[i * nb + j / q.block]), ws = Double(q.scales[r * nb + j / q.block])
+                    XCTAssertEqual(Int(scratch.a[i * inDim + j]), abs(Int(scratch.q[i * inDim + j])))
+                    ref += Double(scratch.q[i * inDim + j]) * xs * Double(q.values[r * inDim + j]) * ws
+                }
+                XCTAssertEqual(Double(y[i * outDim + r]), ref, accuracy: 1e-5 * max(1, abs(ref)), "row \(i), out \(r)")
+            }
+        }
+    }
 }

@@ -1,4 +1,5 @@
 import CBLAS
+import CQ8
 import Foundation
 
 /// How the projection weights are held in memory.
@@ -81,25 +82,23 @@ final class Q8Matrix: @unchecked Sendable {  // immutable after init; owns its b
     }
 }
 
-/// Scratch for the 8-bit products of one forward step: the activations quantised per block, the int16 lanes
-/// pre-split to match how the kernel unpacks the weight bytes, and a float32 tile for prefill.
+/// Scratch for the 8-bit products of one forward step: the activations quantised per block (int8 values, their
+/// absolute values and one scale per block), and a float32 tile for the dequantised prefill path.
 final class Q8Scratch {
-    typealias Lanes = SIMD16<Int16>
-    private(set) var capacityRows = 0, capacityCols = 0
-    var even = UnsafeMutablePointer<Lanes>.allocate(capacity: 1)
-    var odd = UnsafeMutablePointer<Lanes>.allocate(capacity: 1)
+    private(set) var capacity = 0, scaleCapacity = 0
+    var q = UnsafeMutablePointer<Int8>.allocate(capacity: 1)
+    var a = UnsafeMutablePointer<UInt8>.allocate(capacity: 1)
     var scales = UnsafeMutablePointer<Float>.allocate(capacity: 1)
     private(set) var tileCount = 0
     var tile = UnsafeMutablePointer<Float>.allocate(capacity: 1)
 
     func ensure(rows: Int, cols: Int) {
-        guard rows > capacityRows || cols > capacityCols else { return }
-        capacityRows = max(rows, capacityRows)
-        capacityCols = max(cols, capacityCols)
-        even.deallocate(); odd.deallocate(); scales.deallocate()
-        even = .allocate(capacity: capacityRows * capacityCols / 32)
-        odd = .allocate(capacity: capacityRows * capacityCols / 32)
-        scales = .allocate(capacity: capacityRows * capacityCols / 32)
+        guard rows * cols > capacity else { return }
+        capacity = rows * cols
+        q.deallocate(); a.deallocate(); scales.deallocate()
+        q = .allocate(capacity: capacity)
+        a = .allocate(capacity: capacity)
+        scales = .allocate(capacity: capacity / 32)
     }
 
     func ensureTile(_ n: Int) {
@@ -110,15 +109,32 @@ final class Q8Scratch {
     }
 
     deinit {
-        even.deallocate(); odd.deallocate(); scales.deallocate(); tile.deallocate()
+        q.deallocate(); a.deallocate(); scales.deallocate(); tile.deallocate()
     }
 }
 
+/// The integer kernels' instruction set (C, chosen at run time from the CPU's features; see CQ8).
+public enum Q8KernelLevel: Int32, Sendable, CaseIterable, CustomStringConvertible {
+    case portable = 0, avx2 = 1, avx512vnni = 2
+
+    /// The best level this CPU runs.
+    public static var best: Q8KernelLevel { Q8KernelLevel(rawValue: cq8_best_level()) ?? .portable }
+    /// The level in use.
+    public static var current: Q8KernelLevel { Q8KernelLevel(rawValue: cq8_level()) ?? .portable }
+    /// Uses `level` (or the best supported level below it) from now on, process wide; returns the level in use.
+    /// For tests and benchmarks that compare implementations.
+    @discardableResult
+    public static func use(_ level: Q8KernelLevel) -> Q8KernelLevel { Q8KernelLevel(rawValue: cq8_set_level(level.rawValue)) ?? .portable }
+
+    public var description: String { String(cString: cq8_level_name(rawValue)) }
+}
+
 enum Q8Kernels {
-    /// Rows of x at most this many use the int8 kernel (single-sequence decode). More rows (batched decode,
-    /// prefill) dequantise tiles of W to float32 and use sgemm: the int8 kernel, compiled for baseline x86-64
-    /// (SSE2), costs about as much per row as a whole dequantised tile product.
-    static let maxIntegerRows = 2
+    /// Rows of x at most this many use the int8 kernel (decode, single or batched); more rows (prefill) dequantise
+    /// tiles of W to float32 and use sgemm. With SIMD integer dot products the int8 kernel reads each weight row
+    /// once for all rows of x and stays ahead of a dequantise-plus-sgemm up to a batch of 16 decode rows; the
+    /// portable C kernel only for one or two.
+    static var maxIntegerRows: Int { Q8KernelLevel.current == .portable ? 2 : 16 }
     /// Weight rows per dequantised tile in the prefill path.
     static let tileRows = 128
 
@@ -148,30 +164,10 @@ enum Q8Kernels {
         }
     }
 
-    /// Per row and block: scale = max|x| / 127, q = round(x / scale). Lane k of group g of `even` holds
-    /// q[32g + 2k] and of `odd` q[32g + 2k + 1], matching the little-endian int16 view of the weight bytes.
+    /// Per row and block: scale = max|x| / 127, q = round(x / scale), and |q| for the unsigned operand.
     static func quantizeActivations(_ x: UnsafePointer<Float>, rows: Int, cols: Int, block: Int, into s: Q8Scratch) {
         s.ensure(rows: rows, cols: cols)
-        let groups = cols / 32, nb = cols / block, gpb = block / 32
-        for i in 0..<rows {
-            let xr = x + i * cols
-            for b in 0..<nb {
-                var amax: Float = 0
-                for j in (b * block)..<((b + 1) * block) { amax = max(amax, abs(xr[j])) }
-                let scale = amax / 127
-                let inv: Float = scale > 0 ? 1 / scale : 0
-                s.scales[i * nb + b] = scale
-                for g in (b * gpb)..<((b + 1) * gpb) {
-                    var e = Q8Scratch.Lanes(), o = Q8Scratch.Lanes()
-                    for k in 0..<16 {
-                        e[k] = Int16((xr[32 * g + 2 * k] * inv).rounded())
-                        o[k] = Int16((xr[32 * g + 2 * k + 1] * inv).rounded())
-                    }
-                    s.even[i * groups + g] = e
-                    s.odd[i * groups + g] = o
-                }
-            }
-        }
+        cq8_quantize_rows(x, Int32(rows), Int32(cols), Int32(block), s.q, s.a, s.scales)
     }
 
     private struct Job: @unchecked Sendable {  // raw pointers for the workers; the caller waits for them
@@ -182,7 +178,8 @@ enum Q8Kernels {
     static func integerProduct(rows: Int, weight w: Q8Matrix, scratch s: Q8Scratch, into y: UnsafeMutablePointer<Float>,
                                accumulate: Bool) {
         let job = Job(w: w, s: s, y: y, rows: rows, accumulate: accumulate)
-        let workers = max(1, min(BLASThreads.current, w.rows / 32))
+        // Small matrices (k/v projections of one row) cost less than waking a second thread.
+        let workers = max(1, min(BLASThreads.current, w.rows * w.cols * rows / (1 << 17)))
         if workers == 1 {
             integerRows(job, 0, w.rows)
         } else {
@@ -195,34 +192,10 @@ enum Q8Kernels {
     }
 
     private static func integerRows(_ job: Job, _ r0: Int, _ r1: Int) {
-        typealias I16 = Q8Scratch.Lanes
-        typealias I32 = SIMD8<Int32>
-        let w = job.w, s = job.s
-        let cols = w.cols, nb = w.blocksPerRow, gpb = w.block / 32, groups = cols / 32
-        for r in r0..<r1 {
-            let wRow = UnsafeRawPointer(w.values + r * cols)
-            let wScales = w.scales + r * nb
-            for i in 0..<job.rows {
-                let xe = s.even + i * groups, xo = s.odd + i * groups, xs = s.scales + i * nb
-                var total: Float = 0
-                for b in 0..<nb {
-                    var acc0 = I32(), acc1 = I32()
-                    for g in (b * gpb)..<((b + 1) * gpb) {
-                        // 32 weight bytes as 16 int16 lanes: the low byte of each lane is element 2k, the high 2k+1.
-                        let v = wRow.loadUnaligned(fromByteOffset: g * 32, as: I16.self)
-                        let lo = (v &<< 8) &>> 8, hi = v &>> 8
-                        // |q| <= 127 on both sides, so a lane's two products add up to at most 32258: fits int16.
-                        let p = lo &* xe[g] &+ hi &* xo[g]
-                        let p32 = unsafeBitCast(p, to: I32.self)
-                        acc0 &+= (p32 &<< 16) &>> 16
-                        acc1 &+= p32 &>> 16
-                    }
-                    total += Float((acc0 &+ acc1).wrappedSum()) * (wScales[b] * xs[b])
-                }
-                let out = job.y + i * w.rows + r
-                out.pointee = job.accumulate ? out.pointee + total : total
-            }
-        }
+        guard r0 < r1 else { return }
+        let w = job.w
+        cq8_gemv_rows(w.values, w.scales, Int32(w.cols), Int32(w.block), Int32(r0), Int32(r1),
+                      job.s.q, job.s.a, job.s.scales, Int32(job.rows), job.y, Int32(w.rows), job.accumulate ? 1 : 0)
     }
 
     private struct DequantJob: @unchecked Sendable {  // raw pointers for the workers; the caller waits for them
