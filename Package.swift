@@ -21,7 +21,7 @@ import PackageDescription
 //   gateway, gateway-train, gateway-bench: thin executables.
 let package = Package(
     name: "PromptR1Gateway",
-    platforms: [.macOS(.v14)],
+    platforms: [.macOS(.v15)],
     products: [
         .executable(name: "gateway", targets: ["gateway"]),
         .executable(name: "gateway-train", targets: ["gateway-train"]),

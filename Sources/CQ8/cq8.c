@@ -68,6 +68,10 @@ static void gemv_portable(const int8_t *w, const float *wscales, int cols, int b
 // absolute values (precomputed, `xa`) are the unsigned operand and the weights take the activation's sign.
 // |x| <= 127 and |w| <= 127, so the int16 pair sums of maddubs (at most 2 * 127 * 127) never saturate.
 
+#ifndef CQ8_PREFETCH
+#define CQ8_PREFETCH 2048
+#endif
+
 #define CQ8_HSUM8(v, out)                                                         \
     do {                                                                          \
         __m128 lo_ = _mm256_castps256_ps128(v), hi_ = _mm256_extractf128_ps(v, 1); \
@@ -97,6 +101,10 @@ static void gemv_portable(const int8_t *w, const float *wscales, int cols, int b
                     __m256i acc0 = _mm256_setzero_si256(), acc1 = _mm256_setzero_si256();                   \
                     for (int c = 0; c < chunks; c++) {                                                      \
                         const int o0 = (b * chunks + c) * 32, o1 = o0 + block;                              \
+                        if (i == 0 && c == 0) {                                                             \
+                            _mm_prefetch((const char *)(wr + o0 + CQ8_PREFETCH), _MM_HINT_T0);              \
+                            _mm_prefetch((const char *)(wr + o1 + CQ8_PREFETCH), _MM_HINT_T0);              \
+                        }                                                                                   \
                         __m256i s0 = _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)(wr + o0)),       \
                                                       _mm256_loadu_si256((const __m256i *)(xr + o0)));      \
                         __m256i s1 = _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)(wr + o1)),       \

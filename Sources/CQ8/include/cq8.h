@@ -40,6 +40,15 @@ void cq8_gemv_rows(const int8_t *w, const float *wscales, int cols, int block, i
                    const int8_t *xq, const uint8_t *xa, const float *xscales, int nx,
                    float *y, int ldy, int accumulate);
 
+/// A spin-wait hint to the CPU (PAUSE on x86, YIELD on ARM), for ComputePool's polling loops.
+static inline void cq8_cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
+
 #ifdef __cplusplus
 }
 #endif

@@ -39,8 +39,8 @@ public final class KVCache: @unchecked Sendable {
         self.maxPositions = maxPositions
         let cap = max(1, min(initialCapacity, maxPositions))
         capacity = cap
-        keys = (0..<numLayers).map { _ in .allocate(capacity: cap * kvDim) }
-        values = (0..<numLayers).map { _ in .allocate(capacity: cap * kvDim) }
+        keys = (0..<numLayers).map { _ in AlignedMemory.allocate(Float.self, capacity: cap * kvDim) }
+        values = (0..<numLayers).map { _ in AlignedMemory.allocate(Float.self, capacity: cap * kvDim) }
     }
 
     deinit {
@@ -54,11 +54,11 @@ public final class KVCache: @unchecked Sendable {
         guard total > capacity else { return }
         let newCap = min(maxPositions, max(total, capacity * 2))
         for l in 0..<numLayers {
-            let k = UnsafeMutablePointer<Float>.allocate(capacity: newCap * kvDim)
+            let k = AlignedMemory.allocate(Float.self, capacity: newCap * kvDim)
             k.update(from: keys[l], count: count * kvDim)
             keys[l].deallocate()
             keys[l] = k
-            let v = UnsafeMutablePointer<Float>.allocate(capacity: newCap * kvDim)
+            let v = AlignedMemory.allocate(Float.self, capacity: newCap * kvDim)
             v.update(from: values[l], count: count * kvDim)
             values[l].deallocate()
             values[l] = v

@@ -276,22 +276,17 @@ public final class TransformerModel: @unchecked Sendable {
         }
         prof.mark(.rope)
         let scale = 1 / Float(hd).squareRoot()
+        // Append this step's keys and values to every cache; decode rows (one token) are attended in parallel
+        // below, prefill chunks here.
         var row0 = 0
-        for req in requests {
-            let T = req.tokens.count, p0 = req.cache.count, S = p0 + T
+        var decodeRows: [(row: Int, request: Int)] = []
+        for (i, req) in requests.enumerated() {
+            let T = req.tokens.count, p0 = req.cache.count
             let K = req.cache.keys[l], V = req.cache.values[l]
             (K + p0 * KV).update(from: ws.k + row0 * KV, count: T * KV)
             (V + p0 * KV).update(from: ws.v + row0 * KV, count: T * KV)
             if T == 1 {
-                // Decode: the nRep query heads sharing a KV head form one [nRep, hd] matrix.
-                for g in 0..<nKV {
-                    let qg = ws.q + row0 * Q + g * nRep * hd
-                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(nRep), Int32(S), Int32(hd), scale,
-                                qg, Int32(hd), K + g * hd, Int32(KV), 0, ws.scores, Int32(S))
-                    for r in 0..<nRep { Kernels.maskedSoftmax(ws.scores + r * S, valid: S, width: S) }
-                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(nRep), Int32(hd), Int32(S), 1,
-                                ws.scores, Int32(S), V + g * hd, Int32(KV), 0, ws.att + row0 * Q + g * nRep * hd, Int32(hd))
-                }
+                decodeRows.append((row0, i))
             } else {
                 // Prefill chunk: per head and block of query rows, scores [rows, keys] with the causal mask
                 // offset by p0. A block only looks at the keys it can see, which skips most of the masked half.
@@ -314,6 +309,18 @@ public final class TransformerModel: @unchecked Sendable {
                 }
             }
             row0 += T
+        }
+        if !decodeRows.isEmpty {
+            // Decode: the nRep query heads sharing a KV head form one [nRep, hd] matrix. Sequences are independent,
+            // so they are split over the compute threads, each part with its own slice of the scores scratch.
+            let parts = min(decodeRows.count, ws.scoreParts)
+            let perPart = (decodeRows.count + parts - 1) / parts
+            let job = DecodeAttention(q: ws.q, att: ws.att, scores: ws.scores, scoreStride: ws.scoreSize,
+                                      rows: decodeRows, caches: requests.map(\.cache), layer: l, Q: Q, KV: KV, hd: hd,
+                                      nKV: nKV, nRep: nRep, scale: scale)
+            ComputePool.shared.run(parts: (decodeRows.count + perPart - 1) / perPart) { part in
+                job.run(part, from: part * perPart, to: min(job.rows.count, (part + 1) * perPart))
+            }
         }
         prof.mark(.attention)
         // x += att * Wo^T (+ bo)
@@ -352,6 +359,8 @@ extension TransformerModel {
 /// Scratch buffers for one forward step; grown (never shrunk) when a step needs more rows.
 final class Workspace {
     private(set) var rows = 0, logitRows = 0, scoreSize = 0
+    /// Decode attention runs in this many parts at most, each with `scoreSize` floats of `scores`.
+    let scoreParts = 2 * (ComputePool.shared.workerCount + 1)
     var x = UnsafeMutablePointer<Float>.allocate(capacity: 1)
     var xn = UnsafeMutablePointer<Float>.allocate(capacity: 1)
     var q = UnsafeMutablePointer<Float>.allocate(capacity: 1)
@@ -366,9 +375,11 @@ final class Workspace {
     var hsel = UnsafeMutablePointer<Float>.allocate(capacity: 1)
     var logits = UnsafeMutablePointer<Float>.allocate(capacity: 1)
 
+    /// Buffers start on a cache line: the sgemm kernels load rows of x with 64-byte vector loads, and a row
+    /// that straddles two lines costs two loads each time.
     private static func regrow(_ p: inout UnsafeMutablePointer<Float>, _ n: Int) {
         p.deallocate()
-        p = .allocate(capacity: max(n, 1))
+        p = AlignedMemory.allocate(Float.self, capacity: n)
     }
 
     func ensure(config c: ModelConfig, rows n: Int, logitRows lr: Int, scoreSize s: Int) {
@@ -394,12 +405,40 @@ final class Workspace {
         }
         if s > scoreSize {
             let cap = max(s, scoreSize * 2)
-            Self.regrow(&scores, cap)
+            Self.regrow(&scores, cap * scoreParts)
             scoreSize = cap
         }
     }
 
     deinit {
         for p in [x, xn, q, k, v, att, gate, up, cos, sin, scores, hsel, logits] { p.deallocate() }
+    }
+}
+
+/// One layer's decode attention for a set of single-token rows (raw pointers for the compute threads; the
+/// caller waits for them). Part `p` uses scores[p * scoreStride ..< (p + 1) * scoreStride].
+private struct DecodeAttention: @unchecked Sendable {
+    let q: UnsafeMutablePointer<Float>, att: UnsafeMutablePointer<Float>, scores: UnsafeMutablePointer<Float>
+    let scoreStride: Int
+    let rows: [(row: Int, request: Int)]
+    let caches: [KVCache]
+    let layer: Int, Q: Int, KV: Int, hd: Int, nKV: Int, nRep: Int
+    let scale: Float
+
+    func run(_ part: Int, from a: Int, to b: Int) {
+        let sc = scores + part * scoreStride
+        for (row, request) in rows[a..<b] {
+            let cache = caches[request]
+            let S = cache.count + 1
+            let K = cache.keys[layer], V = cache.values[layer]
+            for g in 0..<nKV {
+                let qg = q + row * Q + g * nRep * hd
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(nRep), Int32(S), Int32(hd), scale,
+                            qg, Int32(hd), K + g * hd, Int32(KV), 0, sc, Int32(S))
+                for r in 0..<nRep { Kernels.maskedSoftmax(sc + r * S, valid: S, width: S) }
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(nRep), Int32(hd), Int32(S), 1,
+                            sc, Int32(S), V + g * hd, Int32(KV), 0, att + row * Q + g * nRep * hd, Int32(hd))
+            }
+        }
     }
 }

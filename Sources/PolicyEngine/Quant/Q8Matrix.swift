@@ -39,12 +39,12 @@ final class Q8Matrix: @unchecked Sendable {  // immutable after init; owns its b
         self.rows = rows
         self.cols = cols
         block = cols % 64 == 0 ? 64 : 32
-        values = .allocate(capacity: rows * cols)
+        values = AlignedMemory.allocate(Int8.self, capacity: rows * cols)
         scales = .allocate(capacity: rows * (cols / block))
         let nb = cols / block, block = self.block
         let job = QuantJob(w: w, q: values, s: scales)
         let workers = max(1, min(BLASThreads.current, rows / 64))
-        DispatchQueue.concurrentPerform(iterations: workers) { part in
+        ComputePool.shared.run(parts: workers) { part in
             let per = (rows + workers - 1) / workers
             for r in (part * per)..<min(rows, (part + 1) * per) {
                 for b in 0..<nb {
@@ -96,8 +96,8 @@ final class Q8Scratch {
         guard rows * cols > capacity else { return }
         capacity = rows * cols
         q.deallocate(); a.deallocate(); scales.deallocate()
-        q = .allocate(capacity: capacity)
-        a = .allocate(capacity: capacity)
+        q = AlignedMemory.allocate(Int8.self, capacity: capacity)
+        a = AlignedMemory.allocate(UInt8.self, capacity: capacity)
         scales = .allocate(capacity: capacity / 32)
     }
 
@@ -174,20 +174,21 @@ enum Q8Kernels {
         let w: Q8Matrix, s: Q8Scratch, y: UnsafeMutablePointer<Float>, rows: Int, accumulate: Bool
     }
 
-    /// The int8 x int8 products, output rows split over the BLAS thread count.
+    /// The int8 x int8 products, output rows split into parts of at least 32 rows that the compute threads claim
+    /// as they go (a thread that starts late takes fewer parts).
     static func integerProduct(rows: Int, weight w: Q8Matrix, scratch s: Q8Scratch, into y: UnsafeMutablePointer<Float>,
                                accumulate: Bool) {
         let job = Job(w: w, s: s, y: y, rows: rows, accumulate: accumulate)
+        let threads = min(BLASThreads.current, ComputePool.shared.workerCount + 1)
         // Small matrices (k/v projections of one row) cost less than waking a second thread.
-        let workers = max(1, min(BLASThreads.current, w.rows * w.cols * rows / (1 << 17)))
-        if workers == 1 {
+        guard threads > 1, w.rows * w.cols * rows >= 1 << 17 else {
             integerRows(job, 0, w.rows)
-        } else {
-            DispatchQueue.concurrentPerform(iterations: workers) { part in
-                let per = ((job.w.rows + workers - 1) / workers + 7) / 8 * 8
-                let r0 = min(job.w.rows, part * per)
-                integerRows(job, r0, min(job.w.rows, r0 + per))
-            }
+            return
+        }
+        let parts = min(threads * 8, max(1, w.rows / 32))
+        let per = ((w.rows + parts - 1) / parts + 7) / 8 * 8
+        ComputePool.shared.run(parts: (w.rows + per - 1) / per) { part in
+            integerRows(job, part * per, min(job.w.rows, (part + 1) * per))
         }
     }
 
@@ -205,7 +206,7 @@ enum Q8Kernels {
     private static func dequantizeParallel(_ w: Q8Matrix, rows r0: Int, _ r1: Int, into out: UnsafeMutablePointer<Float>) {
         let job = DequantJob(w: w, out: out, r0: r0, r1: r1)
         let workers = max(1, min(BLASThreads.current, (r1 - r0) / 16))
-        DispatchQueue.concurrentPerform(iterations: workers) { part in
+        ComputePool.shared.run(parts: workers) { part in
             let per = (job.r1 - job.r0 + workers - 1) / workers
             let a = job.r0 + part * per, b = min(job.r1, a + per)
             if a < b { job.w.dequantize(rows: a, b, into: job.out + (a - job.r0) * job.w.cols) }
