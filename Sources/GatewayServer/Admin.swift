@@ -1,4 +1,5 @@
 import Foundation
+import NIOPosix
 import HTTPTypes
 import Hummingbird
 import OpenAIWire
@@ -136,12 +137,14 @@ struct AdminRoutes: Sendable {
         let start = ContinuousClock.now
         let loaded: LoadedPolicy
         do {
-            loaded = try await Task.detached(priority: .utility) { try LoadedPolicy.load(path: path) }.value
+            // Seconds of file reading and hashing: on the blocking-I/O pool, never on an event loop.
+            loaded = try await NIOThreadPool.singleton.runIfActive { try LoadedPolicy.load(path: path) }
         } catch {
             throw GatewayError(status: 422, message: "The checkpoint could not be loaded; the serving version is unchanged: \(error)",
                                type: "invalid_request_error", param: "path", code: "invalid_checkpoint")
         }
-        try state.database.insertPolicyVersion(loaded.record)
+        let database = state.database, record = loaded.record
+        try await NIOThreadPool.singleton.runIfActive { try database.insertPolicyVersion(record) }
         let old = holder.set(loaded)
         if let rollbackOf { holder.removeFromHistory(id: rollbackOf) }
         state.metrics.swapped()

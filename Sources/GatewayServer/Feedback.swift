@@ -1,4 +1,5 @@
 import Foundation
+import NIOPosix
 import HTTPTypes
 import Hummingbird
 import OpenAIWire
@@ -63,7 +64,8 @@ struct FeedbackRoute: Sendable {
         let record = FeedbackRecord(episodeID: body.episodeID, kind: kind, value: value, source: body.source ?? "api")
         let id: Int64
         do {
-            id = try state.database.insertFeedback(record)
+            let database = state.database
+            id = try await NIOThreadPool.singleton.runIfActive { try database.insertFeedback(record) }
         } catch TrafficLogError.unknownEpisode {
             throw GatewayError(status: 404, message: "No episode with id '\(body.episodeID.prefix(64))'.", type: "invalid_request_error",
                                param: "episode_id", code: "episode_not_found")

@@ -19,6 +19,8 @@ public final class RetentionService: Sendable {
 
     public var isEnabled: Bool { maxAge > 0 }
 
+    private static let sweeps = DispatchQueue(label: "traffic-log.retention", qos: .utility)
+
     /// Sweeps now and then every `interval` until the calling task is cancelled.
     public func run() async {
         guard isEnabled else {
@@ -26,7 +28,14 @@ public final class RetentionService: Sendable {
             return
         }
         while !Task.isCancelled {
-            sweepOnce()
+            // A sweep is blocking SQLite work; it runs on its own queue so the caller's executor (in the
+            // gateway, an event loop) stays free.
+            await withCheckedContinuation { (done: CheckedContinuation<Void, Never>) in
+                Self.sweeps.async {
+                    self.sweepOnce()
+                    done.resume()
+                }
+            }
             do {
                 try await Task.sleep(nanoseconds: UInt64(interval * 1e9))
             } catch {

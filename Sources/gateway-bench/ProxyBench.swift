@@ -38,7 +38,11 @@ struct ProxyBench: AsyncParsableCommand {
     @Option(help: "Target of --profile: gateway or direct.")
     var profileTarget: String = "gateway"
 
+    @Flag(inversion: .prefixedNo, help: "Run Swift concurrency on NIO's event loops, as the gateway binary does (the load generator shares them).")
+    var eventLoopExecutor = true
+
     func run() async throws {
+        if eventLoopExecutor { GatewayRuntime.useEventLoopsAsGlobalExecutor() }
         let upstream = try await FakeUpstream(recordRequests: false)
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("gw-bench-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
@@ -74,6 +78,7 @@ struct ProxyBench: AsyncParsableCommand {
         print("gateway-bench proxy: \(stream ? "stream" : "non-stream") chat completions, \(seconds) s per run, log durability \(durability)")
         print("direct = client -> fake upstream; gateway = client -> gateway -> fake upstream (logging on)")
         print("")
+        print("swift concurrency on NIO event loops: \(eventLoopExecutor)")
         print("load generator: \(clientThreads > 0 ? "own event loop group, \(clientThreads) thread(s)" : "shared event loop group"); cpu = process CPU time per request (client + servers)")
         print("")
         print(pad("conc", 5), pad("target", 8), pad("req/s", 9), pad("p50 ms", 9), pad("p99 ms", 9), pad("cpu us", 8), pad("errors", 7))

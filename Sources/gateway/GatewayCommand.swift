@@ -13,6 +13,11 @@ struct GatewayCommand: AsyncParsableCommand {
         subcommands: [Serve.self, CheckConfig.self],
         defaultSubcommand: Serve.self
     )
+
+    static func main() async {
+        GatewayRuntime.useEventLoopsAsGlobalExecutor()
+        await main(nil)
+    }
 }
 
 struct ConfigOptions: ParsableArguments {
