@@ -216,6 +216,7 @@ struct EngineBench: AsyncParsableCommand {
         if let q = q8Result {
             table.section("8-bit weights (--q8: int8 projections + lm_head, per-block scales)")
             table.row("quantised at load", "\(mb(q.bytes)) MB", "in \(f2(q.loadSeconds)) s; F32 \(mb(weightFileBytes)) MB", "")
+            table.row("int8 dot-product kernel", "\(Q8KernelLevel.current)", "best this CPU runs: \(Q8KernelLevel.best)", "")
             table.row("RSS added by the 8-bit model", "\(mb(q.rssAdded)) MB", "after load + a 512-token prefill", "")
             table.row("prefill 128-token prompt", "\(f1(q.prefill128)) tok/s", "F32 \(f1(prefill[128]!)); target >= 150", verdict(q.prefill128 >= 150))
             table.row("prefill 512-token prompt", "\(f1(q.prefill512)) tok/s", "F32 \(f1(prefill[512]!)); target >= 150", verdict(q.prefill512 >= 150))
