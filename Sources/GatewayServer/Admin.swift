@@ -138,7 +138,8 @@ struct AdminRoutes: Sendable {
         let loaded: LoadedPolicy
         do {
             // Seconds of file reading and hashing: on the blocking-I/O pool, never on an event loop.
-            loaded = try await NIOThreadPool.singleton.runIfActive { try LoadedPolicy.load(path: path) }
+            let weights = state.config.policy.weightFormat
+            loaded = try await NIOThreadPool.singleton.runIfActive { try LoadedPolicy.load(path: path, weights: weights) }
         } catch {
             throw GatewayError(status: 422, message: "The checkpoint could not be loaded; the serving version is unchanged: \(error)",
                                type: "invalid_request_error", param: "path", code: "invalid_checkpoint")

@@ -46,13 +46,13 @@ public final class LoadedPolicy: Sendable {
 
     /// Loads a checkpoint folder, checks it can speak the protocol, runs a smoke forward pass, and
     /// hashes its weights.
-    public static func load(path: String) throws -> LoadedPolicy {
+    public static func load(path: String, weights: WeightFormat = .f32) throws -> LoadedPolicy {
         var isDir: ObjCBool = false
         guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir), isDir.boolValue else {
             throw LoadError.notADirectory(path)
         }
         let url = URL(fileURLWithPath: path)
-        let policy = try EnginePolicy(directory: url)
+        let policy = try EnginePolicy(directory: url, weightFormat: weights)
         let probe = policy.tokenizer.encode("<|im_start|>user\nHello<|im_end|>\n<|im_start|>assistant\n")
         let logits = try policy.model.prefill(tokens: probe, cache: policy.model.makeCache(initialCapacity: probe.count))
         guard logits.allSatisfy(\.isFinite) else {

@@ -37,9 +37,9 @@ public final class EnginePolicy: Sendable {
         scheduler = BatchScheduler(model: model, tokenBytes: { [tokenizer] in tokenizer.tokenBytes($0) })
     }
 
-    /// Loads a Hugging Face checkpoint folder.
-    public convenience init(directory: URL) throws {
-        let model = try TransformerModel.load(from: directory)
+    /// Loads a Hugging Face checkpoint folder (`.q8`: projections quantised to 8 bits at load).
+    public convenience init(directory: URL, weightFormat: WeightFormat = .f32) throws {
+        let model = try TransformerModel.load(from: directory, weightFormat: weightFormat)
         let tokenizer = try Tokenizer(directory: directory)
         try self.init(directory: directory, model: model, tokenizer: tokenizer)
     }

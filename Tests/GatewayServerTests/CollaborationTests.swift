@@ -133,6 +133,27 @@ final class CollaborationTests: XCTestCase {
         }
     }
 
+    /// `policy.weights: q8` serves the same checkpoint with 8-bit projections: the loaded model is quantised and
+    /// an episode runs the protocol against the upstream and answers. (Its tokens may differ from the float32
+    /// reference, so the upstream gives the first scripted answer whatever it is asked.)
+    func testEightBitPolicyServesEpisodes() async throws {
+        let cases = try Self.cases()
+        let h = try await Self.start([], upstream: FakeUpstream.answering([:], unknown: "  " + cases[0].upstream_answers[0] + "\n"),
+                                     configure: { c in c.policy.weights = "q8" })
+        let model = try XCTUnwrap(h.gateway.policies.current?.policy.model)
+        XCTAssertEqual(model.weightFormat, .q8)
+        XCTAssertGreaterThan(model.quantizedWeightBytes, 0)
+        let body = try JSONSerialization.data(withJSONObject: ["model": "prompt-r1/gpt-4o-mini", "messages": [["role": "user", "content": cases[0].question]]])
+        let reply = try await h.chat(String(decoding: body, as: UTF8.self))
+        XCTAssertEqual(reply.status, 200, reply.body)
+        let content = ((reply.json?["choices"] as? [[String: Any]])?.first?["message"] as? [String: Any])?["content"] as? String
+        XCTAssertFalse((content ?? "").isEmpty)
+        let sent = h.upstream.received.filter { $0.path == "/v1/chat/completions" }
+        XCTAssertGreaterThanOrEqual(sent.count, 1)
+        XCTAssertEqual((sent.first?.json?["messages"] as? [[String: String]])?.first?["content"], PromptR1Prompt.upstreamSystemPrompt)
+        try await h.stop()
+    }
+
     func testStreamShowsTraceAndAnswer() async throws {
         let cases = try Self.cases()
         let c = try XCTUnwrap(cases.first { $0.upstream_answers.count == 2 })

@@ -34,6 +34,9 @@ final class ConfigTests: XCTestCase {
         assertConfigError(#"{"upstream":{"base_url":"http://x/v1"},"log":{"redact_bodies":1}}"#, path: "log.redact_bodies")
         assertConfigError(#"{"upstream":{"base_url":"http://x/v1","forward_headers":["connection"]}}"#, path: "upstream.forward_headers[0]")
         assertConfigError(#"{"upstream":{"base_url":"http://x/v1"},"extra":1}"#, path: "extra")
+        assertConfigError(#"{"upstream":{"base_url":"http://x/v1"},"policy":{"weights":"int4"}}"#, path: "policy.weights")
+        XCTAssertEqual(try parse(#"{"upstream":{"base_url":"http://x/v1"},"policy":{"weights":"q8"}}"#).policy.weightFormat, .q8)
+        XCTAssertEqual(try parse(#"{"upstream":{"base_url":"http://x/v1"}}"#).policy.weightFormat, .f32)
     }
 
     func testRouting() throws {
