@@ -59,28 +59,28 @@ final class ComputePool: @unchecked Sendable {  // shared state is atomics and t
 
     /// Runs `body(part)` for every part in 0..<parts, spread over the workers and the calling thread, and
     /// returns when all parts are done.
-    func run(parts: Int, _ body: (Int) -> Void) {
+    func run(parts: Int, _ body: @escaping (Int) -> Void) {
+        // `body` is escaping (one small allocation per call) because a worker may still hold its reference for
+        // a moment after its last part has been counted as finished.
         guard parts > 1, workerCount > 0,
               busy.compareExchange(expected: false, desired: true, ordering: .acquiring).exchanged
         else {
             for p in 0..<parts { body(p) }
             return
         }
-        withoutActuallyEscaping(body) { body in
-            job = body
-            partCount = parts
-            finished.store(0, ordering: .relaxed)
-            let generation = (state.load(ordering: .relaxed) >> 32) &+ 1
-            state.store(generation << 32, ordering: .sequentiallyConsistent)  // ordered before the sleepers check
-            if sleepers.load(ordering: .sequentiallyConsistent) > 0 {
-                wake.lock()
-                wake.broadcast()
-                wake.unlock()
-            }
-            while claim(generation) { }
-            while finished.load(ordering: .acquiring) < parts { cq8_cpu_relax() }
-            job = nil
+        job = body
+        partCount = parts
+        finished.store(0, ordering: .relaxed)
+        let generation = (state.load(ordering: .relaxed) >> 32) &+ 1
+        state.store(generation << 32, ordering: .sequentiallyConsistent)  // ordered before the sleepers check
+        if sleepers.load(ordering: .sequentiallyConsistent) > 0 {
+            wake.lock()
+            wake.broadcast()
+            wake.unlock()
         }
+        while claim(generation) { }
+        while finished.load(ordering: .acquiring) < parts { cq8_cpu_relax() }
+        job = nil
         busy.store(false, ordering: .releasing)
     }
 
