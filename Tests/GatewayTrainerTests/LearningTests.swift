@@ -67,7 +67,7 @@ final class LearningTests: XCTestCase {
         // Recipe values except the learning rate (the paper's 1e-6 is for a 4B model and
         // thousands of steps) and one optimiser step per episode.
         let lr = ProcessInfo.processInfo.environment["LEARN_LR"].flatMap(Double.init) ?? 5e-5
-        let iterations = 5
+        let iterations = 6
         let fake = try await FakeUpstream(script: { r in
             let model = r.json?["model"] as? String ?? ""
             return .json(status: 200, body: FakeUpstream.completionJSON(model: model, text: "I am not sure, sorry."))
