@@ -1,7 +1,7 @@
 import Foundation
-import NIOPosix
 import HTTPTypes
 import Hummingbird
+import NIOPosix
 import OpenAIWire
 import TrafficLog
 
@@ -138,7 +138,7 @@ struct AdminRoutes: Sendable {
         let loaded: LoadedPolicy
         do {
             // Seconds of file reading and hashing: on the blocking-I/O pool, never on an event loop.
-            let weights = state.config.policy.weightFormat
+            let weights = state.config.policy.weights
             loaded = try await NIOThreadPool.singleton.runIfActive { try LoadedPolicy.load(path: path, weights: weights) }
         } catch {
             throw GatewayError(status: 422, message: "The checkpoint could not be loaded; the serving version is unchanged: \(error)",

@@ -1,7 +1,7 @@
 import Foundation
-import NIOPosix
 import HTTPTypes
 import Hummingbird
+import NIOPosix
 import OpenAIWire
 import TrafficLog
 

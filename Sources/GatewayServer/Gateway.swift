@@ -50,7 +50,7 @@ public final class Gateway: Sendable {
         let database = try TrafficDatabase(path: config.log.path)
         var initialPolicy: LoadedPolicy?
         if let path = config.policy.path {
-            let loaded = try LoadedPolicy.load(path: path, weights: config.policy.weightFormat)
+            let loaded = try LoadedPolicy.load(path: path, weights: config.policy.weights)
             try database.insertPolicyVersion(loaded.record)
             initialPolicy = loaded
             logger.notice("policy loaded", metadata: ["path": "\(path)", "version": "\(loaded.version)",

@@ -157,8 +157,7 @@ public struct GatewayConfig: Sendable, Equatable {
         /// "f32": the checkpoint's weights as float32, mapped from the file; "q8": projections and lm_head
         /// quantised to 8 bits at load (about 2.8x faster single-sequence decode, a quarter of the memory,
         /// slightly different numbers).
-        public var weights = "f32"
-        public var weightFormat: WeightFormat { weights == "q8" ? .q8 : .f32 }
+        public var weights: WeightFormat = .f32
         public init() {}
     }
 
@@ -278,7 +277,8 @@ public struct GatewayConfig: Sendable, Equatable {
         c.policy.forwardClientSystem = try p.bool("forward_client_system", default: c.policy.forwardClientSystem)
         c.policy.trace = try p.oneOf("trace", ["off", "on", "on_request"], default: c.policy.trace)
         c.policy.keepaliveSeconds = try p.double("keepalive_seconds", default: c.policy.keepaliveSeconds, range: 0.1...3600)
-        c.policy.weights = try p.oneOf("weights", ["f32", "q8"], default: c.policy.weights)
+        c.policy.weights = WeightFormat(rawValue: try p.oneOf("weights", WeightFormat.allCases.map(\.rawValue),
+                                                               default: c.policy.weights.rawValue)) ?? .f32
         try p.finish()
 
         try root.finish()

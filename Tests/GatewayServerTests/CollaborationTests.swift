@@ -139,7 +139,7 @@ final class CollaborationTests: XCTestCase {
     func testEightBitPolicyServesEpisodes() async throws {
         let cases = try Self.cases()
         let h = try await Self.start([], upstream: FakeUpstream.answering([:], unknown: "  " + cases[0].upstream_answers[0] + "\n"),
-                                     configure: { c in c.policy.weights = "q8" })
+                                     configure: { c in c.policy.weights = .q8 })
         let model = try XCTUnwrap(h.gateway.policies.current?.policy.model)
         XCTAssertEqual(model.weightFormat, .q8)
         XCTAssertGreaterThan(model.quantizedWeightBytes, 0)

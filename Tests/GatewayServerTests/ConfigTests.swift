@@ -35,8 +35,8 @@ final class ConfigTests: XCTestCase {
         assertConfigError(#"{"upstream":{"base_url":"http://x/v1","forward_headers":["connection"]}}"#, path: "upstream.forward_headers[0]")
         assertConfigError(#"{"upstream":{"base_url":"http://x/v1"},"extra":1}"#, path: "extra")
         assertConfigError(#"{"upstream":{"base_url":"http://x/v1"},"policy":{"weights":"int4"}}"#, path: "policy.weights")
-        XCTAssertEqual(try parse(#"{"upstream":{"base_url":"http://x/v1"},"policy":{"weights":"q8"}}"#).policy.weightFormat, .q8)
-        XCTAssertEqual(try parse(#"{"upstream":{"base_url":"http://x/v1"}}"#).policy.weightFormat, .f32)
+        XCTAssertEqual(try parse(#"{"upstream":{"base_url":"http://x/v1"},"policy":{"weights":"q8"}}"#).policy.weights, .q8)
+        XCTAssertEqual(try parse(#"{"upstream":{"base_url":"http://x/v1"}}"#).policy.weights, .f32)
     }
 
     func testRouting() throws {

@@ -105,6 +105,10 @@ enum Kernels {
     static let slicedMaxRows = 16
     static let sliceRows = 64
 
+    /// Threads the engine's own parallel kernels use (calling thread plus `ComputePool` workers): the BLAS
+    /// thread count the user set, capped by the pool's size.
+    static var computeThreads: Int { min(BLASThreads.current, ComputePool.shared.workerCount + 1) }
+
     /// Output rows per sgemm slice for `rows` x `inDim` inputs. OpenBLAS 0.3's SkylakeX build takes its
     /// unpacked small-matrix kernel only while rows * slice * inDim <= 1e6 (and falls back to packing both
     /// operands above that), so the slice shrinks as the input dimension grows: 64 output rows for 16 x 896,
@@ -126,7 +130,7 @@ enum Kernels {
         // Parts of a few slices each, claimed dynamically: a thread that starts late (a parked worker waking up)
         // takes fewer parts instead of leaving the other one waiting at the end.
         let slices = (outDim + slice - 1) / slice
-        let threads = min(BLASThreads.current, ComputePool.shared.workerCount + 1)
+        let threads = Kernels.computeThreads
         let parts = threads <= 1 ? 1 : min(slices, threads * 8)
         let perPart = (slices + parts - 1) / parts
         @Sendable func work(_ part: Int) {

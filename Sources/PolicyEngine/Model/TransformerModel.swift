@@ -199,10 +199,13 @@ public final class TransformerModel: @unchecked Sendable {
         let H = c.hiddenSize, hd = c.headDim, half = hd / 2
         let prof = profiler
         prof.start()
-        // Embedding lookup, positions and RoPE tables per row.
+        // Embedding lookup, positions and RoPE tables per row; which rows are single-token decodes (the same
+        // for every layer).
         var row = 0
-        for r in requests {
+        var decodeRows: [(row: Int, request: Int)] = []
+        for (k, r) in requests.enumerated() {
             let p0 = r.cache.count
+            if r.tokens.count == 1 { decodeRows.append((row, k)) }
             for (i, t) in r.tokens.enumerated() {
                 (ws.x + row * H).update(from: weights.embed.pointer + Int(t) * H, count: H)
                 rope.fill(position: p0 + i, cos: ws.cos + row * half, sin: ws.sin + row * half)
@@ -210,8 +213,12 @@ public final class TransformerModel: @unchecked Sendable {
             }
         }
         prof.mark(.embed)
+        let decode = decodeRows.isEmpty ? nil
+            : DecodeAttention(q: ws.q, att: ws.att, scores: ws.scores, scoreStride: ws.scoreSize, rows: decodeRows,
+                              caches: requests.map(\.cache), Q: c.qDim, KV: c.kvDim, hd: hd, nKV: c.numKeyValueHeads,
+                              nRep: c.numAttentionHeads / c.numKeyValueHeads, scale: 1 / Float(hd).squareRoot())
         for l in 0..<c.numHiddenLayers {
-            layer(l, requests: requests, rows: rows)
+            layer(l, requests: requests, rows: rows, decode: decode)
         }
         // Final norm + lm_head on the selected rows only.
         if logitRows > 0 {
@@ -251,7 +258,7 @@ public final class TransformerModel: @unchecked Sendable {
     }
 
     /// One decoder block over all rows of the step.
-    private func layer(_ l: Int, requests: [ForwardRequest], rows: Int) {
+    private func layer(_ l: Int, requests: [ForwardRequest], rows: Int, decode: DecodeAttention?) {
         let c = config, w = weights.layers[l]
         let H = c.hiddenSize, Q = c.qDim, KV = c.kvDim, I = c.intermediateSize, hd = c.headDim, half = hd / 2
         let nH = c.numAttentionHeads, nKV = c.numKeyValueHeads, nRep = nH / nKV
@@ -279,15 +286,12 @@ public final class TransformerModel: @unchecked Sendable {
         // Append this step's keys and values to every cache; decode rows (one token) are attended in parallel
         // below, prefill chunks here.
         var row0 = 0
-        var decodeRows: [(row: Int, request: Int)] = []
-        for (i, req) in requests.enumerated() {
+        for req in requests {
             let T = req.tokens.count, p0 = req.cache.count
             let K = req.cache.keys[l], V = req.cache.values[l]
             (K + p0 * KV).update(from: ws.k + row0 * KV, count: T * KV)
             (V + p0 * KV).update(from: ws.v + row0 * KV, count: T * KV)
-            if T == 1 {
-                decodeRows.append((row0, i))
-            } else {
+            if T > 1 {
                 // Prefill chunk: per head and block of query rows, scores [rows, keys] with the causal mask
                 // offset by p0. A block only looks at the keys it can see, which skips most of the masked half.
                 for h in 0..<nH {
@@ -310,16 +314,14 @@ public final class TransformerModel: @unchecked Sendable {
             }
             row0 += T
         }
-        if !decodeRows.isEmpty {
-            // Decode: the nRep query heads sharing a KV head form one [nRep, hd] matrix. Sequences are independent,
-            // so they are split over the compute threads, each part with its own slice of the scores scratch.
-            let parts = min(decodeRows.count, ws.scoreParts)
-            let perPart = (decodeRows.count + parts - 1) / parts
-            let job = DecodeAttention(q: ws.q, att: ws.att, scores: ws.scores, scoreStride: ws.scoreSize,
-                                      rows: decodeRows, caches: requests.map(\.cache), layer: l, Q: Q, KV: KV, hd: hd,
-                                      nKV: nKV, nRep: nRep, scale: scale)
-            ComputePool.shared.run(parts: (decodeRows.count + perPart - 1) / perPart) { part in
-                job.run(part, from: part * perPart, to: min(job.rows.count, (part + 1) * perPart))
+        if let decode {
+            // Decode: sequences are independent, so they are split over the compute threads, each part with its own
+            // slice of the scores scratch.
+            let n = decode.rows.count
+            let parts = min(n, 2 * Kernels.computeThreads, ws.scoreParts)
+            let perPart = (n + parts - 1) / parts
+            ComputePool.shared.run(parts: (n + perPart - 1) / perPart) { part in
+                decode.run(layer: l, part: part, from: part * perPart, to: min(n, (part + 1) * perPart))
             }
         }
         prof.mark(.attention)
@@ -415,17 +417,18 @@ final class Workspace {
     }
 }
 
-/// One layer's decode attention for a set of single-token rows (raw pointers for the compute threads; the
-/// caller waits for them). Part `p` uses scores[p * scoreStride ..< (p + 1) * scoreStride].
+/// Decode attention for a step's single-token rows, one layer at a time (raw pointers for the compute threads;
+/// the caller waits for them). Part `p` uses scores[p * scoreStride ..< (p + 1) * scoreStride]. For each row,
+/// the nRep query heads sharing a KV head form one [nRep, hd] matrix.
 private struct DecodeAttention: @unchecked Sendable {
     let q: UnsafeMutablePointer<Float>, att: UnsafeMutablePointer<Float>, scores: UnsafeMutablePointer<Float>
     let scoreStride: Int
     let rows: [(row: Int, request: Int)]
     let caches: [KVCache]
-    let layer: Int, Q: Int, KV: Int, hd: Int, nKV: Int, nRep: Int
+    let Q: Int, KV: Int, hd: Int, nKV: Int, nRep: Int
     let scale: Float
 
-    func run(_ part: Int, from a: Int, to b: Int) {
+    func run(layer: Int, part: Int, from a: Int, to b: Int) {
         let sc = scores + part * scoreStride
         for (row, request) in rows[a..<b] {
             let cache = caches[request]

@@ -85,7 +85,7 @@ final class Q8Matrix: @unchecked Sendable {  // immutable after init; owns its b
 /// Scratch for the 8-bit products of one forward step: the activations quantised per block (int8 values, their
 /// absolute values and one scale per block), and a float32 tile for the dequantised prefill path.
 final class Q8Scratch {
-    private(set) var capacity = 0, scaleCapacity = 0
+    private(set) var capacity = 0
     var q = UnsafeMutablePointer<Int8>.allocate(capacity: 1)
     var a = UnsafeMutablePointer<UInt8>.allocate(capacity: 1)
     var scales = UnsafeMutablePointer<Float>.allocate(capacity: 1)
@@ -179,7 +179,7 @@ enum Q8Kernels {
     static func integerProduct(rows: Int, weight w: Q8Matrix, scratch s: Q8Scratch, into y: UnsafeMutablePointer<Float>,
                                accumulate: Bool) {
         let job = Job(w: w, s: s, y: y, rows: rows, accumulate: accumulate)
-        let threads = min(BLASThreads.current, ComputePool.shared.workerCount + 1)
+        let threads = Kernels.computeThreads
         // Small matrices (k/v projections of one row) cost less than waking a second thread.
         guard threads > 1, w.rows * w.cols * rows >= 1 << 17 else {
             integerRows(job, 0, w.rows)
