@@ -113,7 +113,12 @@ public final class FakeUpstream: Sendable {
                         if let hangAfter, i >= hangAfter {
                             try await Task.sleep(for: .seconds(3600))
                         }
-                        if let resetAfter, i >= resetAfter { throw FakeDrop() }
+                        if let resetAfter, i >= resetAfter {
+                            // "After them": give the parts already written time to reach the reader
+                            // before the connection goes, or a close racing the last write can drop it.
+                            try await Task.sleep(for: .milliseconds(50))
+                            throw FakeDrop()
+                        }
                         if delay > .zero { try await Task.sleep(for: delay) }
                         try await writer.write(ByteBuffer(string: p))
                     }
