@@ -2,6 +2,7 @@ import Foundation
 import HTTPTypes
 import Hummingbird
 import Logging
+import NIOPosix
 import OpenAIWire
 import TrafficLog
 
@@ -61,11 +62,18 @@ public final class GatewayState: @unchecked Sendable {
     /// `commit_before_response` the call returns once the row is committed.
     func record(_ episode: EpisodeRecord) async {
         metrics.observe(episode)
+        // The log writer has its own thread. A request that waits for it (commit before
+        // response, or a full queue) continues on the event loop it came from, which owns its
+        // connection: one wake-up of that loop instead of a wake-up elsewhere and a hop back.
+        var resumer: LogWriter.Resumer?
+        if let loop = MultiThreadedEventLoopGroup.currentEventLoop {
+            resumer = { job in loop.execute(job) }
+        }
         do {
             if config.log.durability == "async" {
-                try await writer.append(episode)
+                try await writer.append(episode, resumer: resumer)
             } else {
-                try await writer.appendAndWait(episode)
+                try await writer.appendAndWait(episode, resumer: resumer)
             }
         } catch {
             // Only possible after shutdown began; the request itself already completed.

@@ -92,11 +92,22 @@ public final class LogWriter: Sendable {
 
     // MARK: State
 
+    /// Runs a waiter's resumption where the waiter wants it (e.g. on the event loop it was
+    /// suspended on, so the task continues on the thread that owns its connection).
+    public typealias Resumer = @Sendable (@escaping @Sendable () -> Void) -> Void
+
     private struct Entry: Sendable {
         let seq: UInt64
         let episode: EpisodeRecord
         /// appendAndWait: resumed when the episode is committed (or failed).
         let commitWaiter: CheckedContinuation<Void, any Error>?
+        /// How the appender's continuations are resumed (nil: right away on the writer's thread).
+        let resumer: Resumer?
+
+        func resume(_ cont: CheckedContinuation<Void, any Error>, _ error: (any Error)?) {
+            let go: @Sendable () -> Void = { if let error { cont.resume(throwing: error) } else { cont.resume() } }
+            if let resumer { resumer(go) } else { go() }
+        }
     }
 
     private struct Blocked: Sendable {
@@ -133,13 +144,14 @@ public final class LogWriter: Sendable {
 
     /// Queues `e` and returns once it is queued. Suspends while the queue is full.
     /// Throws `LogWriterError.closed` after `shutdown()`.
-    public func append(_ e: EpisodeRecord) async throws {
+    /// `resumer` runs the resumption of a suspended call (see `Resumer`).
+    public func append(_ e: EpisodeRecord, resumer: Resumer? = nil) async throws {
         // Fast path: room in the queue, no suspension.
         enum Fast { case done(CheckedContinuation<Void, Never>?), closed, full }
         let fast = state.withLock { s -> Fast in
             if s.closed { return .closed }
             guard s.blocked.isEmpty, s.queue.count < capacity else { return .full }
-            s.queue.append(Self.admit(&s, e, waiter: nil))
+            s.queue.append(Self.admit(&s, e, waiter: nil, resumer: nil))
             let wake = s.wakeup
             s.wakeup = nil
             return .done(wake)
@@ -147,14 +159,15 @@ public final class LogWriter: Sendable {
         switch fast {
         case .closed: throw LogWriterError.closed
         case .done(let wake): wake?.resume(); return
-        case .full: try await enqueueSlow(e, waitForCommit: false)
+        case .full: try await enqueueSlow(e, waitForCommit: false, resumer: resumer)
         }
     }
 
     /// Queues `e` and returns once it is COMMITTED (sharing the transaction with
     /// whatever else is queued). Throws `LogWriterError.closed`, `.rejected` or `.abandoned`.
-    public func appendAndWait(_ e: EpisodeRecord) async throws {
-        try await enqueueSlow(e, waitForCommit: true)
+    /// `resumer` runs the resumption (see `Resumer`).
+    public func appendAndWait(_ e: EpisodeRecord, resumer: Resumer? = nil) async throws {
+        try await enqueueSlow(e, waitForCommit: true, resumer: resumer)
     }
 
     /// Returns when every episode accepted before this call is committed. Throws
@@ -204,12 +217,15 @@ public final class LogWriter: Sendable {
         }
         // The loop runs in its own task so that cancellation of the caller does
         // not cut retry sleeps short or abort a commit; cancellation only closes.
-        let loop = Task { await self.drainLoop() }
+        // It runs on its own thread: commits are synchronous SQLite calls.
+        let thread = WriterThread(name: "traffic-log")
+        let loop = Task(executorPreference: thread) { await self.drainLoop() }
         await withTaskCancellationHandler {
             await loop.value
         } onCancel: {
             self.close()
         }
+        thread.stop()
     }
 
     /// Stops accepting appends, drains everything already accepted (including
@@ -262,25 +278,25 @@ public final class LogWriter: Sendable {
     }
 
     private static func admit(_ s: inout State, _ e: EpisodeRecord,
-                              waiter: CheckedContinuation<Void, any Error>?) -> Entry {
+                              waiter: CheckedContinuation<Void, any Error>?, resumer: Resumer?) -> Entry {
         let seq = s.nextSeq
         s.nextSeq += 1
         s.pendingIDs[e.id, default: 0] += 1
-        return Entry(seq: seq, episode: e, commitWaiter: waiter)
+        return Entry(seq: seq, episode: e, commitWaiter: waiter, resumer: resumer)
     }
 
-    private func enqueueSlow(_ e: EpisodeRecord, waitForCommit: Bool) async throws {
+    private func enqueueSlow(_ e: EpisodeRecord, waitForCommit: Bool, resumer: Resumer?) async throws {
         try await withCheckedThrowingContinuation { (cont: CheckedContinuation<Void, any Error>) in
             enum Action { case closed, queued(wake: CheckedContinuation<Void, Never>?, resumeNow: Bool), suspended }
             let action = state.withLock { s -> Action in
                 if s.closed { return .closed }
                 if s.blocked.isEmpty, s.queue.count < capacity {
-                    s.queue.append(Self.admit(&s, e, waiter: waitForCommit ? cont : nil))
+                    s.queue.append(Self.admit(&s, e, waiter: waitForCommit ? cont : nil, resumer: resumer))
                     let wake = s.wakeup
                     s.wakeup = nil
                     return .queued(wake: wake, resumeNow: !waitForCommit)
                 }
-                let entry = Self.admit(&s, e, waiter: waitForCommit ? cont : nil)
+                let entry = Self.admit(&s, e, waiter: waitForCommit ? cont : nil, resumer: resumer)
                 s.blocked.append(Blocked(entry: entry, queuedWaiter: waitForCommit ? nil : cont))
                 return .suspended
             }
@@ -310,7 +326,7 @@ public final class LogWriter: Sendable {
 
     /// The next batch, or nil once closed and empty.
     private func nextBatch() async -> [Entry]? {
-        enum Take { case batch([Entry], [CheckedContinuation<Void, any Error>]), done, wait }
+        enum Take { case batch([Entry], [(Entry, CheckedContinuation<Void, any Error>)]), done, wait }
         while true {
             let take = state.withLock { s -> Take in
                 if s.queue.isEmpty {
@@ -321,18 +337,18 @@ public final class LogWriter: Sendable {
                 batch.reserveCapacity(n)
                 for _ in 0..<n { batch.append(s.queue.removeFirst()) }
                 // Room was made: admit suspended appenders in FIFO order.
-                var resumes: [CheckedContinuation<Void, any Error>] = []
+                var resumes: [(Entry, CheckedContinuation<Void, any Error>)] = []
                 while s.queue.count < capacity, !s.blocked.isEmpty {
                     let b = s.blocked.removeFirst()
                     s.queue.append(b.entry)
-                    if let q = b.queuedWaiter { resumes.append(q) }
+                    if let q = b.queuedWaiter { resumes.append((b.entry, q)) }
                 }
                 s.stats.inFlight = n
                 return .batch(batch, resumes)
             }
             switch take {
             case .batch(let batch, let resumes):
-                for r in resumes { r.resume() }
+                for (entry, r) in resumes { entry.resume(r, nil) }
                 return batch
             case .done:
                 return nil
@@ -432,12 +448,13 @@ public final class LogWriter: Sendable {
 
     private func resolve(_ batch: [Entry], _ results: [LogWriterError?]) {
         var resumes: [(CheckedContinuation<Void, any Error>, (any Error)?)] = []
+        var commitResumes: [(Entry, CheckedContinuation<Void, any Error>, (any Error)?)] = []
         state.withLock { s in
             for (entry, result) in zip(batch, results) {
                 if let n = s.pendingIDs[entry.episode.id] {
                     s.pendingIDs[entry.episode.id] = n > 1 ? n - 1 : nil
                 }
-                if let w = entry.commitWaiter { resumes.append((w, result)) }
+                if let w = entry.commitWaiter { commitResumes.append((entry, w, result)) }
                 if let result {
                     for i in s.flushWaiters.indices where entry.seq <= s.flushWaiters[i].target {
                         s.flushWaiters[i].failed += 1
@@ -459,6 +476,7 @@ public final class LogWriter: Sendable {
             }
             s.flushWaiters = remaining
         }
+        for (entry, cont, err) in commitResumes { entry.resume(cont, err) }
         for (cont, err) in resumes {
             if let err { cont.resume(throwing: err) } else { cont.resume() }
         }
