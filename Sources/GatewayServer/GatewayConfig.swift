@@ -90,6 +90,9 @@ public struct GatewayConfig: Sendable, Equatable {
         public init() {}
     }
 
+    /// The values of `log.durability`.
+    public static let durabilities = ["commit_before_response", "async"]
+
     public var server = Server()
     public var limits = Limits()
     public var upstream = Upstream()
@@ -241,7 +244,7 @@ public struct GatewayConfig: Sendable, Equatable {
         c.log.retentionIntervalSeconds = try lg.int("retention_interval_seconds", default: c.log.retentionIntervalSeconds, range: 1...604_800)
         c.log.queueCapacity = try lg.int("queue_capacity", default: c.log.queueCapacity, range: 1...1_000_000)
         c.log.maxBatch = try lg.int("max_batch", default: c.log.maxBatch, range: 1...100_000)
-        c.log.durability = try lg.oneOf("durability", ["commit_before_response", "async"], default: c.log.durability)
+        c.log.durability = try lg.oneOf("durability", GatewayConfig.durabilities, default: c.log.durability)
         c.log.redactBodies = try lg.bool("redact_bodies", default: c.log.redactBodies)
         try lg.finish()
 

@@ -12,10 +12,28 @@ import Glibc
 
 /// Same load directly against a fast fake upstream and through the gateway; the difference is
 /// what the gateway adds.
+///
+/// By default the three parties run as they are deployed, each in its own process: the load
+/// generator (this process), the fake upstream (`gateway-bench fake-upstream`, a child) and the
+/// real `gateway` binary (a child, default config apart from ports and paths). Then "direct" pays
+/// the same kind of cross-process hop the gateway does, and each process's CPU per request is
+/// read from /proc. `--layout in-process` runs all three in this process on one event loop group
+/// instead, which is what a single `perf record` of the gateway's code wants.
 struct ProxyBench: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "proxy",
         abstract: "Added latency and throughput of passthrough, against the direct upstream as baseline.")
+
+    enum Layout: String, ExpressibleByArgument, CaseIterable {
+        case processes
+        case inProcess = "in-process"
+    }
+
+    @Option(help: "processes: load generator, fake upstream and the gateway binary each in its own process (as deployed); in-process: all three in this process.")
+    var layout: Layout = .processes
+
+    @Option(help: "Path of the gateway executable for --layout processes (default: next to this one).")
+    var gateway: String?
 
     @Option(help: "Comma-separated concurrency levels.")
     var concurrency: String = "1,16,64"
@@ -26,10 +44,10 @@ struct ProxyBench: AsyncParsableCommand {
     @Flag(help: "Use streaming requests.")
     var stream = false
 
-    @Option(help: "Log durability: commit_before_response or async.")
-    var durability: String = "commit_before_response"
+    @Option(help: "Log durability: async or commit_before_response (default: the gateway's default).")
+    var durability: String = GatewayConfig().log.durability
 
-    @Option(help: "Event-loop threads of the load generator's own HTTP client (0 = share the process-wide group with the servers).")
+    @Option(help: "Event-loop threads of the load generator's own HTTP client (0 = share the process-wide group).")
     var clientThreads: Int = 0
 
     @Option(help: "Profiling mode: send this many requests at the first concurrency level to one target only (no table), then exit.")
@@ -38,92 +56,113 @@ struct ProxyBench: AsyncParsableCommand {
     @Option(help: "Target of --profile: gateway or direct.")
     var profileTarget: String = "gateway"
 
-    @Flag(inversion: .prefixedNo, help: "Run Swift concurrency on NIO's event loops, as the gateway binary does (the load generator shares them).")
+    @Flag(inversion: .prefixedNo, help: "Run Swift concurrency on NIO's event loops in this process, as the gateway binary does.")
     var eventLoopExecutor = true
+
+    func validate() throws {
+        guard GatewayConfig.durabilities.contains(durability) else {
+            throw ValidationError("--durability must be async or commit_before_response")
+        }
+    }
 
     func run() async throws {
         if eventLoopExecutor { GatewayRuntime.useEventLoopsAsGlobalExecutor() }
-        let upstream = try await FakeUpstream(recordRequests: false)
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("gw-bench-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
-        var config = GatewayConfig()
-        config.server.port = 0
-        config.upstream.baseURL = upstream.baseURL
-        config.upstream.apiKeyEnv = nil
-        config.upstream.maxConnections = 512
-        config.limits.maxConcurrentRequests = 4096
-        config.log.path = dir.appendingPathComponent("traffic.sqlite").path
-        config.log.durability = durability
-        var logger = Logger(label: "bench")
-        logger.logLevel = .error
-        let gateway = try Gateway(config: config, environment: [:], logger: logger)
-        let runTask = Task { try await gateway.run(gracefulShutdownSignals: []) }
-        let port = await gateway.waitForPort()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let parties: Parties
+        switch layout {
+        case .processes: parties = try await ChildParties.start(gatewayPath: gateway, durability: durability, directory: dir)
+        case .inProcess: parties = try await InProcessParties.start(durability: durability, directory: dir)
+        }
+        do {
+            try await measure(parties)
+        } catch {
+            await parties.stop()
+            throw error
+        }
+        let summary = await parties.stop()
+        print("")
+        print(summary)
+    }
 
+    func measure(_ parties: Parties) async throws {
         let levels = concurrency.split(separator: ",").compactMap { Int($0.trimmingCharacters(in: .whitespaces)) }
         var clientConfig = HTTPClient.Configuration()
         clientConfig.connectionPool = .init(idleTimeout: .seconds(60), concurrentHTTP1ConnectionsPerHostSoftLimit: (levels.max() ?? 1) + 8)
         let clientGroup: MultiThreadedEventLoopGroup? = clientThreads > 0 ? MultiThreadedEventLoopGroup(numberOfThreads: clientThreads) : nil
         let client = HTTPClient(eventLoopGroup: clientGroup ?? HTTPClient.defaultEventLoopGroup, configuration: clientConfig)
-        let body = #"{"model":"gpt-4o-mini","stream":\#(stream),"messages":[{"role":"system","content":"You are terse."},{"role":"user","content":"What is the capital of France? Answer in one word."}]}"#
-
-        if let profile {
-            let c = levels.first ?? 1
-            let target = profileTarget == "direct" ? upstream.port : port
-            let url = "http://127.0.0.1:\(target)/v1/chat/completions"
-            _ = try await load(client: client, url: url, body: body, concurrency: c, seconds: 0.3)
-            let r = try await load(client: client, url: url, body: body, concurrency: c, requests: profile)
-            print("profile \(profileTarget) c=\(c): \(r.count) requests, \(f1(r.rps)) req/s, p50 \(f3(r.p50)) ms, p99 \(f3(r.p99)) ms, cpu \(f1(r.cpuMicros)) us/req, errors \(r.errors)")
-        } else {
-        print("gateway-bench proxy: \(stream ? "stream" : "non-stream") chat completions, \(seconds) s per run, log durability \(durability)")
-        print("direct = client -> fake upstream; gateway = client -> gateway -> fake upstream (logging on)")
-        print("")
-        print("swift concurrency on NIO event loops: \(eventLoopExecutor)")
-        print("load generator: \(clientThreads > 0 ? "own event loop group, \(clientThreads) thread(s)" : "shared event loop group"); cpu = process CPU time per request (client + servers)")
-        print("")
-        print(pad("conc", 5), pad("target", 8), pad("req/s", 9), pad("p50 ms", 9), pad("p99 ms", 9), pad("cpu us", 8), pad("errors", 7))
-        for c in levels {
-            // Warm both paths (connections, caches).
-            _ = try await load(client: client, url: "http://127.0.0.1:\(upstream.port)/v1/chat/completions", body: body, concurrency: c, seconds: 0.5)
-            _ = try await load(client: client, url: "http://127.0.0.1:\(port)/v1/chat/completions", body: body, concurrency: c, seconds: 0.5)
-            let direct = try await load(client: client, url: "http://127.0.0.1:\(upstream.port)/v1/chat/completions", body: body, concurrency: c, seconds: seconds)
-            let viaGateway = try await load(client: client, url: "http://127.0.0.1:\(port)/v1/chat/completions", body: body, concurrency: c, seconds: seconds)
-            print(pad("\(c)", 5), pad("direct", 8), pad(f1(direct.rps), 9), pad(f3(direct.p50), 9), pad(f3(direct.p99), 9), pad(f1(direct.cpuMicros), 8), pad("\(direct.errors)", 7))
-            print(pad("\(c)", 5), pad("gateway", 8), pad(f1(viaGateway.rps), 9), pad(f3(viaGateway.p50), 9), pad(f3(viaGateway.p99), 9), pad(f1(viaGateway.cpuMicros), 8), pad("\(viaGateway.errors)", 7))
-            print(pad("\(c)", 5), pad("added", 8), pad(f1(viaGateway.rps - direct.rps), 9), pad(f3(viaGateway.p50 - direct.p50), 9),
-                  pad(f3(viaGateway.p99 - direct.p99), 9), pad(f1(viaGateway.cpuMicros - direct.cpuMicros), 8),
-                  "  throughput ratio gateway/direct \(String(format: "%.2f", viaGateway.rps / max(direct.rps, 1e-9)))")
-        }
+        do {
+            try await measure(client: client, levels: levels, parties: parties)
+        } catch {
+            try? await client.shutdown()
+            try? await clientGroup?.shutdownGracefully()
+            throw error
         }
         try await client.shutdown()
         try await clientGroup?.shutdownGracefully()
-        let stats = gateway.state.writer.stats
-        await gateway.shutdown()
-        try await runTask.value
-        await upstream.stop()
-        let rows = try gateway.state.database.episodeCount()
-        print("")
-        print("traffic log: \(rows) episodes written in \(stats.batches) batches (\(String(format: "%.1f", Double(stats.rowsWritten) / Double(max(stats.batches, 1)))) per transaction)")
-        try? FileManager.default.removeItem(at: dir)
     }
 
-    struct Result { var rps: Double; var p50: Double; var p99: Double; var errors: Int; var count: Int; var cpuMicros: Double }
+    func measure(client: HTTPClient, levels: [Int], parties: Parties) async throws {
+        let body = #"{"model":"gpt-4o-mini","stream":\#(stream),"messages":[{"role":"system","content":"You are terse."},{"role":"user","content":"What is the capital of France? Answer in one word."}]}"#
+        let direct = "http://127.0.0.1:\(parties.upstreamPort)/v1/chat/completions"
+        let viaGateway = "http://127.0.0.1:\(parties.gatewayPort)/v1/chat/completions"
+
+        if let profile {
+            let c = levels.first ?? 1
+            let url = profileTarget == "direct" ? direct : viaGateway
+            print("profile: gateway pid \(parties.gatewayPID), fake upstream pid \(parties.upstreamPID), load generator pid \(getpid())")
+            _ = try await load(client: client, url: url, body: body, concurrency: c, seconds: 0.3, parties: parties)
+            let r = try await load(client: client, url: url, body: body, concurrency: c, requests: profile, parties: parties)
+            print("profile \(profileTarget) c=\(c): \(r.count) requests, \(f1(r.rps)) req/s, p50 \(f3(r.p50)) ms, p99 \(f3(r.p99)) ms, "
+                  + "cpu us/req \(r.cpu.description), errors \(r.errors)"
+                  + (r.selfReportedOverheadP50.map { ", x-gateway-overhead-ms p50 \(f3($0))" } ?? ""))
+            return
+        }
+        print("gateway-bench proxy: \(stream ? "stream" : "non-stream") chat completions, \(seconds) s per run, log durability \(durability)")
+        print(parties.description)
+        print("direct = client -> fake upstream; gateway = client -> gateway -> fake upstream (traffic log on)")
+        print("cpu us/req = CPU time per request of each process: \(parties.cpuColumns)")
+        print("")
+        print(pad("conc", 5), pad("target", 8), pad("req/s", 9), pad("p50 ms", 9), pad("p99 ms", 9), pad("cpu us/req", 24), pad("errors", 7))
+        for c in levels {
+            // Warm both paths (connections, caches).
+            _ = try await load(client: client, url: direct, body: body, concurrency: c, seconds: 0.5, parties: parties)
+            _ = try await load(client: client, url: viaGateway, body: body, concurrency: c, seconds: 0.5, parties: parties)
+            let d = try await load(client: client, url: direct, body: body, concurrency: c, seconds: seconds, parties: parties)
+            let g = try await load(client: client, url: viaGateway, body: body, concurrency: c, seconds: seconds, parties: parties)
+            print(pad("\(c)", 5), pad("direct", 8), pad(f1(d.rps), 9), pad(f3(d.p50), 9), pad(f3(d.p99), 9), pad(d.cpu.description, 24), pad("\(d.errors)", 7))
+            print(pad("\(c)", 5), pad("gateway", 8), pad(f1(g.rps), 9), pad(f3(g.p50), 9), pad(f3(g.p99), 9), pad(g.cpu.description, 24), pad("\(g.errors)", 7))
+            print(pad("\(c)", 5), pad("added", 8), pad(f1(g.rps - d.rps), 9), pad(f3(g.p50 - d.p50), 9), pad(f3(g.p99 - d.p99), 9),
+                  pad((g.cpu - d.cpu).description, 24),
+                  "  throughput ratio gateway/direct \(String(format: "%.2f", g.rps / max(d.rps, 1e-9)))",
+                  g.selfReportedOverheadP50.map { "; gateway's own x-gateway-overhead-ms p50 \(f3($0))" } ?? "")
+        }
+    }
+
+    struct Result {
+        var rps: Double; var p50: Double; var p99: Double; var errors: Int; var count: Int
+        var cpu: CPUPerRequest
+        /// Median of the gateway's own `x-gateway-overhead-ms` (nil for the direct target).
+        var selfReportedOverheadP50: Double?
+    }
 
     /// Runs for `seconds`, or (with `requests`) until that many requests were sent in total.
     func load(client: HTTPClient, url: String, body: String, concurrency: Int, seconds: Double = .infinity,
-              requests: Int? = nil) async throws -> Result {
+              requests: Int? = nil, parties: Parties) async throws -> Result {
         let clock = ContinuousClock()
-        let cpuStart = processCPUSeconds()
+        let cpuStart = parties.cpuSeconds()
         let start = clock.now
         let end = seconds.isFinite ? start + .milliseconds(Int(seconds * 1000)) : start + .seconds(86_400)
         let budget = RequestBudget(requests ?? Int.max)
         let payload = ByteBuffer(string: body)
-        let results = await withTaskGroup(of: ([Double], Int).self) { group in
+        let results = await withTaskGroup(of: ([Double], Int, [Double]).self) { group in
             for _ in 0..<concurrency {
                 group.addTask {
                     var latencies: [Double] = []
                     latencies.reserveCapacity(4096)
                     var errors = 0
+                    var overheads: [Double] = []
                     while clock.now < end, budget.take() {
                         var req = HTTPClientRequest(url: url)
                         req.method = .POST
@@ -134,23 +173,252 @@ struct ProxyBench: AsyncParsableCommand {
                             let resp = try await client.execute(req, timeout: .seconds(30))
                             _ = try await resp.body.collect(upTo: 1 << 20)
                             if resp.status.code != 200 { errors += 1 }
+                            if let h = resp.headers.first(name: "x-gateway-overhead-ms"), let v = Double(h) { overheads.append(v) }
                         } catch { errors += 1 }
                         latencies.append((clock.now - t0).milliseconds)
                     }
-                    return (latencies, errors)
+                    return (latencies, errors, overheads)
                 }
             }
             var all: [Double] = []
             var errors = 0
-            for await (l, e) in group { all += l; errors += e }
-            return (all, errors)
+            var overheads: [Double] = []
+            for await (l, e, o) in group { all += l; errors += e; overheads += o }
+            return (all, errors, overheads.sorted())
         }
         let elapsed = (clock.now - start).milliseconds / 1000
-        let cpu = processCPUSeconds() - cpuStart
+        let cpu = parties.cpuSeconds() - cpuStart
         let sorted = results.0.sorted()
         func pct(_ p: Double) -> Double { sorted.isEmpty ? .nan : sorted[min(sorted.count - 1, Int(Double(sorted.count) * p))] }
         return Result(rps: Double(sorted.count) / elapsed, p50: pct(0.5), p99: pct(0.99), errors: results.1,
-                      count: sorted.count, cpuMicros: cpu * 1e6 / Double(max(sorted.count, 1)))
+                      count: sorted.count, cpu: cpu.perRequest(max(sorted.count, 1), layout: parties.cpuLayout),
+                      selfReportedOverheadP50: results.2.isEmpty ? nil : results.2[results.2.count / 2])
+    }
+}
+
+// MARK: The parties under test
+
+/// The fake upstream and the gateway, wherever they run.
+protocol Parties: Sendable {
+    var upstreamPort: Int { get }
+    var gatewayPort: Int { get }
+    var gatewayPID: Int32 { get }
+    var upstreamPID: Int32 { get }
+    var description: String { get }
+    var cpuColumns: String { get }
+    var cpuLayout: CPUPerRequest.Layout { get }
+    /// CPU seconds used so far (per process where they are separate).
+    func cpuSeconds() -> CPUSeconds
+    /// Stops both; returns a line about the traffic log.
+    @discardableResult func stop() async -> String
+}
+
+struct CPUSeconds {
+    var client: Double
+    var upstream: Double
+    var gateway: Double
+    static func - (a: CPUSeconds, b: CPUSeconds) -> CPUSeconds {
+        CPUSeconds(client: a.client - b.client, upstream: a.upstream - b.upstream, gateway: a.gateway - b.gateway)
+    }
+    func perRequest(_ n: Int, layout: CPUPerRequest.Layout) -> CPUPerRequest {
+        CPUPerRequest(client: client * 1e6 / Double(n), upstream: upstream * 1e6 / Double(n), gateway: gateway * 1e6 / Double(n), layout: layout)
+    }
+}
+
+/// Microseconds of CPU per request: per process, or (in-process) one total.
+struct CPUPerRequest: CustomStringConvertible {
+    enum Layout { case perProcess, total }
+    var client: Double
+    var upstream: Double
+    var gateway: Double
+    var layout: Layout
+    var description: String {
+        switch layout {
+        case .perProcess: return "\(f1(client)) / \(f1(upstream)) / \(f1(gateway))"
+        case .total: return f1(client + upstream + gateway)
+        }
+    }
+    static func - (a: CPUPerRequest, b: CPUPerRequest) -> CPUPerRequest {
+        CPUPerRequest(client: a.client - b.client, upstream: a.upstream - b.upstream, gateway: a.gateway - b.gateway, layout: a.layout)
+    }
+}
+
+/// The real binaries as child processes: `gateway-bench fake-upstream` and `gateway serve`.
+final class ChildParties: Parties, @unchecked Sendable {
+    let upstream: Process
+    let gateway: Process
+    let upstreamStdin: Pipe
+    let upstreamPort: Int
+    let gatewayPort: Int
+    let durability: String
+    let dbPath: String
+    var gatewayPID: Int32 { gateway.processIdentifier }
+    var upstreamPID: Int32 { upstream.processIdentifier }
+    var cpuColumns: String { "load generator / fake upstream / gateway" }
+    var cpuLayout: CPUPerRequest.Layout { .perProcess }
+    var description: String {
+        "layout: processes (gateway pid \(gatewayPID) with the default config apart from ports and paths; fake upstream pid \(upstreamPID); load generator pid \(getpid()))"
+    }
+
+    private init(upstream: Process, upstreamStdin: Pipe, upstreamPort: Int, gateway: Process, gatewayPort: Int, durability: String, dbPath: String) {
+        self.upstream = upstream
+        self.upstreamStdin = upstreamStdin
+        self.upstreamPort = upstreamPort
+        self.gateway = gateway
+        self.gatewayPort = gatewayPort
+        self.durability = durability
+        self.dbPath = dbPath
+    }
+
+    static func start(gatewayPath: String?, durability: String, directory: URL) async throws -> ChildParties {
+        let selfExe = URL(fileURLWithPath: (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0])
+        let exe = gatewayPath.map { URL(fileURLWithPath: $0) } ?? selfExe.deletingLastPathComponent().appendingPathComponent("gateway")
+        guard FileManager.default.isExecutableFile(atPath: exe.path) else {
+            throw ValidationError("no gateway executable at \(exe.path); build it (swift build -c release) or pass --gateway")
+        }
+        // The fake upstream: this binary's `fake-upstream` command. It exits when its stdin closes,
+        // so it never outlives this process.
+        let upstream = Process()
+        upstream.executableURL = selfExe
+        upstream.arguments = ["fake-upstream"]
+        let upstreamStdin = Pipe()
+        upstream.standardInput = upstreamStdin
+        let upstreamOut = Pipe()
+        upstream.standardOutput = upstreamOut
+        let upstreamText = OutputBuffer()
+        upstreamOut.fileHandleForReading.readabilityHandler = { h in upstreamText.append(h.availableData) }
+        try upstream.run()
+        let upstreamPort = try await upstreamText.value(of: #"fake-upstream listening on port (\d+)"#, process: upstream)
+
+        let configURL = directory.appendingPathComponent("gateway.json")
+        let dbPath = directory.appendingPathComponent("traffic.sqlite").path
+        try Data(#"""
+            {"upstream": {"base_url": "http://127.0.0.1:\#(upstreamPort)/v1", "api_key_env": null, "max_connections": 512},
+             "auth": {"client_keys_env": null}, "limits": {"max_concurrent_requests": 4096},
+             "log": {"durability": "\#(durability)"}}
+            """#.utf8).write(to: configURL)
+        let gateway = Process()
+        gateway.executableURL = exe
+        gateway.arguments = ["serve", "--config", configURL.path, "--host", "127.0.0.1", "--port", "0", "--admin-port", "0",
+                             "--log-db", dbPath, "--log-level", "notice"]
+        let pipe = Pipe()
+        gateway.standardError = pipe
+        gateway.standardOutput = pipe
+        let output = OutputBuffer()
+        pipe.fileHandleForReading.readabilityHandler = { h in output.append(h.availableData) }
+        do {
+            try gateway.run()
+            let (port, _) = try await output.ports(process: gateway)
+            return ChildParties(upstream: upstream, upstreamStdin: upstreamStdin, upstreamPort: upstreamPort,
+                                gateway: gateway, gatewayPort: port, durability: durability, dbPath: dbPath)
+        } catch {
+            if gateway.isRunning { kill(gateway.processIdentifier, SIGKILL) }
+            try? upstreamStdin.fileHandleForWriting.close()
+            throw error
+        }
+    }
+
+    func cpuSeconds() -> CPUSeconds {
+        CPUSeconds(client: selfCPUSeconds(), upstream: processCPUSeconds(pid: upstreamPID), gateway: processCPUSeconds(pid: gatewayPID))
+    }
+
+    func stop() async -> String {
+        if gateway.isRunning {
+            kill(gatewayPID, SIGTERM)
+            gateway.waitUntilExit()
+        }
+        try? upstreamStdin.fileHandleForWriting.close()
+        upstream.waitUntilExit()
+        let rows = SoakBench.episodeCount(dbPath: dbPath)
+        return "traffic log: \(rows.map(String.init) ?? "unreadable") episodes after SIGTERM (gateway exit status \(gateway.terminationStatus))"
+    }
+}
+
+/// Everything in this process, on the process-wide event loop group.
+final class InProcessParties: Parties, @unchecked Sendable {
+    let upstream: FakeUpstream
+    let gateway: Gateway
+    let runTask: Task<Void, any Error>
+    let upstreamPort: Int
+    let gatewayPort: Int
+    var gatewayPID: Int32 { getpid() }
+    var upstreamPID: Int32 { getpid() }
+    var cpuColumns: String { "the whole process (load generator, fake upstream and gateway)" }
+    var cpuLayout: CPUPerRequest.Layout { .total }
+    var description: String { "layout: in-process (load generator, fake upstream and gateway share this process and its event loops)" }
+
+    private init(upstream: FakeUpstream, gateway: Gateway, runTask: Task<Void, any Error>, gatewayPort: Int) {
+        self.upstream = upstream
+        self.gateway = gateway
+        self.runTask = runTask
+        self.upstreamPort = upstream.port
+        self.gatewayPort = gatewayPort
+    }
+
+    static func start(durability: String, directory: URL) async throws -> InProcessParties {
+        let upstream = try await FakeUpstream(recordRequests: false)
+        var config = GatewayConfig()
+        config.server.port = 0
+        config.upstream.baseURL = upstream.baseURL
+        config.upstream.apiKeyEnv = nil
+        config.upstream.maxConnections = 512
+        config.limits.maxConcurrentRequests = 4096
+        config.log.path = directory.appendingPathComponent("traffic.sqlite").path
+        config.log.durability = durability
+        var logger = Logger(label: "bench")
+        logger.logLevel = .error
+        let gateway = try Gateway(config: config, environment: [:], logger: logger)
+        let runTask = Task { try await gateway.run(gracefulShutdownSignals: []) }
+        let port = await gateway.waitForPort()
+        return InProcessParties(upstream: upstream, gateway: gateway, runTask: runTask, gatewayPort: port)
+    }
+
+    func cpuSeconds() -> CPUSeconds { CPUSeconds(client: selfCPUSeconds(), upstream: 0, gateway: 0) }
+
+    func stop() async -> String {
+        let stats = gateway.state.writer.stats
+        await gateway.shutdown()
+        _ = try? await runTask.value
+        await upstream.stop()
+        let rows = (try? gateway.state.database.episodeCount()) ?? -1
+        return "traffic log: \(rows) episodes written in \(stats.batches) batches (\(String(format: "%.1f", Double(stats.rowsWritten) / Double(max(stats.batches, 1)))) per transaction)"
+    }
+}
+
+/// `gateway-bench fake-upstream`: the fast fake upstream on a loopback port, for `proxy` (and for
+/// measuring other proxies against the same upstream). Prints its port; exits when stdin closes.
+struct FakeUpstreamCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "fake-upstream",
+        abstract: "Serve the fast fake OpenAI upstream on a loopback port until stdin closes.")
+
+    func run() async throws {
+        GatewayRuntime.useEventLoopsAsGlobalExecutor()
+        let upstream = try await FakeUpstream(recordRequests: false)
+        FileHandle.standardOutput.write(Data("fake-upstream listening on port \(upstream.port)\n".utf8))
+        await withCheckedContinuation { (cont: CheckedContinuation<Void, Never>) in
+            Thread.detachNewThread {
+                _ = FileHandle.standardInput.readDataToEndOfFile()
+                cont.resume()
+            }
+        }
+        await upstream.stop()
+    }
+}
+
+extension OutputBuffer {
+    /// Waits for `pattern` (one integer capture group) in the output and returns the integer.
+    func value(of pattern: String, process: Process, timeout: TimeInterval = 30) async throws -> Int {
+        let regex = try NSRegularExpression(pattern: pattern)
+        let deadline = Date().addingTimeInterval(timeout)
+        while Date() < deadline, process.isRunning {
+            let t = text
+            if let m = regex.firstMatch(in: t, range: NSRange(t.startIndex..., in: t)), let r = Range(m.range(at: 1), in: t), let v = Int(t[r]) {
+                return v
+            }
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        throw ValidationError("\(process.executableURL?.lastPathComponent ?? "child") did not print /\(pattern)/: \(text)")
     }
 }
 
@@ -163,12 +431,22 @@ final class RequestBudget: @unchecked Sendable {
     func take() -> Bool { lock.withLock { if remaining > 0 { remaining -= 1; return true }; return false } }
 }
 
-/// User + system CPU time of the whole process (load generator, fake upstream and gateway).
-private func processCPUSeconds() -> Double {
+/// User + system CPU time of this process.
+private func selfCPUSeconds() -> Double {
     var usage = rusage()
     getrusage(RUSAGE_SELF.rawValue, &usage)
     func s(_ t: timeval) -> Double { Double(t.tv_sec) + Double(t.tv_usec) / 1e6 }
     return s(usage.ru_utime) + s(usage.ru_stime)
+}
+
+/// User + system CPU time of another process, from /proc/PID/stat (clock-tick resolution).
+private func processCPUSeconds(pid: Int32) -> Double {
+    guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+          let close = stat.lastIndex(of: ")") else { return .nan }
+    // Fields after "(comm)": state is field 3, utime 14, stime 15.
+    let fields = stat[stat.index(after: close)...].split(separator: " ")
+    guard fields.count > 12, let utime = Double(fields[11]), let stime = Double(fields[12]) else { return .nan }
+    return (utime + stime) / Double(sysconf(Int32(_SC_CLK_TCK)))
 }
 
 private func pad(_ s: String, _ n: Int) -> String { s.count >= n ? s : s + String(repeating: " ", count: n - s.count) }
