@@ -1,4 +1,5 @@
 import Foundation
+import NIOConcurrencyHelpers
 import OpenAIWire
 import Prometheus
 import TrafficLog
@@ -22,6 +23,15 @@ public final class GatewayMetrics: Sendable {
     private let logFailures: Gauge
     private let circuitOpen: Gauge
     private let circuitOpened: Gauge
+    /// The labelled request counters, looked up once per label set: the registry's own lookup
+    /// hashes the descriptor and labels and takes its lock on every call.
+    private let requestCounters = NIOLockedValueBox<[RequestKey: Counter]>([:])
+
+    private struct RequestKey: Hashable {
+        var route: String
+        var mode: String
+        var status: Int
+    }
 
     public init() {
         func d(_ name: String, _ unit: String = "", _ help: String) -> MetricNameDescriptor {
@@ -44,8 +54,7 @@ public final class GatewayMetrics: Sendable {
 
     /// Records one finished request from its log record.
     func observe(_ e: EpisodeRecord) {
-        registry.makeCounter(descriptor: MetricNameDescriptor(namespace: "gateway", metricName: "requests", unitName: "total", helpText: "Requests by route, mode and status"),
-                             labels: [("route", Self.routeLabel(e.route)), ("mode", e.mode), ("status", String(e.status))]).increment()
+        requestCounter(route: Self.routeLabel(e.route), mode: e.mode, status: e.status).increment()
         total.record(e.totalMs / 1000)
         if let u = e.upstreamMs { upstream.record(u / 1000) }
         if let o = e.overheadMs { overhead.record(o / 1000) }
@@ -62,6 +71,17 @@ public final class GatewayMetrics: Sendable {
         if e.status >= 400 || (e.outcome.map { !["ok", "answer"].contains($0) } ?? false) {
             registry.makeCounter(descriptor: MetricNameDescriptor(namespace: "gateway", metricName: "errors", unitName: "total", helpText: "Failed or degraded requests by kind"),
                                  labels: [("kind", Self.errorKind(e))]).increment()
+        }
+    }
+
+    private func requestCounter(route: String, mode: String, status: Int) -> Counter {
+        let key = RequestKey(route: route, mode: mode, status: status)
+        return requestCounters.withLockedValue { counters in
+            if let c = counters[key] { return c }
+            let c = registry.makeCounter(descriptor: MetricNameDescriptor(namespace: "gateway", metricName: "requests", unitName: "total", helpText: "Requests by route, mode and status"),
+                                         labels: [("route", route), ("mode", mode), ("status", String(status))])
+            counters[key] = c
+            return c
         }
     }
 
