@@ -81,10 +81,12 @@ public struct GatewayConfig: Sendable, Equatable {
         public var retentionIntervalSeconds = 3600
         public var queueCapacity = 4096
         public var maxBatch = 256
-        /// "commit_before_response": the response's last byte leaves only after its episode is
-        /// committed (survives kill -9). "async": respond first, the writer commits in the
-        /// background (lower latency; a crash can lose the last few hundred milliseconds).
-        public var durability = "commit_before_response"
+        /// "async" (default): respond first; the writer thread commits in the background, in
+        /// batches (graceful shutdown drains everything; a crash or kill -9 can lose the episodes
+        /// of the last milliseconds). "commit_before_response": the response's last byte leaves
+        /// only after its episode is committed, so every completed response survives kill -9, at
+        /// the price of a commit and a thread hand-off in every request's latency.
+        public var durability = "async"
         /// Replace message contents in the logged request with their length.
         public var redactBodies = false
         public init() {}

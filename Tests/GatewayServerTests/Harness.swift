@@ -37,6 +37,9 @@ final class Harness: @unchecked Sendable {
         config.upstream.maxRetries = 0
         config.auth.clientKeysEnv = "TEST_CLIENT_KEYS"
         config.log.path = dir.appendingPathComponent("traffic.sqlite").path
+        // Tests read the log right after a response: with the commit before the response, the
+        // row is there by then. Tests of the default (async) mode set it themselves.
+        config.log.durability = "commit_before_response"
         configure(&config)
         var logger = Logger(label: "gateway-test")
         logger.logLevel = .error

@@ -33,11 +33,12 @@ final class ProcessTests: XCTestCase {
         let directory: URL
         var dbPath: String { directory.appendingPathComponent("traffic.sqlite").path }
 
-        init(upstream: String, environment: [String: String], logLevel: String = "info") throws {
+        init(upstream: String, environment: [String: String], logLevel: String = "info", durability: String? = nil) throws {
             directory = FileManager.default.temporaryDirectory.appendingPathComponent("gw-proc-\(UUID().uuidString)")
             try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
             let config = directory.appendingPathComponent("gateway.json")
-            try Data(#"{"upstream": {"base_url": "\#(upstream)", "api_key_env": "PROC_UPSTREAM_KEY", "max_retries": 0}, "auth": {"client_keys_env": "PROC_CLIENT_KEYS"}, "admin": {"token_env": "PROC_ADMIN_TOKEN"}}"#.utf8).write(to: config)
+            let log = durability.map { #", "log": {"durability": "\#($0)"}"# } ?? ""
+            try Data(#"{"upstream": {"base_url": "\#(upstream)", "api_key_env": "PROC_UPSTREAM_KEY", "max_retries": 0}, "auth": {"client_keys_env": "PROC_CLIENT_KEYS"}, "admin": {"token_env": "PROC_ADMIN_TOKEN"}\#(log)}"#.utf8).write(to: config)
             process.executableURL = try ProcessTests.executable()
             process.arguments = ["serve", "--config", config.path, "--host", "127.0.0.1", "--port", "0", "--admin-port", "0",
                                  "--log-db", dbPath, "--log-level", logLevel]
@@ -86,15 +87,15 @@ final class ProcessTests: XCTestCase {
         return HTTPClient(eventLoopGroup: HTTPClient.defaultEventLoopGroup, configuration: config)
     }
 
-    /// SIGKILL in the middle of mixed traffic. With `commit_before_response` (the default) a
-    /// response's last byte (a stream's `[DONE]`) leaves only after its episode is committed, so
-    /// every response the clients saw complete must be in the file, and the file must open clean.
+    /// SIGKILL in the middle of mixed traffic. With `commit_before_response` a response's last
+    /// byte (a stream's `[DONE]`) leaves only after its episode is committed, so every response
+    /// the clients saw complete must be in the file, and the file must open clean.
     func testKill9UnderLoadLosesNoCompletedEpisode() async throws {
         let upstream = try await FakeUpstream(script: { r in
             guard r.path == "/v1/chat/completions" else { return nil }
             return .delayed(.milliseconds(Int.random(in: 1...15)), FakeUpstream.defaultReply(r))
         }, recordRequests: false)
-        let child = try Child(upstream: upstream.baseURL, environment: [:])
+        let child = try Child(upstream: upstream.baseURL, environment: [:], durability: "commit_before_response")
         let (port, _) = try await child.ports()
         let client = Self.httpClient()
         let completed = IDs()
@@ -146,6 +147,68 @@ final class ProcessTests: XCTestCase {
         _ = try await again.ports()
         again.kill(SIGTERM)
         XCTAssertEqual(again.process.terminationStatus, 0, again.log)
+    }
+
+    /// With `durability: async` (the default) no commit sits in a request's path. The binary
+    /// runs Swift concurrency on its event loops, so a commit made on one of them would stall
+    /// every request of that loop. Another connection holds SQLite's write lock for 1.5 s (the
+    /// log writer waits in SQLite's busy handler meanwhile); requests keep completing quickly,
+    /// and once the lock is gone every one of them is committed.
+    func testAsyncLogWritesNeverHoldUpResponses() async throws {
+        let upstream = try await FakeUpstream(recordRequests: false)
+        let child = try Child(upstream: upstream.baseURL, environment: [:])
+        let (port, _) = try await child.ports()
+        let client = Self.httpClient()
+        func chat() async throws -> (Int, String?) {
+            var req = HTTPClientRequest(url: "http://127.0.0.1:\(port)/v1/chat/completions")
+            req.method = .POST
+            req.headers.add(name: "content-type", value: "application/json")
+            req.body = .bytes(ByteBuffer(string: #"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}"#))
+            let resp = try await client.execute(req, timeout: .seconds(10))
+            _ = try await resp.body.collect(upTo: 1 << 20)
+            return (Int(resp.status.code), resp.headers.first(name: "x-gateway-episode-id"))
+        }
+        _ = try await chat()   // the schema exists, connections are warm
+        let blocker = try DatabaseQueue(path: child.dbPath)
+        let locked = AsyncStream<Void>.makeStream()
+        let holder = Thread {
+            try? blocker.inDatabase { db in
+                try db.execute(sql: "BEGIN IMMEDIATE")
+                locked.continuation.yield()
+                Thread.sleep(forTimeInterval: 1.5)
+                try db.execute(sql: "COMMIT")
+            }
+        }
+        holder.start()
+        for await _ in locked.stream { break }
+        let clock = ContinuousClock()
+        let start = clock.now
+        var ids: [String] = []
+        var slowest = Duration.zero
+        // Rounds of concurrent requests, so that both event loops serve some while the lock is held.
+        for _ in 0..<4 {
+            let t0 = clock.now
+            let replies = try await withThrowingTaskGroup(of: (Int, String?).self) { group in
+                for _ in 0..<4 { group.addTask { try await chat() } }
+                var out: [(Int, String?)] = []
+                for try await r in group { out.append(r) }
+                return out
+            }
+            slowest = max(slowest, clock.now - t0)
+            for (status, id) in replies {
+                XCTAssertEqual(status, 200)
+                if let id { ids.append(id) }
+            }
+        }
+        XCTAssertLessThan(clock.now - start, .milliseconds(1400), "the 16 requests finished while the write lock was still held")
+        XCTAssertLessThan(slowest, .milliseconds(700), "no request waited for the blocked commit")
+        XCTAssertEqual(ids.count, 16)
+        try await client.shutdown()
+        child.kill(SIGTERM)
+        await upstream.stop()
+        XCTAssertEqual(child.process.terminationStatus, 0, child.log)
+        let logged = try await DatabaseQueue(path: child.dbPath).read { db in Set(try String.fetchAll(db, sql: "SELECT id FROM episodes")) }
+        XCTAssertTrue(Set(ids).isSubset(of: logged), "every response is logged once the lock is released")
     }
 
     /// Known secret values go through every path (client key, upstream key, admin token, a
