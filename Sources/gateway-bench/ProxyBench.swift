@@ -53,7 +53,7 @@ struct ProxyBench: AsyncParsableCommand {
     @Option(help: "Profiling mode: send this many requests at the first concurrency level to one target only (no table), then exit.")
     var profile: Int?
 
-    @Option(help: "Target of --profile: gateway or direct.")
+    @Option(help: "Target of --profile: gateway, null-proxy or direct.")
     var profileTarget: String = "gateway"
 
     @Flag(inversion: .prefixedNo, help: "Run Swift concurrency on NIO's event loops in this process, as the gateway binary does.")
@@ -107,10 +107,11 @@ struct ProxyBench: AsyncParsableCommand {
         let body = #"{"model":"gpt-4o-mini","stream":\#(stream),"messages":[{"role":"system","content":"You are terse."},{"role":"user","content":"What is the capital of France? Answer in one word."}]}"#
         let direct = "http://127.0.0.1:\(parties.upstreamPort)/v1/chat/completions"
         let viaGateway = "http://127.0.0.1:\(parties.gatewayPort)/v1/chat/completions"
+        let viaNullProxy = parties.nullProxyPort.map { "http://127.0.0.1:\($0)/v1/chat/completions" }
 
         if let profile {
             let c = levels.first ?? 1
-            let url = profileTarget == "direct" ? direct : viaGateway
+            let url = profileTarget == "direct" ? direct : profileTarget == "null-proxy" ? (viaNullProxy ?? direct) : viaGateway
             print("profile: gateway pid \(parties.gatewayPID), fake upstream pid \(parties.upstreamPID), load generator pid \(getpid())")
             _ = try await load(client: client, url: url, body: body, concurrency: c, seconds: 0.3, parties: parties)
             let r = try await load(client: client, url: url, body: body, concurrency: c, requests: profile, parties: parties)
@@ -122,6 +123,9 @@ struct ProxyBench: AsyncParsableCommand {
         print("gateway-bench proxy: \(stream ? "stream" : "non-stream") chat completions, \(seconds) s per run, log durability \(durability)")
         print(parties.description)
         print("direct = client -> fake upstream; gateway = client -> gateway -> fake upstream (traffic log on)")
+        if viaNullProxy != nil {
+            print("null-proxy = client -> Hummingbird + AsyncHTTPClient doing nothing but forward -> fake upstream: the floor any proxy on the gateway's stack adds")
+        }
         print("cpu us/req = CPU time per request of each process: \(parties.cpuColumns)")
         print("")
         print(pad("conc", 5), pad("target", 8), pad("req/s", 9), pad("p50 ms", 9), pad("p99 ms", 9), pad("cpu us/req", 24), pad("errors", 7))
@@ -130,13 +134,27 @@ struct ProxyBench: AsyncParsableCommand {
             _ = try await load(client: client, url: direct, body: body, concurrency: c, seconds: 0.5, parties: parties)
             _ = try await load(client: client, url: viaGateway, body: body, concurrency: c, seconds: 0.5, parties: parties)
             let d = try await load(client: client, url: direct, body: body, concurrency: c, seconds: seconds, parties: parties)
+            var floor: Result?
+            if let viaNullProxy {
+                _ = try await load(client: client, url: viaNullProxy, body: body, concurrency: c, seconds: 0.5, parties: parties)
+                floor = try await load(client: client, url: viaNullProxy, body: body, concurrency: c, seconds: seconds, parties: parties)
+            }
             let g = try await load(client: client, url: viaGateway, body: body, concurrency: c, seconds: seconds, parties: parties)
             print(pad("\(c)", 5), pad("direct", 8), pad(f1(d.rps), 9), pad(f3(d.p50), 9), pad(f3(d.p99), 9), pad(d.cpu.description, 24), pad("\(d.errors)", 7))
+            if let n = floor {
+                print(pad("\(c)", 5), pad("null", 8), pad(f1(n.rps), 9), pad(f3(n.p50), 9), pad(f3(n.p99), 9), pad(n.cpu.description, 24), pad("\(n.errors)", 7))
+            }
             print(pad("\(c)", 5), pad("gateway", 8), pad(f1(g.rps), 9), pad(f3(g.p50), 9), pad(f3(g.p99), 9), pad(g.cpu.description, 24), pad("\(g.errors)", 7))
             print(pad("\(c)", 5), pad("added", 8), pad(f1(g.rps - d.rps), 9), pad(f3(g.p50 - d.p50), 9), pad(f3(g.p99 - d.p99), 9),
                   pad((g.cpu - d.cpu).description, 24),
                   "  throughput ratio gateway/direct \(String(format: "%.2f", g.rps / max(d.rps, 1e-9)))",
                   g.selfReportedOverheadP50.map { "; gateway's own x-gateway-overhead-ms p50 \(f3($0))" } ?? "")
+            if let n = floor {
+                print(pad("\(c)", 5), pad("floor", 8), pad(f1(n.rps - d.rps), 9), pad(f3(n.p50 - d.p50), 9), pad(f3(n.p99 - d.p99), 9),
+                      pad((n.cpu - d.cpu).description, 24),
+                      "  added by the null proxy; the gateway adds \(f3(g.p50 - n.p50)) ms p50 and \(f1(g.cpu.proxy - n.cpu.proxy)) us CPU per request more,",
+                      "throughput gateway/null \(String(format: "%.2f", g.rps / max(n.rps, 1e-9)))")
+            }
         }
     }
 
@@ -202,6 +220,8 @@ struct ProxyBench: AsyncParsableCommand {
 protocol Parties: Sendable {
     var upstreamPort: Int { get }
     var gatewayPort: Int { get }
+    /// The do-nothing proxy on the same stack (processes layout only).
+    var nullProxyPort: Int? { get }
     var gatewayPID: Int32 { get }
     var upstreamPID: Int32 { get }
     var description: String { get }
@@ -216,12 +236,13 @@ protocol Parties: Sendable {
 struct CPUSeconds {
     var client: Double
     var upstream: Double
-    var gateway: Double
+    /// The proxy under test: the gateway, or the null proxy (the other one idles).
+    var proxy: Double
     static func - (a: CPUSeconds, b: CPUSeconds) -> CPUSeconds {
-        CPUSeconds(client: a.client - b.client, upstream: a.upstream - b.upstream, gateway: a.gateway - b.gateway)
+        CPUSeconds(client: a.client - b.client, upstream: a.upstream - b.upstream, proxy: a.proxy - b.proxy)
     }
     func perRequest(_ n: Int, layout: CPUPerRequest.Layout) -> CPUPerRequest {
-        CPUPerRequest(client: client * 1e6 / Double(n), upstream: upstream * 1e6 / Double(n), gateway: gateway * 1e6 / Double(n), layout: layout)
+        CPUPerRequest(client: client * 1e6 / Double(n), upstream: upstream * 1e6 / Double(n), proxy: proxy * 1e6 / Double(n), layout: layout)
     }
 }
 
@@ -230,16 +251,16 @@ struct CPUPerRequest: CustomStringConvertible {
     enum Layout { case perProcess, total }
     var client: Double
     var upstream: Double
-    var gateway: Double
+    var proxy: Double
     var layout: Layout
     var description: String {
         switch layout {
-        case .perProcess: return "\(f1(client)) / \(f1(upstream)) / \(f1(gateway))"
-        case .total: return f1(client + upstream + gateway)
+        case .perProcess: return "\(f1(client)) / \(f1(upstream)) / \(f1(proxy))"
+        case .total: return f1(client + upstream + proxy)
         }
     }
     static func - (a: CPUPerRequest, b: CPUPerRequest) -> CPUPerRequest {
-        CPUPerRequest(client: a.client - b.client, upstream: a.upstream - b.upstream, gateway: a.gateway - b.gateway, layout: a.layout)
+        CPUPerRequest(client: a.client - b.client, upstream: a.upstream - b.upstream, proxy: a.proxy - b.proxy, layout: a.layout)
     }
 }
 
@@ -247,23 +268,29 @@ struct CPUPerRequest: CustomStringConvertible {
 final class ChildParties: Parties, @unchecked Sendable {
     let upstream: Process
     let gateway: Process
-    let upstreamStdin: Pipe
+    let nullProxy: Process
+    /// Closing these stops the fake upstream and the null proxy.
+    let childStdins: [Pipe]
     let upstreamPort: Int
     let gatewayPort: Int
+    let nullProxyPort: Int?
     let durability: String
     let dbPath: String
     var gatewayPID: Int32 { gateway.processIdentifier }
     var upstreamPID: Int32 { upstream.processIdentifier }
-    var cpuColumns: String { "load generator / fake upstream / gateway" }
+    var cpuColumns: String { "load generator / fake upstream / proxy (null proxy or gateway)" }
     var cpuLayout: CPUPerRequest.Layout { .perProcess }
     var description: String {
-        "layout: processes (gateway pid \(gatewayPID) with the default config apart from ports and paths; fake upstream pid \(upstreamPID); load generator pid \(getpid()))"
+        "layout: processes (gateway pid \(gatewayPID) with the default config apart from ports and paths; fake upstream pid \(upstreamPID); null proxy pid \(nullProxy.processIdentifier); load generator pid \(getpid()))"
     }
 
-    private init(upstream: Process, upstreamStdin: Pipe, upstreamPort: Int, gateway: Process, gatewayPort: Int, durability: String, dbPath: String) {
+    private init(upstream: Process, nullProxy: Process, childStdins: [Pipe], upstreamPort: Int, nullProxyPort: Int,
+                 gateway: Process, gatewayPort: Int, durability: String, dbPath: String) {
         self.upstream = upstream
-        self.upstreamStdin = upstreamStdin
+        self.nullProxy = nullProxy
+        self.childStdins = childStdins
         self.upstreamPort = upstreamPort
+        self.nullProxyPort = nullProxyPort
         self.gateway = gateway
         self.gatewayPort = gatewayPort
         self.durability = durability
@@ -276,19 +303,25 @@ final class ChildParties: Parties, @unchecked Sendable {
         guard FileManager.default.isExecutableFile(atPath: exe.path) else {
             throw ValidationError("no gateway executable at \(exe.path); build it (swift build -c release) or pass --gateway")
         }
-        // The fake upstream: this binary's `fake-upstream` command. It exits when its stdin closes,
-        // so it never outlives this process.
-        let upstream = Process()
-        upstream.executableURL = selfExe
-        upstream.arguments = ["fake-upstream"]
-        let upstreamStdin = Pipe()
-        upstream.standardInput = upstreamStdin
-        let upstreamOut = Pipe()
-        upstream.standardOutput = upstreamOut
-        let upstreamText = OutputBuffer()
-        upstreamOut.fileHandleForReading.readabilityHandler = { h in upstreamText.append(h.availableData) }
-        try upstream.run()
-        let upstreamPort = try await upstreamText.value(of: #"fake-upstream listening on port (\d+)"#, process: upstream)
+        // The fake upstream and the null proxy: this binary's own commands. They exit when their
+        // stdin closes, so they never outlive this process.
+        var childStdins: [Pipe] = []
+        func spawn(_ arguments: [String], reporting pattern: String) async throws -> (Process, Int) {
+            let p = Process()
+            p.executableURL = selfExe
+            p.arguments = arguments
+            let stdin = Pipe()
+            childStdins.append(stdin)
+            p.standardInput = stdin
+            let out = Pipe()
+            p.standardOutput = out
+            let text = OutputBuffer()
+            out.fileHandleForReading.readabilityHandler = { h in text.append(h.availableData) }
+            try p.run()
+            return (p, try await text.value(of: pattern, process: p))
+        }
+        let (upstream, upstreamPort) = try await spawn(["fake-upstream"], reporting: #"fake-upstream listening on port (\d+)"#)
+        let (nullProxy, nullProxyPort) = try await spawn(["null-proxy", "--upstream-port", "\(upstreamPort)"], reporting: #"null-proxy listening on port (\d+)"#)
 
         let configURL = directory.appendingPathComponent("gateway.json")
         let dbPath = directory.appendingPathComponent("traffic.sqlite").path
@@ -309,17 +342,18 @@ final class ChildParties: Parties, @unchecked Sendable {
         do {
             try gateway.run()
             let (port, _) = try await output.ports(process: gateway)
-            return ChildParties(upstream: upstream, upstreamStdin: upstreamStdin, upstreamPort: upstreamPort,
-                                gateway: gateway, gatewayPort: port, durability: durability, dbPath: dbPath)
+            return ChildParties(upstream: upstream, nullProxy: nullProxy, childStdins: childStdins, upstreamPort: upstreamPort,
+                                nullProxyPort: nullProxyPort, gateway: gateway, gatewayPort: port, durability: durability, dbPath: dbPath)
         } catch {
             if gateway.isRunning { kill(gateway.processIdentifier, SIGKILL) }
-            try? upstreamStdin.fileHandleForWriting.close()
+            for p in childStdins { try? p.fileHandleForWriting.close() }
             throw error
         }
     }
 
     func cpuSeconds() -> CPUSeconds {
-        CPUSeconds(client: selfCPUSeconds(), upstream: processCPUSeconds(pid: upstreamPID), gateway: processCPUSeconds(pid: gatewayPID))
+        CPUSeconds(client: selfCPUSeconds(), upstream: processCPUSeconds(pid: upstreamPID),
+                   proxy: processCPUSeconds(pid: gatewayPID) + processCPUSeconds(pid: nullProxy.processIdentifier))
     }
 
     func stop() async -> String {
@@ -327,8 +361,9 @@ final class ChildParties: Parties, @unchecked Sendable {
             kill(gatewayPID, SIGTERM)
             gateway.waitUntilExit()
         }
-        try? upstreamStdin.fileHandleForWriting.close()
+        for p in childStdins { try? p.fileHandleForWriting.close() }
         upstream.waitUntilExit()
+        nullProxy.waitUntilExit()
         let rows = SoakBench.episodeCount(dbPath: dbPath)
         return "traffic log: \(rows.map(String.init) ?? "unreadable") episodes after SIGTERM (gateway exit status \(gateway.terminationStatus))"
     }
@@ -341,6 +376,7 @@ final class InProcessParties: Parties, @unchecked Sendable {
     let runTask: Task<Void, any Error>
     let upstreamPort: Int
     let gatewayPort: Int
+    var nullProxyPort: Int? { nil }
     var gatewayPID: Int32 { getpid() }
     var upstreamPID: Int32 { getpid() }
     var cpuColumns: String { "the whole process (load generator, fake upstream and gateway)" }
@@ -373,7 +409,7 @@ final class InProcessParties: Parties, @unchecked Sendable {
         return InProcessParties(upstream: upstream, gateway: gateway, runTask: runTask, gatewayPort: port)
     }
 
-    func cpuSeconds() -> CPUSeconds { CPUSeconds(client: selfCPUSeconds(), upstream: 0, gateway: 0) }
+    func cpuSeconds() -> CPUSeconds { CPUSeconds(client: selfCPUSeconds(), upstream: 0, proxy: 0) }
 
     func stop() async -> String {
         let stats = gateway.state.writer.stats
@@ -396,12 +432,7 @@ struct FakeUpstreamCommand: AsyncParsableCommand {
         GatewayRuntime.useEventLoopsAsGlobalExecutor()
         let upstream = try await FakeUpstream(recordRequests: false)
         FileHandle.standardOutput.write(Data("fake-upstream listening on port \(upstream.port)\n".utf8))
-        await withCheckedContinuation { (cont: CheckedContinuation<Void, Never>) in
-            Thread.detachNewThread {
-                _ = FileHandle.standardInput.readDataToEndOfFile()
-                cont.resume()
-            }
-        }
+        await waitForStandardInputToClose()
         await upstream.stop()
     }
 }
