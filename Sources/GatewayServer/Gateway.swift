@@ -68,7 +68,11 @@ public final class Gateway: Sendable {
             maxConnections: config.upstream.maxConnections,
             circuitBreakerFailures: config.upstream.circuitBreakerFailures,
             circuitBreakerCooldown: .milliseconds(config.upstream.circuitBreakerCooldownMs)), logger: logger)
-        let writer = LogWriter(database: database, capacity: config.log.queueCapacity, maxBatch: config.log.maxBatch, logger: logger)
+        // Nobody waits for an async commit, so the writer may gather a few milliseconds of light
+        // traffic into one transaction; with commit_before_response every request waits for it.
+        let linger: Duration = config.log.durability == "async" ? .milliseconds(config.log.lingerMs) : .zero
+        let writer = LogWriter(database: database, capacity: config.log.queueCapacity, maxBatch: config.log.maxBatch,
+                               logger: logger, linger: linger)
         let state = GatewayState(config: config, auth: auth, upstream: upstream, database: database, writer: writer, logger: logger)
         self.state = state
 

@@ -81,6 +81,9 @@ public struct GatewayConfig: Sendable, Equatable {
         public var retentionIntervalSeconds = 3600
         public var queueCapacity = 4096
         public var maxBatch = 256
+        /// With `durability: async`: after a small batch, the writer waits this long before
+        /// the next commit, so light traffic still shares transactions (0: commit at once).
+        public var lingerMs = 5
         /// "async" (default): respond first; the writer thread commits in the background, in
         /// batches (graceful shutdown drains everything; a crash or kill -9 can lose the episodes
         /// of the last milliseconds). "commit_before_response": the response's last byte leaves
@@ -246,6 +249,7 @@ public struct GatewayConfig: Sendable, Equatable {
         c.log.retentionIntervalSeconds = try lg.int("retention_interval_seconds", default: c.log.retentionIntervalSeconds, range: 1...604_800)
         c.log.queueCapacity = try lg.int("queue_capacity", default: c.log.queueCapacity, range: 1...1_000_000)
         c.log.maxBatch = try lg.int("max_batch", default: c.log.maxBatch, range: 1...100_000)
+        c.log.lingerMs = try lg.int("linger_ms", default: c.log.lingerMs, range: 0...1000)
         c.log.durability = try lg.oneOf("durability", GatewayConfig.durabilities, default: c.log.durability)
         c.log.redactBodies = try lg.bool("redact_bodies", default: c.log.redactBodies)
         try lg.finish()

@@ -70,6 +70,7 @@ public final class LogWriter: Sendable {
     private let retryBaseDelay: TimeInterval
     private let maxRetryDelay: TimeInterval
     private let shutdownRetryLimit: Int
+    private let linger: Duration
     private let state: Locked<State>
 
     /// - Parameters:
@@ -77,9 +78,13 @@ public final class LogWriter: Sendable {
     ///   - maxBatch: most episodes per transaction (>= 1).
     ///   - retryBaseDelay / maxRetryDelay: exponential backoff between failed attempts.
     ///   - shutdownRetryLimit: attempts made on a failing batch after shutdown was requested.
+    ///   - linger: after committing a batch smaller than `maxBatch`, wait this long before the
+    ///     next one, so that light traffic still shares transactions (a commit costs about as
+    ///     much for one episode as for ten). Only for appenders that do not wait for the commit:
+    ///     an `appendAndWait` or `flush` caller cuts the wait short.
     public init(database: TrafficDatabase, capacity: Int = 4096, maxBatch: Int = 256, logger: Logger,
                 retryBaseDelay: TimeInterval = 0.02, maxRetryDelay: TimeInterval = 5,
-                shutdownRetryLimit: Int = 3) {
+                shutdownRetryLimit: Int = 3, linger: Duration = .zero) {
         self.database = database
         self.capacity = max(1, capacity)
         self.maxBatch = max(1, maxBatch)
@@ -87,6 +92,7 @@ public final class LogWriter: Sendable {
         self.retryBaseDelay = max(0.001, retryBaseDelay)
         self.maxRetryDelay = max(self.retryBaseDelay, maxRetryDelay)
         self.shutdownRetryLimit = max(1, shutdownRetryLimit)
+        self.linger = max(.zero, linger)
         self.state = Locked(State())
     }
 
@@ -136,6 +142,20 @@ public final class LogWriter: Sendable {
         var closed = false
         var phase = Phase.idle
         var wakeup: CheckedContinuation<Void, Never>?
+        /// The drain loop lingers between batches (see `linger`); resumed early by a waiter.
+        var lingering: CheckedContinuation<Void, Never>?
+        /// Queued (or blocked) entries whose appender waits for the commit.
+        var commitWaitersQueued = 0
+
+        /// Takes the lingering continuation when the drain loop should stop lingering now:
+        /// someone waits for a commit, a batch is full, or the writer closes.
+        mutating func takeLingerIfDue(maxBatch: Int) -> CheckedContinuation<Void, Never>? {
+            guard lingering != nil else { return nil }
+            guard closed || commitWaitersQueued > 0 || !flushWaiters.isEmpty || !blocked.isEmpty || queue.count >= maxBatch else { return nil }
+            let c = lingering
+            lingering = nil
+            return c
+        }
         var finishWaiters: [CheckedContinuation<Void, Never>] = []
         var stats = LogWriterStats()
     }
@@ -152,7 +172,7 @@ public final class LogWriter: Sendable {
             if s.closed { return .closed }
             guard s.blocked.isEmpty, s.queue.count < capacity else { return .full }
             s.queue.append(Self.admit(&s, e, waiter: nil, resumer: nil))
-            let wake = s.wakeup
+            let wake = s.wakeup ?? s.takeLingerIfDue(maxBatch: maxBatch)
             s.wakeup = nil
             return .done(wake)
         }
@@ -175,12 +195,13 @@ public final class LogWriter: Sendable {
     /// Needs `run()` (or `shutdown()`) to make progress.
     public func flush() async throws {
         try await withCheckedThrowingContinuation { (cont: CheckedContinuation<Void, any Error>) in
-            let ready = state.withLock { s -> Bool in
+            let (ready, linger) = state.withLock { s -> (Bool, CheckedContinuation<Void, Never>?) in
                 let target = s.nextSeq - 1
-                if s.resolvedThrough >= target { return true }
+                if s.resolvedThrough >= target { return (true, nil) }
                 s.flushWaiters.append(FlushWaiter(target: target, failed: 0, lastError: "", continuation: cont))
-                return false
+                return (false, s.takeLingerIfDue(maxBatch: maxBatch))
             }
+            linger?.resume()
             if ready { cont.resume() }
         }
     }
@@ -235,7 +256,7 @@ public final class LogWriter: Sendable {
         enum Action { case done, inline, wait(CheckedContinuation<Void, Never>?) }
         let action = state.withLock { s -> Action in
             s.closed = true
-            let wake = s.wakeup
+            let wake = s.wakeup ?? s.takeLingerIfDue(maxBatch: maxBatch)
             s.wakeup = nil
             switch s.phase {
             case .finished: return .done
@@ -259,7 +280,7 @@ public final class LogWriter: Sendable {
     private func close() {
         let wake = state.withLock { s -> CheckedContinuation<Void, Never>? in
             s.closed = true
-            let w = s.wakeup
+            let w = s.wakeup ?? s.takeLingerIfDue(maxBatch: maxBatch)
             s.wakeup = nil
             return w
         }
@@ -282,30 +303,31 @@ public final class LogWriter: Sendable {
         let seq = s.nextSeq
         s.nextSeq += 1
         s.pendingIDs[e.id, default: 0] += 1
+        if waiter != nil { s.commitWaitersQueued += 1 }
         return Entry(seq: seq, episode: e, commitWaiter: waiter, resumer: resumer)
     }
 
     private func enqueueSlow(_ e: EpisodeRecord, waitForCommit: Bool, resumer: Resumer?) async throws {
         try await withCheckedThrowingContinuation { (cont: CheckedContinuation<Void, any Error>) in
-            enum Action { case closed, queued(wake: CheckedContinuation<Void, Never>?, resumeNow: Bool), suspended }
+            enum Action { case closed, queued(wake: CheckedContinuation<Void, Never>?, resumeNow: Bool), suspended(CheckedContinuation<Void, Never>?) }
             let action = state.withLock { s -> Action in
                 if s.closed { return .closed }
                 if s.blocked.isEmpty, s.queue.count < capacity {
                     s.queue.append(Self.admit(&s, e, waiter: waitForCommit ? cont : nil, resumer: resumer))
-                    let wake = s.wakeup
+                    let wake = s.wakeup ?? s.takeLingerIfDue(maxBatch: maxBatch)
                     s.wakeup = nil
                     return .queued(wake: wake, resumeNow: !waitForCommit)
                 }
                 let entry = Self.admit(&s, e, waiter: waitForCommit ? cont : nil, resumer: resumer)
                 s.blocked.append(Blocked(entry: entry, queuedWaiter: waitForCommit ? nil : cont))
-                return .suspended
+                return .suspended(s.takeLingerIfDue(maxBatch: maxBatch))
             }
             switch action {
             case .closed: cont.resume(throwing: LogWriterError.closed)
             case .queued(let wake, let resumeNow):
                 wake?.resume()
                 if resumeNow { cont.resume() }
-            case .suspended: break
+            case .suspended(let linger): linger?.resume()
             }
         }
     }
@@ -314,6 +336,7 @@ public final class LogWriter: Sendable {
         while let batch = await nextBatch() {
             let results = await commitWithRetry(batch.map(\.episode))
             resolve(batch, results)
+            if linger > .zero, batch.count < maxBatch { await lingerBeforeNextBatch() }
         }
         let waiters = state.withLock { s -> [CheckedContinuation<Void, Never>] in
             s.phase = .finished
@@ -322,6 +345,37 @@ public final class LogWriter: Sendable {
             return w
         }
         for w in waiters { w.resume() }
+    }
+
+    /// Waits up to `linger` for more episodes to share the next transaction. Returns at once
+    /// when closed or when someone waits for a commit (`appendAndWait`, `flush`, or a full
+    /// queue), and early when such a waiter arrives.
+    private func lingerBeforeNextBatch() async {
+        let linger = self.linger
+        await withCheckedContinuation { (cont: CheckedContinuation<Void, Never>) in
+            let now = state.withLock { s -> Bool in
+                s.lingering = cont
+                return s.takeLingerIfDue(maxBatch: maxBatch) != nil
+            }
+            if now {
+                cont.resume()
+                return
+            }
+            Task {
+                try? await Task.sleep(for: linger)
+                self.endLinger()
+            }
+        }
+    }
+
+    /// Ends the drain loop's linger, if it is lingering.
+    private func endLinger() {
+        let cont = state.withLock { s -> CheckedContinuation<Void, Never>? in
+            let c = s.lingering
+            s.lingering = nil
+            return c
+        }
+        cont?.resume()
     }
 
     /// The next batch, or nil once closed and empty.
@@ -335,7 +389,11 @@ public final class LogWriter: Sendable {
                 let n = min(maxBatch, s.queue.count)
                 var batch: [Entry] = []
                 batch.reserveCapacity(n)
-                for _ in 0..<n { batch.append(s.queue.removeFirst()) }
+                for _ in 0..<n {
+                    let entry = s.queue.removeFirst()
+                    if entry.commitWaiter != nil { s.commitWaitersQueued -= 1 }
+                    batch.append(entry)
+                }
                 // Room was made: admit suspended appenders in FIFO order.
                 var resumes: [(Entry, CheckedContinuation<Void, any Error>)] = []
                 while s.queue.count < capacity, !s.blocked.isEmpty {

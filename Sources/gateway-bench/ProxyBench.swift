@@ -47,6 +47,9 @@ struct ProxyBench: AsyncParsableCommand {
     @Option(help: "Log durability: async or commit_before_response (default: the gateway's default).")
     var durability: String = GatewayConfig().log.durability
 
+    @Option(help: "The log writer's linger in ms (log.linger_ms; default: the gateway's default).")
+    var lingerMs: Int = GatewayConfig().log.lingerMs
+
     @Option(help: "Event-loop threads of the load generator's own HTTP client (0 = share the process-wide group).")
     var clientThreads: Int = 0
 
@@ -72,8 +75,8 @@ struct ProxyBench: AsyncParsableCommand {
         defer { try? FileManager.default.removeItem(at: dir) }
         let parties: Parties
         switch layout {
-        case .processes: parties = try await ChildParties.start(gatewayPath: gateway, durability: durability, directory: dir)
-        case .inProcess: parties = try await InProcessParties.start(durability: durability, directory: dir)
+        case .processes: parties = try await ChildParties.start(gatewayPath: gateway, durability: durability, lingerMs: lingerMs, directory: dir)
+        case .inProcess: parties = try await InProcessParties.start(durability: durability, lingerMs: lingerMs, directory: dir)
         }
         do {
             try await measure(parties)
@@ -120,7 +123,7 @@ struct ProxyBench: AsyncParsableCommand {
                   + (r.selfReportedOverheadP50.map { ", x-gateway-overhead-ms p50 \(f3($0))" } ?? ""))
             return
         }
-        print("gateway-bench proxy: \(stream ? "stream" : "non-stream") chat completions, \(seconds) s per run, log durability \(durability)")
+        print("gateway-bench proxy: \(stream ? "stream" : "non-stream") chat completions, \(seconds) s per run, log durability \(durability), linger \(lingerMs) ms")
         print(parties.description)
         print("direct = client -> fake upstream; gateway = client -> gateway -> fake upstream (traffic log on)")
         if viaNullProxy != nil {
@@ -297,7 +300,7 @@ final class ChildParties: Parties, @unchecked Sendable {
         self.dbPath = dbPath
     }
 
-    static func start(gatewayPath: String?, durability: String, directory: URL) async throws -> ChildParties {
+    static func start(gatewayPath: String?, durability: String, lingerMs: Int, directory: URL) async throws -> ChildParties {
         let selfExe = URL(fileURLWithPath: (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0])
         let exe = gatewayPath.map { URL(fileURLWithPath: $0) } ?? selfExe.deletingLastPathComponent().appendingPathComponent("gateway")
         guard FileManager.default.isExecutableFile(atPath: exe.path) else {
@@ -328,7 +331,7 @@ final class ChildParties: Parties, @unchecked Sendable {
         try Data(#"""
             {"upstream": {"base_url": "http://127.0.0.1:\#(upstreamPort)/v1", "api_key_env": null, "max_connections": 512},
              "auth": {"client_keys_env": null}, "limits": {"max_concurrent_requests": 4096},
-             "log": {"durability": "\#(durability)"}}
+             "log": {"durability": "\#(durability)", "linger_ms": \#(lingerMs)}}
             """#.utf8).write(to: configURL)
         let gateway = Process()
         gateway.executableURL = exe
@@ -391,7 +394,7 @@ final class InProcessParties: Parties, @unchecked Sendable {
         self.gatewayPort = gatewayPort
     }
 
-    static func start(durability: String, directory: URL) async throws -> InProcessParties {
+    static func start(durability: String, lingerMs: Int, directory: URL) async throws -> InProcessParties {
         let upstream = try await FakeUpstream(recordRequests: false)
         var config = GatewayConfig()
         config.server.port = 0
@@ -401,6 +404,7 @@ final class InProcessParties: Parties, @unchecked Sendable {
         config.limits.maxConcurrentRequests = 4096
         config.log.path = directory.appendingPathComponent("traffic.sqlite").path
         config.log.durability = durability
+        config.log.lingerMs = lingerMs
         var logger = Logger(label: "bench")
         logger.logLevel = .error
         let gateway = try Gateway(config: config, environment: [:], logger: logger)

@@ -55,6 +55,47 @@ final class LogWriterTests: XCTestCase {
         await runner.value
     }
 
+    /// With a linger, light traffic shares transactions: after a small batch the writer waits
+    /// before the next commit. A caller that waits for a commit (flush, appendAndWait) or a
+    /// shutdown ends the wait at once.
+    func testLingerGathersLightTrafficAndWaitersCutItShort() async throws {
+        let tmp = try TempDir()
+        let db = try TrafficDatabase(path: tmp.path("log.sqlite"))
+        let writer = LogWriter(database: db, logger: LogCapture().logger(), linger: .seconds(2))
+        let runner = Task { await writer.run() }
+        let clock = ContinuousClock()
+        // The first episode finds the writer idle and is committed alone; the writer then lingers.
+        try await writer.append(makeEpisode(turns: 0))
+        try await within(seconds: 5, "first commit") {
+            while writer.stats.rowsWritten < 1 { try await Task.sleep(for: .milliseconds(5)) }
+        }
+        for _ in 0..<4 {
+            try await writer.append(makeEpisode(turns: 1))
+            try await Task.sleep(for: .milliseconds(10))
+        }
+        try await Task.sleep(for: .milliseconds(150))
+        XCTAssertEqual(writer.stats.rowsWritten, 1, "the writer lingers instead of committing each episode")
+        XCTAssertEqual(writer.stats.batches, 1)
+        var t0 = clock.now
+        try await writer.flush()
+        XCTAssertLessThan(clock.now - t0, .milliseconds(1000), "flush ends the linger")
+        XCTAssertEqual(writer.stats.rowsWritten, 5)
+        XCTAssertEqual(writer.stats.batches, 2, "the four lingering episodes shared one transaction")
+        // The writer lingers again after that batch; a commit waiter does not wait it out.
+        t0 = clock.now
+        let e = makeEpisode(turns: 0)
+        try await writer.appendAndWait(e)
+        XCTAssertLessThan(clock.now - t0, .milliseconds(1000), "appendAndWait ends the linger")
+        XCTAssertTrue(try db.episodeExists(id: e.id))
+        // Nor does shutdown.
+        try await writer.append(makeEpisode(turns: 0))
+        t0 = clock.now
+        await writer.shutdown()
+        await runner.value
+        XCTAssertLessThan(clock.now - t0, .milliseconds(1000), "shutdown ends the linger")
+        XCTAssertEqual(try db.episodeCount(), 7)
+    }
+
     func testBackpressureSuspendsAppendsWhileDatabaseIsLockedAndLosesNothing() async throws {
         let tmp = try TempDir()
         let path = tmp.path("log.sqlite")
