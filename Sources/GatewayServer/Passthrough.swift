@@ -414,20 +414,19 @@ struct StreamAssembler {
     private(set) var finishReason: String?
     private(set) var usage: Usage?
     private(set) var toolCallDeltas = 0
-    private let decoder = JSONDecoder()
 
     /// Adds one event; false when its data is not JSON at all (valid JSON that is not a chunk,
     /// such as an in-band error object, is passed on untouched).
     @discardableResult
     mutating func add(_ event: SSEEvent) -> Bool {
         guard !event.data.isEmpty else { return true }
-        guard let chunk = try? decoder.decode(ChatCompletionChunk.self, from: Data(event.data)) else {
+        guard let chunk = StreamChunkSummary.decode(event.data) else {
             return (try? JSONSerialization.jsonObject(with: Data(event.data), options: [.fragmentsAllowed])) != nil
         }
         for choice in chunk.choices where choice.index == 0 {
-            if let c = choice.delta.content { text += c }
+            if let c = choice.content { text += c }
             if let f = choice.finishReason { finishReason = f }
-            toolCallDeltas += choice.delta.toolCalls?.count ?? 0
+            toolCallDeltas += choice.toolCalls
         }
         if let u = chunk.usage { usage = u }
         return true

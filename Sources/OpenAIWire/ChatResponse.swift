@@ -179,6 +179,123 @@ public struct ChatCompletionChunk: Codable, Sendable, Equatable {
     }
 }
 
+/// The parts of one streamed `chat.completion.chunk` a relay reads for its log: per choice the
+/// index, the content delta, the finish reason and the number of tool-call deltas; the usage.
+public struct StreamChunkSummary: Sendable, Equatable {
+    public struct Choice: Sendable, Equatable {
+        public var index: Int
+        public var content: String?
+        public var finishReason: String?
+        public var toolCalls: Int
+    }
+    public var choices: [Choice]
+    public var usage: Usage?
+
+    init(_ chunk: ChatCompletionChunk) {
+        choices = chunk.choices.map {
+            Choice(index: $0.index, content: $0.delta.content, finishReason: $0.finishReason, toolCalls: $0.delta.toolCalls?.count ?? 0)
+        }
+        usage = chunk.usage
+    }
+
+    private init(choices: [Choice], usage: Usage?) {
+        self.choices = choices
+        self.usage = usage
+    }
+
+    /// The summary of an event's data, or nil when it is not a chunk (exactly when
+    /// `try? JSONDecoder().decode(ChatCompletionChunk.self, ...)` gives nil). Common chunks are
+    /// read directly from the bytes; anything unusual goes through JSONDecoder.
+    public static func decode(_ bytes: UnsafeRawBufferPointer) -> StreamChunkSummary? {
+        fastPath(bytes) ?? decodeWithJSONDecoder(bytes)
+    }
+
+    /// The byte-level reading alone: nil for anything it leaves to JSONDecoder.
+    static func fastPath(_ bytes: UnsafeRawBufferPointer) -> StreamChunkSummary? {
+        guard (try? JSONScanner(maxDepth: 64).validateObject(bytes)) != nil else { return nil }
+        var r = JSONFastReader(bytes)
+        return fastDecode(&r)
+    }
+
+    public static func decode(_ bytes: [UInt8]) -> StreamChunkSummary? {
+        bytes.withUnsafeBytes { decode($0) }
+    }
+
+    static func decodeWithJSONDecoder(_ bytes: UnsafeRawBufferPointer) -> StreamChunkSummary? {
+        (try? JSONDecoder().decode(ChatCompletionChunk.self, from: Data(bytes))).map(StreamChunkSummary.init)
+    }
+
+    private static let chunkKeys = JSONFastReader.keys("id", "object", "created", "model", "choices", "usage")
+    private static let choiceKeys = JSONFastReader.keys("index", "delta", "finish_reason")
+    private static let deltaKeys = JSONFastReader.keys("role", "content", "reasoning_content", "tool_calls")
+    private static let usageKeys = JSONFastReader.keys("prompt_tokens", "completion_tokens", "total_tokens", "policy_tokens")
+
+    private static func fastDecode(_ r: inout JSONFastReader) -> StreamChunkSummary? {
+        var s = StreamChunkSummary(choices: [], usage: nil)
+        let ok = r.object(keys: chunkKeys) { r, key in
+            if r.null() { return true }
+            switch key {
+            case 0, 1, 3:  // id, object, model: strings
+                return r.string() != nil
+            case 2:  // created
+                return r.integer() != nil
+            case 4:  // choices
+                return r.array { r in
+                    var index: Int?
+                    var sawDelta = false
+                    var choice = Choice(index: 0, content: nil, finishReason: nil, toolCalls: 0)
+                    let ok = r.object(keys: choiceKeys) { r, key in
+                        switch key {
+                        case 0:
+                            index = r.integer()
+                            return index != nil
+                        case 2:
+                            if r.null() { return true }
+                            choice.finishReason = r.string()
+                            return choice.finishReason != nil
+                        default:
+                            sawDelta = true
+                            return r.object(keys: deltaKeys) { r, key in
+                                if r.null() { return true }
+                                switch key {
+                                case 1:
+                                    choice.content = r.string()
+                                    return choice.content != nil
+                                case 3:
+                                    // Tool-call deltas decode as [JSONValue]: exotic numbers and
+                                    // keys decide that, so only an empty list is read here.
+                                    return r.array { _ in false }
+                                default:
+                                    return r.string() != nil
+                                }
+                            }
+                        }
+                    }
+                    guard ok, let index, sawDelta else { return false }
+                    choice.index = index
+                    s.choices.append(choice)
+                    return true
+                }
+            default:  // usage
+                var p: Int?, c: Int?, t: Int?
+                let ok = r.object(keys: usageKeys) { r, key in
+                    switch key {
+                    case 0: p = r.integer(); return p != nil
+                    case 1: c = r.integer(); return c != nil
+                    case 2: t = r.integer(); return t != nil
+                    default: return r.null()  // policy_tokens: left to JSONDecoder unless null
+                    }
+                }
+                guard ok, let p, let c, let t else { return false }
+                s.usage = Usage(promptTokens: p, completionTokens: c, totalTokens: t)
+                return true
+            }
+        }
+        guard ok, r.peek() == nil else { return nil }
+        return s
+    }
+}
+
 /// The parts of an upstream `chat.completion` the gateway reads (text, finish reason, usage).
 public struct UpstreamCompletionSummary: Decodable, Sendable {
     public struct Choice: Decodable, Sendable {

@@ -54,20 +54,43 @@ public struct SSEParser: Sendable {
     public var hasPartialEvent: Bool { !raw.isEmpty && (hasFields || !line.isEmpty) }
 
     public mutating func feed(_ bytes: some Sequence<UInt8>) throws -> [SSEEvent] {
+        if let events = try bytes.withContiguousStorageIfAvailable({ try feed(buffer: $0) }) {
+            return events
+        }
+        return try Array(bytes).withUnsafeBufferPointer { try feed(buffer: $0) }
+    }
+
+    /// Copies runs of line bytes in bulk; a relay feeds every upstream chunk through here.
+    private mutating func feed(buffer: UnsafeBufferPointer<UInt8>) throws -> [SSEEvent] {
         var events: [SSEEvent] = []
-        for b in bytes {
+        let n = buffer.count
+        var i = 0
+        while i < n {
             if sawCR {
                 sawCR = false
-                if b == 0x0A { raw.append(b); continue }
+                if buffer[i] == 0x0A {
+                    raw.append(0x0A)
+                    i += 1
+                    continue
+                }
             }
+            var j = i
+            while j < n, buffer[j] != 0x0A, buffer[j] != 0x0D { j += 1 }
+            if j > i {
+                let run = UnsafeBufferPointer(rebasing: buffer[i..<j])
+                raw.append(contentsOf: run)
+                line.append(contentsOf: run)
+            }
+            if j == n {
+                if raw.count > maxEventBytes { throw TooLarge(limit: maxEventBytes) }
+                break
+            }
+            let b = buffer[j]
             raw.append(b)
             if raw.count > maxEventBytes { throw TooLarge(limit: maxEventBytes) }
-            if b == 0x0A || b == 0x0D {
-                if b == 0x0D { sawCR = true }
-                if let e = endLine() { events.append(e) }
-            } else {
-                line.append(b)
-            }
+            if b == 0x0D { sawCR = true }
+            if let e = endLine() { events.append(e) }
+            i = j + 1
         }
         return events
     }
@@ -89,17 +112,17 @@ public struct SSEParser: Sendable {
         hasFields = true
         if line.first == UInt8(ascii: ":") { return nil }
         let colon = line.firstIndex(of: UInt8(ascii: ":"))
-        let name = colon.map { Array(line[..<$0]) } ?? line
+        let name = line[..<(colon ?? line.endIndex)]
         var value: ArraySlice<UInt8> = colon.map { line[($0 + 1)...] } ?? []
         if value.first == 0x20 { value = value.dropFirst() }
-        switch String(decoding: name, as: UTF8.self) {
-        case "data":
+        if name.elementsEqual("data".utf8) {
             if hasData { data.append(0x0A) }
             data.append(contentsOf: value)
             hasData = true
-        case "event": event = String(decoding: value, as: UTF8.self)
-        case "id": id = String(decoding: value, as: UTF8.self)
-        default: break
+        } else if name.elementsEqual("event".utf8) {
+            event = String(decoding: value, as: UTF8.self)
+        } else if name.elementsEqual("id".utf8) {
+            id = String(decoding: value, as: UTF8.self)
         }
         return nil
     }

@@ -76,4 +76,58 @@ final class FastDecodeTests: XCTestCase {
             XCTAssertEqual(slow?.usage, fast?.usage, body)
         }
     }
+
+    /// Stream chunks as upstreams send them (OpenAI, vLLM, Ollama, llama.cpp shapes) and odd
+    /// ones. The first `common` of them must take the fast path.
+    static let chunks: [String] = [
+        #"{"id":"c","object":"chat.completion.chunk","created":1,"model":"gpt","choices":[{"index":0,"delta":{"role":"assistant","content":""},"finish_reason":null}]}"#,
+        #"{"id":"c","object":"chat.completion.chunk","created":1,"model":"gpt","system_fingerprint":"fp","choices":[{"index":0,"delta":{"content":"Par\u00e9 \"x\"\n"},"logprobs":null,"finish_reason":null}]}"#,
+        #"{"id":"c","object":"chat.completion.chunk","created":1,"model":"gpt","choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}"#,
+        #"{"id":"c","object":"chat.completion.chunk","created":1,"model":"gpt","choices":[],"usage":{"prompt_tokens":10,"completion_tokens":2,"total_tokens":12}}"#,
+        #"{"id":"c","choices":[{"index":1,"delta":{"content":"b"}},{"index":0,"delta":{"content":"a","reasoning_content":"r"}}],"usage":null}"#,
+        #"{"choices":[{"index":0,"delta":{"content":"x","tool_calls":[]}}]}"#,
+        #"{}"#,
+        // Left to JSONDecoder from here on.
+        #"{"id":"c","choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"id":"t","function":{"name":"f","arguments":""}}]}}]}"#,
+        #"{"choices":[{"index":0,"delta":{"tool_calls":[{"n":1e400}]}}]}"#,
+        #"{"choices":[{"delta":{"content":"x"}}]}"#,
+        #"{"choices":[{"index":0}]}"#,
+        #"{"choices":[{"index":0,"delta":null}]}"#,
+        #"{"choices":[{"index":"0","delta":{}}]}"#,
+        #"{"choices":[{"index":0.0,"delta":{}}]}"#,
+        #"{"choices":[{"index":0,"delta":{"content":5}}]}"#,
+        #"{"choices":[{"index":0,"delta":{"content":"\ud83d"}}]}"#,
+        #"{"id":5,"choices":[]}"#,
+        #"{"created":"now","choices":[]}"#,
+        #"{"created":1.5,"choices":[]}"#,
+        #"{"choices":{}}"#,
+        #"{"choices":[],"usage":{"prompt_tokens":1,"completion_tokens":2}}"#,
+        #"{"choices":[],"usage":{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3,"policy_tokens":{"prompt_tokens":4,"completion_tokens":5}}}"#,
+        #"{"choices":[{"index":0,"delta":{"content":"a"}}],"model":"a","model":"b"}"#,
+        #"{"choices":[{"index":0,"delta":{"content":"a","content":"b"}}]}"#,
+        #"{"error":{"message":"rate limited","type":"server_error"}}"#,
+        #"{"choices":[]} trailing"#,
+        #"[1,2]"#,
+        #""done""#,
+        #"not json"#,
+    ]
+    static let commonChunks = 7
+
+    func testStreamChunkFastPathMatchesJSONDecoder() {
+        for (i, body) in Self.chunks.enumerated() {
+            let bytes = Array(body.utf8)
+            let slow = bytes.withUnsafeBytes { StreamChunkSummary.decodeWithJSONDecoder($0) }
+            XCTAssertEqual(StreamChunkSummary.decode(bytes), slow, body)
+            let fast = bytes.withUnsafeBytes { StreamChunkSummary.fastPath($0) }
+            if i < Self.commonChunks {
+                XCTAssertNotNil(fast, "a common chunk must not need JSONDecoder: \(body)")
+            }
+            if let fast { XCTAssertEqual(fast, slow, body) }
+        }
+        // The summary holds what the relay logs.
+        let s = StreamChunkSummary.decode(Array(Self.chunks[4].utf8))
+        XCTAssertEqual(s?.choices.map(\.index), [1, 0])
+        XCTAssertEqual(s?.choices.last?.content, "a")
+        XCTAssertEqual(StreamChunkSummary.decode(Array(Self.chunks[3].utf8))?.usage?.totalTokens, 12)
+    }
 }
