@@ -228,7 +228,6 @@ public struct StreamChunkSummary: Sendable, Equatable {
     private static let chunkKeys = JSONFastReader.keys("id", "object", "created", "model", "choices", "usage")
     private static let choiceKeys = JSONFastReader.keys("index", "delta", "finish_reason")
     private static let deltaKeys = JSONFastReader.keys("role", "content", "reasoning_content", "tool_calls")
-    private static let usageKeys = JSONFastReader.keys("prompt_tokens", "completion_tokens", "total_tokens", "policy_tokens")
 
     private static func fastDecode(_ r: inout JSONFastReader) -> StreamChunkSummary? {
         var s = StreamChunkSummary(choices: [], usage: nil)
@@ -277,18 +276,8 @@ public struct StreamChunkSummary: Sendable, Equatable {
                     return true
                 }
             default:  // usage
-                var p: Int?, c: Int?, t: Int?
-                let ok = r.object(keys: usageKeys) { r, key in
-                    switch key {
-                    case 0: p = r.integer(); return p != nil
-                    case 1: c = r.integer(); return c != nil
-                    case 2: t = r.integer(); return t != nil
-                    default: return r.null()  // policy_tokens: left to JSONDecoder unless null
-                    }
-                }
-                guard ok, let p, let c, let t else { return false }
-                s.usage = Usage(promptTokens: p, completionTokens: c, totalTokens: t)
-                return true
+                s.usage = Usage.fastRead(&r)
+                return s.usage != nil
             }
         }
         guard ok, r.peek() == nil else { return nil }
@@ -339,7 +328,6 @@ public struct UpstreamCompletionSummary: Decodable, Sendable {
     private static let summaryKeys = JSONFastReader.keys("model", "choices", "usage")
     private static let choiceKeys = JSONFastReader.keys("message", "finish_reason")
     private static let messageKeys = JSONFastReader.keys("content")
-    private static let usageKeys = JSONFastReader.keys("prompt_tokens", "completion_tokens", "total_tokens", "policy_tokens")
 
     private static func fastDecode(_ r: inout JSONFastReader) -> UpstreamCompletionSummary? {
         var s = UpstreamCompletionSummary(model: nil, choices: nil, usage: nil)
@@ -374,18 +362,8 @@ public struct UpstreamCompletionSummary: Decodable, Sendable {
                 s.choices = choices
                 return ok
             default:
-                var p: Int?, c: Int?, t: Int?
-                let ok = r.object(keys: usageKeys) { r, key in
-                    switch key {
-                    case 0: p = r.integer(); return p != nil
-                    case 1: c = r.integer(); return c != nil
-                    case 2: t = r.integer(); return t != nil
-                    default: return r.null()  // policy_tokens: left to JSONDecoder unless null
-                    }
-                }
-                guard ok, let p, let c, let t else { return false }
-                s.usage = Usage(promptTokens: p, completionTokens: c, totalTokens: t)
-                return true
+                s.usage = Usage.fastRead(&r)
+                return s.usage != nil
             }
         }
         guard ok, r.peek() == nil else { return nil }
@@ -419,4 +397,23 @@ public struct ModelList: Codable, Sendable, Equatable {
     public var object: String = "list"
     public var data: [Model]
     public init(data: [Model]) { self.data = data }
+}
+
+extension Usage {
+    private static let fastKeys = JSONFastReader.keys("prompt_tokens", "completion_tokens", "total_tokens", "policy_tokens")
+
+    /// A usage object read straight from the bytes, or nil when it is left to JSONDecoder.
+    static func fastRead(_ r: inout JSONFastReader) -> Usage? {
+        var p: Int?, c: Int?, t: Int?
+        let ok = r.object(keys: fastKeys) { r, key in
+            switch key {
+            case 0: p = r.integer(); return p != nil
+            case 1: c = r.integer(); return c != nil
+            case 2: t = r.integer(); return t != nil
+            default: return r.null()  // policy_tokens: left to JSONDecoder unless null
+            }
+        }
+        guard ok, let p, let c, let t else { return nil }
+        return Usage(promptTokens: p, completionTokens: c, totalTokens: t)
+    }
 }

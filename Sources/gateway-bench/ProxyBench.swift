@@ -333,23 +333,21 @@ final class ChildParties: Parties, @unchecked Sendable {
              "auth": {"client_keys_env": null}, "limits": {"max_concurrent_requests": 4096},
              "log": {"durability": "\#(durability)", "linger_ms": \#(lingerMs)}}
             """#.utf8).write(to: configURL)
-        let gateway = Process()
-        gateway.executableURL = exe
-        gateway.arguments = ["serve", "--config", configURL.path, "--host", "127.0.0.1", "--port", "0", "--admin-port", "0",
-                             "--log-db", dbPath, "--log-level", "notice"]
-        let pipe = Pipe()
-        gateway.standardError = pipe
-        gateway.standardOutput = pipe
-        let output = OutputBuffer()
-        pipe.fileHandleForReading.readabilityHandler = { h in output.append(h.availableData) }
+        func closeChildren() { for p in childStdins { try? p.fileHandleForWriting.close() } }
+        let gateway: Process, output: OutputBuffer
         do {
-            try gateway.run()
+            (gateway, output) = try SoakBench.startGateway(executable: exe, config: configURL, dbPath: dbPath)
+        } catch {
+            closeChildren()
+            throw error
+        }
+        do {
             let (port, _) = try await output.ports(process: gateway)
             return ChildParties(upstream: upstream, nullProxy: nullProxy, childStdins: childStdins, upstreamPort: upstreamPort,
                                 nullProxyPort: nullProxyPort, gateway: gateway, gatewayPort: port, durability: durability, dbPath: dbPath)
         } catch {
             if gateway.isRunning { kill(gateway.processIdentifier, SIGKILL) }
-            for p in childStdins { try? p.fileHandleForWriting.close() }
+            closeChildren()
             throw error
         }
     }

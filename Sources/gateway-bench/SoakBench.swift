@@ -50,16 +50,7 @@ struct SoakBench: AsyncParsableCommand {
         try Data(#"{"upstream": {"base_url": "\#(upstream.baseURL)", "api_key_env": null}, "auth": {"client_keys_env": null}}"#.utf8).write(to: configURL)
         let dbPath = dir.appendingPathComponent("traffic.sqlite").path
 
-        let child = Process()
-        child.executableURL = exe
-        child.arguments = ["serve", "--config", configURL.path, "--host", "127.0.0.1", "--port", "0", "--admin-port", "0",
-                           "--log-db", dbPath, "--log-level", "notice"]
-        let pipe = Pipe()
-        child.standardError = pipe
-        child.standardOutput = pipe
-        let output = OutputBuffer()
-        pipe.fileHandleForReading.readabilityHandler = { h in output.append(h.availableData) }
-        try child.run()
+        let (child, output) = try Self.startGateway(executable: exe, config: configURL, dbPath: dbPath)
         let (port, adminPort) = try await output.ports(process: child)
         let pid = child.processIdentifier
         print("gateway-bench soak: \(exe.path) pid \(pid) on port \(port) (admin \(adminPort)), \(concurrency) clients, \(Int(seconds)) s, half streaming")
@@ -147,6 +138,22 @@ struct SoakBench: AsyncParsableCommand {
             print("FAIL: " + failures.joined(separator: "; "))
             throw ExitCode(1)
         }
+    }
+
+    /// Starts `gateway serve` with `config` on free loopback ports (notice-level log, which
+    /// names the ports); its output is collected.
+    static func startGateway(executable: URL, config: URL, dbPath: String) throws -> (Process, OutputBuffer) {
+        let child = Process()
+        child.executableURL = executable
+        child.arguments = ["serve", "--config", config.path, "--host", "127.0.0.1", "--port", "0", "--admin-port", "0",
+                           "--log-db", dbPath, "--log-level", "notice"]
+        let pipe = Pipe()
+        child.standardError = pipe
+        child.standardOutput = pipe
+        let output = OutputBuffer()
+        pipe.fileHandleForReading.readabilityHandler = { h in output.append(h.availableData) }
+        try child.run()
+        return (child, output)
     }
 
     static func rssMiB(pid: Int32) -> Double {
