@@ -116,6 +116,12 @@ struct ConfigObject {
         return s
     }
 
+    /// A string naming one case of `E` (its raw value).
+    mutating func oneOf<E: RawRepresentable & CaseIterable>(_ key: String, default d: E) throws(ConfigError) -> E where E.RawValue == String {
+        let s = try oneOf(key, E.allCases.map(\.rawValue), default: d.rawValue)
+        return E(rawValue: s)!   // `s` is one of the raw values
+    }
+
     mutating func stringArray(_ key: String, default d: [String]) throws(ConfigError) -> [String] {
         guard let v = raw(key) else { return d }
         guard case .array(let a) = v else { throw ConfigError(path: sub(key), problem: "expected an array of strings, got \(Self.kind(of: v))") }

@@ -70,7 +70,7 @@ public final class Gateway: Sendable {
             circuitBreakerCooldown: .milliseconds(config.upstream.circuitBreakerCooldownMs)), logger: logger)
         // Nobody waits for an async commit, so the writer may gather a few milliseconds of light
         // traffic into one transaction; with commit_before_response every request waits for it.
-        let linger: Duration = config.log.durability == "async" ? .milliseconds(config.log.lingerMs) : .zero
+        let linger: Duration = config.log.durability == .async ? .milliseconds(config.log.lingerMs) : .zero
         let writer = LogWriter(database: database, capacity: config.log.queueCapacity, maxBatch: config.log.maxBatch,
                                logger: logger, linger: linger)
         let state = GatewayState(config: config, auth: auth, upstream: upstream, database: database, writer: writer, logger: logger)

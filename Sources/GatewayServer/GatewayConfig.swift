@@ -84,19 +84,23 @@ public struct GatewayConfig: Sendable, Equatable {
         /// With `durability: async`: after a small batch, the writer waits this long before
         /// the next commit, so light traffic still shares transactions (0: commit at once).
         public var lingerMs = 5
-        /// "async" (default): respond first; the writer thread commits in the background, in
-        /// batches (graceful shutdown drains everything; a crash or kill -9 can lose the episodes
-        /// of the last milliseconds). "commit_before_response": the response's last byte leaves
-        /// only after its episode is committed, so every completed response survives kill -9, at
-        /// the price of a commit and a thread hand-off in every request's latency.
-        public var durability = "async"
+        public var durability = Durability.async
         /// Replace message contents in the logged request with their length.
         public var redactBodies = false
         public init() {}
     }
 
-    /// The values of `log.durability`.
-    public static let durabilities = ["commit_before_response", "async"]
+    /// When a request's episode is committed to the traffic log.
+    public enum Durability: String, Sendable, CaseIterable {
+        /// Respond first; the writer thread commits in the background, in batches (graceful
+        /// shutdown drains everything; a crash or kill -9 can lose the episodes of the last
+        /// milliseconds).
+        case async
+        /// The response's last byte leaves only after its episode is committed, so every
+        /// completed response survives kill -9, at the price of a commit and a thread hand-off
+        /// in every request's latency.
+        case commitBeforeResponse = "commit_before_response"
+    }
 
     public var server = Server()
     public var limits = Limits()
@@ -250,7 +254,7 @@ public struct GatewayConfig: Sendable, Equatable {
         c.log.queueCapacity = try lg.int("queue_capacity", default: c.log.queueCapacity, range: 1...1_000_000)
         c.log.maxBatch = try lg.int("max_batch", default: c.log.maxBatch, range: 1...100_000)
         c.log.lingerMs = try lg.int("linger_ms", default: c.log.lingerMs, range: 0...1000)
-        c.log.durability = try lg.oneOf("durability", GatewayConfig.durabilities, default: c.log.durability)
+        c.log.durability = try lg.oneOf("durability", default: c.log.durability)
         c.log.redactBodies = try lg.bool("redact_bodies", default: c.log.redactBodies)
         try lg.finish()
 
@@ -286,8 +290,7 @@ public struct GatewayConfig: Sendable, Equatable {
         c.policy.forwardClientSystem = try p.bool("forward_client_system", default: c.policy.forwardClientSystem)
         c.policy.trace = try p.oneOf("trace", ["off", "on", "on_request"], default: c.policy.trace)
         c.policy.keepaliveSeconds = try p.double("keepalive_seconds", default: c.policy.keepaliveSeconds, range: 0.1...3600)
-        c.policy.weights = WeightFormat(rawValue: try p.oneOf("weights", WeightFormat.allCases.map(\.rawValue),
-                                                               default: c.policy.weights.rawValue)) ?? .f32
+        c.policy.weights = try p.oneOf("weights", default: c.policy.weights)
         try p.finish()
 
         try root.finish()

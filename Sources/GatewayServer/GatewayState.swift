@@ -41,6 +41,8 @@ public final class GatewayState: @unchecked Sendable {
     }
 
     public var config: GatewayConfig { lock.withLock { _config } }
+    /// Read on every request: without copying the whole configuration.
+    var durability: GatewayConfig.Durability { lock.withLock { _config.log.durability } }
     public var auth: ClientAuth { lock.withLock { _auth } }
 
     /// Replaces routes, keys and other reloadable settings (listen address, upstream and log
@@ -70,7 +72,7 @@ public final class GatewayState: @unchecked Sendable {
             resumer = { job in loop.execute(job) }
         }
         do {
-            if config.log.durability == "async" {
+            if durability == .async {
                 try await writer.append(episode, resumer: resumer)
             } else {
                 try await writer.appendAndWait(episode, resumer: resumer)

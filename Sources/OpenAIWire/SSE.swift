@@ -76,19 +76,13 @@ public struct SSEParser: Sendable {
             }
             var j = i
             while j < n, buffer[j] != 0x0A, buffer[j] != 0x0D { j += 1 }
-            if j > i {
-                let run = UnsafeBufferPointer(rebasing: buffer[i..<j])
-                raw.append(contentsOf: run)
-                line.append(contentsOf: run)
-            }
-            if j == n {
-                if raw.count > maxEventBytes { throw TooLarge(limit: maxEventBytes) }
-                break
-            }
-            let b = buffer[j]
-            raw.append(b)
+            let run = UnsafeBufferPointer(rebasing: buffer[i..<j])
+            raw.append(contentsOf: run)
+            line.append(contentsOf: run)
+            if j < n { raw.append(buffer[j]) }
             if raw.count > maxEventBytes { throw TooLarge(limit: maxEventBytes) }
-            if b == 0x0D { sawCR = true }
+            if j == n { break }
+            if buffer[j] == 0x0D { sawCR = true }
             if let e = endLine() { events.append(e) }
             i = j + 1
         }

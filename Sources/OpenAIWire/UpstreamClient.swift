@@ -3,7 +3,6 @@ import Foundation
 import Logging
 import NIOCore
 import NIOHTTP1
-import NIOPosix
 
 /// Where and how to reach the upstream LLM (any OpenAI-compatible server).
 public struct UpstreamSettings: Sendable, Equatable {
@@ -69,17 +68,11 @@ public struct UpstreamResponse: Sendable {
 }
 
 /// The upstream HTTP client used by the gateway's passthrough and collaboration paths and by the
-/// trainer's rollouts. One connection pool (AsyncHTTPClient), keep-alive, streaming bodies.
+/// trainer's rollouts. AsyncHTTPClient connection pools (one per event loop, see
+/// `EventLoopHTTPClients`), keep-alive, streaming bodies.
 public final class UpstreamClient: Sendable {
     public let settings: UpstreamSettings
-    /// For callers that are not on one of the process-wide event loops (the trainer, tests).
-    private let http: HTTPClient
-    /// One client per event loop of the process-wide group, each keeping its connections on
-    /// its own loop. A gateway request runs on the loop of its client connection; sending
-    /// upstream through that loop's client keeps the whole exchange on one thread. With one
-    /// shared pool, a request could lease an idle connection on the other loop: the upstream
-    /// answer then woke that loop, which handed the request back, two extra thread wake-ups.
-    private let perLoop: [ObjectIdentifier: HTTPClient]
+    private let http: EventLoopHTTPClients
     /// Shared by every request to this upstream; the stream relays report mid-stream failures to it.
     public let breaker: CircuitBreaker
     private let base: String
@@ -100,37 +93,16 @@ public final class UpstreamClient: Sendable {
         var config = HTTPClient.Configuration()
         config.timeout = .init(connect: .nanoseconds(settings.connectTimeout.nanoseconds),
                                read: .nanoseconds(settings.idleTimeout.nanoseconds))
-        config.connectionPool = .init(idleTimeout: .seconds(60),
-                                      concurrentHTTP1ConnectionsPerHostSoftLimit: settings.maxConnections)
+        config.connectionPool = .init(idleTimeout: .seconds(60))
         config.decompression = .disabled
         config.redirectConfiguration = .disallow
         // No tracer: the gateway never bootstraps distributed tracing, and the default no-op
         // tracer still makes the client re-parse the URL and fill span attributes per request.
         config.tracing.tracer = nil
-        self.http = HTTPClient(eventLoopGroup: HTTPClient.defaultEventLoopGroup, configuration: config)
-        let loops = Array(HTTPClient.defaultEventLoopGroup.makeIterator())
-        var perLoopConfig = config
-        perLoopConfig.connectionPool = .init(idleTimeout: .seconds(60),
-                                             concurrentHTTP1ConnectionsPerHostSoftLimit: max(1, settings.maxConnections / max(1, loops.count)))
-        var perLoop: [ObjectIdentifier: HTTPClient] = [:]
-        for loop in loops {
-            perLoop[ObjectIdentifier(loop)] = HTTPClient(eventLoopGroup: loop, configuration: perLoopConfig)
-        }
-        self.perLoop = perLoop
+        self.http = EventLoopHTTPClients(configuration: config, maxConnections: settings.maxConnections)
     }
 
-    public func shutdown() async throws {
-        try await http.shutdown()
-        for client in perLoop.values { try await client.shutdown() }
-    }
-
-    /// The client whose connections live on the calling thread's event loop, if it is one.
-    private var currentClient: HTTPClient {
-        if let loop = MultiThreadedEventLoopGroup.currentEventLoop, let client = perLoop[ObjectIdentifier(loop)] {
-            return client
-        }
-        return http
-    }
+    public func shutdown() async throws { try await http.shutdown() }
 
     /// The upstream URL for a client path under `/v1` (e.g. `/v1/chat/completions` ->
     /// `<base>/chat/completions`), keeping the query string.
@@ -220,7 +192,7 @@ public final class UpstreamClient: Sendable {
         let firstByteDeadline = NIODeadline.now() + .nanoseconds(settings.firstByteTimeout.nanoseconds)
         let firstByteFirst = firstByteDeadline < deadline
         do {
-            return try await currentClient.execute(request, deadline: firstByteFirst ? firstByteDeadline : deadline, logger: requestLogger)
+            return try await http.current.execute(request, deadline: firstByteFirst ? firstByteDeadline : deadline, logger: requestLogger)
         } catch let e as HTTPClientError where firstByteFirst && e == .deadlineExceeded {
             throw GatewayError.upstreamTimeout("first byte")
         } catch let e as GatewayError {

@@ -156,6 +156,16 @@ public final class LogWriter: Sendable {
             lingering = nil
             return c
         }
+
+        /// After a change to the queue (or `closed`): the drain loop's continuation to resume,
+        /// if it waits for work, or lingers and should not any more.
+        mutating func takeWake(maxBatch: Int) -> CheckedContinuation<Void, Never>? {
+            if let w = wakeup {
+                wakeup = nil
+                return w
+            }
+            return takeLingerIfDue(maxBatch: maxBatch)
+        }
         var finishWaiters: [CheckedContinuation<Void, Never>] = []
         var stats = LogWriterStats()
     }
@@ -172,9 +182,7 @@ public final class LogWriter: Sendable {
             if s.closed { return .closed }
             guard s.blocked.isEmpty, s.queue.count < capacity else { return .full }
             s.queue.append(Self.admit(&s, e, waiter: nil, resumer: nil))
-            let wake = s.wakeup ?? s.takeLingerIfDue(maxBatch: maxBatch)
-            s.wakeup = nil
-            return .done(wake)
+            return .done(s.takeWake(maxBatch: maxBatch))
         }
         switch fast {
         case .closed: throw LogWriterError.closed
@@ -256,8 +264,7 @@ public final class LogWriter: Sendable {
         enum Action { case done, inline, wait(CheckedContinuation<Void, Never>?) }
         let action = state.withLock { s -> Action in
             s.closed = true
-            let wake = s.wakeup ?? s.takeLingerIfDue(maxBatch: maxBatch)
-            s.wakeup = nil
+            let wake = s.takeWake(maxBatch: maxBatch)
             switch s.phase {
             case .finished: return .done
             case .idle:
@@ -280,9 +287,7 @@ public final class LogWriter: Sendable {
     private func close() {
         let wake = state.withLock { s -> CheckedContinuation<Void, Never>? in
             s.closed = true
-            let w = s.wakeup ?? s.takeLingerIfDue(maxBatch: maxBatch)
-            s.wakeup = nil
-            return w
+            return s.takeWake(maxBatch: maxBatch)
         }
         wake?.resume()
     }
@@ -314,9 +319,7 @@ public final class LogWriter: Sendable {
                 if s.closed { return .closed }
                 if s.blocked.isEmpty, s.queue.count < capacity {
                     s.queue.append(Self.admit(&s, e, waiter: waitForCommit ? cont : nil, resumer: resumer))
-                    let wake = s.wakeup ?? s.takeLingerIfDue(maxBatch: maxBatch)
-                    s.wakeup = nil
-                    return .queued(wake: wake, resumeNow: !waitForCommit)
+                    return .queued(wake: s.takeWake(maxBatch: maxBatch), resumeNow: !waitForCommit)
                 }
                 let entry = Self.admit(&s, e, waiter: waitForCommit ? cont : nil, resumer: resumer)
                 s.blocked.append(Blocked(entry: entry, queuedWaiter: waitForCommit ? nil : cont))
@@ -361,6 +364,8 @@ public final class LogWriter: Sendable {
                 cont.resume()
                 return
             }
+            // A timer from a linger that a waiter cut short may end a later linger early;
+            // that only commits sooner.
             Task {
                 try? await Task.sleep(for: linger)
                 self.endLinger()

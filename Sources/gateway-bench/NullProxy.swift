@@ -5,7 +5,7 @@ import GatewayServer
 import Hummingbird
 import Logging
 import NIOCore
-import NIOPosix
+import OpenAIWire
 
 /// `gateway-bench null-proxy`: the least an HTTP proxy built on the gateway's stack can do.
 /// Hummingbird receives the request, AsyncHTTPClient (configured as the gateway configures it)
@@ -24,18 +24,12 @@ struct NullProxyCommand: AsyncParsableCommand {
     func run() async throws {
         GatewayRuntime.useEventLoopsAsGlobalExecutor()
         var config = HTTPClient.Configuration()
-        config.connectionPool = .init(idleTimeout: .seconds(60), concurrentHTTP1ConnectionsPerHostSoftLimit: 512)
+        config.connectionPool = .init(idleTimeout: .seconds(60))
         config.decompression = .disabled
         config.redirectConfiguration = .disallow
         config.tracing.tracer = nil
-        // As the gateway does: one client per event loop, so a request's upstream exchange stays
-        // on the loop of its client connection.
-        var clients: [ObjectIdentifier: HTTPClient] = [:]
-        for loop in HTTPClient.defaultEventLoopGroup.makeIterator() {
-            clients[ObjectIdentifier(loop)] = HTTPClient(eventLoopGroup: loop, configuration: config)
-        }
-        let shared = HTTPClient(eventLoopGroup: HTTPClient.defaultEventLoopGroup, configuration: config)
-        let perLoop = clients
+        // As the gateway does: a request's upstream exchange stays on its event loop.
+        let clients = EventLoopHTTPClients(configuration: config, maxConnections: 1024)
         let quiet = Logger(label: "null-proxy", factory: { _ in SwiftLogNoOpLogHandler() })
         let target = "http://127.0.0.1:\(upstreamPort)"
         let router = Router()
@@ -46,8 +40,7 @@ struct NullProxyCommand: AsyncParsableCommand {
             upstream.method = .POST
             upstream.headers.add(name: "content-type", value: "application/json")
             upstream.body = .bytes(body)
-            let client = MultiThreadedEventLoopGroup.currentEventLoop.flatMap { perLoop[ObjectIdentifier($0)] } ?? shared
-            let response = try await client.execute(upstream, deadline: .now() + .seconds(30), logger: quiet)
+            let response = try await clients.current.execute(upstream, deadline: .now() + .seconds(30), logger: quiet)
             let bytes = try await response.body.collect(upTo: 64 << 20)
             return Response(status: .init(code: Int(response.status.code)), headers: [.contentType: "application/json"],
                             body: .init(byteBuffer: bytes))
@@ -65,8 +58,7 @@ struct NullProxyCommand: AsyncParsableCommand {
         await waitForStandardInputToClose()
         server.cancel()
         _ = try? await server.value
-        try await shared.shutdown()
-        for client in perLoop.values { try await client.shutdown() }
+        try await clients.shutdown()
     }
 }
 

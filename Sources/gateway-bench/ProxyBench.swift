@@ -45,7 +45,7 @@ struct ProxyBench: AsyncParsableCommand {
     var stream = false
 
     @Option(help: "Log durability: async or commit_before_response (default: the gateway's default).")
-    var durability: String = GatewayConfig().log.durability
+    var durability: GatewayConfig.Durability = GatewayConfig().log.durability
 
     @Option(help: "The log writer's linger in ms (log.linger_ms; default: the gateway's default).")
     var lingerMs: Int = GatewayConfig().log.lingerMs
@@ -56,17 +56,17 @@ struct ProxyBench: AsyncParsableCommand {
     @Option(help: "Profiling mode: send this many requests at the first concurrency level to one target only (no table), then exit.")
     var profile: Int?
 
+    enum ProfileTarget: String, ExpressibleByArgument, CaseIterable {
+        case gateway
+        case nullProxy = "null-proxy"
+        case direct
+    }
+
     @Option(help: "Target of --profile: gateway, null-proxy or direct.")
-    var profileTarget: String = "gateway"
+    var profileTarget: ProfileTarget = .gateway
 
     @Flag(inversion: .prefixedNo, help: "Run Swift concurrency on NIO's event loops in this process, as the gateway binary does.")
     var eventLoopExecutor = true
-
-    func validate() throws {
-        guard GatewayConfig.durabilities.contains(durability) else {
-            throw ValidationError("--durability must be async or commit_before_response")
-        }
-    }
 
     func run() async throws {
         if eventLoopExecutor { GatewayRuntime.useEventLoopsAsGlobalExecutor() }
@@ -114,16 +114,23 @@ struct ProxyBench: AsyncParsableCommand {
 
         if let profile {
             let c = levels.first ?? 1
-            let url = profileTarget == "direct" ? direct : profileTarget == "null-proxy" ? (viaNullProxy ?? direct) : viaGateway
+            let url: String
+            switch profileTarget {
+            case .gateway: url = viaGateway
+            case .direct: url = direct
+            case .nullProxy:
+                guard let viaNullProxy else { throw ValidationError("the null proxy runs only with --layout processes") }
+                url = viaNullProxy
+            }
             print("profile: gateway pid \(parties.gatewayPID), fake upstream pid \(parties.upstreamPID), load generator pid \(getpid())")
             _ = try await load(client: client, url: url, body: body, concurrency: c, seconds: 0.3, parties: parties)
             let r = try await load(client: client, url: url, body: body, concurrency: c, requests: profile, parties: parties)
-            print("profile \(profileTarget) c=\(c): \(r.count) requests, \(f1(r.rps)) req/s, p50 \(f3(r.p50)) ms, p99 \(f3(r.p99)) ms, "
+            print("profile \(profileTarget.rawValue) c=\(c): \(r.count) requests, \(f1(r.rps)) req/s, p50 \(f3(r.p50)) ms, p99 \(f3(r.p99)) ms, "
                   + "cpu us/req \(r.cpu.description), errors \(r.errors)"
                   + (r.selfReportedOverheadP50.map { ", x-gateway-overhead-ms p50 \(f3($0))" } ?? ""))
             return
         }
-        print("gateway-bench proxy: \(stream ? "stream" : "non-stream") chat completions, \(seconds) s per run, log durability \(durability), linger \(lingerMs) ms")
+        print("gateway-bench proxy: \(stream ? "stream" : "non-stream") chat completions, \(seconds) s per run, log durability \(durability.rawValue), linger \(lingerMs) ms")
         print(parties.description)
         print("direct = client -> fake upstream; gateway = client -> gateway -> fake upstream (traffic log on)")
         if viaNullProxy != nil {
@@ -143,20 +150,22 @@ struct ProxyBench: AsyncParsableCommand {
                 floor = try await load(client: client, url: viaNullProxy, body: body, concurrency: c, seconds: seconds, parties: parties)
             }
             let g = try await load(client: client, url: viaGateway, body: body, concurrency: c, seconds: seconds, parties: parties)
-            print(pad("\(c)", 5), pad("direct", 8), pad(f1(d.rps), 9), pad(f3(d.p50), 9), pad(f3(d.p99), 9), pad(d.cpu.description, 24), pad("\(d.errors)", 7))
-            if let n = floor {
-                print(pad("\(c)", 5), pad("null", 8), pad(f1(n.rps), 9), pad(f3(n.p50), 9), pad(f3(n.p99), 9), pad(n.cpu.description, 24), pad("\(n.errors)", 7))
+            func row(_ label: String, _ r: Result) {
+                print(pad("\(c)", 5), pad(label, 8), pad(f1(r.rps), 9), pad(f3(r.p50), 9), pad(f3(r.p99), 9), pad(r.cpu.description, 24), pad("\(r.errors)", 7))
             }
-            print(pad("\(c)", 5), pad("gateway", 8), pad(f1(g.rps), 9), pad(f3(g.p50), 9), pad(f3(g.p99), 9), pad(g.cpu.description, 24), pad("\(g.errors)", 7))
-            print(pad("\(c)", 5), pad("added", 8), pad(f1(g.rps - d.rps), 9), pad(f3(g.p50 - d.p50), 9), pad(f3(g.p99 - d.p99), 9),
-                  pad((g.cpu - d.cpu).description, 24),
-                  "  throughput ratio gateway/direct \(String(format: "%.2f", g.rps / max(d.rps, 1e-9)))",
-                  g.selfReportedOverheadP50.map { "; gateway's own x-gateway-overhead-ms p50 \(f3($0))" } ?? "")
+            /// `a` minus `b`, then a remark.
+            func difference(_ label: String, _ a: Result, _ b: Result, _ remark: String) {
+                print(pad("\(c)", 5), pad(label, 8), pad(f1(a.rps - b.rps), 9), pad(f3(a.p50 - b.p50), 9), pad(f3(a.p99 - b.p99), 9),
+                      pad((a.cpu - b.cpu).description, 24), " ", remark)
+            }
+            row("direct", d)
+            if let n = floor { row("null", n) }
+            row("gateway", g)
+            difference("added", g, d, "throughput ratio gateway/direct \(String(format: "%.2f", g.rps / max(d.rps, 1e-9)))"
+                       + (g.selfReportedOverheadP50.map { "; gateway's own x-gateway-overhead-ms p50 \(f3($0))" } ?? ""))
             if let n = floor {
-                print(pad("\(c)", 5), pad("floor", 8), pad(f1(n.rps - d.rps), 9), pad(f3(n.p50 - d.p50), 9), pad(f3(n.p99 - d.p99), 9),
-                      pad((n.cpu - d.cpu).description, 24),
-                      "  added by the null proxy; the gateway adds \(f3(g.p50 - n.p50)) ms p50 and \(f1(g.cpu.proxy - n.cpu.proxy)) us CPU per request more,",
-                      "throughput gateway/null \(String(format: "%.2f", g.rps / max(n.rps, 1e-9)))")
+                difference("floor", n, d, "added by the null proxy; the gateway adds \(f3(g.p50 - n.p50)) ms p50 and "
+                           + "\(f1(g.cpu.proxy - n.cpu.proxy)) us CPU per request more, throughput gateway/null \(String(format: "%.2f", g.rps / max(n.rps, 1e-9)))")
             }
         }
     }
@@ -277,7 +286,6 @@ final class ChildParties: Parties, @unchecked Sendable {
     let upstreamPort: Int
     let gatewayPort: Int
     let nullProxyPort: Int?
-    let durability: String
     let dbPath: String
     var gatewayPID: Int32 { gateway.processIdentifier }
     var upstreamPID: Int32 { upstream.processIdentifier }
@@ -288,7 +296,7 @@ final class ChildParties: Parties, @unchecked Sendable {
     }
 
     private init(upstream: Process, nullProxy: Process, childStdins: [Pipe], upstreamPort: Int, nullProxyPort: Int,
-                 gateway: Process, gatewayPort: Int, durability: String, dbPath: String) {
+                 gateway: Process, gatewayPort: Int, dbPath: String) {
         self.upstream = upstream
         self.nullProxy = nullProxy
         self.childStdins = childStdins
@@ -296,11 +304,10 @@ final class ChildParties: Parties, @unchecked Sendable {
         self.nullProxyPort = nullProxyPort
         self.gateway = gateway
         self.gatewayPort = gatewayPort
-        self.durability = durability
         self.dbPath = dbPath
     }
 
-    static func start(gatewayPath: String?, durability: String, lingerMs: Int, directory: URL) async throws -> ChildParties {
+    static func start(gatewayPath: String?, durability: GatewayConfig.Durability, lingerMs: Int, directory: URL) async throws -> ChildParties {
         let selfExe = URL(fileURLWithPath: (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0])
         let exe = gatewayPath.map { URL(fileURLWithPath: $0) } ?? selfExe.deletingLastPathComponent().appendingPathComponent("gateway")
         guard FileManager.default.isExecutableFile(atPath: exe.path) else {
@@ -331,7 +338,7 @@ final class ChildParties: Parties, @unchecked Sendable {
         try Data(#"""
             {"upstream": {"base_url": "http://127.0.0.1:\#(upstreamPort)/v1", "api_key_env": null, "max_connections": 512},
              "auth": {"client_keys_env": null}, "limits": {"max_concurrent_requests": 4096},
-             "log": {"durability": "\#(durability)", "linger_ms": \#(lingerMs)}}
+             "log": {"durability": "\#(durability.rawValue)", "linger_ms": \#(lingerMs)}}
             """#.utf8).write(to: configURL)
         func closeChildren() { for p in childStdins { try? p.fileHandleForWriting.close() } }
         let gateway: Process, output: OutputBuffer
@@ -344,7 +351,7 @@ final class ChildParties: Parties, @unchecked Sendable {
         do {
             let (port, _) = try await output.ports(process: gateway)
             return ChildParties(upstream: upstream, nullProxy: nullProxy, childStdins: childStdins, upstreamPort: upstreamPort,
-                                nullProxyPort: nullProxyPort, gateway: gateway, gatewayPort: port, durability: durability, dbPath: dbPath)
+                                nullProxyPort: nullProxyPort, gateway: gateway, gatewayPort: port, dbPath: dbPath)
         } catch {
             if gateway.isRunning { kill(gateway.processIdentifier, SIGKILL) }
             closeChildren()
@@ -392,7 +399,7 @@ final class InProcessParties: Parties, @unchecked Sendable {
         self.gatewayPort = gatewayPort
     }
 
-    static func start(durability: String, lingerMs: Int, directory: URL) async throws -> InProcessParties {
+    static func start(durability: GatewayConfig.Durability, lingerMs: Int, directory: URL) async throws -> InProcessParties {
         let upstream = try await FakeUpstream(recordRequests: false)
         var config = GatewayConfig()
         config.server.port = 0
@@ -485,3 +492,5 @@ private func processCPUSeconds(pid: Int32) -> Double {
 private func pad(_ s: String, _ n: Int) -> String { s.count >= n ? s : s + String(repeating: " ", count: n - s.count) }
 private func f1(_ x: Double) -> String { String(format: "%.1f", x) }
 private func f3(_ x: Double) -> String { String(format: "%.3f", x) }
+
+extension GatewayConfig.Durability: ExpressibleByArgument {}

@@ -113,7 +113,7 @@ struct CheckConfig: AsyncParsableCommand {
             print("  listen       \(c.server.host):\(c.server.port)")
             print("  upstream     \(c.upstream.baseURL) (key from env \(c.upstream.apiKeyEnv ?? "none"): \(c.upstream.apiKeyEnv.flatMap { ProcessInfo.processInfo.environment[$0] } == nil ? "not set" : "set"))")
             print("  routes       " + c.routes.map { "\($0.model) -> \($0.mode.rawValue)\($0.upstreamModel.map { " (\($0))" } ?? "")" }.joined(separator: ", "))
-            print("  log          \(c.log.path) (durability \(c.log.durability), retention \(c.log.retentionDays) days)")
+            print("  log          \(c.log.path) (durability \(c.log.durability.rawValue), retention \(c.log.retentionDays) days)")
             print("  policy       \(c.policyPath ?? "none")")
         } catch let e as ConfigError {
             throw ValidationError("invalid config \(options.config): \(e)")

@@ -74,7 +74,7 @@ final class FeedbackTests: XCTestCase {
 
     /// Feedback right after an async-durability request: the episode may still be queued.
     func testFeedbackForQueuedEpisode() async throws {
-        let h = try await Harness.start(configure: { c in c.log.durability = "async" })
+        let h = try await Harness.start(configure: { c in c.log.durability = .async })
         for _ in 0..<20 {
             let reply = try await h.chat(simpleChat)
             let id = try XCTUnwrap(reply.episodeID)

@@ -13,7 +13,7 @@ final class DurabilityTests: XCTestCase {
         let h = try await Harness.start(configure: { c in
             c.log.queueCapacity = 2
             c.log.maxBatch = 2
-            c.log.durability = "async"
+            c.log.durability = .async
         })
         let n = 200
         let ids = try await withThrowingTaskGroup(of: String?.self) { group in

@@ -39,7 +39,7 @@ final class Harness: @unchecked Sendable {
         config.log.path = dir.appendingPathComponent("traffic.sqlite").path
         // Tests read the log right after a response: with the commit before the response, the
         // row is there by then. Tests of the default (async) mode set it themselves.
-        config.log.durability = "commit_before_response"
+        config.log.durability = .commitBeforeResponse
         configure(&config)
         var logger = Logger(label: "gateway-test")
         logger.logLevel = .error

@@ -16,6 +16,25 @@ final class ComputePoolTests: XCTestCase {
         }
     }
 
+    func testCountSplitsIntoContiguousRangesOnce() {
+        let pool = ComputePool(workers: 2)
+        defer { pool.stop() }
+        for (count, maxParts, granularity) in [(0, 4, 1), (1, 4, 1), (10, 3, 1), (100, 16, 8), (13, 64, 1), (130, 2, 1), (7, 0, 1)] {
+            let seen = Mutex([Int](repeating: 0, count: count))
+            let ranges = Mutex([Int: Range<Int>]())
+            pool.run(count: count, maxParts: maxParts, granularity: granularity) { part, range in
+                ranges.withLock { $0[part] = range }
+                seen.withLock { for i in range { $0[i] += 1 } }
+            }
+            let label = "count \(count), max parts \(maxParts), granularity \(granularity)"
+            XCTAssertEqual(seen.withLock { $0 }, [Int](repeating: 1, count: count), label)
+            let r = ranges.withLock { $0 }
+            XCTAssertLessThanOrEqual(r.count, max(1, maxParts), label)
+            for (part, range) in r where part < r.count - 1 { XCTAssertEqual(range.count % granularity, 0, label) }
+            XCTAssertEqual(r.keys.sorted(), Array(0..<r.count), label)
+        }
+    }
+
     func testManySmallCallsInARowGiveExactSums() {
         let pool = ComputePool(workers: 2)
         defer { pool.stop() }

@@ -84,6 +84,15 @@ final class ComputePool: @unchecked Sendable {  // shared state is atomics and t
         busy.store(false, ordering: .releasing)
     }
 
+    /// Splits 0..<count into at most `maxParts` contiguous ranges of equal size (a multiple of
+    /// `granularity`; the last range may be shorter) and runs `body(part, range)` for each, as `run(parts:)`.
+    func run(count: Int, maxParts: Int, granularity: Int = 1, _ body: @escaping (_ part: Int, _ range: Range<Int>) -> Void) {
+        guard count > 0 else { return }
+        let parts = max(1, min(count, maxParts))
+        let per = ((count + parts - 1) / parts + granularity - 1) / granularity * granularity
+        run(parts: (count + per - 1) / per) { part in body(part, (part * per)..<min(count, (part + 1) * per)) }
+    }
+
     /// Claims and runs one part of call `generation`; false when it has no unclaimed part left (or a newer
     /// call replaced it).
     private func claim(_ generation: UInt64) -> Bool {

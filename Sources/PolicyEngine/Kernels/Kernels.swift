@@ -88,7 +88,7 @@ enum Kernels {
         if rows == 1 {
             cblas_sgemv(CblasRowMajor, CblasNoTrans, Int32(outDim), Int32(inDim), 1, weight, Int32(inDim),
                         x, 1, beta, y, 1)
-        } else if rows <= slicedMaxRows && outDim >= 2 * sliceRows {
+        } else if rows <= slicedMaxRows && outDim >= 2 * maxSliceRows {
             slicedGemm(x, rows: rows, inDim: inDim, weight: weight, outDim: outDim, beta: beta, into: y)
         } else {
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(rows), Int32(outDim), Int32(inDim), 1,
@@ -103,7 +103,7 @@ enum Kernels {
     }
 
     static let slicedMaxRows = 16
-    static let sliceRows = 64
+    static let maxSliceRows = 64
 
     /// Threads the engine's own parallel kernels use (calling thread plus `ComputePool` workers): the BLAS
     /// thread count the user set, capped by the pool's size.
@@ -115,7 +115,7 @@ enum Kernels {
     /// 12 for 16 x 4864 (the down projection). Measured on 16-row decode steps of a Qwen2.5-0.5B shape, the
     /// K-dependent slice runs the step about 10% faster than a fixed 64 and about 1.7x faster than one sgemm.
     static func sliceRows(rows: Int, inDim: Int) -> Int {
-        max(8, min(sliceRows, 1_000_000 / max(1, rows * inDim)))
+        max(8, min(maxSliceRows, 1_000_000 / max(1, rows * inDim)))
     }
 
     private struct GemmArgs: @unchecked Sendable {  // raw pointers for the workers; the caller waits for them
@@ -131,11 +131,9 @@ enum Kernels {
         // takes fewer parts instead of leaving the other one waiting at the end.
         let slices = (outDim + slice - 1) / slice
         let threads = Kernels.computeThreads
-        let parts = threads <= 1 ? 1 : min(slices, threads * 8)
-        let perPart = (slices + parts - 1) / parts
-        @Sendable func work(_ part: Int) {
-            var n0 = part * perPart * slice
-            let end = min(a.outDim, n0 + perPart * slice)
+        ComputePool.shared.run(count: slices, maxParts: threads <= 1 ? 1 : threads * 8) { _, range in
+            var n0 = range.lowerBound * slice
+            let end = min(a.outDim, range.upperBound * slice)
             while n0 < end {
                 let n = min(slice, end - n0)
                 cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(a.rows), Int32(n), Int32(a.inDim), 1,
@@ -143,7 +141,6 @@ enum Kernels {
                 n0 += n
             }
         }
-        ComputePool.shared.run(parts: (slices + perPart - 1) / perPart) { work($0) }
     }
 
     /// RMSNorm over `rows` vectors of length `dim`: out = x / sqrt(mean(x^2) + eps) * weight.

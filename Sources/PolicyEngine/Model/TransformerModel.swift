@@ -317,11 +317,8 @@ public final class TransformerModel: @unchecked Sendable {
         if let decode {
             // Decode: sequences are independent, so they are split over the compute threads, each part with its own
             // slice of the scores scratch.
-            let n = decode.rows.count
-            let parts = min(n, 2 * Kernels.computeThreads, ws.scoreParts)
-            let perPart = (n + parts - 1) / parts
-            ComputePool.shared.run(parts: (n + perPart - 1) / perPart) { part in
-                decode.run(layer: l, part: part, from: part * perPart, to: min(n, (part + 1) * perPart))
+            ComputePool.shared.run(count: decode.rows.count, maxParts: min(2 * Kernels.computeThreads, ws.scoreParts)) { part, range in
+                decode.run(layer: l, part: part, rows: range)
             }
         }
         prof.mark(.attention)
@@ -428,9 +425,9 @@ private struct DecodeAttention: @unchecked Sendable {
     let Q: Int, KV: Int, hd: Int, nKV: Int, nRep: Int
     let scale: Float
 
-    func run(layer: Int, part: Int, from a: Int, to b: Int) {
+    func run(layer: Int, part: Int, rows range: Range<Int>) {
         let sc = scores + part * scoreStride
-        for (row, request) in rows[a..<b] {
+        for (row, request) in rows[range] {
             let cache = caches[request]
             let S = cache.count + 1
             let K = cache.keys[layer], V = cache.values[layer]

@@ -43,10 +43,8 @@ final class Q8Matrix: @unchecked Sendable {  // immutable after init; owns its b
         scales = .allocate(capacity: rows * (cols / block))
         let nb = cols / block, block = self.block
         let job = QuantJob(w: w, q: values, s: scales)
-        let workers = max(1, min(BLASThreads.current, rows / 64))
-        ComputePool.shared.run(parts: workers) { part in
-            let per = (rows + workers - 1) / workers
-            for r in (part * per)..<min(rows, (part + 1) * per) {
+        ComputePool.shared.run(count: rows, maxParts: min(BLASThreads.current, rows / 64)) { _, range in
+            for r in range {
                 for b in 0..<nb {
                     let src = job.w + r * cols + b * block, dst = job.q + r * cols + b * block
                     var amax: Float = 0
@@ -185,10 +183,8 @@ enum Q8Kernels {
             integerRows(job, 0, w.rows)
             return
         }
-        let parts = min(threads * 8, max(1, w.rows / 32))
-        let per = ((w.rows + parts - 1) / parts + 7) / 8 * 8
-        ComputePool.shared.run(parts: (w.rows + per - 1) / per) { part in
-            integerRows(job, part * per, min(job.w.rows, (part + 1) * per))
+        ComputePool.shared.run(count: w.rows, maxParts: min(threads * 8, max(1, w.rows / 32)), granularity: 8) { _, range in
+            integerRows(job, range.lowerBound, range.upperBound)
         }
     }
 
