@@ -86,6 +86,9 @@ final class ComputePool: @unchecked Sendable {  // shared state is atomics and t
 
     /// Splits 0..<count into at most `maxParts` contiguous ranges of equal size (a multiple of
     /// `granularity`; the last range may be shorter) and runs `body(part, range)` for each, as `run(parts:)`.
+    /// Not inlined: inlined into `Kernels.slicedGemm`, Swift 6.3's -O pipeline crashes (an ownership
+    /// verifier failure in CopyPropagation); one call per kernel costs nothing measurable.
+    @inline(never)
     func run(count: Int, maxParts: Int, granularity: Int = 1, _ body: @escaping (_ part: Int, _ range: Range<Int>) -> Void) {
         guard count > 0 else { return }
         let parts = max(1, min(count, maxParts))
