@@ -73,7 +73,7 @@ let package = Package(
         ),
         .target(
             name: "EpisodeLog",
-            dependencies: ["PromptR1", "TrafficLog", .product(name: "Crypto", package: "swift-crypto")]
+            dependencies: ["PromptR1", "TrafficLog", "OpenAIWire", .product(name: "Crypto", package: "swift-crypto")]
         ),
         .target(
             name: "GatewayServer",

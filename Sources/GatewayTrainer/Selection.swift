@@ -53,6 +53,8 @@ public struct Selection: Sendable {
     public var skipped: [(id: String, reason: String)]
     public var groups: Int
     public var loneEpisodes: Int
+    /// Episodes skipped because the gateway redacted them (`log.redact_bodies`): not trainable.
+    public var redacted: Int { skipped.filter { $0.reason == EpisodeSelector.redactedReason }.count }
 
     public var meanReward: Double {
         episodes.isEmpty ? 0 : episodes.reduce(0) { $0 + $1.reward.reward } / Double(episodes.count)
@@ -60,6 +62,8 @@ public struct Selection: Sendable {
 }
 
 public enum EpisodeSelector {
+    public static let redactedReason = "redacted (not trainable)"
+
     /// The reward source of an episode from its feedback rows: all "reference" values (answer F1
     /// against the best of them), else the most recent "score".
     public static func rewardSource(_ feedback: [FeedbackRecord]) -> RewardSource? {
@@ -79,6 +83,7 @@ public enum EpisodeSelector {
         var scored: [ScoredEpisode] = []
         var skipped: [(String, String)] = []
         for r in records {
+            guard r.trainable else { skipped.append((r.id, redactedReason)); continue }
             guard let source = rewardSource(feedback[r.id] ?? []) else {
                 skipped.append((r.id, "no usable reward source")); continue
             }

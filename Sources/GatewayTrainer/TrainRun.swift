@@ -125,7 +125,7 @@ public enum TrainJob {
             }
         })
         guard !selection.episodes.isEmpty else { throw TrainerError.nothingToTrain }
-        log("selected \(selection.episodes.count) episodes (\(selection.groups) groups, \(selection.loneEpisodes) lone, \(selection.skipped.count) skipped), mean reward \(Table.num(selection.meanReward))")
+        log("selected \(selection.episodes.count) episodes (\(selection.groups) groups, \(selection.loneEpisodes) lone, \(selection.skipped.count) skipped, \(selection.redacted) of them redacted), mean reward \(Table.num(selection.meanReward))")
         let mode: TrainingMode = c.lora.map { .lora($0) } ?? .full
         let model = try TrainableModel(directory: c.base, mode: mode, seed: c.hyper.seed)
         model.activationBudgetBytes = c.activationBudgetBytes
