@@ -9,15 +9,24 @@ import GRDB
 /// - Booleans are INTEGER 0/1.
 /// - Migrations are append-only: never edit a shipped migration, add "v2", "v3", ...
 enum TrafficSchema {
-    static let migrationNames = ["v1"]
+    static let migrationNames = ["v1", "v2"]
 
     static func migrator() -> DatabaseMigrator {
         var migrator = DatabaseMigrator()
         migrator.registerMigration("v1") { db in
             try db.execute(sql: v1)
         }
+        migrator.registerMigration("v2") { db in
+            try db.execute(sql: v2)
+        }
         return migrator
     }
+
+    /// v2: episodes whose texts and token ids were redacted (`log.redact_bodies`) are marked
+    /// not trainable; the trainer skips them and counts them.
+    static let v2 = """
+    ALTER TABLE episodes ADD COLUMN trainable INTEGER NOT NULL DEFAULT 1;
+    """
 
     static let v1 = """
     CREATE TABLE episodes (
