@@ -9,14 +9,14 @@ import GRDB
 /// - Booleans are INTEGER 0/1.
 /// - Migrations are append-only: never edit a shipped migration, add "v2", "v3", ...
 enum TrafficSchema {
-    static let migrationNames = ["v1", "v2"]
+    static let migrationNames = ["v1", "v3_trainable"]
 
     static func migrator() -> DatabaseMigrator {
         var migrator = DatabaseMigrator()
         migrator.registerMigration("v1") { db in
             try db.execute(sql: v1)
         }
-        migrator.registerMigration("v2") { db in
+        migrator.registerMigration("v3_trainable") { db in
             try db.execute(sql: v2)
         }
         return migrator
