@@ -102,7 +102,7 @@ public enum Exporter {
             defer { progress(n + 1, records.count) }
             guard let seq = try? TrainingSequence(record: r) else { skipped += 1; continue }
             let fb = feedback[r.id] ?? []
-            let source = EpisodeSelector.rewardSource(fb)
+            let source = rewardSource(of: fb)
             let text = tokenizer.decode(seq.tokens)
             let fmt = seq.formatScore ?? PromptR1Reward.formatScore(text.hasSuffix(PromptR1Tag.imEnd) ? text : text + PromptR1Tag.imEnd)
             let reward = source.map { TrainingReward.compute(format: fmt, answer: seq.answer, source: $0) }
