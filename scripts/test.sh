@@ -4,6 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
+scripts/install-test-deps.sh   # chromium + selenium, opentelemetry-proto (console and tracing tests)
 python3 -c "import openai, prometheus_client, jsonschema" 2>/dev/null || python3 -m pip install -q --disable-pip-version-check openai prometheus-client jsonschema
 swift build --build-tests
 swift test --skip-build "$@"
