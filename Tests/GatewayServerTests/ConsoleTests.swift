@@ -169,7 +169,7 @@ final class ConsoleTests: XCTestCase {
         let (status, _, _) = try await OpenAISDKTests.run(py, ["-c", "import selenium"])
         let driver = FileManager.default.isExecutableFile(atPath: "/usr/bin/chromedriver")
         if status != 0 || !driver {
-            let what = "selenium and Debian's chromium + chromium-driver (scripts/install-test-deps.sh)"
+            let what = "selenium and Debian's chromium + chromium-driver (scripts/test-requirements.txt, scripts/install-deps.sh --tests)"
             if ProcessInfo.processInfo.environment["CI"] != nil { XCTFail("not installed: \(what)") }
             throw XCTSkip("not installed: \(what)")
         }

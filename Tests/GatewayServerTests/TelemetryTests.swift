@@ -59,7 +59,7 @@ final class TelemetryTests: XCTestCase {
         let py = try XCTUnwrap(OpenAISDKTests.python())
         let (status, _, _) = try await OpenAISDKTests.run(py, ["-c", "import opentelemetry.proto"])
         if status != 0 {
-            if ProcessInfo.processInfo.environment["CI"] != nil { XCTFail("opentelemetry-proto is not installed (scripts/install-test-deps.sh)") }
+            if ProcessInfo.processInfo.environment["CI"] != nil { XCTFail("opentelemetry-proto is not installed (scripts/test-requirements.txt, scripts/install-deps.sh --tests)") }
             throw XCTSkip("opentelemetry-proto not installed")
         }
         let r = try Receiver()
