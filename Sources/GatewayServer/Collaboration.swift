@@ -93,7 +93,7 @@ struct CollaborationRoute: Sendable {
             var record = episode
             if i > 0 { record.id = UUIDv7.generate() }
             runs.append(EpisodeRun(index: i, record: record, adapter: adapter,
-                                   loop: CollaborationLoop(options: opts, upstream: adapter, makeSession: factory)))
+                                   loop: CollaborationLoop(options: opts, upstream: TracedUpstream(adapter: adapter), makeSession: factory)))
         }
         let trace: Bool
         switch config.policy.trace {
@@ -115,6 +115,8 @@ struct EpisodeRun: Sendable {
     var record: EpisodeRecord
     var adapter: UpstreamAdapter
     var loop: CollaborationLoop
+    /// Times of the policy turns (the log's per-turn latency, the trace's policy spans).
+    let turnClock = PolicyTurnClock()
 }
 
 /// A collaboration request in flight.
@@ -259,6 +261,8 @@ struct Collaboration: Sendable {
         record.formatScore = PromptR1Reward.formatScore(e.rewardText)
         let rows = state.turnRows(e)
         record.turns = rows.turns
+        run.turnClock.fill(&record.turns)
+        if run.index == 0 { RequestTrace.current?.notePolicyTurns(run.turnClock.all) }
         record.trainable = !state.config.log.redactBodies
         record.upstreamMs = rows.upstreamMs + extraUpstreamMs
         Replies.finishTiming(&record, context: context)
@@ -295,9 +299,11 @@ struct Collaboration: Sendable {
                 for run in runs {
                     group.addTask {
                         let i = run.index
-                        var handler: (@Sendable (CollaborationEvent) -> Void)?
-                        if let onEvent { handler = { @Sendable event in onEvent(i, event) } }
-                        let e = await run.loop.run(question: question, onEvent: handler)
+                        let clock = run.turnClock
+                        let e = await run.loop.run(question: question, onEvent: { @Sendable event in
+                            clock.observe(event)
+                            onEvent?(i, event)
+                        })
                         return (i, e)
                     }
                 }

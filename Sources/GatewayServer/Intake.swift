@@ -34,6 +34,8 @@ struct Incoming: Sendable {
     /// The client headers of the configured allow-list (`upstream.forward_headers`), sent with
     /// every upstream request this request causes, in either mode.
     var forwardedHeaders: [(String, String)]
+    /// The client's W3C trace context (`traceparent`, `tracestate`), sent on when tracing is off.
+    var traceContext: [(String, String)] = []
     /// The client's content type and accept, for a passthrough forward of its body.
     var contentType: String
     var accept: String
@@ -133,6 +135,7 @@ struct Intake: Sendable {
                                     forwardedAuthorization: forwardedAuthorization(request, config),
                                     traceRequested: ["1", "true", "on"].contains(request.headers[.gatewayTrace]?.lowercased() ?? ""),
                                     episode: episode)
+            incoming.traceContext = TraceHeaders.client(request)
             if mode == .collaborate, let problem = CollaborationSupport.unsupported(incoming) {
                 switch config.policy.unsupportedRequest {
                 case .error:

@@ -23,8 +23,10 @@ struct Passthrough: Sendable {
         let upstreamStart = clock.now
         let response: UpstreamResponse
         do {
+            var headers = incoming.upstreamHTTPHeaders
+            TraceHeaders.add(to: &headers, clientContext: incoming.traceContext)
             response = try await state.upstream.send(method: .POST, path: incoming.endpoint.rawValue,
-                                                     headers: incoming.upstreamHTTPHeaders, body: ByteBuffer(bytes: incoming.upstreamBody),
+                                                     headers: headers, body: ByteBuffer(bytes: incoming.upstreamBody),
                                                      forwardedAuthorization: incoming.forwardedAuthorization)
         } catch {
             episode.upstreamMs = upstreamBefore + clock.now.ms(since: upstreamStart)
@@ -286,6 +288,7 @@ struct Passthrough: Sendable {
         h.add(name: "content-type", value: request.headers[.contentType] ?? "application/json")
         h.add(name: "accept", value: request.headers[.accept] ?? "*/*")
         for (k, v) in Intake.forwardedHeaders(request, config) { h.add(name: k, value: v) }
+        TraceHeaders.add(to: &h, from: request)
         return h
     }
 

@@ -286,7 +286,7 @@ final class TrafficDatabaseTests: XCTestCase {
             let db = try TrafficDatabase(path: path)
             try db.insert(episodes: [e])
             try db.insertFeedback(FeedbackRecord(episodeID: e.id, kind: "label", value: "x"))
-            XCTAssertEqual(try db.appliedMigrations(), ["v1", "v3_trainable"])
+            XCTAssertEqual(try db.appliedMigrations(), TrafficSchema.migrationNames)
             try db.checkpoint()
             try db.close()
         }
