@@ -1,3 +1,4 @@
+import EpisodeLog
 import Foundation
 import HTTPTypes
 import Hummingbird
