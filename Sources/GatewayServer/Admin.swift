@@ -140,7 +140,7 @@ struct AdminRoutes: Sendable {
             // Seconds of file reading and hashing: on the blocking-I/O pool, never on an event loop.
             let weights = state.config.policy.weights, prefixCacheMB = state.config.policy.prefixCacheMB
             loaded = try await NIOThreadPool.singleton.runIfActive {
-                try LoadedPolicy.load(path: path, weights: weights, prefixCacheMB: prefixCacheMB)
+                try LoadedPolicy.load(path: path, weights: weights, prefixCacheMB: prefixCacheMB, prefillInBackground: true)
             }
         } catch {
             throw GatewayError(status: 422, message: "The checkpoint could not be loaded; the serving version is unchanged: \(error)",

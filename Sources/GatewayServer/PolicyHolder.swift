@@ -47,7 +47,8 @@ public final class LoadedPolicy: Sendable {
     /// Loads a checkpoint folder, checks it can speak the protocol, runs a smoke forward pass,
     /// pre-fills the protocol's fixed prefix into the prefix cache, and hashes its weights.
     public static func load(path: String, weights: WeightFormat = .f32,
-                            prefixCacheMB: Int = EnginePolicy.defaultPrefixCacheBytes >> 20) throws -> LoadedPolicy {
+                            prefixCacheMB: Int = EnginePolicy.defaultPrefixCacheBytes >> 20,
+                            prefillInBackground: Bool = false) throws -> LoadedPolicy {
         var isDir: ObjCBool = false
         guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir), isDir.boolValue else {
             throw LoadError.notADirectory(path)
@@ -60,7 +61,12 @@ public final class LoadedPolicy: Sendable {
             policy.shutdown()
             throw LoadError.nonFiniteLogits(path)
         }
-        try policy.prefillProtocolPrefix()
+        if prefillInBackground {
+            // Off a swap's critical path: episodes that start before it is cached compute it themselves.
+            Thread { _ = try? policy.prefillProtocolPrefix() }.start()
+        } else {
+            try policy.prefillProtocolPrefix()
+        }
         return LoadedPolicy(policy: policy, sha256: try CheckpointHash.weightsSHA256(directory: url), path: path)
     }
 
