@@ -5,6 +5,7 @@
 // Written against `PolicyGradientModel` / `PolicyOptimizer` so the whole loop is tested with a
 // small exact model in the tests; `TrainableModelAdapter.swift` binds them to PolicyEngine.
 
+import EpisodeLog
 import Foundation
 import PolicyEngine
 
@@ -88,10 +89,13 @@ public struct TrainingResult: Sendable {
 public enum TrainerError: Error, CustomStringConvertible {
     case nothingToTrain
     case resumeMismatch(String)
+    /// Every advantage is 0: training would change nothing (the reason says why).
+    case noSignal(String)
     public var description: String {
         switch self {
         case .nothingToTrain: return "no usable episodes: nothing to train on"
         case .resumeMismatch(let m): return "cannot resume: \(m)"
+        case .noSignal(let why): return "nothing to learn from: \(why) (--allow-no-signal trains anyway)"
         }
     }
 }

@@ -182,6 +182,7 @@ struct TrainRLCommand: AsyncParsableCommand {
     @Option(name: .customLong("save-every"), help: "Save resumable state every N steps (0: at the end only).") var saveEvery: Int = 0
     @Option(name: .customLong("state-dir"), help: "Resumable state folder (default <out>.train-state).") var stateDir: String?
     @Flag(help: "Continue from the saved state.") var resume = false
+    @Flag(name: .customLong("allow-no-signal"), help: "Train even when every episode's advantage is 0 (identical rewards in every group); without it that is an error, since training would change nothing.") var allowNoSignal = false
     @Option(name: .customLong("activation-budget-mb"), help: "MB of MLP activations kept per sequence so backward does not recompute them (faster; 0: recompute everything, least memory).") var activationBudgetMB: Int = 1024
     @Option(help: "PPO denominator: 'logged' (the behaviour log-probs in the log) or 'base' (recomputed with the weights the run starts from: --base, or the resumed state; use it for traffic sampled at a temperature other than 1 or with top-k/top-p).") var behaviour: String = "logged"
     @OptionGroup var filters: FilterOptions
@@ -210,6 +211,7 @@ struct TrainRLCommand: AsyncParsableCommand {
         c.activationBudgetBytes = max(0, activationBudgetMB) << 20
         c.filter = try filters.filter()
         c.resume = resume
+        c.allowNoSignal = allowNoSignal
         c.stateDirectory = stateDir.map { URL(fileURLWithPath: $0) }
         let database = try TrafficDatabase(path: db)
         let tokenizer = try Tokenizer(directory: baseURL)
@@ -223,6 +225,7 @@ struct TrainRLCommand: AsyncParsableCommand {
         let m = result.manifest
         print(Table.render(["train", "value"], [
             ["episodes", "\(m.episode_count) (\(m.groups) groups, \(m.lone_episodes) lone, \(result.selection.skipped.count) skipped)"],
+            ["advantage 0", "\(result.selection.zeroAdvantageGroups) of \(m.groups) groups, \(result.selection.zeroAdvantageLone) of \(m.lone_episodes) lone episodes"],
             ["policy tokens", "\(m.policy_tokens)"], ["mean reward", Table.num(m.mean_reward)], ["mean format", Table.num(m.mean_format)],
             ["mode", m.hyperparameters.mode + (c.lora.map { " r=\($0.rank) alpha=\($0.alpha) \($0.targetModules.joined(separator: ","))" } ?? "")],
             ["trainable parameters", "\(m.trainable_parameters)"], ["steps", "\(m.steps)\(m.resumed ? " (resumed)" : "")"],
@@ -291,33 +294,50 @@ struct EvalCommand: AsyncParsableCommand {
     }
 }
 
+extension ExportFormat: ExpressibleByArgument {}
+
 struct ExportCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "export",
-        abstract: "Logged collaboration episodes as JSON lines for verl / TRL (chat messages, masks, rewards).",
-        discussion: "Fields: see README, section Training. The tokenizer (for the exact text of the token ids) comes from --tokenizer.")
+        abstract: "Logged collaboration episodes as JSON lines for TRL / verl, and the chat template the policy saw.",
+        discussion: """
+        --format jsonl: the superset (chat views, exact ids + loss_mask + behaviour log-probs, rewards). trl-sft: \
+        input_ids + assistant_masks for TRL's SFTTrainer (pre-tokenised, the policy's own tokens). verl-sft: messages \
+        for verl's MultiTurnSFTDataset. verl-rl: prompt, reward_model, extra_info for verl's RLHFDataset and TRL's \
+        GRPOTrainer. Every row has every key of its format (null where unknown): docs/export-row.schema.json. \
+        The chat template goes beside the output (<out minus extension>.chat_template.jinja). See docs/export.md.
+        """)
 
     @Option(help: "SQLite traffic log.") var db: String = "traffic.sqlite"
-    @Option(help: "Output format (jsonl).") var format: String = "jsonl"
+    @Option(help: "Output format.") var format: ExportFormat = .jsonl
     @Option(help: "Output file.") var out: String
     @Option(help: "Checkpoint folder whose tokenizer decodes the logged ids (the policy that produced them).") var tokenizer: String
     @Flag(name: .customLong("require-reward"), help: "Only episodes with a reward source.") var requireReward = false
+    @Option(name: .customLong("min-reward"), help: "Only episodes whose protocol reward is at least this (leaves out episodes without a reward).") var minReward: Double?
     @Option(name: .customLong("data-source"), help: "Value of the data_source field.") var dataSource: String = "prompt-r1-gateway"
     @OptionGroup var filters: FilterOptions
 
     func validate() throws {
-        if format != "jsonl" { throw ValidationError("--format: only jsonl is supported") }
+        if let minReward, !minReward.isFinite { throw ValidationError("--min-reward must be a finite number") }
     }
 
     func run() async throws {
         let database = try TrafficDatabase(path: db)
         let tok = try Tokenizer(directory: URL(fileURLWithPath: tokenizer))
         let holder = BarHolder(label: "export")
-        let s = try Exporter.export(database: database, filter: try filters.filter(), requireReward: requireReward, tokenizer: tok,
-                                    to: URL(fileURLWithPath: out), dataSource: dataSource) { done, total in
+        let options = ExportOptions(format: format, filter: try filters.filter(), requireReward: requireReward,
+                                    minReward: minReward, dataSource: dataSource)
+        let s = try Exporter.export(database: database, options: options, tokenizer: tok, to: URL(fileURLWithPath: out)) { done, total in
             holder.update(done: done, total: total)
         }
-        print(Table.render(["export", "value"], [["episodes written", "\(s.written)"], ["with a reward", "\(s.withReward)"],
-                                                 ["skipped (no token ids)", "\(s.skipped)"], ["output", out]]), terminator: "")
+        var rows = [["format", format.rawValue], ["episodes written", "\(s.written)"], ["with a reward", "\(s.withReward)"],
+                    ["without ground truth", "\(s.withoutGroundTruth)"], ["policy tokens (sum of loss_mask)", "\(s.policyTokens)"],
+                    ["skipped (no token ids)", "\(s.skipped)"]]
+        if minReward != nil { rows.append(["skipped (below --min-reward)", "\(s.belowMinReward)"]) }
+        if options.format == .verlSFT || options.format == .verlRL {
+            rows.append(["skipped (text does not re-tokenise to the logged ids)", "\(s.notRerenderable)"])
+        }
+        rows += [["output", out], ["chat template", s.chatTemplate.path]]
+        print(Table.render(["export", "value"], rows), terminator: "")
     }
 }
