@@ -50,7 +50,7 @@ public final class Gateway: Sendable {
         let database = try TrafficDatabase(path: config.log.path)
         var initialPolicy: LoadedPolicy?
         if let path = config.policy.path {
-            let loaded = try LoadedPolicy.load(path: path, weights: config.policy.weights)
+            let loaded = try LoadedPolicy.load(path: path, weights: config.policy.weights, prefixCacheMB: config.policy.prefixCacheMB)
             try database.insertPolicyVersion(loaded.record)
             initialPolicy = loaded
             logger.notice("policy loaded", metadata: ["path": "\(path)", "version": "\(loaded.version)",
@@ -75,6 +75,7 @@ public final class Gateway: Sendable {
                                logger: logger, linger: linger)
         let state = GatewayState(config: config, auth: auth, upstream: upstream, database: database, writer: writer, logger: logger)
         self.state = state
+        initialPolicy?.policy.scheduler.onPrefill = state.metrics.policyPrefill
 
         let router = Router(context: GatewayContext.self)
         router.add(middleware: GatewayMiddleware(state: state))
