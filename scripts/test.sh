@@ -6,4 +6,5 @@ cd "$(dirname "$0")/.."
 scripts/install-deps.sh
 python3 -c "import openai, prometheus_client, jsonschema" 2>/dev/null || python3 -m pip install -q --disable-pip-version-check openai prometheus-client jsonschema
 swift build --build-tests
-swift test --skip-build "$@"
+# The PostgreSQL tests (shared traffic log, replicas) need a server: with-postgres.sh runs one.
+scripts/with-postgres.sh swift test --skip-build "$@"

@@ -14,7 +14,8 @@ public final class GatewayState: @unchecked Sendable {
     private var _config: GatewayConfig
     private var _auth: ClientAuth
     public let upstream: UpstreamClient
-    public let database: TrafficDatabase
+    /// The traffic log (SQLite or PostgreSQL), for everything but the writer's batches.
+    public let database: any LogBackend
     public let writer: LogWriter
     public let logger: Logger
     public let metrics = GatewayMetrics()
@@ -29,7 +30,7 @@ public final class GatewayState: @unchecked Sendable {
     }
     let scanner = JSONScanner(maxDepth: 64)
 
-    public init(config: GatewayConfig, auth: ClientAuth, upstream: UpstreamClient, database: TrafficDatabase,
+    public init(config: GatewayConfig, auth: ClientAuth, upstream: UpstreamClient, database: any LogBackend,
                 writer: LogWriter, logger: Logger) {
         _config = config
         _auth = auth
@@ -53,6 +54,9 @@ public final class GatewayState: @unchecked Sendable {
             c.server = _config.server
             c.upstream = _config.upstream
             c.log.path = _config.log.path
+            c.log.backend = _config.log.backend
+            c.log.postgresURLEnv = _config.log.postgresURLEnv
+            c.log.postgresURL = _config.log.postgresURL
             c.admin = _config.admin
             c.policy.path = _config.policy.path
             _config = c

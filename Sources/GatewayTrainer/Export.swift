@@ -85,7 +85,7 @@ public struct ExportSummary: Sendable {
 public enum Exporter {
     /// Writes one JSON line per usable collaboration episode matching `filter` (its
     /// `hasRewardSource` requirement applies only when `requireReward`).
-    public static func export(database: TrafficDatabase, filter: EpisodeFilter, requireReward: Bool,
+    public static func export(database: any LogStore, filter: EpisodeFilter, requireReward: Bool,
                               tokenizer: Tokenizer, to url: URL, dataSource: String = "prompt-r1-gateway",
                               progress: (Int, Int) -> Void = { _, _ in }) throws -> ExportSummary {
         var query = filter.query
