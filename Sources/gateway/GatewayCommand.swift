@@ -72,7 +72,6 @@ struct ConfigOptions: ParsableArguments {
             }
             c.upstream.baseURL = upstreamURL
         }
-<<<<<<< HEAD
         if let logDB {
             switch LogLocation(logDB) {
             case .sqlite(let path):
@@ -83,14 +82,10 @@ struct ConfigOptions: ParsableArguments {
                 c.log.postgresURL = url
             }
         }
-        if let policy { c.policyPath = policy }
-=======
-        if let logDB { c.log.path = logDB }
         if let policy = policy ?? ProcessInfo.processInfo.environment["GATEWAY_POLICY"].flatMap({ $0.isEmpty ? nil : $0 }) {
             c.policyPath = policy
         }
         if let adminHost { c.admin.host = adminHost }
->>>>>>> main
         if let adminPort {
             guard (0...65535).contains(adminPort) else { throw ValidationError("--admin-port must be between 0 and 65535") }
             c.admin.port = adminPort
@@ -125,11 +120,7 @@ struct Serve: AsyncParsableCommand {
             logger.notice("gateway listening", metadata: [
                 "address": "\(config.server.host):\(port)", "admin": "\(config.admin.host):\(adminPort)",
                 "upstream": "\(config.upstream.baseURL)",
-<<<<<<< HEAD
-                "log": "\(gateway.state.database.location)", "version": "\(GatewayVersion.string)",
-=======
-                "log": "\(config.log.path)", "data_dir": "\(options.dataDirectory)", "version": "\(GatewayVersion.string)",
->>>>>>> main
+                "log": "\(gateway.state.database.location)", "data_dir": "\(options.dataDirectory)", "version": "\(GatewayVersion.string)",
             ])
         }
         try await gateway.run()
