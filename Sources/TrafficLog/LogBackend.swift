@@ -162,7 +162,7 @@ public struct EpisodeListQuery: Sendable, Equatable {
 }
 
 /// One line of an episode listing: the episode without its bodies and turns.
-public struct EpisodeSummary: Sendable, Equatable {
+public struct EpisodeListItem: Sendable, Equatable {
     public var id: String
     public var createdAt: Date
     public var route: String
@@ -198,11 +198,11 @@ public struct EpisodeSummary: Sendable, Equatable {
     }
 }
 
-/// A page of `EpisodeSummary`; `next` is nil on the last page.
+/// A page of `EpisodeListItem`; `next` is nil on the last page.
 public struct EpisodePage: Sendable, Equatable {
-    public var items: [EpisodeSummary]
+    public var items: [EpisodeListItem]
     public var next: EpisodeCursor?
-    public init(items: [EpisodeSummary], next: EpisodeCursor?) {
+    public init(items: [EpisodeListItem], next: EpisodeCursor?) {
         self.items = items
         self.next = next
     }

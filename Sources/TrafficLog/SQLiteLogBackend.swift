@@ -41,7 +41,7 @@ extension TrafficDatabase {
         let finalArgs = StatementArguments(args)
         let rows = try writer.read { db in try Row.fetchAll(db, sql: sql, arguments: finalArgs) }
         var items = rows.prefix(query.limit).map { r in
-            EpisodeSummary(id: r[0], createdAt: TrafficTime.date(r[1]), route: r[2], mode: r[3], keyID: r[4],
+            EpisodeListItem(id: r[0], createdAt: TrafficTime.date(r[1]), route: r[2], mode: r[3], keyID: r[4],
                            requestedModel: r[5], upstreamModel: r[6], policyVersion: r[7], stream: r[8],
                            status: r[9], outcome: r[10], totalMs: r[11], turnCount: r[12], feedbackCount: r[13])
         }

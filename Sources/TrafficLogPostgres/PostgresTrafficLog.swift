@@ -616,9 +616,9 @@ public final class PostgresLogBackend: LogBackend {
               (SELECT COUNT(*) FROM feedback f WHERE f.episode_id = e.id)
             FROM episodes e\(whereSQL) ORDER BY e.created_at DESC, e.id DESC LIMIT \(limit)
             """, b)
-        let items = try rows.prefix(q.limit).map { row -> EpisodeSummary in
+        let items = try rows.prefix(q.limit).map { row -> EpisodeListItem in
             let r = row.makeRandomAccess()
-            return EpisodeSummary(
+            return EpisodeListItem(
                 id: try r[0].decode(String.self), createdAt: TrafficTime.date(try r[1].decode(Double.self)),
                 route: try r[2].decode(String.self), mode: try r[3].decode(String.self), keyID: try r[4].decode(String?.self),
                 requestedModel: try r[5].decode(String?.self), upstreamModel: try r[6].decode(String?.self),

@@ -80,7 +80,7 @@ final class PostgresBackendTests: XCTestCase {
         // The console's listing: newest first, keyset pages, same on both.
         for filter in [EpisodeListQuery(limit: 6), EpisodeListQuery(mode: "collaborate", hasFeedback: true, limit: 4),
                        EpisodeListQuery(policyVersion: "v-b", status: 200, outcome: "ok", keyID: "key-1", limit: 5)] {
-            var pagesPG: [EpisodeSummary] = [], pagesSQLite: [EpisodeSummary] = []
+            var pagesPG: [EpisodeListItem] = [], pagesSQLite: [EpisodeListItem] = []
             var q = filter
             while true {
                 let page = try await pg.listEpisodes(q)
