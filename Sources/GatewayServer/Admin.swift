@@ -158,8 +158,10 @@ struct AdminRoutes: Sendable {
         let loaded: LoadedPolicy
         do {
             // Seconds of file reading and hashing: on the blocking-I/O pool, never on an event loop.
-            let weights = state.config.policy.weights
-            loaded = try await NIOThreadPool.singleton.runIfActive { try LoadedPolicy.load(path: path, weights: weights) }
+            let weights = state.config.policy.weights, prefixCacheMB = state.config.policy.prefixCacheMB
+            loaded = try await NIOThreadPool.singleton.runIfActive {
+                try LoadedPolicy.load(path: path, weights: weights, prefixCacheMB: prefixCacheMB, prefillInBackground: true)
+            }
         } catch {
             throw GatewayError(status: 422, message: "The checkpoint could not be loaded; the serving version is unchanged: \(error)",
                                type: "invalid_request_error", param: "path", code: "invalid_checkpoint")
@@ -172,6 +174,7 @@ struct AdminRoutes: Sendable {
             throw GatewayError(status: 503, message: "The traffic log could not record the new version; the serving version is unchanged: \(error)",
                                type: "server_error", code: "log_unavailable")
         }
+        loaded.policy.scheduler.onPrefill = state.metrics.policyPrefill
         let old = holder.set(loaded)
         if let rollbackOf { holder.removeFromHistory(id: rollbackOf) }
         state.metrics.swapped()

@@ -53,7 +53,7 @@ public final class Gateway: Sendable {
         let database = try Self.openLog(config.log, environment: environment, logger: logger)
         var initialPolicy: LoadedPolicy?
         if let path = config.policy.path {
-            let loaded = try LoadedPolicy.load(path: path, weights: config.policy.weights)
+            let loaded = try LoadedPolicy.load(path: path, weights: config.policy.weights, prefixCacheMB: config.policy.prefixCacheMB)
             // SQLite registers it now; on PostgreSQL (maybe not reachable yet) the policy sync
             // service does, as it starts.
             if let sqlite = database as? SQLiteLogBackend { try sqlite.database.insertPolicyVersion(loaded.record) }
@@ -82,6 +82,7 @@ public final class Gateway: Sendable {
                                logger: logger, maxRetryDelay: 1, linger: linger)
         let state = GatewayState(config: config, auth: auth, upstream: upstream, database: database, writer: writer, logger: logger)
         self.state = state
+        initialPolicy?.policy.scheduler.onPrefill = state.metrics.policyPrefill
 
         let router = Router(context: GatewayContext.self)
         router.add(middleware: GatewayMiddleware(state: state))

@@ -196,6 +196,8 @@ public struct GatewayConfig: Sendable, Equatable {
         /// quantised to 8 bits at load (about 2.8x faster single-sequence decode, a quarter of the memory,
         /// slightly different numbers).
         public var weights: WeightFormat = .f32
+        /// Bound of the policy's prefix cache (keys and values of shared prompt starts), in MB; 0: off.
+        public var prefixCacheMB = 256
         public init() {}
     }
 
@@ -323,6 +325,7 @@ public struct GatewayConfig: Sendable, Equatable {
         c.policy.trace = try p.oneOf("trace", ["off", "on", "on_request"], default: c.policy.trace)
         c.policy.keepaliveSeconds = try p.double("keepalive_seconds", default: c.policy.keepaliveSeconds, range: 0.1...3600)
         c.policy.weights = try p.oneOf("weights", default: c.policy.weights)
+        c.policy.prefixCacheMB = try p.int("prefix_cache_mb", default: c.policy.prefixCacheMB, range: 0...1_048_576)
         try p.finish()
 
         var t = try root.object("telemetry")
