@@ -12,30 +12,10 @@ import XCTest
 /// PostgreSQL and in SQLite give the same selection, the same export and, for the same seed,
 /// the same weights.
 final class TrainFromPostgresTests: XCTestCase {
-    struct Run { var status: Int32; var out: String; var err: String }
+    typealias Run = TrainCLITests.Run
 
-    /// The built `gateway-train`, its stderr in a file so a full pipe never blocks it.
-    func run(_ args: [String]) throws -> Run {
-        let p = Process()
-        p.executableURL = try CLITests.executable()
-        p.arguments = args
-        var env = ProcessInfo.processInfo.environment
-        env["TEST_UPSTREAM_KEY"] = "sk-test-secret-123"
-        p.environment = env
-        let errURL = FileManager.default.temporaryDirectory.appendingPathComponent("gateway-train-err-\(UUID().uuidString)")
-        _ = FileManager.default.createFile(atPath: errURL.path, contents: nil)
-        defer { try? FileManager.default.removeItem(at: errURL) }
-        let out = Pipe()
-        let errHandle = try FileHandle(forWritingTo: errURL)
-        p.standardOutput = out
-        p.standardError = errHandle
-        try p.run()
-        let outData = out.fileHandleForReading.readDataToEndOfFile()
-        p.waitUntilExit()
-        try errHandle.close()
-        return Run(status: p.terminationStatus, out: String(decoding: outData, as: UTF8.self),
-                   err: String(decoding: try Data(contentsOf: errURL), as: UTF8.self))
-    }
+    /// The built `gateway-train`, as TrainCLITests runs it.
+    func run(_ args: [String]) throws -> Run { try TrainCLITests.runTrainer(args) }
 
     func testSameSeedTrainsIdenticalWeightsFromSQLiteAndPostgres() async throws {
         guard let admin = ProcessInfo.processInfo.environment["GATEWAY_TEST_POSTGRES_URL"], !admin.isEmpty else {
