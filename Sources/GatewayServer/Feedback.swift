@@ -69,14 +69,12 @@ struct FeedbackRoute: Sendable {
         let id: Int64
         do {
             let database = state.database
-            id = try await NIOThreadPool.singleton.runIfActive { () throws -> Int64 in
-                if case .some(let key) = scopedTo {
-                    guard let owner = try database.episode(id: record.episodeID), owner.keyID == key, key != nil else {
-                        throw TrafficLogError.unknownEpisode(id: record.episodeID)
-                    }
+            if case .some(let key) = scopedTo {
+                guard let owner = try await database.episode(id: record.episodeID), owner.keyID == key, key != nil else {
+                    throw TrafficLogError.unknownEpisode(id: record.episodeID)
                 }
-                return try database.insertFeedback(record)
             }
+            id = try await database.insertFeedback(record)
         } catch TrafficLogError.unknownEpisode {
             throw notFound
         }

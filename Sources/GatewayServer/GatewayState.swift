@@ -16,14 +16,22 @@ public final class GatewayState: @unchecked Sendable {
     private var _config: GatewayConfig
     private var _auth: ClientAuth
     public let upstream: UpstreamClient
-    public let database: TrafficDatabase
+    /// The traffic log (SQLite or PostgreSQL), for everything but the writer's batches.
+    public let database: any LogBackend
     public let writer: LogWriter
+    /// The SQLite database the web console reads. The console's read model is not on the
+    /// PostgreSQL backend yet: with `log.backend: postgres` it reads an empty in-memory log.
+    var consoleDatabase: TrafficDatabase {
+        if let sqlite = database as? SQLiteLogBackend { return sqlite.database }
+        return Self.emptyConsoleDatabase
+    }
+    private static let emptyConsoleDatabase: TrafficDatabase = try! TrafficDatabase.inMemory()
     public let logger: Logger
     public let metrics = GatewayMetrics()
     let limiter: ConcurrencyLimiter
     let scanner = JSONScanner(maxDepth: 64)
 
-    public init(config: GatewayConfig, auth: ClientAuth, upstream: UpstreamClient, database: TrafficDatabase,
+    public init(config: GatewayConfig, auth: ClientAuth, upstream: UpstreamClient, database: any LogBackend,
                 writer: LogWriter, logger: Logger) {
         _config = config
         _auth = auth

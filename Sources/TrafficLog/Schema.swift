@@ -9,7 +9,7 @@ import GRDB
 /// - Booleans are INTEGER 0/1.
 /// - Migrations are append-only: never edit a shipped migration, add "v2", "v3", ...
 enum TrafficSchema {
-    static let migrationNames = ["v1", "v2_console", "v3_trainable"]
+    static let migrationNames = ["v1", "v2_console", "v2-policy-events", "v3_trainable"]
 
     static func migrator() -> DatabaseMigrator {
         var migrator = DatabaseMigrator()
@@ -19,15 +19,32 @@ enum TrafficSchema {
         migrator.registerMigration("v2_console") { db in
             try db.execute(sql: ConsoleSchema.v2)
         }
+        migrator.registerMigration("v2-policy-events") { db in
+            try db.execute(sql: v2PolicyEvents)
+        }
         migrator.registerMigration("v3_trainable") { db in
-            try db.execute(sql: v2)
+            try db.execute(sql: v3Trainable)
         }
         return migrator
     }
 
-    /// v2: episodes whose texts and token ids were redacted (`log.redact_bodies`) are marked
+    /// The fleet's serving policy over time (one row per swap or rollback through any replica
+    /// sharing the log; the latest row is the version to serve). The PostgreSQL backend has
+    /// the same table (TrafficLogPostgres/PostgresSchema.swift).
+    static let v2PolicyEvents = """
+    CREATE TABLE policy_events (
+        seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+        version_id  TEXT NOT NULL,
+        path        TEXT NOT NULL,
+        action      TEXT NOT NULL CHECK (action IN ('start', 'swap', 'rollback')),
+        replica     TEXT,
+        created_at  REAL NOT NULL
+    );
+    """
+
+    /// v3: episodes whose texts and token ids were redacted (`log.redact_bodies`) are marked
     /// not trainable; the trainer skips them and counts them.
-    static let v2 = """
+    static let v3Trainable = """
     ALTER TABLE episodes ADD COLUMN trainable INTEGER NOT NULL DEFAULT 1;
     """
 
