@@ -40,20 +40,31 @@ public struct ConsoleFilter: Sendable, Equatable {
 public struct ConsoleCursor: Sendable, Equatable {
     public var createdAt: Double
     public var id: String
+    /// For a text search: the last row's position in the full-text index (results come in the
+    /// order the episodes were logged, newest first, which FTS5 walks without sorting).
+    public var searchRow: Int64?
 
-    public init(createdAt: Double, id: String) {
+    public init(createdAt: Double, id: String, searchRow: Int64? = nil) {
         self.createdAt = createdAt
         self.id = id
+        self.searchRow = searchRow
     }
 
-    /// As it travels in a URL: `<seconds>_<id>`.
-    public var token: String { "\(createdAt)_\(id)" }
+    /// As it travels in a URL: `<seconds>_<id>`, or `s<search row>_<seconds>_<id>`.
+    public var token: String { (searchRow.map { "s\($0)_" } ?? "") + "\(createdAt)_\(id)" }
 
     public init?(token: String) {
-        guard let sep = token.firstIndex(of: "_"), let t = Double(token[..<sep]), t.isFinite else { return nil }
-        let id = String(token[token.index(after: sep)...])
+        var rest = Substring(token)
+        var searchRow: Int64?
+        if rest.hasPrefix("s") {
+            guard let sep = rest.firstIndex(of: "_"), let r = Int64(rest[rest.index(after: rest.startIndex)..<sep]) else { return nil }
+            searchRow = r
+            rest = rest[rest.index(after: sep)...]
+        }
+        guard let sep = rest.firstIndex(of: "_"), let t = Double(rest[..<sep]), t.isFinite else { return nil }
+        let id = String(rest[rest.index(after: sep)...])
         guard !id.isEmpty, id.count <= 64 else { return nil }
-        self.init(createdAt: t, id: id)
+        self.init(createdAt: t, id: id, searchRow: searchRow)
     }
 }
 
@@ -163,25 +174,33 @@ extension TrafficDatabase: ConsoleReadModel {
         if let v = f.outcome { clauses.append("e.outcome = ?"); args.append(v) }
         if let v = f.policyVersion { clauses.append("e.policy_version = ?"); args.append(v) }
         if let v = f.keyID { clauses.append("e.key_id = ?"); args.append(v) }
-        if let v = f.hasFeedback {
-            clauses.append(v ? "e.id IN (SELECT episode_id FROM feedback)" : "NOT EXISTS (SELECT 1 FROM feedback f WHERE f.episode_id = e.id)")
-        }
+        // `feedback_count > 0` is the condition of the partial index episodes_with_feedback.
+        if let v = f.hasFeedback { clauses.append(v ? "e.feedback_count > 0" : "e.feedback_count = 0") }
         return (clauses, args)
     }
 
-    public func consoleEpisodes(_ filter: ConsoleFilter, after: ConsoleCursor?, limit: Int) throws -> ConsolePage {
-        let limit = max(1, min(limit, 500))
+    /// The episode-list query: one page (plus one row, to know whether another follows).
+    static func consoleListSQL(_ filter: ConsoleFilter, after: ConsoleCursor?, limit: Int) -> (String, StatementArguments) {
         var (clauses, args) = Self.consoleWhere(filter)
-        // A text search starts from the FTS matches (CROSS JOIN keeps that order of the loops):
-        // their number is bounded by the collaborations, where a scan of the time index
-        // filtering on a rare word could read the whole log.
+        // A text search walks the FTS matches newest-logged first (FTS5 returns rowids in
+        // descending order without sorting; CROSS JOIN keeps that loop outermost), so a page
+        // reads about a page of matches however common the word. Other lists walk an index on
+        // (created_at, id) backwards.
         var from = "episodes e"
+        var order = "e.created_at DESC, e.id DESC"
+        var searching = false
         if let t = filter.text, let q = Self.ftsQuery(t) {
+            searching = true
             from = "episodes_fts CROSS JOIN episodes e ON e.id = episodes_fts.episode_id"
+            order = "episodes_fts.rowid DESC"
             clauses.insert("episodes_fts MATCH ?", at: 0)
             args.insert(q, at: 0)
+            if let row = after?.searchRow {
+                clauses.append("episodes_fts.rowid < ?")
+                args.append(row)
+            }
         }
-        if let after {
+        if let after, !searching {
             clauses.append("(e.created_at, e.id) < (?, ?)")
             args.append(after.createdAt)
             args.append(after.id)
@@ -189,18 +208,23 @@ extension TrafficDatabase: ConsoleReadModel {
         let whereSQL = clauses.isEmpty ? "" : " WHERE " + clauses.joined(separator: " AND ")
         let sql = """
             SELECT e.id, e.created_at, e.route, e.mode, e.key_id, e.requested_model, e.policy_version, e.status,
-                   e.outcome, substr(e.question, 1, 160), e.total_ms, e.format_score,
-                   (SELECT COUNT(*) FROM feedback f WHERE f.episode_id = e.id)
-            FROM \(from)\(whereSQL) ORDER BY e.created_at DESC, e.id DESC LIMIT ?
+                   e.outcome, substr(e.question, 1, 160), e.total_ms, e.format_score, e.feedback_count,
+                   \(searching ? "episodes_fts.rowid" : "NULL")
+            FROM \(from)\(whereSQL) ORDER BY \(order) LIMIT ?
             """
         args.append(limit + 1)
-        let finalArgs = StatementArguments(args)
+        return (sql, StatementArguments(args))
+    }
+
+    public func consoleEpisodes(_ filter: ConsoleFilter, after: ConsoleCursor?, limit: Int) throws -> ConsolePage {
+        let limit = max(1, min(limit, 500))
+        let (sql, finalArgs) = Self.consoleListSQL(filter, after: after, limit: limit)
         return try writer.read { db in
-            var rows: [(Double, EpisodeSummary)] = []
+            var rows: [(Double, Int64?, EpisodeSummary)] = []
             let cursor = try Row.fetchCursor(db, sql: sql, arguments: finalArgs)
             while let row = try cursor.next() {
                 let t: Double = row[1]
-                rows.append((t, EpisodeSummary(
+                rows.append((t, row[13], EpisodeSummary(
                     id: row[0], createdAt: TrafficTime.date(t), route: row[2], mode: row[3], keyID: row[4],
                     requestedModel: row[5], policyVersion: row[6], status: row[7], outcome: row[8], question: row[9],
                     totalMs: row[10], formatScore: row[11], feedbackCount: row[12])))
@@ -208,9 +232,9 @@ extension TrafficDatabase: ConsoleReadModel {
             var next: ConsoleCursor?
             if rows.count > limit {
                 rows.removeLast()
-                if let last = rows.last { next = ConsoleCursor(createdAt: last.0, id: last.1.id) }
+                if let last = rows.last { next = ConsoleCursor(createdAt: last.0, id: last.2.id, searchRow: last.1) }
             }
-            return ConsolePage(episodes: rows.map { $0.1 }, next: next)
+            return ConsolePage(episodes: rows.map { $0.2 }, next: next)
         }
     }
 
