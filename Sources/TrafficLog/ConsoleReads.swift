@@ -84,12 +84,33 @@ public struct EpisodeSummary: Sendable, Equatable {
     public var totalMs: Double
     public var formatScore: Double?
     public var feedbackCount: Int
+
+    public init(id: String, createdAt: Date, route: String, mode: String, keyID: String?, requestedModel: String?, policyVersion: String?, status: Int, outcome: String?, question: String?, totalMs: Double, formatScore: Double?, feedbackCount: Int) {
+        self.id = id
+        self.createdAt = createdAt
+        self.route = route
+        self.mode = mode
+        self.keyID = keyID
+        self.requestedModel = requestedModel
+        self.policyVersion = policyVersion
+        self.status = status
+        self.outcome = outcome
+        self.question = question
+        self.totalMs = totalMs
+        self.formatScore = formatScore
+        self.feedbackCount = feedbackCount
+    }
 }
 
-public struct ConsolePage: Sendable {
+public struct ConsolePage: Sendable, Equatable {
     public var episodes: [EpisodeSummary]
     /// nil on the last page.
     public var next: ConsoleCursor?
+
+    public init(episodes: [EpisodeSummary], next: ConsoleCursor?) {
+        self.episodes = episodes
+        self.next = next
+    }
 }
 
 /// The Overview page's numbers for one time window.
@@ -99,17 +120,37 @@ public struct ConsoleOverview: Sendable {
         public var requests: Int
         public var errors: Int
         public var collaborations: Int
+
+        public init(start: Date, requests: Int, errors: Int, collaborations: Int) {
+            self.start = start
+            self.requests = requests
+            self.errors = errors
+            self.collaborations = collaborations
+        }
     }
     public struct Percentiles: Sendable {
         public var p50: Double?
         public var p99: Double?
         public var count: Int
+
+        public init(p50: Double?, p99: Double?, count: Int) {
+            self.p50 = p50
+            self.p99 = p99
+            self.count = count
+        }
     }
     public struct RewardPoint: Sendable {
         public var policyVersion: String
         public var start: Date
         public var meanScore: Double
         public var count: Int
+
+        public init(policyVersion: String, start: Date, meanScore: Double, count: Int) {
+            self.policyVersion = policyVersion
+            self.start = start
+            self.meanScore = meanScore
+            self.count = count
+        }
     }
     public var windowStart: Date
     public var bucketSeconds: Int
@@ -120,6 +161,16 @@ public struct ConsoleOverview: Sendable {
     public var outcomes: [(outcome: String, count: Int)]
     /// Mean feedback score per policy version and bucket, by episode time.
     public var rewards: [RewardPoint]
+
+    public init(windowStart: Date, bucketSeconds: Int, buckets: [Bucket], latency: [String: Percentiles],
+                outcomes: [(outcome: String, count: Int)], rewards: [RewardPoint]) {
+        self.windowStart = windowStart
+        self.bucketSeconds = bucketSeconds
+        self.buckets = buckets
+        self.latency = latency
+        self.outcomes = outcomes
+        self.rewards = rewards
+    }
 }
 
 /// How many episodes of one route and policy version a trainer could use.
@@ -131,6 +182,15 @@ public struct TrainingDataCount: Sendable, Equatable {
     public var withScore: Int
     /// With a reference or a score: what `gateway-train` selects.
     public var withRewardSource: Int
+
+    public init(route: String, policyVersion: String?, episodes: Int, withReference: Int, withScore: Int, withRewardSource: Int) {
+        self.route = route
+        self.policyVersion = policyVersion
+        self.episodes = episodes
+        self.withReference = withReference
+        self.withScore = withScore
+        self.withRewardSource = withRewardSource
+    }
 }
 
 public struct VersionUsage: Sendable, Equatable {
@@ -138,21 +198,34 @@ public struct VersionUsage: Sendable, Equatable {
     public var episodes: Int
     public var first: Date
     public var last: Date
+
+    public init(policyVersion: String, episodes: Int, first: Date, last: Date) {
+        self.policyVersion = policyVersion
+        self.episodes = episodes
+        self.first = first
+        self.last = last
+    }
 }
 
-/// The console's view of the log.
-public protocol ConsoleReadModel: Sendable {
-    func consoleEpisodes(_ filter: ConsoleFilter, after: ConsoleCursor?, limit: Int) throws -> ConsolePage
-    func episode(id: String) throws -> EpisodeRecord?
-    func feedback(episodeID: String) throws -> [FeedbackRecord]
-    func insertFeedback(_ f: FeedbackRecord) throws -> Int64
-    func consoleOverview(since: Date, bucketSeconds: Int, sampleSize: Int) throws -> ConsoleOverview
-    func policyVersions() throws -> [PolicyVersionRecord]
-    func consoleVersionUsage() throws -> [VersionUsage]
-    func consoleTrainingCounts() throws -> [TrainingDataCount]
+extension ConsoleOverview {
+    /// Nearest-rank percentile of sorted values.
+    public static func percentile(_ sorted: [Double], _ q: Double) -> Double? {
+        guard !sorted.isEmpty else { return nil }
+        let rank = Int((q * Double(sorted.count)).rounded(.up))
+        return sorted[min(sorted.count - 1, max(0, rank - 1))]
+    }
 }
 
-extension TrafficDatabase: ConsoleReadModel {
+extension ConsoleFilter {
+    /// The words of a text search as the full-text tokenizers see them: runs of letters and
+    /// digits (unicode61 in SQLite, the `simple` configuration in PostgreSQL), at most 16.
+    public var searchWords: [String] {
+        guard let text else { return [] }
+        return text.split(whereSeparator: { !($0.isLetter || $0.isNumber) }).prefix(16).map { String($0) }
+    }
+}
+
+extension TrafficDatabase {
     /// The FTS5 query for what a person typed: each word a quoted phrase (so no FTS syntax
     /// leaks through), all required, the last one also as a prefix. nil when nothing is left.
     static func ftsQuery(_ text: String) -> String? {
@@ -269,7 +342,7 @@ extension TrafficDatabase: ConsoleReadModel {
             var latency: [String: ConsoleOverview.Percentiles] = [:]
             for (k, v) in series {
                 let s = v.sorted()
-                latency[k] = .init(p50: Self.percentile(s, 0.50), p99: Self.percentile(s, 0.99), count: s.count)
+                latency[k] = .init(p50: ConsoleOverview.percentile(s, 0.50), p99: ConsoleOverview.percentile(s, 0.99), count: s.count)
             }
             let outcomes = try Row.fetchAll(db, sql: """
                 SELECT COALESCE(outcome, 'none'), COUNT(*) FROM episodes WHERE mode = 'collaborate' AND created_at >= ?
@@ -289,12 +362,6 @@ extension TrafficDatabase: ConsoleReadModel {
         }
     }
 
-    /// Nearest-rank percentile of sorted values.
-    static func percentile(_ sorted: [Double], _ q: Double) -> Double? {
-        guard !sorted.isEmpty else { return nil }
-        let rank = Int((q * Double(sorted.count)).rounded(.up))
-        return sorted[min(sorted.count - 1, max(0, rank - 1))]
-    }
 
     public func consoleVersionUsage() throws -> [VersionUsage] {
         try writer.read { db in

@@ -29,7 +29,7 @@ enum ConsoleSchema {
     CREATE INDEX feedback_kind_episode ON feedback(kind, episode_id);
     """
 
-    /// Migration "v4_feedback_count": each episode's number of feedback rows, kept by triggers on
+    /// Migration "v4_console": each episode's number of feedback rows, kept by triggers on
     /// `feedback`, with a partial index of the episodes that have any. The console's
     /// "has feedback" filter is then a newest-first walk of that index (a page reads about a
     /// page of rows), where `id IN (SELECT episode_id FROM feedback)` read and sorted every

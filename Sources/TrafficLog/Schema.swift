@@ -9,7 +9,7 @@ import GRDB
 /// - Booleans are INTEGER 0/1.
 /// - Migrations are append-only: never edit a shipped migration, add "v2", "v3", ...
 enum TrafficSchema {
-    static let migrationNames = ["v1", "v2_console", "v2-policy-events", "v3_trainable", "v4_feedback_count"]
+    static let migrationNames = ["v1", "v2_console", "v2-policy-events", "v3_trainable", "v4_console"]
 
     static func migrator() -> DatabaseMigrator {
         var migrator = DatabaseMigrator()
@@ -25,7 +25,7 @@ enum TrafficSchema {
         migrator.registerMigration("v3_trainable") { db in
             try db.execute(sql: v3Trainable)
         }
-        migrator.registerMigration("v4_feedback_count") { db in
+        migrator.registerMigration("v4_console") { db in
             try db.execute(sql: ConsoleSchema.v4FeedbackCount)
         }
         return migrator

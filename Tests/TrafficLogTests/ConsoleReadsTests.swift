@@ -114,7 +114,7 @@ final class ConsoleReadsTests: XCTestCase {
         }
     }
 
-    /// A log from before v4_feedback_count gets its counts from the feedback already there.
+    /// A log from before v4_console gets its counts from the feedback already there.
     func testFeedbackCountsAreBackfilledOnUpgrade() throws {
         let tmp = try TempDir()
         let path = tmp.path("old.sqlite")
