@@ -75,10 +75,20 @@ let package = Package(
             name: "EpisodeLog",
             dependencies: ["PromptR1", "TrafficLog", .product(name: "Crypto", package: "swift-crypto")]
         ),
+        // The policy on an inference engine (vLLM, SGLang, llama.cpp server): one adapter per
+        // engine's documented token-id interface, behind PromptR1's PolicySession.
+        .target(
+            name: "RemotePolicy",
+            dependencies: ["PromptR1", "PolicyEngine", "EpisodeLog", "OpenAIWire",
+                           .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                           .product(name: "NIOCore", package: "swift-nio"),
+                           .product(name: "NIOHTTP1", package: "swift-nio"),
+                           .product(name: "NIOFoundationCompat", package: "swift-nio")]
+        ),
         .target(
             name: "GatewayServer",
             dependencies: [
-                "OpenAIWire", "TrafficLog", "PromptR1", "PolicyEngine", "EpisodeLog",
+                "OpenAIWire", "TrafficLog", "PromptR1", "PolicyEngine", "EpisodeLog", "RemotePolicy",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HTTPTypes", package: "swift-http-types"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
@@ -120,7 +130,7 @@ let package = Package(
         ),
         .executableTarget(
             name: "gateway-bench",
-            dependencies: ["GatewayServer", "PolicyEngine", "PromptR1", "OpenAIWire", "FakeUpstream", "TrafficLog",
+            dependencies: ["GatewayServer", "PolicyEngine", "PromptR1", "OpenAIWire", "FakeUpstream", "TrafficLog", "RemotePolicy",
                            .product(name: "AsyncHTTPClient", package: "async-http-client"),
                            .product(name: "Hummingbird", package: "hummingbird"),
                            .product(name: "NIOPosix", package: "swift-nio"),
@@ -130,11 +140,14 @@ let package = Package(
         .testTarget(name: "PolicyEngineTests", dependencies: ["PolicyEngine"]),
         .testTarget(name: "PromptR1Tests", dependencies: ["PromptR1", "PolicyEngine"]),
         .testTarget(name: "OpenAIWireTests", dependencies: ["OpenAIWire"]),
+        // The adapters against recorded engine exchanges, and the llama.cpp backend against a real
+        // llama-server (scripts/build-llama-server.sh) compared with the embedded engine.
+        .testTarget(name: "RemotePolicyTests", dependencies: ["RemotePolicy", "PromptR1", "PolicyEngine"]),
         .testTarget(name: "TrafficLogTests", dependencies: ["TrafficLog", .product(name: "GRDB", package: "GRDB.swift")]),
         .testTarget(
             name: "GatewayServerTests",
             dependencies: ["GatewayServer", "OpenAIWire", "TrafficLog", "FakeUpstream", "PromptR1", "PolicyEngine",
-                           "EpisodeLog", "GatewayTrainer",
+                           "EpisodeLog", "GatewayTrainer", "RemotePolicy",
                            .product(name: "AsyncHTTPClient", package: "async-http-client"),
                            .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HTTPTypes", package: "swift-http-types"),

@@ -108,7 +108,7 @@ struct CollaborationRoute: Sendable {
     }
 
     func sampling(_ p: LoadedPolicy, _ config: GatewayConfig.Policy) -> SamplingParameters {
-        let d = p.policy.model.generationDefaults
+        let d = p.generationDefaults
         let temperature = config.temperature.map(Float.init) ?? d.temperature ?? 0
         return SamplingParameters(temperature: temperature, topK: config.topK ?? d.topK ?? 0,
                                   topP: config.topP.map(Float.init) ?? d.topP ?? 1,
@@ -145,7 +145,7 @@ struct CollaborationRoute: Sendable {
         var opts = options(for: incoming, config: config.policy)
         if config.policy.forwardClientSystem { opts.clientSystemMessage = rendered.clientSystem }
         let loop = CollaborationLoop(options: opts, upstream: LoopUpstream(client: state.upstream, stop: incoming.request.stop?.values),
-                                     makeSession: loaded.policy.factory(sampling: sampling(loaded, config.policy)))
+                                     makeSession: loaded.factory(sampling: sampling(loaded, config.policy)))
         let trace: Bool
         switch config.policy.trace {
         case "on": trace = true

@@ -49,7 +49,9 @@ public final class Gateway: Sendable {
         // once created.
         let database = try TrafficDatabase(path: config.log.path)
         var initialPolicy: LoadedPolicy?
-        if let path = config.policy.path {
+        // A policy on an inference engine is connected (health check, smoke generation) when the
+        // gateway starts running (`run()`), which can wait for the network.
+        if let path = config.policy.path, config.policy.backend == nil {
             let loaded = try LoadedPolicy.load(path: path, weights: config.policy.weights)
             try database.insertPolicyVersion(loaded.record)
             initialPolicy = loaded
@@ -147,6 +149,7 @@ public final class Gateway: Sendable {
 
     /// Runs until SIGTERM/SIGINT (or cancellation), then shuts down gracefully.
     public func run(gracefulShutdownSignals: [UnixSignal] = [.sigterm, .sigint]) async throws {
+        try await connectRemotePolicy()
         // Services shut down in reverse order. The public server is last in the list, so it stops
         // first (no new requests; in-flight ones get the shutdown deadline), then SIGHUP
         // handling, the admin listener and retention, and the log writer drains last.
@@ -157,7 +160,7 @@ public final class Gateway: Sendable {
             logger: state.logger))
         groupBox.set(group)
         try await group.run()
-        policies.current?.policy.shutdown()
+        policies.current?.embedded?.shutdown()
         try? await state.upstream.shutdown()
     }
 

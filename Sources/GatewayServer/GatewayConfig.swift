@@ -1,4 +1,5 @@
 import Foundation
+import RemotePolicy
 import OpenAIWire
 import PolicyEngine
 
@@ -135,6 +136,8 @@ public struct GatewayConfig: Sendable, Equatable {
     /// The embedded policy model and the collaboration loop (Prompt-R1).
     public struct Policy: Sendable, Equatable {
         public var path: String?
+        /// `policy.backend`: nil is the embedded engine; otherwise the inference engine serving it.
+        public var backend: RemotePolicyBackend?
         /// Sampling of the policy; null takes the checkpoint's generation_config.json (greedy if absent).
         public var temperature: Double?
         public var topP: Double?
@@ -291,6 +294,8 @@ public struct GatewayConfig: Sendable, Equatable {
         c.policy.trace = try p.oneOf("trace", ["off", "on", "on_request"], default: c.policy.trace)
         c.policy.keepaliveSeconds = try p.double("keepalive_seconds", default: c.policy.keepaliveSeconds, range: 0.1...3600)
         c.policy.weights = try p.oneOf("weights", default: c.policy.weights)
+        var backend = try p.object("backend")
+        c.policy.backend = try Self.policyBackend(&backend)
         try p.finish()
 
         try root.finish()

@@ -42,6 +42,12 @@ struct ConfigOptions: ParsableArguments {
     @Option(name: .customLong("admin-port"), help: "Admin listener port (overrides admin.port; 0 picks a free port).")
     var adminPort: Int?
 
+    @Option(name: .customLong("policy-backend"), help: "Base URL of an inference engine serving the policy (overrides policy.backend.base_url).")
+    var policyBackend: String?
+
+    @Option(name: .customLong("policy-backend-kind"), help: "embedded, vllm, sglang or llamacpp (overrides policy.backend.kind; default with --policy-backend: llamacpp).")
+    var policyBackendKind: String?
+
     func load() throws -> GatewayConfig {
         var c = try GatewayConfig.load(path: config)
         if let host { c.server.host = host }
@@ -61,6 +67,7 @@ struct ConfigOptions: ParsableArguments {
             guard (0...65535).contains(adminPort) else { throw ValidationError("--admin-port must be between 0 and 65535") }
             c.admin.port = adminPort
         }
+        try c.overridePolicyBackend(url: policyBackend, kind: policyBackendKind)
         return c
     }
 }
