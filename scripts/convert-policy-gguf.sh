@@ -33,8 +33,10 @@ fi
 
 target="$OUT"
 [ "${1:-}" = "--check" ] && target="$(mktemp --suffix .gguf)"
-work="$(mktemp -d)"
-trap 'rm -rf "$work"' EXIT
+tmp="$(mktemp -d)"
+trap 'rm -rf "$tmp"' EXIT
+work="$tmp/promptr1-tiny"          # the converter names the model after its folder
+mkdir "$work"
 cp "$MODEL"/*.json "$MODEL"/*.safetensors "$work/"
 # Force the pre-tokenizer name (the hash lookup in get_vocab_base_pre does not know this
 # BPE vocabulary); everything else is read from the checkpoint as is.
