@@ -6,6 +6,7 @@
 #
 #   scripts/convert-policy-gguf.sh            # writes the fixture
 #   scripts/convert-policy-gguf.sh --check    # converts into a temp file, compares byte for byte
+#   scripts/convert-policy-gguf.sh DIR OUT    # any other checkpoint (e.g. gateway-bench's 0.5B shape)
 #
 # The converter needs gguf (installed from the same llama.cpp tree), numpy, transformers (for the
 # tokenizer) and torch; they go into a venv under the git-ignored .build-llama/ folder.
@@ -20,6 +21,7 @@ LLAMA="$ROOT/src/llama_cpp_python-$VERSION/vendor/llama.cpp"
 VENV="$ROOT/venv"
 MODEL="Tests/Fixtures/models/promptr1-tiny"
 OUT="Tests/Fixtures/models/promptr1-tiny.gguf"
+if [ $# -eq 2 ]; then MODEL="$1"; OUT="$2"; fi
 
 [ -f "$LLAMA/convert_hf_to_gguf.py" ] || scripts/build-llama-server.sh >/dev/null
 if [ ! -x "$VENV/bin/python" ]; then
@@ -35,7 +37,7 @@ target="$OUT"
 [ "${1:-}" = "--check" ] && target="$(mktemp --suffix .gguf)"
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
-work="$tmp/promptr1-tiny"          # the converter names the model after its folder
+work="$tmp/$(basename "$MODEL")"   # the converter names the model after its folder
 mkdir "$work"
 cp "$MODEL"/*.json "$MODEL"/*.safetensors "$work/"
 # Force the pre-tokenizer name (the hash lookup in get_vocab_base_pre does not know this
