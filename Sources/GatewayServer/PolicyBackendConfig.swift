@@ -44,14 +44,17 @@ extension GatewayConfig {
     public mutating func overridePolicyBackend(url: String?, kind: String?) throws(ConfigError) {
         guard url != nil || kind != nil else { return }
         var dict: [String: JSONValue] = [:]
-        if let kind { dict["kind"] = .string(kind) }
-        else if let existing = policy.backend { dict["kind"] = .string(existing.kind.rawValue) }
-        else { dict["kind"] = .string(PolicyBackendKind.llamacpp.rawValue) }
-        if let url { dict["base_url"] = .string(url) }
-        else if let existing = policy.backend { dict["base_url"] = .string(existing.baseURL) }
-        if let existing = policy.backend {
-            if let e = existing.apiKeyEnv { dict["api_key_env"] = .string(e) }
-            if let m = existing.model { dict["model"] = .string(m) }
+        let k = kind ?? policy.backend?.kind.rawValue ?? PolicyBackendKind.llamacpp.rawValue
+        dict["kind"] = .string(k)
+        if k != PolicyBackendKind.embedded.rawValue {
+            if let url { dict["base_url"] = .string(url) }
+            else if let existing = policy.backend { dict["base_url"] = .string(existing.baseURL) }
+            if let existing = policy.backend {
+                if let e = existing.apiKeyEnv { dict["api_key_env"] = .string(e) }
+                if let m = existing.model { dict["model"] = .string(m) }
+            }
+        } else if let url {
+            dict["base_url"] = .string(url)   // refused below: the embedded engine takes no URL
         }
         var o = try ConfigObject(.object(dict), path: "--policy-backend")
         policy.backend = try Self.policyBackend(&o)

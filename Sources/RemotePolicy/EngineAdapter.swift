@@ -5,6 +5,7 @@
 
 import Foundation
 import PolicyEngine
+import PromptR1
 
 /// One policy turn as an engine request: token ids in, never text.
 public struct EngineGenerateRequest: Sendable, Equatable {

@@ -14,6 +14,7 @@
 
 import Foundation
 import PolicyEngine
+import PromptR1
 
 public struct LlamaCppAdapter: EngineAdapter {
     public init() {}

@@ -157,7 +157,8 @@ public final class RemotePolicy: Sendable {
                                  endOfTurnIDs: stops, weightsSHA256: sha, engineModelID: nil, apiKey: apiKey, client: client)
         let health = await probe.health()
         guard health.ok else { throw RemotePolicyError.unreachable(health.detail ?? "health check failed") }
-        let modelID = try? await probe.get(backend.adapter.modelInfoPath).flatMap { backend.adapter.parseModelID($0) }
+        let info: Data? = try? await probe.get(backend.adapter.modelInfoPath)
+        let modelID = info.flatMap { backend.adapter.parseModelID($0) }
         let policy = RemotePolicy(directory: directory, backend: backend, tokenizer: tokenizer, config: config,
                                   endOfTurnIDs: stops, weightsSHA256: sha, engineModelID: modelID, apiKey: apiKey, client: client)
         try await policy.smokeGeneration()

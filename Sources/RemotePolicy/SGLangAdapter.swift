@@ -13,6 +13,7 @@
 
 import Foundation
 import PolicyEngine
+import PromptR1
 
 public struct SGLangAdapter: EngineAdapter {
     public init() {}

@@ -12,6 +12,7 @@
 
 import Foundation
 import PolicyEngine
+import PromptR1
 
 public struct VLLMAdapter: EngineAdapter {
     public init() {}

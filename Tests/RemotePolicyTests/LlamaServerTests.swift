@@ -119,7 +119,7 @@ final class LlamaServerTests: XCTestCase {
         var maxDiff: Float = 0
         for (i, id) in turn.tokenIDs.enumerated() {
             let scaled = logits.map { $0 / t }
-            let expected = Sampler.logSoftmax(scaled.withUnsafeBufferPointer { $0 }, at: Int(id))
+            let expected = scaled.withUnsafeBufferPointer { Sampler.logSoftmax($0, at: Int(id)) }
             maxDiff = max(maxDiff, abs(turn.logprobs[i] - expected))
             if i + 1 < turn.tokenIDs.count { logits = try model.prefill(tokens: [id], cache: cache) }
         }
