@@ -39,6 +39,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.0"),
         .package(url: "https://github.com/apple/swift-http-types.git", from: "1.8.0"),
         .package(url: "https://github.com/apple/swift-crypto.git", "3.12.0"..<"5.0.0"),
+        .package(url: "https://github.com/vapor/postgres-nio.git", from: "1.33.0"),
+        .package(url: "https://github.com/apple/swift-nio-ssl.git", from: "2.25.0"),
         // OpenTelemetry traces over OTLP/HTTP only: the gRPC exporter trait would pull in grpc-swift.
         .package(url: "https://github.com/swift-otel/swift-otel.git", from: "1.6.0", traits: ["OTLPHTTP"]),
         .package(url: "https://github.com/apple/swift-distributed-tracing.git", from: "1.7.0"),
@@ -74,6 +76,20 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
+        // The PostgreSQL log backend (several replicas on one shared log) and the opener that picks
+        // a backend from a location (SQLite path or postgres:// URL). Kept apart so that
+        // TrafficLog and its tests stay SQLite-only.
+        .target(
+            name: "TrafficLogPostgres",
+            dependencies: [
+                "TrafficLog",
+                .product(name: "PostgresNIO", package: "postgres-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ]
+        ),
         .target(
             name: "EpisodeLog",
             dependencies: ["PolicyEngine", "PromptR1", "TrafficLog", .product(name: "Crypto", package: "swift-crypto")]
@@ -91,7 +107,7 @@ let package = Package(
         .target(
             name: "GatewayServer",
             dependencies: [
-                "OpenAIWire", "TrafficLog", "PromptR1", "PolicyEngine", "EpisodeLog", "RemotePolicy",
+                "OpenAIWire", "TrafficLog", "TrafficLogPostgres", "PromptR1", "PolicyEngine", "EpisodeLog", "RemotePolicy",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HTTPTypes", package: "swift-http-types"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
@@ -119,7 +135,7 @@ let package = Package(
         ),
         .executableTarget(
             name: "gateway",
-            dependencies: ["GatewayServer", .product(name: "ArgumentParser", package: "swift-argument-parser")]
+            dependencies: ["GatewayServer", "TrafficLog", .product(name: "ArgumentParser", package: "swift-argument-parser")]
         ),
         .target(
             name: "GatewayTrainer",
@@ -130,12 +146,13 @@ let package = Package(
         ),
         .executableTarget(
             name: "gateway-train",
-            dependencies: ["GatewayTrainer", "EpisodeLog", "PolicyEngine", "PromptR1",
+            dependencies: ["GatewayTrainer", "EpisodeLog", "PolicyEngine", "PromptR1", "TrafficLog", "TrafficLogPostgres",
                            .product(name: "ArgumentParser", package: "swift-argument-parser")]
         ),
         .executableTarget(
             name: "gateway-bench",
-            dependencies: ["GatewayServer", "PolicyEngine", "PromptR1", "OpenAIWire", "FakeUpstream", "TrafficLog", "RemotePolicy",
+            dependencies: ["GatewayServer", "PolicyEngine", "PromptR1", "OpenAIWire", "FakeUpstream", "TrafficLog", "TrafficLogPostgres",
+                           "RemotePolicy",
                            .product(name: "AsyncHTTPClient", package: "async-http-client"),
                            .product(name: "Hummingbird", package: "hummingbird"),
                            .product(name: "NIOPosix", package: "swift-nio"),
@@ -149,9 +166,13 @@ let package = Package(
         // llama-server (scripts/build-llama-server.sh) compared with the embedded engine.
         .testTarget(name: "RemotePolicyTests", dependencies: ["RemotePolicy", "PromptR1", "PolicyEngine"]),
         .testTarget(name: "TrafficLogTests", dependencies: ["TrafficLog", .product(name: "GRDB", package: "GRDB.swift")]),
+        // The PostgreSQL backend against a real server (scripts/with-postgres.sh starts one). The
+        // replica tests (several gateway processes on one log) are in GatewayServerTests.
+        .testTarget(name: "TrafficLogPostgresTests",
+                    dependencies: ["TrafficLog", "TrafficLogPostgres", .product(name: "Logging", package: "swift-log")]),
         .testTarget(
             name: "GatewayServerTests",
-            dependencies: ["GatewayServer", "OpenAIWire", "TrafficLog", "FakeUpstream", "PromptR1", "PolicyEngine",
+            dependencies: ["GatewayServer", "OpenAIWire", "TrafficLog", "TrafficLogPostgres", "FakeUpstream", "PromptR1", "PolicyEngine",
                            "EpisodeLog", "GatewayTrainer", "RemotePolicy",
                            .product(name: "AsyncHTTPClient", package: "async-http-client"),
                            .product(name: "Hummingbird", package: "hummingbird"),
@@ -161,6 +182,6 @@ let package = Package(
         // The trainer's math, selection, export and rollout against a real SQLite file and a
         // FakeUpstream, the learning test, and the built gateway-train executable.
         .testTarget(name: "GatewayTrainerTests",
-                    dependencies: ["GatewayTrainer", "EpisodeLog", "PolicyEngine", "PromptR1", "TrafficLog", "OpenAIWire", "FakeUpstream"]),
+                    dependencies: ["GatewayTrainer", "EpisodeLog", "PolicyEngine", "PromptR1", "TrafficLog", "TrafficLogPostgres", "OpenAIWire", "FakeUpstream"]),
     ]
 )

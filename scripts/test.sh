@@ -32,6 +32,8 @@ for s in "${services[@]}"; do
 done
 
 swift build --build-tests
-# The tests against a real llama-server run from scripts/test-llama.sh (it builds llama-server
-# first); they are not yet part of this run: see docs/remote-policy.md, "How each adapter is tested".
-swift test --skip-build --skip "LlamaServerTests|testEpisodesThroughLlamaServerAreServedLoggedAndSwapped" "$@"
+# The remote-policy tests drive a real llama.cpp llama-server: built once from the llama.cpp
+# that llama-cpp-python vendors (~6 min on 2 cores) and cached in .build-llama/.
+scripts/build-llama-server.sh
+# The PostgreSQL tests (shared traffic log, replicas) need a server: with-postgres.sh runs one.
+scripts/with-postgres.sh swift test --skip-build "$@"

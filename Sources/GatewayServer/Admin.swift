@@ -16,6 +16,8 @@ struct AdminRoutes: Sendable {
     let modelsDir: String
     let reloadConfig: @Sendable () async throws -> Void
     let collaborationWaiting: @Sendable () -> Int
+    /// The fleet's policy version in the shared log.
+    let policySync: PolicySync
     /// Web console log-ins (see `ConsoleRoutes`).
     let consoleSessions = ConsoleSessions()
 
@@ -92,6 +94,14 @@ struct AdminRoutes: Sendable {
             let h = await remote.health()
             if !h.ok { problems.append("the policy engine (\(h.kind) at \(h.baseURL)) is not healthy: \(h.detail ?? "")") }
         }
+        do {
+            try await state.database.ping(timeout: .seconds(2))
+        } catch {
+            problems.append("the traffic log database (\(state.database.location)) is unreachable: \(error)")
+        }
+        if let error = policySync.status.error {
+            problems.append(error)
+        }
         let stats = state.writer.stats
         if stats.lastError != nil && stats.queued >= config.log.queueCapacity {
             problems.append("the traffic log is not writable: \(stats.lastError ?? "")")
@@ -104,10 +114,13 @@ struct AdminRoutes: Sendable {
     struct PolicyStatus: Encodable {
         var current: PolicyVersionInfo?
         var history: [PolicyVersionInfo]
+        /// The version the shared traffic log says every replica serves, and whether this one does.
+        var fleet: PolicySync.Status
     }
 
     func policyStatus() throws -> Response {
-        try Self.encode(PolicyStatus(current: holder.current.map(PolicyVersionInfo.init), history: holder.history))
+        try Self.encode(PolicyStatus(current: holder.current.map(PolicyVersionInfo.init), history: holder.history,
+                                     fleet: policySync.status))
     }
 
     /// Resolves a requested checkpoint path inside the models directory: relative paths are
@@ -151,13 +164,20 @@ struct AdminRoutes: Sendable {
             // A remote backend is health-checked and smoke-tested before the switch (blue/green).
             var policyConfig = state.config.policy
             policyConfig.backend = backend
-            loaded = try await LoadedPolicy.load(path: path, config: policyConfig)
+            loaded = try await LoadedPolicy.load(path: path, config: policyConfig, prefillInBackground: true)
         } catch {
             throw GatewayError(status: 422, message: "The checkpoint could not be loaded; the serving version is unchanged: \(error)",
                                type: "invalid_request_error", param: "path", code: "invalid_checkpoint")
         }
-        let database = state.database, record = loaded.record
-        try await NIOThreadPool.singleton.runIfActive { try database.insertPolicyVersion(record) }
+        // Recorded in the shared log first (the other replicas follow it); a log that cannot
+        // record it leaves every replica on the old version.
+        do {
+            try await policySync.record(loaded, action: rollbackOf == nil ? .swap : .rollback)
+        } catch {
+            throw GatewayError(status: 503, message: "The traffic log could not record the new version; the serving version is unchanged: \(error)",
+                               type: "server_error", code: "log_unavailable")
+        }
+        loaded.embedded?.scheduler.onPrefill = state.metrics.policyPrefill
         let old = holder.set(loaded)
         if let rollbackOf { holder.removeFromHistory(id: rollbackOf) }
         state.metrics.swapped()

@@ -75,11 +75,13 @@ extension LoadedPolicy {
     }
 
     /// Loads the configured policy: the embedded engine, or the configured backend.
-    static func load(path: String, config: GatewayConfig.Policy,
+    static func load(path: String, config: GatewayConfig.Policy, prefillInBackground: Bool = false,
                      environment: [String: String] = ProcessInfo.processInfo.environment) async throws -> LoadedPolicy {
         if let backend = config.backend { return try await connect(path: path, backend: backend, environment: environment) }
-        let weights = config.weights
-        return try await NIOThreadPool.singleton.runIfActive { try LoadedPolicy.load(path: path, weights: weights) }
+        let weights = config.weights, prefixCacheMB = config.prefixCacheMB
+        return try await NIOThreadPool.singleton.runIfActive {
+            try LoadedPolicy.load(path: path, weights: weights, prefixCacheMB: prefixCacheMB, prefillInBackground: prefillInBackground)
+        }
     }
 }
 
@@ -90,8 +92,7 @@ extension Gateway {
         let config = state.config
         guard let path = config.policy.path, let backend = config.policy.backend, policies.current == nil else { return }
         let loaded = try await LoadedPolicy.connect(path: path, backend: backend)
-        let database = state.database, record = loaded.record
-        try await NIOThreadPool.singleton.runIfActive { try database.insertPolicyVersion(record) }
+        try await state.database.insertPolicyVersion(loaded.record)
         policies.set(loaded)
         state.logger.notice("policy connected", metadata: ["path": "\(path)", "version": "\(loaded.version)",
                                                           "backend": "\(backend.kind.rawValue)", "base_url": "\(backend.baseURL)"])
