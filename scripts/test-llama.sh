@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The policy-backend tests against a real llama.cpp llama-server: builds it (cached in
+# Only the policy-backend tests against a real llama.cpp llama-server: builds it (cached in
 # .build-llama/, ~6 min on 2 idle cores the first time) and runs the tests that start it.
-# A missing binary fails these tests; they are not skipped.
+# scripts/test.sh runs the same tests within the whole suite. A missing binary fails them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/build-llama-server.sh

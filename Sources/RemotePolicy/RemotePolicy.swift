@@ -127,7 +127,7 @@ public final class RemotePolicy: Sendable {
     /// if any of it fails, so a swap never switches to an engine that cannot serve.
     public static func connect(directory: URL, backend: RemotePolicyBackend,
                                environment: [String: String] = ProcessInfo.processInfo.environment,
-                               client: HTTPClient = .shared) async throws -> RemotePolicy {
+                               client: HTTPClient = RemotePolicy.engineClient) async throws -> RemotePolicy {
         let tokenizer: Tokenizer
         let config: ModelConfig
         do {
@@ -314,6 +314,20 @@ public final class RemotePolicySession: PolicySession, @unchecked Sendable {
         context += ids
         return ids
     }
+}
+
+extension RemotePolicy {
+    /// The HTTP client of every engine call. An engine that refuses the connection fails the turn
+    /// at once (AsyncHTTPClient's pool otherwise retries connecting until the request's
+    /// deadline, `timeout_seconds`), so `on_policy_error` and the circuit breaker act right away;
+    /// an engine that does not answer the connection at all fails after 5 s.
+    public static let engineClient: HTTPClient = {
+        var c = HTTPClient.Configuration()
+        c.connectionPool.retryConnectionEstablishment = false
+        c.connectionPool.concurrentHTTP1ConnectionsPerHostSoftLimit = 64
+        c.timeout.connect = .seconds(5)
+        return HTTPClient(eventLoopGroupProvider: .singleton, configuration: c)
+    }()
 }
 
 extension Duration {

@@ -57,7 +57,8 @@ final class RemotePolicyGatewayTests: XCTestCase {
         try FileManager.default.createDirectory(at: models, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: models) }
         let link = models.appendingPathComponent("promptr1-tiny")
-        try FileManager.default.createSymbolicLink(at: link, withDestinationURL: CollaborationTests.fixtures.appendingPathComponent("models/promptr1-tiny"))
+        // A copy, not a symbolic link: the admin API loads only what resolves inside the models directory.
+        try FileManager.default.copyItem(at: CollaborationTests.fixtures.appendingPathComponent("models/promptr1-tiny"), to: link)
         let h = try await Harness.start(script: CollaborationTests.script(cases), environment: ["GATEWAY_ADMIN_TOKEN": token]) { c in
             c.policy.path = link.path
             c.policy.temperature = 0
@@ -120,7 +121,7 @@ final class RemotePolicyGatewayTests: XCTestCase {
             for (got, want) in zip(policyTurns, c.turns) {
                 let lp = try XCTUnwrap(got.logprobs)
                 XCTAssertEqual(lp.count, want.logprobs.count)
-                for (a, b) in zip(lp, want.logprobs) { XCTAssertEqual(a, b, accuracy: 2e-3) }
+                for (a, b) in zip(lp, want.logprobs) { XCTAssertEqual(a, b, accuracy: 1e-4) }
             }
         }
     }
@@ -157,7 +158,8 @@ final class GatewayLlamaServer: @unchecked Sendable {
         let p = Process()
         p.executableURL = bin
         p.arguments = ["-m", model.path, "--host", "127.0.0.1", "--port", "\(port)", "-c", "4096", "-np", "1",
-                       "-t", "1", "--no-webui", "--log-disable"]
+                       "-t", "1", "--no-webui", "--log-disable",
+                       "--cache-type-k", "f32", "--cache-type-v", "f32", "--flash-attn", "off"]
         p.standardOutput = FileHandle.nullDevice
         p.standardError = FileHandle.nullDevice
         try p.run()
@@ -192,7 +194,10 @@ final class GatewayLlamaServer: @unchecked Sendable {
 
     func stop() {
         guard process.isRunning else { return }
-        process.terminate()
+        // SIGKILL, not terminate(): Foundation's Process starts the child with the signal mask of
+        // the calling thread, where Swift's runtime blocks SIGTERM and SIGINT, so llama-server
+        // never sees them and waitUntilExit() would wait forever. The engine holds no state.
+        kill(process.processIdentifier, SIGKILL)
         process.waitUntilExit()
     }
 }

@@ -14,9 +14,11 @@ import RemotePolicy
 import XCTest
 
 /// Largest |llama.cpp - embedded| log-prob difference accepted per token. Both engines compute in
-/// float32 with different kernels and summation orders; measured on the 7 reference episodes:
-/// see `testGreedyEpisodesMatchTheEmbeddedEngine`'s printed maximum.
-let logprobTolerance: Float = 2e-3
+/// float32 (the server runs with an f32 KV cache and no flash attention) with different kernels
+/// and summation orders. Measured 2026-12-01: 2.1e-5 over the 779 tokens of the 7 reference
+/// episodes, 2.6e-5 on the sampled turn. With llama-server's default f16 KV cache the same
+/// episodes (same ids) differ by up to 4.0e-3, and the T = 1.5 turn by 2.5e-2.
+let logprobTolerance: Float = 1e-4
 
 final class LlamaServerTests: XCTestCase {
     static let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
@@ -146,7 +148,8 @@ final class LlamaServerTests: XCTestCase {
         XCTAssertTrue(m.contains("circuit open"), m)
         let h = await remote.health()
         XCTAssertFalse(h.ok)
-        XCTAssertEqual(remote.stats.snapshot.failures, 3)
+        // The third call never reached the engine: the open circuit answered.
+        XCTAssertEqual(remote.stats.snapshot.failures, 2)
     }
 }
 
@@ -208,7 +211,8 @@ final class LlamaServer: @unchecked Sendable {
         let p = Process()
         p.executableURL = bin
         p.arguments = ["-m", model.path, "--host", "127.0.0.1", "--port", "\(port)", "-c", "4096", "-np", "1",
-                       "-t", "1", "--no-webui", "--log-disable"]
+                       "-t", "1", "--no-webui", "--log-disable",
+                       "--cache-type-k", "f32", "--cache-type-v", "f32", "--flash-attn", "off"]
         p.standardOutput = FileHandle.nullDevice
         p.standardError = FileHandle.nullDevice
         try p.run()
@@ -245,7 +249,10 @@ final class LlamaServer: @unchecked Sendable {
 
     func stop() {
         guard process.isRunning else { return }
-        process.terminate()
+        // SIGKILL, not terminate(): Foundation's Process starts the child with the signal mask of
+        // the calling thread, where Swift's runtime blocks SIGTERM and SIGINT, so llama-server
+        // never sees them and waitUntilExit() would wait forever. The engine holds no state.
+        kill(process.processIdentifier, SIGKILL)
         process.waitUntilExit()
     }
 }
