@@ -92,7 +92,7 @@ let package = Package(
         ),
         .target(
             name: "EpisodeLog",
-            dependencies: ["PolicyEngine", "PromptR1", "TrafficLog", .product(name: "Crypto", package: "swift-crypto")]
+            dependencies: ["PolicyEngine", "PromptR1", "TrafficLog", "OpenAIWire", .product(name: "Crypto", package: "swift-crypto")]
         ),
         // The policy on an inference engine (vLLM, SGLang, llama.cpp server): one adapter per
         // engine's documented token-id interface, behind PromptR1's PolicySession.

@@ -38,7 +38,7 @@ struct AdminRoutes: Sendable {
         router.post("/admin/policy") { req, _ in
             try self.authorize(req)
             var req = req
-            let body = try await Passthrough.collectBody(&req, limit: 64 << 10)
+            let body = try await Replies.collectBody(&req, limit: 64 << 10)
             let (path, backend) = try Self.parseSwap(Data(buffer: body), current: self.state.config.policy.backend)
             return try await self.swap(to: path, backend: backend)
         }
@@ -194,7 +194,7 @@ struct AdminErrors: RouterMiddleware {
         do {
             return try await next(request, context)
         } catch {
-            return Passthrough.errorResponse(GatewayMiddleware.gatewayError(error, request), episodeID: "admin")
+            return Replies.error(GatewayMiddleware.gatewayError(error, request), episodeID: "admin")
         }
     }
 }
