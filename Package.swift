@@ -72,6 +72,7 @@ let package = Package(
         .target(
             name: "TrafficLog",
             dependencies: [
+                "PromptR1",   // PolicyLogprobKind, stored on each episode
                 .product(name: "GRDB", package: "GRDB.swift"),
                 .product(name: "Logging", package: "swift-log"),
             ]
@@ -82,7 +83,7 @@ let package = Package(
         .target(
             name: "TrafficLogPostgres",
             dependencies: [
-                "TrafficLog",
+                "TrafficLog", "PromptR1",
                 .product(name: "PostgresNIO", package: "postgres-nio"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "Logging", package: "swift-log"),
@@ -165,11 +166,11 @@ let package = Package(
         // The adapters against recorded engine exchanges, and the llama.cpp backend against a real
         // llama-server (scripts/build-llama-server.sh) compared with the embedded engine.
         .testTarget(name: "RemotePolicyTests", dependencies: ["RemotePolicy", "PromptR1", "PolicyEngine"]),
-        .testTarget(name: "TrafficLogTests", dependencies: ["TrafficLog", .product(name: "GRDB", package: "GRDB.swift")]),
+        .testTarget(name: "TrafficLogTests", dependencies: ["TrafficLog", "PromptR1", .product(name: "GRDB", package: "GRDB.swift")]),
         // The PostgreSQL backend against a real server (scripts/with-postgres.sh starts one). The
         // replica tests (several gateway processes on one log) are in GatewayServerTests.
         .testTarget(name: "TrafficLogPostgresTests",
-                    dependencies: ["TrafficLog", "TrafficLogPostgres", .product(name: "Logging", package: "swift-log")]),
+                    dependencies: ["TrafficLog", "TrafficLogPostgres", "PromptR1", .product(name: "Logging", package: "swift-log")]),
         .testTarget(
             name: "GatewayServerTests",
             dependencies: ["GatewayServer", "OpenAIWire", "TrafficLog", "TrafficLogPostgres", "FakeUpstream", "PromptR1", "PolicyEngine",

@@ -116,6 +116,8 @@ final class RemotePolicyGatewayTests: XCTestCase {
             let e = try XCTUnwrap(try db.episode(id: id))
             XCTAssertEqual(e.outcome, "answer")
             XCTAssertEqual(e.policyVersion?.count, 16)
+            XCTAssertEqual(e.policyLogprobs, .model, "greedy on llama.cpp: the model's log-softmax, recorded as such")
+            XCTAssertEqual(e.policySampled, false)
             let policyTurns = e.turns.filter { $0.kind == "policy" }
             XCTAssertEqual(policyTurns.map(\.outputIDs), c.turns.map(\.ids), c.question)
             for (got, want) in zip(policyTurns, c.turns) {
