@@ -29,12 +29,12 @@ enum ConsoleSchema {
     CREATE INDEX feedback_kind_episode ON feedback(kind, episode_id);
     """
 
-    /// Migration "v4_console": each episode's number of feedback rows, kept by triggers on
+    /// Migration "v5_console": each episode's number of feedback rows, kept by triggers on
     /// `feedback`, with a partial index of the episodes that have any. The console's
     /// "has feedback" filter is then a newest-first walk of that index (a page reads about a
     /// page of rows), where `id IN (SELECT episode_id FROM feedback)` read and sorted every
     /// feedback row's episode first (2.3 s at p95 on a million episodes).
-    static let v4FeedbackCount = """
+    static let v5Console = """
     ALTER TABLE episodes ADD COLUMN feedback_count INTEGER NOT NULL DEFAULT 0;
     UPDATE episodes SET feedback_count = (SELECT COUNT(*) FROM feedback f WHERE f.episode_id = episodes.id)
         WHERE id IN (SELECT episode_id FROM feedback);

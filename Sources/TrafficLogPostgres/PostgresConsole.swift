@@ -3,7 +3,7 @@ import PostgresNIO
 import TrafficLog
 
 // The web console's reads on PostgreSQL: the same pages, filters and keyset cursors as the
-// SQLite backend (TrafficLog/ConsoleReads.swift), on the indexes of migration v4_console.
+// SQLite backend (TrafficLog/ConsoleReads.swift), on the indexes of migration v5_console.
 // A text search matches every word (the last also as a prefix) with `to_tsquery('simple')`
 // on the GIN index of the question.
 extension PostgresLogBackend {

@@ -110,12 +110,17 @@ enum PostgresSchema {
         ("v3_trainable", [
             "ALTER TABLE episodes ADD COLUMN trainable BOOLEAN NOT NULL DEFAULT TRUE",
         ]),
-        // The web console (PostgresConsole.swift), as SQLite's v2_console and v4_console:
+        // Which log-prob the policy turns hold, and whether the policy sampled (as SQLite's v4).
+        ("v4_policy_logprobs", [
+            "ALTER TABLE episodes ADD COLUMN policy_logprobs TEXT CHECK (policy_logprobs IN ('sampling', 'model'))",
+            "ALTER TABLE episodes ADD COLUMN policy_sampled BOOLEAN",
+        ]),
+        // The web console (PostgresConsole.swift), as SQLite's v2_console and v5_console:
         // one index per filter ending in (created_at, id) for newest-first keyset pages, a
         // per-episode feedback count kept by a trigger with a partial index of the episodes
         // that have any, and a GIN full-text index of the question (`simple` configuration:
         // lower-cased words, no stemming, as SQLite's unicode61).
-        ("v4_console", [
+        ("v5_console", [
             "CREATE INDEX episodes_mode_time ON episodes(mode, created_at, id)",
             "CREATE INDEX episodes_status_time ON episodes(status, created_at, id)",
             "CREATE INDEX episodes_outcome_time ON episodes(outcome, created_at, id)",

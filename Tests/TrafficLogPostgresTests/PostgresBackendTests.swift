@@ -167,7 +167,7 @@ final class PostgresBackendTests: XCTestCase {
 
         let migrations = try await pg.appliedMigrations()
         let sqliteMigrations = try await sqlite.appliedMigrations()
-        // SQLite's v2_console (filter indexes, FTS5) has its PostgreSQL counterpart in v4_console.
+        // SQLite's v2_console (filter indexes, FTS5) has its PostgreSQL counterpart in v5_console.
         XCTAssertEqual(migrations, sqliteMigrations.filter { $0 != "v2_console" }, "the same migrations on both backends")
         try await pg.close()
         try await sqlite.close()
@@ -236,7 +236,7 @@ final class PostgresBackendTests: XCTestCase {
         }
         for b in backends {
             let names = try await b.appliedMigrations()
-            XCTAssertEqual(names, ["v1", "v2-policy-events", "v3_trainable", "v4_console"])
+            XCTAssertEqual(names, ["v1", "v2-policy-events", "v3_trainable", "v4_policy_logprobs", "v5_console"])
         }
         let e = sampleEpisode()
         try await backends[0].insertBatch([e])

@@ -114,12 +114,12 @@ final class ConsoleReadsTests: XCTestCase {
         }
     }
 
-    /// A log from before v4_console gets its counts from the feedback already there.
+    /// A log from before v5_console gets its counts from the feedback already there.
     func testFeedbackCountsAreBackfilledOnUpgrade() throws {
         let tmp = try TempDir()
         let path = tmp.path("old.sqlite")
         let queue = try DatabaseQueue(path: path)
-        try TrafficSchema.migrator().migrate(queue, upTo: "v3_trainable")
+        try TrafficSchema.migrator().migrate(queue, upTo: "v4_policy_logprobs")
         try queue.write { db in
             for id in ["a", "b"] {
                 try db.execute(sql: "INSERT INTO episodes (id, created_at, route, mode, stream, status, total_ms) VALUES (?, 1, '/v1/chat/completions', 'collaborate', 0, 200, 1)", arguments: [id])
