@@ -291,33 +291,50 @@ struct EvalCommand: AsyncParsableCommand {
     }
 }
 
+extension ExportFormat: ExpressibleByArgument {}
+
 struct ExportCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "export",
-        abstract: "Logged collaboration episodes as JSON lines for verl / TRL (chat messages, masks, rewards).",
-        discussion: "Fields: see README, section Training. The tokenizer (for the exact text of the token ids) comes from --tokenizer.")
+        abstract: "Logged collaboration episodes as JSON lines for TRL / verl, and the chat template the policy saw.",
+        discussion: """
+        --format jsonl: the superset (chat views, exact ids + loss_mask + behaviour log-probs, rewards). trl-sft: \
+        input_ids + assistant_masks for TRL's SFTTrainer (pre-tokenised, the policy's own tokens). verl-sft: messages \
+        for verl's MultiTurnSFTDataset. verl-rl: prompt, reward_model, extra_info for verl's RLHFDataset and TRL's \
+        GRPOTrainer. Every row has every key of its format (null where unknown): docs/export-row.schema.json. \
+        The chat template goes beside the output (<out minus extension>.chat_template.jinja). See docs/export.md.
+        """)
 
     @Option(help: "SQLite traffic log.") var db: String = "traffic.sqlite"
-    @Option(help: "Output format (jsonl).") var format: String = "jsonl"
+    @Option(help: "Output format.") var format: ExportFormat = .jsonl
     @Option(help: "Output file.") var out: String
     @Option(help: "Checkpoint folder whose tokenizer decodes the logged ids (the policy that produced them).") var tokenizer: String
     @Flag(name: .customLong("require-reward"), help: "Only episodes with a reward source.") var requireReward = false
+    @Option(name: .customLong("min-reward"), help: "Only episodes whose protocol reward is at least this (leaves out episodes without a reward).") var minReward: Double?
     @Option(name: .customLong("data-source"), help: "Value of the data_source field.") var dataSource: String = "prompt-r1-gateway"
     @OptionGroup var filters: FilterOptions
 
     func validate() throws {
-        if format != "jsonl" { throw ValidationError("--format: only jsonl is supported") }
+        if let minReward, !minReward.isFinite { throw ValidationError("--min-reward must be a finite number") }
     }
 
     func run() async throws {
         let database = try TrafficDatabase(path: db)
         let tok = try Tokenizer(directory: URL(fileURLWithPath: tokenizer))
         let holder = BarHolder(label: "export")
-        let s = try Exporter.export(database: database, filter: try filters.filter(), requireReward: requireReward, tokenizer: tok,
-                                    to: URL(fileURLWithPath: out), dataSource: dataSource) { done, total in
+        let options = ExportOptions(format: format, filter: try filters.filter(), requireReward: requireReward,
+                                    minReward: minReward, dataSource: dataSource)
+        let s = try Exporter.export(database: database, options: options, tokenizer: tok, to: URL(fileURLWithPath: out)) { done, total in
             holder.update(done: done, total: total)
         }
-        print(Table.render(["export", "value"], [["episodes written", "\(s.written)"], ["with a reward", "\(s.withReward)"],
-                                                 ["skipped (no token ids)", "\(s.skipped)"], ["output", out]]), terminator: "")
+        var rows = [["format", format.rawValue], ["episodes written", "\(s.written)"], ["with a reward", "\(s.withReward)"],
+                    ["without ground truth", "\(s.withoutGroundTruth)"], ["policy tokens (sum of loss_mask)", "\(s.policyTokens)"],
+                    ["skipped (no token ids)", "\(s.skipped)"]]
+        if minReward != nil { rows.append(["skipped (below --min-reward)", "\(s.belowMinReward)"]) }
+        if options.format == .verlSFT || options.format == .verlRL {
+            rows.append(["skipped (text does not re-tokenise to the logged ids)", "\(s.notRerenderable)"])
+        }
+        rows += [["output", out], ["chat template", s.chatTemplate.path]]
+        print(Table.render(["export", "value"], rows), terminator: "")
     }
 }
