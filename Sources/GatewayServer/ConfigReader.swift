@@ -34,6 +34,12 @@ struct ConfigObject {
 
     func sub(_ key: String) -> String { path.isEmpty ? key : "\(path).\(key)" }
 
+    /// Notes that the schema reads `key` (for `finish()` and for a `ConfigKeyRecorder`).
+    private mutating func mark(_ key: String) {
+        seen.insert(key)
+        ConfigKeyRecorder.current?.add(sub(key))
+    }
+
     static func kind(of v: JSONValue?) -> String {
         switch v {
         case nil: return "nothing"
@@ -48,7 +54,7 @@ struct ConfigObject {
 
     /// The raw value, nil when absent or null.
     mutating func raw(_ key: String) -> JSONValue? {
-        seen.insert(key)
+        mark(key)
         guard let v = dict[key], v != .null else { return nil }
         return v
     }
@@ -91,12 +97,12 @@ struct ConfigObject {
 
     /// An optional number: nil when absent or null.
     mutating func optionalDouble(_ key: String, range: ClosedRange<Double>) throws(ConfigError) -> Double? {
-        guard dict[key] != nil, dict[key] != .null else { seen.insert(key); return nil }
+        guard dict[key] != nil, dict[key] != .null else { mark(key); return nil }
         return try double(key, default: 0, range: range)
     }
 
     mutating func optionalInt(_ key: String, range: ClosedRange<Int>) throws(ConfigError) -> Int? {
-        guard dict[key] != nil, dict[key] != .null else { seen.insert(key); return nil }
+        guard dict[key] != nil, dict[key] != .null else { mark(key); return nil }
         return try int(key, default: 0, range: range)
     }
 
@@ -151,5 +157,27 @@ struct ConfigObject {
         if let k = unknown.first {
             throw ConfigError(path: sub(k), problem: "unknown key (known keys here: \(seen.sorted().joined(separator: ", ")))")
         }
+    }
+}
+
+/// Collects every key path the reader reads while parsing (array items as `routes[].model`), so
+/// that a test can check the configuration reference (docs/configuration.md) against the reader.
+final class ConfigKeyRecorder: @unchecked Sendable {
+    @TaskLocal static var current: ConfigKeyRecorder?
+    private let lock = NSLock()
+    private var paths: Set<String> = []
+
+    func add(_ path: String) {
+        let normalised = path.replacingOccurrences(of: #"\[[0-9]+\]"#, with: "[]", options: .regularExpression)
+        lock.withLock { _ = paths.insert(normalised) }
+    }
+
+    var keyPaths: Set<String> { lock.withLock { paths } }
+
+    /// The key paths `GatewayConfig.parse` reads when it parses `data`.
+    static func keyPaths(readParsing data: Data) throws -> Set<String> {
+        let recorder = ConfigKeyRecorder()
+        _ = try ConfigKeyRecorder.$current.withValue(recorder) { try GatewayConfig.parse(data) }
+        return recorder.keyPaths
     }
 }

@@ -38,8 +38,8 @@ public final class Gateway: Sendable {
             }
             // The admin API always needs a token: without one in the environment, a fresh random
             // one is written to a 0600 file for the operator (and `gateway-train --push`) to read.
-            let tokenFile = config.admin.tokenFile
-                ?? URL(fileURLWithPath: config.log.path).deletingLastPathComponent().appendingPathComponent("admin-token").path
+            let tokenFile = config.generatedAdminTokenPath
+            try WorkTreeGuard.checkSecretPath(tokenFile, key: "admin.token_file")
             adminToken = try Self.writeGeneratedToken(to: tokenFile)
             adminTokenFile = tokenFile
             logger.notice("admin token generated (none in the environment)", metadata: ["file": "\(tokenFile)", "env": "\(config.admin.tokenEnv)"])
@@ -173,6 +173,8 @@ extension Gateway {
         var rng = SystemRandomNumberGenerator()
         let token = (0..<32).map { _ in String(format: "%02x", UInt8.random(in: 0...255, using: &rng)) }.joined()
         let fm = FileManager.default
+        try? fm.createDirectory(atPath: URL(fileURLWithPath: path).deletingLastPathComponent().path,
+                                withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
         try? fm.removeItem(atPath: path)
         guard fm.createFile(atPath: path, contents: Data((token + "\n").utf8), attributes: [.posixPermissions: 0o600]) else {
             throw ConfigError(path: "admin.token_file", problem: "cannot write the generated admin token to \(path)")

@@ -2,8 +2,8 @@ import Foundation
 import OpenAIWire
 import PolicyEngine
 
-/// The gateway's configuration (gateway.json). Every key is documented in README.md, section
-/// "Configuration reference"; `GatewayConfig.parse` rejects unknown keys and wrong types with
+/// The gateway's configuration (gateway.json). Every key is documented in docs/configuration.md
+/// (`ConfigReferenceTests` checks it); `GatewayConfig.parse` rejects unknown keys and wrong types with
 /// the key path. Secrets are never in the file, only the names of environment variables.
 public struct GatewayConfig: Sendable, Equatable {
     public struct Server: Sendable, Equatable {

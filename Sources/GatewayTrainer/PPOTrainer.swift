@@ -88,10 +88,13 @@ public struct TrainingResult: Sendable {
 public enum TrainerError: Error, CustomStringConvertible {
     case nothingToTrain
     case resumeMismatch(String)
+    /// Every advantage is 0: training would change nothing (the reason says why).
+    case noSignal(String)
     public var description: String {
         switch self {
         case .nothingToTrain: return "no usable episodes: nothing to train on"
         case .resumeMismatch(let m): return "cannot resume: \(m)"
+        case .noSignal(let why): return "nothing to learn from: \(why) (--allow-no-signal trains anyway)"
         }
     }
 }

@@ -53,6 +53,27 @@ public struct Selection: Sendable {
     public var skipped: [(id: String, reason: String)]
     public var groups: Int
     public var loneEpisodes: Int
+    /// GRPO groups whose rewards are all equal, so every advantage in them is 0.
+    public var zeroAdvantageGroups = 0
+    /// Lone episodes whose reward equals their running baseline (advantage 0).
+    public var zeroAdvantageLone = 0
+
+    /// Why no selected episode carries a learning signal (every advantage is 0, so the policy
+    /// gradient is 0 and only the KL term could move the weights), or nil when some do.
+    public var noSignalReason: String? {
+        guard !episodes.isEmpty, episodes.allSatisfy({ $0.advantage == 0 }) else { return nil }
+        var why: [String] = []
+        if groups > 0 {
+            why.append(groups == 1 ? "the 1 group has identical rewards" : "all \(groups) groups have identical rewards")
+        }
+        if loneEpisodes > 0 {
+            why.append(loneEpisodes == 1 ? "the lone episode has advantage 0" : "all \(loneEpisodes) lone episodes have the reward of the episodes before them")
+        }
+        let rewards = Set(episodes.map(\.reward.reward))
+        let same = rewards.count == 1 ? " (every episode's reward is \(Table.num(rewards.first!)))" : ""
+        return why.joined(separator: " and ") + same
+            + ": sample with temperature > 0 (rollout --temperature 1), or give feedback that differs"
+    }
 
     public var meanReward: Double {
         episodes.isEmpty ? 0 : episodes.reduce(0) { $0 + $1.reward.reward } / Double(episodes.count)
@@ -95,7 +116,11 @@ public enum EpisodeSelector {
                                         groupKey: r.question ?? "episode:" + r.id, groupSize: 1))
         }
         let (withAdvantages, groups, lone) = assignAdvantages(scored)
-        return Selection(episodes: withAdvantages, skipped: skipped, groups: groups, loneEpisodes: lone)
+        var selection = Selection(episodes: withAdvantages, skipped: skipped, groups: groups, loneEpisodes: lone)
+        let byKey = Dictionary(grouping: withAdvantages, by: \.groupKey)
+        selection.zeroAdvantageGroups = byKey.values.filter { $0.count > 1 && $0.allSatisfy { $0.advantage == 0 } }.count
+        selection.zeroAdvantageLone = byKey.values.filter { $0.count == 1 && $0[0].advantage == 0 }.count
+        return selection
     }
 
     /// GRPO advantages within groups of >= 2 episodes sharing a key; lone episodes get

@@ -53,6 +53,8 @@ public struct TrainJobConfig: Sendable {
     public var activationBudgetBytes = 1 << 30
     public var filter = EpisodeFilter()
     public var resume = false
+    /// Train even when every advantage is 0 (otherwise `TrainerError.noSignal`).
+    public var allowNoSignal = false
     /// Where resumable state lives (default `<out>.state`).
     public var stateDirectory: URL?
     public init(base: URL, out: URL) {
@@ -137,7 +139,11 @@ public enum TrainJob {
             }
         })
         guard !selection.episodes.isEmpty else { throw TrainerError.nothingToTrain }
-        log("selected \(selection.episodes.count) episodes (\(selection.groups) groups, \(selection.loneEpisodes) lone, \(selection.skipped.count) skipped), mean reward \(Table.num(selection.meanReward))")
+        log("selected \(selection.episodes.count) episodes (\(selection.groups) groups, \(selection.loneEpisodes) lone, \(selection.skipped.count) skipped), mean reward \(Table.num(selection.meanReward)); advantage 0 in \(selection.zeroAdvantageGroups) of \(selection.groups) groups and \(selection.zeroAdvantageLone) of \(selection.loneEpisodes) lone episodes")
+        if let why = selection.noSignalReason {
+            guard c.allowNoSignal else { throw TrainerError.noSignal(why) }
+            log("warning: nothing to learn from: \(why); training anyway (--allow-no-signal): only the KL term can move the weights")
+        }
         let mode: TrainingMode = c.lora.map { .lora($0) } ?? .full
         let model = try TrainableModel(directory: c.base, mode: mode, seed: c.hyper.seed)
         model.activationBudgetBytes = c.activationBudgetBytes

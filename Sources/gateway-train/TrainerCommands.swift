@@ -182,6 +182,7 @@ struct TrainRLCommand: AsyncParsableCommand {
     @Option(name: .customLong("save-every"), help: "Save resumable state every N steps (0: at the end only).") var saveEvery: Int = 0
     @Option(name: .customLong("state-dir"), help: "Resumable state folder (default <out>.train-state).") var stateDir: String?
     @Flag(help: "Continue from the saved state.") var resume = false
+    @Flag(name: .customLong("allow-no-signal"), help: "Train even when every episode's advantage is 0 (identical rewards in every group); without it that is an error, since training would change nothing.") var allowNoSignal = false
     @Option(name: .customLong("activation-budget-mb"), help: "MB of MLP activations kept per sequence so backward does not recompute them (faster; 0: recompute everything, least memory).") var activationBudgetMB: Int = 1024
     @Option(help: "PPO denominator: 'logged' (the behaviour log-probs in the log) or 'base' (recomputed with the weights the run starts from: --base, or the resumed state; use it for traffic sampled at a temperature other than 1 or with top-k/top-p).") var behaviour: String = "logged"
     @OptionGroup var filters: FilterOptions
@@ -210,6 +211,7 @@ struct TrainRLCommand: AsyncParsableCommand {
         c.activationBudgetBytes = max(0, activationBudgetMB) << 20
         c.filter = try filters.filter()
         c.resume = resume
+        c.allowNoSignal = allowNoSignal
         c.stateDirectory = stateDir.map { URL(fileURLWithPath: $0) }
         let database = try TrafficDatabase(path: db)
         let tokenizer = try Tokenizer(directory: baseURL)
@@ -223,6 +225,7 @@ struct TrainRLCommand: AsyncParsableCommand {
         let m = result.manifest
         print(Table.render(["train", "value"], [
             ["episodes", "\(m.episode_count) (\(m.groups) groups, \(m.lone_episodes) lone, \(result.selection.skipped.count) skipped)"],
+            ["advantage 0", "\(result.selection.zeroAdvantageGroups) of \(m.groups) groups, \(result.selection.zeroAdvantageLone) of \(m.lone_episodes) lone episodes"],
             ["policy tokens", "\(m.policy_tokens)"], ["mean reward", Table.num(m.mean_reward)], ["mean format", Table.num(m.mean_format)],
             ["mode", m.hyperparameters.mode + (c.lora.map { " r=\($0.rank) alpha=\($0.alpha) \($0.targetModules.joined(separator: ","))" } ?? "")],
             ["trainable parameters", "\(m.trainable_parameters)"], ["steps", "\(m.steps)\(m.resumed ? " (resumed)" : "")"],

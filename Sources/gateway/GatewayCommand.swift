@@ -39,11 +39,27 @@ struct ConfigOptions: ParsableArguments {
     @Option(name: .long, help: "Policy checkpoint folder (overrides policy.path).")
     var policy: String?
 
+    @Option(name: .customLong("admin-host"), help: "Admin listen address (overrides admin.host; a non-loopback one needs the token in the environment).")
+    var adminHost: String?
+
     @Option(name: .customLong("admin-port"), help: "Admin listener port (overrides admin.port; 0 picks a free port).")
     var adminPort: Int?
 
+    @Option(name: .customLong("data-dir"), help: ArgumentHelp(
+        "Folder of the runtime files: traffic log, generated admin token, models (default: $GATEWAY_DATA_DIR, else ./data in the repository, else $XDG_STATE_HOME/prompt-r1-gateway).",
+        valueName: "dir"))
+    var dataDir: String?
+
+    /// The data directory in effect: the flag, `$GATEWAY_DATA_DIR`, or the default.
+    var dataDirectory: String {
+        let env = ProcessInfo.processInfo.environment
+        let chosen = dataDir ?? env["GATEWAY_DATA_DIR"].flatMap { $0.isEmpty ? nil : $0 } ?? DataDirectory.defaultPath()
+        return URL(fileURLWithPath: chosen).standardized.path
+    }
+
     func load() throws -> GatewayConfig {
-        var c = try GatewayConfig.load(path: config)
+        // Relative paths of the file live in the data directory; paths given as flags are used as given.
+        var c = try GatewayConfig.load(path: config).placingRuntimeFiles(in: dataDirectory)
         if let host { c.server.host = host }
         if let port {
             guard (0...65535).contains(port) else { throw ValidationError("--port must be between 0 and 65535") }
@@ -56,7 +72,10 @@ struct ConfigOptions: ParsableArguments {
             c.upstream.baseURL = upstreamURL
         }
         if let logDB { c.log.path = logDB }
-        if let policy { c.policyPath = policy }
+        if let policy = policy ?? ProcessInfo.processInfo.environment["GATEWAY_POLICY"].flatMap({ $0.isEmpty ? nil : $0 }) {
+            c.policyPath = policy
+        }
+        if let adminHost { c.admin.host = adminHost }
         if let adminPort {
             guard (0...65535).contains(adminPort) else { throw ValidationError("--admin-port must be between 0 and 65535") }
             c.admin.port = adminPort
@@ -91,7 +110,7 @@ struct Serve: AsyncParsableCommand {
             logger.notice("gateway listening", metadata: [
                 "address": "\(config.server.host):\(port)", "admin": "\(config.admin.host):\(adminPort)",
                 "upstream": "\(config.upstream.baseURL)",
-                "log": "\(config.log.path)", "version": "\(GatewayVersion.string)",
+                "log": "\(config.log.path)", "data_dir": "\(options.dataDirectory)", "version": "\(GatewayVersion.string)",
             ])
         }
         try await gateway.run()
@@ -115,6 +134,9 @@ struct CheckConfig: AsyncParsableCommand {
             print("  routes       " + c.routes.map { "\($0.model) -> \($0.mode.rawValue)\($0.upstreamModel.map { " (\($0))" } ?? "")" }.joined(separator: ", "))
             print("  log          \(c.log.path) (durability \(c.log.durability.rawValue), retention \(c.log.retentionDays) days)")
             print("  policy       \(c.policyPath ?? "none")")
+            print("  data dir     \(options.dataDirectory)")
+            print("  admin        \(c.admin.host):\(c.admin.port) (token from env \(c.admin.tokenEnv): \((ProcessInfo.processInfo.environment[c.admin.tokenEnv] ?? "").isEmpty ? "not set, generated into \(c.generatedAdminTokenPath)" : "set"))")
+            print("  models dir   \(c.admin.modelsDir)")
         } catch let e as ConfigError {
             throw ValidationError("invalid config \(options.config): \(e)")
         }

@@ -11,10 +11,15 @@ final class OpenAISDKTests: XCTestCase {
             .deletingLastPathComponent().deletingLastPathComponent()
     }
 
-    /// The python3 the test command used to install the SDK: the first on PATH.
+    /// The tests' Python: `$GATEWAY_TEST_PYTHON` (the test command sets it to the virtual
+    /// environment scripts/setup-venv.sh makes), else that environment itself (`.venv/`), else
+    /// the first python3 on PATH.
     static func python() -> String? {
-        let env = ProcessInfo.processInfo.environment["PATH"] ?? ""
-        for dir in env.split(separator: ":") {
+        let env = ProcessInfo.processInfo.environment
+        if let p = env["GATEWAY_TEST_PYTHON"], !p.isEmpty { return p }
+        let venv = repoRoot.appendingPathComponent(".venv/bin/python3").path
+        if FileManager.default.isExecutableFile(atPath: venv) { return venv }
+        for dir in (env["PATH"] ?? "").split(separator: ":") {
             let p = "\(dir)/python3"
             if FileManager.default.isExecutableFile(atPath: p) { return p }
         }
@@ -49,9 +54,9 @@ final class OpenAISDKTests: XCTestCase {
         let (status, _, _) = try await Self.run(py, ["-c", "import openai"], env: [:])
         if status != 0 {
             if ProcessInfo.processInfo.environment["CI"] != nil {
-                XCTFail("the openai SDK is not installed; the test command must install it (pip install openai)")
+                XCTFail("the openai SDK is not installed in \(py); scripts/test.sh installs it (scripts/test-requirements.txt)")
             }
-            throw XCTSkip("openai SDK not installed (pip install openai)")
+            throw XCTSkip("openai SDK not installed in \(py) (run scripts/setup-venv.sh)")
         }
         return py
     }

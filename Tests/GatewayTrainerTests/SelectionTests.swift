@@ -73,6 +73,45 @@ final class SelectionTests: XCTestCase {
         XCTAssertFalse(all.skipped.contains { $0.id == "e10" })
     }
 
+    /// Groups with identical rewards and lone episodes at their baseline are counted, and when
+    /// nothing carries signal the selection says why.
+    func testZeroAdvantageIsCountedAndExplained() throws {
+        let tmp = try TempDir()
+        let db = try TrafficDatabase(path: tmp.path("traffic.sqlite"))
+        let t0 = Date(timeIntervalSince1970: 1_800_000_000)
+        var minute = 0.0
+        func add(_ id: String, question: String, route: String, answer: String = "Paris") throws {
+            minute += 1
+            let r = TrainingSequenceFixture.record(id: id, tokens: [5, 6, 7], mask: [0, 1, 1], logprobs: [0, -0.5, -0.7], question: question,
+                                                   createdAt: t0.addingTimeInterval(minute * 60), route: route, policyVersion: "v0",
+                                                   formatScore: 1.0, lastText: "<think>ok</think>\n<answer>\(answer)</answer>")
+            try db.insert(episodes: [r])
+            _ = try db.insertFeedback(FeedbackRecord(episodeID: id, kind: "reference", value: "Paris", createdAt: r.createdAt))
+        }
+        // Three groups of two, every episode right: all rewards 1.
+        for q in ["Q1", "Q2", "Q3"] { try add("\(q)a", question: q, route: "same"); try add("\(q)b", question: q, route: "same") }
+        let same = try EpisodeSelector.select(database: db, filter: EpisodeFilter(route: "same"))
+        XCTAssertEqual(same.groups, 3)
+        XCTAssertEqual(same.zeroAdvantageGroups, 3)
+        XCTAssertEqual(same.noSignalReason,
+                       "all 3 groups have identical rewards (every episode's reward is 1.0000): sample with temperature > 0 (rollout --temperature 1), or give feedback that differs")
+
+        // One group that differs: signal, and only the identical groups count as zero.
+        try add("Q4a", question: "Q4", route: "mixed"); try add("Q4b", question: "Q4", route: "mixed", answer: "Lyon")
+        try add("Q5a", question: "Q5", route: "mixed"); try add("Q5b", question: "Q5", route: "mixed")
+        let mixed = try EpisodeSelector.select(database: db, filter: EpisodeFilter(route: "mixed"))
+        XCTAssertEqual(mixed.groups, 2)
+        XCTAssertEqual(mixed.zeroAdvantageGroups, 1)
+        XCTAssertNil(mixed.noSignalReason)
+
+        // Lone episodes: the first has advantage R - 0 = 1; the second, with the same reward, 0.
+        try add("L1", question: "L1", route: "lone"); try add("L2", question: "L2", route: "lone")
+        let lone = try EpisodeSelector.select(database: db, filter: EpisodeFilter(route: "lone"))
+        XCTAssertEqual(lone.loneEpisodes, 2)
+        XCTAssertEqual(lone.zeroAdvantageLone, 1)
+        XCTAssertNil(lone.noSignalReason)
+    }
+
     func testMissingFormatScoreUsesFallbackOrIsSkipped() throws {
         let tmp = try TempDir()
         let db = try TrafficDatabase(path: tmp.path("t.sqlite"))

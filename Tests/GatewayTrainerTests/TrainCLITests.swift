@@ -124,6 +124,41 @@ final class TrainCLITests: XCTestCase {
         await fake.stop()
     }
 
+    /// Greedy rollouts give every episode of a group the same reward: `train` says so and
+    /// exits non-zero instead of silently changing nothing, unless --allow-no-signal.
+    func testTrainRefusesEpisodesWithoutSignal() async throws {
+        _ = try CLITests.executable()
+        let cases = try RolloutExportTests.cases()
+        let fake = try await FakeUpstream(script: RolloutExportTests.script(cases))
+        let tmp = try TempDir()
+        let dataset = tmp.url.appendingPathComponent("data.jsonl")
+        let lines = try cases.prefix(2).map { c in
+            String(decoding: try JSONEncoder().encode(DatasetItem(question: c.question, answers: [c.final_answer ?? ""])), as: UTF8.self)
+        }
+        try (lines.joined(separator: "\n") + "\n").write(to: dataset, atomically: true, encoding: .utf8)
+        let policy = Fixtures.model("promptr1-tiny").path
+        let db = tmp.path("traffic.sqlite")
+        let r = try run(["rollout", "--dataset", dataset.path, "--group-size", "2", "--policy", policy, "--db", db, "--temperature", "0",
+                         "--max-tokens-per-turn", "200", "--upstream-url", fake.baseURL, "--api-key-env", "TEST_UPSTREAM_KEY",
+                         "--upstream-model", "gpt-4o-mini"])
+        XCTAssertEqual(r.status, 0, r.err)
+        await fake.stop()
+
+        let out = tmp.path("ckpt")
+        let args = ["train", "--db", db, "--base", policy, "--out", out, "--lora-rank", "4", "--grad-accum", "2"]
+        let refused = try run(args)
+        XCTAssertEqual(refused.status, 1, refused.err)
+        XCTAssertTrue(refused.err.contains("nothing to learn from: all 2 groups have identical rewards"), refused.err)
+        XCTAssertTrue(refused.err.contains("sample with temperature > 0") && refused.err.contains("--allow-no-signal"), refused.err)
+        XCTAssertTrue(refused.err.contains("advantage 0 in 2 of 2 groups and 0 of 0 lone episodes"), refused.err)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: out), "nothing was written")
+
+        let allowed = try run(args + ["--allow-no-signal"])
+        XCTAssertEqual(allowed.status, 0, allowed.err)
+        XCTAssertTrue(allowed.err.contains("training anyway"), allowed.err)
+        XCTAssertTrue(allowed.out.contains("advantage 0") && allowed.out.contains("2 of 2 groups"), allowed.out)
+    }
+
     func testPushPostsThePathWithTheAdminToken() async throws {
         let fake = try await FakeUpstream(script: { r in
             if r.path == "/v1/admin/policy" {
