@@ -316,6 +316,8 @@ public enum Experiment {
             tc.hyper.ppo = PPOConfig(clip: config.train.clip, klCoef: config.train.klCoef); tc.hyper.seed = seed &+ UInt64(k)
             tc.weightDecay = config.train.weightDecay
             tc.filter = EpisodeFilter(route: route)
+            // An iteration whose groups all tied trains nothing but must not stop the experiment.
+            tc.allowNoSignal = true
             tc.stateDirectory = out.appendingPathComponent("iter\(k + 1).train-state")
             let job = try TrainJob.run(tc, database: database, tokenizer: try Tokenizer(directory: current))
             current = next
