@@ -1,4 +1,4 @@
-// swift-tools-version:6.0
+// swift-tools-version:6.1
 import PackageDescription
 
 // Module layout (dependencies point one way, top to bottom):
@@ -39,6 +39,9 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.0"),
         .package(url: "https://github.com/apple/swift-http-types.git", from: "1.8.0"),
         .package(url: "https://github.com/apple/swift-crypto.git", "3.12.0"..<"5.0.0"),
+        // OpenTelemetry traces over OTLP/HTTP only: the gRPC exporter trait would pull in grpc-swift.
+        .package(url: "https://github.com/swift-otel/swift-otel.git", from: "1.6.0", traits: ["OTLPHTTP"]),
+        .package(url: "https://github.com/apple/swift-distributed-tracing.git", from: "1.7.0"),
     ],
     targets: [
         .systemLibrary(name: "CBLAS", path: "Sources/CBLAS", pkgConfig: "openblas",
@@ -73,7 +76,7 @@ let package = Package(
         ),
         .target(
             name: "EpisodeLog",
-            dependencies: ["PromptR1", "TrafficLog", .product(name: "Crypto", package: "swift-crypto")]
+            dependencies: ["PolicyEngine", "PromptR1", "TrafficLog", .product(name: "Crypto", package: "swift-crypto")]
         ),
         .target(
             name: "GatewayServer",
@@ -91,6 +94,8 @@ let package = Package(
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "OTel", package: "swift-otel"),
+                .product(name: "Tracing", package: "swift-distributed-tracing"),
             ]
         ),
         // A scriptable OpenAI-compatible upstream on loopback, for tests and benchmarks.

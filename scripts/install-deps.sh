@@ -12,8 +12,9 @@ set -euo pipefail
 build_pkgs=(libopenblas-dev libsqlite3-dev libssl-dev libcurl4-openssl-dev)
 # The tests only: python3-venv for the virtual environment scripts/setup-venv.sh makes from
 # Debian's python3 (system pip refuses to install: the system Python is "externally managed");
-# git for the tests of the admin-token guard.
-test_pkgs=(python3-venv git)
+# git for the tests of the admin-token guard; chromium and chromium-driver, the real headless
+# browser the console tests drive through selenium (ConsoleTests).
+test_pkgs=(python3-venv git chromium chromium-driver)
 
 pkgs=("${build_pkgs[@]}")
 for arg in "$@"; do

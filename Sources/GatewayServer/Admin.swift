@@ -15,6 +15,8 @@ struct AdminRoutes: Sendable {
     let modelsDir: String
     let reloadConfig: @Sendable () async throws -> Void
     let collaborationWaiting: @Sendable () -> Int
+    /// Web console log-ins (see `ConsoleRoutes`).
+    let consoleSessions = ConsoleSessions()
 
     func build() -> Router<BasicRequestContext> {
         let router = Router()
@@ -41,10 +43,7 @@ struct AdminRoutes: Sendable {
         }
         router.post("/admin/policy/rollback") { req, _ in
             try self.authorize(req)
-            guard let previous = self.holder.previous else {
-                throw GatewayError(status: 409, message: "There is no earlier policy version to roll back to.", type: "invalid_request_error", code: "no_previous_version")
-            }
-            return try await self.swap(to: previous.path, rollbackOf: previous.id)
+            return try await self.rollback()
         }
         router.post("/admin/config/reload") { req, _ in
             try self.authorize(req)
@@ -53,7 +52,15 @@ struct AdminRoutes: Sendable {
             }
             return Self.json(#"{"status":"reloaded"}"#)
         }
+        ConsoleRoutes(admin: self).register(on: router)
         return router
+    }
+
+    func rollback() async throws -> Response {
+        guard let previous = holder.previous else {
+            throw GatewayError(status: 409, message: "There is no earlier policy version to roll back to.", type: "invalid_request_error", code: "no_previous_version")
+        }
+        return try await swap(to: previous.path, rollbackOf: previous.id)
     }
 
     static func json(_ s: String, status: HTTPResponse.Status = .ok) -> Response {

@@ -3,6 +3,7 @@ import Foundation
 import HTTPTypes
 import Hummingbird
 import NIOCore
+import NIOHTTP1
 import OpenAIWire
 import PolicyEngine
 import PromptR1
@@ -13,10 +14,20 @@ import TrafficLog
 struct LoopUpstream: UpstreamAnswering {
     let client: UpstreamClient
     let stop: [String]?
+    /// The request's trace (the loop runs in a task of its own, which does not see it).
+    var trace: RequestTrace? = RequestTrace.current
 
     func answer(messages: [UpstreamMessage], options: UpstreamCallOptions) async throws -> UpstreamAnswer {
-        let answer = try await client.chat(model: options.model ?? "", messages: messages.map { OpenAIWire.ChatMessage(role: $0.role, content: $0.content) },
-                                           temperature: options.temperature, maxTokens: options.maxTokens, stop: stop)
+        let call = { (headers: HTTPHeaders) in
+            try await client.chat(model: options.model ?? "", messages: messages.map { OpenAIWire.ChatMessage(role: $0.role, content: $0.content) },
+                                  temperature: options.temperature, maxTokens: options.maxTokens, stop: stop, headers: headers)
+        }
+        let answer: UpstreamClient.ChatAnswer
+        if let trace {
+            answer = try await trace.tracedUpstream(model: options.model, messages: messages, call)
+        } else {
+            answer = try await call(HTTPHeaders())
+        }
         return UpstreamAnswer(text: answer.text,
                               usage: answer.usage.map { UpstreamUsage(promptTokens: $0.promptTokens, completionTokens: $0.completionTokens, totalTokens: $0.totalTokens) },
                               model: options.model, latency: answer.latency)
@@ -172,6 +183,8 @@ struct EpisodeRun: Sendable {
     let question: String
     let trace: Bool
     let config: GatewayConfig
+    /// Times of the policy turns (the log's per-turn latency, the trace's policy spans).
+    let turnClock = PolicyTurnClock()
 
     var state: GatewayState { route.state }
     var completionID: String { "chatcmpl-" + context.episodeID }
@@ -269,6 +282,8 @@ struct EpisodeRun: Sendable {
         record.formatScore = PromptR1Reward.formatScore(e.rewardText)
         let rows = EpisodeMapping.turnRows(e, redact: state.loggedResponse)
         record.turns = rows.turns
+        turnClock.fill(&record.turns)
+        RequestTrace.current?.notePolicyTurns(turnClock.all)
         record.upstreamMs = rows.upstreamMs
         _ = Passthrough.finishTiming(&record, context: context)
         await state.record(record)
@@ -279,7 +294,8 @@ struct EpisodeRun: Sendable {
     func completeResponse(episode started: EpisodeRecord) async throws -> Response {
         // The episode stops when the client gives up (closes its side of the connection).
         let loop = self.loop, question = self.question
-        let episodeTask = Task { await loop.run(question: question) }
+        let clock = turnClock
+        let episodeTask = Task { await loop.run(question: question, onEvent: { clock.observe($0) }) }
         ClientGoneWatcher.onClientGone(context.channel) { episodeTask.cancel() }
         let e = await withTaskCancellationHandler { await episodeTask.value } onCancel: { episodeTask.cancel() }
         let final = await resolve(e)
@@ -318,7 +334,7 @@ struct EpisodeRun: Sendable {
             // connection's event-loop executor preference, and the loop's timer races then ran
             // ~30x slower there (measured: 3 s instead of 0.1 s for a two-turn episode).
             let episodeTask = Task.detached {
-                let e = await run.loop.run(question: run.question) { event in continuation.yield(.event(event)) }
+                let e = await run.loop.run(question: run.question) { event in run.turnClock.observe(event); continuation.yield(.event(event)) }
                 continuation.yield(.done(e))
                 continuation.finish()
             }

@@ -78,6 +78,8 @@ public final class Gateway: Sendable {
 
         let router = Router(context: GatewayContext.self)
         router.add(middleware: GatewayMiddleware(state: state))
+        let telemetry = try Telemetry.make(config.telemetry, logger: logger)
+        if let (t, _) = telemetry { router.add(middleware: TracingMiddleware(telemetry: t)) }
         let passthrough = Passthrough(state: state)
         let feedback = FeedbackRoute(state: state)
         let holder = PolicyHolder(initialPolicy)
@@ -125,6 +127,8 @@ public final class Gateway: Sendable {
             logger: logger
         )
         var services: [any Service] = [LogWriterService(writer: writer)]
+        // Stops after the server (services stop in reverse order), so the last spans are exported.
+        if let (_, exporter) = telemetry { services.append(exporter) }
         if config.log.retentionDays > 0 {
             services.append(RetentionLoop(service: RetentionService(
                 database: database, maxAge: config.log.retentionDays * 86_400,

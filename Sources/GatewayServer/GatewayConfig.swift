@@ -112,6 +112,19 @@ public struct GatewayConfig: Sendable, Equatable {
     public var log = Log()
     public var policy = Policy()
     public var admin = Admin()
+    public var telemetry = Telemetry()
+
+    /// OpenTelemetry traces (see docs/console.md).
+    public struct Telemetry: Sendable, Equatable {
+        /// OTLP/HTTP (protobuf) collector, e.g. http://127.0.0.1:4318 (null: no tracing).
+        public var otlpEndpoint: String?
+        /// Put message contents (requests, prompts, answers) into span attributes.
+        public var includeContent = false
+        public var serviceName = "prompt-r1-gateway"
+        /// How often the batch span processor exports.
+        public var exportIntervalMs = 1000
+        public init() {}
+    }
 
     /// The admin listener: policy versions, config reload, health, readiness, metrics.
     public struct Admin: Sendable, Equatable {
@@ -292,6 +305,18 @@ public struct GatewayConfig: Sendable, Equatable {
         c.policy.keepaliveSeconds = try p.double("keepalive_seconds", default: c.policy.keepaliveSeconds, range: 0.1...3600)
         c.policy.weights = try p.oneOf("weights", default: c.policy.weights)
         try p.finish()
+
+        var t = try root.object("telemetry")
+        c.telemetry.otlpEndpoint = try t.string("otlp_endpoint")
+        if let e = c.telemetry.otlpEndpoint {
+            guard let url = URL(string: e), let scheme = url.scheme, ["http", "https"].contains(scheme), url.host != nil else {
+                throw ConfigError(path: "telemetry.otlp_endpoint", problem: "must be an http(s) URL of an OTLP/HTTP collector such as http://127.0.0.1:4318, got \"\(e)\"")
+            }
+        }
+        c.telemetry.includeContent = try t.bool("include_content", default: c.telemetry.includeContent)
+        c.telemetry.serviceName = try t.string("service_name", default: c.telemetry.serviceName)
+        c.telemetry.exportIntervalMs = try t.int("export_interval_ms", default: c.telemetry.exportIntervalMs, range: 10...600_000)
+        try t.finish()
 
         try root.finish()
         return c

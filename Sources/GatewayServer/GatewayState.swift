@@ -64,6 +64,7 @@ public final class GatewayState: @unchecked Sendable {
     /// `commit_before_response` the call returns once the row is committed.
     func record(_ episode: EpisodeRecord) async {
         metrics.observe(episode)
+        RequestTrace.current?.noteEpisode(episode)
         // The log writer has its own thread. A request that waits for it (commit before
         // response, or a full queue) continues on the event loop it came from, which owns its
         // connection: one wake-up of that loop instead of a wake-up elsewhere and a hop back.

@@ -69,6 +69,7 @@ struct Passthrough: Sendable {
                 for v in request.headers[values: n] { h.add(name: name, value: v) }
             }
         }
+        TraceHeaders.add(to: &h, from: request)
         return h
     }
 

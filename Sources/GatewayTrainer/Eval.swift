@@ -1,6 +1,7 @@
 // `gateway-train eval`: the collaboration (policy + upstream) against the upstream alone on the
 // same questions: EM, F1, mean protocol reward and upstream tokens for both.
 
+import EpisodeLog
 import Foundation
 import OpenAIWire
 import PolicyEngine

@@ -7,52 +7,9 @@
 // - the PPO clipped surrogate plus the low-variance KL penalty per policy token, and its
 //   gradient with respect to the policy's log-probs.
 
+import EpisodeLog
 import Foundation
 import PromptR1
-
-// MARK: - Reward
-
-/// Where an episode's answer term comes from.
-public enum RewardSource: Sendable, Equatable {
-    /// Reference answers (rollouts, `{"reference": ...}` feedback): the answer term is the best F1.
-    case references([String])
-    /// A feedback score in [0, 1] standing in for the F1 term.
-    case score(Double)
-}
-
-public struct TrainingReward: Sendable, Equatable, Codable {
-    public var format: Double
-    /// The answer term: F1 against the references, or the feedback score.
-    public var answer: Double
-    public var exactMatch: Double?
-    /// The protocol's reward in [-1, 1].
-    public var reward: Double
-
-    public init(format: Double, answer: Double, exactMatch: Double?, reward: Double) {
-        self.format = format
-        self.answer = answer
-        self.exactMatch = exactMatch
-        self.reward = reward
-    }
-
-    /// Protocol section 5: `R = -1 + fmt + answer` when `fmt == 1.0`, else `R = -1 + fmt`.
-    public static func combine(format: Double, answer: Double) -> Double {
-        format == 1.0 ? -1.0 + format + answer : -1.0 + format
-    }
-
-    /// The reward of one episode from its format score and its final answer (nil: none).
-    public static func compute(format: Double, answer: String?, source: RewardSource) -> TrainingReward {
-        switch source {
-        case .references(let refs):
-            let f1 = answer.map { PromptR1Reward.f1(prediction: $0, references: refs) } ?? 0
-            let em = answer.map { PromptR1Reward.exactMatch(prediction: $0, references: refs) } ?? 0
-            return TrainingReward(format: format, answer: f1, exactMatch: em, reward: combine(format: format, answer: f1))
-        case .score(let s):
-            let a = min(max(s, 0), 1)
-            return TrainingReward(format: format, answer: a, exactMatch: nil, reward: combine(format: format, answer: a))
-        }
-    }
-}
 
 // MARK: - Advantages
 

@@ -5,6 +5,7 @@
 // Written against `PolicyGradientModel` / `PolicyOptimizer` so the whole loop is tested with a
 // small exact model in the tests; `TrainableModelAdapter.swift` binds them to PolicyEngine.
 
+import EpisodeLog
 import Foundation
 import PolicyEngine
 

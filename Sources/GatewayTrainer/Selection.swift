@@ -2,30 +2,10 @@
 // reward source (reference answers or a feedback score) inside the filters, their protocol reward,
 // and their advantage (GRPO within the episodes of one question, a running baseline for lone ones).
 
+import EpisodeLog
 import Foundation
 import PromptR1
 import TrafficLog
-
-public struct EpisodeFilter: Sendable, Equatable, Codable {
-    public var since: Date?
-    public var until: Date?
-    public var route: String?
-    public var policyVersion: String?
-    public var limit: Int?
-
-    public init(since: Date? = nil, until: Date? = nil, route: String? = nil, policyVersion: String? = nil, limit: Int? = nil) {
-        self.since = since
-        self.until = until
-        self.route = route
-        self.policyVersion = policyVersion
-        self.limit = limit
-    }
-
-    public var query: EpisodeQuery {
-        EpisodeQuery(since: since, until: until, route: route, mode: "collaborate", policyVersion: policyVersion,
-                     hasRewardSource: true, limit: limit)
-    }
-}
 
 public struct ScoredEpisode: Sendable {
     public var sequence: TrainingSequence
@@ -84,11 +64,7 @@ public enum EpisodeSelector {
     /// The reward source of an episode from its feedback rows: all "reference" values (answer F1
     /// against the best of them), else the most recent "score".
     public static func rewardSource(_ feedback: [FeedbackRecord]) -> RewardSource? {
-        let refs = feedback.filter { $0.kind == "reference" }.map(\.value)
-        if !refs.isEmpty { return .references(refs) }
-        let scores = feedback.filter { $0.kind == "score" }.sorted { ($0.createdAt, $0.id ?? 0) < ($1.createdAt, $1.id ?? 0) }
-        if let last = scores.last, let v = Double(last.value), v.isFinite { return .score(v) }
-        return nil
+        EpisodeLog.rewardSource(of: feedback)
     }
 
     /// Loads, scores and groups. `formatFallback` computes the format score from a sequence whose

@@ -1,6 +1,7 @@
 // Small shared pieces: the upstream adapter for the collaboration loop, the dataset reader, the
 // checkpoint weights hash (the gateway's policy version id), progress output and tables.
 
+import EpisodeLog
 import Foundation
 import OpenAIWire
 import PromptR1

@@ -239,7 +239,7 @@ public final class UpstreamClient: Sendable {
     /// One non-streaming chat completion. Non-2xx answers throw a GatewayError carrying the
     /// upstream's status and message.
     public func chat(model: String, messages: [ChatMessage], temperature: Double? = nil,
-                     maxTokens: Int? = nil, stop: [String]? = nil) async throws -> ChatAnswer {
+                     maxTokens: Int? = nil, stop: [String]? = nil, headers extra: HTTPHeaders = HTTPHeaders()) async throws -> ChatAnswer {
         struct Body: Encodable {
             var model: String
             var messages: [ChatMessage]
@@ -251,8 +251,8 @@ public final class UpstreamClient: Sendable {
         let body = Body(model: model, messages: messages, temperature: temperature, max_tokens: maxTokens,
                         stop: (stop?.isEmpty ?? true) ? nil : stop)
         let json = try JSONEncoder.wire.encode(body)
-        var headers = HTTPHeaders()
-        headers.add(name: "content-type", value: "application/json")
+        var headers = extra
+        headers.replaceOrAdd(name: "content-type", value: "application/json")
         let clock = ContinuousClock()
         let start = clock.now
         let response = try await send(method: .POST, path: "/v1/chat/completions", headers: headers,

@@ -9,12 +9,15 @@ import GRDB
 /// - Booleans are INTEGER 0/1.
 /// - Migrations are append-only: never edit a shipped migration, add "v2", "v3", ...
 enum TrafficSchema {
-    static let migrationNames = ["v1"]
+    static let migrationNames = ["v1", "v2_console"]
 
     static func migrator() -> DatabaseMigrator {
         var migrator = DatabaseMigrator()
         migrator.registerMigration("v1") { db in
             try db.execute(sql: v1)
+        }
+        migrator.registerMigration("v2_console") { db in
+            try db.execute(sql: ConsoleSchema.v2)
         }
         return migrator
     }

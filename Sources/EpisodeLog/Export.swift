@@ -355,7 +355,7 @@ public enum Exporter {
     static func episode(_ r: EpisodeRecord, index n: Int, feedback fb: [FeedbackRecord], tokenizer: Tokenizer,
                         dataSource: String) throws -> Episode {
         let seq = try TrainingSequence(record: r)
-        let source = EpisodeSelector.rewardSource(fb)
+        let source = rewardSource(of: fb)
         let text = tokenizer.decode(seq.tokens)
         let fmt = seq.formatScore ?? PromptR1Reward.formatScore(text.hasSuffix(PromptR1Tag.imEnd) ? text : text + PromptR1Tag.imEnd)
         let reward = source.map { TrainingReward.compute(format: fmt, answer: seq.answer, source: $0) }
