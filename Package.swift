@@ -39,6 +39,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.0"),
         .package(url: "https://github.com/apple/swift-http-types.git", from: "1.8.0"),
         .package(url: "https://github.com/apple/swift-crypto.git", "3.12.0"..<"5.0.0"),
+        .package(url: "https://github.com/vapor/postgres-nio.git", from: "1.33.0"),
+        .package(url: "https://github.com/apple/swift-nio-ssl.git", from: "2.25.0"),
         // OpenTelemetry traces over OTLP/HTTP only: the gRPC exporter trait would pull in grpc-swift.
         .package(url: "https://github.com/swift-otel/swift-otel.git", from: "1.6.0", traits: ["OTLPHTTP"]),
         .package(url: "https://github.com/apple/swift-distributed-tracing.git", from: "1.7.0"),
@@ -74,6 +76,20 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
+        // The PostgreSQL log backend (several replicas on one shared log) and the opener that picks
+        // a backend from a location (SQLite path or postgres:// URL). Kept apart so that
+        // TrafficLog and its tests stay SQLite-only.
+        .target(
+            name: "TrafficLogPostgres",
+            dependencies: [
+                "TrafficLog",
+                .product(name: "PostgresNIO", package: "postgres-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ]
+        ),
         .target(
             name: "EpisodeLog",
             dependencies: ["PolicyEngine", "PromptR1", "TrafficLog", .product(name: "Crypto", package: "swift-crypto")]
@@ -81,7 +97,7 @@ let package = Package(
         .target(
             name: "GatewayServer",
             dependencies: [
-                "OpenAIWire", "TrafficLog", "PromptR1", "PolicyEngine", "EpisodeLog",
+                "OpenAIWire", "TrafficLog", "TrafficLogPostgres", "PromptR1", "PolicyEngine", "EpisodeLog",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HTTPTypes", package: "swift-http-types"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
@@ -109,7 +125,7 @@ let package = Package(
         ),
         .executableTarget(
             name: "gateway",
-            dependencies: ["GatewayServer", .product(name: "ArgumentParser", package: "swift-argument-parser")]
+            dependencies: ["GatewayServer", "TrafficLog", .product(name: "ArgumentParser", package: "swift-argument-parser")]
         ),
         .target(
             name: "GatewayTrainer",
@@ -120,14 +136,14 @@ let package = Package(
         ),
         .executableTarget(
             name: "gateway-train",
-            dependencies: ["GatewayTrainer", "EpisodeLog", "PolicyEngine", "PromptR1",
+            dependencies: ["GatewayTrainer", "EpisodeLog", "PolicyEngine", "PromptR1", "TrafficLog", "TrafficLogPostgres",
                            // `experiment` serves its scripted upstream on loopback.
                            "FakeUpstream", "OpenAIWire",
                            .product(name: "ArgumentParser", package: "swift-argument-parser")]
         ),
         .executableTarget(
             name: "gateway-bench",
-            dependencies: ["GatewayServer", "PolicyEngine", "PromptR1", "OpenAIWire", "FakeUpstream", "TrafficLog",
+            dependencies: ["GatewayServer", "PolicyEngine", "PromptR1", "OpenAIWire", "FakeUpstream", "TrafficLog", "TrafficLogPostgres",
                            .product(name: "AsyncHTTPClient", package: "async-http-client"),
                            .product(name: "Hummingbird", package: "hummingbird"),
                            .product(name: "NIOPosix", package: "swift-nio"),
@@ -138,9 +154,13 @@ let package = Package(
         .testTarget(name: "PromptR1Tests", dependencies: ["PromptR1", "PolicyEngine"]),
         .testTarget(name: "OpenAIWireTests", dependencies: ["OpenAIWire"]),
         .testTarget(name: "TrafficLogTests", dependencies: ["TrafficLog", .product(name: "GRDB", package: "GRDB.swift")]),
+        // The PostgreSQL backend against a real server (scripts/with-postgres.sh starts one). The
+        // replica tests (several gateway processes on one log) are in GatewayServerTests.
+        .testTarget(name: "TrafficLogPostgresTests",
+                    dependencies: ["TrafficLog", "TrafficLogPostgres", .product(name: "Logging", package: "swift-log")]),
         .testTarget(
             name: "GatewayServerTests",
-            dependencies: ["GatewayServer", "OpenAIWire", "TrafficLog", "FakeUpstream", "PromptR1", "PolicyEngine",
+            dependencies: ["GatewayServer", "OpenAIWire", "TrafficLog", "TrafficLogPostgres", "FakeUpstream", "PromptR1", "PolicyEngine",
                            "EpisodeLog", "GatewayTrainer",
                            .product(name: "AsyncHTTPClient", package: "async-http-client"),
                            .product(name: "Hummingbird", package: "hummingbird"),
@@ -150,6 +170,6 @@ let package = Package(
         // The trainer's math, selection, export and rollout against a real SQLite file and a
         // FakeUpstream, the learning test, and the built gateway-train executable.
         .testTarget(name: "GatewayTrainerTests",
-                    dependencies: ["GatewayTrainer", "EpisodeLog", "PolicyEngine", "PromptR1", "TrafficLog", "OpenAIWire", "FakeUpstream"]),
+                    dependencies: ["GatewayTrainer", "EpisodeLog", "PolicyEngine", "PromptR1", "TrafficLog", "TrafficLogPostgres", "OpenAIWire", "FakeUpstream"]),
     ]
 )

@@ -13,8 +13,9 @@ build_pkgs=(libopenblas-dev libsqlite3-dev libssl-dev libcurl4-openssl-dev)
 # The tests only: python3-venv for the virtual environment scripts/setup-venv.sh makes from
 # Debian's python3 (system pip refuses to install: the system Python is "externally managed");
 # git for the tests of the admin-token guard; chromium and chromium-driver, the real headless
-# browser the console tests drive through selenium (ConsoleTests).
-test_pkgs=(python3-venv git chromium chromium-driver)
+# browser the console tests drive through selenium (ConsoleTests); postgresql for the server
+# scripts/with-postgres.sh starts for the shared-log tests (no system cluster is created).
+test_pkgs=(python3-venv git chromium chromium-driver postgresql)
 
 pkgs=("${build_pkgs[@]}")
 for arg in "$@"; do
@@ -34,6 +35,10 @@ as_root=()
 if [ "$(id -u)" -ne 0 ]; then
   command -v sudo >/dev/null || { echo "install-deps.sh: run as root or install sudo; missing: ${missing[*]}" >&2; exit 1; }
   as_root=(sudo)
+fi
+if [[ " ${missing[*]} " == *" postgresql "* ]] && [ ! -e /etc/postgresql-common/createcluster.conf ]; then
+  "${as_root[@]}" mkdir -p /etc/postgresql-common
+  echo "create_main_cluster = false" | "${as_root[@]}" tee /etc/postgresql-common/createcluster.conf >/dev/null
 fi
 echo "installing: ${missing[*]}"
 # `env` inside sudo: sudo resets the environment, so the variable must be set on its far side.

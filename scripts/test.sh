@@ -32,4 +32,5 @@ for s in "${services[@]}"; do
 done
 
 swift build --build-tests
-swift test --skip-build "$@"
+# The PostgreSQL tests (shared traffic log, replicas) need a server: with-postgres.sh runs one.
+scripts/with-postgres.sh swift test --skip-build "$@"

@@ -297,7 +297,7 @@ public enum Exporter {
 
     /// Writes one JSON line per usable collaboration episode matching the options, and the chat
     /// template beside it.
-    public static func export(database: TrafficDatabase, options: ExportOptions, tokenizer: Tokenizer, to url: URL,
+    public static func export(database: any LogStore, options: ExportOptions, tokenizer: Tokenizer, to url: URL,
                               progress: (Int, Int) -> Void = { _, _ in }) throws -> ExportSummary {
         var query = options.filter.query
         query.hasRewardSource = options.requireReward ? true : nil
@@ -383,7 +383,7 @@ public enum Exporter {
     }
 
     /// The former entry point (jsonl only).
-    public static func export(database: TrafficDatabase, filter: EpisodeFilter, requireReward: Bool,
+    public static func export(database: any LogStore, filter: EpisodeFilter, requireReward: Bool,
                               tokenizer: Tokenizer, to url: URL, dataSource: String = "prompt-r1-gateway",
                               progress: (Int, Int) -> Void = { _, _ in }) throws -> ExportSummary {
         try export(database: database, options: ExportOptions(format: .jsonl, filter: filter, requireReward: requireReward, dataSource: dataSource),

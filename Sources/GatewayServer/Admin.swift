@@ -15,6 +15,8 @@ struct AdminRoutes: Sendable {
     let modelsDir: String
     let reloadConfig: @Sendable () async throws -> Void
     let collaborationWaiting: @Sendable () -> Int
+    /// The fleet's policy version in the shared log.
+    let policySync: PolicySync
     /// Web console log-ins (see `ConsoleRoutes`).
     let consoleSessions = ConsoleSessions()
 
@@ -22,7 +24,7 @@ struct AdminRoutes: Sendable {
         let router = Router()
         router.add(middleware: AdminErrors())
         router.get("/health") { _, _ in Self.json(#"{"status":"ok"}"#) }
-        router.get("/ready") { _, _ in self.ready() }
+        router.get("/ready") { _, _ in await self.ready() }
         router.get("/metrics") { _, _ in
             let text = self.state.metrics.render(writer: self.state.writer.stats, policyWaiting: self.collaborationWaiting(), breaker: self.state.upstream.breaker)
             return Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4"], body: .init(byteBuffer: ByteBuffer(string: text)))
@@ -83,11 +85,19 @@ struct AdminRoutes: Sendable {
         }
     }
 
-    func ready() -> Response {
+    func ready() async -> Response {
         var problems: [String] = []
         let config = state.config
         if config.routes.contains(where: { $0.mode == .collaborate }) && holder.current == nil {
             problems.append("collaboration routes are configured but no policy is loaded")
+        }
+        do {
+            try await state.database.ping(timeout: .seconds(2))
+        } catch {
+            problems.append("the traffic log database (\(state.database.location)) is unreachable: \(error)")
+        }
+        if let error = policySync.status.error {
+            problems.append(error)
         }
         let stats = state.writer.stats
         if stats.lastError != nil && stats.queued >= config.log.queueCapacity {
@@ -101,10 +111,13 @@ struct AdminRoutes: Sendable {
     struct PolicyStatus: Encodable {
         var current: PolicyVersionInfo?
         var history: [PolicyVersionInfo]
+        /// The version the shared traffic log says every replica serves, and whether this one does.
+        var fleet: PolicySync.Status
     }
 
     func policyStatus() throws -> Response {
-        try Self.encode(PolicyStatus(current: holder.current.map(PolicyVersionInfo.init), history: holder.history))
+        try Self.encode(PolicyStatus(current: holder.current.map(PolicyVersionInfo.init), history: holder.history,
+                                     fleet: policySync.status))
     }
 
     /// Resolves a requested checkpoint path inside the models directory: relative paths are
@@ -145,14 +158,23 @@ struct AdminRoutes: Sendable {
         let loaded: LoadedPolicy
         do {
             // Seconds of file reading and hashing: on the blocking-I/O pool, never on an event loop.
-            let weights = state.config.policy.weights
-            loaded = try await NIOThreadPool.singleton.runIfActive { try LoadedPolicy.load(path: path, weights: weights) }
+            let weights = state.config.policy.weights, prefixCacheMB = state.config.policy.prefixCacheMB
+            loaded = try await NIOThreadPool.singleton.runIfActive {
+                try LoadedPolicy.load(path: path, weights: weights, prefixCacheMB: prefixCacheMB, prefillInBackground: true)
+            }
         } catch {
             throw GatewayError(status: 422, message: "The checkpoint could not be loaded; the serving version is unchanged: \(error)",
                                type: "invalid_request_error", param: "path", code: "invalid_checkpoint")
         }
-        let database = state.database, record = loaded.record
-        try await NIOThreadPool.singleton.runIfActive { try database.insertPolicyVersion(record) }
+        // Recorded in the shared log first (the other replicas follow it); a log that cannot
+        // record it leaves every replica on the old version.
+        do {
+            try await policySync.record(loaded, action: rollbackOf == nil ? .swap : .rollback)
+        } catch {
+            throw GatewayError(status: 503, message: "The traffic log could not record the new version; the serving version is unchanged: \(error)",
+                               type: "server_error", code: "log_unavailable")
+        }
+        loaded.policy.scheduler.onPrefill = state.metrics.policyPrefill
         let old = holder.set(loaded)
         if let rollbackOf { holder.removeFromHistory(id: rollbackOf) }
         state.metrics.swapped()

@@ -64,8 +64,7 @@ struct FeedbackRoute: Sendable {
         let record = FeedbackRecord(episodeID: body.episodeID, kind: kind, value: value, source: body.source ?? "api")
         let id: Int64
         do {
-            let database = state.database
-            id = try await NIOThreadPool.singleton.runIfActive { try database.insertFeedback(record) }
+            id = try await state.database.insertFeedback(record)
         } catch TrafficLogError.unknownEpisode {
             throw GatewayError(status: 404, message: "No episode with id '\(body.episodeID.prefix(64))'.", type: "invalid_request_error",
                                param: "episode_id", code: "episode_not_found")

@@ -6,6 +6,7 @@ import OpenAIWire
 import ServiceLifecycle
 import UnixSignals
 import TrafficLog
+import TrafficLogPostgres
 
 /// The assembled gateway: routes, traffic log services and the HTTP server, run as one
 /// ServiceGroup. On SIGTERM/SIGINT the server stops accepting and finishes in-flight requests,
@@ -14,6 +15,8 @@ public final class Gateway: Sendable {
     public let state: GatewayState
     /// The serving policy (nil until one is loaded).
     public let policies: PolicyHolder
+    /// The fleet's policy version in the shared log.
+    public let policySync: PolicySync
     private let app: Application<RouterResponder<GatewayContext>>
     private let services: [any Service]
     private let portBox: PortBox
@@ -47,11 +50,13 @@ public final class Gateway: Sendable {
         let auth = try ClientAuth(config: config.auth, environment: environment)
         // Everything that can fail comes before the upstream client, which must be shut down
         // once created.
-        let database = try TrafficDatabase(path: config.log.path)
+        let database = try Self.openLog(config.log, environment: environment, logger: logger)
         var initialPolicy: LoadedPolicy?
         if let path = config.policy.path {
-            let loaded = try LoadedPolicy.load(path: path, weights: config.policy.weights)
-            try database.insertPolicyVersion(loaded.record)
+            let loaded = try LoadedPolicy.load(path: path, weights: config.policy.weights, prefixCacheMB: config.policy.prefixCacheMB)
+            // SQLite registers it now; on PostgreSQL (maybe not reachable yet) the policy sync
+            // service does, as it starts.
+            if let sqlite = database as? SQLiteLogBackend { try sqlite.database.insertPolicyVersion(loaded.record) }
             initialPolicy = loaded
             logger.notice("policy loaded", metadata: ["path": "\(path)", "version": "\(loaded.version)",
                                                       "architecture": "\(loaded.architecture)", "parameters": "\(loaded.parameterCount)"])
@@ -71,10 +76,13 @@ public final class Gateway: Sendable {
         // Nobody waits for an async commit, so the writer may gather a few milliseconds of light
         // traffic into one transaction; with commit_before_response every request waits for it.
         let linger: Duration = config.log.durability == .async ? .milliseconds(config.log.lingerMs) : .zero
-        let writer = LogWriter(database: database, capacity: config.log.queueCapacity, maxBatch: config.log.maxBatch,
-                               logger: logger, linger: linger)
+        // During a database outage the writer retries at least once a second, so that the queue
+        // (and with commit_before_response, every waiting request) moves on soon after it ends.
+        let writer = LogWriter(backend: database, capacity: config.log.queueCapacity, maxBatch: config.log.maxBatch,
+                               logger: logger, maxRetryDelay: 1, linger: linger)
         let state = GatewayState(config: config, auth: auth, upstream: upstream, database: database, writer: writer, logger: logger)
         self.state = state
+        initialPolicy?.policy.scheduler.onPrefill = state.metrics.policyPrefill
 
         let router = Router(context: GatewayContext.self)
         router.add(middleware: GatewayMiddleware(state: state))
@@ -93,9 +101,13 @@ public final class Gateway: Sendable {
             state.reload(config: fresh, auth: auth)
             logger.notice("config reloaded", metadata: ["path": "\(configPath)"])
         }
+        let policySync = PolicySync(backend: database, holder: holder, modelsDir: config.admin.modelsDir,
+                                    weights: config.policy.weights, pollInterval: .milliseconds(Int64(config.log.policyPollSeconds * 1000)),
+                                    logger: logger, onSwitch: { state.metrics.swapped() })
+        self.policySync = policySync
         let admin = AdminRoutes(state: state, holder: holder, tokenDigest: ClientAuth.digest(adminToken),
                                 modelsDir: config.admin.modelsDir, reloadConfig: reload,
-                                collaborationWaiting: { collaboration.limiter.waiting })
+                                collaborationWaiting: { collaboration.limiter.waiting }, policySync: policySync)
         state.setCollaboration { req, ctx, incoming, episode in try await collaboration.handle(req, ctx, incoming, episode) }
         router.post("/v1/chat/completions") { req, ctx in try await passthrough.chatCompletions(req, ctx) }
         router.get("/v1/models") { req, ctx in try await passthrough.models(req, ctx) }
@@ -126,17 +138,41 @@ public final class Gateway: Sendable {
             onServerRunning: { channel in adminPortBox.set(channel.localAddress?.port ?? 0) },
             logger: logger
         )
-        var services: [any Service] = [LogWriterService(writer: writer)]
+        var services: [any Service] = [LogWriterService(writer: writer, backend: database)]
+        services.append(PolicySyncService(sync: policySync))
         // Stops after the server (services stop in reverse order), so the last spans are exported.
         if let (_, exporter) = telemetry { services.append(exporter) }
         if config.log.retentionDays > 0 {
             services.append(RetentionLoop(service: RetentionService(
-                database: database, maxAge: config.log.retentionDays * 86_400,
+                backend: database, maxAge: config.log.retentionDays * 86_400,
                 interval: TimeInterval(config.log.retentionIntervalSeconds), logger: logger)))
         }
         services.append(adminApp)
         if configPath != nil { services.append(ReloadOnHangup(reload: reload, logger: logger)) }
         self.services = services
+    }
+
+    /// The traffic log the config names: the SQLite file `log.path`, or with `log.backend:
+    /// postgres` the database whose URL is in `$log.postgres_url_env` (or given as `--log-db`).
+    /// A PostgreSQL server that is down does not stop the start: the backend connects on first
+    /// use, `/ready` reports it, and the log writer's queue holds episodes meanwhile.
+    static func openLog(_ log: GatewayConfig.Log, environment: [String: String], logger: Logger) throws -> any LogBackend {
+        switch log.backend {
+        case .sqlite:
+            return try SQLiteLogBackend(path: log.path)
+        case .postgres:
+            guard let url = log.postgresURL ?? environment[log.postgresURLEnv], !url.isEmpty else {
+                throw ConfigError(path: "log.postgres_url_env", problem: "log.backend is postgres but $\(log.postgresURLEnv) is not set (a postgres:// URL)")
+            }
+            guard case .postgres = LogLocation(url) else {
+                throw ConfigError(path: "log.postgres_url_env", problem: "$\(log.postgresURLEnv) must hold a postgres:// URL")
+            }
+            do {
+                return try PostgresLogBackend(url: url, logger: logger)
+            } catch {
+                throw ConfigError(path: "log.postgres_url_env", problem: "\(error)")
+            }
+        }
     }
 
     static func isLoopback(_ host: String) -> Bool {
@@ -223,9 +259,11 @@ struct ShutdownDeadline<Inner: Service>: Service {
     }
 }
 
-/// Runs the log writer's drain loop as a service; on graceful shutdown it drains everything.
+/// Runs the log writer's drain loop as a service; on graceful shutdown it drains everything,
+/// then closes a PostgreSQL backend's connections.
 struct LogWriterService: Service {
     let writer: LogWriter
+    let backend: any LogBackend
     func run() async throws {
         let writer = self.writer
         await withGracefulShutdownHandler {
@@ -233,6 +271,15 @@ struct LogWriterService: Service {
         } onGracefulShutdown: {
             Task { await writer.shutdown() }
         }
+        if backend.kind == .postgres { try? await backend.close() }
+    }
+}
+
+/// Keeps this replica on the policy version recorded in the shared log (see `PolicySync`).
+struct PolicySyncService: Service {
+    let sync: PolicySync
+    func run() async throws {
+        await cancelWhenGracefulShutdown { await sync.run() }
     }
 }
 

@@ -1,6 +1,7 @@
 import Foundation
 import OpenAIWire
 import PolicyEngine
+import TrafficLog
 
 /// The gateway's configuration (gateway.json). Every key is documented in docs/configuration.md
 /// (`ConfigReferenceTests` checks it); `GatewayConfig.parse` rejects unknown keys and wrong types with
@@ -75,6 +76,17 @@ public struct GatewayConfig: Sendable, Equatable {
     }
 
     public struct Log: Sendable, Equatable {
+        /// Which database holds the log: a SQLite file (`path`) or a PostgreSQL server shared
+        /// by several replicas (URL in the environment variable `postgresURLEnv`).
+        public var backend = LogBackendKind.sqlite
+        /// Environment variable holding the `postgres://` URL (it carries the password, so it
+        /// is never in the file).
+        public var postgresURLEnv = "GATEWAY_LOG_POSTGRES_URL"
+        /// A URL given on the command line (`--log-db postgres://...`); never read from the file.
+        public var postgresURL: String?
+        /// How often each replica checks the shared log for a policy version recorded by
+        /// another (PostgreSQL also notifies at once; this is the fallback).
+        public var policyPollSeconds = 5.0
         public var path = "traffic.sqlite"
         /// Episodes older than this are deleted in the background (0 keeps everything).
         public var retentionDays = 30.0
@@ -84,7 +96,7 @@ public struct GatewayConfig: Sendable, Equatable {
         /// With `durability: async`: after a small batch, the writer waits this long before
         /// the next commit, so light traffic still shares transactions (0: commit at once).
         public var lingerMs = 5
-        public var durability = Durability.async
+        public var durability = Durability.commitBeforeResponse
         /// Replace message contents in the logged request with their length.
         public var redactBodies = false
         public init() {}
@@ -96,9 +108,10 @@ public struct GatewayConfig: Sendable, Equatable {
         /// shutdown drains everything; a crash or kill -9 can lose the episodes of the last
         /// milliseconds).
         case async
-        /// The response's last byte leaves only after its episode is committed, so every
-        /// completed response survives kill -9, at the price of a commit and a thread hand-off
-        /// in every request's latency.
+        /// The default. The response's last byte leaves only after its episode is committed,
+        /// so every completed response (whose client holds its episode id) survives kill -9.
+        /// Group commit: requests waiting at the same time share one transaction, so the cost
+        /// is a commit and a thread hand-off in each request's latency, not a commit each.
         case commitBeforeResponse = "commit_before_response"
     }
 
@@ -183,6 +196,8 @@ public struct GatewayConfig: Sendable, Equatable {
         /// quantised to 8 bits at load (about 2.8x faster single-sequence decode, a quarter of the memory,
         /// slightly different numbers).
         public var weights: WeightFormat = .f32
+        /// Bound of the policy's prefix cache (keys and values of shared prompt starts), in MB; 0: off.
+        public var prefixCacheMB = 256
         public init() {}
     }
 
@@ -261,6 +276,12 @@ public struct GatewayConfig: Sendable, Equatable {
         c.allowModeHeader = try root.bool("allow_mode_header", default: c.allowModeHeader)
 
         var lg = try root.object("log")
+        c.log.backend = try lg.oneOf("backend", default: c.log.backend)
+        c.log.postgresURLEnv = try lg.string("postgres_url_env", default: c.log.postgresURLEnv)
+        if !Self.isEnvName(c.log.postgresURLEnv) {
+            throw ConfigError(path: "log.postgres_url_env", problem: "must be the NAME of an environment variable, not a URL")
+        }
+        c.log.policyPollSeconds = try lg.double("policy_poll_seconds", default: c.log.policyPollSeconds, range: 0.1...3600)
         c.log.path = try lg.string("path", default: c.log.path)
         c.log.retentionDays = try lg.double("retention_days", default: c.log.retentionDays, range: 0...36_500)
         c.log.retentionIntervalSeconds = try lg.int("retention_interval_seconds", default: c.log.retentionIntervalSeconds, range: 1...604_800)
@@ -304,6 +325,7 @@ public struct GatewayConfig: Sendable, Equatable {
         c.policy.trace = try p.oneOf("trace", ["off", "on", "on_request"], default: c.policy.trace)
         c.policy.keepaliveSeconds = try p.double("keepalive_seconds", default: c.policy.keepaliveSeconds, range: 0.1...3600)
         c.policy.weights = try p.oneOf("weights", default: c.policy.weights)
+        c.policy.prefixCacheMB = try p.int("prefix_cache_mb", default: c.policy.prefixCacheMB, range: 0...1_048_576)
         try p.finish()
 
         var t = try root.object("telemetry")

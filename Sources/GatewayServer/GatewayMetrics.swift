@@ -23,6 +23,8 @@ public final class GatewayMetrics: Sendable {
     private let logFailures: Gauge
     private let circuitOpen: Gauge
     private let circuitOpened: Gauge
+    private let prefillCached: Counter
+    private let prefillComputed: Counter
     /// The labelled request counters, looked up once per label set: the registry's own lookup
     /// hashes the descriptor and labels and takes its lock on every call.
     private let requestCounters = NIOLockedValueBox<[RequestKey: Counter]>([:])
@@ -50,6 +52,9 @@ public final class GatewayMetrics: Sendable {
         logFailures = registry.makeGauge(descriptor: d("log_write_failures", "total", "Failed traffic log write attempts (retried)"), labels: [])
         circuitOpen = registry.makeGauge(descriptor: d("upstream_circuit_state", "", "Upstream circuit breaker: 0 closed, 1 open, 2 half-open"), labels: [])
         circuitOpened = registry.makeGauge(descriptor: d("upstream_circuit_opened", "total", "Times the upstream circuit breaker opened"), labels: [])
+        let prefill = d("policy_prefill_tokens", "total", "Policy prompt tokens: copied from the prefix cache (cached=true) or computed")
+        prefillCached = registry.makeCounter(descriptor: prefill, labels: [("cached", "true")])
+        prefillComputed = registry.makeCounter(descriptor: prefill, labels: [("cached", "false")])
     }
 
     /// Records one finished request from its log record.
@@ -86,6 +91,12 @@ public final class GatewayMetrics: Sendable {
     }
 
     func swapped() { swaps.increment() }
+
+    /// The policy engine's prompt tokens (see `BatchScheduler.onPrefill`).
+    @Sendable func policyPrefill(cached: Int, computed: Int) {
+        if cached > 0 { prefillCached.increment(by: Int64(cached)) }
+        if computed > 0 { prefillComputed.increment(by: Int64(computed)) }
+    }
 
     /// The Prometheus text exposition, with scrape-time gauges refreshed.
     func render(writer: LogWriterStats, policyWaiting: Int, breaker: CircuitBreaker) -> String {

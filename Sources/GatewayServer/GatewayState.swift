@@ -14,8 +14,16 @@ public final class GatewayState: @unchecked Sendable {
     private var _config: GatewayConfig
     private var _auth: ClientAuth
     public let upstream: UpstreamClient
-    public let database: TrafficDatabase
+    /// The traffic log (SQLite or PostgreSQL), for everything but the writer's batches.
+    public let database: any LogBackend
     public let writer: LogWriter
+    /// The SQLite database the web console reads. The console's read model is not on the
+    /// PostgreSQL backend yet: with `log.backend: postgres` it reads an empty in-memory log.
+    var consoleDatabase: TrafficDatabase {
+        if let sqlite = database as? SQLiteLogBackend { return sqlite.database }
+        return Self.emptyConsoleDatabase
+    }
+    private static let emptyConsoleDatabase: TrafficDatabase = try! TrafficDatabase.inMemory()
     public let logger: Logger
     public let metrics = GatewayMetrics()
     let limiter: ConcurrencyLimiter
@@ -29,7 +37,7 @@ public final class GatewayState: @unchecked Sendable {
     }
     let scanner = JSONScanner(maxDepth: 64)
 
-    public init(config: GatewayConfig, auth: ClientAuth, upstream: UpstreamClient, database: TrafficDatabase,
+    public init(config: GatewayConfig, auth: ClientAuth, upstream: UpstreamClient, database: any LogBackend,
                 writer: LogWriter, logger: Logger) {
         _config = config
         _auth = auth
@@ -53,6 +61,9 @@ public final class GatewayState: @unchecked Sendable {
             c.server = _config.server
             c.upstream = _config.upstream
             c.log.path = _config.log.path
+            c.log.backend = _config.log.backend
+            c.log.postgresURLEnv = _config.log.postgresURLEnv
+            c.log.postgresURL = _config.log.postgresURL
             c.admin = _config.admin
             c.policy.path = _config.policy.path
             _config = c

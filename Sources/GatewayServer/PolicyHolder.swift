@@ -44,20 +44,28 @@ public final class LoadedPolicy: Sendable {
         }
     }
 
-    /// Loads a checkpoint folder, checks it can speak the protocol, runs a smoke forward pass, and
-    /// hashes its weights.
-    public static func load(path: String, weights: WeightFormat = .f32) throws -> LoadedPolicy {
+    /// Loads a checkpoint folder, checks it can speak the protocol, runs a smoke forward pass,
+    /// pre-fills the protocol's fixed prefix into the prefix cache, and hashes its weights.
+    public static func load(path: String, weights: WeightFormat = .f32,
+                            prefixCacheMB: Int = EnginePolicy.defaultPrefixCacheBytes >> 20,
+                            prefillInBackground: Bool = false) throws -> LoadedPolicy {
         var isDir: ObjCBool = false
         guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir), isDir.boolValue else {
             throw LoadError.notADirectory(path)
         }
         let url = URL(fileURLWithPath: path)
-        let policy = try EnginePolicy(directory: url, weightFormat: weights)
+        let policy = try EnginePolicy(directory: url, weightFormat: weights, prefixCacheBytes: prefixCacheMB << 20)
         let probe = policy.tokenizer.encode("<|im_start|>user\nHello<|im_end|>\n<|im_start|>assistant\n")
         let logits = try policy.model.prefill(tokens: probe, cache: policy.model.makeCache(initialCapacity: probe.count))
         guard logits.allSatisfy(\.isFinite) else {
             policy.shutdown()
             throw LoadError.nonFiniteLogits(path)
+        }
+        if prefillInBackground {
+            // Off a swap's critical path: episodes that start before it is cached compute it themselves.
+            Thread { _ = try? policy.prefillProtocolPrefix() }.start()
+        } else {
+            try policy.prefillProtocolPrefix()
         }
         return LoadedPolicy(policy: policy, sha256: try CheckpointHash.weightsSHA256(directory: url), path: path)
     }

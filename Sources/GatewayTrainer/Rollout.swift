@@ -99,7 +99,7 @@ public enum Rollout {
 
     /// Runs the missing episodes of `items`, logging each as it finishes.
     public static func run(items: [DatasetItem], policy: EnginePolicy, policyVersion: String, upstream: any UpstreamAnswering,
-                           database: TrafficDatabase, config: RolloutConfig,
+                           database: any LogStore, config: RolloutConfig,
                            progress: @escaping @Sendable (Int, Int, RolloutEpisodeResult?) -> Void = { _, _, _ in }) async throws -> RolloutSummary {
         let clock = ContinuousClock.now
         let done = try database.episodeCountsByQuestion(route: config.route)

@@ -69,7 +69,7 @@ public enum EpisodeSelector {
 
     /// Loads, scores and groups. `formatFallback` computes the format score from a sequence whose
     /// log row has none (e.g. by decoding its ids); without it such episodes are skipped.
-    public static func select(database: TrafficDatabase, filter: EpisodeFilter,
+    public static func select(database: any LogStore, filter: EpisodeFilter,
                               formatFallback: ((TrainingSequence) -> Double)? = nil) throws -> Selection {
         let records = try database.episodes(filter.query)
         let feedback = try database.feedback(episodeIDs: records.map(\.id))

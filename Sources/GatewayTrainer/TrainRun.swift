@@ -128,7 +128,7 @@ public struct TrainJobResult: Sendable {
 }
 
 public enum TrainJob {
-    public static func run(_ c: TrainJobConfig, database: TrafficDatabase, tokenizer: Tokenizer? = nil,
+    public static func run(_ c: TrainJobConfig, database: any LogStore, tokenizer: Tokenizer? = nil,
                            onStep: (StepReport) -> Void = { _ in }, log: (String) -> Void = { _ in }) throws -> TrainJobResult {
         let t0 = ContinuousClock.now
         let parentSHA = try CheckpointHash.weightsSHA256(directory: c.base)

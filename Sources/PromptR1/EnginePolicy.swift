@@ -23,7 +23,13 @@ public final class EnginePolicy: Sendable {
         }
     }
 
-    public init(directory: URL, model: TransformerModel, tokenizer: Tokenizer) throws {
+    /// Default bound of the prefix cache (`policy.prefix_cache_mb`): 256 MB holds the fixed prefix and
+    /// about fifteen whole first prompts of a 0.5B policy (24.6 kB per position), one of a 4B policy.
+    public static let defaultPrefixCacheBytes = 256 << 20
+
+    /// - Parameter prefixCacheBytes: bound of the keys and values of shared prompt prefixes kept (0: none).
+    public init(directory: URL, model: TransformerModel, tokenizer: Tokenizer,
+                prefixCacheBytes: Int = EnginePolicy.defaultPrefixCacheBytes) throws {
         self.directory = directory
         self.model = model
         self.tokenizer = tokenizer
@@ -34,14 +40,37 @@ public final class EnginePolicy: Sendable {
         for id in model.eosTokenIds { stops.insert(id) }
         if let eos = tokenizer.eosTokenId { stops.insert(eos) }
         endOfTurnIDs = stops
-        scheduler = BatchScheduler(model: model, tokenBytes: { [tokenizer] in tokenizer.tokenBytes($0) })
+        scheduler = BatchScheduler(model: model, tokenBytes: { [tokenizer] in tokenizer.tokenBytes($0) },
+                                   prefixCache: prefixCacheBytes > 0 ? PrefixCache(model: model, capacityBytes: prefixCacheBytes) : nil)
     }
 
     /// Loads a Hugging Face checkpoint folder (`.q8`: projections quantised to 8 bits at load).
-    public convenience init(directory: URL, weightFormat: WeightFormat = .f32) throws {
+    public convenience init(directory: URL, weightFormat: WeightFormat = .f32,
+                            prefixCacheBytes: Int = EnginePolicy.defaultPrefixCacheBytes) throws {
         let model = try TransformerModel.load(from: directory, weightFormat: weightFormat)
         let tokenizer = try Tokenizer(directory: directory)
-        try self.init(directory: directory, model: model, tokenizer: tokenizer)
+        try self.init(directory: directory, model: model, tokenizer: tokenizer, prefixCacheBytes: prefixCacheBytes)
+    }
+
+    /// The text every first prompt starts with, whatever the question: the system message with the tool,
+    /// then `<|im_start|>user\nQuestion: ` (protocol section 1).
+    public static var protocolFixedPrefix: String {
+        let probe = PromptR1Prompt.firstPrompt(question: "\u{0}")
+        return String(probe[..<probe.range(of: "\u{0}")!.lowerBound])
+    }
+
+    /// Computes the keys and values of the protocol's fixed prefix once and pins them in the prefix cache,
+    /// so no episode computes them again. Returns the number of tokens kept (0 without a prefix cache).
+    @discardableResult
+    public func prefillProtocolPrefix() throws -> Int {
+        guard let cache = scheduler.prefixCache, cache.capacityBytes > 0 else { return 0 }
+        // The last token of the prefix alone ("Question: " ends in a space that the question's first word
+        // takes) differs from the one in a real prompt; the common part is what is kept.
+        let tokens = tokenizer.encode(Self.protocolFixedPrefix)
+        let real = tokenizer.encode(PromptR1Prompt.firstPrompt(question: "What is it?"))
+        let shared = Array(tokens[..<zip(tokens, real).prefix { $0 == $1 }.count])
+        try cache.prefill(shared)
+        return cache.matchLength(shared)
     }
 
     /// Stops the scheduler's worker (running sequences finish as cancelled).

@@ -2,8 +2,8 @@ import Foundation
 
 /// Little-endian packing of numeric arrays into BLOB columns.
 /// int32 and float32 use 4 bytes per element; UInt8 is stored as is.
-enum BlobCoding {
-    static func encode(_ values: [Int32]) -> Data {
+public enum BlobCoding {
+    public static func encode(_ values: [Int32]) -> Data {
         var data = Data(count: values.count * 4)
         data.withUnsafeMutableBytes { raw in
             for (i, v) in values.enumerated() {
@@ -13,7 +13,7 @@ enum BlobCoding {
         return data
     }
 
-    static func encode(_ values: [Float]) -> Data {
+    public static func encode(_ values: [Float]) -> Data {
         var data = Data(count: values.count * 4)
         data.withUnsafeMutableBytes { raw in
             for (i, v) in values.enumerated() {
@@ -23,10 +23,10 @@ enum BlobCoding {
         return data
     }
 
-    static func encode(_ values: [UInt8]) -> Data { Data(values) }
+    public static func encode(_ values: [UInt8]) -> Data { Data(values) }
 
     /// nil when `data.count` is not a multiple of 4.
-    static func decodeInt32(_ data: Data) -> [Int32]? {
+    public static func decodeInt32(_ data: Data) -> [Int32]? {
         guard data.count % 4 == 0 else { return nil }
         let n = data.count / 4
         return data.withUnsafeBytes { raw in
@@ -35,7 +35,7 @@ enum BlobCoding {
     }
 
     /// nil when `data.count` is not a multiple of 4.
-    static func decodeFloat(_ data: Data) -> [Float]? {
+    public static func decodeFloat(_ data: Data) -> [Float]? {
         guard data.count % 4 == 0 else { return nil }
         let n = data.count / 4
         return data.withUnsafeBytes { raw in
@@ -45,5 +45,5 @@ enum BlobCoding {
         }
     }
 
-    static func decodeBytes(_ data: Data) -> [UInt8] { [UInt8](data) }
+    public static func decodeBytes(_ data: Data) -> [UInt8] { [UInt8](data) }
 }

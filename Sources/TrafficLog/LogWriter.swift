@@ -40,7 +40,7 @@ public struct LogWriterStats: Sendable, Equatable {
     }
 }
 
-/// Batched, backpressured writer of episodes into a `TrafficDatabase`.
+/// Batched, backpressured writer of episodes into a `LogBackend` (SQLite or PostgreSQL).
 ///
 /// - `append` returns once the episode is queued; it suspends while `capacity`
 ///   episodes are already queued (backpressure: nothing is ever dropped to make
@@ -65,7 +65,7 @@ public struct LogWriterStats: Sendable, Equatable {
 public final class LogWriter: Sendable {
     public let capacity: Int
     public let maxBatch: Int
-    private let database: TrafficDatabase
+    private let backend: any LogBackend
     private let logger: Logger
     private let retryBaseDelay: TimeInterval
     private let maxRetryDelay: TimeInterval
@@ -82,10 +82,10 @@ public final class LogWriter: Sendable {
     ///     next one, so that light traffic still shares transactions (a commit costs about as
     ///     much for one episode as for ten). Only for appenders that do not wait for the commit:
     ///     an `appendAndWait` or `flush` caller cuts the wait short.
-    public init(database: TrafficDatabase, capacity: Int = 4096, maxBatch: Int = 256, logger: Logger,
+    public init(backend: any LogBackend, capacity: Int = 4096, maxBatch: Int = 256, logger: Logger,
                 retryBaseDelay: TimeInterval = 0.02, maxRetryDelay: TimeInterval = 5,
                 shutdownRetryLimit: Int = 3, linger: Duration = .zero) {
-        self.database = database
+        self.backend = backend
         self.capacity = max(1, capacity)
         self.maxBatch = max(1, maxBatch)
         self.logger = logger
@@ -94,6 +94,15 @@ public final class LogWriter: Sendable {
         self.shutdownRetryLimit = max(1, shutdownRetryLimit)
         self.linger = max(.zero, linger)
         self.state = Locked(State())
+    }
+
+    /// A writer into a SQLite `TrafficDatabase`.
+    public convenience init(database: TrafficDatabase, capacity: Int = 4096, maxBatch: Int = 256, logger: Logger,
+                            retryBaseDelay: TimeInterval = 0.02, maxRetryDelay: TimeInterval = 5,
+                            shutdownRetryLimit: Int = 3, linger: Duration = .zero) {
+        self.init(backend: SQLiteLogBackend(database), capacity: capacity, maxBatch: maxBatch, logger: logger,
+                  retryBaseDelay: retryBaseDelay, maxRetryDelay: maxRetryDelay,
+                  shutdownRetryLimit: shutdownRetryLimit, linger: linger)
     }
 
     // MARK: State
@@ -428,18 +437,6 @@ public final class LogWriter: Sendable {
         }
     }
 
-    /// Errors that retrying cannot fix for this particular record.
-    static func isPermanent(_ error: any Error) -> Bool {
-        if error is TrafficLogError { return true }
-        if let db = error as? DatabaseError {
-            switch db.resultCode {
-            case .SQLITE_CONSTRAINT, .SQLITE_TOOBIG, .SQLITE_MISMATCH, .SQLITE_RANGE: return true
-            default: return false
-            }
-        }
-        return false
-    }
-
     /// Commits `episodes` in one transaction, retrying transient failures. On a
     /// permanent failure the episodes are retried one per transaction. Returns, per
     /// episode, nil (committed) or the error given to its waiter.
@@ -448,12 +445,14 @@ public final class LogWriter: Sendable {
         var attemptsWhileClosed = 0
         while true {
             do {
-                // Synchronous on purpose: GRDB runs it on this thread (its writer queue is
-                // idle: this loop is the only writer), which saves two thread hops per commit
+                // SQLite: synchronous on purpose: GRDB runs it on this thread (its writer queue
+                // is idle: this loop is the only writer), which saves two thread hops per commit
                 // (to the writer queue and back). Those hops were most of the wait of
                 // `appendAndWait` at low concurrency. WAL with synchronous=NORMAL does not
                 // fsync on commit, so the thread is held for the SQL only.
-                try database.insert(episodes: episodes)
+                // PostgreSQL: one multi-row INSERT per table in one transaction; this thread
+                // waits for the server's answer without blocking.
+                try await backend.insertBatch(episodes)
                 let turns = episodes.reduce(0) { $0 + $1.turns.count }
                 state.withLock { s in
                     s.stats.batches += 1
@@ -473,7 +472,7 @@ public final class LogWriter: Sendable {
                     s.stats.lastError = message
                     return s.closed
                 }
-                if Self.isPermanent(error) {
+                if backend.isPermanent(error) {
                     if episodes.count == 1 {
                         let id = episodes[0].id
                         logger.error("traffic log rejected episode",

@@ -9,7 +9,7 @@ import GRDB
 /// - Booleans are INTEGER 0/1.
 /// - Migrations are append-only: never edit a shipped migration, add "v2", "v3", ...
 enum TrafficSchema {
-    static let migrationNames = ["v1", "v2_console"]
+    static let migrationNames = ["v1", "v2_console", "v2-policy-events"]
 
     static func migrator() -> DatabaseMigrator {
         var migrator = DatabaseMigrator()
@@ -19,8 +19,25 @@ enum TrafficSchema {
         migrator.registerMigration("v2_console") { db in
             try db.execute(sql: ConsoleSchema.v2)
         }
+        migrator.registerMigration("v2-policy-events") { db in
+            try db.execute(sql: v2PolicyEvents)
+        }
         return migrator
     }
+
+    /// The fleet's serving policy over time (one row per swap or rollback through any replica
+    /// sharing the log; the latest row is the version to serve). The PostgreSQL backend has
+    /// the same table (TrafficLogPostgres/PostgresSchema.swift).
+    static let v2PolicyEvents = """
+    CREATE TABLE policy_events (
+        seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+        version_id  TEXT NOT NULL,
+        path        TEXT NOT NULL,
+        action      TEXT NOT NULL CHECK (action IN ('start', 'swap', 'rollback')),
+        replica     TEXT,
+        created_at  REAL NOT NULL
+    );
+    """
 
     static let v1 = """
     CREATE TABLE episodes (

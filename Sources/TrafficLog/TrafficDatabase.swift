@@ -127,7 +127,7 @@ public final class TrafficDatabase: Sendable {
         try writer.write { db in try Self.insertRows(episodes, db) }
     }
 
-    static func validate(_ episodes: [EpisodeRecord]) throws {
+    public static func validate(_ episodes: [EpisodeRecord]) throws {
         for e in episodes {
             if e.id.isEmpty {
                 throw TrafficLogError.invalidField(record: "episode", field: "id", value: "", reason: "must not be empty")
@@ -385,7 +385,7 @@ public final class TrafficDatabase: Sendable {
     }
 
     /// The checks every feedback row passes before it is written.
-    static func validate(_ f: FeedbackRecord) throws {
+    public static func validate(_ f: FeedbackRecord) throws {
         guard FeedbackRecord.validKinds.contains(f.kind) else {
             throw TrafficLogError.invalidField(record: "feedback", field: "kind", value: f.kind,
                                                reason: "expected one of \(FeedbackRecord.validKinds.sorted())")

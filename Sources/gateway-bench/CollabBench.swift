@@ -11,7 +11,7 @@ import PromptR1
 struct CollabBench: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "collab",
-        abstract: "Gateway time per collaboration episode (policy prefill + decode), at 1 and 8 concurrent episodes.")
+        abstract: "Gateway time per collaboration episode (policy prefill + decode), at 1 and 8 concurrent episodes, with and without the prefix cache.")
 
     @Option(help: "Checkpoint folder (default: a Qwen2.5-0.5B-shaped random model, created once).") var model: String?
     @Option(name: .customLong("model-cache"), help: "Where the default model is written.") var modelCache = "/tmp/prompt-r1-bench/qwen2.5-0.5b-shape"
@@ -21,51 +21,94 @@ struct CollabBench: AsyncParsableCommand {
     @Option(help: "Comma-separated concurrency levels.") var concurrency = "1,8"
     @Option(help: "Episodes per concurrent slot.") var rounds = 2
     @Option(help: "OpenBLAS threads.") var threads = 2
+    @Flag(help: "8-bit weights (policy.weights: q8).") var q8 = false
+    @Flag(name: .customLong("no-prefix-cache"), help: "Only the run without the prefix cache (by default both run, same model, and their ratio is printed).")
+    var noPrefixCache = false
+    @Option(help: "distinct: every episode gets its own question (only the protocol's fixed prefix is shared); same: one question for all (retries, n > 1, rollout groups).")
+    var questions: QuestionMode = .distinct
+    @Option(name: .customLong("prefix-cache-mb")) var prefixCacheMB = 256
+
+    enum QuestionMode: String, ExpressibleByArgument { case distinct, same }
 
     func run() async throws {
         setenv("OPENBLAS_NUM_THREADS", "\(threads)", 1)
         let dir = try BenchModel.folder(given: model, cache: modelCache, tokenizerFrom: tokenizerFrom)
         let t0 = ContinuousClock.now
-        let policy = try EnginePolicy(directory: dir)
-        print("collab bench: model \(dir.lastPathComponent) (\(policy.model.parameterCount / 1_000_000)M parameters, loaded in \(fmt((ContinuousClock.now - t0).milliseconds / 1000)) s)")
-        print("episode shape: \(turns) turns x \(tokensPerTurn) generated tokens; upstream answers instantly; OpenBLAS threads \(threads)")
+        let model = try TransformerModel.load(from: dir, weightFormat: q8 ? .q8 : .f32)
+        let tokenizer = try Tokenizer(directory: dir)
+        // Two policies on the same weights: one with a prefix cache (the protocol prefix pre-filled as at
+        // policy load), one without.
+        let plain = try EnginePolicy(directory: dir, model: model, tokenizer: tokenizer, prefixCacheBytes: 0)
+        let cached = try EnginePolicy(directory: dir, model: model, tokenizer: tokenizer, prefixCacheBytes: prefixCacheMB << 20)
+        defer { plain.shutdown(); cached.shutdown() }
+        print("collab bench: model \(dir.lastPathComponent) (\(model.parameterCount / 1_000_000)M parameters, \(model.weightFormat), loaded in \(fmt((ContinuousClock.now - t0).milliseconds / 1000)) s)")
+        print("episode shape: \(turns) turns x \(tokensPerTurn) generated tokens; upstream answers instantly; OpenBLAS threads \(threads); questions: \(questions.rawValue)")
         let question = "Which planet is the largest in the Solar System, and what is its largest moon?"
-        print("first prompt: \(policy.tokenizer.encode(PromptR1Prompt.firstPrompt(question: question)).count) tokens")
+        print("first prompt: \(tokenizer.encode(PromptR1Prompt.firstPrompt(question: question)).count) tokens")
+        // Warm the mapping (first touch of the weights) so the first episode is not an outlier.
+        _ = try model.prefill(tokens: [1, 2, 3], cache: model.makeCache(initialCapacity: 8))
+        if !noPrefixCache {
+            let p0 = ContinuousClock.now
+            let n = try cached.prefillProtocolPrefix()
+            print("prefix cache: \(prefixCacheMB) MB; protocol prefix of \(n) tokens pre-filled in \(fmt((ContinuousClock.now - p0).milliseconds)) ms")
+        }
         print("")
-        // Warm the mapping (first touch of 2 GB of weights) so the first episode is not an outlier.
-        _ = try policy.model.prefill(tokens: [1, 2, 3], cache: policy.model.makeCache(initialCapacity: 8))
-        print("conc  episodes  ep/s    gateway ms/episode (mean, p50, max)   turn 1 ms (prefill+decode)   later turns ms (inject+decode)   policy tok/s aggregate")
+        print("cache  conc  episodes  ep/s    gateway ms/episode (mean, p50, max)   1st upstream call ms (p50, p99)   later turns ms   policy tok/s   prompt tokens cached")
+        var episodeIndex = 0
         for c in concurrency.split(separator: ",").compactMap({ Int($0) }) {
-            let stats = Stats()
-            let start = ContinuousClock.now
-            await withTaskGroup(of: Void.self) { group in
-                for _ in 0..<c {
-                    group.addTask {
-                        for _ in 0..<rounds {
-                            let loop = CollaborationLoop(options: .init(limits: .init(maxTurns: turns, maxTokensPerTurn: tokensPerTurn)),
-                                                         upstream: InstantUpstream()) { prompt in
-                                FixedShapeSession(inner: policy.session(promptText: prompt, sampling: .greedy), turns: turns,
-                                                  tokensPerTurn: tokensPerTurn, stats: stats)
+            var rates: [Bool: Double] = [:]
+            for useCache in noPrefixCache ? [false] : [false, true] {
+                let policy = useCache ? cached : plain
+                let before = policy.scheduler.prefillTokens
+                let stats = Stats()
+                let start = ContinuousClock.now
+                let firstQuestion = episodeIndex
+                episodeIndex += c * rounds
+                await withTaskGroup(of: Void.self) { group in
+                    for slot in 0..<c {
+                        group.addTask {
+                            for r in 0..<rounds {
+                                let q = questions == .same ? question : "Case \(firstQuestion + slot * rounds + r): " + question
+                                let loop = CollaborationLoop(options: .init(limits: .init(maxTurns: turns, maxTokensPerTurn: tokensPerTurn)),
+                                                             upstream: InstantUpstream()) { prompt in
+                                    FixedShapeSession(inner: policy.session(promptText: prompt, sampling: .greedy), turns: turns,
+                                                      tokensPerTurn: tokensPerTurn, stats: stats)
+                                }
+                                let t = ContinuousClock.now
+                                let e = await loop.run(question: q)
+                                let upstream = e.turns.compactMap { $0.upstream?.latencySeconds }.reduce(0, +) * 1000
+                                stats.episode(ms: (ContinuousClock.now - t).milliseconds - upstream, ok: e.outcome.answerText != nil)
                             }
-                            let t = ContinuousClock.now
-                            let e = await loop.run(question: question)
-                            let upstream = e.turns.compactMap { $0.upstream?.latencySeconds }.reduce(0, +) * 1000
-                            stats.episode(ms: (ContinuousClock.now - t).milliseconds - upstream, ok: e.outcome.answerText != nil)
                         }
                     }
                 }
+                let wall = (ContinuousClock.now - start).milliseconds / 1000
+                let s = stats.snapshot()
+                let eps = s.episodes.sorted()
+                let first = s.firstTurnMs.sorted()
+                let after = policy.scheduler.prefillTokens
+                let cachedTokens = after.cached - before.cached, computed = after.computed - before.computed
+                rates[useCache] = Double(eps.count) / wall
+                print(padTo(useCache ? "on" : "off", 7) + "\(padTo("\(c)", 6))\(padTo("\(eps.count)", 10))\(padTo(fmt(Double(eps.count) / wall), 8))"
+                      + padTo("\(fmt(eps.reduce(0, +) / Double(max(eps.count, 1)))), \(fmt(eps[eps.count / 2])), \(fmt(eps.last ?? 0))", 38)
+                      + padTo("\(fmt(percentile(first, 0.5))), \(fmt(percentile(first, 0.99)))", 34)
+                      + padTo(fmt(s.laterTurnMs.reduce(0, +) / Double(max(s.laterTurnMs.count, 1))), 17)
+                      + padTo(fmt(Double(s.generated) / wall), 15)
+                      + "\(cachedTokens) of \(cachedTokens + computed)"
+                      + (s.failures > 0 ? "  (\(s.failures) episodes without answer!)" : ""))
             }
-            let wall = (ContinuousClock.now - start).milliseconds / 1000
-            let s = stats.snapshot()
-            let eps = s.episodes.sorted()
-            print("\(padTo("\(c)", 6))\(padTo("\(eps.count)", 10))\(padTo(fmt(Double(eps.count) / wall), 8))"
-                  + padTo("\(fmt(eps.reduce(0, +) / Double(max(eps.count, 1)))), \(fmt(eps[eps.count / 2])), \(fmt(eps.last ?? 0))", 38)
-                  + padTo(fmt(s.firstTurnMs.reduce(0, +) / Double(max(s.firstTurnMs.count, 1))), 29)
-                  + padTo(fmt(s.laterTurnMs.reduce(0, +) / Double(max(s.laterTurnMs.count, 1))), 33)
-                  + fmt(Double(s.generated) / wall) + (s.failures > 0 ? "  (\(s.failures) episodes without answer!)" : ""))
+            if let on = rates[true], let off = rates[false], off > 0 {
+                print("       concurrency \(c): episodes/s with the prefix cache / without, same run: \(String(format: "%.2f", on / off))x")
+            }
         }
-        policy.shutdown()
     }
+}
+
+/// The q-th quantile of sorted values (nearest rank).
+func percentile(_ sorted: [Double], _ q: Double) -> Double {
+    guard !sorted.isEmpty else { return 0 }
+    let rank = Int((q * Double(sorted.count)).rounded(.up)) - 1
+    return sorted[max(0, min(sorted.count - 1, rank))]
 }
 
 struct InstantUpstream: UpstreamAnswering {

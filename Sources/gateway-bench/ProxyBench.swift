@@ -6,6 +6,8 @@ import GatewayServer
 import Logging
 import NIOCore
 import NIOPosix
+import TrafficLog
+import TrafficLogPostgres
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -50,6 +52,9 @@ struct ProxyBench: AsyncParsableCommand {
     @Option(help: "The log writer's linger in ms (log.linger_ms; default: the gateway's default).")
     var lingerMs: Int = GatewayConfig().log.lingerMs
 
+    @Option(name: .customLong("log-db"), help: "The gateway's traffic log: a postgres:// URL (use an empty database), or a SQLite path (default: a fresh temporary file).")
+    var logDB: String?
+
     @Option(help: "Event-loop threads of the load generator's own HTTP client (0 = share the process-wide group).")
     var clientThreads: Int = 0
 
@@ -74,9 +79,10 @@ struct ProxyBench: AsyncParsableCommand {
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: dir) }
         let parties: Parties
+        let log = logDB ?? dir.appendingPathComponent("traffic.sqlite").path
         switch layout {
-        case .processes: parties = try await ChildParties.start(gatewayPath: gateway, durability: durability, lingerMs: lingerMs, directory: dir)
-        case .inProcess: parties = try await InProcessParties.start(durability: durability, lingerMs: lingerMs, directory: dir)
+        case .processes: parties = try await ChildParties.start(gatewayPath: gateway, durability: durability, lingerMs: lingerMs, directory: dir, logDB: log)
+        case .inProcess: parties = try await InProcessParties.start(durability: durability, lingerMs: lingerMs, directory: dir, logDB: log)
         }
         do {
             try await measure(parties)
@@ -130,7 +136,7 @@ struct ProxyBench: AsyncParsableCommand {
                   + (r.selfReportedOverheadP50.map { ", x-gateway-overhead-ms p50 \(f3($0))" } ?? ""))
             return
         }
-        print("gateway-bench proxy: \(stream ? "stream" : "non-stream") chat completions, \(seconds) s per run, log durability \(durability.rawValue), linger \(lingerMs) ms")
+        print("gateway-bench proxy: \(stream ? "stream" : "non-stream") chat completions, \(seconds) s per run, log durability \(durability.rawValue), linger \(lingerMs) ms, log \(LogLocation(logDB ?? "sqlite (temporary file)").redacted)")
         print(parties.description)
         print("direct = client -> fake upstream; gateway = client -> gateway -> fake upstream (traffic log on)")
         if viaNullProxy != nil {
@@ -307,7 +313,7 @@ final class ChildParties: Parties, @unchecked Sendable {
         self.dbPath = dbPath
     }
 
-    static func start(gatewayPath: String?, durability: GatewayConfig.Durability, lingerMs: Int, directory: URL) async throws -> ChildParties {
+    static func start(gatewayPath: String?, durability: GatewayConfig.Durability, lingerMs: Int, directory: URL, logDB: String) async throws -> ChildParties {
         let selfExe = URL(fileURLWithPath: (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0])
         let exe = gatewayPath.map { URL(fileURLWithPath: $0) } ?? selfExe.deletingLastPathComponent().appendingPathComponent("gateway")
         guard FileManager.default.isExecutableFile(atPath: exe.path) else {
@@ -334,7 +340,7 @@ final class ChildParties: Parties, @unchecked Sendable {
         let (nullProxy, nullProxyPort) = try await spawn(["null-proxy", "--upstream-port", "\(upstreamPort)"], reporting: #"null-proxy listening on port (\d+)"#)
 
         let configURL = directory.appendingPathComponent("gateway.json")
-        let dbPath = directory.appendingPathComponent("traffic.sqlite").path
+        let dbPath = logDB
         try Data(#"""
             {"upstream": {"base_url": "http://127.0.0.1:\#(upstreamPort)/v1", "api_key_env": null, "max_connections": 512},
              "auth": {"client_keys_env": null}, "limits": {"max_concurrent_requests": 4096},
@@ -372,7 +378,7 @@ final class ChildParties: Parties, @unchecked Sendable {
         for p in childStdins { try? p.fileHandleForWriting.close() }
         upstream.waitUntilExit()
         nullProxy.waitUntilExit()
-        let rows = SoakBench.episodeCount(dbPath: dbPath)
+        let rows = await ProxyBench.episodeCount(dbPath)
         return "traffic log: \(rows.map(String.init) ?? "unreadable") episodes after SIGTERM (gateway exit status \(gateway.terminationStatus))"
     }
 }
@@ -399,7 +405,7 @@ final class InProcessParties: Parties, @unchecked Sendable {
         self.gatewayPort = gatewayPort
     }
 
-    static func start(durability: GatewayConfig.Durability, lingerMs: Int, directory: URL) async throws -> InProcessParties {
+    static func start(durability: GatewayConfig.Durability, lingerMs: Int, directory: URL, logDB: String) async throws -> InProcessParties {
         let upstream = try await FakeUpstream(recordRequests: false)
         var config = GatewayConfig()
         config.server.port = 0
@@ -407,7 +413,12 @@ final class InProcessParties: Parties, @unchecked Sendable {
         config.upstream.apiKeyEnv = nil
         config.upstream.maxConnections = 512
         config.limits.maxConcurrentRequests = 4096
-        config.log.path = directory.appendingPathComponent("traffic.sqlite").path
+        switch LogLocation(logDB) {
+        case .sqlite(let path): config.log.path = path
+        case .postgres(let url):
+            config.log.backend = .postgres
+            config.log.postgresURL = url
+        }
         config.log.durability = durability
         config.log.lingerMs = lingerMs
         var logger = Logger(label: "bench")
@@ -425,7 +436,9 @@ final class InProcessParties: Parties, @unchecked Sendable {
         await gateway.shutdown()
         _ = try? await runTask.value
         await upstream.stop()
-        let rows = (try? gateway.state.database.episodeCount()) ?? -1
+        // A PostgreSQL backend closes after the drain: count what the writer committed.
+        let rows = gateway.state.database.kind == .sqlite
+            ? ((try? await gateway.state.database.episodeCount()) ?? -1) : gateway.state.writer.stats.rowsWritten
         return "traffic log: \(rows) episodes written in \(stats.batches) batches (\(String(format: "%.1f", Double(stats.rowsWritten) / Double(max(stats.batches, 1)))) per transaction)"
     }
 }
@@ -494,3 +507,15 @@ private func f1(_ x: Double) -> String { String(format: "%.1f", x) }
 private func f3(_ x: Double) -> String { String(format: "%.3f", x) }
 
 extension GatewayConfig.Durability: ExpressibleByArgument {}
+
+extension ProxyBench {
+    /// Episodes in the log at `location` (SQLite path or postgres:// URL), nil when unreadable.
+    static func episodeCount(_ location: String) async -> Int? {
+        var logger = Logger(label: "bench")
+        logger.logLevel = .critical
+        guard let backend = try? await LogBackends.open(LogLocation(location), logger: logger) else { return nil }
+        let n = try? await backend.episodeCount()
+        try? await backend.close()
+        return n
+    }
+}

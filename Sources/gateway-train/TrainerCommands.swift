@@ -1,6 +1,7 @@
 import ArgumentParser
 import EpisodeLog
 import Foundation
+import TrafficLogPostgres
 import GatewayTrainer
 import OpenAIWire
 import PolicyEngine
@@ -90,7 +91,7 @@ struct RolloutCommand: AsyncParsableCommand {
     @Option(help: "JSONL dataset.") var dataset: String
     @Option(name: .customLong("group-size"), help: "Episodes per question (G).") var groupSize: Int = 5
     @Option(help: "Policy checkpoint folder.") var policy: String
-    @Option(help: "SQLite traffic log (created if missing).") var db: String = "traffic.sqlite"
+    @Option(help: "Traffic log: a SQLite path (created if missing) or a postgres:// URL.") var db: String = "traffic.sqlite"
     @Option(help: "Route recorded for these episodes.") var route: String = "rollout"
     @OptionGroup var upstream: UpstreamOptions
     @OptionGroup var episode: EpisodeOptions
@@ -105,7 +106,7 @@ struct RolloutCommand: AsyncParsableCommand {
         let dir = URL(fileURLWithPath: policy)
         let enginePolicy = try EnginePolicy(directory: dir)
         let version = CheckpointHash.versionID(sha256: try CheckpointHash.weightsSHA256(directory: dir))
-        let database = try TrafficDatabase(path: db)
+        let database = try LogBackends.openStore(db)
         let client = try upstream.client()
         var config = episode.config(upstream)
         config.groupSize = groupSize
@@ -163,7 +164,7 @@ struct TrainRLCommand: AsyncParsableCommand {
         token mean over the policy's own tokens. Resumable state goes to <out>.train-state (--resume continues it).
         """)
 
-    @Option(help: "SQLite traffic log.") var db: String = "traffic.sqlite"
+    @Option(help: "Traffic log: a SQLite path or a postgres:// URL.") var db: String = "traffic.sqlite"
     @Option(help: "Starting checkpoint folder (also the KL reference).") var base: String
     @Option(help: "Output checkpoint folder.") var out: String
     @Flag(help: "Full fine-tuning instead of LoRA.") var full = false
@@ -213,7 +214,7 @@ struct TrainRLCommand: AsyncParsableCommand {
         c.resume = resume
         c.allowNoSignal = allowNoSignal
         c.stateDirectory = stateDir.map { URL(fileURLWithPath: $0) }
-        let database = try TrafficDatabase(path: db)
+        let database = try LogBackends.openStore(db)
         let tokenizer = try Tokenizer(directory: baseURL)
         var bar: ProgressReporter?
         var last: StepReport?
@@ -308,7 +309,7 @@ struct ExportCommand: AsyncParsableCommand {
         The chat template goes beside the output (<out minus extension>.chat_template.jinja). See docs/export.md.
         """)
 
-    @Option(help: "SQLite traffic log.") var db: String = "traffic.sqlite"
+    @Option(help: "Traffic log: a SQLite path or a postgres:// URL.") var db: String = "traffic.sqlite"
     @Option(help: "Output format.") var format: ExportFormat = .jsonl
     @Option(help: "Output file.") var out: String
     @Option(help: "Checkpoint folder whose tokenizer decodes the logged ids (the policy that produced them).") var tokenizer: String
@@ -322,7 +323,7 @@ struct ExportCommand: AsyncParsableCommand {
     }
 
     func run() async throws {
-        let database = try TrafficDatabase(path: db)
+        let database = try LogBackends.openStore(db)
         let tok = try Tokenizer(directory: URL(fileURLWithPath: tokenizer))
         let holder = BarHolder(label: "export")
         let options = ExportOptions(format: format, filter: try filters.filter(), requireReward: requireReward,

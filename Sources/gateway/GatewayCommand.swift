@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import GatewayServer
 import Logging
+import TrafficLog
 
 /// `gateway`: the Prompt-R1 gateway server. Thin: parses flags, loads the config, runs.
 @main
@@ -33,7 +34,7 @@ struct ConfigOptions: ParsableArguments {
     @Option(name: .customLong("upstream-url"), help: "Upstream base URL, e.g. https://api.openai.com/v1 (overrides upstream.base_url).")
     var upstreamURL: String?
 
-    @Option(name: .customLong("log-db"), help: "SQLite traffic log path (overrides log.path).")
+    @Option(name: .customLong("log-db"), help: "Traffic log: a SQLite path (overrides log.path) or a postgres:// URL (sets log.backend to postgres; prefer $GATEWAY_LOG_POSTGRES_URL outside tests: a command line is visible to other users).")
     var logDB: String?
 
     @Option(name: .long, help: "Policy checkpoint folder (overrides policy.path).")
@@ -71,7 +72,16 @@ struct ConfigOptions: ParsableArguments {
             }
             c.upstream.baseURL = upstreamURL
         }
-        if let logDB { c.log.path = logDB }
+        if let logDB {
+            switch LogLocation(logDB) {
+            case .sqlite(let path):
+                c.log.backend = .sqlite
+                c.log.path = path
+            case .postgres(let url):
+                c.log.backend = .postgres
+                c.log.postgresURL = url
+            }
+        }
         if let policy = policy ?? ProcessInfo.processInfo.environment["GATEWAY_POLICY"].flatMap({ $0.isEmpty ? nil : $0 }) {
             c.policyPath = policy
         }
@@ -110,7 +120,7 @@ struct Serve: AsyncParsableCommand {
             logger.notice("gateway listening", metadata: [
                 "address": "\(config.server.host):\(port)", "admin": "\(config.admin.host):\(adminPort)",
                 "upstream": "\(config.upstream.baseURL)",
-                "log": "\(config.log.path)", "data_dir": "\(options.dataDirectory)", "version": "\(GatewayVersion.string)",
+                "log": "\(gateway.state.database.location)", "data_dir": "\(options.dataDirectory)", "version": "\(GatewayVersion.string)",
             ])
         }
         try await gateway.run()
@@ -132,7 +142,7 @@ struct CheckConfig: AsyncParsableCommand {
             print("  listen       \(c.server.host):\(c.server.port)")
             print("  upstream     \(c.upstream.baseURL) (key from env \(c.upstream.apiKeyEnv ?? "none"): \(c.upstream.apiKeyEnv.flatMap { ProcessInfo.processInfo.environment[$0] } == nil ? "not set" : "set"))")
             print("  routes       " + c.routes.map { "\($0.model) -> \($0.mode.rawValue)\($0.upstreamModel.map { " (\($0))" } ?? "")" }.joined(separator: ", "))
-            print("  log          \(c.log.path) (durability \(c.log.durability.rawValue), retention \(c.log.retentionDays) days)")
+            print("  log          \(c.log.backend == .sqlite ? c.log.path : "postgres, URL from " + (c.log.postgresURL.map { LogLocation.redact($0) } ?? "$" + c.log.postgresURLEnv)) (durability \(c.log.durability.rawValue), retention \(c.log.retentionDays) days)")
             print("  policy       \(c.policyPath ?? "none")")
             print("  data dir     \(options.dataDirectory)")
             print("  admin        \(c.admin.host):\(c.admin.port) (token from env \(c.admin.tokenEnv): \((ProcessInfo.processInfo.environment[c.admin.tokenEnv] ?? "").isEmpty ? "not set, generated into \(c.generatedAdminTokenPath)" : "set"))")

@@ -238,6 +238,9 @@ final class AdminTests: XCTestCase {
         }
         XCTAssertEqual(value("gateway_requests_total", ["route": "/v1/chat/completions", "mode": "collaborate", "status": "200"]), 1)
         XCTAssertEqual(value("gateway_requests_total", ["route": "/v1/chat/completions", "mode": "passthrough", "status": "200"]), 1)
+        // The collaboration episode copied the protocol prefix pre-filled at load and computed the rest.
+        XCTAssertGreaterThan(value("gateway_policy_prefill_tokens_total", ["cached": "true"]) ?? 0, 100)
+        XCTAssertGreaterThan(value("gateway_policy_prefill_tokens_total", ["cached": "false"]) ?? 0, 0)
         XCTAssertEqual(value("gateway_requests_total", ["status": "400"]), 1)
         XCTAssertEqual(value("gateway_turns_per_episode_count"), 1)
         XCTAssertEqual(value("gateway_policy_swaps_total"), 1)

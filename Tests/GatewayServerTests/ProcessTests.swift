@@ -149,14 +149,14 @@ final class ProcessTests: XCTestCase {
         XCTAssertEqual(again.process.terminationStatus, 0, again.log)
     }
 
-    /// With `durability: async` (the default) no commit sits in a request's path. The binary
+    /// With `durability: async` no commit sits in a request's path. The binary
     /// runs Swift concurrency on its event loops, so a commit made on one of them would stall
     /// every request of that loop. Another connection holds SQLite's write lock for 1.5 s (the
     /// log writer waits in SQLite's busy handler meanwhile); requests keep completing quickly,
     /// and once the lock is gone every one of them is committed.
     func testAsyncLogWritesNeverHoldUpResponses() async throws {
         let upstream = try await FakeUpstream(recordRequests: false)
-        let child = try Child(upstream: upstream.baseURL, environment: [:])
+        let child = try Child(upstream: upstream.baseURL, environment: [:], durability: "async")
         let (port, _) = try await child.ports()
         let client = Self.httpClient()
         func chat() async throws -> (Int, String?) {

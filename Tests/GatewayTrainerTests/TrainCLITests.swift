@@ -12,7 +12,10 @@ import XCTest
 final class TrainCLITests: XCTestCase {
     struct Run { var status: Int32; var out: String; var err: String }
 
-    func run(_ args: [String]) throws -> Run {
+    func run(_ args: [String]) throws -> Run { try Self.runTrainer(args) }
+
+    /// The built `gateway-train` with `args` (also used by TrainFromPostgresTests).
+    static func runTrainer(_ args: [String]) throws -> Run {
         let p = Process()
         p.executableURL = try CLITests.executable()
         p.arguments = args

@@ -3,7 +3,7 @@ import XCTest
 @testable import TrafficLog
 
 final class RetentionServiceTests: XCTestCase {
-    func testSweepDeletesOnlyOldEpisodesWithTheirRows() throws {
+    func testSweepDeletesOnlyOldEpisodesWithTheirRows() async throws {
         let tmp = try TempDir()
         let path = tmp.path("log.sqlite")
         let db = try TrafficDatabase(path: path)
@@ -15,13 +15,15 @@ final class RetentionServiceTests: XCTestCase {
         try db.insertFeedback(FeedbackRecord(episodeID: old.id, kind: "score", value: "1"))
         try db.insertFeedback(FeedbackRecord(episodeID: young.id, kind: "score", value: "1"))
         let service = RetentionService(database: db, maxAge: 7 * 86_400, interval: 3_600, logger: LogCapture().logger())
-        XCTAssertEqual(try service.sweep(now: now), 1)
+        let deleted = try await service.sweep(now: now)
+        XCTAssertEqual(deleted, 1)
         XCTAssertNil(try db.episode(id: old.id))
         XCTAssertNotNil(try db.episode(id: edge.id))
         XCTAssertEqual(try db.feedback(episodeID: old.id), [])
         XCTAssertEqual(try rawCount(path, "SELECT COUNT(*) FROM turns"), 4)
         XCTAssertEqual(try rawCount(path, "SELECT COUNT(*) FROM feedback"), 1)
-        XCTAssertEqual(try service.sweep(now: now), 0)
+        let again = try await service.sweep(now: now)
+        XCTAssertEqual(again, 0)
     }
 
     func testRunLoopSweepsPeriodicallyUntilCancelled() async throws {
@@ -46,7 +48,8 @@ final class RetentionServiceTests: XCTestCase {
         let db = try TrafficDatabase.inMemory()
         try db.insert(episodes: [makeEpisode(createdAt: Date(timeIntervalSince1970: 1_600_000_000))])
         let service = RetentionService(database: db, maxAge: 0, interval: 1, logger: LogCapture().logger())
-        XCTAssertEqual(service.sweepOnce(), 0)
+        let swept = await service.sweepOnce()
+        XCTAssertEqual(swept, 0)
         await service.run()  // returns immediately
         XCTAssertEqual(try db.episodeCount(), 1)
     }

@@ -361,7 +361,7 @@ extension ConsoleRoutes {
         }
         let filter = EpisodeFilter(route: form["route"].flatMap { $0.isEmpty ? nil : $0 }, policyVersion: form["version"].flatMap { $0.isEmpty ? nil : $0 })
         let requireReward = form["require_reward"] == "1"
-        let database = state.database
+        let database = state.consoleDatabase
         let url = FileManager.default.temporaryDirectory.appendingPathComponent("gateway-export-\(ConsoleSessions.randomToken().prefix(16)).jsonl")
         do {
             let data = try await read { () -> Data in

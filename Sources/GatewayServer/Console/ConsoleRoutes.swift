@@ -24,7 +24,7 @@ struct ConsoleRoutes: Sendable {
     }
 
     var state: GatewayState { admin.state }
-    var log: any ConsoleReadModel { admin.state.database }
+    var log: any ConsoleReadModel { admin.state.consoleDatabase }
 
     func register(on router: Router<BasicRequestContext>) {
         router.get("/console") { _, _ in Self.redirect("/console/overview") }

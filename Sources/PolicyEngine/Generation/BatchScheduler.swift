@@ -98,21 +98,51 @@ public final class BatchScheduler: @unchecked Sendable {  // mutable state guard
         var pending: [Int32]
         var fed = 0
         var generated = 0
+        /// The whole prompt of a sequence that started with an empty cache (it may reuse a cached prefix and
+        /// its prompt is kept in the prefix cache once computed); nil when continuing a cache.
+        let freshPrompt: [Int32]?
+        /// The prefix cache has been consulted (always true without one or for a continued cache).
+        var resolved: Bool
         init(id: Int, cache: KVCache, sampler: Sampler, tracker: GenerationTracker, pending: [Int32],
-             continuation: AsyncStream<GenerationEvent>.Continuation) {
+             continuation: AsyncStream<GenerationEvent>.Continuation, freshPrompt: [Int32]?) {
             self.id = id
             self.cache = cache
             self.sampler = sampler
             self.tracker = tracker
             self.pending = pending
             self.continuation = continuation
+            self.freshPrompt = freshPrompt
+            resolved = freshPrompt == nil
         }
+        /// Still computing a fresh prompt (a later sequence with the same start waits for it).
+        var prefillingFreshPrompt: Bool { freshPrompt != nil && resolved && generated == 0 && fed < pending.count }
     }
 
-    public init(model: TransformerModel, tokenBytes: (@Sendable (Int32) -> [UInt8])? = nil, maxStepTokens: Int = 256) {
+    /// Keys and values of shared prompt prefixes (nil: every prompt is computed in full).
+    public let prefixCache: PrefixCache?
+    /// Called on the worker thread once per sequence whose prompt has been scheduled: prompt tokens copied
+    /// from the prefix cache and prompt tokens computed (e.g. for a metric).
+    public var onPrefill: (@Sendable (_ cached: Int, _ computed: Int) -> Void)? {
+        get { cond.lock(); defer { cond.unlock() }; return prefillObserver }
+        set { cond.lock(); prefillObserver = newValue; cond.unlock() }
+    }
+    private var prefillObserver: (@Sendable (Int, Int) -> Void)?
+    private var prefillCounts = (cached: 0, computed: 0)
+    /// Prompt tokens so far: copied from the prefix cache, and computed by the model.
+    public var prefillTokens: (cached: Int, computed: Int) { cond.lock(); defer { cond.unlock() }; return prefillCounts }
+
+    /// A sequence whose prompt shares at least this many more tokens with a prompt still being computed than
+    /// with any cached prefix waits for that prompt to be cached instead of computing the same positions
+    /// (the n episodes of one request, a rollout group).
+    public static let waitForSharedPrefix = 32
+
+    public init(model: TransformerModel, tokenBytes: (@Sendable (Int32) -> [UInt8])? = nil, maxStepTokens: Int = 256,
+                prefixCache: PrefixCache? = nil) {
+        precondition(prefixCache.map { $0.model === model } ?? true, "a prefix cache belongs to one model")
         self.model = model
         self.tokenBytes = tokenBytes
         self.maxStepTokens = max(1, maxStepTokens)
+        self.prefixCache = prefixCache
         // The worker holds the scheduler until `shutdown()`; a scheduler lives as long as its model is served.
         let t = Thread { self.workerLoop() }
         t.name = "PolicyEngine.BatchScheduler"
@@ -151,13 +181,14 @@ public final class BatchScheduler: @unchecked Sendable {  // mutable state guard
             return handle
         }
         var pending = request.prompt
+        let fresh = cache.count == 0 && prefixCache != nil && prefixCache!.capacityBytes > 0
         if pending.isEmpty, let last = cache.tokens.last {
             // Nothing new: recompute the logits of the last cached position.
             cache.truncate(to: cache.count - 1)
             pending = [last]
         }
         let seq = Sequence(id: id, cache: cache, sampler: Sampler(request.sampling), tracker: tracker,
-                           pending: pending, continuation: continuation)
+                           pending: pending, continuation: continuation, freshPrompt: fresh ? pending : nil)
         cond.lock()
         if isShutdown {
             cond.unlock()
@@ -225,6 +256,32 @@ public final class BatchScheduler: @unchecked Sendable {  // mutable state guard
         }
     }
 
+    /// Consults the prefix cache for a fresh sequence: copies the longest cached prefix of its prompt into its
+    /// cache (keeping at least one prompt token to compute, for the logits), or returns false to wait one step
+    /// because a running sequence is computing a longer shared prefix.
+    private func resolvePrefix(_ s: Sequence) -> Bool {
+        guard let prefixCache, let prompt = s.freshPrompt else { return true }
+        let cached = prefixCache.matchLength(prompt)
+        for other in active where other !== s && other.prefillingFreshPrompt {
+            let shared = zip(other.freshPrompt!, prompt).prefix { $0 == $1 }.count
+            if shared >= cached + Self.waitForSharedPrefix { return false }
+        }
+        let reused = (try? prefixCache.restore(prompt, into: s.cache, limit: prompt.count - 1)) ?? 0
+        if reused > 0 { s.pending = Array(prompt[reused...]) }
+        s.resolved = true
+        countPrefill(cached: reused, computed: prompt.count - reused)
+        return true
+    }
+
+    private func countPrefill(cached: Int, computed: Int) {
+        cond.lock()
+        prefillCounts.cached += cached
+        prefillCounts.computed += computed
+        let observer = prefillObserver
+        cond.unlock()
+        observer?(cached, computed)
+    }
+
     /// One forward step over all active sequences.
     private func step() {
         var requests: [ForwardRequest] = []
@@ -233,6 +290,11 @@ public final class BatchScheduler: @unchecked Sendable {  // mutable state guard
         let maxPos = model.config.maxPositionEmbeddings
         var overflow: [Sequence] = []
         for s in active {
+            if !s.resolved {
+                guard resolvePrefix(s) else { continue }
+            } else if s.generated == 0 && s.fed == 0 && s.freshPrompt == nil {
+                countPrefill(cached: 0, computed: s.pending.count)
+            }
             let remaining = s.pending.count - s.fed
             if s.cache.count + remaining > maxPos {
                 overflow.append(s)
@@ -276,6 +338,10 @@ public final class BatchScheduler: @unchecked Sendable {  // mutable state guard
             for (i, s) in members.enumerated() {
                 s.fed += requests[i].tokens.count
                 guard let tok = sampled[i] else { continue }
+                if s.generated == 0, let prompt = s.freshPrompt, let prefixCache {
+                    // The whole prompt is in the cache now: keep it for the sequences that start the same way.
+                    try? prefixCache.insert(prompt, from: s.cache)
+                }
                 if s.tracker.maxTokens == 0 {
                     s.pending = []
                     s.fed = 0

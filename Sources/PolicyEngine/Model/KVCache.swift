@@ -94,6 +94,22 @@ public final class KVCache: @unchecked Sendable {
         return c
     }
 
+    /// Replaces the contents with the first `n` positions of `source` (keys, values and token ids copied,
+    /// so the two caches stay independent).
+    func load(prefix n: Int, of source: KVCache) throws {
+        precondition(n <= source.count && source.numLayers == numLayers && source.kvDim == kvDim,
+                     "KVCache.load: \(n) positions of a \(source.numLayers)x\(source.kvDim) cache holding \(source.count)")
+        count = 0
+        tokens.removeAll(keepingCapacity: true)
+        try reserve(n)
+        for l in 0..<numLayers {
+            keys[l].update(from: source.keys[l], count: n * kvDim)
+            values[l].update(from: source.values[l], count: n * kvDim)
+        }
+        count = n
+        tokens.append(contentsOf: source.tokens[..<n])
+    }
+
     /// Length of the common prefix of `tokens` and the cached tokens.
     public func commonPrefixLength(with other: [Int32]) -> Int {
         var i = 0

@@ -24,12 +24,19 @@ public enum QuantizationError: Error, CustomStringConvertible, Equatable {
 
 /// An [rows, cols] weight matrix (PyTorch nn.Linear layout: rows = outputs) in 8 bits: int8 values and one
 /// Float scale per `block` consecutive inputs of a row, value = q * scale, q in [-127, 127].
+///
+/// Stored in CQ8's packed layout (see `cq8_packed_groups` in cq8.h): groups of 8 rows with 4 inputs of each
+/// row side by side, so the int8 GEMM reads 8 output rows x 4 inputs with one load; per group and block the 8
+/// scales and the 8 block sums (times 128, the VNNI kernel's correction for its unsigned operand).
 final class Q8Matrix: @unchecked Sendable {  // immutable after init; owns its buffers
     let rows: Int, cols: Int, block: Int
+    /// Row groups of 8 (an even number; rows past `rows` are zero).
+    let groups: Int
     let values: UnsafeMutablePointer<Int8>
     let scales: UnsafeMutablePointer<Float>
+    let blockSums: UnsafeMutablePointer<Int32>
     var blocksPerRow: Int { cols / block }
-    var byteCount: Int { rows * cols + rows * blocksPerRow * 4 }
+    var byteCount: Int { groups * 8 * (cols + blocksPerRow * 8) }
 
     static func canQuantize(cols: Int) -> Bool { cols > 0 && cols % 32 == 0 }
 
@@ -39,20 +46,34 @@ final class Q8Matrix: @unchecked Sendable {  // immutable after init; owns its b
         self.rows = rows
         self.cols = cols
         block = cols % 64 == 0 ? 64 : 32
-        values = AlignedMemory.allocate(Int8.self, capacity: rows * cols)
-        scales = .allocate(capacity: rows * (cols / block))
+        groups = Int(cq8_packed_groups(Int32(rows)))
         let nb = cols / block, block = self.block
-        let job = QuantJob(w: w, q: values, s: scales)
+        values = AlignedMemory.allocate(Int8.self, capacity: groups * 8 * cols)
+        values.initialize(repeating: 0, count: groups * 8 * cols)
+        scales = AlignedMemory.allocate(Float.self, capacity: groups * nb * 8)
+        scales.initialize(repeating: 0, count: groups * nb * 8)
+        blockSums = AlignedMemory.allocate(Int32.self, capacity: groups * nb * 8)
+        blockSums.initialize(repeating: 0, count: groups * nb * 8)
+        let job = QuantJob(w: w, q: values, s: scales, sums: blockSums)
         ComputePool.shared.run(count: rows, maxParts: min(BLASThreads.current, rows / 64)) { _, range in
             for r in range {
+                let g = r / 8, lane = r % 8
+                let dst = job.q + g * 8 * cols + lane * 4
                 for b in 0..<nb {
-                    let src = job.w + r * cols + b * block, dst = job.q + r * cols + b * block
+                    let src = job.w + r * cols + b * block
                     var amax: Float = 0
                     for j in 0..<block { amax = max(amax, abs(src[j])) }
                     let scale = amax / 127
                     let inv: Float = scale > 0 ? 1 / scale : 0
-                    for j in 0..<block { dst[j] = Int8(max(-127, min(127, (src[j] * inv).rounded()))) }
-                    job.s[r * nb + b] = scale
+                    var sum: Int32 = 0
+                    for j in 0..<block {
+                        let k = b * block + j
+                        let v = Int8(max(-127, min(127, (src[j] * inv).rounded())))
+                        dst[(k / 4) * 32 + k % 4] = v
+                        sum += Int32(v)
+                    }
+                    job.s[(g * nb + b) * 8 + lane] = scale
+                    job.sums[(g * nb + b) * 8 + lane] = 128 * sum
                 }
             }
         }
@@ -61,53 +82,50 @@ final class Q8Matrix: @unchecked Sendable {  // immutable after init; owns its b
     deinit {
         values.deallocate()
         scales.deallocate()
+        blockSums.deallocate()
     }
+
+    /// The int8 value of row r, input k.
+    @inline(__always) func value(_ r: Int, _ k: Int) -> Int8 { values[(r / 8) * 8 * cols + (k / 4) * 32 + (r % 8) * 4 + k % 4] }
+    /// The scale of row r, block b.
+    @inline(__always) func scale(_ r: Int, block b: Int) -> Float { scales[((r / 8) * blocksPerRow + b) * 8 + r % 8] }
 
     /// Writes rows r0..<r1 as float32 into `out` [r1 - r0, cols].
     func dequantize(rows r0: Int, _ r1: Int, into out: UnsafeMutablePointer<Float>) {
-        let nb = blocksPerRow
         for r in r0..<r1 {
-            let q = values + r * cols, o = out + (r - r0) * cols
-            for b in 0..<nb {
-                let s = scales[r * nb + b]
-                for j in (b * block)..<((b + 1) * block) { o[j] = Float(q[j]) * s }
-            }
+            let o = out + (r - r0) * cols
+            for k in 0..<cols { o[k] = Float(value(r, k)) * scale(r, block: k / block) }
         }
     }
 
     private struct QuantJob: @unchecked Sendable {  // raw pointers for the workers; init waits for them
         let w: UnsafePointer<Float>, q: UnsafeMutablePointer<Int8>, s: UnsafeMutablePointer<Float>
+        let sums: UnsafeMutablePointer<Int32>
     }
 }
 
 /// Scratch for the 8-bit products of one forward step: the activations quantised per block (int8 values, their
-/// absolute values and one scale per block), and a float32 tile for the dequantised prefill path.
+/// absolute values, the values plus 128, one scale per block), rows padded to CQ8's register tile.
 final class Q8Scratch {
     private(set) var capacity = 0
     var q = UnsafeMutablePointer<Int8>.allocate(capacity: 1)
     var a = UnsafeMutablePointer<UInt8>.allocate(capacity: 1)
+    var u = UnsafeMutablePointer<UInt8>.allocate(capacity: 1)
     var scales = UnsafeMutablePointer<Float>.allocate(capacity: 1)
-    private(set) var tileCount = 0
-    var tile = UnsafeMutablePointer<Float>.allocate(capacity: 1)
 
     func ensure(rows: Int, cols: Int) {
-        guard rows * cols > capacity else { return }
-        capacity = rows * cols
-        q.deallocate(); a.deallocate(); scales.deallocate()
-        q = AlignedMemory.allocate(Int8.self, capacity: capacity)
-        a = AlignedMemory.allocate(UInt8.self, capacity: capacity)
-        scales = .allocate(capacity: capacity / 32)
-    }
-
-    func ensureTile(_ n: Int) {
-        guard n > tileCount else { return }
-        tile.deallocate()
-        tile = .allocate(capacity: n)
-        tileCount = n
+        let n = Int(cq8_padded_rows(Int32(rows))) * cols
+        guard n > capacity else { return }
+        capacity = n
+        q.deallocate(); a.deallocate(); u.deallocate(); scales.deallocate()
+        q = AlignedMemory.allocate(Int8.self, capacity: n)
+        a = AlignedMemory.allocate(UInt8.self, capacity: n)
+        u = AlignedMemory.allocate(UInt8.self, capacity: n)
+        scales = .allocate(capacity: n / 32)
     }
 
     deinit {
-        q.deallocate(); a.deallocate(); scales.deallocate(); tile.deallocate()
+        q.deallocate(); a.deallocate(); u.deallocate(); scales.deallocate()
     }
 }
 
@@ -128,32 +146,15 @@ public enum Q8KernelLevel: Int32, Sendable, CaseIterable, CustomStringConvertibl
 }
 
 enum Q8Kernels {
-    /// Rows of x at most this many use the int8 kernel (decode, single or batched); more rows (prefill) dequantise
-    /// tiles of W to float32 and use sgemm. With SIMD integer dot products the int8 kernel reads each weight row
-    /// once for all rows of x and stays ahead of a dequantise-plus-sgemm up to a batch of 16 decode rows; the
-    /// portable C kernel only for one or two.
-    static var maxIntegerRows: Int { Q8KernelLevel.current == .portable ? 2 : 16 }
-    /// Weight rows per dequantised tile in the prefill path.
-    static let tileRows = 128
-
     /// y[rows, W.rows] = x[rows, W.cols] * W^T (+ bias) (+ y when `accumulate`), like `Kernels.linear`.
+    ///
+    /// Every row count, decode or prefill, goes through the int8 GEMM on activations quantised per row and
+    /// block: one numeric path, so a row's result does not depend on the rows computed with it (a prompt
+    /// continued from the prefix cache gets the logits of a full prefill).
     static func linear(_ x: UnsafePointer<Float>, rows: Int, weight w: Q8Matrix, bias: UnsafePointer<Float>?,
                        into y: UnsafeMutablePointer<Float>, accumulate: Bool, scratch: Q8Scratch) {
-        if rows <= maxIntegerRows {
-            quantizeActivations(x, rows: rows, cols: w.cols, block: w.block, into: scratch)
-            integerProduct(rows: rows, weight: w, scratch: scratch, into: y, accumulate: accumulate)
-        } else {
-            let tile = min(tileRows, w.rows)
-            scratch.ensureTile(tile * w.cols)
-            var r0 = 0
-            while r0 < w.rows {
-                let n = min(tile, w.rows - r0)
-                dequantizeParallel(w, rows: r0, r0 + n, into: scratch.tile)
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(rows), Int32(n), Int32(w.cols), 1,
-                            x, Int32(w.cols), scratch.tile, Int32(w.cols), accumulate ? 1 : 0, y + r0, Int32(w.rows))
-                r0 += n
-            }
-        }
+        quantizeActivations(x, rows: rows, cols: w.cols, block: w.block, into: scratch)
+        integerProduct(rows: rows, weight: w, scratch: scratch, into: y, accumulate: accumulate)
         if let bias {
             for r in 0..<rows {
                 let yr = y + r * w.rows
@@ -162,54 +163,40 @@ enum Q8Kernels {
         }
     }
 
-    /// Per row and block: scale = max|x| / 127, q = round(x / scale), and |q| for the unsigned operand.
+    /// Per row and block: scale = max|x| / 127, q = round(x / scale), |q| and q + 128 for the unsigned operands.
     static func quantizeActivations(_ x: UnsafePointer<Float>, rows: Int, cols: Int, block: Int, into s: Q8Scratch) {
         s.ensure(rows: rows, cols: cols)
-        cq8_quantize_rows(x, Int32(rows), Int32(cols), Int32(block), s.q, s.a, s.scales)
+        cq8_quantize_rows(x, Int32(rows), Int32(cols), Int32(block), s.q, s.a, s.u, s.scales)
     }
 
     private struct Job: @unchecked Sendable {  // raw pointers for the workers; the caller waits for them
         let w: Q8Matrix, s: Q8Scratch, y: UnsafeMutablePointer<Float>, rows: Int, accumulate: Bool
     }
 
-    /// The int8 x int8 products, output rows split into parts of at least 32 rows that the compute threads claim
-    /// as they go (a thread that starts late takes fewer parts).
+    /// The int8 x int8 products, output rows split into parts (whole pairs of 8-row groups) that the compute
+    /// threads claim as they go (a thread that starts late takes fewer parts).
     static func integerProduct(rows: Int, weight w: Q8Matrix, scratch s: Q8Scratch, into y: UnsafeMutablePointer<Float>,
                                accumulate: Bool) {
         let job = Job(w: w, s: s, y: y, rows: rows, accumulate: accumulate)
         let threads = Kernels.computeThreads
+        let pairs = w.groups / 2
         // Small matrices (k/v projections of one row) cost less than waking a second thread.
-        guard threads > 1, w.rows * w.cols * rows >= 1 << 17 else {
-            integerRows(job, 0, w.rows)
+        guard threads > 1, pairs > 1, w.rows * w.cols * rows >= 1 << 17 else {
+            integerGroups(job, 0, pairs)
             return
         }
-        ComputePool.shared.run(count: w.rows, maxParts: min(threads * 8, max(1, w.rows / 32)), granularity: 8) { _, range in
-            integerRows(job, range.lowerBound, range.upperBound)
+        // Many rows (prefill): few large parts, each reading its weight panel once for all rows; few rows
+        // (decode): more parts, so a thread that starts late takes fewer.
+        let maxParts = rows > 16 ? threads * 2 : min(threads * 8, max(1, pairs / 2))
+        ComputePool.shared.run(count: pairs, maxParts: maxParts) { _, range in
+            integerGroups(job, range.lowerBound, range.upperBound)
         }
     }
 
-    private static func integerRows(_ job: Job, _ r0: Int, _ r1: Int) {
-        guard r0 < r1 else { return }
-        let w = job.w
-        cq8_gemv_rows(w.values, w.scales, Int32(w.cols), Int32(w.block), Int32(r0), Int32(r1),
-                      job.s.q, job.s.a, job.s.scales, Int32(job.rows), job.y, Int32(w.rows), job.accumulate ? 1 : 0)
-    }
-
-    private struct DequantJob: @unchecked Sendable {  // raw pointers for the workers; the caller waits for them
-        let w: Q8Matrix, out: UnsafeMutablePointer<Float>, r0: Int, r1: Int
-    }
-
-    /// Dequantises a tile on two threads through libdispatch, not ComputePool: OpenBLAS's own threads run the
-    /// sgemm that follows, and a pool worker polling for the next call would take a core from them (measured:
-    /// 128-token 8-bit prefill at 90 tok/s with the pool, 145 on one thread, 185 with libdispatch, which parks
-    /// its worker at once).
-    private static func dequantizeParallel(_ w: Q8Matrix, rows r0: Int, _ r1: Int, into out: UnsafeMutablePointer<Float>) {
-        let job = DequantJob(w: w, out: out, r0: r0, r1: r1)
-        let workers = max(1, min(BLASThreads.current, (r1 - r0) / 16))
-        DispatchQueue.concurrentPerform(iterations: workers) { part in
-            let per = (job.r1 - job.r0 + workers - 1) / workers
-            let a = job.r0 + part * per, b = min(job.r1, a + per)
-            if a < b { job.w.dequantize(rows: a, b, into: job.out + (a - job.r0) * job.w.cols) }
-        }
+    private static func integerGroups(_ job: Job, _ p0: Int, _ p1: Int) {
+        guard p0 < p1 else { return }
+        let w = job.w, s = job.s
+        cq8_gemm(w.values, w.scales, w.blockSums, Int32(w.cols), Int32(w.block), Int32(w.rows), Int32(2 * p0), Int32(2 * p1),
+                 s.q, s.a, s.u, s.scales, Int32(job.rows), job.y, Int32(w.rows), job.accumulate ? 1 : 0)
     }
 }
