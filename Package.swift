@@ -92,7 +92,7 @@ let package = Package(
         ),
         .target(
             name: "EpisodeLog",
-            dependencies: ["PolicyEngine", "PromptR1", "TrafficLog", .product(name: "Crypto", package: "swift-crypto")]
+            dependencies: ["PolicyEngine", "PromptR1", "TrafficLog", "OpenAIWire", .product(name: "Crypto", package: "swift-crypto")]
         ),
         .target(
             name: "GatewayServer",

@@ -170,11 +170,57 @@ public final class FakeUpstream: Sendable {
                 return .stream(parts: streamParts(model: model, text: text, includeUsage: includeUsage))
             }
             return .json(status: 200, body: completionJSON(model: model, text: text))
+        case "/v1/responses":
+            let json = r.json ?? [:]
+            let model = json["model"] as? String ?? "unknown"
+            var input = json["input"] as? String ?? ""
+            if let items = json["input"] as? [[String: Any]], let last = items.last(where: { ($0["role"] as? String) == "user" }) {
+                input = last["content"] as? String
+                    ?? ((last["content"] as? [[String: Any]])?.compactMap { $0["text"] as? String }.joined(separator: "\n") ?? "")
+            }
+            let text = "echo: " + input
+            if json["stream"] as? Bool == true { return .stream(parts: responsesStreamParts(model: model, text: text)) }
+            return .json(status: 200, body: responsesJSON(model: model, text: text, status: "completed"))
         case "/v1/embeddings":
             return .json(status: 200, body: #"{"object":"list","data":[{"object":"embedding","index":0,"embedding":[0.25,-0.5]}],"model":"emb","usage":{"prompt_tokens":2,"total_tokens":2}}"#)
         default:
             return .json(status: 404, body: #"{"error":{"message":"no such path","type":"invalid_request_error","param":null,"code":null}}"#)
         }
+    }
+
+    /// A Responses API `response` object whose one output message says `text`.
+    public static func responsesJSON(model: String, text: String?, status: String) -> String {
+        let output = text.map { #"[{"type":"message","id":"msg_fake","status":"completed","role":"assistant","content":[{"type":"output_text","text":\#(quote($0)),"annotations":[]}]}]"# } ?? "[]"
+        let usage = text == nil ? "null" : #"{"input_tokens":11,"output_tokens":\#(text!.split(separator: " ").count),"total_tokens":\#(11 + text!.split(separator: " ").count),"input_tokens_details":{"cached_tokens":0},"output_tokens_details":{"reasoning_tokens":0}}"#
+        return #"{"id":"resp_fake","object":"response","created_at":1700000000,"status":\#(quote(status)),"model":\#(quote(model)),"output":\#(output),"parallel_tool_calls":true,"tool_choice":"auto","tools":[],"error":null,"incomplete_details":null,"instructions":null,"metadata":{},"temperature":1.0,"top_p":1.0,"text":{"format":{"type":"text"}},"truncation":"disabled","usage":\#(usage)}"#
+    }
+
+    /// The Responses API event sequence for one text answer, one word per delta.
+    public static func responsesStreamParts(model: String, text: String) -> [String] {
+        var n = 0
+        func ev(_ type: String, _ rest: String) -> String {
+            defer { n += 1 }
+            return "event: \(type)\ndata: {\"type\":\"\(type)\",\"sequence_number\":\(n),\(rest)}\n\n"
+        }
+        let inProgress = responsesJSON(model: model, text: nil, status: "in_progress")
+        var parts = [ev("response.created", #""response":\#(inProgress)"#), ev("response.in_progress", #""response":\#(inProgress)"#),
+                     ev("response.output_item.added", #""output_index":0,"item":{"type":"message","id":"msg_fake","status":"in_progress","role":"assistant","content":[]}"#),
+                     ev("response.content_part.added", #""item_id":"msg_fake","output_index":0,"content_index":0,"part":{"type":"output_text","text":"","annotations":[]}"#)]
+        var current = ""
+        var pieces: [String] = []
+        for ch in text {
+            current.append(ch)
+            if ch == " " { pieces.append(current); current = "" }
+        }
+        if !current.isEmpty { pieces.append(current) }
+        for p in pieces {
+            parts.append(ev("response.output_text.delta", #""item_id":"msg_fake","output_index":0,"content_index":0,"delta":\#(quote(p)),"logprobs":[]"#))
+        }
+        parts.append(ev("response.output_text.done", #""item_id":"msg_fake","output_index":0,"content_index":0,"text":\#(quote(text)),"logprobs":[]"#))
+        parts.append(ev("response.content_part.done", #""item_id":"msg_fake","output_index":0,"content_index":0,"part":{"type":"output_text","text":\#(quote(text)),"annotations":[]}"#))
+        parts.append(ev("response.output_item.done", #""output_index":0,"item":{"type":"message","id":"msg_fake","status":"completed","role":"assistant","content":[{"type":"output_text","text":\#(quote(text)),"annotations":[]}]}"#))
+        parts.append(ev("response.completed", #""response":\#(responsesJSON(model: model, text: text, status: "completed"))"#))
+        return parts
     }
 
     public static func usageJSON(promptTokens: Int, completionTokens: Int) -> String {

@@ -36,7 +36,7 @@ struct AdminRoutes: Sendable {
         router.post("/admin/policy") { req, _ in
             try self.authorize(req)
             var req = req
-            let body = try await Passthrough.collectBody(&req, limit: 64 << 10)
+            let body = try await Replies.collectBody(&req, limit: 64 << 10)
             struct Load: Decodable { var path: String }
             guard let load = try? JSONDecoder().decode(Load.self, from: Data(buffer: body)) else {
                 throw GatewayError.invalidField("path", "Send {\"path\": \"<checkpoint folder inside the models directory>\"}.")
@@ -191,7 +191,7 @@ struct AdminErrors: RouterMiddleware {
         do {
             return try await next(request, context)
         } catch {
-            return Passthrough.errorResponse(GatewayMiddleware.gatewayError(error, request), episodeID: "admin")
+            return Replies.error(GatewayMiddleware.gatewayError(error, request), episodeID: "admin")
         }
     }
 }

@@ -36,8 +36,7 @@ struct FeedbackRoute: Sendable {
 
     func handle(_ request: Request, _ context: GatewayContext) async throws -> Response {
         var request = request
-        _ = try state.auth.authenticate(authorization: request.headers[.authorization])
-        let buffer = try await Passthrough.collectBody(&request, limit: 1 << 20)
+        let buffer = try await Replies.collectBody(&request, limit: 1 << 20)
         let bytes = Array(buffer.readableBytesView)
         do { _ = try state.scanner.scanObject(bytes) } catch { throw GatewayError.invalidJSON(error.description) }
         let body: Body
@@ -62,13 +61,23 @@ struct FeedbackRoute: Sendable {
         // An episode may still sit in the writer's queue: make it durable first.
         if state.writer.isPending(episodeID: body.episodeID) { try await state.writer.flush() }
         let record = FeedbackRecord(episodeID: body.episodeID, kind: kind, value: value, source: body.source ?? "api")
+        let notFound = GatewayError(status: 404, message: "No episode with id '\(body.episodeID.prefix(64))'.", type: "invalid_request_error",
+                                    param: "episode_id", code: "episode_not_found")
+        // With client keys configured, a key reaches only the episodes it created: another
+        // key's episode answers exactly as an unknown id does.
+        let scopedTo: String?? = state.auth.isEnabled ? .some(context.keyID) : .none
         let id: Int64
         do {
-            id = try await state.database.insertFeedback(record)
+            let database = state.database
+            if case .some(let key) = scopedTo {
+                guard let owner = try await database.episode(id: record.episodeID), owner.keyID == key, key != nil else {
+                    throw TrafficLogError.unknownEpisode(id: record.episodeID)
+                }
+            }
+            id = try await database.insertFeedback(record)
         } catch TrafficLogError.unknownEpisode {
-            throw GatewayError(status: 404, message: "No episode with id '\(body.episodeID.prefix(64))'.", type: "invalid_request_error",
-                               param: "episode_id", code: "episode_not_found")
+            throw notFound
         }
-        return try Passthrough.json(Reply(id: id, episodeID: body.episodeID, kind: kind), context: context)
+        return try Replies.json(Reply(id: id, episodeID: body.episodeID, kind: kind), context: context)
     }
 }

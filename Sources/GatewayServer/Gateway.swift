@@ -93,12 +93,14 @@ public final class Gateway: Sendable {
         let holder = PolicyHolder(initialPolicy)
         policies = holder
         let collaboration = CollaborationRoute(state: state, holder: holder, passthrough: passthrough)
+        // What the file said at start: a reload compares the keys that need a restart with it.
+        let baseline = FileBaseline(configPath.flatMap { try? GatewayConfig.load(path: $0) })
         let reload: @Sendable () async throws -> Void = { [state] in
             guard let configPath else { throw ConfigError(path: "", problem: "the gateway was started without a config file") }
-            var fresh = try GatewayConfig.load(path: configPath)
-            fresh.policy.path = state.config.policy.path
+            let fresh = try GatewayConfig.load(path: configPath)
             let auth = try ClientAuth(config: fresh.auth, environment: environment)
-            state.reload(config: fresh, auth: auth)
+            try state.reload(config: fresh, baseline: baseline.value, auth: auth)
+            collaboration.limiter.resize(to: fresh.policy.maxConcurrentEpisodes)
             logger.notice("config reloaded", metadata: ["path": "\(configPath)"])
         }
         let policySync = PolicySync(backend: database, holder: holder, modelsDir: config.admin.modelsDir,
@@ -108,12 +110,12 @@ public final class Gateway: Sendable {
         let admin = AdminRoutes(state: state, holder: holder, tokenDigest: ClientAuth.digest(adminToken),
                                 modelsDir: config.admin.modelsDir, reloadConfig: reload,
                                 collaborationWaiting: { collaboration.limiter.waiting }, policySync: policySync)
-        state.setCollaboration { req, ctx, incoming, episode in try await collaboration.handle(req, ctx, incoming, episode) }
-        router.post("/v1/chat/completions") { req, ctx in try await passthrough.chatCompletions(req, ctx) }
-        router.get("/v1/models") { req, ctx in try await passthrough.models(req, ctx) }
-        router.post("/v1/feedback") { req, ctx in try await feedback.handle(req, ctx) }
+        let v1 = router.group("/v1").add(middleware: AuthMiddleware(state: state))
+        ModelRoutes(intake: Intake(state: state), passthrough: passthrough, collaboration: collaboration).register(on: v1)
+        v1.get("models") { req, ctx in try await passthrough.models(req, ctx) }
+        v1.post("feedback") { req, ctx in try await feedback.handle(req, ctx) }
         for method: HTTPRequest.Method in [.get, .post, .put, .patch, .delete] {
-            router.on("/v1/**", method: method) { req, ctx in try await passthrough.proxy(req, ctx) }
+            v1.on("**", method: method) { req, ctx in try await passthrough.proxy(req, ctx) }
         }
         router.get("/health") { _, _ in Response(status: .ok, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(string: #"{"status":"ok"}"#))) }
 
@@ -321,6 +323,12 @@ final class PortBox: @unchecked Sendable {
             if let p { c.resume(returning: p) }
         }
     }
+}
+
+/// The config file as read at start-up.
+struct FileBaseline: Sendable {
+    let value: GatewayConfig?
+    init(_ value: GatewayConfig?) { self.value = value }
 }
 
 final class GroupBox: @unchecked Sendable {

@@ -175,21 +175,15 @@ public struct GatewayConfig: Sendable, Equatable {
         public var queueTimeoutMs = 10_000
         /// N of protocol section 4 (upstream answers are cut to N characters when injected).
         public var maxResultChars = 8192
-        /// "policy": the <answer> body (as in the paper); "upstream": the last upstream answer verbatim.
-        public var finalAnswer = "policy"
-        /// Out of turns or an empty answer: "last_upstream_answer", "direct" (one upstream call with the
-        /// client's original messages) or "error".
-        public var fallback = "last_upstream_answer"
-        /// The policy failed or timed out: "passthrough" (answer as a plain proxy would) or "error".
-        public var onPolicyError = "passthrough"
-        /// "conversation": earlier messages are folded into the question as context;
-        /// "last_user_message": only the last user message is the question.
-        public var questionContext = "conversation"
+        public var finalAnswer = FinalAnswer.policy
+        public var fallback = Fallback.lastUpstreamAnswer
+        public var onPolicyError = OnPolicyError.passthrough
+        public var questionContext = QuestionContext.conversation
+        /// A collaboration request the loop cannot honour (tools, response_format, images, ...).
+        public var unsupportedRequest = UnsupportedRequest.passthrough
         /// Put the client's system message in front of the upstream's system prompt.
         public var forwardClientSystem = true
-        /// Return the collaboration trace as `reasoning_content`: "off", "on" or "on_request"
-        /// (header `x-gateway-trace: 1`).
-        public var trace = "on_request"
+        public var trace = Trace.onRequest
         /// SSE comment sent while nothing else is sent for this long (keeps proxies from cutting).
         public var keepaliveSeconds = 10.0
         /// "f32": the checkpoint's weights as float32, mapped from the file; "q8": projections and lm_head
@@ -199,6 +193,51 @@ public struct GatewayConfig: Sendable, Equatable {
         /// Bound of the policy's prefix cache (keys and values of shared prompt starts), in MB; 0: off.
         public var prefixCacheMB = 256
         public init() {}
+    }
+
+    /// Which text the client gets when the policy answers.
+    public enum FinalAnswer: String, Sendable, CaseIterable {
+        /// The `<answer>` body, as in the paper.
+        case policy
+        /// The last upstream answer verbatim.
+        case upstream
+    }
+
+    /// Out of turns, or an empty answer.
+    public enum Fallback: String, Sendable, CaseIterable {
+        case lastUpstreamAnswer = "last_upstream_answer"
+        /// The client's original request, forwarded as passthrough would.
+        case direct
+        case error
+    }
+
+    /// The policy failed or missed its deadline.
+    public enum OnPolicyError: String, Sendable, CaseIterable {
+        /// The client's original request, forwarded untouched (stream or not).
+        case passthrough
+        case error
+    }
+
+    public enum QuestionContext: String, Sendable, CaseIterable {
+        /// Earlier messages are folded into the question as context.
+        case conversation
+        /// Only the last user message is the question.
+        case lastUserMessage = "last_user_message"
+    }
+
+    /// Return the collaboration trace as `reasoning_content`.
+    public enum Trace: String, Sendable, CaseIterable {
+        case off, on
+        /// Only with the request header `x-gateway-trace: 1`.
+        case onRequest = "on_request"
+    }
+
+    /// A collaboration request with something the loop cannot honour.
+    public enum UnsupportedRequest: String, Sendable, CaseIterable {
+        /// Serve it as passthrough; the reason is logged and sent in `x-gateway-unsupported`.
+        case passthrough
+        /// A 400 whose `param` names the field.
+        case error
     }
 
     public init() {}
@@ -317,12 +356,13 @@ public struct GatewayConfig: Sendable, Equatable {
         c.policy.maxConcurrentEpisodes = try p.int("max_concurrent_episodes", default: c.policy.maxConcurrentEpisodes, range: 1...10_000)
         c.policy.queueTimeoutMs = try p.int("queue_timeout_ms", default: c.policy.queueTimeoutMs, range: 0...600_000)
         c.policy.maxResultChars = try p.int("max_result_chars", default: c.policy.maxResultChars, range: 16...1_000_000)
-        c.policy.finalAnswer = try p.oneOf("final_answer", ["policy", "upstream"], default: c.policy.finalAnswer)
-        c.policy.fallback = try p.oneOf("fallback", ["last_upstream_answer", "direct", "error"], default: c.policy.fallback)
-        c.policy.onPolicyError = try p.oneOf("on_policy_error", ["passthrough", "error"], default: c.policy.onPolicyError)
-        c.policy.questionContext = try p.oneOf("question_context", ["conversation", "last_user_message"], default: c.policy.questionContext)
+        c.policy.finalAnswer = try p.oneOf("final_answer", default: c.policy.finalAnswer)
+        c.policy.fallback = try p.oneOf("fallback", default: c.policy.fallback)
+        c.policy.onPolicyError = try p.oneOf("on_policy_error", default: c.policy.onPolicyError)
+        c.policy.questionContext = try p.oneOf("question_context", default: c.policy.questionContext)
+        c.policy.unsupportedRequest = try p.oneOf("unsupported_request", default: c.policy.unsupportedRequest)
         c.policy.forwardClientSystem = try p.bool("forward_client_system", default: c.policy.forwardClientSystem)
-        c.policy.trace = try p.oneOf("trace", ["off", "on", "on_request"], default: c.policy.trace)
+        c.policy.trace = try p.oneOf("trace", default: c.policy.trace)
         c.policy.keepaliveSeconds = try p.double("keepalive_seconds", default: c.policy.keepaliveSeconds, range: 0.1...3600)
         c.policy.weights = try p.oneOf("weights", default: c.policy.weights)
         c.policy.prefixCacheMB = try p.int("prefix_cache_mb", default: c.policy.prefixCacheMB, range: 0...1_048_576)
@@ -354,6 +394,25 @@ public struct GatewayConfig: Sendable, Equatable {
         "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer", "trailers",
         "transfer-encoding", "upgrade", "host", "content-length", "authorization", "accept-encoding",
     ]
+
+    /// The keys, among those that take effect only at start-up, whose values differ from `old`.
+    /// Everything else is applied by a reload (`POST /admin/config/reload`, SIGHUP).
+    public func restartOnlyChanges(from old: GatewayConfig) -> [String] {
+        var out: [String] = []
+        if server != old.server { out.append("server") }
+        if upstream != old.upstream { out.append("upstream") }
+        if admin != old.admin { out.append("admin") }
+        if limits.maxHeaderBytes != old.limits.maxHeaderBytes { out.append("limits.max_header_bytes") }
+        if log.path != old.log.path { out.append("log.path") }
+        if log.queueCapacity != old.log.queueCapacity { out.append("log.queue_capacity") }
+        if log.maxBatch != old.log.maxBatch { out.append("log.max_batch") }
+        if log.lingerMs != old.log.lingerMs { out.append("log.linger_ms") }
+        if log.retentionDays != old.log.retentionDays { out.append("log.retention_days") }
+        if log.retentionIntervalSeconds != old.log.retentionIntervalSeconds { out.append("log.retention_interval_seconds") }
+        if policy.path != old.policy.path { out.append("policy.path") }
+        if policy.weights != old.policy.weights { out.append("policy.weights") }
+        return out
+    }
 
     /// Finds the route for a requested model name: the first rule that matches.
     public func route(forModel model: String) -> (mode: Mode, upstreamModel: String) {

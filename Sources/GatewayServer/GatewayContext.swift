@@ -9,6 +9,9 @@ public struct GatewayContext: RequestContext {
     public var coreContext: CoreRequestContextStorage
     public let episodeID: String
     public let start: ContinuousClock.Instant
+    /// The client key's id, set by `AuthMiddleware` (nil when no key was presented and none is
+    /// required).
+    public internal(set) var keyID: String?
     /// The connection, to notice a client that gave up (see `ClientGoneWatcher`).
     let channel: any Channel
 

@@ -5,6 +5,8 @@ import Logging
 import NIOPosix
 import OpenAIWire
 import TrafficLog
+import EpisodeLog
+import PromptR1
 
 /// What every handler shares: configuration, the upstream client, auth, the traffic log.
 /// Swappable pieces (config on reload) sit behind a lock.
@@ -27,14 +29,6 @@ public final class GatewayState: @unchecked Sendable {
     public let logger: Logger
     public let metrics = GatewayMetrics()
     let limiter: ConcurrencyLimiter
-    /// The collaboration path (set once a policy engine is attached); nil answers 503.
-    var collaboration: (@Sendable (Request, GatewayContext, Passthrough.Incoming, EpisodeRecord) async throws -> Response)? {
-        lock.withLock { _collaboration }
-    }
-    private var _collaboration: (@Sendable (Request, GatewayContext, Passthrough.Incoming, EpisodeRecord) async throws -> Response)?
-    func setCollaboration(_ handler: (@Sendable (Request, GatewayContext, Passthrough.Incoming, EpisodeRecord) async throws -> Response)?) {
-        lock.withLock { _collaboration = handler }
-    }
     let scanner = JSONScanner(maxDepth: 64)
 
     public init(config: GatewayConfig, auth: ClientAuth, upstream: UpstreamClient, database: any LogBackend,
@@ -53,22 +47,33 @@ public final class GatewayState: @unchecked Sendable {
     var durability: GatewayConfig.Durability { lock.withLock { _config.log.durability } }
     public var auth: ClientAuth { lock.withLock { _auth } }
 
-    /// Replaces routes, keys and other reloadable settings (listen address, upstream and log
-    /// settings need a restart and are kept).
-    public func reload(config new: GatewayConfig, auth: ClientAuth) {
+    /// Applies a reloaded config file: routes, keys, limits and the other reloadable settings.
+    /// `baseline` is what the file said before; when a key that needs a restart changed in the
+    /// file, nothing is applied and the error names the keys. Those keys keep their running
+    /// values (which may come from the command line).
+    public func reload(config new: GatewayConfig, baseline: GatewayConfig?, auth: ClientAuth) throws {
+        if let baseline {
+            let changed = new.restartOnlyChanges(from: baseline)
+            if !changed.isEmpty {
+                throw ConfigError(path: changed[0], problem: "changed in the file, but \(changed.joined(separator: ", ")) take effect only on restart; nothing was reloaded")
+            }
+        }
         lock.withLock {
             var c = new
             c.server = _config.server
             c.upstream = _config.upstream
-            c.log.path = _config.log.path
-            c.log.backend = _config.log.backend
-            c.log.postgresURLEnv = _config.log.postgresURLEnv
-            c.log.postgresURL = _config.log.postgresURL
             c.admin = _config.admin
+            c.limits.maxHeaderBytes = _config.limits.maxHeaderBytes
+            let durability = c.log.durability, redact = c.log.redactBodies
+            c.log = _config.log
+            c.log.durability = durability
+            c.log.redactBodies = redact
             c.policy.path = _config.policy.path
+            c.policy.weights = _config.policy.weights
             _config = c
             _auth = auth
         }
+        limiter.resize(to: new.limits.maxConcurrentRequests)
     }
 
     /// Writes an episode to the traffic log with the configured durability: with
@@ -110,6 +115,7 @@ public final class GatewayState: @unchecked Sendable {
             }
         }
         if obj["input"] != nil { obj["input"] = "[redacted]" }
+        if obj["instructions"] != nil { obj["instructions"] = "[redacted]" }
         if obj["prompt"] != nil { obj["prompt"] = "[redacted]" }
         let data = (try? JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys])) ?? Data()
         return String(decoding: data, as: UTF8.self)
@@ -119,6 +125,27 @@ public final class GatewayState: @unchecked Sendable {
     func loggedResponse(_ text: String?) -> String? {
         guard let text else { return nil }
         return config.log.redactBodies ? "[redacted \(text.utf8.count) bytes]" : text
+    }
+
+    /// The collaboration question as logged.
+    func loggedQuestion(_ text: String) -> String {
+        config.log.redactBodies ? "[redacted \(text.utf8.count) bytes]" : text
+    }
+
+    /// An episode's turn rows as logged. Redaction replaces every text and drops the token ids
+    /// (they decode back to the text); such an episode cannot be trained on.
+    func turnRows(_ e: PromptR1.Episode) -> EpisodeMapping.TurnRows {
+        let redact = config.log.redactBodies
+        var rows = EpisodeMapping.turnRows(e, redact: { t in t.map { redact ? "[redacted \($0.utf8.count) bytes]" : $0 } })
+        if redact {
+            for i in rows.turns.indices {
+                rows.turns[i].inputIDs = nil
+                rows.turns[i].outputIDs = nil
+                rows.turns[i].logprobs = nil
+                rows.turns[i].lossMask = nil
+            }
+        }
+        return rows
     }
 }
 

@@ -12,30 +12,31 @@ struct GatewayMiddleware: RouterMiddleware {
 
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
         let limits = state.config.limits
-        guard await state.limiter.acquire(timeout: .milliseconds(limits.queueTimeoutMs)) else {
-            let e = GatewayError.overloaded(retryAfterSeconds: 1, "\(limits.maxConcurrentRequests) requests in flight")
-            return finish(Passthrough.errorResponse(e, episodeID: context.episodeID), context)
+        guard let permit = await state.limiter.permit(timeout: .milliseconds(limits.queueTimeoutMs)) else {
+            let e = GatewayError.overloaded(retryAfterSeconds: 1, "\(state.limiter.capacity) requests in flight")
+            return finish(Replies.error(e, episodeID: context.episodeID), context)
         }
         var response: Response
         let mark = BufferedBodyMark()
         do {
             response = try await BufferedBodyMark.$current.withValue(mark) { try await next(request, context) }
         } catch {
-            state.limiter.release()
-            return finish(Passthrough.errorResponse(Self.gatewayError(error, request), episodeID: context.episodeID), context)
+            permit.release()
+            return finish(Replies.error(Self.gatewayError(error, request), episodeID: context.episodeID), context)
         }
         if mark.isBuffered {
             // The work is done and the body is in memory: free the slot now and leave the body
             // as it is, so Hummingbird writes head, body and end in one batched write.
-            state.limiter.release()
+            permit.release()
             return finish(response, context)
         }
         // Hold the slot until the body is written (a stream can outlive the handler). Wrapping
-        // the body makes it a closure body, which Hummingbird writes in three steps.
+        // the body makes it a closure body, which Hummingbird writes in three steps. Should the
+        // head fail to go out, the body is never written and the permit is released when the
+        // response is dropped.
         let body = response.body
-        let limiter = state.limiter
         response.body = ResponseBody(contentLength: body.contentLength) { writer in
-            defer { limiter.release() }
+            defer { permit.release() }
             try await body.write(writer)
         }
         return finish(response, context)
@@ -45,7 +46,7 @@ struct GatewayMiddleware: RouterMiddleware {
         var response = response
         if response.headers[.gatewayEpisodeID] == nil { response.headers[.gatewayEpisodeID] = context.episodeID }
         if response.headers[.gatewayOverheadMs] == nil {
-            response.headers[.gatewayOverheadMs] = Passthrough.format(ContinuousClock.now.ms(since: context.start))
+            response.headers[.gatewayOverheadMs] = Replies.format(ContinuousClock.now.ms(since: context.start))
         }
         return response
     }

@@ -33,6 +33,8 @@ public struct Selection: Sendable {
     public var skipped: [(id: String, reason: String)]
     public var groups: Int
     public var loneEpisodes: Int
+    /// Episodes skipped because the gateway redacted them (`log.redact_bodies`): not trainable.
+    public var redacted: Int { skipped.filter { $0.reason == EpisodeSelector.redactedReason }.count }
     /// GRPO groups whose rewards are all equal, so every advantage in them is 0.
     public var zeroAdvantageGroups = 0
     /// Lone episodes whose reward equals their running baseline (advantage 0).
@@ -61,6 +63,8 @@ public struct Selection: Sendable {
 }
 
 public enum EpisodeSelector {
+    public static let redactedReason = "redacted (not trainable)"
+
     /// The reward source of an episode from its feedback rows: all "reference" values (answer F1
     /// against the best of them), else the most recent "score".
     public static func rewardSource(_ feedback: [FeedbackRecord]) -> RewardSource? {
@@ -76,6 +80,7 @@ public enum EpisodeSelector {
         var scored: [ScoredEpisode] = []
         var skipped: [(String, String)] = []
         for r in records {
+            guard r.trainable else { skipped.append((r.id, redactedReason)); continue }
             guard let source = rewardSource(feedback[r.id] ?? []) else {
                 skipped.append((r.id, "no usable reward source")); continue
             }

@@ -5,21 +5,11 @@ import EpisodeLog
 import Foundation
 import OpenAIWire
 import PromptR1
+import EpisodeLog
 
-/// The upstream as the collaboration loop sees it (the same mapping as the gateway's
-/// collaboration route: one non-streaming chat completion per call).
-public struct ClientUpstream: UpstreamAnswering {
-    public let client: UpstreamClient
-    public init(client: UpstreamClient) { self.client = client }
-
-    public func answer(messages: [UpstreamMessage], options: UpstreamCallOptions) async throws -> UpstreamAnswer {
-        let a = try await client.chat(model: options.model ?? "", messages: messages.map { ChatMessage(role: $0.role, content: $0.content) },
-                                      temperature: options.temperature, maxTokens: options.maxTokens)
-        return UpstreamAnswer(text: a.text,
-                              usage: a.usage.map { UpstreamUsage(promptTokens: $0.promptTokens, completionTokens: $0.completionTokens, totalTokens: $0.totalTokens) },
-                              model: options.model, latency: a.latency)
-    }
-}
+/// The upstream as the collaboration loop sees it: the adapter the gateway's collaboration
+/// route uses too (EpisodeLog), so rollouts send exactly what serving sends.
+public typealias ClientUpstream = UpstreamAdapter
 
 /// One line of a dataset file: `{"question": ..., "answers": [...]}` (`"answer": "..."` also read).
 public struct DatasetItem: Codable, Sendable, Equatable {

@@ -139,7 +139,7 @@ public enum TrainJob {
             }
         })
         guard !selection.episodes.isEmpty else { throw TrainerError.nothingToTrain }
-        log("selected \(selection.episodes.count) episodes (\(selection.groups) groups, \(selection.loneEpisodes) lone, \(selection.skipped.count) skipped), mean reward \(Table.num(selection.meanReward)); advantage 0 in \(selection.zeroAdvantageGroups) of \(selection.groups) groups and \(selection.zeroAdvantageLone) of \(selection.loneEpisodes) lone episodes")
+        log("selected \(selection.episodes.count) episodes (\(selection.groups) groups, \(selection.loneEpisodes) lone, \(selection.skipped.count) skipped, \(selection.redacted) of them redacted), mean reward \(Table.num(selection.meanReward)); advantage 0 in \(selection.zeroAdvantageGroups) of \(selection.groups) groups and \(selection.zeroAdvantageLone) of \(selection.loneEpisodes) lone episodes")
         if let why = selection.noSignalReason {
             guard c.allowNoSignal else { throw TrainerError.noSignal(why) }
             log("warning: nothing to learn from: \(why); training anyway (--allow-no-signal): only the KL term can move the weights")

@@ -127,9 +127,11 @@ public struct ChatCompletionRequest: Codable, Sendable, Equatable {
     public var presencePenalty: Double?
     public var frequencyPenalty: Double?
     public var user: String?
+    public var logitBias: [String: Double]?
 
     enum CodingKeys: String, CodingKey {
         case model, messages, stream, temperature, n, stop, seed, user
+        case logitBias = "logit_bias"
         case streamOptions = "stream_options"
         case topP = "top_p"
         case maxTokens = "max_tokens"
@@ -160,6 +162,7 @@ public struct ChatCompletionRequest: Codable, Sendable, Equatable {
         presencePenalty = try c.decodeIfPresent(Double.self, forKey: .presencePenalty)
         frequencyPenalty = try c.decodeIfPresent(Double.self, forKey: .frequencyPenalty)
         user = try c.decodeIfPresent(String.self, forKey: .user)
+        logitBias = try c.decodeIfPresent([String: Double].self, forKey: .logitBias)
     }
 
     /// Integers are read as numbers first so that 1e300 or 2.5 give a clear error naming the
@@ -210,7 +213,7 @@ public struct ChatCompletionRequest: Codable, Sendable, Equatable {
 
     private static let fastKeys = JSONFastReader.keys(
         "model", "messages", "stream", "stream_options", "temperature", "top_p", "max_tokens",
-        "max_completion_tokens", "n", "stop", "seed", "presence_penalty", "frequency_penalty", "user")
+        "max_completion_tokens", "n", "stop", "seed", "presence_penalty", "frequency_penalty", "user", "logit_bias")
     private static let messageKeys = JSONFastReader.keys("role", "content", "name", "tool_calls", "tool_call_id")
     private static let partKeys = JSONFastReader.keys("type", "text")
     private static let streamOptionKeys = JSONFastReader.keys("include_usage")
@@ -277,6 +280,7 @@ public struct ChatCompletionRequest: Codable, Sendable, Equatable {
             case 8: return optionalInteger(&r, &req.n)
             case 10: return optionalInteger(&r, &req.seed)
             case 13: return optionalString(&r, &req.user)
+            case 14: return r.null()  // logit_bias: an object, left to JSONDecoder
             case 9:  // stop
                 if r.null() { return true }
                 if let one = r.string() { req.stop = .one(one); return true }
@@ -363,6 +367,11 @@ public struct ChatCompletionRequest: Codable, Sendable, Equatable {
         if let m = maxTokens, m < 1 { throw .invalidField("max_tokens", "'max_tokens' must be at least 1, got \(m).") }
         if let m = maxCompletionTokens, m < 1 {
             throw .invalidField("max_completion_tokens", "'max_completion_tokens' must be at least 1, got \(m).")
+        }
+        if let bias = logitBias {
+            for (token, v) in bias where !(-100...100).contains(v) {
+                throw .invalidField("logit_bias", "'logit_bias' values must be between -100 and 100, got \(v) for token \(token.prefix(20)).")
+            }
         }
         if let n, !(1...128).contains(n) { throw .invalidField("n", "'n' must be between 1 and 128, got \(n).") }
         if let s = stop, s.values.count > 4 {

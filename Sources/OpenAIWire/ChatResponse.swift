@@ -111,6 +111,27 @@ public struct ChatCompletion: Codable, Sendable, Equatable {
     }
 }
 
+/// Where a request's time went, in milliseconds: `overhead_ms` is total minus upstream time
+/// (policy time included); `policy_ms` is the policy model's part of it.
+public struct GatewayTiming: Codable, Sendable, Equatable {
+    public var totalMs: Double
+    public var upstreamMs: Double
+    public var overheadMs: Double
+    public var policyMs: Double?
+    enum CodingKeys: String, CodingKey {
+        case totalMs = "total_ms"
+        case upstreamMs = "upstream_ms"
+        case overheadMs = "overhead_ms"
+        case policyMs = "policy_ms"
+    }
+    public init(totalMs: Double, upstreamMs: Double, overheadMs: Double, policyMs: Double?) {
+        self.totalMs = totalMs
+        self.upstreamMs = upstreamMs
+        self.overheadMs = overheadMs
+        self.policyMs = policyMs
+    }
+}
+
 /// A `chat.completion.chunk` object. Decoding is lenient (unknown fields ignored) because the
 /// gateway reads upstream chunks to assemble the logged text.
 public struct ChatCompletionChunk: Codable, Sendable, Equatable {
@@ -157,8 +178,14 @@ public struct ChatCompletionChunk: Codable, Sendable, Equatable {
     public var model: String
     public var choices: [Choice]
     public var usage: Usage?
+    /// Gateway extension on a stream's last (usage) chunk: the timing that the response head
+    /// could not carry, because it left before the time was known.
+    public var gatewayTiming: GatewayTiming?
 
-    enum CodingKeys: String, CodingKey { case id, object, created, model, choices, usage }
+    enum CodingKeys: String, CodingKey {
+        case id, object, created, model, choices, usage
+        case gatewayTiming = "x_gateway_timing"
+    }
 
     public init(id: String, created: Int, model: String, choices: [Choice], usage: Usage? = nil) {
         self.id = id

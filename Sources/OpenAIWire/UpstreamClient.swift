@@ -236,34 +236,24 @@ public final class UpstreamClient: Sendable {
         public var responseJSON: String
     }
 
-    /// One non-streaming chat completion. Non-2xx answers throw a GatewayError carrying the
-    /// upstream's status and message.
-    public func chat(model: String, messages: [ChatMessage], temperature: Double? = nil,
-                     maxTokens: Int? = nil, stop: [String]? = nil, headers extra: HTTPHeaders = HTTPHeaders()) async throws -> ChatAnswer {
-        struct Body: Encodable {
-            var model: String
-            var messages: [ChatMessage]
-            var temperature: Double?
-            var max_tokens: Int?
-            var stop: [String]?
-            var stream = false
-        }
-        let body = Body(model: model, messages: messages, temperature: temperature, max_tokens: maxTokens,
-                        stop: (stop?.isEmpty ?? true) ? nil : stop)
-        let json = try JSONEncoder.wire.encode(body)
-        var headers = extra
-        headers.replaceOrAdd(name: "content-type", value: "application/json")
+    /// One non-streaming chat completion. Non-2xx answers throw an `UpstreamStatusError` with
+    /// the upstream's status and body. `headers` are extra request headers (the client's
+    /// forwarded allow-list); `forwardedAuthorization` replaces the gateway's own key.
+    public func chat(model: String, messages: [ChatMessage], parameters: UpstreamChatParameters,
+                     headers extra: [(String, String)] = [], forwardedAuthorization: String? = nil) async throws -> ChatAnswer {
+        let json = try parameters.body(model: model, messages: messages)
+        var headers = HTTPHeaders()
+        headers.add(name: "content-type", value: "application/json")
+        for (k, v) in extra { headers.add(name: k, value: v) }
         let clock = ContinuousClock()
         let start = clock.now
         let response = try await send(method: .POST, path: "/v1/chat/completions", headers: headers,
-                                      body: ByteBuffer(bytes: json))
+                                      body: ByteBuffer(bytes: json), forwardedAuthorization: forwardedAuthorization)
         let bytes: ByteBuffer
         do { bytes = try await response.collect(upTo: 32 << 20) } catch { throw Self.mapError(error) }
-        let text = String(buffer: bytes)
         guard (200..<300).contains(response.status) else {
-            let message = (try? JSONDecoder().decode(OpenAIErrorBody.self, from: Data(text.utf8)))?.error.message ?? text
-            throw GatewayError(status: response.status, message: "Upstream error: \(message.prefix(500))",
-                               type: "upstream_error", code: "upstream_status_\(response.status)")
+            throw UpstreamStatusError(status: response.status, contentType: response.headers.first(name: "content-type") ?? "application/json",
+                                      body: Array(bytes.readableBytesView))
         }
         guard let summary = UpstreamCompletionSummary.decode(bytes) else {
             breaker.recordFailure()
@@ -271,7 +261,14 @@ public final class UpstreamClient: Sendable {
         }
         return ChatAnswer(text: summary.text ?? "", usage: summary.usage, finishReason: summary.finishReason,
                           latency: clock.now - start, status: response.status,
-                          requestJSON: String(decoding: json, as: UTF8.self), responseJSON: text)
+                          requestJSON: String(decoding: json, as: UTF8.self), responseJSON: String(buffer: bytes))
+    }
+
+    /// `chat` with the three parameters the trainer's tools set.
+    public func chat(model: String, messages: [ChatMessage], temperature: Double? = nil,
+                     maxTokens: Int? = nil, stop: [String]? = nil) async throws -> ChatAnswer {
+        try await chat(model: model, messages: messages,
+                       parameters: UpstreamChatParameters(temperature: temperature, stop: (stop?.isEmpty ?? true) ? nil : stop, maxTokens: maxTokens))
     }
 }
 

@@ -48,6 +48,8 @@ public struct EpisodeRecord: Sendable, Equatable {
     public var overheadMs: Double?
     /// Turns in `index` order (the database returns them sorted by index).
     public var turns: [TurnRecord]
+    /// False when the texts and token ids were redacted: nothing to train on.
+    public var trainable = true
 
     public init(
         id: String = UUIDv7.generate(),

@@ -9,7 +9,7 @@ import GRDB
 /// - Booleans are INTEGER 0/1.
 /// - Migrations are append-only: never edit a shipped migration, add "v2", "v3", ...
 enum TrafficSchema {
-    static let migrationNames = ["v1", "v2_console", "v2-policy-events"]
+    static let migrationNames = ["v1", "v2_console", "v2-policy-events", "v3_trainable"]
 
     static func migrator() -> DatabaseMigrator {
         var migrator = DatabaseMigrator()
@@ -21,6 +21,9 @@ enum TrafficSchema {
         }
         migrator.registerMigration("v2-policy-events") { db in
             try db.execute(sql: v2PolicyEvents)
+        }
+        migrator.registerMigration("v3_trainable") { db in
+            try db.execute(sql: v3Trainable)
         }
         return migrator
     }
@@ -37,6 +40,12 @@ enum TrafficSchema {
         replica     TEXT,
         created_at  REAL NOT NULL
     );
+    """
+
+    /// v3: episodes whose texts and token ids were redacted (`log.redact_bodies`) are marked
+    /// not trainable; the trainer skips them and counts them.
+    static let v3Trainable = """
+    ALTER TABLE episodes ADD COLUMN trainable INTEGER NOT NULL DEFAULT 1;
     """
 
     static let v1 = """

@@ -159,8 +159,8 @@ public final class TrafficDatabase: Sendable {
         INSERT INTO episodes (id, created_at, route, mode, key_id, requested_model, upstream_model,
             policy_version, stream, request_json, response_text, finish_reason, prompt_tokens,
             completion_tokens, total_tokens, policy_tokens, status, outcome, error, question,
-            format_score, total_ms, upstream_ms, overhead_ms)
-        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+            format_score, total_ms, upstream_ms, overhead_ms, trainable)
+        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
         """
 
     static let insertTurnSQL = """
@@ -179,7 +179,7 @@ public final class TrafficDatabase: Sendable {
                 e.requestedModel, e.upstreamModel, e.policyVersion, e.stream, e.requestJSON,
                 e.responseText, e.finishReason, e.promptTokens, e.completionTokens, e.totalTokens,
                 e.policyTokens, e.status, e.outcome, e.error, e.question, e.formatScore, e.totalMs,
-                e.upstreamMs, e.overheadMs,
+                e.upstreamMs, e.overheadMs, e.trainable,
             ]
             do {
                 try episodeStatement.execute(arguments: StatementArguments(args))
@@ -212,7 +212,7 @@ public final class TrafficDatabase: Sendable {
         e.id, e.created_at, e.route, e.mode, e.key_id, e.requested_model, e.upstream_model,
         e.policy_version, e.stream, e.request_json, e.response_text, e.finish_reason,
         e.prompt_tokens, e.completion_tokens, e.total_tokens, e.policy_tokens, e.status, e.outcome,
-        e.error, e.question, e.format_score, e.total_ms, e.upstream_ms, e.overhead_ms
+        e.error, e.question, e.format_score, e.total_ms, e.upstream_ms, e.overhead_ms, e.trainable
         """
 
     static let turnColumns = """
@@ -221,7 +221,7 @@ public final class TrafficDatabase: Sendable {
         """
 
     static func decodeEpisode(_ row: Row) -> EpisodeRecord {
-        EpisodeRecord(
+        var e = EpisodeRecord(
             id: row[0], createdAt: TrafficTime.date(row[1]), route: row[2], mode: row[3],
             keyID: row[4], requestedModel: row[5], upstreamModel: row[6], policyVersion: row[7],
             stream: row[8], requestJSON: row[9], responseText: row[10], finishReason: row[11],
@@ -229,6 +229,8 @@ public final class TrafficDatabase: Sendable {
             policyTokens: row[15], status: row[16], outcome: row[17], error: row[18],
             question: row[19], formatScore: row[20], totalMs: row[21], upstreamMs: row[22],
             overheadMs: row[23], turns: [])
+        e.trainable = row[24]
+        return e
     }
 
     /// Returns (episode id, turn).

@@ -106,6 +106,10 @@ enum PostgresSchema {
             )
             """,
         ]),
+        // Episodes whose bodies were redacted (`log.redact_bodies`) are not trainable.
+        ("v3_trainable", [
+            "ALTER TABLE episodes ADD COLUMN trainable BOOLEAN NOT NULL DEFAULT TRUE",
+        ]),
     ]
 
     static var migrationNames: [String] { migrations.map(\.name) }

@@ -282,9 +282,10 @@ public final class PostgresLogBackend: LogBackend {
     static let episodeColumnList = """
         id, created_at, route, mode, key_id, requested_model, upstream_model, policy_version, stream,
         request_json, response_text, finish_reason, prompt_tokens, completion_tokens, total_tokens,
-        policy_tokens, status, outcome, error, question, format_score, total_ms, upstream_ms, overhead_ms
+        policy_tokens, status, outcome, error, question, format_score, total_ms, upstream_ms, overhead_ms,
+        trainable
         """
-    static let episodeColumnCount = 24
+    static let episodeColumnCount = 25
     static let turnColumnList = """
         episode_id, idx, kind, input_ids, output_ids, logprobs, loss_mask, text, call, upstream_request,
         upstream_response, latency_ms, prompt_tokens, completion_tokens, status, error
@@ -309,6 +310,7 @@ public final class PostgresLogBackend: LogBackend {
         b.append(e.promptTokens); b.append(e.completionTokens); b.append(e.totalTokens); b.append(e.policyTokens)
         b.append(e.status); b.append(text(e.outcome)); b.append(text(e.error)); b.append(text(e.question))
         b.append(e.formatScore); b.append(e.totalMs); b.append(e.upstreamMs); b.append(e.overheadMs)
+        b.append(e.trainable)
     }
 
     static func bind(_ t: TurnRecord, episodeID: String, into b: inout PostgresBindings) throws {
@@ -424,7 +426,7 @@ public final class PostgresLogBackend: LogBackend {
 
     static func decodeEpisode(_ row: PostgresRow) throws -> EpisodeRecord {
         let r = row.makeRandomAccess()
-        return EpisodeRecord(
+        var episode = EpisodeRecord(
             id: try r[0].decode(String.self), createdAt: TrafficTime.date(try r[1].decode(Double.self)),
             route: try r[2].decode(String.self), mode: try r[3].decode(String.self),
             keyID: try r[4].decode(String?.self), requestedModel: try r[5].decode(String?.self),
@@ -437,6 +439,8 @@ public final class PostgresLogBackend: LogBackend {
             error: try r[18].decode(String?.self), question: try r[19].decode(String?.self),
             formatScore: try r[20].decode(Double?.self), totalMs: try r[21].decode(Double.self),
             upstreamMs: try r[22].decode(Double?.self), overheadMs: try r[23].decode(Double?.self), turns: [])
+        episode.trainable = try r[24].decode(Bool.self)
+        return episode
     }
 
     static func decodeTurn(_ row: PostgresRow) throws -> (String, TurnRecord) {

@@ -29,7 +29,7 @@ final class AdminTests: XCTestCase {
             c.policy.temperature = 0
             c.policy.maxTurns = 3
             c.policy.maxTokensPerTurn = 100
-            c.policy.fallback = "direct"
+            c.policy.fallback = .direct
             // Capacity is not under test here: no request may be turned away.
             c.policy.maxConcurrentEpisodes = 64
             c.policy.queueTimeoutMs = 120_000

@@ -187,9 +187,12 @@ final class CollaborationTests: XCTestCase {
         XCTAssertNotNil(usage?["total_tokens"])
         for t in c.turns { XCTAssertTrue(reasoning.contains(t.text), "trace misses \(t.text)") }
         for a in c.upstream_answers { XCTAssertTrue(reasoning.contains(a)) }
-        // The answer went out token by token: more than one content delta.
-        let contentDeltas = events.filter { $0.dataString.contains("\"content\":\"") && !$0.dataString.contains("\"content\":\"\"") }
-        XCTAssertGreaterThan(contentDeltas.count, 1)
+        // The trace went out as it was written; the answer only once it was final (it can no
+        // longer turn into a call or be replaced by a fallback): after the last trace delta.
+        let contentAt = events.lastIndex { $0.dataString.contains("\"content\":\"") && !$0.dataString.contains("\"content\":\"\"") }
+        let traceAt = events.lastIndex { $0.dataString.contains("\"reasoning_content\":\"") }
+        XCTAssertGreaterThan(events.filter { $0.dataString.contains("\"reasoning_content\":\"") }.count, 1)
+        XCTAssertGreaterThan(try XCTUnwrap(contentAt), try XCTUnwrap(traceAt))
         try await h.stop()
     }
 
@@ -199,7 +202,7 @@ final class CollaborationTests: XCTestCase {
         let h = try await Self.start([], policy: "qwen3-tiny", configure: { c in
             c.policy.maxTurns = 2
             c.policy.maxTokensPerTurn = 6
-            c.policy.fallback = "direct"
+            c.policy.fallback = .direct
         })
         let reply = try await h.chat(#"{"model":"prompt-r1/gpt-4o-mini","messages":[{"role":"user","content":"Why is the sky blue?"}]}"#)
         XCTAssertEqual(reply.status, 200, reply.body)
@@ -346,7 +349,7 @@ final class CollaborationEdgeTests: XCTestCase {
     func testStreamClientDisconnectStopsTheEpisode() async throws {
         let cases = try CollaborationTests.cases()
         let h = try await CollaborationTests.start(cases, upstream: CollaborationTests.slowScript(cases, delay: .milliseconds(800)),
-                                                   configure: { c in c.policy.trace = "on" })
+                                                   configure: { c in c.policy.trace = .on })
         let c = try XCTUnwrap(cases.first { $0.upstream_answers.count == 2 })
         var req = HTTPClientRequest(url: h.base + "/v1/chat/completions")
         req.method = .POST
@@ -367,6 +370,7 @@ final class CollaborationEdgeTests: XCTestCase {
         try await h.stop()
         let e = try XCTUnwrap(try TrafficDatabase(path: h.dbPath).episode(id: try XCTUnwrap(id)))
         XCTAssertEqual(e.outcome, "client_disconnected")
+        XCTAssertEqual(e.status, 499, "a cut stream is logged as a cut non-stream request is")
     }
 
     /// The same for a non-streaming client: giving up cancels the episode.

@@ -122,7 +122,7 @@ struct ConsoleRoutes: Sendable {
 
     static func readForm(_ req: Request) async throws -> [String: String] {
         var req = req
-        let body = try await Passthrough.collectBody(&req, limit: 1 << 20)
+        let body = try await Replies.collectBody(&req, limit: 1 << 20)
         return FormData.parse(String(buffer: body))
     }
 

@@ -1,3 +1,4 @@
+import EpisodeLog
 import Foundation
 import HTTPTypes
 import Hummingbird
@@ -252,13 +253,39 @@ struct TracingMiddleware: RouterMiddleware {
 /// W3C trace context on an upstream request: with tracing on, a new client span's
 /// `traceparent` (same trace as the client's); with it off, the client's own headers, unchanged.
 enum TraceHeaders {
+    static let names = ["traceparent", "tracestate"]
+
+    /// The client's own trace-context headers.
+    static func client(_ request: Request) -> [(String, String)] {
+        names.compactMap { name in HTTPField.Name(name).flatMap { request.headers[$0] }.map { (name, $0) } }
+    }
+
     static func add(to headers: inout HTTPHeaders, from request: Request) {
+        add(to: &headers, clientContext: client(request))
+    }
+
+    static func add(to headers: inout HTTPHeaders, clientContext: [(String, String)]) {
         if let trace = RequestTrace.current {
             trace.beginPassthroughUpstream(model: nil, into: &headers)
             return
         }
-        for name in ["traceparent", "tracestate"] {
-            if let n = HTTPField.Name(name), let v = request.headers[n] { headers.replaceOrAdd(name: name, value: v) }
+        for (k, v) in clientContext { headers.replaceOrAdd(name: k, value: v) }
+    }
+}
+
+/// The collaboration loop's upstream with a client span around every call (the loop runs in a
+/// task of its own, which does not see the request's task-local trace, so it is captured here).
+struct TracedUpstream: UpstreamAnswering {
+    let adapter: UpstreamAdapter
+    var trace: RequestTrace? = RequestTrace.current
+
+    func answer(messages: [UpstreamMessage], options: UpstreamCallOptions) async throws -> UpstreamAnswer {
+        guard let trace else { return try await adapter.answer(messages: messages, options: options) }
+        let a = try await trace.tracedUpstream(model: options.model, messages: messages) { headers in
+            try await adapter.chat(messages: messages, options: options, extraHeaders: headers.map { ($0.name, $0.value) })
         }
+        return UpstreamAnswer(text: a.text,
+                              usage: a.usage.map { UpstreamUsage(promptTokens: $0.promptTokens, completionTokens: $0.completionTokens, totalTokens: $0.totalTokens) },
+                              model: options.model, latency: a.latency)
     }
 }
