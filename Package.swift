@@ -72,6 +72,7 @@ let package = Package(
         .target(
             name: "TrafficLog",
             dependencies: [
+                "PromptR1",   // PolicyLogprobKind, stored on each episode
                 .product(name: "GRDB", package: "GRDB.swift"),
                 .product(name: "Logging", package: "swift-log"),
             ]
@@ -82,7 +83,7 @@ let package = Package(
         .target(
             name: "TrafficLogPostgres",
             dependencies: [
-                "TrafficLog",
+                "TrafficLog", "PromptR1",
                 .product(name: "PostgresNIO", package: "postgres-nio"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "Logging", package: "swift-log"),
@@ -94,10 +95,20 @@ let package = Package(
             name: "EpisodeLog",
             dependencies: ["PolicyEngine", "PromptR1", "TrafficLog", "OpenAIWire", .product(name: "Crypto", package: "swift-crypto")]
         ),
+        // The policy on an inference engine (vLLM, SGLang, llama.cpp server): one adapter per
+        // engine's documented token-id interface, behind PromptR1's PolicySession.
+        .target(
+            name: "RemotePolicy",
+            dependencies: ["PromptR1", "PolicyEngine", "EpisodeLog", "OpenAIWire",
+                           .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                           .product(name: "NIOCore", package: "swift-nio"),
+                           .product(name: "NIOHTTP1", package: "swift-nio"),
+                           .product(name: "NIOFoundationCompat", package: "swift-nio")]
+        ),
         .target(
             name: "GatewayServer",
             dependencies: [
-                "OpenAIWire", "TrafficLog", "TrafficLogPostgres", "PromptR1", "PolicyEngine", "EpisodeLog",
+                "OpenAIWire", "TrafficLog", "TrafficLogPostgres", "PromptR1", "PolicyEngine", "EpisodeLog", "RemotePolicy",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HTTPTypes", package: "swift-http-types"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
@@ -144,6 +155,7 @@ let package = Package(
         .executableTarget(
             name: "gateway-bench",
             dependencies: ["GatewayServer", "PolicyEngine", "PromptR1", "OpenAIWire", "FakeUpstream", "TrafficLog", "TrafficLogPostgres",
+                           "RemotePolicy",
                            .product(name: "AsyncHTTPClient", package: "async-http-client"),
                            .product(name: "Hummingbird", package: "hummingbird"),
                            .product(name: "NIOPosix", package: "swift-nio"),
@@ -153,15 +165,18 @@ let package = Package(
         .testTarget(name: "PolicyEngineTests", dependencies: ["PolicyEngine"]),
         .testTarget(name: "PromptR1Tests", dependencies: ["PromptR1", "PolicyEngine"]),
         .testTarget(name: "OpenAIWireTests", dependencies: ["OpenAIWire"]),
-        .testTarget(name: "TrafficLogTests", dependencies: ["TrafficLog", .product(name: "GRDB", package: "GRDB.swift")]),
+        // The adapters against recorded engine exchanges, and the llama.cpp backend against a real
+        // llama-server (scripts/build-llama-server.sh) compared with the embedded engine.
+        .testTarget(name: "RemotePolicyTests", dependencies: ["RemotePolicy", "PromptR1", "PolicyEngine"]),
+        .testTarget(name: "TrafficLogTests", dependencies: ["TrafficLog", "PromptR1", .product(name: "GRDB", package: "GRDB.swift")]),
         // The PostgreSQL backend against a real server (scripts/with-postgres.sh starts one). The
         // replica tests (several gateway processes on one log) are in GatewayServerTests.
         .testTarget(name: "TrafficLogPostgresTests",
-                    dependencies: ["TrafficLog", "TrafficLogPostgres", .product(name: "Logging", package: "swift-log")]),
+                    dependencies: ["TrafficLog", "TrafficLogPostgres", "PromptR1", .product(name: "Logging", package: "swift-log")]),
         .testTarget(
             name: "GatewayServerTests",
             dependencies: ["GatewayServer", "OpenAIWire", "TrafficLog", "TrafficLogPostgres", "FakeUpstream", "PromptR1", "PolicyEngine",
-                           "EpisodeLog", "GatewayTrainer",
+                           "EpisodeLog", "GatewayTrainer", "RemotePolicy",
                            .product(name: "AsyncHTTPClient", package: "async-http-client"),
                            .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HTTPTypes", package: "swift-http-types"),

@@ -32,5 +32,8 @@ for s in "${services[@]}"; do
 done
 
 swift build --build-tests
+# The remote-policy tests drive a real llama.cpp llama-server: built once from the llama.cpp
+# that llama-cpp-python vendors (~6 min on 2 cores) and cached in .build-llama/.
+scripts/build-llama-server.sh
 # The PostgreSQL tests (shared traffic log, replicas) need a server: with-postgres.sh runs one.
 scripts/with-postgres.sh swift test --skip-build "$@"

@@ -86,6 +86,7 @@ public enum EpisodeMapping {
         r.totalMs = e.durationSeconds * 1000
         r.upstreamMs = rows.upstreamMs
         r.overheadMs = max(0, r.totalMs - rows.upstreamMs)
+        r.policyLogprobs = e.policyLogprobs
         return r
     }
 }

@@ -3,6 +3,7 @@ import HTTPTypes
 import Hummingbird
 import NIOPosix
 import OpenAIWire
+import RemotePolicy
 import TrafficLog
 
 /// The admin listener (default 127.0.0.1:8081): policy versions, config reload, health,
@@ -27,6 +28,7 @@ struct AdminRoutes: Sendable {
         router.get("/ready") { _, _ in await self.ready() }
         router.get("/metrics") { _, _ in
             let text = self.state.metrics.render(writer: self.state.writer.stats, policyWaiting: self.collaborationWaiting(), breaker: self.state.upstream.breaker)
+                + (self.holder.current?.remote?.metricsText ?? "")
             return Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4"], body: .init(byteBuffer: ByteBuffer(string: text)))
         }
         router.get("/admin/policy") { req, _ in
@@ -37,11 +39,8 @@ struct AdminRoutes: Sendable {
             try self.authorize(req)
             var req = req
             let body = try await Replies.collectBody(&req, limit: 64 << 10)
-            struct Load: Decodable { var path: String }
-            guard let load = try? JSONDecoder().decode(Load.self, from: Data(buffer: body)) else {
-                throw GatewayError.invalidField("path", "Send {\"path\": \"<checkpoint folder inside the models directory>\"}.")
-            }
-            return try await self.swap(to: load.path)
+            let (path, backend) = try Self.parseSwap(Data(buffer: body), current: self.state.config.policy.backend)
+            return try await self.swap(to: path, backend: backend)
         }
         router.post("/admin/policy/rollback") { req, _ in
             try self.authorize(req)
@@ -62,7 +61,7 @@ struct AdminRoutes: Sendable {
         guard let previous = holder.previous else {
             throw GatewayError(status: 409, message: "There is no earlier policy version to roll back to.", type: "invalid_request_error", code: "no_previous_version")
         }
-        return try await swap(to: previous.path, rollbackOf: previous.id)
+        return try await swap(to: previous.path, backend: previous.backend, rollbackOf: previous.id)
     }
 
     static func json(_ s: String, status: HTTPResponse.Status = .ok) -> Response {
@@ -90,6 +89,10 @@ struct AdminRoutes: Sendable {
         let config = state.config
         if config.routes.contains(where: { $0.mode == .collaborate }) && holder.current == nil {
             problems.append("collaboration routes are configured but no policy is loaded")
+        }
+        if let remote = holder.current?.remote {
+            let h = await remote.health()
+            if !h.ok { problems.append("the policy engine (\(h.kind) at \(h.baseURL)) is not healthy: \(h.detail ?? "")") }
         }
         do {
             try await state.database.ping(timeout: .seconds(2))
@@ -148,7 +151,7 @@ struct AdminRoutes: Sendable {
     }
 
     /// Loads in the background while the current version keeps serving, validates, switches.
-    func swap(to raw: String, rollbackOf: String? = nil) async throws -> Response {
+    func swap(to raw: String, backend: RemotePolicyBackend?, rollbackOf: String? = nil) async throws -> Response {
         let path = try Self.confine(raw, modelsDir: modelsDir)
         guard holder.beginLoad() else {
             throw GatewayError(status: 409, message: "Another policy load is in progress.", type: "invalid_request_error", code: "load_in_progress")
@@ -158,10 +161,10 @@ struct AdminRoutes: Sendable {
         let loaded: LoadedPolicy
         do {
             // Seconds of file reading and hashing: on the blocking-I/O pool, never on an event loop.
-            let weights = state.config.policy.weights, prefixCacheMB = state.config.policy.prefixCacheMB
-            loaded = try await NIOThreadPool.singleton.runIfActive {
-                try LoadedPolicy.load(path: path, weights: weights, prefixCacheMB: prefixCacheMB, prefillInBackground: true)
-            }
+            // A remote backend is health-checked and smoke-tested before the switch (blue/green).
+            var policyConfig = state.config.policy
+            policyConfig.backend = backend
+            loaded = try await LoadedPolicy.load(path: path, config: policyConfig, prefillInBackground: true)
         } catch {
             throw GatewayError(status: 422, message: "The checkpoint could not be loaded; the serving version is unchanged: \(error)",
                                type: "invalid_request_error", param: "path", code: "invalid_checkpoint")
@@ -174,7 +177,7 @@ struct AdminRoutes: Sendable {
             throw GatewayError(status: 503, message: "The traffic log could not record the new version; the serving version is unchanged: \(error)",
                                type: "server_error", code: "log_unavailable")
         }
-        loaded.policy.scheduler.onPrefill = state.metrics.policyPrefill
+        loaded.embedded?.scheduler.onPrefill = state.metrics.policyPrefill
         let old = holder.set(loaded)
         if let rollbackOf { holder.removeFromHistory(id: rollbackOf) }
         state.metrics.swapped()

@@ -40,7 +40,7 @@ struct CollaborationRoute: Sendable {
     }
 
     func sampling(_ p: LoadedPolicy, _ config: GatewayConfig.Policy) -> SamplingParameters {
-        let d = p.policy.model.generationDefaults
+        let d = p.generationDefaults
         let temperature = config.temperature.map(Float.init) ?? d.temperature ?? 0
         return SamplingParameters(temperature: temperature, topK: config.topK ?? d.topK ?? 0,
                                   topP: config.topP.map(Float.init) ?? d.topP ?? 1,
@@ -85,7 +85,9 @@ struct CollaborationRoute: Sendable {
         var opts = options(for: incoming, config: config.policy)
         if config.policy.forwardClientSystem { opts.clientSystemMessage = rendered.clientSystem }
         let parameters = CollaborationSupport.parameters(incoming)
-        let factory = loaded.policy.factory(sampling: sampling(loaded, config.policy))
+        let policySampling = sampling(loaded, config.policy)
+        let factory = loaded.factory(sampling: policySampling)
+        episode.policySampled = !policySampling.isGreedy
         var runs: [EpisodeRun] = []
         for i in 0..<n {
             let adapter = UpstreamAdapter(client: state.upstream, parameters: parameters, headers: incoming.forwardedHeaders,
@@ -264,6 +266,7 @@ struct Collaboration: Sendable {
         run.turnClock.fill(&record.turns)
         if run.index == 0 { RequestTrace.current?.notePolicyTurns(run.turnClock.all) }
         record.trainable = !state.config.log.redactBodies
+        record.policyLogprobs = e.policyLogprobs
         record.upstreamMs = rows.upstreamMs + extraUpstreamMs
         Replies.finishTiming(&record, context: context)
         return record

@@ -52,7 +52,9 @@ public final class Gateway: Sendable {
         // once created.
         let database = try Self.openLog(config.log, environment: environment, logger: logger)
         var initialPolicy: LoadedPolicy?
-        if let path = config.policy.path {
+        // A policy on an inference engine is connected (health check, smoke generation) when the
+        // gateway starts running (`run()`), which can wait for the network.
+        if let path = config.policy.path, config.policy.backend == nil {
             let loaded = try LoadedPolicy.load(path: path, weights: config.policy.weights, prefixCacheMB: config.policy.prefixCacheMB)
             // SQLite registers it now; on PostgreSQL (maybe not reachable yet) the policy sync
             // service does, as it starts.
@@ -82,7 +84,7 @@ public final class Gateway: Sendable {
                                logger: logger, maxRetryDelay: 1, linger: linger)
         let state = GatewayState(config: config, auth: auth, upstream: upstream, database: database, writer: writer, logger: logger)
         self.state = state
-        initialPolicy?.policy.scheduler.onPrefill = state.metrics.policyPrefill
+        initialPolicy?.embedded?.scheduler.onPrefill = state.metrics.policyPrefill
 
         let router = Router(context: GatewayContext.self)
         router.add(middleware: GatewayMiddleware(state: state))
@@ -189,6 +191,7 @@ public final class Gateway: Sendable {
 
     /// Runs until SIGTERM/SIGINT (or cancellation), then shuts down gracefully.
     public func run(gracefulShutdownSignals: [UnixSignal] = [.sigterm, .sigint]) async throws {
+        try await connectRemotePolicy()
         // Services shut down in reverse order. The public server is last in the list, so it stops
         // first (no new requests; in-flight ones get the shutdown deadline), then SIGHUP
         // handling, the admin listener and retention, and the log writer drains last.
@@ -199,7 +202,7 @@ public final class Gateway: Sendable {
             logger: state.logger))
         groupBox.set(group)
         try await group.run()
-        policies.current?.policy.shutdown()
+        policies.current?.embedded?.shutdown()
         try? await state.upstream.shutdown()
     }
 

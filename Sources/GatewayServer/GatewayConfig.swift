@@ -1,4 +1,5 @@
 import Foundation
+import RemotePolicy
 import OpenAIWire
 import PolicyEngine
 import TrafficLog
@@ -161,6 +162,8 @@ public struct GatewayConfig: Sendable, Equatable {
     /// The embedded policy model and the collaboration loop (Prompt-R1).
     public struct Policy: Sendable, Equatable {
         public var path: String?
+        /// `policy.backend`: nil is the embedded engine; otherwise the inference engine serving it.
+        public var backend: RemotePolicyBackend?
         /// Sampling of the policy; null takes the checkpoint's generation_config.json (greedy if absent).
         public var temperature: Double?
         public var topP: Double?
@@ -366,6 +369,8 @@ public struct GatewayConfig: Sendable, Equatable {
         c.policy.keepaliveSeconds = try p.double("keepalive_seconds", default: c.policy.keepaliveSeconds, range: 0.1...3600)
         c.policy.weights = try p.oneOf("weights", default: c.policy.weights)
         c.policy.prefixCacheMB = try p.int("prefix_cache_mb", default: c.policy.prefixCacheMB, range: 0...1_048_576)
+        var backend = try p.object("backend")
+        c.policy.backend = try Self.policyBackend(&backend)
         try p.finish()
 
         var t = try root.object("telemetry")

@@ -2,11 +2,15 @@ import EpisodeLog
 import Foundation
 import PolicyEngine
 import PromptR1
+import RemotePolicy
 import TrafficLog
 
 /// A policy checkpoint loaded and validated, with its identity.
 public final class LoadedPolicy: Sendable {
-    public let policy: EnginePolicy
+    /// The embedded engine (nil when the policy runs on an inference engine).
+    public let embedded: EnginePolicy?
+    /// The inference engine serving the policy (`policy.backend`), if any.
+    public let remote: RemotePolicy?
     /// Version id: the first 16 hex digits of the weights' SHA-256.
     public let version: String
     public let sha256: String
@@ -21,16 +25,55 @@ public final class LoadedPolicy: Sendable {
 
     /// The engine's worker thread keeps the weights alive until it is stopped: stop it when the
     /// last request holding this version lets go (after a swap), which frees the weights.
-    deinit { policy.shutdown() }
+    deinit { embedded?.shutdown() }
 
     init(policy: EnginePolicy, sha256: String, path: String) {
-        self.policy = policy
+        self.embedded = policy
+        self.remote = nil
         self.sha256 = sha256
         version = CheckpointHash.versionID(sha256: sha256)
         self.path = path
         loadedAt = Date()
         architecture = policy.model.config.modelType.rawValue
         parameterCount = policy.model.parameterCount
+    }
+
+    /// A policy on an inference engine. Its version is the folder's weights' id, or the engine's
+    /// model id when the folder holds only the tokenizer and config.
+    init(remote: RemotePolicy, path: String) {
+        self.embedded = nil
+        self.remote = remote
+        sha256 = remote.weightsSHA256 ?? remote.version
+        version = remote.version
+        self.path = path
+        loadedAt = Date()
+        architecture = remote.config.modelType.rawValue
+        parameterCount = 0
+    }
+
+    /// Where this version runs.
+    public var backendKind: PolicyBackendKind {
+        switch remote?.backend.kind {
+        case nil: return .embedded
+        case .vllm?: return .vllm
+        case .sglang?: return .sglang
+        case .llamacpp?: return .llamacpp
+        }
+    }
+
+    /// The checkpoint's tokenizer (the folder's, whichever engine runs the weights).
+    public var tokenizer: Tokenizer { embedded?.tokenizer ?? remote!.tokenizer }
+
+    /// The checkpoint's sampling defaults (generation_config.json).
+    public var generationDefaults: GenerationDefaults {
+        if let embedded { return embedded.model.generationDefaults }
+        return remote.flatMap { try? GenerationDefaults.load(from: $0.directory) } ?? GenerationDefaults()
+    }
+
+    /// Sessions for `CollaborationLoop`, on whichever engine serves this version.
+    public func factory(sampling: SamplingParameters) -> PolicySessionFactory {
+        if let remote { return remote.factory(sampling: sampling) }
+        return embedded!.factory(sampling: sampling)
     }
 
     public enum LoadError: Error, CustomStringConvertible {
@@ -94,9 +137,11 @@ public struct PolicyVersionInfo: Codable, Sendable, Equatable {
     public var parameterCount: Int
     public var loadedAt: Date
     public var requestsServed: Int
+    /// The inference engine it ran on (absent: the embedded engine); rollback returns to it.
+    public var backend: RemotePolicyBackend?
 
     enum CodingKeys: String, CodingKey {
-        case id, path, sha256, architecture
+        case id, path, sha256, architecture, backend
         case parameterCount = "parameter_count"
         case loadedAt = "loaded_at"
         case requestsServed = "requests_served"
@@ -110,6 +155,7 @@ public struct PolicyVersionInfo: Codable, Sendable, Equatable {
         parameterCount = p.parameterCount
         loadedAt = p.loadedAt
         requestsServed = p.requestsServed
+        backend = p.remote?.backend
     }
 }
 

@@ -91,11 +91,15 @@ public enum TrainerError: Error, CustomStringConvertible {
     case resumeMismatch(String)
     /// Every advantage is 0: training would change nothing (the reason says why).
     case noSignal(String)
+    /// Sampled episodes whose logged log-probs are the model's, not the sampling distribution's.
+    case modelLogprobsOfSampledEpisodes(Int)
     public var description: String {
         switch self {
         case .nothingToTrain: return "no usable episodes: nothing to train on"
         case .resumeMismatch(let m): return "cannot resume: \(m)"
         case .noSignal(let why): return "nothing to learn from: \(why) (--allow-no-signal trains anyway)"
+        case .modelLogprobsOfSampledEpisodes(let n):
+            return "\(n) selected episodes were sampled but their policy backend logged the model's log-probs, not the sampling distribution's (policy_logprobs = model): the PPO ratio against them would be wrong; train with --behaviour base (recomputes them with the starting weights)"
         }
     }
 }

@@ -129,6 +129,7 @@ public enum Rollout {
             var record = EpisodeMapping.record(e, route: config.route, requestedModel: "prompt-r1/" + config.upstreamModel,
                                                upstreamModel: config.upstreamModel, policyVersion: policyVersion)
             record.requestJSON = nil
+            record.policySampled = config.temperature > 0
             let feedback = item.answers.map { FeedbackRecord(episodeID: record.id, kind: "reference", value: $0, source: "rollout") }
             // An item without answers still needs a marker to count as done; it has no reward.
             let rows = feedback.isEmpty ? [FeedbackRecord(episodeID: record.id, kind: "label", value: "no_reference", source: "rollout")] : feedback

@@ -35,6 +35,10 @@ public struct Selection: Sendable {
     public var loneEpisodes: Int
     /// Episodes skipped because the gateway redacted them (`log.redact_bodies`): not trainable.
     public var redacted: Int { skipped.filter { $0.reason == EpisodeSelector.redactedReason }.count }
+    /// Selected episodes that were sampled but logged the model's log-softmax
+    /// (`policy_logprobs = model`, e.g. vLLM's default): their logged log-probs are not the
+    /// behaviour policy's, so the PPO ratio needs `--behaviour base`.
+    public var modelLogprobsOfSampled = 0
     /// GRPO groups whose rewards are all equal, so every advantage in them is 0.
     public var zeroAdvantageGroups = 0
     /// Lone episodes whose reward equals their running baseline (advantage 0).
@@ -98,6 +102,10 @@ public enum EpisodeSelector {
         }
         let (withAdvantages, groups, lone) = assignAdvantages(scored)
         var selection = Selection(episodes: withAdvantages, skipped: skipped, groups: groups, loneEpisodes: lone)
+        let selectedIDs = Set(withAdvantages.map(\.sequence.episodeID))
+        selection.modelLogprobsOfSampled = records.filter {
+            selectedIDs.contains($0.id) && $0.policyLogprobs == .model && $0.policySampled == true
+        }.count
         let byKey = Dictionary(grouping: withAdvantages, by: \.groupKey)
         selection.zeroAdvantageGroups = byKey.values.filter { $0.count > 1 && $0.allSatisfy { $0.advantage == 0 } }.count
         selection.zeroAdvantageLone = byKey.values.filter { $0.count == 1 && $0[0].advantage == 0 }.count

@@ -139,6 +139,9 @@ public enum TrainJob {
             }
         })
         guard !selection.episodes.isEmpty else { throw TrainerError.nothingToTrain }
+        if selection.modelLogprobsOfSampled > 0 && !c.hyper.recomputeBehaviour {
+            throw TrainerError.modelLogprobsOfSampledEpisodes(selection.modelLogprobsOfSampled)
+        }
         log("selected \(selection.episodes.count) episodes (\(selection.groups) groups, \(selection.loneEpisodes) lone, \(selection.skipped.count) skipped, \(selection.redacted) of them redacted), mean reward \(Table.num(selection.meanReward)); advantage 0 in \(selection.zeroAdvantageGroups) of \(selection.groups) groups and \(selection.zeroAdvantageLone) of \(selection.loneEpisodes) lone episodes")
         if let why = selection.noSignalReason {
             guard c.allowNoSignal else { throw TrainerError.noSignal(why) }

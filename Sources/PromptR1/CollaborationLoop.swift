@@ -50,6 +50,8 @@ public protocol PolicySession: AnyObject, Sendable {
     func generateTurn(limits: PolicyTurnLimits, onText: (@Sendable (String) -> Void)?) async throws -> PolicyTurn
     /// Append text the policy did not write (an injection) to the context; returns its token ids.
     func appendInjected(_ text: String) async throws -> [Int32]
+    /// Which log-prob `PolicyTurn.logprobs` holds (default: the sampling distribution's).
+    var logprobKind: PolicyLogprobKind { get }
 }
 
 /// Creates a policy session whose context is the given first-prompt text.
@@ -300,12 +302,14 @@ public struct CollaborationLoop: Sendable {
 
         var turns: [EpisodeTurn] = []
         var promptIDs: [Int32] = []
+        var logprobKind: PolicyLogprobKind?
 
         func finish(_ outcome: EpisodeOutcome, _ reason: EpisodeStopReason) -> Episode {
             emit(.finished(outcome: outcome, stopReason: reason))
             return Episode(question: question, promptText: promptText, promptTokenIDs: promptIDs, turns: turns,
                            outcome: outcome, stopReason: reason, startedAt: startedAt,
-                           durationSeconds: (ContinuousClock.now - clockStart).promptR1Seconds)
+                           durationSeconds: (ContinuousClock.now - clockStart).promptR1Seconds,
+                           policyLogprobs: logprobKind)
         }
         func finish(_ failure: StepFailure, policy: Bool) -> Episode {
             switch failure {
@@ -323,6 +327,7 @@ public struct CollaborationLoop: Sendable {
         case .failure(let f): return finish(f, policy: true)
         }
         promptIDs = session.promptTokenIDs
+        logprobKind = session.logprobKind
 
         var history: [(prompt: String, answer: String)] = []
         var nextInputText = promptText

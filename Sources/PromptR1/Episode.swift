@@ -147,6 +147,8 @@ public struct Episode: Sendable, Codable, Equatable {
     public var stopReason: EpisodeStopReason
     public var startedAt: Date
     public var durationSeconds: Double
+    /// Which log-prob the turns' `logprobs` hold (nil: no policy session was created).
+    public var policyLogprobs: PolicyLogprobKind? = nil
 
     /// Everything the policy saw and wrote, as text: the prompt, then per turn the generated text
     /// (plus `<|im_end|>` when the turn ended with the end-of-turn token, whose id is in

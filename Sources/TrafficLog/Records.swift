@@ -1,4 +1,5 @@
 import Foundation
+import PromptR1
 
 // Plain value types stored by `TrafficDatabase`. No GRDB types leak into this
 // public surface, so callers (server, trainer) only need `import TrafficLog`.
@@ -50,6 +51,12 @@ public struct EpisodeRecord: Sendable, Equatable {
     public var turns: [TurnRecord]
     /// False when the texts and token ids were redacted: nothing to train on.
     public var trainable = true
+    /// Which distribution the policy turns' `logprobs` come from (`sampling` or `model`); nil:
+    /// no policy session (passthrough), or logged before migration v4_policy_logprobs.
+    public var policyLogprobs: PolicyLogprobKind?
+    /// Whether the policy sampled (temperature > 0) rather than decoded greedily; nil: unknown.
+    /// `model` log-probs of a sampled episode are not the behaviour policy's (`--behaviour base`).
+    public var policySampled: Bool?
 
     public init(
         id: String = UUIDv7.generate(),

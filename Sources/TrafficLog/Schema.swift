@@ -9,7 +9,7 @@ import GRDB
 /// - Booleans are INTEGER 0/1.
 /// - Migrations are append-only: never edit a shipped migration, add "v2", "v3", ...
 enum TrafficSchema {
-    static let migrationNames = ["v1", "v2_console", "v2-policy-events", "v3_trainable"]
+    static let migrationNames = ["v1", "v2_console", "v2-policy-events", "v3_trainable", "v4_policy_logprobs"]
 
     static func migrator() -> DatabaseMigrator {
         var migrator = DatabaseMigrator()
@@ -24,6 +24,9 @@ enum TrafficSchema {
         }
         migrator.registerMigration("v3_trainable") { db in
             try db.execute(sql: v3Trainable)
+        }
+        migrator.registerMigration("v4_policy_logprobs") { db in
+            try db.execute(sql: v4PolicyLogprobs)
         }
         return migrator
     }
@@ -46,6 +49,15 @@ enum TrafficSchema {
     /// not trainable; the trainer skips them and counts them.
     static let v3Trainable = """
     ALTER TABLE episodes ADD COLUMN trainable INTEGER NOT NULL DEFAULT 1;
+    """
+
+    /// v4: which log-prob the policy turns hold (`PolicyLogprobKind`: an inference engine may log
+    /// the model's log-softmax where the embedded engine logs the sampling distribution's), and
+    /// whether the policy sampled. NULL: no policy session, or logged before v4. The PostgreSQL
+    /// backend has the same columns.
+    static let v4PolicyLogprobs = """
+    ALTER TABLE episodes ADD COLUMN policy_logprobs TEXT CHECK (policy_logprobs IN ('sampling', 'model'));
+    ALTER TABLE episodes ADD COLUMN policy_sampled INTEGER CHECK (policy_sampled IN (0, 1));
     """
 
     static let v1 = """

@@ -1,4 +1,5 @@
 import Foundation
+import PromptR1
 import GRDB
 #if canImport(Glibc)
 import Glibc
@@ -159,8 +160,8 @@ public final class TrafficDatabase: Sendable {
         INSERT INTO episodes (id, created_at, route, mode, key_id, requested_model, upstream_model,
             policy_version, stream, request_json, response_text, finish_reason, prompt_tokens,
             completion_tokens, total_tokens, policy_tokens, status, outcome, error, question,
-            format_score, total_ms, upstream_ms, overhead_ms, trainable)
-        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+            format_score, total_ms, upstream_ms, overhead_ms, trainable, policy_logprobs, policy_sampled)
+        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
         """
 
     static let insertTurnSQL = """
@@ -179,7 +180,7 @@ public final class TrafficDatabase: Sendable {
                 e.requestedModel, e.upstreamModel, e.policyVersion, e.stream, e.requestJSON,
                 e.responseText, e.finishReason, e.promptTokens, e.completionTokens, e.totalTokens,
                 e.policyTokens, e.status, e.outcome, e.error, e.question, e.formatScore, e.totalMs,
-                e.upstreamMs, e.overheadMs, e.trainable,
+                e.upstreamMs, e.overheadMs, e.trainable, e.policyLogprobs?.rawValue, e.policySampled,
             ]
             do {
                 try episodeStatement.execute(arguments: StatementArguments(args))
@@ -212,7 +213,8 @@ public final class TrafficDatabase: Sendable {
         e.id, e.created_at, e.route, e.mode, e.key_id, e.requested_model, e.upstream_model,
         e.policy_version, e.stream, e.request_json, e.response_text, e.finish_reason,
         e.prompt_tokens, e.completion_tokens, e.total_tokens, e.policy_tokens, e.status, e.outcome,
-        e.error, e.question, e.format_score, e.total_ms, e.upstream_ms, e.overhead_ms, e.trainable
+        e.error, e.question, e.format_score, e.total_ms, e.upstream_ms, e.overhead_ms, e.trainable,
+        e.policy_logprobs, e.policy_sampled
         """
 
     static let turnColumns = """
@@ -230,6 +232,8 @@ public final class TrafficDatabase: Sendable {
             question: row[19], formatScore: row[20], totalMs: row[21], upstreamMs: row[22],
             overheadMs: row[23], turns: [])
         e.trainable = row[24]
+        e.policyLogprobs = (row[25] as String?).flatMap(PolicyLogprobKind.init(rawValue:))
+        e.policySampled = row[26]
         return e
     }
 

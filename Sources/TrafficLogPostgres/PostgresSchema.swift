@@ -110,6 +110,11 @@ enum PostgresSchema {
         ("v3_trainable", [
             "ALTER TABLE episodes ADD COLUMN trainable BOOLEAN NOT NULL DEFAULT TRUE",
         ]),
+        // Which log-prob the policy turns hold, and whether the policy sampled (as SQLite's v4).
+        ("v4_policy_logprobs", [
+            "ALTER TABLE episodes ADD COLUMN policy_logprobs TEXT CHECK (policy_logprobs IN ('sampling', 'model'))",
+            "ALTER TABLE episodes ADD COLUMN policy_sampled BOOLEAN",
+        ]),
     ]
 
     static var migrationNames: [String] { migrations.map(\.name) }

@@ -4,6 +4,7 @@ import NIOCore
 import NIOPosix
 import NIOSSL
 import PostgresNIO
+import PromptR1
 import Synchronization
 import TrafficLog
 
@@ -283,9 +284,9 @@ public final class PostgresLogBackend: LogBackend {
         id, created_at, route, mode, key_id, requested_model, upstream_model, policy_version, stream,
         request_json, response_text, finish_reason, prompt_tokens, completion_tokens, total_tokens,
         policy_tokens, status, outcome, error, question, format_score, total_ms, upstream_ms, overhead_ms,
-        trainable
+        trainable, policy_logprobs, policy_sampled
         """
-    static let episodeColumnCount = 25
+    static let episodeColumnCount = 27
     static let turnColumnList = """
         episode_id, idx, kind, input_ids, output_ids, logprobs, loss_mask, text, call, upstream_request,
         upstream_response, latency_ms, prompt_tokens, completion_tokens, status, error
@@ -310,7 +311,7 @@ public final class PostgresLogBackend: LogBackend {
         b.append(e.promptTokens); b.append(e.completionTokens); b.append(e.totalTokens); b.append(e.policyTokens)
         b.append(e.status); b.append(text(e.outcome)); b.append(text(e.error)); b.append(text(e.question))
         b.append(e.formatScore); b.append(e.totalMs); b.append(e.upstreamMs); b.append(e.overheadMs)
-        b.append(e.trainable)
+        b.append(e.trainable); b.append(e.policyLogprobs?.rawValue); b.append(e.policySampled)
     }
 
     static func bind(_ t: TurnRecord, episodeID: String, into b: inout PostgresBindings) throws {
@@ -440,6 +441,8 @@ public final class PostgresLogBackend: LogBackend {
             formatScore: try r[20].decode(Double?.self), totalMs: try r[21].decode(Double.self),
             upstreamMs: try r[22].decode(Double?.self), overheadMs: try r[23].decode(Double?.self), turns: [])
         episode.trainable = try r[24].decode(Bool.self)
+        episode.policyLogprobs = try r[25].decode(String?.self).flatMap(PolicyLogprobKind.init(rawValue:))
+        episode.policySampled = try r[26].decode(Bool?.self)
         return episode
     }
 

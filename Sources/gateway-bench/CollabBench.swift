@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import PolicyEngine
 import PromptR1
+import RemotePolicy
 
 /// The time the gateway adds to a collaboration episode apart from upstream time: the policy's
 /// prefill and decode per turn, through the real loop, engine and continuous batching. Each
@@ -21,6 +22,12 @@ struct CollabBench: AsyncParsableCommand {
     @Option(help: "Comma-separated concurrency levels.") var concurrency = "1,8"
     @Option(help: "Episodes per concurrent slot.") var rounds = 2
     @Option(help: "OpenBLAS threads.") var threads = 2
+    @Option(name: .customLong("policy-backend"), help: "Base URL of an inference engine serving the same model (e.g. llama-server with its GGUF).")
+    var policyBackend: String?
+    @Option(name: .customLong("policy-backend-kind"), help: "vllm, sglang or llamacpp.")
+    var policyBackendKind = "llamacpp"
+    @Flag(name: .customLong("with-embedded-baseline"), help: "With --policy-backend, run the embedded engine's table too (same run).")
+    var withEmbeddedBaseline = false
     @Flag(help: "8-bit weights (policy.weights: q8).") var q8 = false
     @Flag(name: .customLong("no-prefix-cache"), help: "Only the run without the prefix cache (by default both run, same model, and their ratio is printed).")
     var noPrefixCache = false
@@ -33,6 +40,15 @@ struct CollabBench: AsyncParsableCommand {
     func run() async throws {
         setenv("OPENBLAS_NUM_THREADS", "\(threads)", 1)
         let dir = try BenchModel.folder(given: model, cache: modelCache, tokenizerFrom: tokenizerFrom)
+        if let policyBackend {
+            guard let kind = RemotePolicyBackend.Kind(rawValue: policyBackendKind) else {
+                throw ValidationError("--policy-backend-kind must be vllm, sglang or llamacpp")
+            }
+            try await runRemote(dir: dir, backend: RemotePolicyBackend(kind: kind, baseURL: policyBackend))
+            if !withEmbeddedBaseline { return }
+            print("")
+            print("same run, embedded engine (baseline):")
+        }
         let t0 = ContinuousClock.now
         let model = try TransformerModel.load(from: dir, weightFormat: q8 ? .q8 : .f32)
         let tokenizer = try Tokenizer(directory: dir)
@@ -136,14 +152,14 @@ final class Stats: @unchecked Sendable {
 /// call, or an answer on the last turn.
 final class FixedShapeSession: PolicySession, @unchecked Sendable {
     // Used by one loop, one call at a time.
-    let inner: EnginePolicySession
+    let inner: any PolicySession
     let turns: Int
     let tokensPerTurn: Int
     let stats: Stats
     var turn = 0
     var promptTokenIDs: [Int32] { inner.promptTokenIDs }
 
-    init(inner: EnginePolicySession, turns: Int, tokensPerTurn: Int, stats: Stats) {
+    init(inner: any PolicySession, turns: Int, tokensPerTurn: Int, stats: Stats) {
         self.inner = inner
         self.turns = turns
         self.tokensPerTurn = tokensPerTurn
@@ -164,6 +180,59 @@ final class FixedShapeSession: PolicySession, @unchecked Sendable {
     }
 
     func appendInjected(_ text: String) async throws -> [Int32] { try await inner.appendInjected(text) }
+}
+
+extension CollabBench {
+    /// The same table for a policy on an inference engine, with the turn time split into the
+    /// engine's own time (what it reports: prompt + generation) and the rest: the gateway's
+    /// share (rendering, tokenising, the turn cut, the loop) plus HTTP and JSON on both sides.
+    func runRemote(dir: URL, backend: RemotePolicyBackend) async throws {
+        let policy = try await RemotePolicy.connect(directory: dir, backend: backend)
+        let question = "Which planet is the largest in the Solar System, and what is its largest moon?"
+        print("collab bench: model \(dir.lastPathComponent) on \(backend.kind.rawValue) at \(backend.baseURL) (engine model \(policy.engineModelID ?? "?"))")
+        print("episode shape: \(turns) turns x \(tokensPerTurn) generated tokens; upstream answers instantly")
+        print("first prompt: \(policy.tokenizer.encode(PromptR1Prompt.firstPrompt(question: question)).count) tokens")
+        print("")
+        try await policy.smokeGeneration()
+        print("conc  episodes  ep/s    gateway ms/episode (mean, p50, max)   turn 1 ms (prefill+decode)   later turns ms (inject+decode)   policy tok/s aggregate   per turn: engine ms | gateway+HTTP ms")
+        for c in concurrency.split(separator: ",").compactMap({ Int($0) }) {
+            let stats = Stats()
+            let before = policy.stats.snapshot
+            let start = ContinuousClock.now
+            await withTaskGroup(of: Void.self) { group in
+                for _ in 0..<c {
+                    group.addTask {
+                        for _ in 0..<rounds {
+                            let factory = policy.factory(sampling: .greedy)
+                            let loop = CollaborationLoop(options: .init(limits: .init(maxTurns: turns, maxTokensPerTurn: tokensPerTurn)),
+                                                         upstream: InstantUpstream()) { prompt in
+                                FixedShapeSession(inner: try await factory(prompt), turns: turns, tokensPerTurn: tokensPerTurn, stats: stats)
+                            }
+                            let t = ContinuousClock.now
+                            let e = await loop.run(question: question)
+                            let upstream = e.turns.compactMap { $0.upstream?.latencySeconds }.reduce(0, +) * 1000
+                            stats.episode(ms: (ContinuousClock.now - t).milliseconds - upstream, ok: e.outcome.answerText != nil)
+                        }
+                    }
+                }
+            }
+            let wall = (ContinuousClock.now - start).milliseconds / 1000
+            let s = stats.snapshot()
+            let after = policy.stats.snapshot
+            let calls = max(after.requests - before.requests, 1)
+            let turnMs = (s.firstTurnMs + s.laterTurnMs)
+            let meanTurn = turnMs.reduce(0, +) / Double(max(turnMs.count, 1))
+            let engineTurn = (after.engineSeconds - before.engineSeconds) * 1000 / Double(calls)
+            let eps = s.episodes.sorted()
+            print("\(padTo("\(c)", 6))\(padTo("\(eps.count)", 10))\(padTo(fmt(Double(eps.count) / wall), 8))"
+                  + padTo("\(fmt(eps.reduce(0, +) / Double(max(eps.count, 1)))), \(fmt(eps[eps.count / 2])), \(fmt(eps.last ?? 0))", 38)
+                  + padTo(fmt(s.firstTurnMs.reduce(0, +) / Double(max(s.firstTurnMs.count, 1))), 29)
+                  + padTo(fmt(s.laterTurnMs.reduce(0, +) / Double(max(s.laterTurnMs.count, 1))), 33)
+                  + padTo(fmt(Double(s.generated) / wall), 25)
+                  + "\(fmt(engineTurn)) | \(fmt(meanTurn - engineTurn)) (\(fmt(100 * (meanTurn - engineTurn) / max(meanTurn, 1e-9)))%)"
+                  + (s.failures > 0 ? "  (\(s.failures) episodes without answer!)" : ""))
+        }
+    }
 }
 
 func fmt(_ x: Double) -> String { String(format: "%.1f", x) }

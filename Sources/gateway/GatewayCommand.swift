@@ -46,6 +46,12 @@ struct ConfigOptions: ParsableArguments {
     @Option(name: .customLong("admin-port"), help: "Admin listener port (overrides admin.port; 0 picks a free port).")
     var adminPort: Int?
 
+    @Option(name: .customLong("policy-backend"), help: "Base URL of an inference engine serving the policy (overrides policy.backend.base_url).")
+    var policyBackend: String?
+
+    @Option(name: .customLong("policy-backend-kind"), help: "embedded, vllm, sglang or llamacpp (overrides policy.backend.kind; default with --policy-backend: llamacpp).")
+    var policyBackendKind: String?
+
     @Option(name: .customLong("data-dir"), help: ArgumentHelp(
         "Folder of the runtime files: traffic log, generated admin token, models (default: $GATEWAY_DATA_DIR, else ./data in the repository, else $XDG_STATE_HOME/prompt-r1-gateway).",
         valueName: "dir"))
@@ -90,6 +96,7 @@ struct ConfigOptions: ParsableArguments {
             guard (0...65535).contains(adminPort) else { throw ValidationError("--admin-port must be between 0 and 65535") }
             c.admin.port = adminPort
         }
+        try c.overridePolicyBackend(url: policyBackend, kind: policyBackendKind)
         return c
     }
 }

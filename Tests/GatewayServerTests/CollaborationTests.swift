@@ -140,7 +140,7 @@ final class CollaborationTests: XCTestCase {
         let cases = try Self.cases()
         let h = try await Self.start([], upstream: FakeUpstream.answering([:], unknown: "  " + cases[0].upstream_answers[0] + "\n"),
                                      configure: { c in c.policy.weights = .q8 })
-        let model = try XCTUnwrap(h.gateway.policies.current?.policy.model)
+        let model = try XCTUnwrap(h.gateway.policies.current?.embedded?.model)
         XCTAssertEqual(model.weightFormat, .q8)
         XCTAssertGreaterThan(model.quantizedWeightBytes, 0)
         let body = try JSONSerialization.data(withJSONObject: ["model": "prompt-r1/gpt-4o-mini", "messages": [["role": "user", "content": cases[0].question]]])

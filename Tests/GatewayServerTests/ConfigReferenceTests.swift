@@ -67,6 +67,8 @@ final class ConfigReferenceTests: XCTestCase {
         // present show up in the first, keys read unconditionally in both).
         let read = try ConfigKeyRecorder.keyPaths(readParsing: fileData)
             .union(ConfigKeyRecorder.keyPaths(readParsing: Data(#"{"upstream": {"base_url": "http://127.0.0.1:9/v1"}}"#.utf8)))
+            // policy.backend's engine keys are read only for an engine kind (the file has the embedded one).
+            .union(ConfigKeyRecorder.keyPaths(readParsing: Data(#"{"upstream": {"base_url": "http://127.0.0.1:9/v1"}, "policy": {"backend": {"kind": "vllm", "base_url": "http://127.0.0.1:8000"}}}"#.utf8)))
         XCTAssertTrue(read.contains("upstream.base_url") && read.contains("routes[].mode"), "the key recorder saw nothing: \(read.sorted())")
 
         let mustDocument = read.union(inFile.keys).filter { !Self.isSection($0, among: read.union(inFile.keys)) }

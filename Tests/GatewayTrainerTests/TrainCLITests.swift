@@ -162,6 +162,51 @@ final class TrainCLITests: XCTestCase {
         XCTAssertTrue(allowed.out.contains("advantage 0") && allowed.out.contains("2 of 2 groups"), allowed.out)
     }
 
+    /// Sampled episodes whose backend logged the model's log-probs (`policy_logprobs = model`,
+    /// e.g. vLLM's default) are refused by `train` unless `--behaviour base` recomputes them.
+    func testTrainRefusesModelLogprobsOfSampledEpisodesWithoutBehaviourBase() async throws {
+        _ = try CLITests.executable()
+        let cases = try RolloutExportTests.cases()
+        let fake = try await FakeUpstream(script: RolloutExportTests.script(cases))
+        let tmp = try TempDir()
+        let dataset = tmp.url.appendingPathComponent("data.jsonl")
+        let lines = try cases.prefix(2).map { c in
+            String(decoding: try JSONEncoder().encode(DatasetItem(question: c.question, answers: [c.final_answer ?? ""])), as: UTF8.self)
+        }
+        try (lines.joined(separator: "\n") + "\n").write(to: dataset, atomically: true, encoding: .utf8)
+        let policy = Fixtures.model("promptr1-tiny").path
+        let sampledDB = tmp.path("traffic.sqlite")
+        let r = try run(["rollout", "--dataset", dataset.path, "--group-size", "2", "--policy", policy, "--db", sampledDB, "--temperature", "1",
+                         "--seed", "3", "--max-tokens-per-turn", "40", "--upstream-url", fake.baseURL, "--api-key-env", "TEST_UPSTREAM_KEY",
+                         "--upstream-model", "gpt-4o-mini"])
+        XCTAssertEqual(r.status, 0, r.err)
+        await fake.stop()
+        // The embedded engine logged the sampling distribution's log-probs of sampled episodes.
+        let log = try TrafficDatabase(path: sampledDB)
+        let episodes = try log.episodes(EpisodeQuery())
+        XCTAssertEqual(episodes.count, 4)
+        XCTAssertTrue(episodes.allSatisfy { $0.policyLogprobs == .sampling && $0.policySampled == true },
+                      "\(episodes.map { ($0.policyLogprobs, $0.policySampled) })")
+        // The same episodes as an engine that returns raw log-probs would have logged them.
+        let feedback = try log.feedback(episodeIDs: episodes.map(\.id))
+        try log.close()
+        let db = tmp.path("as-vllm.sqlite")
+        let asEngine = try TrafficDatabase(path: db)
+        try asEngine.insert(episodes: episodes.map { var e = $0; e.policyLogprobs = .model; return e })
+        for f in feedback.values.flatMap({ $0 }) { _ = try asEngine.insertFeedback(f) }
+        try asEngine.close()
+
+        let args = ["train", "--db", db, "--base", policy, "--out", tmp.path("ckpt"), "--lora-rank", "4", "--grad-accum", "2",
+                    "--allow-no-signal"]
+        let refused = try run(args)
+        XCTAssertEqual(refused.status, 1, refused.err)
+        XCTAssertTrue(refused.err.contains("4 selected episodes were sampled but their policy backend logged the model's log-probs"), refused.err)
+        XCTAssertTrue(refused.err.contains("--behaviour base"), refused.err)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: tmp.path("ckpt")), "nothing was written")
+        let based = try run(args + ["--behaviour", "base"])
+        XCTAssertEqual(based.status, 0, based.err)
+    }
+
     func testPushPostsThePathWithTheAdminToken() async throws {
         let fake = try await FakeUpstream(script: { r in
             if r.path == "/v1/admin/policy" {

@@ -213,7 +213,7 @@ final class PostgresBackendTests: XCTestCase {
         }
         for b in backends {
             let names = try await b.appliedMigrations()
-            XCTAssertEqual(names, ["v1", "v2-policy-events", "v3_trainable"])
+            XCTAssertEqual(names, ["v1", "v2-policy-events", "v3_trainable", "v4_policy_logprobs"])
         }
         let e = sampleEpisode()
         try await backends[0].insertBatch([e])

@@ -1,4 +1,5 @@
 import Foundation
+import PromptR1
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -43,7 +44,7 @@ enum TestPostgres {
 
 func sampleEpisode(id: String = UUIDv7.generate(), createdAt: Date = Date(), route: String = "/v1/chat/completions",
                    mode: String = "passthrough", policyVersion: String? = nil, turns: Int = 2, question: String? = nil) -> EpisodeRecord {
-    EpisodeRecord(
+    var e = EpisodeRecord(
         id: id, createdAt: createdAt, route: route, mode: mode, keyID: "key-1", requestedModel: "gpt-x",
         upstreamModel: "gpt-x-upstream", policyVersion: policyVersion, stream: turns % 2 == 1,
         requestJSON: #"{"model":"m","messages":[{"role":"user","content":"héllo \u0000 'quoted'"}]}"#,
@@ -58,6 +59,10 @@ func sampleEpisode(id: String = UUIDv7.generate(), createdAt: Date = Date(), rou
                        upstreamResponse: "{\"x\":1}", latencyMs: 3, promptTokens: 1, completionTokens: 2,
                        status: 200, error: nil)
         })
+    // Every value of the v4 columns, NULL included, across the sample shapes.
+    e.policyLogprobs = turns == 0 ? nil : turns % 2 == 0 ? .model : .sampling
+    e.policySampled = turns == 0 ? nil : turns % 3 != 0
+    return e
 }
 
 /// Fails instead of hanging when `body` takes longer than `seconds`.

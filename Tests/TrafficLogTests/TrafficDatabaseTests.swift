@@ -1,5 +1,6 @@
 import Foundation
 import GRDB
+import PromptR1
 import XCTest
 @testable import TrafficLog
 
@@ -276,6 +277,45 @@ final class TrafficDatabaseTests: XCTestCase {
         XCTAssertEqual(fk, 1)
         let writerSync = try db.writer.write { try Int.fetchOne($0, sql: "PRAGMA synchronous") }
         XCTAssertEqual(writerSync, 1)
+    }
+
+    /// Migration v4_policy_logprobs: the log-prob kind and whether the policy sampled round-trip,
+    /// the column refuses anything but the enum's values, and a log written before v4 opens with
+    /// its rows' kind unknown (NULL).
+    func testPolicyLogprobKindIsStoredAsAnEnumColumn() throws {
+        let tmp = try TempDir()
+        let path = tmp.path("log.sqlite")
+        // A log as it was before v4: every migration up to v3_trainable, one row.
+        do {
+            let queue = try DatabaseQueue(path: path)
+            try TrafficSchema.migrator().migrate(queue, upTo: "v3_trainable")
+            try queue.write { db in
+                try db.execute(sql: "INSERT INTO episodes (id, created_at, route, mode, stream, status, total_ms) VALUES ('old', 1, '/v1/chat/completions', 'collaborate', 0, 200, 1)")
+            }
+            try queue.close()
+        }
+        let db = try TrafficDatabase(path: path)
+        XCTAssertEqual(try db.appliedMigrations(), TrafficSchema.migrationNames)
+        let old = try XCTUnwrap(try db.episode(id: "old"))
+        XCTAssertNil(old.policyLogprobs)
+        XCTAssertNil(old.policySampled)
+        var rows: [EpisodeRecord] = []
+        for (kind, sampled) in [(PolicyLogprobKind.model, true), (.sampling, true), (.model, false)] as [(PolicyLogprobKind, Bool)] {
+            var e = makeEpisode(mode: "collaborate", policyVersion: "pv")
+            e.policyLogprobs = kind
+            e.policySampled = sampled
+            rows.append(e)
+        }
+        try db.insert(episodes: rows)
+        for e in rows { XCTAssertEqual(try db.episode(id: e.id), e) }
+        try db.close()
+        let raw = try DatabaseQueue(path: path)
+        defer { try? raw.close() }
+        let stored = try raw.read { try Row.fetchAll($0, sql: "SELECT policy_logprobs, policy_sampled FROM episodes WHERE id != 'old' ORDER BY rowid") }
+        XCTAssertEqual(stored.map { $0[0] as String? }, ["model", "sampling", "model"])
+        XCTAssertEqual(stored.map { $0[1] as Int? }, [1, 1, 0])
+        XCTAssertThrowsError(try raw.write { try $0.execute(sql: "UPDATE episodes SET policy_logprobs = 'raw' WHERE id = 'old'") },
+                             "only the enum's values")
     }
 
     func testReopenKeepsDataAndMigrationsAreIdempotent() throws {

@@ -141,7 +141,7 @@ extension ConsoleRoutes {
         }
         let (e, feedback) = found
         let message = Self.query(req)["msg"]
-        let tokenizer = admin.holder.current?.policy.tokenizer
+        let tokenizer = admin.holder.current?.tokenizer
         var b = "<dl class=\"kv\" id=\"episode-meta\">"
         func kv(_ k: String, _ v: String) { b += "<dt>\(k)</dt><dd>\(v)</dd>" }
         kv("Episode id", "<code id=\"episode-id\">\(HTML.esc(e.id))</code>")
@@ -321,7 +321,7 @@ extension ConsoleRoutes {
     /// The admin API's swap, and what it answered, as a message on the versions page.
     func swap(path: String) async -> Response {
         do {
-            _ = try await admin.swap(to: path)
+            _ = try await admin.swap(to: path, backend: admin.state.config.policy.backend)
             return Self.redirect("/console/versions?msg=" + FormData.encode("Now serving \(admin.holder.current?.version ?? "?") from \(path)."))
         } catch {
             return Self.redirect("/console/versions?msg=" + FormData.encode("Swap refused: \(GatewayMiddleware.gatewayError(error, Request.placeholder).body.message)"))
@@ -356,7 +356,7 @@ extension ConsoleRoutes {
     }
 
     func export(_ form: [String: String]) async -> Response {
-        guard let tokenizer = admin.holder.current?.policy.tokenizer else {
+        guard let tokenizer = admin.holder.current?.tokenizer else {
             return Self.redirect("/console/training?msg=" + FormData.encode("Export needs a loaded policy: its tokenizer decodes the logged token ids."))
         }
         let filter = EpisodeFilter(route: form["route"].flatMap { $0.isEmpty ? nil : $0 }, policyVersion: form["version"].flatMap { $0.isEmpty ? nil : $0 })
