@@ -148,6 +148,8 @@ let package = Package(
         .executableTarget(
             name: "gateway-train",
             dependencies: ["GatewayTrainer", "EpisodeLog", "PolicyEngine", "PromptR1", "TrafficLog", "TrafficLogPostgres",
+                           // `experiment` serves its scripted upstream on loopback.
+                           "FakeUpstream", "OpenAIWire",
                            .product(name: "ArgumentParser", package: "swift-argument-parser")]
         ),
         .executableTarget(

@@ -19,13 +19,6 @@ public final class GatewayState: @unchecked Sendable {
     /// The traffic log (SQLite or PostgreSQL), for everything but the writer's batches.
     public let database: any LogBackend
     public let writer: LogWriter
-    /// The SQLite database the web console reads. The console's read model is not on the
-    /// PostgreSQL backend yet: with `log.backend: postgres` it reads an empty in-memory log.
-    var consoleDatabase: TrafficDatabase {
-        if let sqlite = database as? SQLiteLogBackend { return sqlite.database }
-        return Self.emptyConsoleDatabase
-    }
-    private static let emptyConsoleDatabase: TrafficDatabase = try! TrafficDatabase.inMemory()
     public let logger: Logger
     public let metrics = GatewayMetrics()
     let limiter: ConcurrencyLimiter

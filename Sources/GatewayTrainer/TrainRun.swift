@@ -108,6 +108,18 @@ public struct TrainManifest: Codable, Sendable {
     public var resumed: Bool
     public var wall_seconds: Double
     public var trainable_parameters: Int
+    /// `sft` for `gateway-train sft`; absent for `train` (GRPO/PPO).
+    public var objective: String?
+    /// What `sft` trained on (absent for `train`).
+    public var sft: SFTInfo?
+    public struct SFTInfo: Codable, Sendable {
+        public var min_reward: Double?
+        public var logged_episodes: Int
+        public var rejected_episodes: Int
+        public var demonstrations: Int
+        public var demonstration_files: [String]
+        public var last_loss: Double
+    }
 }
 
 public struct TrainJobResult: Sendable {

@@ -40,20 +40,31 @@ public struct ConsoleFilter: Sendable, Equatable {
 public struct ConsoleCursor: Sendable, Equatable {
     public var createdAt: Double
     public var id: String
+    /// For a text search: the last row's position in the full-text index (results come in the
+    /// order the episodes were logged, newest first, which FTS5 walks without sorting).
+    public var searchRow: Int64?
 
-    public init(createdAt: Double, id: String) {
+    public init(createdAt: Double, id: String, searchRow: Int64? = nil) {
         self.createdAt = createdAt
         self.id = id
+        self.searchRow = searchRow
     }
 
-    /// As it travels in a URL: `<seconds>_<id>`.
-    public var token: String { "\(createdAt)_\(id)" }
+    /// As it travels in a URL: `<seconds>_<id>`, or `s<search row>_<seconds>_<id>`.
+    public var token: String { (searchRow.map { "s\($0)_" } ?? "") + "\(createdAt)_\(id)" }
 
     public init?(token: String) {
-        guard let sep = token.firstIndex(of: "_"), let t = Double(token[..<sep]), t.isFinite else { return nil }
-        let id = String(token[token.index(after: sep)...])
+        var rest = Substring(token)
+        var searchRow: Int64?
+        if rest.hasPrefix("s") {
+            guard let sep = rest.firstIndex(of: "_"), let r = Int64(rest[rest.index(after: rest.startIndex)..<sep]) else { return nil }
+            searchRow = r
+            rest = rest[rest.index(after: sep)...]
+        }
+        guard let sep = rest.firstIndex(of: "_"), let t = Double(rest[..<sep]), t.isFinite else { return nil }
+        let id = String(rest[rest.index(after: sep)...])
         guard !id.isEmpty, id.count <= 64 else { return nil }
-        self.init(createdAt: t, id: id)
+        self.init(createdAt: t, id: id, searchRow: searchRow)
     }
 }
 
@@ -73,12 +84,33 @@ public struct EpisodeSummary: Sendable, Equatable {
     public var totalMs: Double
     public var formatScore: Double?
     public var feedbackCount: Int
+
+    public init(id: String, createdAt: Date, route: String, mode: String, keyID: String?, requestedModel: String?, policyVersion: String?, status: Int, outcome: String?, question: String?, totalMs: Double, formatScore: Double?, feedbackCount: Int) {
+        self.id = id
+        self.createdAt = createdAt
+        self.route = route
+        self.mode = mode
+        self.keyID = keyID
+        self.requestedModel = requestedModel
+        self.policyVersion = policyVersion
+        self.status = status
+        self.outcome = outcome
+        self.question = question
+        self.totalMs = totalMs
+        self.formatScore = formatScore
+        self.feedbackCount = feedbackCount
+    }
 }
 
-public struct ConsolePage: Sendable {
+public struct ConsolePage: Sendable, Equatable {
     public var episodes: [EpisodeSummary]
     /// nil on the last page.
     public var next: ConsoleCursor?
+
+    public init(episodes: [EpisodeSummary], next: ConsoleCursor?) {
+        self.episodes = episodes
+        self.next = next
+    }
 }
 
 /// The Overview page's numbers for one time window.
@@ -88,17 +120,37 @@ public struct ConsoleOverview: Sendable {
         public var requests: Int
         public var errors: Int
         public var collaborations: Int
+
+        public init(start: Date, requests: Int, errors: Int, collaborations: Int) {
+            self.start = start
+            self.requests = requests
+            self.errors = errors
+            self.collaborations = collaborations
+        }
     }
     public struct Percentiles: Sendable {
         public var p50: Double?
         public var p99: Double?
         public var count: Int
+
+        public init(p50: Double?, p99: Double?, count: Int) {
+            self.p50 = p50
+            self.p99 = p99
+            self.count = count
+        }
     }
     public struct RewardPoint: Sendable {
         public var policyVersion: String
         public var start: Date
         public var meanScore: Double
         public var count: Int
+
+        public init(policyVersion: String, start: Date, meanScore: Double, count: Int) {
+            self.policyVersion = policyVersion
+            self.start = start
+            self.meanScore = meanScore
+            self.count = count
+        }
     }
     public var windowStart: Date
     public var bucketSeconds: Int
@@ -109,6 +161,16 @@ public struct ConsoleOverview: Sendable {
     public var outcomes: [(outcome: String, count: Int)]
     /// Mean feedback score per policy version and bucket, by episode time.
     public var rewards: [RewardPoint]
+
+    public init(windowStart: Date, bucketSeconds: Int, buckets: [Bucket], latency: [String: Percentiles],
+                outcomes: [(outcome: String, count: Int)], rewards: [RewardPoint]) {
+        self.windowStart = windowStart
+        self.bucketSeconds = bucketSeconds
+        self.buckets = buckets
+        self.latency = latency
+        self.outcomes = outcomes
+        self.rewards = rewards
+    }
 }
 
 /// How many episodes of one route and policy version a trainer could use.
@@ -120,6 +182,15 @@ public struct TrainingDataCount: Sendable, Equatable {
     public var withScore: Int
     /// With a reference or a score: what `gateway-train` selects.
     public var withRewardSource: Int
+
+    public init(route: String, policyVersion: String?, episodes: Int, withReference: Int, withScore: Int, withRewardSource: Int) {
+        self.route = route
+        self.policyVersion = policyVersion
+        self.episodes = episodes
+        self.withReference = withReference
+        self.withScore = withScore
+        self.withRewardSource = withRewardSource
+    }
 }
 
 public struct VersionUsage: Sendable, Equatable {
@@ -127,21 +198,34 @@ public struct VersionUsage: Sendable, Equatable {
     public var episodes: Int
     public var first: Date
     public var last: Date
+
+    public init(policyVersion: String, episodes: Int, first: Date, last: Date) {
+        self.policyVersion = policyVersion
+        self.episodes = episodes
+        self.first = first
+        self.last = last
+    }
 }
 
-/// The console's view of the log.
-public protocol ConsoleReadModel: Sendable {
-    func consoleEpisodes(_ filter: ConsoleFilter, after: ConsoleCursor?, limit: Int) throws -> ConsolePage
-    func episode(id: String) throws -> EpisodeRecord?
-    func feedback(episodeID: String) throws -> [FeedbackRecord]
-    func insertFeedback(_ f: FeedbackRecord) throws -> Int64
-    func consoleOverview(since: Date, bucketSeconds: Int, sampleSize: Int) throws -> ConsoleOverview
-    func policyVersions() throws -> [PolicyVersionRecord]
-    func consoleVersionUsage() throws -> [VersionUsage]
-    func consoleTrainingCounts() throws -> [TrainingDataCount]
+extension ConsoleOverview {
+    /// Nearest-rank percentile of sorted values.
+    public static func percentile(_ sorted: [Double], _ q: Double) -> Double? {
+        guard !sorted.isEmpty else { return nil }
+        let rank = Int((q * Double(sorted.count)).rounded(.up))
+        return sorted[min(sorted.count - 1, max(0, rank - 1))]
+    }
 }
 
-extension TrafficDatabase: ConsoleReadModel {
+extension ConsoleFilter {
+    /// The words of a text search as the full-text tokenizers see them: runs of letters and
+    /// digits (unicode61 in SQLite, the `simple` configuration in PostgreSQL), at most 16.
+    public var searchWords: [String] {
+        guard let text else { return [] }
+        return text.split(whereSeparator: { !($0.isLetter || $0.isNumber) }).prefix(16).map { String($0) }
+    }
+}
+
+extension TrafficDatabase {
     /// The FTS5 query for what a person typed: each word a quoted phrase (so no FTS syntax
     /// leaks through), all required, the last one also as a prefix. nil when nothing is left.
     static func ftsQuery(_ text: String) -> String? {
@@ -163,25 +247,33 @@ extension TrafficDatabase: ConsoleReadModel {
         if let v = f.outcome { clauses.append("e.outcome = ?"); args.append(v) }
         if let v = f.policyVersion { clauses.append("e.policy_version = ?"); args.append(v) }
         if let v = f.keyID { clauses.append("e.key_id = ?"); args.append(v) }
-        if let v = f.hasFeedback {
-            clauses.append(v ? "e.id IN (SELECT episode_id FROM feedback)" : "NOT EXISTS (SELECT 1 FROM feedback f WHERE f.episode_id = e.id)")
-        }
+        // `feedback_count > 0` is the condition of the partial index episodes_with_feedback.
+        if let v = f.hasFeedback { clauses.append(v ? "e.feedback_count > 0" : "e.feedback_count = 0") }
         return (clauses, args)
     }
 
-    public func consoleEpisodes(_ filter: ConsoleFilter, after: ConsoleCursor?, limit: Int) throws -> ConsolePage {
-        let limit = max(1, min(limit, 500))
+    /// The episode-list query: one page (plus one row, to know whether another follows).
+    static func consoleListSQL(_ filter: ConsoleFilter, after: ConsoleCursor?, limit: Int) -> (String, StatementArguments) {
         var (clauses, args) = Self.consoleWhere(filter)
-        // A text search starts from the FTS matches (CROSS JOIN keeps that order of the loops):
-        // their number is bounded by the collaborations, where a scan of the time index
-        // filtering on a rare word could read the whole log.
+        // A text search walks the FTS matches newest-logged first (FTS5 returns rowids in
+        // descending order without sorting; CROSS JOIN keeps that loop outermost), so a page
+        // reads about a page of matches however common the word. Other lists walk an index on
+        // (created_at, id) backwards.
         var from = "episodes e"
+        var order = "e.created_at DESC, e.id DESC"
+        var searching = false
         if let t = filter.text, let q = Self.ftsQuery(t) {
+            searching = true
             from = "episodes_fts CROSS JOIN episodes e ON e.id = episodes_fts.episode_id"
+            order = "episodes_fts.rowid DESC"
             clauses.insert("episodes_fts MATCH ?", at: 0)
             args.insert(q, at: 0)
+            if let row = after?.searchRow {
+                clauses.append("episodes_fts.rowid < ?")
+                args.append(row)
+            }
         }
-        if let after {
+        if let after, !searching {
             clauses.append("(e.created_at, e.id) < (?, ?)")
             args.append(after.createdAt)
             args.append(after.id)
@@ -189,18 +281,23 @@ extension TrafficDatabase: ConsoleReadModel {
         let whereSQL = clauses.isEmpty ? "" : " WHERE " + clauses.joined(separator: " AND ")
         let sql = """
             SELECT e.id, e.created_at, e.route, e.mode, e.key_id, e.requested_model, e.policy_version, e.status,
-                   e.outcome, substr(e.question, 1, 160), e.total_ms, e.format_score,
-                   (SELECT COUNT(*) FROM feedback f WHERE f.episode_id = e.id)
-            FROM \(from)\(whereSQL) ORDER BY e.created_at DESC, e.id DESC LIMIT ?
+                   e.outcome, substr(e.question, 1, 160), e.total_ms, e.format_score, e.feedback_count,
+                   \(searching ? "episodes_fts.rowid" : "NULL")
+            FROM \(from)\(whereSQL) ORDER BY \(order) LIMIT ?
             """
         args.append(limit + 1)
-        let finalArgs = StatementArguments(args)
+        return (sql, StatementArguments(args))
+    }
+
+    public func consoleEpisodes(_ filter: ConsoleFilter, after: ConsoleCursor?, limit: Int) throws -> ConsolePage {
+        let limit = max(1, min(limit, 500))
+        let (sql, finalArgs) = Self.consoleListSQL(filter, after: after, limit: limit)
         return try writer.read { db in
-            var rows: [(Double, EpisodeSummary)] = []
+            var rows: [(Double, Int64?, EpisodeSummary)] = []
             let cursor = try Row.fetchCursor(db, sql: sql, arguments: finalArgs)
             while let row = try cursor.next() {
                 let t: Double = row[1]
-                rows.append((t, EpisodeSummary(
+                rows.append((t, row[13], EpisodeSummary(
                     id: row[0], createdAt: TrafficTime.date(t), route: row[2], mode: row[3], keyID: row[4],
                     requestedModel: row[5], policyVersion: row[6], status: row[7], outcome: row[8], question: row[9],
                     totalMs: row[10], formatScore: row[11], feedbackCount: row[12])))
@@ -208,9 +305,9 @@ extension TrafficDatabase: ConsoleReadModel {
             var next: ConsoleCursor?
             if rows.count > limit {
                 rows.removeLast()
-                if let last = rows.last { next = ConsoleCursor(createdAt: last.0, id: last.1.id) }
+                if let last = rows.last { next = ConsoleCursor(createdAt: last.0, id: last.2.id, searchRow: last.1) }
             }
-            return ConsolePage(episodes: rows.map { $0.1 }, next: next)
+            return ConsolePage(episodes: rows.map { $0.2 }, next: next)
         }
     }
 
@@ -245,7 +342,7 @@ extension TrafficDatabase: ConsoleReadModel {
             var latency: [String: ConsoleOverview.Percentiles] = [:]
             for (k, v) in series {
                 let s = v.sorted()
-                latency[k] = .init(p50: Self.percentile(s, 0.50), p99: Self.percentile(s, 0.99), count: s.count)
+                latency[k] = .init(p50: ConsoleOverview.percentile(s, 0.50), p99: ConsoleOverview.percentile(s, 0.99), count: s.count)
             }
             let outcomes = try Row.fetchAll(db, sql: """
                 SELECT COALESCE(outcome, 'none'), COUNT(*) FROM episodes WHERE mode = 'collaborate' AND created_at >= ?
@@ -265,12 +362,6 @@ extension TrafficDatabase: ConsoleReadModel {
         }
     }
 
-    /// Nearest-rank percentile of sorted values.
-    static func percentile(_ sorted: [Double], _ q: Double) -> Double? {
-        guard !sorted.isEmpty else { return nil }
-        let rank = Int((q * Double(sorted.count)).rounded(.up))
-        return sorted[min(sorted.count - 1, max(0, rank - 1))]
-    }
 
     public func consoleVersionUsage() throws -> [VersionUsage] {
         try writer.read { db in

@@ -28,4 +28,22 @@ enum ConsoleSchema {
     INSERT INTO episodes_fts(rowid, question, episode_id) SELECT rowid, question, id FROM episodes WHERE question IS NOT NULL;
     CREATE INDEX feedback_kind_episode ON feedback(kind, episode_id);
     """
+
+    /// Migration "v5_console": each episode's number of feedback rows, kept by triggers on
+    /// `feedback`, with a partial index of the episodes that have any. The console's
+    /// "has feedback" filter is then a newest-first walk of that index (a page reads about a
+    /// page of rows), where `id IN (SELECT episode_id FROM feedback)` read and sorted every
+    /// feedback row's episode first (2.3 s at p95 on a million episodes).
+    static let v5Console = """
+    ALTER TABLE episodes ADD COLUMN feedback_count INTEGER NOT NULL DEFAULT 0;
+    UPDATE episodes SET feedback_count = (SELECT COUNT(*) FROM feedback f WHERE f.episode_id = episodes.id)
+        WHERE id IN (SELECT episode_id FROM feedback);
+    CREATE INDEX episodes_with_feedback ON episodes(created_at, id) WHERE feedback_count > 0;
+    CREATE TRIGGER feedback_count_insert AFTER INSERT ON feedback BEGIN
+        UPDATE episodes SET feedback_count = feedback_count + 1 WHERE id = new.episode_id;
+    END;
+    CREATE TRIGGER feedback_count_delete AFTER DELETE ON feedback BEGIN
+        UPDATE episodes SET feedback_count = feedback_count - 1 WHERE id = old.episode_id;
+    END;
+    """
 }

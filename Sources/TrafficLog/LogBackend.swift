@@ -103,111 +103,6 @@ public struct PolicyEventRecord: Sendable, Equatable {
     }
 }
 
-/// The position after which `EpisodeListQuery` continues: the (createdAt, id) of the last
-/// episode of the previous page. `token` is its opaque text form, for a URL parameter.
-public struct EpisodeCursor: Sendable, Equatable {
-    public var createdAt: Date
-    public var id: String
-
-    public init(createdAt: Date, id: String) {
-        self.createdAt = TrafficTime.normalized(createdAt)
-        self.id = id
-    }
-
-    /// `<seconds since 1970 as the exact bit pattern, hex>.<id>`: survives the round trip exactly.
-    public var token: String {
-        String(TrafficTime.databaseValue(createdAt).bitPattern, radix: 16) + "." + id
-    }
-
-    public init?(token: String) {
-        guard let dot = token.firstIndex(of: "."), let bits = UInt64(token[..<dot], radix: 16) else { return nil }
-        let id = String(token[token.index(after: dot)...])
-        guard !id.isEmpty, id.count <= 64 else { return nil }
-        self.init(createdAt: TrafficTime.date(Double(bitPattern: bits)), id: id)
-    }
-}
-
-/// Filters and keyset pagination for episode listings (the web console). Newest first:
-/// ordered by (createdAt, id) descending; `after` continues below the given cursor.
-public struct EpisodeListQuery: Sendable, Equatable {
-    public var since: Date?
-    public var until: Date?
-    public var route: String?
-    public var mode: String?
-    public var policyVersion: String?
-    public var status: Int?
-    public var outcome: String?
-    public var keyID: String?
-    /// true: only episodes with feedback of any kind; false: only those without.
-    public var hasFeedback: Bool?
-    /// Page size, 1...1000.
-    public var limit: Int
-    public var after: EpisodeCursor?
-
-    public init(since: Date? = nil, until: Date? = nil, route: String? = nil, mode: String? = nil,
-                policyVersion: String? = nil, status: Int? = nil, outcome: String? = nil, keyID: String? = nil,
-                hasFeedback: Bool? = nil, limit: Int = 50, after: EpisodeCursor? = nil) {
-        self.since = since
-        self.until = until
-        self.route = route
-        self.mode = mode
-        self.policyVersion = policyVersion
-        self.status = status
-        self.outcome = outcome
-        self.keyID = keyID
-        self.hasFeedback = hasFeedback
-        self.limit = limit
-        self.after = after
-    }
-}
-
-/// One line of an episode listing: the episode without its bodies and turns.
-public struct EpisodeListItem: Sendable, Equatable {
-    public var id: String
-    public var createdAt: Date
-    public var route: String
-    public var mode: String
-    public var keyID: String?
-    public var requestedModel: String?
-    public var upstreamModel: String?
-    public var policyVersion: String?
-    public var stream: Bool
-    public var status: Int
-    public var outcome: String?
-    public var totalMs: Double
-    public var turnCount: Int
-    public var feedbackCount: Int
-
-    public init(id: String, createdAt: Date, route: String, mode: String, keyID: String?, requestedModel: String?,
-                upstreamModel: String?, policyVersion: String?, stream: Bool, status: Int, outcome: String?,
-                totalMs: Double, turnCount: Int, feedbackCount: Int) {
-        self.id = id
-        self.createdAt = TrafficTime.normalized(createdAt)
-        self.route = route
-        self.mode = mode
-        self.keyID = keyID
-        self.requestedModel = requestedModel
-        self.upstreamModel = upstreamModel
-        self.policyVersion = policyVersion
-        self.stream = stream
-        self.status = status
-        self.outcome = outcome
-        self.totalMs = totalMs
-        self.turnCount = turnCount
-        self.feedbackCount = feedbackCount
-    }
-}
-
-/// A page of `EpisodeListItem`; `next` is nil on the last page.
-public struct EpisodePage: Sendable, Equatable {
-    public var items: [EpisodeListItem]
-    public var next: EpisodeCursor?
-    public init(items: [EpisodeListItem], next: EpisodeCursor?) {
-        self.items = items
-        self.next = next
-    }
-}
-
 /// The traffic log as the gateway uses it, whatever database holds it: the log writer's
 /// batched inserts, feedback, policy versions and the fleet's policy events, retention, the
 /// read API of the web console, and a reachability check for `/ready`.
@@ -234,7 +129,14 @@ public protocol LogBackend: AnyObject, Sendable {
     func episodeExists(id: String) async throws -> Bool
     func episodeCountsByQuestion(route: String) async throws -> [String: Int]
     /// The web console's listing: filters, newest first, keyset pagination.
-    func listEpisodes(_ query: EpisodeListQuery) async throws -> EpisodePage
+    /// The web console's episode list: newest first, keyset pages (types in ConsoleReads.swift).
+    func consoleEpisodes(_ filter: ConsoleFilter, after: ConsoleCursor?, limit: Int) async throws -> ConsolePage
+    /// The console's overview: requests, errors, latency percentiles, outcomes and rewards since `since`.
+    func consoleOverview(since: Date, bucketSeconds: Int, sampleSize: Int) async throws -> ConsoleOverview
+    /// Episodes, first and last use per policy version.
+    func consoleVersionUsage() async throws -> [VersionUsage]
+    /// Collaboration episodes with a reward source, per route and policy version.
+    func consoleTrainingCounts() async throws -> [TrainingDataCount]
     /// Retention: deletes episodes created before `cutoff` (turns and feedback cascade).
     func deleteEpisodes(olderThan cutoff: Date) async throws -> Int
 

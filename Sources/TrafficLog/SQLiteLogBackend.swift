@@ -5,51 +5,6 @@ import GRDB
 // synchronous `TrafficDatabase` methods, and `SQLiteLogBackend`, which calls them off the
 // caller's thread.
 extension TrafficDatabase {
-    /// Episodes matching `query`, newest first, after `query.after` (keyset pagination).
-    public func listEpisodes(_ query: EpisodeListQuery) throws -> EpisodePage {
-        guard (1...1000).contains(query.limit) else {
-            throw TrafficLogError.invalidField(record: "EpisodeListQuery", field: "limit", value: "\(query.limit)", reason: "must be between 1 and 1000")
-        }
-        var clauses: [String] = []
-        var args: [(any DatabaseValueConvertible)?] = []
-        if let v = query.since { clauses.append("e.created_at >= ?"); args.append(TrafficTime.databaseValue(v)) }
-        if let v = query.until { clauses.append("e.created_at < ?"); args.append(TrafficTime.databaseValue(v)) }
-        if let v = query.route { clauses.append("e.route = ?"); args.append(v) }
-        if let v = query.mode { clauses.append("e.mode = ?"); args.append(v) }
-        if let v = query.policyVersion { clauses.append("e.policy_version = ?"); args.append(v) }
-        if let v = query.status { clauses.append("e.status = ?"); args.append(v) }
-        if let v = query.outcome { clauses.append("e.outcome = ?"); args.append(v) }
-        if let v = query.keyID { clauses.append("e.key_id = ?"); args.append(v) }
-        if let v = query.hasFeedback {
-            let exists = "EXISTS (SELECT 1 FROM feedback f WHERE f.episode_id = e.id)"
-            clauses.append(v ? exists : "NOT \(exists)")
-        }
-        if let c = query.after {
-            clauses.append("(e.created_at < ? OR (e.created_at = ? AND e.id < ?))")
-            let t = TrafficTime.databaseValue(c.createdAt)
-            args += [t, t, c.id]
-        }
-        let whereSQL = clauses.isEmpty ? "" : " WHERE " + clauses.joined(separator: " AND ")
-        let sql = """
-            SELECT e.id, e.created_at, e.route, e.mode, e.key_id, e.requested_model, e.upstream_model,
-              e.policy_version, e.stream, e.status, e.outcome, e.total_ms,
-              (SELECT COUNT(*) FROM turns t WHERE t.episode_id = e.id),
-              (SELECT COUNT(*) FROM feedback f WHERE f.episode_id = e.id)
-            FROM episodes e\(whereSQL) ORDER BY e.created_at DESC, e.id DESC LIMIT ?
-            """
-        args.append(query.limit + 1)
-        let finalArgs = StatementArguments(args)
-        let rows = try writer.read { db in try Row.fetchAll(db, sql: sql, arguments: finalArgs) }
-        var items = rows.prefix(query.limit).map { r in
-            EpisodeListItem(id: r[0], createdAt: TrafficTime.date(r[1]), route: r[2], mode: r[3], keyID: r[4],
-                           requestedModel: r[5], upstreamModel: r[6], policyVersion: r[7], stream: r[8],
-                           status: r[9], outcome: r[10], totalMs: r[11], turnCount: r[12], feedbackCount: r[13])
-        }
-        let next = rows.count > query.limit ? items.last.map { EpisodeCursor(createdAt: $0.createdAt, id: $0.id) } : nil
-        if items.count > query.limit { items.removeLast(items.count - query.limit) }
-        return EpisodePage(items: Array(items), next: next)
-    }
-
     static func decodePolicyEvent(_ r: Row) -> PolicyEventRecord {
         PolicyEventRecord(seq: r[0], versionID: r[1], path: r[2],
                           action: PolicyEventRecord.Action(rawValue: r[3]) ?? .swap, replica: r[4],
@@ -159,9 +114,21 @@ public final class SQLiteLogBackend: LogBackend {
         let db = database
         return try await off { try db.episodeCountsByQuestion(route: route) }
     }
-    public func listEpisodes(_ query: EpisodeListQuery) async throws -> EpisodePage {
+    public func consoleEpisodes(_ filter: ConsoleFilter, after: ConsoleCursor?, limit: Int) async throws -> ConsolePage {
         let db = database
-        return try await off { try db.listEpisodes(query) }
+        return try await off { try db.consoleEpisodes(filter, after: after, limit: limit) }
+    }
+    public func consoleOverview(since: Date, bucketSeconds: Int, sampleSize: Int) async throws -> ConsoleOverview {
+        let db = database
+        return try await off { try db.consoleOverview(since: since, bucketSeconds: bucketSeconds, sampleSize: sampleSize) }
+    }
+    public func consoleVersionUsage() async throws -> [VersionUsage] {
+        let db = database
+        return try await off { try db.consoleVersionUsage() }
+    }
+    public func consoleTrainingCounts() async throws -> [TrainingDataCount] {
+        let db = database
+        return try await off { try db.consoleTrainingCounts() }
     }
     public func deleteEpisodes(olderThan cutoff: Date) async throws -> Int {
         let db = database

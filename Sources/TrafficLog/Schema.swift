@@ -9,7 +9,7 @@ import GRDB
 /// - Booleans are INTEGER 0/1.
 /// - Migrations are append-only: never edit a shipped migration, add "v2", "v3", ...
 enum TrafficSchema {
-    static let migrationNames = ["v1", "v2_console", "v2-policy-events", "v3_trainable", "v4_policy_logprobs"]
+    static let migrationNames = ["v1", "v2_console", "v2-policy-events", "v3_trainable", "v4_policy_logprobs", "v5_console"]
 
     static func migrator() -> DatabaseMigrator {
         var migrator = DatabaseMigrator()
@@ -27,6 +27,9 @@ enum TrafficSchema {
         }
         migrator.registerMigration("v4_policy_logprobs") { db in
             try db.execute(sql: v4PolicyLogprobs)
+        }
+        migrator.registerMigration("v5_console") { db in
+            try db.execute(sql: ConsoleSchema.v5Console)
         }
         return migrator
     }

@@ -115,6 +115,37 @@ enum PostgresSchema {
             "ALTER TABLE episodes ADD COLUMN policy_logprobs TEXT CHECK (policy_logprobs IN ('sampling', 'model'))",
             "ALTER TABLE episodes ADD COLUMN policy_sampled BOOLEAN",
         ]),
+        // The web console (PostgresConsole.swift), as SQLite's v2_console and v5_console:
+        // one index per filter ending in (created_at, id) for newest-first keyset pages, a
+        // per-episode feedback count kept by a trigger with a partial index of the episodes
+        // that have any, and a GIN full-text index of the question (`simple` configuration:
+        // lower-cased words, no stemming, as SQLite's unicode61).
+        ("v5_console", [
+            "CREATE INDEX episodes_mode_time ON episodes(mode, created_at, id)",
+            "CREATE INDEX episodes_status_time ON episodes(status, created_at, id)",
+            "CREATE INDEX episodes_outcome_time ON episodes(outcome, created_at, id)",
+            "CREATE INDEX episodes_key_time ON episodes(key_id, created_at, id)",
+            "CREATE INDEX feedback_kind_episode ON feedback(kind, episode_id)",
+            "ALTER TABLE episodes ADD COLUMN feedback_count BIGINT NOT NULL DEFAULT 0",
+            """
+            UPDATE episodes e SET feedback_count = c.n
+            FROM (SELECT episode_id, COUNT(*) AS n FROM feedback GROUP BY episode_id) c WHERE c.episode_id = e.id
+            """,
+            "CREATE INDEX episodes_with_feedback ON episodes(created_at, id) WHERE feedback_count > 0",
+            """
+            CREATE FUNCTION feedback_count_change() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                IF TG_OP = 'INSERT' THEN
+                    UPDATE episodes SET feedback_count = feedback_count + 1 WHERE id = NEW.episode_id;
+                ELSE
+                    UPDATE episodes SET feedback_count = feedback_count - 1 WHERE id = OLD.episode_id;
+                END IF;
+                RETURN NULL;
+            END $$
+            """,
+            "CREATE TRIGGER feedback_count AFTER INSERT OR DELETE ON feedback FOR EACH ROW EXECUTE FUNCTION feedback_count_change()",
+            "CREATE INDEX episodes_question_search ON episodes USING GIN (to_tsvector('simple', COALESCE(question, '')))",
+        ]),
     ]
 
     static var migrationNames: [String] { migrations.map(\.name) }

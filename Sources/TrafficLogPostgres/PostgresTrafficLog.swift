@@ -178,7 +178,7 @@ public final class PostgresLogBackend: LogBackend {
     }
 
     @discardableResult
-    private func query(_ sql: String, _ binds: PostgresBindings = PostgresBindings()) async throws -> [PostgresRow] {
+    func query(_ sql: String, _ binds: PostgresBindings = PostgresBindings()) async throws -> [PostgresRow] {
         try checkOpen()
         try await ensureMigrated()
         do {
@@ -365,12 +365,21 @@ public final class PostgresLogBackend: LogBackend {
         }
     }
 
+    /// Deadline of one batch-insert attempt (the log writer retries after it).
+    static let writeAttemptTimeout: Duration = .seconds(15)
+
     public func insertBatch(_ episodes: [EpisodeRecord]) async throws {
         guard !episodes.isEmpty else { return }
         try TrafficDatabase.validate(episodes)
         let logger = self.logger
         do {
-            try await transaction { conn in try await Self.insertRows(episodes, conn, logger: logger) }
+            // One attempt has a deadline: a connection lost while the server stopped could leave
+            // the lease or the query waiting forever, and the writer's queue behind it (seen once
+            // in ReplicaTests' outage test). A timed-out attempt that still commits later is
+            // found by the retry as stored rows (below).
+            try await Self.withTimeout(Self.writeAttemptTimeout, "the batch insert") { [self] in
+                try await transaction { conn in try await Self.insertRows(episodes, conn, logger: logger) }
+            }
         } catch {
             guard Self.sqlState(error) == "23505" else { throw Self.mapped(error) }
             // A unique violation. Either an id really is taken, or an earlier attempt of this very
@@ -586,56 +595,6 @@ public final class PostgresLogBackend: LogBackend {
             out[try r[0].decode(String.self)] = try r[1].decode(Int.self)
         }
         return out
-    }
-
-    public func listEpisodes(_ q: EpisodeListQuery) async throws -> EpisodePage {
-        guard (1...1000).contains(q.limit) else {
-            throw TrafficLogError.invalidField(record: "EpisodeListQuery", field: "limit", value: "\(q.limit)", reason: "must be between 1 and 1000")
-        }
-        var clauses: [String] = []
-        var b = PostgresBindings()
-        func param<V: PostgresEncodable & PostgresNonThrowingEncodable>(_ v: V) -> String {
-            b.append(v)
-            return "$\(b.count)"
-        }
-        if let v = q.since { clauses.append("e.created_at >= \(param(TrafficTime.databaseValue(v)))") }
-        if let v = q.until { clauses.append("e.created_at < \(param(TrafficTime.databaseValue(v)))") }
-        if let v = q.route { clauses.append("e.route = \(param(v))") }
-        if let v = q.mode { clauses.append("e.mode = \(param(v))") }
-        if let v = q.policyVersion { clauses.append("e.policy_version = \(param(v))") }
-        if let v = q.status { clauses.append("e.status = \(param(v))") }
-        if let v = q.outcome { clauses.append("e.outcome = \(param(v))") }
-        if let v = q.keyID { clauses.append("e.key_id = \(param(v))") }
-        if let v = q.hasFeedback {
-            let exists = "EXISTS (SELECT 1 FROM feedback f WHERE f.episode_id = e.id)"
-            clauses.append(v ? exists : "NOT \(exists)")
-        }
-        if let c = q.after {
-            let t = param(TrafficTime.databaseValue(c.createdAt))
-            clauses.append("(e.created_at, e.id) < (\(t), \(param(c.id)))")
-        }
-        let whereSQL = clauses.isEmpty ? "" : " WHERE " + clauses.joined(separator: " AND ")
-        let limit = param(q.limit + 1)
-        let rows = try await query("""
-            SELECT e.id, e.created_at, e.route, e.mode, e.key_id, e.requested_model, e.upstream_model,
-              e.policy_version, e.stream, e.status, e.outcome, e.total_ms,
-              (SELECT COUNT(*) FROM turns t WHERE t.episode_id = e.id),
-              (SELECT COUNT(*) FROM feedback f WHERE f.episode_id = e.id)
-            FROM episodes e\(whereSQL) ORDER BY e.created_at DESC, e.id DESC LIMIT \(limit)
-            """, b)
-        let items = try rows.prefix(q.limit).map { row -> EpisodeListItem in
-            let r = row.makeRandomAccess()
-            return EpisodeListItem(
-                id: try r[0].decode(String.self), createdAt: TrafficTime.date(try r[1].decode(Double.self)),
-                route: try r[2].decode(String.self), mode: try r[3].decode(String.self), keyID: try r[4].decode(String?.self),
-                requestedModel: try r[5].decode(String?.self), upstreamModel: try r[6].decode(String?.self),
-                policyVersion: try r[7].decode(String?.self), stream: try r[8].decode(Bool.self),
-                status: try r[9].decode(Int.self), outcome: try r[10].decode(String?.self),
-                totalMs: try r[11].decode(Double.self), turnCount: try r[12].decode(Int.self),
-                feedbackCount: try r[13].decode(Int.self))
-        }
-        let next = rows.count > q.limit ? items.last.map { EpisodeCursor(createdAt: $0.createdAt, id: $0.id) } : nil
-        return EpisodePage(items: Array(items), next: next)
     }
 
     public func deleteEpisodes(olderThan cutoff: Date) async throws -> Int {

@@ -10,7 +10,7 @@ struct TrainCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "gateway-train",
         abstract: "Offline tools for the Prompt-R1 gateway's policy model.",
-        subcommands: [RolloutCommand.self, TrainRLCommand.self, EvalCommand.self, ExportCommand.self,
+        subcommands: [RolloutCommand.self, TrainRLCommand.self, SFTCommand.self, EvalCommand.self, ExportCommand.self, ExperimentCommand.self,
                       Tokenize.self, Generate.self, Score.self]
     )
 }

@@ -15,17 +15,18 @@ final class ConsoleTests: XCTestCase {
 
     /// A browser-less client of the console that keeps its cookies.
     final class Visitor: @unchecked Sendable {
-        let h: Harness
+        let adminBase: String
         var cookies: [String: String] = [:]
         /// Redirects are what is under test: not followed.
         let client = HTTPClient(eventLoopGroupProvider: .singleton, configuration: .init(redirectConfiguration: .disallow))
-        init(_ h: Harness) { self.h = h }
+        init(_ h: Harness) { adminBase = h.adminBase }
+        init(adminBase: String) { self.adminBase = adminBase }
         deinit { try? client.syncShutdown() }
 
         struct Page { var status: Int; var headers: HTTPHeaders; var body: String }
 
         func send(_ method: HTTPMethod, _ path: String, form: [(String, String)]? = nil, headers extra: [(String, String)] = []) async throws -> Page {
-            var req = HTTPClientRequest(url: h.adminBase + path)
+            var req = HTTPClientRequest(url: adminBase + path)
             req.method = method
             if !cookies.isEmpty { req.headers.add(name: "cookie", value: cookies.map { "\($0.key)=\($0.value)" }.joined(separator: "; ")) }
             for (k, v) in extra { req.headers.add(name: k, value: v) }
@@ -96,13 +97,13 @@ final class ConsoleTests: XCTestCase {
         p = try await v.send(.POST, "/console/episodes/\(id)/feedback", form: [("kind", "score"), ("value", "0.5"), ("csrf", csrf)],
                              headers: [("origin", "http://elsewhere.example")])
         XCTAssertEqual(p.status, 403, "another site's form is refused even with the token")
-        XCTAssertEqual(try h.gateway.state.consoleDatabase.feedback(episodeID: id).count, 0)
+        XCTAssertEqual(try (h.gateway.state.database as! SQLiteLogBackend).database.feedback(episodeID: id).count, 0)
         p = try await v.send(.POST, "/console/episodes/\(id)/feedback", form: [("kind", "score"), ("value", "1.5"), ("csrf", csrf)])
         XCTAssertEqual(p.status, 303)
-        XCTAssertEqual(try h.gateway.state.consoleDatabase.feedback(episodeID: id).count, 0, "a score outside [0, 1] is refused")
+        XCTAssertEqual(try (h.gateway.state.database as! SQLiteLogBackend).database.feedback(episodeID: id).count, 0, "a score outside [0, 1] is refused")
         p = try await v.send(.POST, "/console/episodes/\(id)/feedback", form: [("kind", "reference"), ("value", "general Kenobi"), ("csrf", csrf)])
         XCTAssertEqual(p.status, 303)
-        let stored = try h.gateway.state.consoleDatabase.feedback(episodeID: id)
+        let stored = try (h.gateway.state.database as! SQLiteLogBackend).database.feedback(episodeID: id)
         XCTAssertEqual(stored.map(\.kind), ["reference"])
         XCTAssertEqual(stored.first?.value, "general Kenobi")
         XCTAssertEqual(stored.first?.source, "console")
@@ -140,7 +141,7 @@ final class ConsoleTests: XCTestCase {
             XCTAssertEqual(r.status, 200, r.body)
             ids.append(try XCTUnwrap(r.episodeID))
         }
-        try h.gateway.state.consoleDatabase.insertFeedback(FeedbackRecord(episodeID: ids[0], kind: "reference", value: cases[0].final_answer))
+        try (h.gateway.state.database as! SQLiteLogBackend).database.insertFeedback(FeedbackRecord(episodeID: ids[0], kind: "reference", value: cases[0].final_answer))
         let v = Visitor(h)
         _ = try await v.logIn()
         var p = try await v.send(.GET, "/console/training")
@@ -154,7 +155,7 @@ final class ConsoleTests: XCTestCase {
         XCTAssertEqual(lines.count, 1)
         let direct = FileManager.default.temporaryDirectory.appendingPathComponent("export-\(UUID().uuidString).jsonl")
         let tokenizer = try Tokenizer(directory: models.appendingPathComponent("A"))
-        _ = try Exporter.export(database: h.gateway.state.consoleDatabase, filter: EpisodeFilter(route: "/v1/chat/completions", policyVersion: version),
+        _ = try Exporter.export(database: (h.gateway.state.database as! SQLiteLogBackend).database, filter: EpisodeFilter(route: "/v1/chat/completions", policyVersion: version),
                                 requireReward: true, tokenizer: tokenizer, to: direct)
         XCTAssertEqual(p.body, try String(contentsOf: direct, encoding: .utf8))
         p = try await v.send(.POST, "/console/training/export", form: [("csrf", csrf), ("route", "/v1/chat/completions"), ("version", version)])
@@ -197,7 +198,7 @@ final class ConsoleTests: XCTestCase {
         ])
         XCTAssertEqual(status, 0, "stdout: \(out)\nstderr: \(err)")
         // What the browser did is in the log and the holder, not only on the page.
-        let feedback = try h.gateway.state.consoleDatabase.feedback(episodeID: episode)
+        let feedback = try (h.gateway.state.database as! SQLiteLogBackend).database.feedback(episodeID: episode)
         XCTAssertEqual(feedback.map(\.kind), ["score"])
         XCTAssertEqual(feedback.first?.value, "0.75")
         XCTAssertEqual(feedback.first?.source, "console")

@@ -294,6 +294,18 @@ final class ReplicaTests: XCTestCase {
         let f3 = try await Self.call(client, r1.base + "/v1/feedback", body: #"{"episode_id": "no-such-episode", "score": 1}"#)
         XCTAssertEqual(f3.status, 404, f3.body)
 
+        // The console of one replica reads the shared log: it lists and shows the episode the
+        // other replica served, with the feedback given through the first one.
+        let visitor = ConsoleTests.Visitor(adminBase: r1.adminBase)
+        let login = try await visitor.logIn(token: Self.adminToken)
+        XCTAssertEqual(login.status, 303, login.body)
+        let list = try await visitor.send(.GET, "/console/episodes?feedback=yes")
+        XCTAssertEqual(list.status, 200)
+        XCTAssertTrue(list.body.contains(fromR2) && list.body.contains(fromR1), "the has-feedback list on replica 1 lacks the fleet's episodes")
+        let detail = try await visitor.send(.GET, "/console/episodes/\(fromR2)")
+        XCTAssertEqual(detail.status, 200)
+        XCTAssertTrue(detail.body.contains("Paris"), "replica 1's console does not show the reference given for replica 2's episode")
+
         for r in replicas {
             r.kill(SIGTERM)
             XCTAssertEqual(r.process.terminationStatus, 0, r.log)

@@ -1,5 +1,6 @@
 import Foundation
 import NIOPosix
+import TrafficLog
 import XCTest
 @testable import GatewayServer
 
@@ -114,7 +115,7 @@ final class TelemetryTests: XCTestCase {
         XCTAssertEqual(policy.count, policyTurns, "\(children.map { $0["name"] ?? "" })")
         XCTAssertEqual(upstream.count, c.upstream_prompts.count)
         // Turn spans: in order, inside the request, with their token counts from the log.
-        let episode = try XCTUnwrap(try h.gateway.state.consoleDatabase.episode(id: episodeID))
+        let episode = try XCTUnwrap(try (h.gateway.state.database as! SQLiteLogBackend).database.episode(id: episodeID))
         let rows = episode.turns.filter { $0.kind == "policy" }
         for (i, s) in policy.enumerated() {
             let a = attrs(s)

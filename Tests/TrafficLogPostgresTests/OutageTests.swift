@@ -95,7 +95,7 @@ final class OutageTests: XCTestCase {
             }
         }
         let names = try await backend.appliedMigrations()
-        XCTAssertEqual(names, ["v1", "v2-policy-events", "v3_trainable", "v4_policy_logprobs"])
+        XCTAssertEqual(names, ["v1", "v2-policy-events", "v3_trainable", "v4_policy_logprobs", "v5_console"])
         try await backend.close()
     }
 }

@@ -77,33 +77,56 @@ final class PostgresBackendTests: XCTestCase {
         let exists = try await pg.episodeExists(id: episodes[3].id)
         XCTAssertTrue(exists)
 
-        // The console's listing: newest first, keyset pages, same on both.
-        for filter in [EpisodeListQuery(limit: 6), EpisodeListQuery(mode: "collaborate", hasFeedback: true, limit: 4),
-                       EpisodeListQuery(policyVersion: "v-b", status: 200, outcome: "ok", keyID: "key-1", limit: 5)] {
-            var pagesPG: [EpisodeListItem] = [], pagesSQLite: [EpisodeListItem] = []
-            var q = filter
-            while true {
-                let page = try await pg.listEpisodes(q)
-                pagesPG += page.items
-                guard let next = page.next else { break }
-                XCTAssertEqual(EpisodeCursor(token: next.token), next, "the cursor survives its text form")
-                q.after = next
-            }
-            q = filter
-            while true {
-                let page = try await sqlite.listEpisodes(q)
-                pagesSQLite += page.items
-                guard let next = page.next else { break }
-                q.after = next
-            }
-            XCTAssertEqual(pagesPG, pagesSQLite)
-            XCTAssertFalse(pagesPG.isEmpty)
-            XCTAssertEqual(pagesPG.map(\.createdAt), pagesPG.map(\.createdAt).sorted(by: >))
-            XCTAssertEqual(Set(pagesPG.map(\.id)).count, pagesPG.count, "no episode on two pages")
+        // The console's reads: newest first, keyset pages, filters, search, the overview and
+        // the training counts, the same on both.
+        func allPages(_ backend: any LogBackend, _ filter: ConsoleFilter, limit: Int) async throws -> [EpisodeSummary] {
+            var out: [EpisodeSummary] = []
+            var after: ConsoleCursor?
+            repeat {
+                let page = try await backend.consoleEpisodes(filter, after: after, limit: limit)
+                out += page.episodes
+                after = try page.next.map { try XCTUnwrap(ConsoleCursor(token: $0.token), "the cursor survives its text form") }
+            } while after != nil
+            return out
         }
-        let counted = try await pg.listEpisodes(EpisodeListQuery(limit: 1000)).items.first { $0.id == episodes[6].id }
-        XCTAssertEqual(counted?.turnCount, 1)
+        let filters: [(ConsoleFilter, Int)] = [
+            (ConsoleFilter(), 6), (ConsoleFilter(mode: "collaborate", hasFeedback: true), 4), (ConsoleFilter(hasFeedback: false), 7),
+            (ConsoleFilter(status: 200, outcome: "ok", policyVersion: "v-b", keyID: "key-1"), 5),
+            (ConsoleFilter(since: t0.addingTimeInterval(3), until: t0.addingTimeInterval(12), route: "rollout"), 2),
+            (ConsoleFilter(text: "q2"), 2), (ConsoleFilter(mode: "collaborate", text: "Q"), 3), (ConsoleFilter(text: "zzz"), 3),
+        ]
+        for (filter, limit) in filters {
+            let fromPG = try await allPages(pg, filter, limit: limit)
+            let fromSQLite = try await allPages(sqlite, filter, limit: limit)
+            XCTAssertEqual(fromPG, fromSQLite, "\(filter)")
+            XCTAssertEqual(fromPG.map(\.createdAt), fromPG.map(\.createdAt).sorted(by: >))
+            XCTAssertEqual(Set(fromPG.map(\.id)).count, fromPG.count, "no episode on two pages")
+            if filter.text != "zzz" { XCTAssertFalse(fromPG.isEmpty, "\(filter)") }
+        }
+        let q2 = try await allPages(pg, ConsoleFilter(text: "q2"), limit: 50)
+        XCTAssertEqual(Set(q2.map(\.question)), ["q2"])
+        let counted = try await pg.consoleEpisodes(ConsoleFilter(), after: nil, limit: 500).episodes.first { $0.id == episodes[6].id }
         XCTAssertEqual(counted?.feedbackCount, 1)
+        let overviewPG = try await pg.consoleOverview(since: t0, bucketSeconds: 5, sampleSize: 100)
+        let overviewSQLite = try await sqlite.consoleOverview(since: t0, bucketSeconds: 5, sampleSize: 100)
+        XCTAssertEqual(overviewPG.buckets.map { [$0.requests, $0.errors, $0.collaborations] }, overviewSQLite.buckets.map { [$0.requests, $0.errors, $0.collaborations] })
+        XCTAssertEqual(overviewPG.buckets.map(\.start), overviewSQLite.buckets.map(\.start))
+        XCTAssertEqual(overviewPG.buckets.reduce(0) { $0 + $1.requests }, 40)
+        for k in ["total", "upstream", "overhead", "policy"] {
+            XCTAssertEqual(overviewPG.latency[k]?.p50, overviewSQLite.latency[k]?.p50, k)
+            XCTAssertEqual(overviewPG.latency[k]?.p99, overviewSQLite.latency[k]?.p99, k)
+            XCTAssertEqual(overviewPG.latency[k]?.count, overviewSQLite.latency[k]?.count, k)
+        }
+        XCTAssertEqual(overviewPG.outcomes.map { "\($0.outcome)=\($0.count)" }.sorted(), overviewSQLite.outcomes.map { "\($0.outcome)=\($0.count)" }.sorted())
+        XCTAssertEqual(overviewPG.rewards.map { "\($0.policyVersion) \($0.start) \($0.meanScore) \($0.count)" },
+                       overviewSQLite.rewards.map { "\($0.policyVersion) \($0.start) \($0.meanScore) \($0.count)" })
+        XCTAssertFalse(overviewPG.rewards.isEmpty)
+        let trainingPG = try await pg.consoleTrainingCounts()
+        let trainingSQLite = try await sqlite.consoleTrainingCounts()
+        XCTAssertEqual(trainingPG, trainingSQLite)
+        let usagePG = try await pg.consoleVersionUsage()
+        let usageSQLite = try await sqlite.consoleVersionUsage()
+        XCTAssertEqual(usagePG, usageSQLite.sorted { $0.policyVersion < $1.policyVersion })
 
         // Policy versions and events.
         let v = PolicyVersionRecord(id: "v-a", path: "/m/A", sha256: "aa", architecture: "qwen3", parameterCount: 123, loadedAt: t0, manifestJSON: "{}")
@@ -144,7 +167,7 @@ final class PostgresBackendTests: XCTestCase {
 
         let migrations = try await pg.appliedMigrations()
         let sqliteMigrations = try await sqlite.appliedMigrations()
-        // The console's v2_console (SQLite search index) is not ported to PostgreSQL yet.
+        // SQLite's v2_console (filter indexes, FTS5) has its PostgreSQL counterpart in v5_console.
         XCTAssertEqual(migrations, sqliteMigrations.filter { $0 != "v2_console" }, "the same migrations on both backends")
         try await pg.close()
         try await sqlite.close()
@@ -213,7 +236,7 @@ final class PostgresBackendTests: XCTestCase {
         }
         for b in backends {
             let names = try await b.appliedMigrations()
-            XCTAssertEqual(names, ["v1", "v2-policy-events", "v3_trainable", "v4_policy_logprobs"])
+            XCTAssertEqual(names, ["v1", "v2-policy-events", "v3_trainable", "v4_policy_logprobs", "v5_console"])
         }
         let e = sampleEpisode()
         try await backends[0].insertBatch([e])

@@ -1,4 +1,5 @@
 import Foundation
+import GRDB
 import XCTest
 @testable import TrafficLog
 
@@ -87,6 +88,50 @@ final class ConsoleReadsTests: XCTestCase {
         let kept = planets.filter { $0.createdAt >= list[40].createdAt }
         XCTAssertEqual(try allPages(db, ConsoleFilter(text: "planet"), limit: 50), newestFirst(kept))
         XCTAssertEqual(try rawCount(db.path, "SELECT COUNT(*) FROM episodes_fts"), try rawCount(db.path, "SELECT COUNT(*) FROM episodes WHERE question IS NOT NULL"))
+    }
+
+    /// The has-feedback list and a text search read about a page, not the log: their plans walk an
+    /// index newest first with no sort step (what keeps them fast on a million episodes;
+    /// `gateway-bench console` times them).
+    func testFeedbackFilterAndSearchWalkAnIndexWithoutSorting() throws {
+        let (db, list) = try makeLog(40)
+        try db.insertFeedback(FeedbackRecord(episodeID: list[4].id, kind: "score", value: "0.5"))
+        try db.insertFeedback(FeedbackRecord(episodeID: list[4].id, kind: "label", value: "x"))
+        XCTAssertEqual(try rawCount(db.path, "SELECT feedback_count FROM episodes WHERE id = '\(list[4].id)'"), 2)
+        XCTAssertEqual(try rawCount(db.path, "SELECT SUM(feedback_count) FROM episodes"), 2)
+        let queue = try DatabaseQueue(path: db.path)
+        defer { try? queue.close() }
+        let cursor = ConsoleCursor(createdAt: 1_900_000_000, id: "~", searchRow: 1_000)
+        for (filter, index) in [(ConsoleFilter(hasFeedback: true), "episodes_with_feedback"), (ConsoleFilter(text: "planet"), "episodes_fts")] {
+            for after in [nil, cursor] {
+                let (sql, args) = TrafficDatabase.consoleListSQL(filter, after: after, limit: 50)
+                let plan = try queue.read { db in
+                    try Row.fetchAll(db, sql: "EXPLAIN QUERY PLAN " + sql, arguments: args).map { $0["detail"] as String }
+                }.joined(separator: "\n")
+                XCTAssertTrue(plan.contains(index), plan)
+                XCTAssertFalse(plan.contains("TEMP B-TREE"), "the page is sorted after reading every match:\n\(plan)")
+            }
+        }
+    }
+
+    /// A log from before v5_console gets its counts from the feedback already there.
+    func testFeedbackCountsAreBackfilledOnUpgrade() throws {
+        let tmp = try TempDir()
+        let path = tmp.path("old.sqlite")
+        let queue = try DatabaseQueue(path: path)
+        try TrafficSchema.migrator().migrate(queue, upTo: "v4_policy_logprobs")
+        try queue.write { db in
+            for id in ["a", "b"] {
+                try db.execute(sql: "INSERT INTO episodes (id, created_at, route, mode, stream, status, total_ms) VALUES (?, 1, '/v1/chat/completions', 'collaborate', 0, 200, 1)", arguments: [id])
+            }
+            for kind in ["score", "label", "reference"] {
+                try db.execute(sql: "INSERT INTO feedback (episode_id, kind, value, created_at) VALUES ('a', ?, '1', 1)", arguments: [kind])
+            }
+        }
+        try queue.close()
+        let db = try TrafficDatabase(path: path)
+        XCTAssertEqual(try db.consoleEpisodes(ConsoleFilter(hasFeedback: true), after: nil, limit: 10).episodes.map(\.feedbackCount), [3])
+        XCTAssertEqual(try db.consoleEpisodes(ConsoleFilter(hasFeedback: false), after: nil, limit: 10).episodes.map(\.id), ["b"])
     }
 
     func testTrainingCountsAndVersionUsage() throws {

@@ -22,7 +22,7 @@ extension ConsoleRoutes {
         let now = Date()
         let since = now.addingTimeInterval(-Double(range.seconds))
         let log = self.log
-        let o = try await read { try log.consoleOverview(since: since, bucketSeconds: range.bucket, sampleSize: 20_000) }
+        let o = try await log.consoleOverview(since: since, bucketSeconds: range.bucket, sampleSize: 20_000)
         let total = o.buckets.reduce(0) { $0 + $1.requests }
         let errors = o.buckets.reduce(0) { $0 + $1.errors }
         let minutes = Double(range.seconds) / 60
@@ -91,7 +91,7 @@ extension ConsoleRoutes {
         let filter = Self.filter(from: q)
         let after = q["after"].flatMap(ConsoleCursor.init(token:))
         let log = self.log
-        let page = try await read { try log.consoleEpisodes(filter, after: after, limit: 50) }
+        let page = try await log.consoleEpisodes(filter, after: after, limit: 50)
         func input(_ name: String, _ label: String, _ type: String = "text", size: Int = 12) -> String {
             "<label>\(label)<input type=\"\(type)\" name=\"\(name)\" id=\"f-\(name)\" size=\"\(size)\" value=\"\(HTML.esc(q[name]))\"></label>"
         }
@@ -131,10 +131,8 @@ extension ConsoleRoutes {
     func episode(id: String, _ req: Request, _ s: ConsoleSessions.Session) async throws -> Response {
         if state.writer.isPending(episodeID: id) { try await state.writer.flush() }
         let log = self.log
-        let found = try await read { () -> (EpisodeRecord, [FeedbackRecord])? in
-            guard let e = try log.episode(id: id) else { return nil }
-            return (e, try log.feedback(episodeID: id))
-        }
+        var found: (EpisodeRecord, [FeedbackRecord])?
+        if let e = try await log.episode(id: id) { found = (e, try await log.feedback(episodeID: id)) }
         guard let found else {
             return Self.html(HTML.page(title: "Episode not found", active: "episodes", csrf: s.csrf,
                                        body: "<p>No episode with id <code>\(HTML.esc(id))</code>.</p>"), status: .notFound)
@@ -273,7 +271,7 @@ extension ConsoleRoutes {
         let log = self.log
         let record = FeedbackRecord(episodeID: id, kind: kind, value: value, source: "console")
         do {
-            _ = try await read { try log.insertFeedback(record) }
+            _ = try await log.insertFeedback(record)
         } catch TrafficLogError.unknownEpisode {
             return Self.redirect(back + "?msg=" + FormData.encode("No such episode."))
         }
@@ -284,7 +282,7 @@ extension ConsoleRoutes {
 
     func versions(_ req: Request, _ s: ConsoleSessions.Session) async throws -> Response {
         let log = self.log
-        let (records, usage) = try await read { (try log.policyVersions(), try log.consoleVersionUsage()) }
+        let (records, usage) = (try await log.policyVersions(), try await log.consoleVersionUsage())
         let byVersion = Dictionary(uniqueKeysWithValues: usage.map { ($0.policyVersion, $0) })
         let current = admin.holder.current
         let previous = admin.holder.previous
@@ -341,7 +339,7 @@ extension ConsoleRoutes {
 
     func training(_ req: Request, _ s: ConsoleSessions.Session) async throws -> Response {
         let log = self.log
-        let counts = try await read { try log.consoleTrainingCounts() }
+        let counts = try await log.consoleTrainingCounts()
         var b = "<p>Collaboration episodes per route and policy version, and how many have a reward source (a reference answer or a score): those are what <code>gateway-train</code> selects. Export writes the same JSON lines as <code>gateway-train export</code>, decoded with the serving policy's tokenizer.</p>"
         b += "<table id=\"training\"><thead><tr><th>Route</th><th>Policy version</th><th class=\"num\">Episodes</th><th class=\"num\">With reference</th><th class=\"num\">With score</th><th class=\"num\">With a reward source</th><th>Export</th></tr></thead><tbody>"
         for c in counts {
@@ -361,12 +359,15 @@ extension ConsoleRoutes {
         }
         let filter = EpisodeFilter(route: form["route"].flatMap { $0.isEmpty ? nil : $0 }, policyVersion: form["version"].flatMap { $0.isEmpty ? nil : $0 })
         let requireReward = form["require_reward"] == "1"
-        let database = state.consoleDatabase
+        // The export reads through the blocking store the trainer uses (this runs on a thread
+        // of the pool, never on the event loop).
+        let backend = state.database
         let url = FileManager.default.temporaryDirectory.appendingPathComponent("gateway-export-\(ConsoleSessions.randomToken().prefix(16)).jsonl")
         do {
             let data = try await read { () -> Data in
                 defer { try? FileManager.default.removeItem(at: url) }
-                _ = try Exporter.export(database: database, filter: filter, requireReward: requireReward, tokenizer: tokenizer, to: url)
+                let store: any LogStore = (backend as? SQLiteLogBackend)?.database ?? BlockingLogStore(backend)
+                _ = try Exporter.export(database: store, filter: filter, requireReward: requireReward, tokenizer: tokenizer, to: url)
                 return try Data(contentsOf: url)
             }
             let name = "episodes-\(filter.policyVersion ?? "all").jsonl"

@@ -24,7 +24,8 @@ struct ConsoleRoutes: Sendable {
     }
 
     var state: GatewayState { admin.state }
-    var log: any ConsoleReadModel { admin.state.consoleDatabase }
+    /// The traffic log, whichever backend holds it (SQLite or PostgreSQL).
+    var log: any LogBackend { admin.state.database }
 
     func register(on router: Router<BasicRequestContext>) {
         router.get("/console") { _, _ in Self.redirect("/console/overview") }

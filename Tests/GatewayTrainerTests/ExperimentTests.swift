@@ -1,0 +1,80 @@
+import Foundation
+import GatewayTrainer
+import PromptR1
+import XCTest
+
+/// The answer-driven environment and `gateway-train experiment` with the committed
+/// experiments/toy-ci.json (see docs/learning.md for the design and the measured variance).
+final class ExperimentTests: XCTestCase {
+    static let configURL = Fixtures.root.deletingLastPathComponent().deletingLastPathComponent()
+        .appendingPathComponent("experiments/toy-ci.json")
+
+    func testLiteralUpstreamAnswersOnlyPromptsThatStateTheNeededPhrase() throws {
+        let c = try ExperimentConfig.load(Self.configURL)
+        let w = c.world
+        let train = w.items(heldout: false), held = w.items(heldout: true)
+        XCTAssertEqual(train.count + held.count, w.subjects.count * w.properties.count)
+        XCTAssertTrue(Set(train.map(\.question)).isDisjoint(with: held.map(\.question)), "held-out questions are never trained on")
+        // Every subject and every property is seen in training; the held-out pairs are new combinations.
+        for s in w.subjects { XCTAssertTrue(train.contains { $0.question.contains(" \(s):") }, s) }
+        for p in w.propertyNames { XCTAssertTrue(train.contains { $0.question.contains(" \(p) ") }, p) }
+        for item in train + held {
+            // The bare question (what the upstream alone gets, and what a verbatim prompt sends) is not answered.
+            XCTAssertEqual(w.answer(prompt: item.question), LookupWorld.notSure, item.question)
+        }
+        let apple = w.value(subject: "apple", property: "color")
+        XCTAssertEqual(w.answer(prompt: "What is the color of the apple?"), "The color of the apple is \(apple).")
+        XCTAssertEqual(w.answer(prompt: "tell me THE COLOR OF THE APPLE"), "The color of the apple is \(apple).")
+        XCTAssertEqual(w.answer(prompt: "Please answer my question about the apple."), LookupWorld.notSure)
+        XCTAssertEqual(w.answer(prompt: "What is the colour of the apple?"), LookupWorld.notSure)
+        // The table is not constant: answers differ between pairs, so guessing one value fails.
+        XCTAssertGreaterThan(Set(held.map { $0.answers[0] }).count, 3)
+        // Demonstrations: only the restating style gets an answer from the upstream.
+        let demos = w.demonstrations(styles: c.warmStart!.demoStyles)
+        XCTAssertEqual(demos.count, train.count * c.warmStart!.demoStyles.reduce(0) { $0 + $1.count })
+        for d in demos { XCTAssertNil(try d.validate()) }
+        let answered = demos.filter { $0.responses[0] != LookupWorld.notSure }.count
+        XCTAssertEqual(answered, train.count, "one answered demonstration per training question")
+        XCTAssertTrue(Set(demos.map(\.question)).isDisjoint(with: held.map(\.question)))
+    }
+
+    /// `gateway-train experiment` end to end through the built executable, at the smallest size
+    /// (experiments/smoke.json: no warm start, one iteration). It checks the machinery, not
+    /// learning: two runs from the same policy with the same evaluation seeds, the control at
+    /// learning rate 0 leaving the weights (and so every number) where they were, the learning
+    /// run moving away from the start, the report and the plot. Whether held-out EM rises is
+    /// what experiments/toy-ci.json measures (docs/learning.md).
+    func testExperimentMachineryLearnVersusControl() throws {
+        let config = Self.configURL.deletingLastPathComponent().appendingPathComponent("smoke.json")
+        let tmp = try TempDir()
+        let out = tmp.url.appendingPathComponent("exp")
+        let r = try TrainCLI.run(["experiment", "--config", config.path, "--seed", "3", "--out", out.path])
+        XCTAssertEqual(r.status, 0, r.err)
+        let report = try JSONDecoder().decode(ExperimentReport.self, from: Data(contentsOf: out.appendingPathComponent("report.json")))
+        let learn = try XCTUnwrap(report.runs["learn"]), control = try XCTUnwrap(report.runs["control"])
+        XCTAssertEqual(learn.count, 2)
+        XCTAssertEqual(control.count, 2)
+        XCTAssertEqual(learn[0].kl, 0)
+        for p in learn + control {
+            XCTAssertTrue((0...1).contains(p.heldout_em) && (0...1).contains(p.heldout_f1) && (-1...1).contains(p.mean_reward))
+            XCTAssertTrue(p.kl.isFinite && p.kl >= 0)
+        }
+        XCTAssertEqual(learn[0].policy_version, control[0].policy_version)
+        XCTAssertEqual(learn[0].mean_reward, control[0].mean_reward, "same policy, same evaluation seeds")
+        XCTAssertEqual(learn[1].train_episodes, 16, "G = 2 episodes for each of the 8 training questions")
+        XCTAssertEqual(learn[1].train_mean_reward, control[1].train_mean_reward, "the first rollout is the same in both runs")
+        // Learning rate 0: the same weights (the exported file differs from the base's in its
+        // header only), so KL 0 and the same evaluation; the learning run's export differs.
+        XCTAssertEqual(control[1].kl, 0)
+        XCTAssertEqual(control[1].mean_reward, control[0].mean_reward)
+        XCTAssertEqual(control[1].heldout_em, control[0].heldout_em)
+        XCTAssertNotEqual(learn[1].policy_version, control[1].policy_version)
+        XCTAssertGreaterThan(learn[1].kl, 0)
+        // The upstream alone, given the bare question, answers none of it.
+        XCTAssertEqual(learn[0].upstream_alone_em, 0)
+        let heldout = try String(contentsOf: out.appendingPathComponent("heldout.jsonl"), encoding: .utf8)
+        XCTAssertEqual(heldout.split(separator: "\n").count, 4)
+        let svg = try String(contentsOf: out.appendingPathComponent("report.svg"), encoding: .utf8)
+        XCTAssertTrue(svg.hasPrefix("<svg") && svg.contains("polyline") && svg.hasSuffix("</svg>\n"))
+    }
+}
