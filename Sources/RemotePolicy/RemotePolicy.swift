@@ -56,10 +56,15 @@ public final class RemotePolicyStats: @unchecked Sendable {
         public var generatedTokens = 0
         public var promptTokensSent = 0
         public var cachedPromptTokens = 0
-        /// Wall time of the engine calls, seconds (HTTP round trip included).
+        /// Wall time of the engine calls, seconds: from sending the request to having read the
+        /// whole response (HTTP round trip and the engine's work).
         public var callSeconds = 0.0
         /// What the engine reports of its own time, seconds (where it reports it).
         public var engineSeconds = 0.0
+        /// The gateway's own CPU time in engine calls, seconds: building the request (JSON of the
+        /// token ids), parsing the response, cutting the turn, tokenising injections. `callSeconds`
+        /// minus `engineSeconds` is HTTP on both sides and the engine's own request handling.
+        public var gatewaySeconds = 0.0
     }
     // Guarded by `lock`.
     private let lock = NSLock()
@@ -244,13 +249,17 @@ public final class RemotePolicy: Sendable {
         let t0 = ContinuousClock.now
         do {
             let http = try adapter.generateRequest(g)
+            let t1 = ContinuousClock.now
             let body = try await send(request(http.path, method: .POST, body: http.body), timeout: backend.timeoutSeconds)
+            let t2 = ContinuousClock.now
             let c: EngineCompletion
             do { c = try adapter.parseGenerateResponse(body) } catch {
                 throw RemotePolicyError.malformed("\(error)")
             }
             breaker.recordSuccess()
-            let wall = (ContinuousClock.now - t0).seconds
+            let now = ContinuousClock.now
+            let wall = (t2 - t1).seconds
+            let own = (t1 - t0).seconds + (now - t2).seconds
             stats.record {
                 $0.requests += 1
                 $0.generatedTokens += c.tokens.count
@@ -258,6 +267,7 @@ public final class RemotePolicy: Sendable {
                 $0.cachedPromptTokens += c.cachedPromptTokens ?? 0
                 $0.callSeconds += wall
                 $0.engineSeconds += c.engineSeconds ?? 0
+                $0.gatewaySeconds += own
             }
             return c
         } catch let e as RemotePolicyError {
@@ -297,8 +307,11 @@ public final class RemotePolicySession: PolicySession, @unchecked Sendable {
         let c = try await policy.generate(EngineGenerateRequest(
             context: context, maxTokens: maxTokens, sampling: sampling, stopStrings: limits.stopStrings,
             stopTokenIDs: policy.endOfTurnIDs.sorted(), model: policy.backend.model))
+        let cutStart = ContinuousClock.now
         let cut = TurnCut.cut(c, maxTokens: maxTokens, endOfTurn: policy.endOfTurnIDs, stopStrings: limits.stopStrings,
                               tokenBytes: { [tokenizer = policy.tokenizer] in tokenizer.tokenBytes($0) })
+        let cutSeconds = (ContinuousClock.now - cutStart).seconds
+        policy.stats.record { $0.gatewaySeconds += cutSeconds }
         guard !cut.tokens.isEmpty else { throw RemotePolicyError.malformed("the engine generated no token") }
         context += cut.tokens
         let reason: PolicyFinishReason = cut.stopTokenID != nil ? .endOfTurn
@@ -310,7 +323,10 @@ public final class RemotePolicySession: PolicySession, @unchecked Sendable {
     }
 
     public func appendInjected(_ text: String) async throws -> [Int32] {
+        let start = ContinuousClock.now
         let ids = policy.tokenizer.encode(text)
+        let seconds = (ContinuousClock.now - start).seconds
+        policy.stats.record { $0.gatewaySeconds += seconds }
         context += ids
         return ids
     }

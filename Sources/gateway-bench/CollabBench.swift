@@ -187,29 +187,36 @@ extension CollabBench {
     /// engine's own time (what it reports: prompt + generation) and the rest: the gateway's
     /// share (rendering, tokenising, the turn cut, the loop) plus HTTP and JSON on both sides.
     func runRemote(dir: URL, backend: RemotePolicyBackend) async throws {
+        let t0 = ContinuousClock.now
         let policy = try await RemotePolicy.connect(directory: dir, backend: backend)
         let question = "Which planet is the largest in the Solar System, and what is its largest moon?"
-        print("collab bench: model \(dir.lastPathComponent) on \(backend.kind.rawValue) at \(backend.baseURL) (engine model \(policy.engineModelID ?? "?"))")
-        print("episode shape: \(turns) turns x \(tokensPerTurn) generated tokens; upstream answers instantly")
+        print("collab bench: model \(dir.lastPathComponent) on \(backend.kind.rawValue) at \(backend.baseURL) (engine model \(policy.engineModelID ?? "?"), connected in \(fmt((ContinuousClock.now - t0).milliseconds / 1000)) s)")
+        print("episode shape: \(turns) turns x \(tokensPerTurn) generated tokens; upstream answers instantly; questions: \(questions.rawValue)")
         print("first prompt: \(policy.tokenizer.encode(PromptR1Prompt.firstPrompt(question: question)).count) tokens")
-        print("")
+        // Warm the engine (first touch of its weights) so the first episode is not an outlier.
         try await policy.smokeGeneration()
-        print("conc  episodes  ep/s    gateway ms/episode (mean, p50, max)   turn 1 ms (prefill+decode)   later turns ms (inject+decode)   policy tok/s aggregate   per turn: engine ms | gateway+HTTP ms")
+        print("")
+        print("cache   conc  episodes  ep/s    gateway ms/episode (mean, p50, max)   1st upstream call ms (p50, p99)   later turns ms   policy tok/s   prompt tokens cached")
+        var episodeIndex = 0
+        var splits: [String] = []
         for c in concurrency.split(separator: ",").compactMap({ Int($0) }) {
             let stats = Stats()
             let before = policy.stats.snapshot
             let start = ContinuousClock.now
+            let firstQuestion = episodeIndex
+            episodeIndex += c * rounds
+            let factory = policy.factory(sampling: .greedy)
             await withTaskGroup(of: Void.self) { group in
-                for _ in 0..<c {
+                for slot in 0..<c {
                     group.addTask {
-                        for _ in 0..<rounds {
-                            let factory = policy.factory(sampling: .greedy)
+                        for r in 0..<rounds {
+                            let q = questions == .same ? question : "Case \(firstQuestion + slot * rounds + r): " + question
                             let loop = CollaborationLoop(options: .init(limits: .init(maxTurns: turns, maxTokensPerTurn: tokensPerTurn)),
                                                          upstream: InstantUpstream()) { prompt in
                                 FixedShapeSession(inner: try await factory(prompt), turns: turns, tokensPerTurn: tokensPerTurn, stats: stats)
                             }
                             let t = ContinuousClock.now
-                            let e = await loop.run(question: question)
+                            let e = await loop.run(question: q)
                             let upstream = e.turns.compactMap { $0.upstream?.latencySeconds }.reduce(0, +) * 1000
                             stats.episode(ms: (ContinuousClock.now - t).milliseconds - upstream, ok: e.outcome.answerText != nil)
                         }
@@ -219,21 +226,34 @@ extension CollabBench {
             let wall = (ContinuousClock.now - start).milliseconds / 1000
             let s = stats.snapshot()
             let after = policy.stats.snapshot
-            let calls = max(after.requests - before.requests, 1)
-            let turnMs = (s.firstTurnMs + s.laterTurnMs)
-            let meanTurn = turnMs.reduce(0, +) / Double(max(turnMs.count, 1))
-            let engineTurn = (after.engineSeconds - before.engineSeconds) * 1000 / Double(calls)
             let eps = s.episodes.sorted()
-            print("\(padTo("\(c)", 6))\(padTo("\(eps.count)", 10))\(padTo(fmt(Double(eps.count) / wall), 8))"
+            let first = s.firstTurnMs.sorted()
+            let calls = Double(max(after.requests - before.requests, 1))
+            let sent = after.promptTokensSent - before.promptTokensSent, cached = after.cachedPromptTokens - before.cachedPromptTokens
+            print(padTo("engine", 8) + "\(padTo("\(c)", 6))\(padTo("\(eps.count)", 10))\(padTo(fmt(Double(eps.count) / wall), 8))"
                   + padTo("\(fmt(eps.reduce(0, +) / Double(max(eps.count, 1)))), \(fmt(eps[eps.count / 2])), \(fmt(eps.last ?? 0))", 38)
-                  + padTo(fmt(s.firstTurnMs.reduce(0, +) / Double(max(s.firstTurnMs.count, 1))), 29)
-                  + padTo(fmt(s.laterTurnMs.reduce(0, +) / Double(max(s.laterTurnMs.count, 1))), 33)
-                  + padTo(fmt(Double(s.generated) / wall), 25)
-                  + "\(fmt(engineTurn)) | \(fmt(meanTurn - engineTurn)) (\(fmt(100 * (meanTurn - engineTurn) / max(meanTurn, 1e-9)))%)"
+                  + padTo("\(fmt(percentile(first, 0.5))), \(fmt(percentile(first, 0.99)))", 34)
+                  + padTo(fmt(s.laterTurnMs.reduce(0, +) / Double(max(s.laterTurnMs.count, 1))), 17)
+                  + padTo(fmt(Double(s.generated) / wall), 15)
+                  + "\(cached) of \(sent)"
                   + (s.failures > 0 ? "  (\(s.failures) episodes without answer!)" : ""))
+            // Per policy turn (one engine call each): the engine's own time (llama.cpp `timings`:
+            // prompt + generation), the gateway's own (request JSON, response parsing, turn cut,
+            // tokenising injections) and the rest (HTTP on both sides, the engine's request
+            // handling and queueing).
+            let callMs = (after.callSeconds - before.callSeconds) * 1000 / calls
+            let engineMs = (after.engineSeconds - before.engineSeconds) * 1000 / calls
+            let ownMs = (after.gatewaySeconds - before.gatewaySeconds) * 1000 / calls
+            let turnMs = callMs + ownMs
+            splits.append("conc \(c): \(fmt(turnMs)) ms = engine \(fmt(engineMs)) (\(pct(engineMs, turnMs))) + gateway \(String(format: "%.2f", ownMs)) (\(pct(ownMs, turnMs))) + HTTP, engine request handling and queueing \(fmt(max(0, callMs - engineMs))) (\(pct(max(0, callMs - engineMs), turnMs)))")
         }
+        print("")
+        print("per policy turn:")
+        for line in splits { print("  " + line) }
     }
 }
+
+func pct(_ part: Double, _ whole: Double) -> String { String(format: "%.1f%%", 100 * part / max(whole, 1e-9)) }
 
 func fmt(_ x: Double) -> String { String(format: "%.1f", x) }
 
