@@ -46,8 +46,9 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-distributed-tracing.git", from: "1.7.0"),
     ],
     targets: [
-        .systemLibrary(name: "CBLAS", path: "Sources/CBLAS", pkgConfig: "openblas",
-                       providers: [.apt(["libopenblas-dev"])]),
+        .systemLibrary(
+            name: "CBLAS", path: "Sources/CBLAS", pkgConfig: "openblas",
+            providers: [.apt(["libopenblas-dev"])]),
         // 8-bit dot products (AVX2 / AVX-512 VNNI picked at run time); CBLAS has no integer products.
         .target(name: "CQ8", cSettings: [.unsafeFlags(["-O2"])]),
         .target(
@@ -55,8 +56,10 @@ let package = Package(
             dependencies: ["CBLAS", "CQ8"],
             // The numerics are optimised in debug builds too: tests run real models, and an
             // unoptimised forward pass is ~30x slower. Release adds -Ounchecked.
-            swiftSettings: [.unsafeFlags(["-O"], .when(configuration: .debug)),
-                            .unsafeFlags(["-Ounchecked"], .when(configuration: .release))]
+            swiftSettings: [
+                .unsafeFlags(["-O"], .when(configuration: .debug)),
+                .unsafeFlags(["-Ounchecked"], .when(configuration: .release)),
+            ]
         ),
         .target(name: "PromptR1", dependencies: ["PolicyEngine"]),
         .target(
@@ -72,7 +75,7 @@ let package = Package(
         .target(
             name: "TrafficLog",
             dependencies: [
-                "PromptR1",   // PolicyLogprobKind, stored on each episode
+                "PromptR1",  // PolicyLogprobKind, stored on each episode
                 .product(name: "GRDB", package: "GRDB.swift"),
                 .product(name: "Logging", package: "swift-log"),
             ]
@@ -99,11 +102,13 @@ let package = Package(
         // engine's documented token-id interface, behind PromptR1's PolicySession.
         .target(
             name: "RemotePolicy",
-            dependencies: ["PromptR1", "PolicyEngine", "EpisodeLog", "OpenAIWire",
-                           .product(name: "AsyncHTTPClient", package: "async-http-client"),
-                           .product(name: "NIOCore", package: "swift-nio"),
-                           .product(name: "NIOHTTP1", package: "swift-nio"),
-                           .product(name: "NIOFoundationCompat", package: "swift-nio")]
+            dependencies: [
+                "PromptR1", "PolicyEngine", "EpisodeLog", "OpenAIWire",
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOFoundationCompat", package: "swift-nio"),
+            ]
         ),
         .target(
             name: "GatewayServer",
@@ -140,26 +145,32 @@ let package = Package(
         ),
         .target(
             name: "GatewayTrainer",
-            dependencies: ["PolicyEngine", "PromptR1", "OpenAIWire", "TrafficLog", "EpisodeLog",
-                           .product(name: "Logging", package: "swift-log"),
-                           .product(name: "AsyncHTTPClient", package: "async-http-client"),
-                           .product(name: "NIOCore", package: "swift-nio")]
+            dependencies: [
+                "PolicyEngine", "PromptR1", "OpenAIWire", "TrafficLog", "EpisodeLog",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOCore", package: "swift-nio"),
+            ]
         ),
         .executableTarget(
             name: "gateway-train",
-            dependencies: ["GatewayTrainer", "EpisodeLog", "PolicyEngine", "PromptR1", "TrafficLog", "TrafficLogPostgres",
-                           // `experiment` serves its scripted upstream on loopback.
-                           "FakeUpstream", "OpenAIWire",
-                           .product(name: "ArgumentParser", package: "swift-argument-parser")]
+            dependencies: [
+                "GatewayTrainer", "EpisodeLog", "PolicyEngine", "PromptR1", "TrafficLog", "TrafficLogPostgres",
+                // `experiment` serves its scripted upstream on loopback.
+                "FakeUpstream", "OpenAIWire",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
         ),
         .executableTarget(
             name: "gateway-bench",
-            dependencies: ["GatewayServer", "PolicyEngine", "PromptR1", "OpenAIWire", "FakeUpstream", "TrafficLog", "TrafficLogPostgres",
-                           "RemotePolicy",
-                           .product(name: "AsyncHTTPClient", package: "async-http-client"),
-                           .product(name: "Hummingbird", package: "hummingbird"),
-                           .product(name: "NIOPosix", package: "swift-nio"),
-                           .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            dependencies: [
+                "GatewayServer", "PolicyEngine", "PromptR1", "OpenAIWire", "FakeUpstream", "TrafficLog", "TrafficLogPostgres",
+                "RemotePolicy",
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
             swiftSettings: [.unsafeFlags(["-Ounchecked"], .when(configuration: .release))]
         ),
         .testTarget(name: "PolicyEngineTests", dependencies: ["PolicyEngine"]),
@@ -171,20 +182,27 @@ let package = Package(
         .testTarget(name: "TrafficLogTests", dependencies: ["TrafficLog", "PromptR1", .product(name: "GRDB", package: "GRDB.swift")]),
         // The PostgreSQL backend against a real server (scripts/with-postgres.sh starts one). The
         // replica tests (several gateway processes on one log) are in GatewayServerTests.
-        .testTarget(name: "TrafficLogPostgresTests",
-                    dependencies: ["TrafficLog", "TrafficLogPostgres", "PromptR1", .product(name: "Logging", package: "swift-log")]),
+        .testTarget(
+            name: "TrafficLogPostgresTests",
+            dependencies: ["TrafficLog", "TrafficLogPostgres", "PromptR1", .product(name: "Logging", package: "swift-log")]),
         .testTarget(
             name: "GatewayServerTests",
-            dependencies: ["GatewayServer", "OpenAIWire", "TrafficLog", "TrafficLogPostgres", "FakeUpstream", "PromptR1", "PolicyEngine",
-                           "EpisodeLog", "GatewayTrainer", "RemotePolicy",
-                           .product(name: "AsyncHTTPClient", package: "async-http-client"),
-                           .product(name: "Hummingbird", package: "hummingbird"),
+            dependencies: [
+                "GatewayServer", "OpenAIWire", "TrafficLog", "TrafficLogPostgres", "FakeUpstream", "PromptR1", "PolicyEngine",
+                "EpisodeLog", "GatewayTrainer", "RemotePolicy",
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HTTPTypes", package: "swift-http-types"),
-                           .product(name: "GRDB", package: "GRDB.swift")]
+                .product(name: "GRDB", package: "GRDB.swift"),
+            ]
         ),
         // The trainer's math, selection, export and rollout against a real SQLite file and a
         // FakeUpstream, the learning test, and the built gateway-train executable.
-        .testTarget(name: "GatewayTrainerTests",
-                    dependencies: ["GatewayTrainer", "EpisodeLog", "PolicyEngine", "PromptR1", "TrafficLog", "TrafficLogPostgres", "OpenAIWire", "FakeUpstream"]),
+        .testTarget(
+            name: "GatewayTrainerTests",
+            dependencies: [
+                "GatewayTrainer", "EpisodeLog", "PolicyEngine", "PromptR1", "TrafficLog", "TrafficLogPostgres", "OpenAIWire",
+                "FakeUpstream",
+            ]),
     ]
 )

@@ -20,7 +20,8 @@ public struct EpisodeFilter: Sendable, Equatable, Codable {
     }
 
     public var query: EpisodeQuery {
-        EpisodeQuery(since: since, until: until, route: route, mode: "collaborate", policyVersion: policyVersion,
-                     hasRewardSource: true, limit: limit)
+        EpisodeQuery(
+            since: since, until: until, route: route, mode: "collaborate", policyVersion: policyVersion,
+            hasRewardSource: true, limit: limit)
     }
 }

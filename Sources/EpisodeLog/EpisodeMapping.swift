@@ -27,18 +27,22 @@ public enum EpisodeMapping {
             case .malformedCall(let err, _): call = err.rawValue
             case .final: call = nil
             }
-            rows.turns.append(TurnRecord(index: rows.turns.count, kind: "policy", inputIDs: t.inputTokenIDs, outputIDs: t.generatedTokenIDs,
-                                         logprobs: t.logprobs, lossMask: t.mask, text: redact(t.generatedText), call: redact(call)))
+            rows.turns.append(
+                TurnRecord(
+                    index: rows.turns.count, kind: "policy", inputIDs: t.inputTokenIDs, outputIDs: t.generatedTokenIDs,
+                    logprobs: t.logprobs, lossMask: t.mask, text: redact(t.generatedText), call: redact(call)))
             if let up = t.upstream {
                 rows.upstreamMs += up.latencySeconds * 1000
                 if let u = up.usage {
                     rows.upstreamPromptTokens += u.promptTokens
                     rows.upstreamCompletionTokens += u.completionTokens
                 }
-                rows.turns.append(TurnRecord(index: rows.turns.count, kind: "upstream", upstreamRequest: redact(messagesJSON(up.messages)),
-                                             upstreamResponse: redact(up.rawAnswer), latencyMs: up.latencySeconds * 1000,
-                                             promptTokens: up.usage?.promptTokens, completionTokens: up.usage?.completionTokens,
-                                             status: up.error == nil ? 200 : nil, error: up.error))
+                rows.turns.append(
+                    TurnRecord(
+                        index: rows.turns.count, kind: "upstream", upstreamRequest: redact(messagesJSON(up.messages)),
+                        upstreamResponse: redact(up.rawAnswer), latencyMs: up.latencySeconds * 1000,
+                        promptTokens: up.usage?.promptTokens, completionTokens: up.usage?.completionTokens,
+                        status: up.error == nil ? 200 : nil, error: up.error))
             }
         }
         return rows
@@ -65,11 +69,14 @@ public enum EpisodeMapping {
     }
 
     /// A complete log row for `e` as a rollout writes it, mode "collaborate".
-    public static func record(_ e: Episode, id: String = UUIDv7.generate(), route: String, requestedModel: String?,
-                              upstreamModel: String?, policyVersion: String?) -> EpisodeRecord {
-        var r = EpisodeRecord(id: id, createdAt: e.startedAt, route: route, mode: "collaborate",
-                              requestedModel: requestedModel, upstreamModel: upstreamModel,
-                              policyVersion: policyVersion, stream: false)
+    public static func record(
+        _ e: Episode, id: String = UUIDv7.generate(), route: String, requestedModel: String?,
+        upstreamModel: String?, policyVersion: String?
+    ) -> EpisodeRecord {
+        var r = EpisodeRecord(
+            id: id, createdAt: e.startedAt, route: route, mode: "collaborate",
+            requestedModel: requestedModel, upstreamModel: upstreamModel,
+            policyVersion: policyVersion, stream: false)
         r.question = e.question
         r.outcome = outcomeLabel(e)
         if case .error(let kind) = e.outcome { r.error = "\(kind)" }

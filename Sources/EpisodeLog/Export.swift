@@ -34,7 +34,11 @@ public enum ChatML {
             let role = String(afterStart[..<nl])
             let body = afterStart[afterStart.index(after: nl)...]
             if let e = body.range(of: PromptR1Tag.imEnd) {
-                out.append((message: ChatMLMessage(role: role, content: String(body[..<e.lowerBound]), train: role == "assistant"), terminated: true))
+                out.append(
+                    (
+                        message: ChatMLMessage(role: role, content: String(body[..<e.lowerBound]), train: role == "assistant"),
+                        terminated: true
+                    ))
                 rest = body[e.upperBound...]
             } else {
                 out.append((message: ChatMLMessage(role: role, content: String(body), train: role == "assistant"), terminated: false))
@@ -69,8 +73,8 @@ public struct ChatTurn: Codable, Sendable, Equatable {
 
 /// Encodes nil as JSON null (synthesised `Codable` leaves the key out, which is what made rows
 /// differ in shape).
-private extension KeyedEncodingContainer {
-    mutating func encodeNullable<T: Encodable>(_ value: T?, forKey key: Key) throws {
+extension KeyedEncodingContainer {
+    fileprivate mutating func encodeNullable<T: Encodable>(_ value: T?, forKey key: Key) throws {
         if let value { try encode(value, forKey: key) } else { try encodeNil(forKey: key) }
     }
 }
@@ -205,34 +209,34 @@ public struct VerlRLRow: Codable, Sendable {
 /// does, concatenates to the same ids). `render` is the same template in Swift.
 public enum ExportChatTemplate {
     public static let jinja = #"""
-{#- Prompt-R1 gateway export template: renders exported episodes to the exact ids the policy saw.
-    Blocks: <|im_start|>ROLE\nCONTENT<|im_end|>, joined by \n (written before each block but a first
-    system block). From the second assistant block on, the <think>\n the protocol injected is not the
-    policy's; neither is the <|im_end|> after a call (a turn ending with </interaction_prompt>). -#}
-{%- set ns = namespace(assistants=0) -%}
-{%- for message in messages -%}
-    {%- if not loop.first or message.role != 'system' -%}{{- '\n' -}}{%- endif -%}
-    {%- if message.role == 'assistant' -%}
-        {%- set content = message.content -%}
-        {{- '<|im_start|>assistant\n' -}}
-        {%- if ns.assistants > 0 and content.startswith('<think>\n') -%}
-            {{- '<think>\n' -}}
-            {%- set content = content[8:] -%}
+        {#- Prompt-R1 gateway export template: renders exported episodes to the exact ids the policy saw.
+            Blocks: <|im_start|>ROLE\nCONTENT<|im_end|>, joined by \n (written before each block but a first
+            system block). From the second assistant block on, the <think>\n the protocol injected is not the
+            policy's; neither is the <|im_end|> after a call (a turn ending with </interaction_prompt>). -#}
+        {%- set ns = namespace(assistants=0) -%}
+        {%- for message in messages -%}
+            {%- if not loop.first or message.role != 'system' -%}{{- '\n' -}}{%- endif -%}
+            {%- if message.role == 'assistant' -%}
+                {%- set content = message.content -%}
+                {{- '<|im_start|>assistant\n' -}}
+                {%- if ns.assistants > 0 and content.startswith('<think>\n') -%}
+                    {{- '<think>\n' -}}
+                    {%- set content = content[8:] -%}
+                {%- endif -%}
+                {%- set ns.assistants = ns.assistants + 1 -%}
+                {%- if message.content.endswith('</interaction_prompt>') -%}
+                    {% generation %}{{- content -}}{% endgeneration %}{{- '<|im_end|>' -}}
+                {%- else -%}
+                    {% generation %}{{- content + '<|im_end|>' -}}{% endgeneration %}
+                {%- endif -%}
+            {%- else -%}
+                {{- '<|im_start|>' + message.role + '\n' + message.content + '<|im_end|>' -}}
+            {%- endif -%}
+        {%- endfor -%}
+        {%- if add_generation_prompt -%}
+            {{- '\n<|im_start|>assistant\n' -}}
         {%- endif -%}
-        {%- set ns.assistants = ns.assistants + 1 -%}
-        {%- if message.content.endswith('</interaction_prompt>') -%}
-            {% generation %}{{- content -}}{% endgeneration %}{{- '<|im_end|>' -}}
-        {%- else -%}
-            {% generation %}{{- content + '<|im_end|>' -}}{% endgeneration %}
-        {%- endif -%}
-    {%- else -%}
-        {{- '<|im_start|>' + message.role + '\n' + message.content + '<|im_end|>' -}}
-    {%- endif -%}
-{%- endfor -%}
-{%- if add_generation_prompt -%}
-    {{- '\n<|im_start|>assistant\n' -}}
-{%- endif -%}
-"""#
+        """#
 
     /// The text the template renders for `messages`.
     public static func render(_ messages: [ChatTurn], addGenerationPrompt: Bool) -> String {
@@ -260,8 +264,10 @@ public struct ExportOptions: Sendable {
     public var minReward: Double?
     public var dataSource: String
 
-    public init(format: ExportFormat = .jsonl, filter: EpisodeFilter = EpisodeFilter(), requireReward: Bool = false,
-                minReward: Double? = nil, dataSource: String = "prompt-r1-gateway") {
+    public init(
+        format: ExportFormat = .jsonl, filter: EpisodeFilter = EpisodeFilter(), requireReward: Bool = false,
+        minReward: Double? = nil, dataSource: String = "prompt-r1-gateway"
+    ) {
         self.format = format
         self.filter = filter
         self.requireReward = requireReward
@@ -297,8 +303,10 @@ public enum Exporter {
 
     /// Writes one JSON line per usable collaboration episode matching the options, and the chat
     /// template beside it.
-    public static func export(database: any LogStore, options: ExportOptions, tokenizer: Tokenizer, to url: URL,
-                              progress: (Int, Int) -> Void = { _, _ in }) throws -> ExportSummary {
+    public static func export(
+        database: any LogStore, options: ExportOptions, tokenizer: Tokenizer, to url: URL,
+        progress: (Int, Int) -> Void = { _, _ in }
+    ) throws -> ExportSummary {
         var query = options.filter.query
         query.hasRewardSource = options.requireReward ? true : nil
         let records = try database.episodes(query)
@@ -308,16 +316,22 @@ public enum Exporter {
         defer { try? handle.close() }
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
-        var s = ExportSummary(written: 0, withReward: 0, skipped: 0, belowMinReward: 0, notRerenderable: 0, withoutGroundTruth: 0,
-                              policyTokens: 0, chatTemplate: ExportChatTemplate.url(besides: url))
+        var s = ExportSummary(
+            written: 0, withReward: 0, skipped: 0, belowMinReward: 0, notRerenderable: 0, withoutGroundTruth: 0,
+            policyTokens: 0, chatTemplate: ExportChatTemplate.url(besides: url))
         for (n, r) in records.enumerated() {
             defer { progress(n + 1, records.count) }
-            guard let e = try? episode(r, index: n, feedback: feedback[r.id] ?? [], tokenizer: tokenizer, dataSource: options.dataSource) else {
-                s.skipped += 1; continue
+            guard let e = try? episode(r, index: n, feedback: feedback[r.id] ?? [], tokenizer: tokenizer, dataSource: options.dataSource)
+            else {
+                s.skipped += 1
+                continue
             }
             let rec = e.record
             if let minReward = options.minReward {
-                guard let reward = rec.reward, reward >= minReward else { s.belowMinReward += 1; continue }
+                guard let reward = rec.reward, reward >= minReward else {
+                    s.belowMinReward += 1
+                    continue
+                }
             }
             let line: Data
             switch options.format {
@@ -327,19 +341,26 @@ public enum Exporter {
                 line = try encoder.encode(TRLSFTRow(id: rec.id, input_ids: rec.input_ids, assistant_masks: rec.loss_mask))
             case .verlSFT:
                 let messages = rec.messages.map { ChatTurn(role: $0.role, content: $0.content) }
-                guard e.terminated, tokenizer.encode(ExportChatTemplate.render(messages, addGenerationPrompt: false)) == rec.input_ids else {
-                    s.notRerenderable += 1; continue
+                guard e.terminated, tokenizer.encode(ExportChatTemplate.render(messages, addGenerationPrompt: false)) == rec.input_ids
+                else {
+                    s.notRerenderable += 1
+                    continue
                 }
-                line = try encoder.encode(VerlSFTRow(id: rec.id, data_source: rec.data_source, messages: messages, reward: rec.reward,
-                                                     extra_info: rec.extra_info))
+                line = try encoder.encode(
+                    VerlSFTRow(
+                        id: rec.id, data_source: rec.data_source, messages: messages, reward: rec.reward,
+                        extra_info: rec.extra_info))
             case .verlRL:
                 let prompt = rec.prompt.map { ChatTurn(role: $0.role, content: $0.content) }
                 let promptIDs = r.turns.first { $0.kind == "policy" }?.inputIDs ?? []
                 guard tokenizer.encode(ExportChatTemplate.render(prompt, addGenerationPrompt: true)) == promptIDs else {
-                    s.notRerenderable += 1; continue
+                    s.notRerenderable += 1
+                    continue
                 }
-                line = try encoder.encode(VerlRLRow(id: rec.id, data_source: rec.data_source, prompt: prompt,
-                                                    reward_model: rec.reward_model, extra_info: rec.extra_info))
+                line = try encoder.encode(
+                    VerlRLRow(
+                        id: rec.id, data_source: rec.data_source, prompt: prompt,
+                        reward_model: rec.reward_model, extra_info: rec.extra_info))
             }
             try handle.write(contentsOf: line + [0x0A])
             s.written += 1
@@ -352,8 +373,10 @@ public enum Exporter {
     }
 
     /// The superset row of one logged episode (throws when it has no usable token ids).
-    static func episode(_ r: EpisodeRecord, index n: Int, feedback fb: [FeedbackRecord], tokenizer: Tokenizer,
-                        dataSource: String) throws -> Episode {
+    static func episode(
+        _ r: EpisodeRecord, index n: Int, feedback fb: [FeedbackRecord], tokenizer: Tokenizer,
+        dataSource: String
+    ) throws -> Episode {
         let seq = try TrainingSequence(record: r)
         let source = rewardSource(of: fb)
         let text = tokenizer.decode(seq.tokens)
@@ -374,19 +397,24 @@ public enum Exporter {
             prompt: Array(messages[..<promptCount]), messages: messages, completion: Array(messages[promptCount...]),
             reward: reward?.reward,
             reward_model: .init(style: "rule", ground_truth: refs),
-            extra_info: .init(episode_id: r.id, index: n, question: r.question, route: r.route, policy_version: r.policyVersion,
-                              created_at: r.createdAt.timeIntervalSince1970, format_score: fmt, answer_score: reward?.answer,
-                              reward_source: source.map { if case .references = $0 { return "reference" } else { return "score" } },
-                              feedback_score: score),
+            extra_info: .init(
+                episode_id: r.id, index: n, question: r.question, route: r.route, policy_version: r.policyVersion,
+                created_at: r.createdAt.timeIntervalSince1970, format_score: fmt, answer_score: reward?.answer,
+                reward_source: source.map { if case .references = $0 { return "reference" } else { return "score" } },
+                feedback_score: score),
             input_ids: seq.tokens, loss_mask: seq.mask, old_logprobs: seq.behaviourLogprobs.map { $0.isNaN ? 0 : $0 })
         return Episode(record: rec, terminated: blocks.last?.terminated ?? false)
     }
 
     /// The former entry point (jsonl only).
-    public static func export(database: any LogStore, filter: EpisodeFilter, requireReward: Bool,
-                              tokenizer: Tokenizer, to url: URL, dataSource: String = "prompt-r1-gateway",
-                              progress: (Int, Int) -> Void = { _, _ in }) throws -> ExportSummary {
-        try export(database: database, options: ExportOptions(format: .jsonl, filter: filter, requireReward: requireReward, dataSource: dataSource),
-                   tokenizer: tokenizer, to: url, progress: progress)
+    public static func export(
+        database: any LogStore, filter: EpisodeFilter, requireReward: Bool,
+        tokenizer: Tokenizer, to url: URL, dataSource: String = "prompt-r1-gateway",
+        progress: (Int, Int) -> Void = { _, _ in }
+    ) throws -> ExportSummary {
+        try export(
+            database: database,
+            options: ExportOptions(format: .jsonl, filter: filter, requireReward: requireReward, dataSource: dataSource),
+            tokenizer: tokenizer, to: url, progress: progress)
     }
 }

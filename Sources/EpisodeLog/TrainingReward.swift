@@ -6,7 +6,6 @@ import Foundation
 import PromptR1
 import TrafficLog
 
-
 /// Where an episode's answer term comes from.
 public enum RewardSource: Sendable, Equatable {
     /// Reference answers (rollouts, `{"reference": ...}` feedback): the answer term is the best F1.

@@ -41,7 +41,10 @@ public struct TrainingSequence: Sendable, Equatable {
         createdAt = r.createdAt
         question = r.question
         formatScore = r.formatScore
-        tokens = []; mask = []; behaviourLogprobs = []; turnTexts = []
+        tokens = []
+        mask = []
+        behaviourLogprobs = []
+        turnTexts = []
         for t in r.turns where t.kind == "policy" {
             guard let input = t.inputIDs, let output = t.outputIDs else { throw Invalid.missingIDs(r.id) }
             let m = t.lossMask ?? ([UInt8](repeating: 0, count: input.count) + [UInt8](repeating: 1, count: output.count))

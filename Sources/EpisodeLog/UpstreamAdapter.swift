@@ -20,8 +20,10 @@ public struct UpstreamAdapter: UpstreamAnswering {
     /// 4xx with its status and body (the loop itself keeps only its description).
     public let failures: FailureRecorder
 
-    public init(client: UpstreamClient, parameters: UpstreamChatParameters = .init(), headers: [(String, String)] = [],
-                forwardedAuthorization: String? = nil) {
+    public init(
+        client: UpstreamClient, parameters: UpstreamChatParameters = .init(), headers: [(String, String)] = [],
+        forwardedAuthorization: String? = nil
+    ) {
         self.client = client
         self.parameters = parameters
         self.headers = headers
@@ -31,22 +33,28 @@ public struct UpstreamAdapter: UpstreamAnswering {
 
     public func answer(messages: [UpstreamMessage], options: UpstreamCallOptions) async throws -> UpstreamAnswer {
         let a = try await chat(messages: messages, options: options)
-        return UpstreamAnswer(text: a.text,
-                              usage: a.usage.map { UpstreamUsage(promptTokens: $0.promptTokens, completionTokens: $0.completionTokens, totalTokens: $0.totalTokens) },
-                              model: options.model, latency: a.latency)
+        return UpstreamAnswer(
+            text: a.text,
+            usage: a.usage.map {
+                UpstreamUsage(promptTokens: $0.promptTokens, completionTokens: $0.completionTokens, totalTokens: $0.totalTokens)
+            },
+            model: options.model, latency: a.latency)
     }
 
     /// The call behind `answer`, with the wire answer and optional extra headers (a trace's
     /// `traceparent`), for callers that wrap it.
-    public func chat(messages: [UpstreamMessage], options: UpstreamCallOptions,
-                     extraHeaders: [(String, String)] = []) async throws -> UpstreamClient.ChatAnswer {
+    public func chat(
+        messages: [UpstreamMessage], options: UpstreamCallOptions,
+        extraHeaders: [(String, String)] = []
+    ) async throws -> UpstreamClient.ChatAnswer {
         var p = parameters
         if p.temperature == nil { p.temperature = options.temperature }
         if p.topP == nil { p.topP = options.topP }
         if p.maxTokens == nil && p.maxCompletionTokens == nil { p.maxTokens = options.maxTokens }
         do {
-            return try await client.chat(model: options.model ?? "", messages: messages.map { ChatMessage(role: $0.role, content: $0.content) },
-                                         parameters: p, headers: headers + extraHeaders, forwardedAuthorization: forwardedAuthorization)
+            return try await client.chat(
+                model: options.model ?? "", messages: messages.map { ChatMessage(role: $0.role, content: $0.content) },
+                parameters: p, headers: headers + extraHeaders, forwardedAuthorization: forwardedAuthorization)
         } catch {
             failures.record(error)
             throw error

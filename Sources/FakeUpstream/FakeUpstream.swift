@@ -24,8 +24,9 @@ public final class FakeUpstream: Sendable {
         /// SSE: each string is sent as its own write, after `delay`; `hangAfter` stops sending
         /// (without closing) after that many parts; `resetAfter` drops the connection after them.
         /// `contentType` lets a plain JSON body arrive in pieces too (to cut or stall it midway).
-        case stream(parts: [String], delay: Duration = .zero, hangAfter: Int? = nil, resetAfter: Int? = nil,
-                    contentType: String = "text/event-stream")
+        case stream(
+            parts: [String], delay: Duration = .zero, hangAfter: Int? = nil, resetAfter: Int? = nil,
+            contentType: String = "text/event-stream")
         /// Wait, then reply.
         indirect case delayed(Duration, Reply)
         /// Close the connection without any response.
@@ -79,14 +80,17 @@ public final class FakeUpstream: Sendable {
     public var abortedStreams: Int { state.aborted() }
     public func clearReceived() { state.clear() }
 
-    static func handle(_ req: Request, _ ctx: BasicRequestContext, state: FakeState, script: Script?,
-                       record: Bool) async throws -> Response {
+    static func handle(
+        _ req: Request, _ ctx: BasicRequestContext, state: FakeState, script: Script?,
+        record: Bool
+    ) async throws -> Response {
         var req = req
         let body = try await req.collectBody(upTo: 64 << 20)
         var headers: [String: String] = [:]
         for f in req.headers { headers[f.name.canonicalName] = f.value }
-        let received = Received(method: req.method.rawValue, path: req.uri.path, headers: headers,
-                                body: Data(buffer: body))
+        let received = Received(
+            method: req.method.rawValue, path: req.uri.path, headers: headers,
+            body: Data(buffer: body))
         if record { state.append(received) }
         let reply = await script?(received) ?? defaultReply(received)
         return try await respond(reply, state: state)
@@ -106,31 +110,32 @@ public final class FakeUpstream: Sendable {
             // writer closes the connection instead, before any byte of the body.
             return Response(status: .ok, headers: [.contentType: "application/json"], body: .init { _ in throw FakeDrop() })
         case .stream(let parts, let delay, let hangAfter, let resetAfter, let contentType):
-            return Response(status: .ok, headers: [.contentType: contentType, .cacheControl: "no-cache"],
-                            body: .init { writer in
-                do {
-                    for (i, p) in parts.enumerated() {
-                        if let hangAfter, i >= hangAfter {
-                            try await Task.sleep(for: .seconds(3600))
+            return Response(
+                status: .ok, headers: [.contentType: contentType, .cacheControl: "no-cache"],
+                body: .init { writer in
+                    do {
+                        for (i, p) in parts.enumerated() {
+                            if let hangAfter, i >= hangAfter {
+                                try await Task.sleep(for: .seconds(3600))
+                            }
+                            if let resetAfter, i >= resetAfter {
+                                // "After them": give the parts already written time to reach the reader
+                                // before the connection goes, or a close racing the last write can drop it.
+                                try await Task.sleep(for: .milliseconds(50))
+                                throw FakeDrop()
+                            }
+                            if delay > .zero { try await Task.sleep(for: delay) }
+                            try await writer.write(ByteBuffer(string: p))
                         }
-                        if let resetAfter, i >= resetAfter {
-                            // "After them": give the parts already written time to reach the reader
-                            // before the connection goes, or a close racing the last write can drop it.
-                            try await Task.sleep(for: .milliseconds(50))
-                            throw FakeDrop()
-                        }
-                        if delay > .zero { try await Task.sleep(for: delay) }
-                        try await writer.write(ByteBuffer(string: p))
+                        try await writer.finish(nil)
+                    } catch is FakeDrop {
+                        throw FakeDrop()
+                    } catch {
+                        // The reader went away before the end.
+                        state.streamAborted()
+                        throw error
                     }
-                    try await writer.finish(nil)
-                } catch is FakeDrop {
-                    throw FakeDrop()
-                } catch {
-                    // The reader went away before the end.
-                    state.streamAborted()
-                    throw error
-                }
-            })
+                })
         }
     }
 
@@ -160,7 +165,11 @@ public final class FakeUpstream: Sendable {
     public static func defaultReply(_ r: Received) -> Reply {
         switch r.path {
         case "/v1/models":
-            return .json(status: 200, body: #"{"object":"list","data":[{"id":"gpt-4o-mini","object":"model","created":1700000000,"owned_by":"fake"},{"id":"gpt-4o","object":"model","created":1700000001,"owned_by":"fake"}]}"#)
+            return .json(
+                status: 200,
+                body:
+                    #"{"object":"list","data":[{"id":"gpt-4o-mini","object":"model","created":1700000000,"owned_by":"fake"},{"id":"gpt-4o","object":"model","created":1700000001,"owned_by":"fake"}]}"#
+            )
         case "/v1/chat/completions":
             let json = r.json ?? [:]
             let model = json["model"] as? String ?? "unknown"
@@ -175,24 +184,37 @@ public final class FakeUpstream: Sendable {
             let model = json["model"] as? String ?? "unknown"
             var input = json["input"] as? String ?? ""
             if let items = json["input"] as? [[String: Any]], let last = items.last(where: { ($0["role"] as? String) == "user" }) {
-                input = last["content"] as? String
+                input =
+                    last["content"] as? String
                     ?? ((last["content"] as? [[String: Any]])?.compactMap { $0["text"] as? String }.joined(separator: "\n") ?? "")
             }
             let text = "echo: " + input
             if json["stream"] as? Bool == true { return .stream(parts: responsesStreamParts(model: model, text: text)) }
             return .json(status: 200, body: responsesJSON(model: model, text: text, status: "completed"))
         case "/v1/embeddings":
-            return .json(status: 200, body: #"{"object":"list","data":[{"object":"embedding","index":0,"embedding":[0.25,-0.5]}],"model":"emb","usage":{"prompt_tokens":2,"total_tokens":2}}"#)
+            return .json(
+                status: 200,
+                body:
+                    #"{"object":"list","data":[{"object":"embedding","index":0,"embedding":[0.25,-0.5]}],"model":"emb","usage":{"prompt_tokens":2,"total_tokens":2}}"#
+            )
         default:
-            return .json(status: 404, body: #"{"error":{"message":"no such path","type":"invalid_request_error","param":null,"code":null}}"#)
+            return .json(
+                status: 404, body: #"{"error":{"message":"no such path","type":"invalid_request_error","param":null,"code":null}}"#)
         }
     }
 
     /// A Responses API `response` object whose one output message says `text`.
     public static func responsesJSON(model: String, text: String?, status: String) -> String {
-        let output = text.map { #"[{"type":"message","id":"msg_fake","status":"completed","role":"assistant","content":[{"type":"output_text","text":\#(quote($0)),"annotations":[]}]}]"# } ?? "[]"
-        let usage = text == nil ? "null" : #"{"input_tokens":11,"output_tokens":\#(text!.split(separator: " ").count),"total_tokens":\#(11 + text!.split(separator: " ").count),"input_tokens_details":{"cached_tokens":0},"output_tokens_details":{"reasoning_tokens":0}}"#
-        return #"{"id":"resp_fake","object":"response","created_at":1700000000,"status":\#(quote(status)),"model":\#(quote(model)),"output":\#(output),"parallel_tool_calls":true,"tool_choice":"auto","tools":[],"error":null,"incomplete_details":null,"instructions":null,"metadata":{},"temperature":1.0,"top_p":1.0,"text":{"format":{"type":"text"}},"truncation":"disabled","usage":\#(usage)}"#
+        let output =
+            text.map {
+                #"[{"type":"message","id":"msg_fake","status":"completed","role":"assistant","content":[{"type":"output_text","text":\#(quote($0)),"annotations":[]}]}]"#
+            } ?? "[]"
+        let usage =
+            text == nil
+            ? "null"
+            : #"{"input_tokens":11,"output_tokens":\#(text!.split(separator: " ").count),"total_tokens":\#(11 + text!.split(separator: " ").count),"input_tokens_details":{"cached_tokens":0},"output_tokens_details":{"reasoning_tokens":0}}"#
+        return
+            #"{"id":"resp_fake","object":"response","created_at":1700000000,"status":\#(quote(status)),"model":\#(quote(model)),"output":\#(output),"parallel_tool_calls":true,"tool_choice":"auto","tools":[],"error":null,"incomplete_details":null,"instructions":null,"metadata":{},"temperature":1.0,"top_p":1.0,"text":{"format":{"type":"text"}},"truncation":"disabled","usage":\#(usage)}"#
     }
 
     /// The Responses API event sequence for one text answer, one word per delta.
@@ -203,22 +225,45 @@ public final class FakeUpstream: Sendable {
             return "event: \(type)\ndata: {\"type\":\"\(type)\",\"sequence_number\":\(n),\(rest)}\n\n"
         }
         let inProgress = responsesJSON(model: model, text: nil, status: "in_progress")
-        var parts = [ev("response.created", #""response":\#(inProgress)"#), ev("response.in_progress", #""response":\#(inProgress)"#),
-                     ev("response.output_item.added", #""output_index":0,"item":{"type":"message","id":"msg_fake","status":"in_progress","role":"assistant","content":[]}"#),
-                     ev("response.content_part.added", #""item_id":"msg_fake","output_index":0,"content_index":0,"part":{"type":"output_text","text":"","annotations":[]}"#)]
+        var parts = [
+            ev("response.created", #""response":\#(inProgress)"#), ev("response.in_progress", #""response":\#(inProgress)"#),
+            ev(
+                "response.output_item.added",
+                #""output_index":0,"item":{"type":"message","id":"msg_fake","status":"in_progress","role":"assistant","content":[]}"#),
+            ev(
+                "response.content_part.added",
+                #""item_id":"msg_fake","output_index":0,"content_index":0,"part":{"type":"output_text","text":"","annotations":[]}"#),
+        ]
         var current = ""
         var pieces: [String] = []
         for ch in text {
             current.append(ch)
-            if ch == " " { pieces.append(current); current = "" }
+            if ch == " " {
+                pieces.append(current)
+                current = ""
+            }
         }
         if !current.isEmpty { pieces.append(current) }
         for p in pieces {
-            parts.append(ev("response.output_text.delta", #""item_id":"msg_fake","output_index":0,"content_index":0,"delta":\#(quote(p)),"logprobs":[]"#))
+            parts.append(
+                ev(
+                    "response.output_text.delta",
+                    #""item_id":"msg_fake","output_index":0,"content_index":0,"delta":\#(quote(p)),"logprobs":[]"#))
         }
-        parts.append(ev("response.output_text.done", #""item_id":"msg_fake","output_index":0,"content_index":0,"text":\#(quote(text)),"logprobs":[]"#))
-        parts.append(ev("response.content_part.done", #""item_id":"msg_fake","output_index":0,"content_index":0,"part":{"type":"output_text","text":\#(quote(text)),"annotations":[]}"#))
-        parts.append(ev("response.output_item.done", #""output_index":0,"item":{"type":"message","id":"msg_fake","status":"completed","role":"assistant","content":[{"type":"output_text","text":\#(quote(text)),"annotations":[]}]}"#))
+        parts.append(
+            ev(
+                "response.output_text.done",
+                #""item_id":"msg_fake","output_index":0,"content_index":0,"text":\#(quote(text)),"logprobs":[]"#))
+        parts.append(
+            ev(
+                "response.content_part.done",
+                #""item_id":"msg_fake","output_index":0,"content_index":0,"part":{"type":"output_text","text":\#(quote(text)),"annotations":[]}"#
+            ))
+        parts.append(
+            ev(
+                "response.output_item.done",
+                #""output_index":0,"item":{"type":"message","id":"msg_fake","status":"completed","role":"assistant","content":[{"type":"output_text","text":\#(quote(text)),"annotations":[]}]}"#
+            ))
         parts.append(ev("response.completed", #""response":\#(responsesJSON(model: model, text: text, status: "completed"))"#))
         return parts
     }
@@ -233,24 +278,35 @@ public final class FakeUpstream: Sendable {
 
     public static func completionJSON(model: String, text: String, promptTokens: Int = 11, completionTokens: Int? = nil) -> String {
         let ct = completionTokens ?? text.split(separator: " ").count
-        return #"{"id":"chatcmpl-fake","object":"chat.completion","created":1700000000,"model":\#(quote(model)),"choices":[{"index":0,"message":{"role":"assistant","content":\#(quote(text)),"refusal":null},"logprobs":null,"finish_reason":"stop"}],"usage":\#(usageJSON(promptTokens: promptTokens, completionTokens: ct)),"system_fingerprint":"fp_fake"}"#
+        return
+            #"{"id":"chatcmpl-fake","object":"chat.completion","created":1700000000,"model":\#(quote(model)),"choices":[{"index":0,"message":{"role":"assistant","content":\#(quote(text)),"refusal":null},"logprobs":null,"finish_reason":"stop"}],"usage":\#(usageJSON(promptTokens: promptTokens, completionTokens: ct)),"system_fingerprint":"fp_fake"}"#
     }
 
     /// The stream OpenAI sends: role-only first delta, content pieces, the finish chunk, the
     /// usage chunk (with include_usage), `[DONE]`.
     public static func streamParts(model: String, text: String, includeUsage: Bool) -> [String] {
-        let head = #"{"id":"chatcmpl-fake","object":"chat.completion.chunk","created":1700000000,"model":\#(quote(model)),"system_fingerprint":"fp_fake","choices":"#
+        let head =
+            #"{"id":"chatcmpl-fake","object":"chat.completion.chunk","created":1700000000,"model":\#(quote(model)),"system_fingerprint":"fp_fake","choices":"#
         let usageNull = includeUsage ? #","usage":null"# : ""
-        var parts = ["data: " + head + #"[{"index":0,"delta":{"role":"assistant","content":"","refusal":null},"logprobs":null,"finish_reason":null}]"# + usageNull + "}\n\n"]
+        var parts = [
+            "data: " + head
+                + #"[{"index":0,"delta":{"role":"assistant","content":"","refusal":null},"logprobs":null,"finish_reason":null}]"#
+                + usageNull + "}\n\n"
+        ]
         var pieces: [String] = []
         var current = ""
         for ch in text {
             current.append(ch)
-            if ch == " " { pieces.append(current); current = "" }
+            if ch == " " {
+                pieces.append(current)
+                current = ""
+            }
         }
         if !current.isEmpty { pieces.append(current) }
         for p in pieces {
-            parts.append("data: " + head + #"[{"index":0,"delta":{"content":\#(quote(p))},"logprobs":null,"finish_reason":null}]"# + usageNull + "}\n\n")
+            parts.append(
+                "data: " + head + #"[{"index":0,"delta":{"content":\#(quote(p))},"logprobs":null,"finish_reason":null}]"# + usageNull
+                    + "}\n\n")
         }
         parts.append("data: " + head + #"[{"index":0,"delta":{},"logprobs":null,"finish_reason":"stop"}]"# + usageNull + "}\n\n")
         if includeUsage {

@@ -27,9 +27,12 @@ struct AdminRoutes: Sendable {
         router.get("/health") { _, _ in Self.json(#"{"status":"ok"}"#) }
         router.get("/ready") { _, _ in await self.ready() }
         router.get("/metrics") { _, _ in
-            let text = self.state.metrics.render(writer: self.state.writer.stats, policyWaiting: self.collaborationWaiting(), breaker: self.state.upstream.breaker)
+            let text =
+                self.state.metrics.render(
+                    writer: self.state.writer.stats, policyWaiting: self.collaborationWaiting(), breaker: self.state.upstream.breaker)
                 + (self.holder.current?.remote?.metricsText ?? "")
-            return Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4"], body: .init(byteBuffer: ByteBuffer(string: text)))
+            return Response(
+                status: .ok, headers: [.contentType: "text/plain; version=0.0.4"], body: .init(byteBuffer: ByteBuffer(string: text)))
         }
         router.get("/admin/policy") { req, _ in
             try self.authorize(req)
@@ -49,7 +52,9 @@ struct AdminRoutes: Sendable {
         router.post("/admin/config/reload") { req, _ in
             try self.authorize(req)
             do { try await self.reloadConfig() } catch {
-                throw GatewayError(status: 400, message: "The new config was rejected; the old one stays: \(error)", type: "invalid_request_error", code: "invalid_config")
+                throw GatewayError(
+                    status: 400, message: "The new config was rejected; the old one stays: \(error)", type: "invalid_request_error",
+                    code: "invalid_config")
             }
             return Self.json(#"{"status":"reloaded"}"#)
         }
@@ -59,7 +64,9 @@ struct AdminRoutes: Sendable {
 
     func rollback() async throws -> Response {
         guard let previous = holder.previous else {
-            throw GatewayError(status: 409, message: "There is no earlier policy version to roll back to.", type: "invalid_request_error", code: "no_previous_version")
+            throw GatewayError(
+                status: 409, message: "There is no earlier policy version to roll back to.", type: "invalid_request_error",
+                code: "no_previous_version")
         }
         return try await swap(to: previous.path, backend: previous.backend, rollbackOf: previous.id)
     }
@@ -72,7 +79,8 @@ struct AdminRoutes: Sendable {
         let e = JSONEncoder()
         e.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
         e.dateEncodingStrategy = .iso8601
-        return Response(status: status, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(data: try e.encode(v))))
+        return Response(
+            status: status, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(data: try e.encode(v))))
     }
 
     func authorize(_ req: Request) throws {
@@ -108,7 +116,8 @@ struct AdminRoutes: Sendable {
         }
         if problems.isEmpty { return Self.json(#"{"status":"ready"}"#) }
         let body = (try? JSONEncoder.wire.encode(["status": "not_ready", "problems": problems.joined(separator: "; ")])) ?? Data()
-        return Response(status: .serviceUnavailable, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(data: body)))
+        return Response(
+            status: .serviceUnavailable, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(data: body)))
     }
 
     struct PolicyStatus: Encodable {
@@ -119,8 +128,10 @@ struct AdminRoutes: Sendable {
     }
 
     func policyStatus() throws -> Response {
-        try Self.encode(PolicyStatus(current: holder.current.map(PolicyVersionInfo.init), history: holder.history,
-                                     fleet: policySync.status))
+        try Self.encode(
+            PolicyStatus(
+                current: holder.current.map(PolicyVersionInfo.init), history: holder.history,
+                fleet: policySync.status))
     }
 
     /// Resolves a requested checkpoint path inside the models directory: relative paths are
@@ -138,7 +149,9 @@ struct AdminRoutes: Sendable {
         }
         var isDir: ObjCBool = false
         guard FileManager.default.fileExists(atPath: real, isDirectory: &isDir), isDir.boolValue else {
-            throw GatewayError(status: 404, message: "No checkpoint folder at '\(raw)' in the models directory.", type: "invalid_request_error", param: "path", code: "not_found")
+            throw GatewayError(
+                status: 404, message: "No checkpoint folder at '\(raw)' in the models directory.", type: "invalid_request_error",
+                param: "path", code: "not_found")
         }
         return real
     }
@@ -147,14 +160,18 @@ struct AdminRoutes: Sendable {
         var current: PolicyVersionInfo
         var previous: PolicyVersionInfo?
         var loadSeconds: Double
-        enum CodingKeys: String, CodingKey { case current, previous; case loadSeconds = "load_seconds" }
+        enum CodingKeys: String, CodingKey {
+            case current, previous
+            case loadSeconds = "load_seconds"
+        }
     }
 
     /// Loads in the background while the current version keeps serving, validates, switches.
     func swap(to raw: String, backend: RemotePolicyBackend?, rollbackOf: String? = nil) async throws -> Response {
         let path = try Self.confine(raw, modelsDir: modelsDir)
         guard holder.beginLoad() else {
-            throw GatewayError(status: 409, message: "Another policy load is in progress.", type: "invalid_request_error", code: "load_in_progress")
+            throw GatewayError(
+                status: 409, message: "Another policy load is in progress.", type: "invalid_request_error", code: "load_in_progress")
         }
         defer { holder.endLoad() }
         let start = ContinuousClock.now
@@ -166,24 +183,29 @@ struct AdminRoutes: Sendable {
             policyConfig.backend = backend
             loaded = try await LoadedPolicy.load(path: path, config: policyConfig, prefillInBackground: true)
         } catch {
-            throw GatewayError(status: 422, message: "The checkpoint could not be loaded; the serving version is unchanged: \(error)",
-                               type: "invalid_request_error", param: "path", code: "invalid_checkpoint")
+            throw GatewayError(
+                status: 422, message: "The checkpoint could not be loaded; the serving version is unchanged: \(error)",
+                type: "invalid_request_error", param: "path", code: "invalid_checkpoint")
         }
         // Recorded in the shared log first (the other replicas follow it); a log that cannot
         // record it leaves every replica on the old version.
         do {
             try await policySync.record(loaded, action: rollbackOf == nil ? .swap : .rollback)
         } catch {
-            throw GatewayError(status: 503, message: "The traffic log could not record the new version; the serving version is unchanged: \(error)",
-                               type: "server_error", code: "log_unavailable")
+            throw GatewayError(
+                status: 503, message: "The traffic log could not record the new version; the serving version is unchanged: \(error)",
+                type: "server_error", code: "log_unavailable")
         }
         loaded.embedded?.scheduler.onPrefill = state.metrics.policyPrefill
         let old = holder.set(loaded)
         if let rollbackOf { holder.removeFromHistory(id: rollbackOf) }
         state.metrics.swapped()
-        state.logger.notice("policy switched", metadata: ["version": "\(loaded.version)", "path": "\(path)", "previous": "\(old?.version ?? "none")"])
-        return try Self.encode(SwapReply(current: PolicyVersionInfo(loaded), previous: old.map(PolicyVersionInfo.init),
-                                         loadSeconds: (ContinuousClock.now - start).milliseconds / 1000))
+        state.logger.notice(
+            "policy switched", metadata: ["version": "\(loaded.version)", "path": "\(path)", "previous": "\(old?.version ?? "none")"])
+        return try Self.encode(
+            SwapReply(
+                current: PolicyVersionInfo(loaded), previous: old.map(PolicyVersionInfo.init),
+                loadSeconds: (ContinuousClock.now - start).milliseconds / 1000))
     }
 }
 

@@ -84,15 +84,18 @@ enum CollaborationSupport {
     /// The first thing in the request a collaboration route cannot honour, if any.
     static func unsupported(_ incoming: Incoming) -> Unsupported? {
         guard let table = table(incoming.endpoint) else {
-            return Unsupported(param: "model", reason: "collaboration serves /v1/chat/completions and /v1/responses, not \(incoming.endpoint.rawValue)")
+            return Unsupported(
+                param: "model", reason: "collaboration serves /v1/chat/completions and /v1/responses, not \(incoming.endpoint.rawValue)")
         }
         let hasTools = incoming.members.contains { $0.key == "tools" && $0.valueKind == .array }
         for m in incoming.members {
-            let handling = table[m.key] ?? .unsupported("'\(m.key.prefix(64))' is not a parameter this gateway knows how to honour in an episode")
+            let handling =
+                table[m.key] ?? .unsupported("'\(m.key.prefix(64))' is not a parameter this gateway knows how to honour in an episode")
             guard case .unsupported(let reason) = handling else { continue }
             if m.valueKind == .null { continue }
             if m.key == "parallel_tool_calls" && !hasTools { continue }  // no effect without tools
-            let value = (try? JSONSerialization.jsonObject(with: Data(incoming.bytes[m.valueRange]), options: [.fragmentsAllowed])) ?? NSNull()
+            let value =
+                (try? JSONSerialization.jsonObject(with: Data(incoming.bytes[m.valueRange]), options: [.fragmentsAllowed])) ?? NSNull()
             if isDefault(m.key, value) { continue }
             return Unsupported(param: m.key, reason: reason)
         }
@@ -111,13 +114,15 @@ enum CollaborationSupport {
             }
             if case .parts(let parts)? = m.content {
                 for (j, p) in parts.enumerated() where p.type != "text" {
-                    return Unsupported(param: "messages[\(i)].content[\(j)]", reason: "the policy reads text only, not '\(p.type.prefix(32))' content")
+                    return Unsupported(
+                        param: "messages[\(i)].content[\(j)]", reason: "the policy reads text only, not '\(p.type.prefix(32))' content")
                 }
             }
         }
         if let last = messages.last, last.role != "user" {
-            return Unsupported(param: "messages[\(messages.count - 1)].role",
-                               reason: "the conversation must end with a user message (the question), not '\(last.role.prefix(32))'")
+            return Unsupported(
+                param: "messages[\(messages.count - 1)].role",
+                reason: "the conversation must end with a user message (the question), not '\(last.role.prefix(32))'")
         }
         return nil
     }
@@ -133,13 +138,15 @@ enum CollaborationSupport {
             }
             if case .parts(let parts)? = item.content {
                 for (j, p) in parts.enumerated() where !["input_text", "output_text", "text"].contains(p.type) {
-                    return Unsupported(param: "input[\(i)].content[\(j)]", reason: "the policy reads text only, not '\(p.type.prefix(32))' content")
+                    return Unsupported(
+                        param: "input[\(i)].content[\(j)]", reason: "the policy reads text only, not '\(p.type.prefix(32))' content")
                 }
             }
         }
         if let last = items.last, last.role != "user" {
-            return Unsupported(param: "input[\(items.count - 1)].role",
-                               reason: "the input must end with a user message (the question), not '\((last.role ?? "").prefix(32))'")
+            return Unsupported(
+                param: "input[\(items.count - 1)].role",
+                reason: "the input must end with a user message (the question), not '\((last.role ?? "").prefix(32))'")
         }
         return nil
     }
@@ -182,8 +189,9 @@ enum CollaborationSupport {
         let pass = passAlong(incoming)
         if let chat = incoming.chat { return UpstreamChatParameters(forwarding: chat, passAlong: pass) }
         if let r = incoming.responses {
-            return UpstreamChatParameters(temperature: r.temperature, topP: r.topP, user: r.user,
-                                          maxCompletionTokens: r.maxOutputTokens, passAlong: pass)
+            return UpstreamChatParameters(
+                temperature: r.temperature, topP: r.topP, user: r.user,
+                maxCompletionTokens: r.maxOutputTokens, passAlong: pass)
         }
         return UpstreamChatParameters(passAlong: pass)
     }

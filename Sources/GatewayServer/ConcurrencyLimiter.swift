@@ -35,7 +35,10 @@ final class ConcurrencyLimiter: @unchecked Sendable {
     /// Waits for a slot; false when `timeout` passed first.
     func acquire(timeout: Duration) async -> Bool {
         let granted: Bool = lock.withLock {
-            if inUse < limit { inUse += 1; return true }
+            if inUse < limit {
+                inUse += 1
+                return true
+            }
             return false
         }
         if granted { return true }
@@ -44,7 +47,10 @@ final class ConcurrencyLimiter: @unchecked Sendable {
             // The check and the enqueueing happen under one lock: a release between the first
             // check and this point either left a slot (taken here) or finds this waiter.
             let id: UInt64? = lock.withLock {
-                if inUse < limit { inUse += 1; return nil }
+                if inUse < limit {
+                    inUse += 1
+                    return nil
+                }
                 nextID += 1
                 waiters.append((nextID, cont))
                 return nextID

@@ -68,7 +68,9 @@ struct ConfigObject {
     mutating func string(_ key: String, default d: String) throws(ConfigError) -> String { try string(key) ?? d }
 
     mutating func requiredString(_ key: String) throws(ConfigError) -> String {
-        guard let s = try string(key), !s.isEmpty else { throw ConfigError(path: sub(key), problem: "missing value (a non-empty string is required)") }
+        guard let s = try string(key), !s.isEmpty else {
+            throw ConfigError(path: sub(key), problem: "missing value (a non-empty string is required)")
+        }
         return s
     }
 
@@ -97,12 +99,18 @@ struct ConfigObject {
 
     /// An optional number: nil when absent or null.
     mutating func optionalDouble(_ key: String, range: ClosedRange<Double>) throws(ConfigError) -> Double? {
-        guard dict[key] != nil, dict[key] != .null else { mark(key); return nil }
+        guard dict[key] != nil, dict[key] != .null else {
+            mark(key)
+            return nil
+        }
         return try double(key, default: 0, range: range)
     }
 
     mutating func optionalInt(_ key: String, range: ClosedRange<Int>) throws(ConfigError) -> Int? {
-        guard dict[key] != nil, dict[key] != .null else { mark(key); return nil }
+        guard dict[key] != nil, dict[key] != .null else {
+            mark(key)
+            return nil
+        }
         return try int(key, default: 0, range: range)
     }
 
@@ -117,23 +125,29 @@ struct ConfigObject {
     mutating func oneOf(_ key: String, _ allowed: [String], default d: String) throws(ConfigError) -> String {
         let s = try string(key, default: d)
         guard allowed.contains(s) else {
-            throw ConfigError(path: sub(key), problem: "must be one of \(allowed.map { "\"\($0)\"" }.joined(separator: ", ")), got \"\(s)\"")
+            throw ConfigError(
+                path: sub(key), problem: "must be one of \(allowed.map { "\"\($0)\"" }.joined(separator: ", ")), got \"\(s)\"")
         }
         return s
     }
 
     /// A string naming one case of `E` (its raw value).
-    mutating func oneOf<E: RawRepresentable & CaseIterable>(_ key: String, default d: E) throws(ConfigError) -> E where E.RawValue == String {
+    mutating func oneOf<E: RawRepresentable & CaseIterable>(_ key: String, default d: E) throws(ConfigError) -> E
+    where E.RawValue == String {
         let s = try oneOf(key, E.allCases.map(\.rawValue), default: d.rawValue)
-        return E(rawValue: s)!   // `s` is one of the raw values
+        return E(rawValue: s)!  // `s` is one of the raw values
     }
 
     mutating func stringArray(_ key: String, default d: [String]) throws(ConfigError) -> [String] {
         guard let v = raw(key) else { return d }
-        guard case .array(let a) = v else { throw ConfigError(path: sub(key), problem: "expected an array of strings, got \(Self.kind(of: v))") }
+        guard case .array(let a) = v else {
+            throw ConfigError(path: sub(key), problem: "expected an array of strings, got \(Self.kind(of: v))")
+        }
         var out: [String] = []
         for (i, e) in a.enumerated() {
-            guard case .string(let s) = e else { throw ConfigError(path: "\(sub(key))[\(i)]", problem: "expected a string, got \(Self.kind(of: e))") }
+            guard case .string(let s) = e else {
+                throw ConfigError(path: "\(sub(key))[\(i)]", problem: "expected a string, got \(Self.kind(of: e))")
+            }
             out.append(s)
         }
         return out

@@ -9,11 +9,14 @@ public enum DataDirectory {
 
     /// `./data` when `currentDirectory` is this repository's root (git-ignored there), else
     /// `$XDG_STATE_HOME/prompt-r1-gateway` (`~/.local/state/prompt-r1-gateway` without it).
-    public static func defaultPath(currentDirectory: String = FileManager.default.currentDirectoryPath,
-                                   environment: [String: String] = ProcessInfo.processInfo.environment) -> String {
+    public static func defaultPath(
+        currentDirectory: String = FileManager.default.currentDirectoryPath,
+        environment: [String: String] = ProcessInfo.processInfo.environment
+    ) -> String {
         let cwd = URL(fileURLWithPath: currentDirectory)
         if let manifest = FileManager.default.contents(atPath: cwd.appendingPathComponent("Package.swift").path),
-           String(decoding: manifest, as: UTF8.self).contains("name: \"PromptR1Gateway\"") {
+            String(decoding: manifest, as: UTF8.self).contains("name: \"PromptR1Gateway\"")
+        {
             return cwd.appendingPathComponent("data").path
         }
         if let state = environment["XDG_STATE_HOME"], state.hasPrefix("/") {
@@ -66,7 +69,9 @@ enum WorkTreeGuard {
         let advice = "set admin.token_file outside the work tree, ignore the file in .gitignore, or give the token in the environment"
         let git = Self.git()
         guard let git else {
-            throw ConfigError(path: key, problem: "\(path) is inside the git work tree \(root), and git is not installed to check that it is ignored; \(advice)")
+            throw ConfigError(
+                path: key,
+                problem: "\(path) is inside the git work tree \(root), and git is not installed to check that it is ignored; \(advice)")
         }
         let p = Process()
         p.executableURL = URL(fileURLWithPath: git)
@@ -77,12 +82,23 @@ enum WorkTreeGuard {
             try p.run()
             p.waitUntilExit()
         } catch {
-            throw ConfigError(path: key, problem: "\(path) is inside the git work tree \(root) and `git check-ignore` could not run (\(error)); \(advice)")
+            throw ConfigError(
+                path: key, problem: "\(path) is inside the git work tree \(root) and `git check-ignore` could not run (\(error)); \(advice)"
+            )
         }
         switch p.terminationStatus {
         case 0: return
-        case 1: throw ConfigError(path: key, problem: "refusing to write the admin token to \(path): it is inside the git work tree \(root) and git does not ignore it; \(advice)")
-        default: throw ConfigError(path: key, problem: "\(path) is inside the git work tree \(root) and `git check-ignore` failed (exit \(p.terminationStatus)); \(advice)")
+        case 1:
+            throw ConfigError(
+                path: key,
+                problem:
+                    "refusing to write the admin token to \(path): it is inside the git work tree \(root) and git does not ignore it; \(advice)"
+            )
+        default:
+            throw ConfigError(
+                path: key,
+                problem:
+                    "\(path) is inside the git work tree \(root) and `git check-ignore` failed (exit \(p.terminationStatus)); \(advice)")
         }
     }
 

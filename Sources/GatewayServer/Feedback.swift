@@ -47,22 +47,27 @@ struct FeedbackRoute: Sendable {
         guard given == 1 else {
             throw GatewayError.invalidField("score", "Send exactly one of 'score' (0 to 1), 'reference' (a reference answer) or 'label'.")
         }
-        let kind: String, value: String
+        let kind: String
+        let value: String
         if let score = body.score {
             guard score.isFinite, (0...1).contains(score) else {
                 throw GatewayError.invalidField("score", "'score' must be between 0 and 1, got \(score).")
             }
-            kind = "score"; value = String(score)
+            kind = "score"
+            value = String(score)
         } else if let reference = body.reference {
-            kind = "reference"; value = reference
+            kind = "reference"
+            value = reference
         } else {
-            kind = "label"; value = body.label ?? ""
+            kind = "label"
+            value = body.label ?? ""
         }
         // An episode may still sit in the writer's queue: make it durable first.
         if state.writer.isPending(episodeID: body.episodeID) { try await state.writer.flush() }
         let record = FeedbackRecord(episodeID: body.episodeID, kind: kind, value: value, source: body.source ?? "api")
-        let notFound = GatewayError(status: 404, message: "No episode with id '\(body.episodeID.prefix(64))'.", type: "invalid_request_error",
-                                    param: "episode_id", code: "episode_not_found")
+        let notFound = GatewayError(
+            status: 404, message: "No episode with id '\(body.episodeID.prefix(64))'.", type: "invalid_request_error",
+            param: "episode_id", code: "episode_not_found")
         // With client keys configured, a key reaches only the episodes it created: another
         // key's episode answers exactly as an unknown id does.
         let scopedTo: String?? = state.auth.isEnabled ? .some(context.keyID) : .none

@@ -4,9 +4,9 @@ import Hummingbird
 import Logging
 import OpenAIWire
 import ServiceLifecycle
-import UnixSignals
 import TrafficLog
 import TrafficLogPostgres
+import UnixSignals
 
 /// The assembled gateway: routes, traffic log services and the HTTP server, run as one
 /// ServiceGroup. On SIGTERM/SIGINT the server stops accepting and finishes in-flight requests,
@@ -28,16 +28,22 @@ public final class Gateway: Sendable {
     /// Builds everything from a config. `environment` supplies the secrets named in it.
     /// `configPath` is the file `POST /admin/config/reload` and SIGHUP re-read (nil: reload is
     /// refused); settings given on the command line are kept over reloads.
-    public init(config: GatewayConfig, configPath: String? = nil,
-                environment: [String: String] = ProcessInfo.processInfo.environment,
-                logger: Logger = Logger(label: "gateway")) throws {
+    public init(
+        config: GatewayConfig, configPath: String? = nil,
+        environment: [String: String] = ProcessInfo.processInfo.environment,
+        logger: Logger = Logger(label: "gateway")
+    ) throws {
         let adminToken: String
         if let fromEnv = environment[config.admin.tokenEnv], !fromEnv.isEmpty {
             adminToken = fromEnv
             adminTokenFile = nil
         } else {
             guard Self.isLoopback(config.admin.host) else {
-                throw ConfigError(path: "admin.host", problem: "the admin listener is on a non-loopback address (\(config.admin.host)) but no admin token is set in $\(config.admin.tokenEnv); refusing to start")
+                throw ConfigError(
+                    path: "admin.host",
+                    problem:
+                        "the admin listener is on a non-loopback address (\(config.admin.host)) but no admin token is set in $\(config.admin.tokenEnv); refusing to start"
+                )
             }
             // The admin API always needs a token: without one in the environment, a fresh random
             // one is written to a 0600 file for the operator (and `gateway-train --push`) to read.
@@ -45,7 +51,8 @@ public final class Gateway: Sendable {
             try WorkTreeGuard.checkSecretPath(tokenFile, key: "admin.token_file")
             adminToken = try Self.writeGeneratedToken(to: tokenFile)
             adminTokenFile = tokenFile
-            logger.notice("admin token generated (none in the environment)", metadata: ["file": "\(tokenFile)", "env": "\(config.admin.tokenEnv)"])
+            logger.notice(
+                "admin token generated (none in the environment)", metadata: ["file": "\(tokenFile)", "env": "\(config.admin.tokenEnv)"])
         }
         let auth = try ClientAuth(config: config.auth, environment: environment)
         // Everything that can fail comes before the upstream client, which must be shut down
@@ -60,28 +67,34 @@ public final class Gateway: Sendable {
             // service does, as it starts.
             if let sqlite = database as? SQLiteLogBackend { try sqlite.database.insertPolicyVersion(loaded.record) }
             initialPolicy = loaded
-            logger.notice("policy loaded", metadata: ["path": "\(path)", "version": "\(loaded.version)",
-                                                      "architecture": "\(loaded.architecture)", "parameters": "\(loaded.parameterCount)"])
+            logger.notice(
+                "policy loaded",
+                metadata: [
+                    "path": "\(path)", "version": "\(loaded.version)",
+                    "architecture": "\(loaded.architecture)", "parameters": "\(loaded.parameterCount)",
+                ])
         }
         let apiKey = config.upstream.apiKeyEnv.flatMap { environment[$0] }
-        let upstream = UpstreamClient(settings: UpstreamSettings(
-            baseURL: config.upstream.baseURL, apiKey: apiKey,
-            connectTimeout: .milliseconds(config.upstream.connectTimeoutMs),
-            firstByteTimeout: .milliseconds(config.upstream.firstByteTimeoutMs),
-            idleTimeout: .milliseconds(config.upstream.idleTimeoutMs),
-            totalTimeout: .milliseconds(config.upstream.totalTimeoutMs),
-            maxRetries: config.upstream.maxRetries,
-            retryBaseDelay: .milliseconds(config.upstream.retryBaseDelayMs),
-            maxConnections: config.upstream.maxConnections,
-            circuitBreakerFailures: config.upstream.circuitBreakerFailures,
-            circuitBreakerCooldown: .milliseconds(config.upstream.circuitBreakerCooldownMs)), logger: logger)
+        let upstream = UpstreamClient(
+            settings: UpstreamSettings(
+                baseURL: config.upstream.baseURL, apiKey: apiKey,
+                connectTimeout: .milliseconds(config.upstream.connectTimeoutMs),
+                firstByteTimeout: .milliseconds(config.upstream.firstByteTimeoutMs),
+                idleTimeout: .milliseconds(config.upstream.idleTimeoutMs),
+                totalTimeout: .milliseconds(config.upstream.totalTimeoutMs),
+                maxRetries: config.upstream.maxRetries,
+                retryBaseDelay: .milliseconds(config.upstream.retryBaseDelayMs),
+                maxConnections: config.upstream.maxConnections,
+                circuitBreakerFailures: config.upstream.circuitBreakerFailures,
+                circuitBreakerCooldown: .milliseconds(config.upstream.circuitBreakerCooldownMs)), logger: logger)
         // Nobody waits for an async commit, so the writer may gather a few milliseconds of light
         // traffic into one transaction; with commit_before_response every request waits for it.
         let linger: Duration = config.log.durability == .async ? .milliseconds(config.log.lingerMs) : .zero
         // During a database outage the writer retries at least once a second, so that the queue
         // (and with commit_before_response, every waiting request) moves on soon after it ends.
-        let writer = LogWriter(backend: database, capacity: config.log.queueCapacity, maxBatch: config.log.maxBatch,
-                               logger: logger, maxRetryDelay: 1, linger: linger)
+        let writer = LogWriter(
+            backend: database, capacity: config.log.queueCapacity, maxBatch: config.log.maxBatch,
+            logger: logger, maxRetryDelay: 1, linger: linger)
         let state = GatewayState(config: config, auth: auth, upstream: upstream, database: database, writer: writer, logger: logger)
         self.state = state
         initialPolicy?.embedded?.scheduler.onPrefill = state.metrics.policyPrefill
@@ -105,13 +118,15 @@ public final class Gateway: Sendable {
             collaboration.limiter.resize(to: fresh.policy.maxConcurrentEpisodes)
             logger.notice("config reloaded", metadata: ["path": "\(configPath)"])
         }
-        let policySync = PolicySync(backend: database, holder: holder, modelsDir: config.admin.modelsDir,
-                                    weights: config.policy.weights, pollInterval: .milliseconds(Int64(config.log.policyPollSeconds * 1000)),
-                                    logger: logger, onSwitch: { state.metrics.swapped() })
+        let policySync = PolicySync(
+            backend: database, holder: holder, modelsDir: config.admin.modelsDir,
+            weights: config.policy.weights, pollInterval: .milliseconds(Int64(config.log.policyPollSeconds * 1000)),
+            logger: logger, onSwitch: { state.metrics.swapped() })
         self.policySync = policySync
-        let admin = AdminRoutes(state: state, holder: holder, tokenDigest: ClientAuth.digest(adminToken),
-                                modelsDir: config.admin.modelsDir, reloadConfig: reload,
-                                collaborationWaiting: { collaboration.limiter.waiting }, policySync: policySync)
+        let admin = AdminRoutes(
+            state: state, holder: holder, tokenDigest: ClientAuth.digest(adminToken),
+            modelsDir: config.admin.modelsDir, reloadConfig: reload,
+            collaborationWaiting: { collaboration.limiter.waiting }, policySync: policySync)
         let v1 = router.group("/v1").add(middleware: AuthMiddleware(state: state))
         ModelRoutes(intake: Intake(state: state), passthrough: passthrough, collaboration: collaboration).register(on: v1)
         v1.get("models") { req, ctx in try await passthrough.models(req, ctx) }
@@ -119,17 +134,22 @@ public final class Gateway: Sendable {
         for method: HTTPRequest.Method in [.get, .post, .put, .patch, .delete] {
             v1.on("**", method: method) { req, ctx in try await passthrough.proxy(req, ctx) }
         }
-        router.get("/health") { _, _ in Response(status: .ok, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(string: #"{"status":"ok"}"#))) }
+        router.get("/health") { _, _ in
+            Response(
+                status: .ok, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(string: #"{"status":"ok"}"#)))
+        }
 
         let portBox = PortBox()
         self.portBox = portBox
         app = Application(
             router: router,
-            server: .http1(configuration: .init(
-                additionalChannelHandlers: [ClientGoneWatcher()],
-                idleTimeout: .seconds(Int64(config.server.idleTimeoutSeconds)),
-                httpDecoderConfiguration: .init(maxHeaderFieldSize: config.limits.maxHeaderBytes,
-                                                maxHeaderListSize: config.limits.maxHeaderBytes))),
+            server: .http1(
+                configuration: .init(
+                    additionalChannelHandlers: [ClientGoneWatcher()],
+                    idleTimeout: .seconds(Int64(config.server.idleTimeoutSeconds)),
+                    httpDecoderConfiguration: .init(
+                        maxHeaderFieldSize: config.limits.maxHeaderBytes,
+                        maxHeaderListSize: config.limits.maxHeaderBytes))),
             configuration: .init(address: .hostname(config.server.host, port: config.server.port), serverName: nil),
             onServerRunning: { channel in portBox.set(channel.localAddress?.port ?? 0) },
             logger: logger
@@ -147,9 +167,11 @@ public final class Gateway: Sendable {
         // Stops after the server (services stop in reverse order), so the last spans are exported.
         if let (_, exporter) = telemetry { services.append(exporter) }
         if config.log.retentionDays > 0 {
-            services.append(RetentionLoop(service: RetentionService(
-                backend: database, maxAge: config.log.retentionDays * 86_400,
-                interval: TimeInterval(config.log.retentionIntervalSeconds), logger: logger)))
+            services.append(
+                RetentionLoop(
+                    service: RetentionService(
+                        backend: database, maxAge: config.log.retentionDays * 86_400,
+                        interval: TimeInterval(config.log.retentionIntervalSeconds), logger: logger)))
         }
         services.append(adminApp)
         if configPath != nil { services.append(ReloadOnHangup(reload: reload, logger: logger)) }
@@ -166,7 +188,9 @@ public final class Gateway: Sendable {
             return try SQLiteLogBackend(path: log.path)
         case .postgres:
             guard let url = log.postgresURL ?? environment[log.postgresURLEnv], !url.isEmpty else {
-                throw ConfigError(path: "log.postgres_url_env", problem: "log.backend is postgres but $\(log.postgresURLEnv) is not set (a postgres:// URL)")
+                throw ConfigError(
+                    path: "log.postgres_url_env",
+                    problem: "log.backend is postgres but $\(log.postgresURLEnv) is not set (a postgres:// URL)")
             }
             guard case .postgres = LogLocation(url) else {
                 throw ConfigError(path: "log.postgres_url_env", problem: "$\(log.postgresURLEnv) must hold a postgres:// URL")
@@ -195,11 +219,16 @@ public final class Gateway: Sendable {
         // Services shut down in reverse order. The public server is last in the list, so it stops
         // first (no new requests; in-flight ones get the shutdown deadline), then SIGHUP
         // handling, the admin listener and retention, and the log writer drains last.
-        let group = ServiceGroup(configuration: .init(
-            services: services.map { ServiceGroupConfiguration.ServiceConfiguration(service: $0) }
-                + [.init(service: ShutdownDeadline(inner: app, deadline: .seconds(state.config.server.shutdownTimeoutSeconds), logger: state.logger))],
-            gracefulShutdownSignals: gracefulShutdownSignals,
-            logger: state.logger))
+        let group = ServiceGroup(
+            configuration: .init(
+                services: services.map { ServiceGroupConfiguration.ServiceConfiguration(service: $0) }
+                    + [
+                        .init(
+                            service: ShutdownDeadline(
+                                inner: app, deadline: .seconds(state.config.server.shutdownTimeoutSeconds), logger: state.logger))
+                    ],
+                gracefulShutdownSignals: gracefulShutdownSignals,
+                logger: state.logger))
         groupBox.set(group)
         try await group.run()
         policies.current?.embedded?.shutdown()
@@ -218,8 +247,9 @@ extension Gateway {
         var rng = SystemRandomNumberGenerator()
         let token = (0..<32).map { _ in String(format: "%02x", UInt8.random(in: 0...255, using: &rng)) }.joined()
         let fm = FileManager.default
-        try? fm.createDirectory(atPath: URL(fileURLWithPath: path).deletingLastPathComponent().path,
-                                withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+        try? fm.createDirectory(
+            atPath: URL(fileURLWithPath: path).deletingLastPathComponent().path,
+            withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
         try? fm.removeItem(atPath: path)
         guard fm.createFile(atPath: path, contents: Data((token + "\n").utf8), attributes: [.posixPermissions: 0o600]) else {
             throw ConfigError(path: "admin.token_file", problem: "cannot write the generated admin token to \(path)")
@@ -255,8 +285,8 @@ struct ShutdownDeadline<Inner: Service>: Service {
                     logger.warning("shutdown deadline passed; cancelling in-flight requests", metadata: ["deadline": "\(deadline)"])
                     cutShort = true
                     group.cancelAll()
-                } catch where cutShort {
-                    break   // the server ending by cancellation is what the deadline asked for
+                } catch  where cutShort {
+                    break  // the server ending by cancellation is what the deadline asked for
                 }
             }
             group.cancelAll()
@@ -317,12 +347,19 @@ final class PortBox: @unchecked Sendable {
     private var port: Int?
     private var waiters: [CheckedContinuation<Int, Never>] = []
     func set(_ p: Int) {
-        let w: [CheckedContinuation<Int, Never>] = lock.withLock { port = p; defer { waiters = [] }; return waiters }
+        let w: [CheckedContinuation<Int, Never>] = lock.withLock {
+            port = p
+            defer { waiters = [] }
+            return waiters
+        }
         for c in w { c.resume(returning: p) }
     }
     func wait() async -> Int {
         await withCheckedContinuation { c in
-            let p: Int? = lock.withLock { if port == nil { waiters.append(c) }; return port }
+            let p: Int? = lock.withLock {
+                if port == nil { waiters.append(c) }
+                return port
+            }
             if let p { c.resume(returning: p) }
         }
     }

@@ -1,7 +1,7 @@
 import Foundation
-import RemotePolicy
 import OpenAIWire
 import PolicyEngine
+import RemotePolicy
 import TrafficLog
 
 /// The gateway's configuration (gateway.json). Every key is documented in docs/configuration.md
@@ -273,13 +273,16 @@ public struct GatewayConfig: Sendable, Equatable {
         var u = try root.object("upstream")
         c.upstream.baseURL = try u.requiredString("base_url")
         guard let url = URL(string: c.upstream.baseURL), let scheme = url.scheme, ["http", "https"].contains(scheme), url.host != nil else {
-            throw ConfigError(path: "upstream.base_url", problem: "must be an http(s) URL such as https://api.openai.com/v1, got \"\(c.upstream.baseURL)\"")
+            throw ConfigError(
+                path: "upstream.base_url",
+                problem: "must be an http(s) URL such as https://api.openai.com/v1, got \"\(c.upstream.baseURL)\"")
         }
         if u.dict["api_key_env"] != nil {
             c.upstream.apiKeyEnv = try u.string("api_key_env")
         }
         if let v = c.upstream.apiKeyEnv, !Self.isEnvName(v) {
-            throw ConfigError(path: "upstream.api_key_env", problem: "must be the NAME of an environment variable (e.g. OPENAI_API_KEY), not a key")
+            throw ConfigError(
+                path: "upstream.api_key_env", problem: "must be the NAME of an environment variable (e.g. OPENAI_API_KEY), not a key")
         }
         c.upstream.connectTimeoutMs = try u.int("connect_timeout_ms", default: c.upstream.connectTimeoutMs, range: 1...600_000)
         c.upstream.firstByteTimeoutMs = try u.int("first_byte_timeout_ms", default: c.upstream.firstByteTimeoutMs, range: 1...3_600_000)
@@ -288,12 +291,16 @@ public struct GatewayConfig: Sendable, Equatable {
         c.upstream.maxRetries = try u.int("max_retries", default: c.upstream.maxRetries, range: 0...10)
         c.upstream.retryBaseDelayMs = try u.int("retry_base_delay_ms", default: c.upstream.retryBaseDelayMs, range: 0...60_000)
         c.upstream.maxConnections = try u.int("max_connections", default: c.upstream.maxConnections, range: 1...10_000)
-        c.upstream.circuitBreakerFailures = try u.int("circuit_breaker_failures", default: c.upstream.circuitBreakerFailures, range: 0...10_000)
-        c.upstream.circuitBreakerCooldownMs = try u.int("circuit_breaker_cooldown_ms", default: c.upstream.circuitBreakerCooldownMs, range: 1...3_600_000)
+        c.upstream.circuitBreakerFailures = try u.int(
+            "circuit_breaker_failures", default: c.upstream.circuitBreakerFailures, range: 0...10_000)
+        c.upstream.circuitBreakerCooldownMs = try u.int(
+            "circuit_breaker_cooldown_ms", default: c.upstream.circuitBreakerCooldownMs, range: 1...3_600_000)
         c.upstream.forwardClientAuthorization = try u.bool("forward_client_authorization", default: c.upstream.forwardClientAuthorization)
         c.upstream.forwardHeaders = try u.stringArray("forward_headers", default: c.upstream.forwardHeaders).map { $0.lowercased() }
         for (i, h) in c.upstream.forwardHeaders.enumerated() where Self.neverForwarded.contains(h) {
-            throw ConfigError(path: "upstream.forward_headers[\(i)]", problem: "'\(h)' is a hop-by-hop or gateway-controlled header and is never forwarded")
+            throw ConfigError(
+                path: "upstream.forward_headers[\(i)]",
+                problem: "'\(h)' is a hop-by-hop or gateway-controlled header and is never forwarded")
         }
         try u.finish()
 
@@ -326,7 +333,8 @@ public struct GatewayConfig: Sendable, Equatable {
         c.log.policyPollSeconds = try lg.double("policy_poll_seconds", default: c.log.policyPollSeconds, range: 0.1...3600)
         c.log.path = try lg.string("path", default: c.log.path)
         c.log.retentionDays = try lg.double("retention_days", default: c.log.retentionDays, range: 0...36_500)
-        c.log.retentionIntervalSeconds = try lg.int("retention_interval_seconds", default: c.log.retentionIntervalSeconds, range: 1...604_800)
+        c.log.retentionIntervalSeconds = try lg.int(
+            "retention_interval_seconds", default: c.log.retentionIntervalSeconds, range: 1...604_800)
         c.log.queueCapacity = try lg.int("queue_capacity", default: c.log.queueCapacity, range: 1...1_000_000)
         c.log.maxBatch = try lg.int("max_batch", default: c.log.maxBatch, range: 1...100_000)
         c.log.lingerMs = try lg.int("linger_ms", default: c.log.lingerMs, range: 0...1000)
@@ -353,9 +361,11 @@ public struct GatewayConfig: Sendable, Equatable {
         c.policy.seed = try p.optionalInt("seed", range: 0...Int(Int32.max))
         c.policy.maxTurns = try p.int("max_turns", default: c.policy.maxTurns, range: 1...50)
         c.policy.maxTokensPerTurn = try p.int("max_tokens_per_turn", default: c.policy.maxTokensPerTurn, range: 1...32_768)
-        c.policy.maxPolicyTokensPerEpisode = try p.int("max_policy_tokens_per_episode", default: c.policy.maxPolicyTokensPerEpisode, range: 1...1_000_000)
+        c.policy.maxPolicyTokensPerEpisode = try p.int(
+            "max_policy_tokens_per_episode", default: c.policy.maxPolicyTokensPerEpisode, range: 1...1_000_000)
         c.policy.maxUpstreamCalls = try p.int("max_upstream_calls", default: c.policy.maxUpstreamCalls, range: 0...50)
-        c.policy.episodeDeadlineSeconds = try p.double("episode_deadline_seconds", default: c.policy.episodeDeadlineSeconds, range: 0.1...86_400)
+        c.policy.episodeDeadlineSeconds = try p.double(
+            "episode_deadline_seconds", default: c.policy.episodeDeadlineSeconds, range: 0.1...86_400)
         c.policy.maxConcurrentEpisodes = try p.int("max_concurrent_episodes", default: c.policy.maxConcurrentEpisodes, range: 1...10_000)
         c.policy.queueTimeoutMs = try p.int("queue_timeout_ms", default: c.policy.queueTimeoutMs, range: 0...600_000)
         c.policy.maxResultChars = try p.int("max_result_chars", default: c.policy.maxResultChars, range: 16...1_000_000)
@@ -377,7 +387,9 @@ public struct GatewayConfig: Sendable, Equatable {
         c.telemetry.otlpEndpoint = try t.string("otlp_endpoint")
         if let e = c.telemetry.otlpEndpoint {
             guard let url = URL(string: e), let scheme = url.scheme, ["http", "https"].contains(scheme), url.host != nil else {
-                throw ConfigError(path: "telemetry.otlp_endpoint", problem: "must be an http(s) URL of an OTLP/HTTP collector such as http://127.0.0.1:4318, got \"\(e)\"")
+                throw ConfigError(
+                    path: "telemetry.otlp_endpoint",
+                    problem: "must be an http(s) URL of an OTLP/HTTP collector such as http://127.0.0.1:4318, got \"\(e)\"")
             }
         }
         c.telemetry.includeContent = try t.bool("include_content", default: c.telemetry.includeContent)
@@ -390,7 +402,11 @@ public struct GatewayConfig: Sendable, Equatable {
     }
 
     static func isEnvName(_ s: String) -> Bool {
-        !s.isEmpty && s.utf8.count <= 128 && s.unicodeScalars.allSatisfy { ($0.properties.isASCIIHexDigit || ("A"..."Z").contains($0) || ("a"..."z").contains($0) || ("0"..."9").contains($0) || $0 == "_") }
+        !s.isEmpty && s.utf8.count <= 128
+            && s.unicodeScalars.allSatisfy {
+                ($0.properties.isASCIIHexDigit || ("A"..."Z").contains($0) || ("a"..."z").contains($0) || ("0"..."9").contains($0)
+                    || $0 == "_")
+            }
             && !s.hasPrefix("sk-")
     }
 

@@ -9,7 +9,9 @@ import TrafficLog
 /// and writer totals are read at scrape time.
 public final class GatewayMetrics: Sendable {
     public let registry = PrometheusCollectorRegistry()
-    private let latencyBuckets: [Double] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300]
+    private let latencyBuckets: [Double] = [
+        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300,
+    ]
     private let total: ValueHistogram
     private let upstream: ValueHistogram
     private let overhead: ValueHistogram
@@ -39,19 +41,32 @@ public final class GatewayMetrics: Sendable {
         func d(_ name: String, _ unit: String = "", _ help: String) -> MetricNameDescriptor {
             MetricNameDescriptor(namespace: "gateway", metricName: name, unitName: unit, helpText: help)
         }
-        total = registry.makeValueHistogram(descriptor: d("request_duration", "seconds", "Total time per request"), labels: [], buckets: latencyBuckets)
-        upstream = registry.makeValueHistogram(descriptor: d("upstream_duration", "seconds", "Upstream time per request (all calls)"), labels: [], buckets: latencyBuckets)
-        overhead = registry.makeValueHistogram(descriptor: d("overhead_duration", "seconds", "Time spent in the gateway (total minus upstream)"), labels: [], buckets: latencyBuckets)
-        policy = registry.makeValueHistogram(descriptor: d("policy_duration", "seconds", "Policy time per collaboration episode (overhead of collaboration)"), labels: [], buckets: latencyBuckets)
-        turns = registry.makeValueHistogram(descriptor: d("turns_per_episode", "", "Policy turns per collaboration episode"), labels: [], buckets: [1, 2, 3, 4, 5, 6, 8, 10])
-        policyTokensPerSecond = registry.makeGauge(descriptor: d("policy_tokens_per_second", "", "Policy tokens per second of policy time, last episode"), labels: [])
+        total = registry.makeValueHistogram(
+            descriptor: d("request_duration", "seconds", "Total time per request"), labels: [], buckets: latencyBuckets)
+        upstream = registry.makeValueHistogram(
+            descriptor: d("upstream_duration", "seconds", "Upstream time per request (all calls)"), labels: [], buckets: latencyBuckets)
+        overhead = registry.makeValueHistogram(
+            descriptor: d("overhead_duration", "seconds", "Time spent in the gateway (total minus upstream)"), labels: [],
+            buckets: latencyBuckets)
+        policy = registry.makeValueHistogram(
+            descriptor: d("policy_duration", "seconds", "Policy time per collaboration episode (overhead of collaboration)"), labels: [],
+            buckets: latencyBuckets)
+        turns = registry.makeValueHistogram(
+            descriptor: d("turns_per_episode", "", "Policy turns per collaboration episode"), labels: [],
+            buckets: [1, 2, 3, 4, 5, 6, 8, 10])
+        policyTokensPerSecond = registry.makeGauge(
+            descriptor: d("policy_tokens_per_second", "", "Policy tokens per second of policy time, last episode"), labels: [])
         swaps = registry.makeCounter(descriptor: d("policy_swaps", "total", "Policy versions switched to"), labels: [])
         logQueue = registry.makeGauge(descriptor: d("log_queue_depth", "", "Episodes waiting for the traffic log writer"), labels: [])
-        policyQueue = registry.makeGauge(descriptor: d("policy_queue_depth", "", "Collaboration requests waiting for an episode slot"), labels: [])
+        policyQueue = registry.makeGauge(
+            descriptor: d("policy_queue_depth", "", "Collaboration requests waiting for an episode slot"), labels: [])
         rowsWritten = registry.makeGauge(descriptor: d("log_rows_written", "total", "Episodes written to the traffic log"), labels: [])
-        logFailures = registry.makeGauge(descriptor: d("log_write_failures", "total", "Failed traffic log write attempts (retried)"), labels: [])
-        circuitOpen = registry.makeGauge(descriptor: d("upstream_circuit_state", "", "Upstream circuit breaker: 0 closed, 1 open, 2 half-open"), labels: [])
-        circuitOpened = registry.makeGauge(descriptor: d("upstream_circuit_opened", "total", "Times the upstream circuit breaker opened"), labels: [])
+        logFailures = registry.makeGauge(
+            descriptor: d("log_write_failures", "total", "Failed traffic log write attempts (retried)"), labels: [])
+        circuitOpen = registry.makeGauge(
+            descriptor: d("upstream_circuit_state", "", "Upstream circuit breaker: 0 closed, 1 open, 2 half-open"), labels: [])
+        circuitOpened = registry.makeGauge(
+            descriptor: d("upstream_circuit_opened", "total", "Times the upstream circuit breaker opened"), labels: [])
         let prefill = d("policy_prefill_tokens", "total", "Policy prompt tokens: copied from the prefix cache (cached=true) or computed")
         prefillCached = registry.makeCounter(descriptor: prefill, labels: [("cached", "true")])
         prefillComputed = registry.makeCounter(descriptor: prefill, labels: [("cached", "false")])
@@ -74,8 +89,11 @@ public final class GatewayMetrics: Sendable {
             }
         }
         if e.status >= 400 || (e.outcome.map { !["ok", "answer"].contains($0) } ?? false) {
-            registry.makeCounter(descriptor: MetricNameDescriptor(namespace: "gateway", metricName: "errors", unitName: "total", helpText: "Failed or degraded requests by kind"),
-                                 labels: [("kind", Self.errorKind(e))]).increment()
+            registry.makeCounter(
+                descriptor: MetricNameDescriptor(
+                    namespace: "gateway", metricName: "errors", unitName: "total", helpText: "Failed or degraded requests by kind"),
+                labels: [("kind", Self.errorKind(e))]
+            ).increment()
         }
     }
 
@@ -83,8 +101,10 @@ public final class GatewayMetrics: Sendable {
         let key = RequestKey(route: route, mode: mode, status: status)
         return requestCounters.withLockedValue { counters in
             if let c = counters[key] { return c }
-            let c = registry.makeCounter(descriptor: MetricNameDescriptor(namespace: "gateway", metricName: "requests", unitName: "total", helpText: "Requests by route, mode and status"),
-                                         labels: [("route", route), ("mode", mode), ("status", String(status))])
+            let c = registry.makeCounter(
+                descriptor: MetricNameDescriptor(
+                    namespace: "gateway", metricName: "requests", unitName: "total", helpText: "Requests by route, mode and status"),
+                labels: [("route", route), ("mode", mode), ("status", String(status))])
             counters[key] = c
             return c
         }
@@ -131,7 +151,11 @@ public final class GatewayMetrics: Sendable {
         case 503: return "unavailable"
         case 504: return "upstream_timeout"
         default:
-            if let o = e.outcome, ["client_disconnected", "upstream_truncated", "no_answer", "empty_answer", "policy_error", "policy_timeout"].contains(o) { return o }
+            if let o = e.outcome,
+                ["client_disconnected", "upstream_truncated", "no_answer", "empty_answer", "policy_error", "policy_timeout"].contains(o)
+            {
+                return o
+            }
             return e.status >= 500 ? "server_error" : (e.status >= 400 ? "client_error" : (e.outcome ?? "other"))
         }
     }

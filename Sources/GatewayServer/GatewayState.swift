@@ -1,12 +1,12 @@
+import EpisodeLog
 import Foundation
 import HTTPTypes
 import Hummingbird
 import Logging
 import NIOPosix
 import OpenAIWire
-import TrafficLog
-import EpisodeLog
 import PromptR1
+import TrafficLog
 
 /// What every handler shares: configuration, the upstream client, auth, the traffic log.
 /// Swappable pieces (config on reload) sit behind a lock.
@@ -24,8 +24,10 @@ public final class GatewayState: @unchecked Sendable {
     let limiter: ConcurrencyLimiter
     let scanner = JSONScanner(maxDepth: 64)
 
-    public init(config: GatewayConfig, auth: ClientAuth, upstream: UpstreamClient, database: any LogBackend,
-                writer: LogWriter, logger: Logger) {
+    public init(
+        config: GatewayConfig, auth: ClientAuth, upstream: UpstreamClient, database: any LogBackend,
+        writer: LogWriter, logger: Logger
+    ) {
         _config = config
         _auth = auth
         self.upstream = upstream
@@ -48,7 +50,10 @@ public final class GatewayState: @unchecked Sendable {
         if let baseline {
             let changed = new.restartOnlyChanges(from: baseline)
             if !changed.isEmpty {
-                throw ConfigError(path: changed[0], problem: "changed in the file, but \(changed.joined(separator: ", ")) take effect only on restart; nothing was reloaded")
+                throw ConfigError(
+                    path: changed[0],
+                    problem: "changed in the file, but \(changed.joined(separator: ", ")) take effect only on restart; nothing was reloaded"
+                )
             }
         }
         lock.withLock {
@@ -57,7 +62,8 @@ public final class GatewayState: @unchecked Sendable {
             c.upstream = _config.upstream
             c.admin = _config.admin
             c.limits.maxHeaderBytes = _config.limits.maxHeaderBytes
-            let durability = c.log.durability, redact = c.log.redactBodies
+            let durability = c.log.durability
+            let redact = c.log.redactBodies
             c.log = _config.log
             c.log.durability = durability
             c.log.redactBodies = redact
@@ -102,8 +108,11 @@ public final class GatewayState: @unchecked Sendable {
         if let messages = obj["messages"] as? [[String: Any]] {
             obj["messages"] = messages.map { m -> [String: Any] in
                 var m = m
-                if let c = m["content"] as? String { m["content"] = "[redacted \(c.utf8.count) bytes]" }
-                else if m["content"] != nil { m["content"] = "[redacted]" }
+                if let c = m["content"] as? String {
+                    m["content"] = "[redacted \(c.utf8.count) bytes]"
+                } else if m["content"] != nil {
+                    m["content"] = "[redacted]"
+                }
                 return m
             }
         }

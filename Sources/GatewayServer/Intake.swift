@@ -101,7 +101,8 @@ struct Intake: Sendable {
             do { members = try state.scanner.scanObject(bytes) } catch { throw GatewayError.invalidJSON(error.description) }
             var chat: ChatCompletionRequest?
             var responses: ResponsesRequest?
-            let model: String, isStream: Bool
+            let model: String
+            let isStream: Bool
             switch endpoint {
             case .chatCompletions:
                 let c = try ChatCompletionRequest.decode(validated: bytes)
@@ -121,26 +122,32 @@ struct Intake: Sendable {
             var (mode, upstreamModel) = config.route(forModel: model)
             if let header = request.headers[.gatewayMode] {
                 guard config.allowModeHeader else {
-                    throw GatewayError.invalidField("x-gateway-mode", "The x-gateway-mode header is disabled by this gateway's configuration.")
+                    throw GatewayError.invalidField(
+                        "x-gateway-mode", "The x-gateway-mode header is disabled by this gateway's configuration.")
                 }
                 guard let m = GatewayConfig.Mode(rawValue: header.lowercased()) else {
-                    throw GatewayError.invalidField("x-gateway-mode", "x-gateway-mode must be 'passthrough' or 'collaborate', got '\(header.prefix(40))'.")
+                    throw GatewayError.invalidField(
+                        "x-gateway-mode", "x-gateway-mode must be 'passthrough' or 'collaborate', got '\(header.prefix(40))'.")
                 }
                 mode = m
             }
-            var incoming = Incoming(endpoint: endpoint, bytes: bytes, members: members, model: model, isStream: isStream,
-                                    chat: chat, responses: responses, mode: mode, upstreamModel: upstreamModel, unsupported: nil,
-                                    forwardedHeaders: Self.forwardedHeaders(request, config),
-                                    contentType: request.headers[.contentType] ?? "application/json", accept: request.headers[.accept] ?? "*/*",
-                                    forwardedAuthorization: forwardedAuthorization(request, config),
-                                    traceRequested: ["1", "true", "on"].contains(request.headers[.gatewayTrace]?.lowercased() ?? ""),
-                                    episode: episode)
+            var incoming = Incoming(
+                endpoint: endpoint, bytes: bytes, members: members, model: model, isStream: isStream,
+                chat: chat, responses: responses, mode: mode, upstreamModel: upstreamModel, unsupported: nil,
+                forwardedHeaders: Self.forwardedHeaders(request, config),
+                contentType: request.headers[.contentType] ?? "application/json", accept: request.headers[.accept] ?? "*/*",
+                forwardedAuthorization: forwardedAuthorization(request, config),
+                traceRequested: ["1", "true", "on"].contains(request.headers[.gatewayTrace]?.lowercased() ?? ""),
+                episode: episode)
             incoming.traceContext = TraceHeaders.client(request)
             if mode == .collaborate, let problem = CollaborationSupport.unsupported(incoming) {
                 switch config.policy.unsupportedRequest {
                 case .error:
-                    throw GatewayError(status: 400, message: "This collaboration route (\(model.prefix(100))) cannot honour '\(problem.param)': \(problem.reason). Use the upstream model directly, or the x-gateway-mode: passthrough header.",
-                                       type: "invalid_request_error", param: problem.param, code: "unsupported_on_collaboration_route")
+                    throw GatewayError(
+                        status: 400,
+                        message:
+                            "This collaboration route (\(model.prefix(100))) cannot honour '\(problem.param)': \(problem.reason). Use the upstream model directly, or the x-gateway-mode: passthrough header.",
+                        type: "invalid_request_error", param: problem.param, code: "unsupported_on_collaboration_route")
                 case .passthrough:
                     incoming.mode = .passthrough
                     incoming.unsupported = problem
@@ -160,8 +167,9 @@ struct Intake: Sendable {
     static func modelAndStream(_ bytes: [UInt8], _ members: [JSONScanner.Member]) throws(GatewayError) -> (String, Bool) {
         guard let m = members.member(named: "model") else { throw .missingField("model") }
         guard m.valueKind == .string,
-              let model = (try? JSONSerialization.jsonObject(with: Data(bytes[m.valueRange]), options: [.fragmentsAllowed])) as? String,
-              !model.isEmpty else {
+            let model = (try? JSONSerialization.jsonObject(with: Data(bytes[m.valueRange]), options: [.fragmentsAllowed])) as? String,
+            !model.isEmpty
+        else {
             throw .invalidField("model", "'model' must be a non-empty string.")
         }
         var stream = false

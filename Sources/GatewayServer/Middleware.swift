@@ -60,8 +60,9 @@ struct GatewayMiddleware: RouterMiddleware {
             case .methodNotAllowed: return .methodNotAllowed(method: request.method.rawValue, path: request.uri.path)
             case .contentTooLarge: return .bodyTooLarge(limit: -1)
             default:
-                return GatewayError(status: Int(e.status.code), message: e.body ?? e.status.reasonPhrase,
-                                    type: e.status.code < 500 ? "invalid_request_error" : "server_error")
+                return GatewayError(
+                    status: Int(e.status.code), message: e.body ?? e.status.reasonPhrase,
+                    type: e.status.code < 500 ? "invalid_request_error" : "server_error")
             }
         case is CancellationError:
             return GatewayError(status: 499, message: "The request was cancelled.", type: "invalid_request_error", code: "cancelled")

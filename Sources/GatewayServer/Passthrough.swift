@@ -25,9 +25,10 @@ struct Passthrough: Sendable {
         do {
             var headers = incoming.upstreamHTTPHeaders
             TraceHeaders.add(to: &headers, clientContext: incoming.traceContext)
-            response = try await state.upstream.send(method: .POST, path: incoming.endpoint.rawValue,
-                                                     headers: headers, body: ByteBuffer(bytes: incoming.upstreamBody),
-                                                     forwardedAuthorization: incoming.forwardedAuthorization)
+            response = try await state.upstream.send(
+                method: .POST, path: incoming.endpoint.rawValue,
+                headers: headers, body: ByteBuffer(bytes: incoming.upstreamBody),
+                forwardedAuthorization: incoming.forwardedAuthorization)
         } catch {
             episode.upstreamMs = upstreamBefore + clock.now.ms(since: upstreamStart)
             if episode.outcome == nil { episode.outcome = Outcome.upstreamError.label }
@@ -39,17 +40,21 @@ struct Passthrough: Sendable {
         if (200..<300).contains(response.status) && isSSE {
             var headers: HTTPFields = [.contentType: "text/event-stream", .cacheControl: "no-cache"]
             headers[.gatewayEpisodeID] = episode.id
-            headers[.gatewayOverheadMs] = Replies.format(ContinuousClock.now.ms(since: context.start) - upstreamBefore - response.firstByteLatency.milliseconds)
+            headers[.gatewayOverheadMs] = Replies.format(
+                ContinuousClock.now.ms(since: context.start) - upstreamBefore - response.firstByteLatency.milliseconds)
             if let u = incoming.unsupported { headers[.gatewayUnsupported] = "\(u.param): \(u.reason)" }
             let started = episode
             let state = self.state
-            return Response(status: .ok, headers: headers, body: ResponseBody { writer in
-                let result = await Self.relay(response, into: &writer, state: state, episode: started, context: context,
-                                              upstreamStart: upstreamStart, upstreamBefore: upstreamBefore,
-                                              endsWithDone: incoming.endpoint != .responses)
-                if result.clientGone { return }
-                try await writer.finish(Self.timingTrailers(result.episode))
-            })
+            return Response(
+                status: .ok, headers: headers,
+                body: ResponseBody { writer in
+                    let result = await Self.relay(
+                        response, into: &writer, state: state, episode: started, context: context,
+                        upstreamStart: upstreamStart, upstreamBefore: upstreamBefore,
+                        endsWithDone: incoming.endpoint != .responses)
+                    if result.clientGone { return }
+                    try await writer.finish(Self.timingTrailers(result.episode))
+                })
         }
         // A whole body: success JSON, or an upstream error relayed with its own status.
         let bytes: ByteBuffer
@@ -107,10 +112,12 @@ struct Passthrough: Sendable {
     /// Relays an upstream SSE stream event by event into `writer`, assembling the text for the
     /// log. The episode is committed before the final `[DONE]` goes out, so a client that saw
     /// the end of the stream can rely on the log holding it. Does not finish the writer.
-    static func relay(_ response: UpstreamResponse, into writer: inout some ResponseBodyWriter, state: GatewayState,
-                      episode started: EpisodeRecord, context: GatewayContext,
-                      upstreamStart: ContinuousClock.Instant, upstreamBefore: Double,
-                      endsWithDone: Bool = true) async -> (episode: EpisodeRecord, clientGone: Bool) {
+    static func relay(
+        _ response: UpstreamResponse, into writer: inout some ResponseBodyWriter, state: GatewayState,
+        episode started: EpisodeRecord, context: GatewayContext,
+        upstreamStart: ContinuousClock.Instant, upstreamBefore: Double,
+        endsWithDone: Bool = true
+    ) async -> (episode: EpisodeRecord, clientGone: Bool) {
         let body = response.body
         var episode = started
         var assembler = StreamAssembler()
@@ -154,7 +161,10 @@ struct Passthrough: Sendable {
                 for event in events {
                     if event.isDone {
                         if out.readableBytes > 0 {
-                            do { try await writer.write(out) } catch { clientGone = true; break stream }
+                            do { try await writer.write(out) } catch {
+                                clientGone = true
+                                break stream
+                            }
                             out.clear()
                         }
                         await log(outcome: .ok)
@@ -166,7 +176,10 @@ struct Passthrough: Sendable {
                     }
                     out.writeBytes(event.raw)
                 }
-                do { try await writer.write(out) } catch { clientGone = true; break stream }
+                do { try await writer.write(out) } catch {
+                    clientGone = true
+                    break stream
+                }
             }
         } catch {
             let e = (UpstreamClient.mapError(error) as? GatewayError) ?? .upstreamBadResponse("\(error)")
@@ -185,7 +198,10 @@ struct Passthrough: Sendable {
         }
         if !logged {
             // The upstream ended without [DONE]: an error, a cut connection, or a truncated event.
-            let e = failure ?? .upstreamBadResponse(parser.hasPartialEvent ? "the stream ended in the middle of an event" : "the stream ended without [DONE]")
+            let e =
+                failure
+                ?? .upstreamBadResponse(
+                    parser.hasPartialEvent ? "the stream ended in the middle of an event" : "the stream ended without [DONE]")
             state.upstream.breaker.recordFailure()
             await log(outcome: failureOutcome, status: e.status, error: e.body.message)
             // Tell the client in-band, as OpenAI does for errors after the stream started.
@@ -218,10 +234,11 @@ struct Passthrough: Sendable {
         let upstreamStart = clock.now
         let response: UpstreamResponse
         do {
-            response = try await state.upstream.send(method: HTTPMethod(rawValue: request.method.rawValue), path: target,
-                                                     headers: upstreamHeaders(request, config),
-                                                     body: buffer.readableBytes > 0 ? buffer : nil,
-                                                     forwardedAuthorization: forwardedAuthorization(request, config))
+            response = try await state.upstream.send(
+                method: HTTPMethod(rawValue: request.method.rawValue), path: target,
+                headers: upstreamHeaders(request, config),
+                body: buffer.readableBytes > 0 ? buffer : nil,
+                forwardedAuthorization: forwardedAuthorization(request, config))
         } catch let e as GatewayError {
             episode.upstreamMs = clock.now.ms(since: upstreamStart)
             episode.outcome = Outcome.upstreamError.label
@@ -235,35 +252,41 @@ struct Passthrough: Sendable {
         let body = response.body
         let status = response.status
         let started = episode
-        return Response(status: .init(code: status), headers: headers, body: ResponseBody { writer in
-            var episode = started
-            var outcome: Outcome = (200..<300).contains(status) ? .ok : .upstreamError
-            var failure: (any Error)?
-            do {
-                for try await chunk in body {
-                    do { try await writer.write(chunk) } catch { outcome = .clientDisconnected; break }
+        return Response(
+            status: .init(code: status), headers: headers,
+            body: ResponseBody { writer in
+                var episode = started
+                var outcome: Outcome = (200..<300).contains(status) ? .ok : .upstreamError
+                var failure: (any Error)?
+                do {
+                    for try await chunk in body {
+                        do { try await writer.write(chunk) } catch {
+                            outcome = .clientDisconnected
+                            break
+                        }
+                    }
+                } catch {
+                    outcome = .upstreamTruncated
+                    failure = error
                 }
-            } catch {
-                outcome = .upstreamTruncated
-                failure = error
-            }
-            episode.status = outcome == .clientDisconnected ? 499 : status
-            episode.outcome = outcome.label
-            episode.error = failure.map { "\($0)" }
-            episode.upstreamMs = ContinuousClock.now.ms(since: upstreamStart)
-            Replies.finishTiming(&episode, context: context)
-            await state.record(episode)
-            if outcome == .clientDisconnected { return }
-            try await writer.finish(Passthrough.timingTrailers(episode))
-        })
+                episode.status = outcome == .clientDisconnected ? 499 : status
+                episode.outcome = outcome.label
+                episode.error = failure.map { "\($0)" }
+                episode.upstreamMs = ContinuousClock.now.ms(since: upstreamStart)
+                Replies.finishTiming(&episode, context: context)
+                await state.record(episode)
+                if outcome == .clientDisconnected { return }
+                try await writer.finish(Passthrough.timingTrailers(episode))
+            })
     }
 
     // MARK: GET /v1/models: the upstream's list plus the collaboration aliases.
 
     func models(_ request: Request, _ context: GatewayContext) async throws -> Response {
         let config = state.config
-        let response = try await state.upstream.send(method: .GET, path: "/v1/models", headers: upstreamHeaders(request, config),
-                                                     body: nil, forwardedAuthorization: forwardedAuthorization(request, config))
+        let response = try await state.upstream.send(
+            method: .GET, path: "/v1/models", headers: upstreamHeaders(request, config),
+            body: nil, forwardedAuthorization: forwardedAuthorization(request, config))
         let bytes: ByteBuffer
         do { bytes = try await response.collect(upTo: 16 << 20) } catch { throw UpstreamClient.mapError(error) }
         guard (200..<300).contains(response.status) else {
@@ -322,4 +345,3 @@ struct StreamAssembler {
         return true
     }
 }
-

@@ -47,14 +47,17 @@ extension GatewayConfig {
         let k = kind ?? policy.backend?.kind.rawValue ?? PolicyBackendKind.llamacpp.rawValue
         dict["kind"] = .string(k)
         if k != PolicyBackendKind.embedded.rawValue {
-            if let url { dict["base_url"] = .string(url) }
-            else if let existing = policy.backend { dict["base_url"] = .string(existing.baseURL) }
+            if let url {
+                dict["base_url"] = .string(url)
+            } else if let existing = policy.backend {
+                dict["base_url"] = .string(existing.baseURL)
+            }
             if let existing = policy.backend {
                 if let e = existing.apiKeyEnv { dict["api_key_env"] = .string(e) }
                 if let m = existing.model { dict["model"] = .string(m) }
             }
         } else if let url {
-            dict["base_url"] = .string(url)   // refused below: the embedded engine takes no URL
+            dict["base_url"] = .string(url)  // refused below: the embedded engine takes no URL
         }
         var o = try ConfigObject(.object(dict), path: "--policy-backend")
         policy.backend = try Self.policyBackend(&o)
@@ -64,8 +67,10 @@ extension GatewayConfig {
 extension LoadedPolicy {
     /// A policy on an inference engine: the checkpoint folder's tokenizer and identity, the
     /// engine health-checked and smoke-tested (`RemotePolicy.connect`).
-    public static func connect(path: String, backend: RemotePolicyBackend,
-                               environment: [String: String] = ProcessInfo.processInfo.environment) async throws -> LoadedPolicy {
+    public static func connect(
+        path: String, backend: RemotePolicyBackend,
+        environment: [String: String] = ProcessInfo.processInfo.environment
+    ) async throws -> LoadedPolicy {
         var isDir: ObjCBool = false
         guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir), isDir.boolValue else {
             throw LoadError.notADirectory(path)
@@ -75,10 +80,13 @@ extension LoadedPolicy {
     }
 
     /// Loads the configured policy: the embedded engine, or the configured backend.
-    static func load(path: String, config: GatewayConfig.Policy, prefillInBackground: Bool = false,
-                     environment: [String: String] = ProcessInfo.processInfo.environment) async throws -> LoadedPolicy {
+    static func load(
+        path: String, config: GatewayConfig.Policy, prefillInBackground: Bool = false,
+        environment: [String: String] = ProcessInfo.processInfo.environment
+    ) async throws -> LoadedPolicy {
         if let backend = config.backend { return try await connect(path: path, backend: backend, environment: environment) }
-        let weights = config.weights, prefixCacheMB = config.prefixCacheMB
+        let weights = config.weights
+        let prefixCacheMB = config.prefixCacheMB
         return try await NIOThreadPool.singleton.runIfActive {
             try LoadedPolicy.load(path: path, weights: weights, prefixCacheMB: prefixCacheMB, prefillInBackground: prefillInBackground)
         }
@@ -94,8 +102,12 @@ extension Gateway {
         let loaded = try await LoadedPolicy.connect(path: path, backend: backend)
         try await state.database.insertPolicyVersion(loaded.record)
         policies.set(loaded)
-        state.logger.notice("policy connected", metadata: ["path": "\(path)", "version": "\(loaded.version)",
-                                                          "backend": "\(backend.kind.rawValue)", "base_url": "\(backend.baseURL)"])
+        state.logger.notice(
+            "policy connected",
+            metadata: [
+                "path": "\(path)", "version": "\(loaded.version)",
+                "backend": "\(backend.kind.rawValue)", "base_url": "\(backend.baseURL)",
+            ])
     }
 }
 
@@ -142,10 +154,15 @@ extension RemotePolicy {
             out += "gateway_policy_backend_\(name)\(l) \(value)\n"
         }
         metric("requests_total", "counter", "Generation requests sent to the policy engine", "\(s.requests)")
-        metric("failures_total", "counter", "Policy engine requests that failed (unreachable, timeout, 5xx, malformed); turns refused by the open circuit are not sent", "\(s.failures)")
+        metric(
+            "failures_total", "counter",
+            "Policy engine requests that failed (unreachable, timeout, 5xx, malformed); turns refused by the open circuit are not sent",
+            "\(s.failures)")
         metric("call_seconds_total", "counter", "Wall time of policy engine calls", "\(s.callSeconds)")
         metric("engine_seconds_total", "counter", "Time the policy engine reports for its own work", "\(s.engineSeconds)")
-        metric("gateway_seconds_total", "counter", "The gateway's own time in policy engine turns (request JSON, response parsing, turn cut, injections)", "\(s.gatewaySeconds)")
+        metric(
+            "gateway_seconds_total", "counter",
+            "The gateway's own time in policy engine turns (request JSON, response parsing, turn cut, injections)", "\(s.gatewaySeconds)")
         metric("generated_tokens_total", "counter", "Policy tokens generated by the engine", "\(s.generatedTokens)")
         metric("prompt_tokens_total", "counter", "Context tokens sent to the engine", "\(s.promptTokensSent)")
         metric("cached_prompt_tokens_total", "counter", "Context tokens the engine took from its prefix cache", "\(s.cachedPromptTokens)")

@@ -89,9 +89,11 @@ public final class LoadedPolicy: Sendable {
 
     /// Loads a checkpoint folder, checks it can speak the protocol, runs a smoke forward pass,
     /// pre-fills the protocol's fixed prefix into the prefix cache, and hashes its weights.
-    public static func load(path: String, weights: WeightFormat = .f32,
-                            prefixCacheMB: Int = EnginePolicy.defaultPrefixCacheBytes >> 20,
-                            prefillInBackground: Bool = false) throws -> LoadedPolicy {
+    public static func load(
+        path: String, weights: WeightFormat = .f32,
+        prefixCacheMB: Int = EnginePolicy.defaultPrefixCacheBytes >> 20,
+        prefillInBackground: Bool = false
+    ) throws -> LoadedPolicy {
         var isDir: ObjCBool = false
         guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir), isDir.boolValue else {
             throw LoadError.notADirectory(path)
@@ -114,9 +116,10 @@ public final class LoadedPolicy: Sendable {
     }
 
     var record: PolicyVersionRecord {
-        PolicyVersionRecord(id: version, path: path, sha256: sha256, architecture: architecture,
-                            parameterCount: parameterCount, loadedAt: loadedAt, parentID: nil,
-                            manifestJSON: (try? String(contentsOfFile: (path as NSString).appendingPathComponent("manifest.json"), encoding: .utf8)))
+        PolicyVersionRecord(
+            id: version, path: path, sha256: sha256, architecture: architecture,
+            parameterCount: parameterCount, loadedAt: loadedAt, parentID: nil,
+            manifestJSON: (try? String(contentsOfFile: (path as NSString).appendingPathComponent("manifest.json"), encoding: .utf8)))
     }
 }
 

@@ -45,8 +45,10 @@ public final class PolicySync: Sendable {
     let onSwitch: @Sendable () -> Void
     private let state = Mutex(Status(inSync: true))
 
-    init(backend: any LogBackend, holder: PolicyHolder, modelsDir: String, weights: WeightFormat,
-         pollInterval: Duration, logger: Logger, onSwitch: @escaping @Sendable () -> Void = {}) {
+    init(
+        backend: any LogBackend, holder: PolicyHolder, modelsDir: String, weights: WeightFormat,
+        pollInterval: Duration, logger: Logger, onSwitch: @escaping @Sendable () -> Void = {}
+    ) {
         self.backend = backend
         self.holder = holder
         self.modelsDir = modelsDir
@@ -71,8 +73,9 @@ public final class PolicySync: Sendable {
     /// the shared log cannot record it; the caller then keeps its old version.
     func record(_ loaded: LoadedPolicy, action: PolicyEventRecord.Action) async throws {
         try await backend.insertPolicyVersion(loaded.record)
-        let event = try await backend.recordPolicyEvent(PolicyEventRecord(
-            versionID: loaded.version, path: recordedPath(loaded.path), action: action, replica: replica))
+        let event = try await backend.recordPolicyEvent(
+            PolicyEventRecord(
+                versionID: loaded.version, path: recordedPath(loaded.path), action: action, replica: replica))
         state.withLock { s in
             s = Status(version: event.versionID, path: event.path, seq: event.seq, inSync: true, error: nil, checkedAt: Date())
         }
@@ -146,7 +149,7 @@ public final class PolicySync: Sendable {
             s.inSync = false
             s.checkedAt = Date()
         }
-        guard holder.beginLoad() else { return }   // an admin load is under way; check again later
+        guard holder.beginLoad() else { return }  // an admin load is under way; check again later
         defer { holder.endLoad() }
         let loaded: LoadedPolicy
         do {
@@ -154,11 +157,15 @@ public final class PolicySync: Sendable {
             let weights = self.weights
             loaded = try await NIOThreadPool.singleton.runIfActive { try LoadedPolicy.load(path: path, weights: weights) }
         } catch {
-            fail("policy version \(latest.versionID) (recorded by \(latest.replica ?? "another replica") at '\(latest.path)') could not be loaded; still serving \(holder.current?.version ?? "none"): \(error)")
+            fail(
+                "policy version \(latest.versionID) (recorded by \(latest.replica ?? "another replica") at '\(latest.path)') could not be loaded; still serving \(holder.current?.version ?? "none"): \(error)"
+            )
             return
         }
         guard loaded.version == latest.versionID else {
-            fail("the checkpoint at '\(latest.path)' has version \(loaded.version), not the recorded \(latest.versionID); still serving \(holder.current?.version ?? "none")")
+            fail(
+                "the checkpoint at '\(latest.path)' has version \(loaded.version), not the recorded \(latest.versionID); still serving \(holder.current?.version ?? "none")"
+            )
             return
         }
         // A newer event may have arrived while loading: switch only if this is still the one.
@@ -170,17 +177,21 @@ public final class PolicySync: Sendable {
         if latest.action == .rollback { holder.removeFromHistory(id: loaded.version) }
         onSwitch()
         state.withLock { $0 = Status(version: latest.versionID, path: latest.path, seq: latest.seq, inSync: true, checkedAt: Date()) }
-        logger.notice("policy switched to the version recorded in the shared log",
-                      metadata: ["version": "\(loaded.version)", "previous": "\(old?.version ?? "none")",
-                                 "recorded_by": "\(latest.replica ?? "")", "seq": "\(latest.seq ?? 0)"])
+        logger.notice(
+            "policy switched to the version recorded in the shared log",
+            metadata: [
+                "version": "\(loaded.version)", "previous": "\(old?.version ?? "none")",
+                "recorded_by": "\(latest.replica ?? "")", "seq": "\(latest.seq ?? 0)",
+            ])
     }
 
     /// On a log without policy events, the serving version (if any) becomes the first.
     private func firstEvent() async throws -> PolicyEventRecord? {
         guard let current = holder.current else { return nil }
         try await backend.insertPolicyVersion(current.record)
-        return try await backend.recordFirstPolicyEvent(PolicyEventRecord(
-            versionID: current.version, path: recordedPath(current.path), action: .start, replica: replica))
+        return try await backend.recordFirstPolicyEvent(
+            PolicyEventRecord(
+                versionID: current.version, path: recordedPath(current.path), action: .start, replica: replica))
     }
 
     private func fail(_ message: String) {

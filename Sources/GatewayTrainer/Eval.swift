@@ -78,57 +78,72 @@ public struct EvalReport: Codable, Sendable {
     }
 
     public var table: String {
-        var rows: [[String]] = [["collaboration", "\(collaboration.n)", Table.num(collaboration.exactMatch), Table.num(collaboration.f1),
-                                 collaboration.meanReward.map { Table.num($0) } ?? "-",
-                                 "\(collaboration.upstreamPromptTokens + collaboration.upstreamCompletionTokens)", "\(collaboration.upstreamCalls)"]]
+        var rows: [[String]] = [
+            [
+                "collaboration", "\(collaboration.n)", Table.num(collaboration.exactMatch), Table.num(collaboration.f1),
+                collaboration.meanReward.map { Table.num($0) } ?? "-",
+                "\(collaboration.upstreamPromptTokens + collaboration.upstreamCompletionTokens)", "\(collaboration.upstreamCalls)",
+            ]
+        ]
         if let u = upstreamAlone {
-            rows.append(["upstream alone", "\(u.n)", Table.num(u.exactMatch), Table.num(u.f1), "-",
-                         "\(u.upstreamPromptTokens + u.upstreamCompletionTokens)", "\(u.upstreamCalls)"])
+            rows.append([
+                "upstream alone", "\(u.n)", Table.num(u.exactMatch), Table.num(u.f1), "-",
+                "\(u.upstreamPromptTokens + u.upstreamCompletionTokens)", "\(u.upstreamCalls)",
+            ])
         }
         return Table.render(["system", "n", "EM", "F1", "mean reward", "upstream tokens", "upstream calls"], rows)
     }
 }
 
 public enum Evaluator {
-    public static func run(items: [DatasetItem], policy: EnginePolicy, policyPath: String, policyVersion: String,
-                           upstream: any UpstreamAnswering, config: EvalConfig, datasetName: String,
-                           progress: @escaping @Sendable (Int, Int) -> Void = { _, _ in }) async throws -> EvalReport {
+    public static func run(
+        items: [DatasetItem], policy: EnginePolicy, policyPath: String, policyVersion: String,
+        upstream: any UpstreamAnswering, config: EvalConfig, datasetName: String,
+        progress: @escaping @Sendable (Int, Int) -> Void = { _, _ in }
+    ) async throws -> EvalReport {
         let clock = ContinuousClock.now
         let total = items.count * (config.baseline ? 2 : 1)
         let counter = Counter()
         var results: [(Int, EvalItemResult, Episode?, UpstreamAnswer?, Bool)] = []
-        try await runBounded(count: items.count, limit: config.rollout.concurrency, { i in
-            let item = items[i]
-            let e = await Rollout.runEpisode(question: item.question, policy: policy, upstream: upstream, config: config.rollout, sample: 0)
-            progress(counter.increment(), total)
-            let rb = e.reward(references: item.answers)
-            var r = EvalItemResult(question: item.question, answers: item.answers, collaborationAnswer: rb.answer,
-                                   collaborationEM: rb.exactMatch, collaborationF1: rb.f1, reward: rb.reward, format: rb.format)
-            var alone: UpstreamAnswer?
-            var aloneFailed = false
-            if config.baseline {
-                do {
-                    let a = try await upstream.answer(messages: [.user(item.question)],
-                                                      options: UpstreamCallOptions(model: config.rollout.upstreamModel,
-                                                                                   temperature: config.rollout.upstreamTemperature,
-                                                                                   maxTokens: config.rollout.upstreamMaxTokens))
-                    let text = PythonString.strip(a.text)
-                    r.upstreamAnswer = text
-                    r.upstreamEM = PromptR1Reward.exactMatch(prediction: text, references: item.answers)
-                    r.upstreamF1 = PromptR1Reward.f1(prediction: text, references: item.answers)
-                    alone = a
-                } catch {
-                    aloneFailed = true
-                }
+        try await runBounded(
+            count: items.count, limit: config.rollout.concurrency,
+            { i in
+                let item = items[i]
+                let e = await Rollout.runEpisode(
+                    question: item.question, policy: policy, upstream: upstream, config: config.rollout, sample: 0)
                 progress(counter.increment(), total)
-            }
-            if case .error = e.outcome { return (i, r, nil, alone, aloneFailed) }
-            return (i, r, e, alone, aloneFailed)
-        }, onResult: { results.append($0) })
+                let rb = e.reward(references: item.answers)
+                var r = EvalItemResult(
+                    question: item.question, answers: item.answers, collaborationAnswer: rb.answer,
+                    collaborationEM: rb.exactMatch, collaborationF1: rb.f1, reward: rb.reward, format: rb.format)
+                var alone: UpstreamAnswer?
+                var aloneFailed = false
+                if config.baseline {
+                    do {
+                        let a = try await upstream.answer(
+                            messages: [.user(item.question)],
+                            options: UpstreamCallOptions(
+                                model: config.rollout.upstreamModel,
+                                temperature: config.rollout.upstreamTemperature,
+                                maxTokens: config.rollout.upstreamMaxTokens))
+                        let text = PythonString.strip(a.text)
+                        r.upstreamAnswer = text
+                        r.upstreamEM = PromptR1Reward.exactMatch(prediction: text, references: item.answers)
+                        r.upstreamF1 = PromptR1Reward.f1(prediction: text, references: item.answers)
+                        alone = a
+                    } catch {
+                        aloneFailed = true
+                    }
+                    progress(counter.increment(), total)
+                }
+                if case .error = e.outcome { return (i, r, nil, alone, aloneFailed) }
+                return (i, r, e, alone, aloneFailed)
+            }, onResult: { results.append($0) })
         results.sort { $0.0 < $1.0 }
         var collab = EvalSide()
         var alone = EvalSide()
-        var rewardSum = 0.0, formatSum = 0.0
+        var rewardSum = 0.0
+        var formatSum = 0.0
         for (_, r, e, a, aFailed) in results {
             collab.n += 1
             if let e {
@@ -160,19 +175,30 @@ public enum Evaluator {
             }
         }
         if collab.n > 0 {
-            collab.exactMatch /= Double(collab.n); collab.f1 /= Double(collab.n)
-            collab.meanReward = rewardSum / Double(collab.n); collab.meanFormat = formatSum / Double(collab.n)
+            collab.exactMatch /= Double(collab.n)
+            collab.f1 /= Double(collab.n)
+            collab.meanReward = rewardSum / Double(collab.n)
+            collab.meanFormat = formatSum / Double(collab.n)
         }
-        if alone.n > 0 { alone.exactMatch /= Double(alone.n); alone.f1 /= Double(alone.n) }
+        if alone.n > 0 {
+            alone.exactMatch /= Double(alone.n)
+            alone.f1 /= Double(alone.n)
+        }
         let d = ContinuousClock.now - clock
-        return EvalReport(policy: policyPath, policyVersion: policyVersion, upstreamModel: config.rollout.upstreamModel,
-                          dataset: datasetName, collaboration: collab, upstreamAlone: config.baseline ? alone : nil,
-                          items: results.map(\.1), seconds: Double(d.components.seconds) + Double(d.components.attoseconds) * 1e-18)
+        return EvalReport(
+            policy: policyPath, policyVersion: policyVersion, upstreamModel: config.rollout.upstreamModel,
+            dataset: datasetName, collaboration: collab, upstreamAlone: config.baseline ? alone : nil,
+            items: results.map(\.1), seconds: Double(d.components.seconds) + Double(d.components.attoseconds) * 1e-18)
     }
 }
 
 final class Counter: @unchecked Sendable {
     private let lock = NSLock()
     private var n = 0
-    func increment() -> Int { lock.lock(); defer { lock.unlock() }; n += 1; return n }
+    func increment() -> Int {
+        lock.lock()
+        defer { lock.unlock() }
+        n += 1
+        return n
+    }
 }

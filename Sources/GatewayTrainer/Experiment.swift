@@ -36,8 +36,14 @@ public struct ExperimentConfig: Codable, Sendable {
         public var loraTargets: [String] = ["q_proj", "v_proj"]
         enum CodingKeys: String, CodingKey {
             case epochs, warmup, full
-            case demoStyles = "demo_styles", learningRate = "learning_rate", gradAccum = "grad_accum", gradClip = "grad_clip"
-            case weightDecay = "weight_decay", loraRank = "lora_rank", loraAlpha = "lora_alpha", loraTargets = "lora_targets"
+            case demoStyles = "demo_styles"
+            case learningRate = "learning_rate"
+            case gradAccum = "grad_accum"
+            case gradClip = "grad_clip"
+            case weightDecay = "weight_decay"
+            case loraRank = "lora_rank"
+            case loraAlpha = "lora_alpha"
+            case loraTargets = "lora_targets"
         }
         public init(from d: any Decoder) throws {
             let c = try d.container(keyedBy: CodingKeys.self)
@@ -64,7 +70,10 @@ public struct ExperimentConfig: Codable, Sendable {
         public var concurrency: Int = 1
         enum CodingKeys: String, CodingKey {
             case temperature, concurrency
-            case groupSize = "group_size", topP = "top_p", maxTurns = "max_turns", maxTokensPerTurn = "max_tokens_per_turn"
+            case groupSize = "group_size"
+            case topP = "top_p"
+            case maxTurns = "max_turns"
+            case maxTokensPerTurn = "max_tokens_per_turn"
         }
         public init() {}
         public init(from d: any Decoder) throws {
@@ -93,8 +102,14 @@ public struct ExperimentConfig: Codable, Sendable {
         public var loraTargets: [String] = ["q_proj", "v_proj"]
         enum CodingKeys: String, CodingKey {
             case epochs, warmup, clip, full
-            case learningRate = "learning_rate", gradAccum = "grad_accum", gradClip = "grad_clip", klCoef = "kl_coef"
-            case weightDecay = "weight_decay", loraRank = "lora_rank", loraAlpha = "lora_alpha", loraTargets = "lora_targets"
+            case learningRate = "learning_rate"
+            case gradAccum = "grad_accum"
+            case gradClip = "grad_clip"
+            case klCoef = "kl_coef"
+            case weightDecay = "weight_decay"
+            case loraRank = "lora_rank"
+            case loraAlpha = "lora_alpha"
+            case loraTargets = "lora_targets"
         }
         public init(from d: any Decoder) throws {
             let c = try d.container(keyedBy: CodingKeys.self)
@@ -125,7 +140,8 @@ public struct ExperimentConfig: Codable, Sendable {
         public var baseline: Bool = true
         enum CodingKeys: String, CodingKey {
             case temperature, samples, concurrency, baseline
-            case maxTokensPerTurn = "max_tokens_per_turn", maxTurns = "max_turns"
+            case maxTokensPerTurn = "max_tokens_per_turn"
+            case maxTurns = "max_turns"
         }
         public init() {}
         public init(from d: any Decoder) throws {
@@ -152,7 +168,8 @@ public struct ExperimentConfig: Codable, Sendable {
 
     enum CodingKeys: String, CodingKey {
         case description, base, world, iterations, rollout, train, eval
-        case warmStart = "warm_start", upstreamModel = "upstream_model"
+        case warmStart = "warm_start"
+        case upstreamModel = "upstream_model"
     }
 
     public init(from d: any Decoder) throws {
@@ -169,7 +186,9 @@ public struct ExperimentConfig: Codable, Sendable {
     }
 
     public static func load(_ url: URL) throws -> ExperimentConfig {
-        guard let data = FileManager.default.contents(atPath: url.path) else { throw ExperimentError.invalidConfig("cannot read \(url.path)") }
+        guard let data = FileManager.default.contents(atPath: url.path) else {
+            throw ExperimentError.invalidConfig("cannot read \(url.path)")
+        }
         let c: ExperimentConfig
         do { c = try JSONDecoder().decode(ExperimentConfig.self, from: data) } catch {
             throw ExperimentError.invalidConfig("\(url.path): \(error)")
@@ -225,8 +244,10 @@ public enum Experiment {
 
     /// Runs the experiment; `upstream` answers as `config.world.answer(prompt:)` does (the CLI
     /// serves it over loopback HTTP).
-    public static func run(config: ExperimentConfig, configDirectory: URL, configName: String, seed: UInt64, out: URL,
-                           upstream: any UpstreamAnswering, log: @escaping @Sendable (String) -> Void = { _ in }) async throws -> ExperimentReport {
+    public static func run(
+        config: ExperimentConfig, configDirectory: URL, configName: String, seed: UInt64, out: URL,
+        upstream: any UpstreamAnswering, log: @escaping @Sendable (String) -> Void = { _ in }
+    ) async throws -> ExperimentReport {
         let t0 = ContinuousClock.now
         let fm = FileManager.default
         try fm.createDirectory(at: out, withIntermediateDirectories: true)
@@ -253,26 +274,34 @@ public enum Experiment {
             var c = SFTJobConfig(base: baseURL, out: out.appendingPathComponent("warm-start"))
             c.filter = nil
             c.demonstrations = [demoURL]
-            c.hyper.learningRate = w.learningRate; c.hyper.epochs = w.epochs; c.hyper.gradAccum = w.gradAccum
-            c.hyper.warmupSteps = w.warmup; c.hyper.gradClip = w.gradClip; c.hyper.seed = seed
+            c.hyper.learningRate = w.learningRate
+            c.hyper.epochs = w.epochs
+            c.hyper.gradAccum = w.gradAccum
+            c.hyper.warmupSteps = w.warmup
+            c.hyper.gradClip = w.gradClip
+            c.hyper.seed = seed
             c.weightDecay = w.weightDecay
             if !w.full { c.lora = LoRAConfig(rank: w.loraRank, alpha: w.loraAlpha, targetModules: w.loraTargets) }
             log("warm start: sft on \(demos.count) demonstrations")
-            let r = try SFTJob.run(c, database: nil, onStep: { s in
-                if s.step == s.totalSteps || s.step % 10 == 0 { log("  sft step \(s.step)/\(s.totalSteps) loss \(Table.num(s.loss))") }
-            })
+            let r = try SFTJob.run(
+                c, database: nil,
+                onStep: { s in
+                    if s.step == s.totalSteps || s.step % 10 == 0 { log("  sft step \(s.step)/\(s.totalSteps) loss \(Table.num(s.loss))") }
+                })
             warmManifest = r.manifest
             start = c.out
         }
 
         var runs: [String: [ExperimentPoint]] = [:]
         for (name, lr) in [("learn", config.train.learningRate), ("control", 0.0)] {
-            runs[name] = try await runOne(name: name, learningRate: lr, config: config, start: start, train: train, heldout: heldout,
-                                          seed: seed, out: out.appendingPathComponent(name), upstream: upstream, log: log)
+            runs[name] = try await runOne(
+                name: name, learningRate: lr, config: config, start: start, train: train, heldout: heldout,
+                seed: seed, out: out.appendingPathComponent(name), upstream: upstream, log: log)
         }
-        let report = ExperimentReport(config: configName, seed: seed, learning_rate: config.train.learningRate, warm_start: warmManifest,
-                                      heldout_questions: heldout.count, train_questions: train.count, runs: runs,
-                                      wall_seconds: seconds(ContinuousClock.now - t0))
+        let report = ExperimentReport(
+            config: configName, seed: seed, learning_rate: config.train.learningRate, warm_start: warmManifest,
+            heldout_questions: heldout.count, train_questions: train.count, runs: runs,
+            wall_seconds: seconds(ContinuousClock.now - t0))
         let e = JSONEncoder()
         e.outputFormatting = [.sortedKeys, .prettyPrinted, .withoutEscapingSlashes]
         try e.encode(report).write(to: out.appendingPathComponent("report.json"), options: .atomic)
@@ -280,8 +309,10 @@ public enum Experiment {
         return report
     }
 
-    static func runOne(name: String, learningRate: Double, config: ExperimentConfig, start: URL, train: [DatasetItem], heldout: [DatasetItem],
-                       seed: UInt64, out: URL, upstream: any UpstreamAnswering, log: @escaping @Sendable (String) -> Void) async throws -> [ExperimentPoint] {
+    static func runOne(
+        name: String, learningRate: Double, config: ExperimentConfig, start: URL, train: [DatasetItem], heldout: [DatasetItem],
+        seed: UInt64, out: URL, upstream: any UpstreamAnswering, log: @escaping @Sendable (String) -> Void
+    ) async throws -> [ExperimentPoint] {
         let t0 = ContinuousClock.now
         let fm = FileManager.default
         if fm.fileExists(atPath: out.path) { try fm.removeItem(at: out) }
@@ -290,30 +321,47 @@ public enum Experiment {
         let startModel = try TrainableModel(directory: start, mode: .frozen)
         var current = start
         var points: [ExperimentPoint] = []
-        points.append(try await evaluate(policy: current, iteration: 0, config: config, heldout: heldout, seed: seed, upstream: upstream,
-                                         kl: 0, since: t0, extra: nil))
+        points.append(
+            try await evaluate(
+                policy: current, iteration: 0, config: config, heldout: heldout, seed: seed, upstream: upstream,
+                kl: 0, since: t0, extra: nil))
         log("\(name) iteration 0: held-out EM \(Table.num(points[0].heldout_em, 3)) reward \(Table.num(points[0].mean_reward, 3))")
         for k in 0..<config.iterations {
             let route = "iter\(k)"
             var rc = RolloutConfig()
-            rc.groupSize = config.rollout.groupSize; rc.concurrency = config.rollout.concurrency; rc.route = route
-            rc.upstreamModel = config.upstreamModel; rc.temperature = config.rollout.temperature; rc.topP = config.rollout.topP
-            rc.maxTurns = config.rollout.maxTurns; rc.maxTokensPerTurn = config.rollout.maxTokensPerTurn
+            rc.groupSize = config.rollout.groupSize
+            rc.concurrency = config.rollout.concurrency
+            rc.route = route
+            rc.upstreamModel = config.upstreamModel
+            rc.temperature = config.rollout.temperature
+            rc.topP = config.rollout.topP
+            rc.maxTurns = config.rollout.maxTurns
+            rc.maxTokensPerTurn = config.rollout.maxTokensPerTurn
             rc.seed = seed &* 1_000_003 &+ UInt64(k)
             let policy = try EnginePolicy(directory: current)
             let version = CheckpointVersion.id(current)
             let summary: RolloutSummary
             do {
-                summary = try await Rollout.run(items: train, policy: policy, policyVersion: version, upstream: upstream, database: database, config: rc)
-            } catch { policy.shutdown(); throw error }
+                summary = try await Rollout.run(
+                    items: train, policy: policy, policyVersion: version, upstream: upstream, database: database, config: rc)
+            } catch {
+                policy.shutdown()
+                throw error
+            }
             policy.shutdown()
 
             let next = out.appendingPathComponent("iter\(k + 1)")
             var tc = TrainJobConfig(base: current, out: next)
-            if !config.train.full { tc.lora = LoRAConfig(rank: config.train.loraRank, alpha: config.train.loraAlpha, targetModules: config.train.loraTargets) }
-            tc.hyper.learningRate = learningRate; tc.hyper.epochs = config.train.epochs; tc.hyper.gradAccum = config.train.gradAccum
-            tc.hyper.warmupSteps = config.train.warmup; tc.hyper.gradClip = config.train.gradClip
-            tc.hyper.ppo = PPOConfig(clip: config.train.clip, klCoef: config.train.klCoef); tc.hyper.seed = seed &+ UInt64(k)
+            if !config.train.full {
+                tc.lora = LoRAConfig(rank: config.train.loraRank, alpha: config.train.loraAlpha, targetModules: config.train.loraTargets)
+            }
+            tc.hyper.learningRate = learningRate
+            tc.hyper.epochs = config.train.epochs
+            tc.hyper.gradAccum = config.train.gradAccum
+            tc.hyper.warmupSteps = config.train.warmup
+            tc.hyper.gradClip = config.train.gradClip
+            tc.hyper.ppo = PPOConfig(clip: config.train.clip, klCoef: config.train.klCoef)
+            tc.hyper.seed = seed &+ UInt64(k)
             tc.weightDecay = config.train.weightDecay
             tc.filter = EpisodeFilter(route: route)
             // An iteration whose groups all tied trains nothing but must not stop the experiment.
@@ -324,29 +372,42 @@ public enum Experiment {
 
             // KL of the new weights to the start, over the policy tokens just trained on.
             let now = try TrainableModel(directory: current, mode: .frozen)
-            var klSum = 0.0, n = 0
+            var klSum = 0.0
+            var n = 0
             for e in job.selection.episodes {
                 let s = e.sequence
-                let a = now.tokenLogprobs(s.tokens), b = startModel.tokenLogprobs(s.tokens)
-                for t in s.policyPositions { klSum += PPOObjective.kl(logp: Double(a[t - 1]), ref: Double(b[t - 1])); n += 1 }
+                let a = now.tokenLogprobs(s.tokens)
+                let b = startModel.tokenLogprobs(s.tokens)
+                for t in s.policyPositions {
+                    klSum += PPOObjective.kl(logp: Double(a[t - 1]), ref: Double(b[t - 1]))
+                    n += 1
+                }
             }
             let extra = (episodes: summary.episodesLogged, reward: summary.meanReward, em: summary.exactMatch, steps: job.manifest.steps)
-            let p = try await evaluate(policy: current, iteration: k + 1, config: config, heldout: heldout, seed: seed, upstream: upstream,
-                                       kl: n == 0 ? 0 : klSum / Double(n), since: t0, extra: extra)
+            let p = try await evaluate(
+                policy: current, iteration: k + 1, config: config, heldout: heldout, seed: seed, upstream: upstream,
+                kl: n == 0 ? 0 : klSum / Double(n), since: t0, extra: extra)
             points.append(p)
-            log("\(name) iteration \(k + 1): rollout reward \(Table.num(summary.meanReward, 3)) EM \(Table.num(summary.exactMatch, 3)); held-out EM \(Table.num(p.heldout_em, 3)) reward \(Table.num(p.mean_reward, 3)) kl \(Table.num(p.kl, 5)) (\(Table.num(p.wall_seconds, 1)) s)")
+            log(
+                "\(name) iteration \(k + 1): rollout reward \(Table.num(summary.meanReward, 3)) EM \(Table.num(summary.exactMatch, 3)); held-out EM \(Table.num(p.heldout_em, 3)) reward \(Table.num(p.mean_reward, 3)) kl \(Table.num(p.kl, 5)) (\(Table.num(p.wall_seconds, 1)) s)"
+            )
         }
         return points
     }
 
-    static func evaluate(policy dir: URL, iteration: Int, config: ExperimentConfig, heldout: [DatasetItem], seed: UInt64,
-                         upstream: any UpstreamAnswering, kl: Double, since t0: ContinuousClock.Instant,
-                         extra: (episodes: Int, reward: Double, em: Double, steps: Int)?) async throws -> ExperimentPoint {
+    static func evaluate(
+        policy dir: URL, iteration: Int, config: ExperimentConfig, heldout: [DatasetItem], seed: UInt64,
+        upstream: any UpstreamAnswering, kl: Double, since t0: ContinuousClock.Instant,
+        extra: (episodes: Int, reward: Double, em: Double, steps: Int)?
+    ) async throws -> ExperimentPoint {
         let policy = try EnginePolicy(directory: dir)
         defer { policy.shutdown() }
         let version = CheckpointVersion.id(dir)
         let passes = config.eval.temperature == 0 ? 1 : config.eval.samples
-        var em = 0.0, f1 = 0.0, reward = 0.0, format = 0.0
+        var em = 0.0
+        var f1 = 0.0
+        var reward = 0.0
+        var format = 0.0
         var alone: Double?
         for s in 0..<passes {
             var ec = EvalConfig()
@@ -354,19 +415,25 @@ public enum Experiment {
             ec.rollout.temperature = config.eval.temperature
             // The same seeds at every evaluation and in both runs: differences come from the weights.
             ec.rollout.seed = (seed &* 7_919) &+ UInt64(s) &+ 0xE7A1
-            ec.rollout.maxTurns = config.eval.maxTurns; ec.rollout.maxTokensPerTurn = config.eval.maxTokensPerTurn
-            ec.rollout.concurrency = config.eval.concurrency; ec.rollout.upstreamModel = config.upstreamModel
-            let r = try await Evaluator.run(items: heldout, policy: policy, policyPath: dir.path, policyVersion: version,
-                                            upstream: upstream, config: ec, datasetName: "heldout")
-            em += r.collaboration.exactMatch; f1 += r.collaboration.f1
-            reward += r.collaboration.meanReward ?? 0; format += r.collaboration.meanFormat ?? 0
+            ec.rollout.maxTurns = config.eval.maxTurns
+            ec.rollout.maxTokensPerTurn = config.eval.maxTokensPerTurn
+            ec.rollout.concurrency = config.eval.concurrency
+            ec.rollout.upstreamModel = config.upstreamModel
+            let r = try await Evaluator.run(
+                items: heldout, policy: policy, policyPath: dir.path, policyVersion: version,
+                upstream: upstream, config: ec, datasetName: "heldout")
+            em += r.collaboration.exactMatch
+            f1 += r.collaboration.f1
+            reward += r.collaboration.meanReward ?? 0
+            format += r.collaboration.meanFormat ?? 0
             if let u = r.upstreamAlone { alone = u.exactMatch }
         }
         let n = Double(passes)
-        return ExperimentPoint(iteration: iteration, heldout_em: em / n, heldout_f1: f1 / n, mean_reward: reward / n, heldout_format: format / n,
-                               kl: kl, wall_seconds: seconds(ContinuousClock.now - t0), train_episodes: extra?.episodes,
-                               train_mean_reward: extra?.reward, train_em: extra?.em, train_steps: extra?.steps,
-                               upstream_alone_em: alone, policy_version: version)
+        return ExperimentPoint(
+            iteration: iteration, heldout_em: em / n, heldout_f1: f1 / n, mean_reward: reward / n, heldout_format: format / n,
+            kl: kl, wall_seconds: seconds(ContinuousClock.now - t0), train_episodes: extra?.episodes,
+            train_mean_reward: extra?.reward, train_em: extra?.em, train_steps: extra?.steps,
+            upstream_alone_em: alone, policy_version: version)
     }
 }
 
@@ -380,16 +447,21 @@ enum CheckpointVersion {
 /// learning run solid, the control dashed.
 public enum ExperimentPlot {
     public static func svg(_ r: ExperimentReport) -> String {
-        let w = 760.0, h = 320.0, pw = 300.0, ph = 200.0, top = 60.0
+        let w = 760.0
+        let h = 320.0
+        let pw = 300.0
+        let ph = 200.0
+        let top = 60.0
         let lefts = [60.0, 430.0]
-        let learn = r.runs["learn"] ?? [], control = r.runs["control"] ?? []
+        let learn = r.runs["learn"] ?? []
+        let control = r.runs["control"] ?? []
         let maxIter = Double(max(1, (learn + control).map(\.iteration).max() ?? 1))
         var s = """
-        <svg xmlns="http://www.w3.org/2000/svg" width="\(Int(w))" height="\(Int(h))" viewBox="0 0 \(Int(w)) \(Int(h))" font-family="sans-serif" font-size="12">
-        <rect width="100%" height="100%" fill="white"/>
-        <text x="\(w / 2)" y="22" text-anchor="middle" font-size="15">\(escape(r.config)), seed \(r.seed): held-out questions (\(r.heldout_questions)), learn (lr \(r.learning_rate)) vs control (lr 0)</text>
+            <svg xmlns="http://www.w3.org/2000/svg" width="\(Int(w))" height="\(Int(h))" viewBox="0 0 \(Int(w)) \(Int(h))" font-family="sans-serif" font-size="12">
+            <rect width="100%" height="100%" fill="white"/>
+            <text x="\(w / 2)" y="22" text-anchor="middle" font-size="15">\(escape(r.config)), seed \(r.seed): held-out questions (\(r.heldout_questions)), learn (lr \(r.learning_rate)) vs control (lr 0)</text>
 
-        """
+            """
         let panels: [(String, (ExperimentPoint) -> Double, Double, Double)] = [
             ("held-out exact match", { $0.heldout_em }, 0, 1),
             ("held-out mean reward", { $0.mean_reward }, -1, 1),
@@ -412,13 +484,16 @@ public enum ExperimentPlot {
             s += "<text x=\"\(x0 + pw / 2)\" y=\"\(top + ph + 34)\" text-anchor=\"middle\">GRPO iteration</text>\n"
             for (pts, color, dash) in [(control, "#999999", "6,4"), (learn, "#1f77b4", "")] where !pts.isEmpty {
                 let path = pts.map { "\(px($0.iteration)),\(py(f($0)))" }.joined(separator: " ")
-                s += "<polyline points=\"\(path)\" fill=\"none\" stroke=\"\(color)\" stroke-width=\"2\"\(dash.isEmpty ? "" : " stroke-dasharray=\"\(dash)\"")/>\n"
+                s +=
+                    "<polyline points=\"\(path)\" fill=\"none\" stroke=\"\(color)\" stroke-width=\"2\"\(dash.isEmpty ? "" : " stroke-dasharray=\"\(dash)\"")/>\n"
                 for p in pts { s += "<circle cx=\"\(px(p.iteration))\" cy=\"\(py(f(p)))\" r=\"3\" fill=\"\(color)\"/>\n" }
             }
         }
         let ly = h - 22
-        s += "<line x1=\"60\" y1=\"\(ly)\" x2=\"90\" y2=\"\(ly)\" stroke=\"#1f77b4\" stroke-width=\"2\"/><text x=\"96\" y=\"\(ly + 4)\">learn</text>\n"
-        s += "<line x1=\"160\" y1=\"\(ly)\" x2=\"190\" y2=\"\(ly)\" stroke=\"#999999\" stroke-width=\"2\" stroke-dasharray=\"6,4\"/><text x=\"196\" y=\"\(ly + 4)\">control (learning rate 0)</text>\n"
+        s +=
+            "<line x1=\"60\" y1=\"\(ly)\" x2=\"90\" y2=\"\(ly)\" stroke=\"#1f77b4\" stroke-width=\"2\"/><text x=\"96\" y=\"\(ly + 4)\">learn</text>\n"
+        s +=
+            "<line x1=\"160\" y1=\"\(ly)\" x2=\"190\" y2=\"\(ly)\" stroke=\"#999999\" stroke-width=\"2\" stroke-dasharray=\"6,4\"/><text x=\"196\" y=\"\(ly + 4)\">control (learning rate 0)</text>\n"
         if let a = learn.first?.upstream_alone_em {
             s += "<text x=\"430\" y=\"\(ly + 4)\">upstream alone, bare question: EM \(String(format: "%.2f", a))</text>\n"
         }
@@ -427,6 +502,7 @@ public enum ExperimentPlot {
     }
 
     static func escape(_ t: String) -> String {
-        t.replacingOccurrences(of: "&", with: "&amp;").replacingOccurrences(of: "<", with: "&lt;").replacingOccurrences(of: ">", with: "&gt;")
+        t.replacingOccurrences(of: "&", with: "&amp;").replacingOccurrences(of: "<", with: "&lt;").replacingOccurrences(
+            of: ">", with: "&gt;")
     }
 }

@@ -55,9 +55,11 @@ public struct LookupWorld: Codable, Sendable, Equatable {
         if properties.values.contains(where: \.isEmpty) { throw fail("every property needs at least one value") }
         if heldoutModulus < 2 { throw fail("heldout_modulus must be at least 2") }
         if Set(subjects).count != subjects.count { throw fail("subjects must be distinct") }
-        for s in subjects { for p in propertyNames where question(subject: s, property: p).lowercased().contains(key(subject: s, property: p)) {
-            throw fail("question_template states the needed phrase itself; the upstream alone would answer it")
-        } }
+        for s in subjects {
+            for p in propertyNames where question(subject: s, property: p).lowercased().contains(key(subject: s, property: p)) {
+                throw fail("question_template states the needed phrase itself; the upstream alone would answer it")
+            }
+        }
         if !questionTemplate.contains("{subject}") || !questionTemplate.contains("{property}") {
             throw fail("question_template needs {subject} and {property}")
         }
@@ -65,8 +67,8 @@ public struct LookupWorld: Codable, Sendable, Equatable {
 
     /// FNV-1a: the table is a fixed function of the names, so anyone can recompute it.
     static func hash(_ s: String) -> UInt64 {
-        var h: UInt64 = 0xcbf29ce484222325
-        for b in s.utf8 { h = (h ^ UInt64(b)) &* 0x100000001b3 }
+        var h: UInt64 = 0xcbf2_9ce4_8422_2325
+        for b in s.utf8 { h = (h ^ UInt64(b)) &* 0x100_0000_01b3 }
         return h
     }
 
@@ -98,8 +100,11 @@ public struct LookupWorld: Codable, Sendable, Equatable {
     }
 
     public func items(heldout: Bool) -> [DatasetItem] {
-        pairs(heldout: heldout).map { DatasetItem(question: question(subject: $0.subject, property: $0.property),
-                                                  answers: [value(subject: $0.subject, property: $0.property)]) }
+        pairs(heldout: heldout).map {
+            DatasetItem(
+                question: question(subject: $0.subject, property: $0.property),
+                answers: [value(subject: $0.subject, property: $0.property)])
+        }
     }
 
     /// The scripted upstream: reads only the prompt (the last user message) and answers when it
@@ -143,9 +148,13 @@ public struct LookupWorld: Codable, Sendable, Equatable {
                     .replacingOccurrences(of: "{subject}", with: pair.subject).replacingOccurrences(of: "{property}", with: pair.property)
                 let response = answer(prompt: prompt)
                 let final = response == Self.notSure ? "unknown" : value(subject: pair.subject, property: pair.property)
-                let call = PromptR1Tag.callOpen + "{\"name\": \"prompt\", \"arguments\": {\"prompt\": " + pythonJSONDumps(prompt) + "}}" + PromptR1Tag.callClose
-                let turns = ["<think>I will ask the large language model.</think>\n" + call,
-                             "I have its response.</think>\n<answer>\(final)</answer>"]
+                let call =
+                    PromptR1Tag.callOpen + "{\"name\": \"prompt\", \"arguments\": {\"prompt\": " + pythonJSONDumps(prompt) + "}}"
+                    + PromptR1Tag.callClose
+                let turns = [
+                    "<think>I will ask the large language model.</think>\n" + call,
+                    "I have its response.</think>\n<answer>\(final)</answer>",
+                ]
                 for _ in 0..<max(0, style.count) { out.append(Demonstration(question: q, turns: turns, responses: [response])) }
             }
         }

@@ -110,11 +110,14 @@ public enum PPOObjective {
 
     /// The summed loss over one sequence's policy tokens and its gradient.
     public static func evaluate(_ t: PolicyTokenTerms, config: PPOConfig) -> LossTerms {
-        var out = LossTerms(lossSum: 0, pgSum: 0, klSum: 0, clipped: 0, tokens: t.logp.count,
-                            dLogp: [Float](repeating: 0, count: t.logp.count))
+        var out = LossTerms(
+            lossSum: 0, pgSum: 0, klSum: 0, clipped: 0, tokens: t.logp.count,
+            dLogp: [Float](repeating: 0, count: t.logp.count))
         let a = t.advantage
         for i in 0..<t.logp.count {
-            let lp = Double(t.logp[i]), old = Double(t.oldLogp[i]), ref = Double(t.refLogp[i])
+            let lp = Double(t.logp[i])
+            let old = Double(t.oldLogp[i])
+            let ref = Double(t.refLogp[i])
             let r = exp(lp - old)
             let unclipped = r * a
             let clippedR = min(max(r, 1 - config.clip), 1 + config.clip)

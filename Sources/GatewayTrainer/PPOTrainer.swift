@@ -99,7 +99,8 @@ public enum TrainerError: Error, CustomStringConvertible {
         case .resumeMismatch(let m): return "cannot resume: \(m)"
         case .noSignal(let why): return "nothing to learn from: \(why) (--allow-no-signal trains anyway)"
         case .modelLogprobsOfSampledEpisodes(let n):
-            return "\(n) selected episodes were sampled but their policy backend logged the model's log-probs, not the sampling distribution's (policy_logprobs = model): the PPO ratio against them would be wrong; train with --behaviour base (recomputes them with the starting weights)"
+            return
+                "\(n) selected episodes were sampled but their policy backend logged the model's log-probs, not the sampling distribution's (policy_logprobs = model): the PPO ratio against them would be wrong; train with --behaviour base (recomputes them with the starting weights)"
         }
     }
 }
@@ -125,10 +126,10 @@ public final class PPOTrainer<Model: PolicyGradientModel, Optimizer: PolicyOptim
 
     static func digest(_ e: [ScoredEpisode]) -> String {
         // FNV-1a over the ids and advantages: cheap, stable, enough to detect a different set.
-        var h: UInt64 = 0xcbf29ce484222325
+        var h: UInt64 = 0xcbf2_9ce4_8422_2325
         for x in e {
-            for b in x.sequence.episodeID.utf8 { h = (h ^ UInt64(b)) &* 0x100000001b3 }
-            h = (h ^ x.advantage.bitPattern) &* 0x100000001b3
+            for b in x.sequence.episodeID.utf8 { h = (h ^ UInt64(b)) &* 0x100_0000_01b3 }
+            h = (h ^ x.advantage.bitPattern) &* 0x100_0000_01b3
         }
         return String(h, radix: 16)
     }
@@ -139,7 +140,7 @@ public final class PPOTrainer<Model: PolicyGradientModel, Optimizer: PolicyOptim
     /// Episode order of an epoch: a seeded shuffle (the same for a given seed and epoch).
     public func order(epoch: Int) -> [Int] {
         var idx = Array(episodes.indices)
-        var rng = Xoshiro256(seed: hyper.seed &* 0x9E3779B97F4A7C15 &+ UInt64(epoch) &+ 1)
+        var rng = Xoshiro256(seed: hyper.seed &* 0x9E37_79B9_7F4A_7C15 &+ UInt64(epoch) &+ 1)
         if idx.count > 1 {
             for i in stride(from: idx.count - 1, to: 0, by: -1) {
                 let j = Int(rng.next() % UInt64(i + 1))
@@ -152,8 +153,9 @@ public final class PPOTrainer<Model: PolicyGradientModel, Optimizer: PolicyOptim
     /// Policy-token terms of episode `i` from the given current log-probs.
     func terms(_ i: Int, logp: [Float]) -> PolicyTokenTerms {
         let pos = episodes[i].sequence.policyPositions
-        return PolicyTokenTerms(logp: pos.map { logp[$0 - 1] }, oldLogp: pos.map { oldLogp[i][$0 - 1] },
-                                refLogp: pos.map { refLogp[i][$0 - 1] }, advantage: episodes[i].advantage)
+        return PolicyTokenTerms(
+            logp: pos.map { logp[$0 - 1] }, oldLogp: pos.map { oldLogp[i][$0 - 1] },
+            refLogp: pos.map { refLogp[i][$0 - 1] }, advantage: episodes[i].advantage)
     }
 
     /// Computes the reference log-probs (and fills in missing behaviour log-probs). Returns the
@@ -161,7 +163,8 @@ public final class PPOTrainer<Model: PolicyGradientModel, Optimizer: PolicyOptim
     /// `measureKL`, which saves a forward pass per episode when the model is known to equal the
     /// reference, i.e. at the start of a run).
     public func prepare(measureKL: Bool = true) -> Double {
-        refLogp = []; oldLogp = []
+        refLogp = []
+        oldLogp = []
         for e in episodes {
             let s = e.sequence
             let ref = model.referenceLogprobs(s.tokens)
@@ -186,10 +189,14 @@ public final class PPOTrainer<Model: PolicyGradientModel, Optimizer: PolicyOptim
     /// Token-mean KL to the reference under the current weights (`current`: their log-probs per
     /// episode when already computed).
     public func meanKL(current: [[Float]]? = nil) -> Double {
-        var klSum = 0.0, n = 0
+        var klSum = 0.0
+        var n = 0
         for (i, e) in episodes.enumerated() {
             let cur = current?[i] ?? model.tokenLogprobs(e.sequence.tokens)
-            for t in e.sequence.policyPositions { klSum += PPOObjective.kl(logp: Double(cur[t - 1]), ref: Double(refLogp[i][t - 1])); n += 1 }
+            for t in e.sequence.policyPositions {
+                klSum += PPOObjective.kl(logp: Double(cur[t - 1]), ref: Double(refLogp[i][t - 1]))
+                n += 1
+            }
         }
         return n == 0 ? 0 : klSum / Double(n)
     }
@@ -197,10 +204,12 @@ public final class PPOTrainer<Model: PolicyGradientModel, Optimizer: PolicyOptim
     /// The token-mean loss of a batch under the current weights (no gradients): what one step
     /// minimises. For tests (finite differences) and reports.
     public func batchLoss(_ batch: [Int]) -> Double {
-        var sum = 0.0, n = 0
+        var sum = 0.0
+        var n = 0
         for i in batch {
             let lt = PPOObjective.evaluate(terms(i, logp: model.tokenLogprobs(episodes[i].sequence.tokens)), config: hyper.ppo)
-            sum += lt.lossSum; n += lt.tokens
+            sum += lt.lossSum
+            n += lt.tokens
         }
         return n == 0 ? 0 : sum / Double(n)
     }
@@ -211,7 +220,9 @@ public final class PPOTrainer<Model: PolicyGradientModel, Optimizer: PolicyOptim
         let tokens = batch.reduce(0) { $0 + episodes[$1].sequence.policyTokenCount }
         guard tokens > 0 else { return (0, 0, 0, 0) }
         let scale = 1 / Double(tokens)
-        var loss = 0.0, kl = 0.0, clipped = 0
+        var loss = 0.0
+        var kl = 0.0
+        var clipped = 0
         for i in batch {
             let s = episodes[i].sequence
             let tape = model.forward(s.tokens)
@@ -259,8 +270,10 @@ public final class PPOTrainer<Model: PolicyGradientModel, Optimizer: PolicyOptim
 
     /// Runs the remaining steps. `stateDirectory`: where resumable state goes (`saveEvery` and at
     /// the end). `onStep` reports each optimiser step.
-    public func run(stateDirectory: URL?, klBefore: Double, measureKLAfter: Bool = true,
-                    onStep: (StepReport) -> Void = { _ in }) throws -> TrainingResult {
+    public func run(
+        stateDirectory: URL?, klBefore: Double, measureKLAfter: Bool = true,
+        onStep: (StepReport) -> Void = { _ in }
+    ) throws -> TrainingResult {
         guard !episodes.isEmpty else { throw TrainerError.nothingToTrain }
         let perEpoch = stepsPerEpoch
         while progress.epoch < hyper.epochs {
@@ -279,9 +292,11 @@ public final class PPOTrainer<Model: PolicyGradientModel, Optimizer: PolicyOptim
                 progress.lossSum += r.loss
                 progress.policyTokens += r.tokens
                 progress.clippedTokens += r.clipped
-                onStep(StepReport(step: step, totalSteps: totalSteps, loss: r.loss, kl: r.kl,
-                                  clipFraction: r.tokens == 0 ? 0 : Double(r.clipped) / Double(r.tokens),
-                                  gradNorm: norm, learningRate: lr, tokens: r.tokens))
+                onStep(
+                    StepReport(
+                        step: step, totalSteps: totalSteps, loss: r.loss, kl: r.kl,
+                        clipFraction: r.tokens == 0 ? 0 : Double(r.clipped) / Double(r.tokens),
+                        gradNorm: norm, learningRate: lr, tokens: r.tokens))
                 if let dir = stateDirectory, hyper.saveEvery > 0, step % hyper.saveEvery == 0 { try saveState(to: dir) }
             }
             progress.epoch += 1
@@ -289,9 +304,10 @@ public final class PPOTrainer<Model: PolicyGradientModel, Optimizer: PolicyOptim
         }
         if let dir = stateDirectory { try saveState(to: dir) }
         let klAfter = measureKLAfter ? meanKL() : .nan
-        return TrainingResult(steps: progress.globalStep, policyTokens: progress.policyTokens,
-                              meanLoss: progress.globalStep == 0 ? 0 : progress.lossSum / Double(progress.globalStep),
-                              klBefore: klBefore, klAfter: klAfter,
-                              clipFraction: progress.policyTokens == 0 ? 0 : Double(progress.clippedTokens) / Double(progress.policyTokens))
+        return TrainingResult(
+            steps: progress.globalStep, policyTokens: progress.policyTokens,
+            meanLoss: progress.globalStep == 0 ? 0 : progress.lossSum / Double(progress.globalStep),
+            klBefore: klBefore, klAfter: klAfter,
+            clipFraction: progress.policyTokens == 0 ? 0 : Double(progress.clippedTokens) / Double(progress.policyTokens))
     }
 }

@@ -68,17 +68,18 @@ public enum Rollout {
 
     /// Deterministic per-episode sampling seed.
     public static func seed(base: UInt64, question: String, sample: Int) -> UInt64 {
-        var h: UInt64 = 0xcbf29ce484222325 ^ base
-        for b in question.utf8 { h = (h ^ UInt64(b)) &* 0x100000001b3 }
-        h = (h ^ UInt64(sample)) &* 0x100000001b3
+        var h: UInt64 = 0xcbf2_9ce4_8422_2325 ^ base
+        for b in question.utf8 { h = (h ^ UInt64(b)) &* 0x100_0000_01b3 }
+        h = (h ^ UInt64(sample)) &* 0x100_0000_01b3
         return h
     }
 
     public static func options(_ c: RolloutConfig) -> CollaborationOptions {
         var o = CollaborationOptions()
-        o.limits = CollaborationLimits(maxTurns: c.maxTurns, maxTokensPerTurn: c.maxTokensPerTurn,
-                                       maxPolicyTokensPerEpisode: c.maxPolicyTokensPerEpisode, maxUpstreamCalls: nil,
-                                       deadline: c.episodeDeadlineSeconds.map { .now + .milliseconds(Int($0 * 1000)) })
+        o.limits = CollaborationLimits(
+            maxTurns: c.maxTurns, maxTokensPerTurn: c.maxTokensPerTurn,
+            maxPolicyTokensPerEpisode: c.maxPolicyTokensPerEpisode, maxUpstreamCalls: nil,
+            deadline: c.episodeDeadlineSeconds.map { .now + .milliseconds(Int($0 * 1000)) })
         o.maxResultChars = c.maxResultChars
         // As the reference rollout: a call on the last allowed turn is still answered.
         o.callOnFinalTurn = true
@@ -87,10 +88,13 @@ public enum Rollout {
     }
 
     /// Runs one sampled episode.
-    public static func runEpisode(question: String, policy: EnginePolicy, upstream: any UpstreamAnswering,
-                                  config: RolloutConfig, sample: Int) async -> Episode {
-        let sampling = SamplingParameters(temperature: config.temperature, topK: config.topK, topP: config.topP,
-                                          seed: seed(base: config.seed, question: question, sample: sample))
+    public static func runEpisode(
+        question: String, policy: EnginePolicy, upstream: any UpstreamAnswering,
+        config: RolloutConfig, sample: Int
+    ) async -> Episode {
+        let sampling = SamplingParameters(
+            temperature: config.temperature, topK: config.topK, topP: config.topP,
+            seed: seed(base: config.seed, question: question, sample: sample))
         var opts = options(config)
         if let d = config.episodeDeadlineSeconds { opts.limits.deadline = .now + .milliseconds(Int(d * 1000)) }
         let loop = CollaborationLoop(options: opts, upstream: upstream, makeSession: policy.factory(sampling: sampling))
@@ -98,9 +102,11 @@ public enum Rollout {
     }
 
     /// Runs the missing episodes of `items`, logging each as it finishes.
-    public static func run(items: [DatasetItem], policy: EnginePolicy, policyVersion: String, upstream: any UpstreamAnswering,
-                           database: any LogStore, config: RolloutConfig,
-                           progress: @escaping @Sendable (Int, Int, RolloutEpisodeResult?) -> Void = { _, _, _ in }) async throws -> RolloutSummary {
+    public static func run(
+        items: [DatasetItem], policy: EnginePolicy, policyVersion: String, upstream: any UpstreamAnswering,
+        database: any LogStore, config: RolloutConfig,
+        progress: @escaping @Sendable (Int, Int, RolloutEpisodeResult?) -> Void = { _, _, _ in }
+    ) async throws -> RolloutSummary {
         let clock = ContinuousClock.now
         let done = try database.episodeCountsByQuestion(route: config.route)
         let work = pending(items: items, groupSize: config.groupSize, done: done)
@@ -108,39 +114,52 @@ public enum Rollout {
         summary.questions = items.count
         let touched = Set(work.map(\.item))
         summary.questionsSkipped = items.indices.filter { !touched.contains($0) }.count
-        var rewards: [Double] = [], formats: [Double] = [], ems: [Double] = []
+        var rewards: [Double] = []
+        var formats: [Double] = []
+        var ems: [Double] = []
         var finished = 0
         progress(0, work.count, nil)
-        try await runBounded(count: work.count, limit: config.concurrency, { n in
-            let w = work[n]
-            return (w.item, await runEpisode(question: items[w.item].question, policy: policy, upstream: upstream, config: config, sample: w.sample))
-        }, onResult: { (itemIndex: Int, e: Episode) in
-            finished += 1
-            let item = items[itemIndex]
-            if case .error(let kind) = e.outcome {
-                // Not logged: a failed episode (network, deadline) says nothing about the
-                // policy; a rerun tries again.
-                summary.episodesFailed += 1
-                if summary.failures.count < 10 { summary.failures.append("\(item.question.prefix(60)): \(kind)") }
-                progress(finished, work.count, nil)
-                return
-            }
-            let reward = e.reward(references: item.answers)
-            var record = EpisodeMapping.record(e, route: config.route, requestedModel: "prompt-r1/" + config.upstreamModel,
-                                               upstreamModel: config.upstreamModel, policyVersion: policyVersion)
-            record.requestJSON = nil
-            record.policySampled = config.temperature > 0
-            let feedback = item.answers.map { FeedbackRecord(episodeID: record.id, kind: "reference", value: $0, source: "rollout") }
-            // An item without answers still needs a marker to count as done; it has no reward.
-            let rows = feedback.isEmpty ? [FeedbackRecord(episodeID: record.id, kind: "label", value: "no_reference", source: "rollout")] : feedback
-            try database.insert(episode: record, feedback: rows)
-            summary.episodesLogged += 1
-            rewards.append(reward.reward); formats.append(reward.format); ems.append(reward.exactMatch)
-            summary.upstreamCalls += e.upstreamCallCount
-            summary.upstreamTokens += record.totalTokens ?? 0
-            summary.policyTokens += e.generatedTokenCount
-            progress(finished, work.count, RolloutEpisodeResult(episode: e, reward: reward, recordID: record.id))
-        })
+        try await runBounded(
+            count: work.count, limit: config.concurrency,
+            { n in
+                let w = work[n]
+                return (
+                    w.item,
+                    await runEpisode(question: items[w.item].question, policy: policy, upstream: upstream, config: config, sample: w.sample)
+                )
+            },
+            onResult: { (itemIndex: Int, e: Episode) in
+                finished += 1
+                let item = items[itemIndex]
+                if case .error(let kind) = e.outcome {
+                    // Not logged: a failed episode (network, deadline) says nothing about the
+                    // policy; a rerun tries again.
+                    summary.episodesFailed += 1
+                    if summary.failures.count < 10 { summary.failures.append("\(item.question.prefix(60)): \(kind)") }
+                    progress(finished, work.count, nil)
+                    return
+                }
+                let reward = e.reward(references: item.answers)
+                var record = EpisodeMapping.record(
+                    e, route: config.route, requestedModel: "prompt-r1/" + config.upstreamModel,
+                    upstreamModel: config.upstreamModel, policyVersion: policyVersion)
+                record.requestJSON = nil
+                record.policySampled = config.temperature > 0
+                let feedback = item.answers.map { FeedbackRecord(episodeID: record.id, kind: "reference", value: $0, source: "rollout") }
+                // An item without answers still needs a marker to count as done; it has no reward.
+                let rows =
+                    feedback.isEmpty
+                    ? [FeedbackRecord(episodeID: record.id, kind: "label", value: "no_reference", source: "rollout")] : feedback
+                try database.insert(episode: record, feedback: rows)
+                summary.episodesLogged += 1
+                rewards.append(reward.reward)
+                formats.append(reward.format)
+                ems.append(reward.exactMatch)
+                summary.upstreamCalls += e.upstreamCallCount
+                summary.upstreamTokens += record.totalTokens ?? 0
+                summary.policyTokens += e.generatedTokenCount
+                progress(finished, work.count, RolloutEpisodeResult(episode: e, reward: reward, recordID: record.id))
+            })
         func mean(_ x: [Double]) -> Double { x.isEmpty ? 0 : x.reduce(0, +) / Double(x.count) }
         summary.meanReward = mean(rewards)
         summary.meanFormat = mean(formats)

@@ -95,7 +95,8 @@ public struct Demonstration: Codable, Sendable, Equatable {
             tokens += ids
             mask += [UInt8](repeating: 1, count: ids.count)
             if k < responses.count {
-                let inj = tokenizer.encode(PromptR1Prompt.injection(upstreamAnswer: PythonString.strip(responses[k]), maxChars: maxResultChars))
+                let inj = tokenizer.encode(
+                    PromptR1Prompt.injection(upstreamAnswer: PythonString.strip(responses[k]), maxChars: maxResultChars))
                 tokens += inj
                 mask += [UInt8](repeating: 0, count: inj.count)
             }
@@ -182,7 +183,7 @@ public final class SFTTrainer<Model: PolicyGradientModel, Optimizer: PolicyOptim
     /// Example order of an epoch: a seeded shuffle.
     public func order(epoch: Int) -> [Int] {
         var idx = Array(examples.indices)
-        var rng = Xoshiro256(seed: hyper.seed &* 0x9E3779B97F4A7C15 &+ UInt64(epoch) &+ 1)
+        var rng = Xoshiro256(seed: hyper.seed &* 0x9E37_79B9_7F4A_7C15 &+ UInt64(epoch) &+ 1)
         if idx.count > 1 {
             for i in stride(from: idx.count - 1, to: 0, by: -1) {
                 let j = Int(rng.next() % UInt64(i + 1))
@@ -194,10 +195,14 @@ public final class SFTTrainer<Model: PolicyGradientModel, Optimizer: PolicyOptim
 
     /// The token-mean cross-entropy of a batch under the current weights (no gradients).
     public func batchLoss(_ batch: [Int]) -> Double {
-        var sum = 0.0, n = 0
+        var sum = 0.0
+        var n = 0
         for i in batch {
             let lp = model.tokenLogprobs(examples[i].tokens)
-            for t in examples[i].policyPositions { sum -= Double(lp[t - 1]); n += 1 }
+            for t in examples[i].policyPositions {
+                sum -= Double(lp[t - 1])
+                n += 1
+            }
         }
         return n == 0 ? 0 : sum / Double(n)
     }
@@ -226,18 +231,24 @@ public final class SFTTrainer<Model: PolicyGradientModel, Optimizer: PolicyOptim
     /// Token-mean k3 KL estimate `exp(ref - logp) - (ref - logp) - 1` of the current weights to
     /// the reference over the examples' mask-1 tokens.
     public func meanKL() -> Double {
-        var sum = 0.0, n = 0
+        var sum = 0.0
+        var n = 0
         for e in examples {
             let cur = model.tokenLogprobs(e.tokens)
             let ref = model.referenceLogprobs(e.tokens)
-            for t in e.policyPositions { sum += PPOObjective.kl(logp: Double(cur[t - 1]), ref: Double(ref[t - 1])); n += 1 }
+            for t in e.policyPositions {
+                sum += PPOObjective.kl(logp: Double(cur[t - 1]), ref: Double(ref[t - 1]))
+                n += 1
+            }
         }
         return n == 0 ? 0 : sum / Double(n)
     }
 
     public func run(measureKLAfter: Bool = true, onStep: (SFTStepReport) -> Void = { _ in }) throws -> SFTResult {
         guard !examples.isEmpty else { throw TrainerError.nothingToTrain }
-        var lossSum = 0.0, last = 0.0, tokens = 0
+        var lossSum = 0.0
+        var last = 0.0
+        var tokens = 0
         for epoch in 0..<hyper.epochs {
             let order = self.order(epoch: epoch)
             for s in 0..<stepsPerEpoch {
@@ -248,12 +259,17 @@ public final class SFTTrainer<Model: PolicyGradientModel, Optimizer: PolicyOptim
                 globalStep += 1
                 let lr = LearningRateSchedule.rate(step: globalStep, base: hyper.learningRate, warmup: hyper.warmupSteps)
                 optimizer.apply(learningRate: Float(lr))
-                lossSum += r.loss; last = r.loss; tokens += r.tokens
-                onStep(SFTStepReport(step: globalStep, totalSteps: totalSteps, loss: r.loss, gradNorm: norm, learningRate: lr, tokens: r.tokens))
+                lossSum += r.loss
+                last = r.loss
+                tokens += r.tokens
+                onStep(
+                    SFTStepReport(
+                        step: globalStep, totalSteps: totalSteps, loss: r.loss, gradNorm: norm, learningRate: lr, tokens: r.tokens))
             }
         }
-        return SFTResult(steps: globalStep, policyTokens: tokens, meanLoss: globalStep == 0 ? 0 : lossSum / Double(globalStep),
-                         lastLoss: last, klBefore: 0, klAfter: measureKLAfter ? meanKL() : .nan)
+        return SFTResult(
+            steps: globalStep, policyTokens: tokens, meanLoss: globalStep == 0 ? 0 : lossSum / Double(globalStep),
+            lastLoss: last, klBefore: 0, klAfter: measureKLAfter ? meanKL() : .nan)
     }
 }
 
@@ -290,20 +306,26 @@ public struct SFTJobResult: Sendable {
 
 public enum SFTJob {
     /// Logged episodes chosen as `train` chooses them, minus those below `minReward`.
-    public static func loggedExamples(database: TrafficDatabase, filter: EpisodeFilter, minReward: Double?,
-                                      tokenizer: Tokenizer?) throws -> (selection: Selection, kept: [ScoredEpisode], rejected: Int) {
-        let selection = try EpisodeSelector.select(database: database, filter: filter, formatFallback: tokenizer.map { tok in
-            { seq in
-                let text = tok.decode(seq.tokens)
-                return PromptR1Reward.formatScore(text.hasSuffix(PromptR1Tag.imEnd) ? text : text + PromptR1Tag.imEnd)
-            }
-        })
+    public static func loggedExamples(
+        database: TrafficDatabase, filter: EpisodeFilter, minReward: Double?,
+        tokenizer: Tokenizer?
+    ) throws -> (selection: Selection, kept: [ScoredEpisode], rejected: Int) {
+        let selection = try EpisodeSelector.select(
+            database: database, filter: filter,
+            formatFallback: tokenizer.map { tok in
+                { seq in
+                    let text = tok.decode(seq.tokens)
+                    return PromptR1Reward.formatScore(text.hasSuffix(PromptR1Tag.imEnd) ? text : text + PromptR1Tag.imEnd)
+                }
+            })
         let kept = selection.episodes.filter { e in minReward.map { e.reward.reward >= $0 - 1e-12 } ?? true }
         return (selection, kept, selection.episodes.count - kept.count)
     }
 
-    public static func run(_ c: SFTJobConfig, database: TrafficDatabase?, onStep: (SFTStepReport) -> Void = { _ in },
-                           log: (String) -> Void = { _ in }) throws -> SFTJobResult {
+    public static func run(
+        _ c: SFTJobConfig, database: TrafficDatabase?, onStep: (SFTStepReport) -> Void = { _ in },
+        log: (String) -> Void = { _ in }
+    ) throws -> SFTJobResult {
         let t0 = ContinuousClock.now
         let parentSHA = try CheckpointHash.weightsSHA256(directory: c.base)
         let tokenizer = try Tokenizer(directory: c.base)
@@ -314,18 +336,23 @@ public enum SFTJob {
         var rejected = 0
         if let filter = c.filter, let database {
             let l = try loggedExamples(database: database, filter: filter, minReward: c.minReward, tokenizer: tokenizer)
-            selection = l.selection; kept = l.kept; rejected = l.rejected
+            selection = l.selection
+            kept = l.kept
+            rejected = l.rejected
             for e in kept {
                 examples.append(SFTExample(id: e.sequence.episodeID, tokens: e.sequence.tokens, mask: e.sequence.mask))
                 episodeIDs.append(e.sequence.episodeID)
             }
-            log("logged episodes: \(l.selection.episodes.count) selected, \(kept.count) kept, \(rejected) below --min-reward, \(l.selection.skipped.count) skipped")
+            log(
+                "logged episodes: \(l.selection.episodes.count) selected, \(kept.count) kept, \(rejected) below --min-reward, \(l.selection.skipped.count) skipped"
+            )
         }
         var demoCount = 0
         for url in c.demonstrations {
             let demos = try Demonstration.load(url.path)
             for (i, d) in demos.enumerated() {
-                examples.append(d.example(id: "demo:\(url.lastPathComponent):\(i + 1)", tokenizer: tokenizer, maxResultChars: c.maxResultChars))
+                examples.append(
+                    d.example(id: "demo:\(url.lastPathComponent):\(i + 1)", tokenizer: tokenizer, maxResultChars: c.maxResultChars))
             }
             demoCount += demos.count
             log("demonstrations: \(demos.count) from \(url.path)")
@@ -336,17 +363,19 @@ public enum SFTJob {
         model.activationBudgetBytes = c.activationBudgetBytes
         let reference: TrainableModel? = c.lora == nil ? try TrainableModel(directory: c.base, mode: .frozen, seed: c.hyper.seed) : nil
         let adam = AdamW(model: model, config: AdamWConfig(lr: Float(c.hyper.learningRate), weightDecay: Float(c.weightDecay)))
-        let trainer = SFTTrainer(model: EngineTrainable(model: model, reference: reference), optimizer: EngineAdamW(adam),
-                                 examples: examples, hyper: c.hyper)
+        let trainer = SFTTrainer(
+            model: EngineTrainable(model: model, reference: reference), optimizer: EngineAdamW(adam),
+            examples: examples, hyper: c.hyper)
         let result = try trainer.run(onStep: onStep)
         try model.exportCheckpoint(to: c.out, sourceDirectory: c.base)
         let sha = try CheckpointHash.weightsSHA256(directory: c.out)
         let d = ContinuousClock.now - t0
-        let hyper = TrainManifest.Hyper(mode: c.lora == nil ? "full" : "lora", lora_rank: c.lora?.rank, lora_alpha: c.lora?.alpha,
-                                        lora_targets: c.lora?.targetModules, learning_rate: c.hyper.learningRate,
-                                        weight_decay: c.weightDecay, epochs: c.hyper.epochs, grad_accum: c.hyper.gradAccum,
-                                        warmup_steps: c.hyper.warmupSteps, grad_clip: c.hyper.gradClip,
-                                        ppo_clip: 0, kl_coef: 0, seed: c.hyper.seed, behaviour: "none")
+        let hyper = TrainManifest.Hyper(
+            mode: c.lora == nil ? "full" : "lora", lora_rank: c.lora?.rank, lora_alpha: c.lora?.alpha,
+            lora_targets: c.lora?.targetModules, learning_rate: c.hyper.learningRate,
+            weight_decay: c.weightDecay, epochs: c.hyper.epochs, grad_accum: c.hyper.gradAccum,
+            warmup_steps: c.hyper.warmupSteps, grad_clip: c.hyper.gradClip,
+            ppo_clip: 0, kl_coef: 0, seed: c.hyper.seed, behaviour: "none")
         let meanReward = kept.isEmpty ? 0 : kept.reduce(0) { $0 + $1.reward.reward } / Double(kept.count)
         let meanFormat = kept.isEmpty ? 0 : kept.reduce(0) { $0 + $1.reward.format } / Double(kept.count)
         var manifest = TrainManifest(
@@ -361,13 +390,15 @@ public enum SFTJob {
             wall_seconds: Double(d.components.seconds) + Double(d.components.attoseconds) * 1e-18,
             trainable_parameters: model.trainableParameterCount)
         manifest.objective = "sft"
-        manifest.sft = TrainManifest.SFTInfo(min_reward: c.minReward, logged_episodes: kept.count, rejected_episodes: rejected,
-                                             demonstrations: demoCount, demonstration_files: c.demonstrations.map(\.path),
-                                             last_loss: result.lastLoss)
+        manifest.sft = TrainManifest.SFTInfo(
+            min_reward: c.minReward, logged_episodes: kept.count, rejected_episodes: rejected,
+            demonstrations: demoCount, demonstration_files: c.demonstrations.map(\.path),
+            last_loss: result.lastLoss)
         let e = JSONEncoder()
         e.outputFormatting = [.sortedKeys, .prettyPrinted, .withoutEscapingSlashes]
         try e.encode(manifest).write(to: c.out.appendingPathComponent("manifest.json"), options: .atomic)
-        return SFTJobResult(manifest: manifest, loggedExamples: kept.count, demonstrationExamples: demoCount, rejected: rejected,
-                            skipped: selection?.skipped.count ?? 0, lastLoss: result.lastLoss)
+        return SFTJobResult(
+            manifest: manifest, loggedExamples: kept.count, demonstrationExamples: demoCount, rejected: rejected,
+            skipped: selection?.skipped.count ?? 0, lastLoss: result.lastLoss)
     }
 }

@@ -16,8 +16,10 @@ public struct ScoredEpisode: Sendable {
     public var groupKey: String
     public var groupSize: Int
 
-    public init(sequence: TrainingSequence, source: RewardSource, reward: TrainingReward, advantage: Double,
-                groupKey: String, groupSize: Int) {
+    public init(
+        sequence: TrainingSequence, source: RewardSource, reward: TrainingReward, advantage: Double,
+        groupKey: String, groupSize: Int
+    ) {
         self.sequence = sequence
         self.source = source
         self.reward = reward
@@ -53,7 +55,9 @@ public struct Selection: Sendable {
             why.append(groups == 1 ? "the 1 group has identical rewards" : "all \(groups) groups have identical rewards")
         }
         if loneEpisodes > 0 {
-            why.append(loneEpisodes == 1 ? "the lone episode has advantage 0" : "all \(loneEpisodes) lone episodes have the reward of the episodes before them")
+            why.append(
+                loneEpisodes == 1
+                    ? "the lone episode has advantage 0" : "all \(loneEpisodes) lone episodes have the reward of the episodes before them")
         }
         let rewards = Set(episodes.map(\.reward.reward))
         let same = rewards.count == 1 ? " (every episode's reward is \(Table.num(rewards.first!)))" : ""
@@ -77,35 +81,49 @@ public enum EpisodeSelector {
 
     /// Loads, scores and groups. `formatFallback` computes the format score from a sequence whose
     /// log row has none (e.g. by decoding its ids); without it such episodes are skipped.
-    public static func select(database: any LogStore, filter: EpisodeFilter,
-                              formatFallback: ((TrainingSequence) -> Double)? = nil) throws -> Selection {
+    public static func select(
+        database: any LogStore, filter: EpisodeFilter,
+        formatFallback: ((TrainingSequence) -> Double)? = nil
+    ) throws -> Selection {
         let records = try database.episodes(filter.query)
         let feedback = try database.feedback(episodeIDs: records.map(\.id))
         var scored: [ScoredEpisode] = []
         var skipped: [(String, String)] = []
         for r in records {
-            guard r.trainable else { skipped.append((r.id, redactedReason)); continue }
+            guard r.trainable else {
+                skipped.append((r.id, redactedReason))
+                continue
+            }
             guard let source = rewardSource(feedback[r.id] ?? []) else {
-                skipped.append((r.id, "no usable reward source")); continue
+                skipped.append((r.id, "no usable reward source"))
+                continue
             }
             let seq: TrainingSequence
             do { seq = try TrainingSequence(record: r) } catch {
-                skipped.append((r.id, "\(error)")); continue
+                skipped.append((r.id, "\(error)"))
+                continue
             }
-            if seq.policyTokenCount == 0 { skipped.append((r.id, "no policy tokens")); continue }
+            if seq.policyTokenCount == 0 {
+                skipped.append((r.id, "no policy tokens"))
+                continue
+            }
             guard let fmt = seq.formatScore ?? formatFallback?(seq) else {
-                skipped.append((r.id, "no format score and no tokenizer to compute it")); continue
+                skipped.append((r.id, "no format score and no tokenizer to compute it"))
+                continue
             }
             let reward = TrainingReward.compute(format: fmt, answer: seq.answer, source: source)
-            scored.append(ScoredEpisode(sequence: seq, source: source, reward: reward, advantage: 0,
-                                        groupKey: r.question ?? "episode:" + r.id, groupSize: 1))
+            scored.append(
+                ScoredEpisode(
+                    sequence: seq, source: source, reward: reward, advantage: 0,
+                    groupKey: r.question ?? "episode:" + r.id, groupSize: 1))
         }
         let (withAdvantages, groups, lone) = assignAdvantages(scored)
         var selection = Selection(episodes: withAdvantages, skipped: skipped, groups: groups, loneEpisodes: lone)
         let selectedIDs = Set(withAdvantages.map(\.sequence.episodeID))
-        selection.modelLogprobsOfSampled = records.filter {
-            selectedIDs.contains($0.id) && $0.policyLogprobs == .model && $0.policySampled == true
-        }.count
+        selection.modelLogprobsOfSampled =
+            records.filter {
+                selectedIDs.contains($0.id) && $0.policyLogprobs == .model && $0.policySampled == true
+            }.count
         let byKey = Dictionary(grouping: withAdvantages, by: \.groupKey)
         selection.zeroAdvantageGroups = byKey.values.filter { $0.count > 1 && $0.allSatisfy { $0.advantage == 0 } }.count
         selection.zeroAdvantageLone = byKey.values.filter { $0.count == 1 && $0[0].advantage == 0 }.count
@@ -126,13 +144,21 @@ public enum EpisodeSelector {
         var loneIndices: [Int] = []
         for key in keyOrder {
             let idx = byKey[key]!
-            if idx.count == 1 { loneIndices.append(idx[0]); continue }
+            if idx.count == 1 {
+                loneIndices.append(idx[0])
+                continue
+            }
             groups += 1
             let adv = Advantages.grpo(idx.map { input[$0].reward.reward })
-            for (i, a) in zip(idx, adv) { out[i].advantage = a; out[i].groupSize = idx.count }
+            for (i, a) in zip(idx, adv) {
+                out[i].advantage = a
+                out[i].groupSize = idx.count
+            }
         }
         var baseline = RunningBaseline()
-        for i in loneIndices.sorted(by: { (input[$0].sequence.createdAt, input[$0].sequence.episodeID) < (input[$1].sequence.createdAt, input[$1].sequence.episodeID) }) {
+        for i in loneIndices.sorted(by: {
+            (input[$0].sequence.createdAt, input[$0].sequence.episodeID) < (input[$1].sequence.createdAt, input[$1].sequence.episodeID)
+        }) {
             out[i].advantage = baseline.advantage(input[i].reward.reward)
         }
         return (out, groups, loneIndices.count)

@@ -5,7 +5,6 @@ import EpisodeLog
 import Foundation
 import OpenAIWire
 import PromptR1
-import EpisodeLog
 
 /// The upstream as the collaboration loop sees it: the adapter the gateway's collaboration
 /// route uses too (EpisodeLog), so rollouts send exactly what serving sends.
@@ -98,7 +97,8 @@ public final class ProgressReporter: @unchecked Sendable {
 
     /// Reports `n` items done (absolute) with an optional note.
     public func update(_ n: Int, note: String = "") {
-        lock.lock(); defer { lock.unlock() }
+        lock.lock()
+        defer { lock.unlock() }
         guard enabled else { return }
         done = n
         let elapsed = (ContinuousClock.now - start)
@@ -116,7 +116,8 @@ public final class ProgressReporter: @unchecked Sendable {
             let pct = Int(frac * 100)
             if n >= total || pct / 5 > lastPlainPercent / 5 || lastPlainPercent < 0 {
                 lastPlainPercent = pct
-                FileHandle.standardError.write(Data("\(label): \(n)/\(total) (\(pct)%) elapsed \(Self.fmt(secs)) eta \(Self.fmt(eta)) \(note)\n".utf8))
+                FileHandle.standardError.write(
+                    Data("\(label): \(n)/\(total) (\(pct)%) elapsed \(Self.fmt(secs)) eta \(Self.fmt(eta)) \(note)\n".utf8))
             }
         }
     }
@@ -141,8 +142,10 @@ public enum Table {
 /// Runs `work(0..<count)` with at most `limit` running at a time, and hands each result to
 /// `onResult` as it finishes (completion order, on the caller's task). Rollout and eval both
 /// share one policy engine and one upstream this way.
-func runBounded<T: Sendable>(count: Int, limit: Int, _ work: @escaping @Sendable (Int) async -> T,
-                             onResult: (T) async throws -> Void) async throws {
+func runBounded<T: Sendable>(
+    count: Int, limit: Int, _ work: @escaping @Sendable (Int) async -> T,
+    onResult: (T) async throws -> Void
+) async throws {
     try await withThrowingTaskGroup(of: T.self) { group in
         var next = 0
         func launch() {

@@ -45,7 +45,7 @@ public final class EngineAdamW: PolicyOptimizer {
 public struct TrainJobConfig: Sendable {
     public var base: URL
     public var out: URL
-    public var lora: LoRAConfig?   // nil: full fine-tuning
+    public var lora: LoRAConfig?  // nil: full fine-tuning
     public var hyper = TrainingHyperparameters()
     public var weightDecay: Double = 0.01
     /// Bytes of MLP activations the tape may keep so backward skips recomputing them
@@ -128,21 +128,27 @@ public struct TrainJobResult: Sendable {
 }
 
 public enum TrainJob {
-    public static func run(_ c: TrainJobConfig, database: any LogStore, tokenizer: Tokenizer? = nil,
-                           onStep: (StepReport) -> Void = { _ in }, log: (String) -> Void = { _ in }) throws -> TrainJobResult {
+    public static func run(
+        _ c: TrainJobConfig, database: any LogStore, tokenizer: Tokenizer? = nil,
+        onStep: (StepReport) -> Void = { _ in }, log: (String) -> Void = { _ in }
+    ) throws -> TrainJobResult {
         let t0 = ContinuousClock.now
         let parentSHA = try CheckpointHash.weightsSHA256(directory: c.base)
-        let selection = try EpisodeSelector.select(database: database, filter: c.filter, formatFallback: tokenizer.map { tok in
-            { seq in
-                let text = tok.decode(seq.tokens)
-                return PromptR1Reward.formatScore(text.hasSuffix(PromptR1Tag.imEnd) ? text : text + PromptR1Tag.imEnd)
-            }
-        })
+        let selection = try EpisodeSelector.select(
+            database: database, filter: c.filter,
+            formatFallback: tokenizer.map { tok in
+                { seq in
+                    let text = tok.decode(seq.tokens)
+                    return PromptR1Reward.formatScore(text.hasSuffix(PromptR1Tag.imEnd) ? text : text + PromptR1Tag.imEnd)
+                }
+            })
         guard !selection.episodes.isEmpty else { throw TrainerError.nothingToTrain }
         if selection.modelLogprobsOfSampled > 0 && !c.hyper.recomputeBehaviour {
             throw TrainerError.modelLogprobsOfSampledEpisodes(selection.modelLogprobsOfSampled)
         }
-        log("selected \(selection.episodes.count) episodes (\(selection.groups) groups, \(selection.loneEpisodes) lone, \(selection.skipped.count) skipped, \(selection.redacted) of them redacted), mean reward \(Table.num(selection.meanReward)); advantage 0 in \(selection.zeroAdvantageGroups) of \(selection.groups) groups and \(selection.zeroAdvantageLone) of \(selection.loneEpisodes) lone episodes")
+        log(
+            "selected \(selection.episodes.count) episodes (\(selection.groups) groups, \(selection.loneEpisodes) lone, \(selection.skipped.count) skipped, \(selection.redacted) of them redacted), mean reward \(Table.num(selection.meanReward)); advantage 0 in \(selection.zeroAdvantageGroups) of \(selection.groups) groups and \(selection.zeroAdvantageLone) of \(selection.loneEpisodes) lone episodes"
+        )
         if let why = selection.noSignalReason {
             guard c.allowNoSignal else { throw TrainerError.noSignal(why) }
             log("warning: nothing to learn from: \(why); training anyway (--allow-no-signal): only the KL term can move the weights")
@@ -152,15 +158,17 @@ public enum TrainJob {
         model.activationBudgetBytes = c.activationBudgetBytes
         let reference: TrainableModel? = c.lora == nil ? try TrainableModel(directory: c.base, mode: .frozen, seed: c.hyper.seed) : nil
         let adam = AdamW(model: model, config: AdamWConfig(lr: Float(c.hyper.learningRate), weightDecay: Float(c.weightDecay)))
-        let trainer = PPOTrainer(model: EngineTrainable(model: model, reference: reference), optimizer: EngineAdamW(adam),
-                                 episodes: selection.episodes, hyper: c.hyper)
+        let trainer = PPOTrainer(
+            model: EngineTrainable(model: model, reference: reference), optimizer: EngineAdamW(adam),
+            episodes: selection.episodes, hyper: c.hyper)
         let stateDir = c.resolvedStateDirectory
         var resumed = false
         if c.resume {
             resumed = try trainer.loadStateIfPresent(from: stateDir)
             if resumed { log("resumed from \(stateDir.path) at step \(trainer.progress.globalStep)") }
         } else if FileManager.default.fileExists(atPath: stateDir.appendingPathComponent("progress.json").path) {
-            throw TrainerError.resumeMismatch("\(stateDir.path) holds the state of an earlier run: pass --resume to continue it or delete it")
+            throw TrainerError.resumeMismatch(
+                "\(stateDir.path) holds the state of an earlier run: pass --resume to continue it or delete it")
         }
         // KL "before" is measured against the starting model, i.e. before any update (a resumed
         // run reports the KL at the point it resumed).
@@ -172,18 +180,20 @@ public enum TrainJob {
         let sha = try CheckpointHash.weightsSHA256(directory: c.out)
         let d = ContinuousClock.now - t0
         let iso = ISO8601DateFormatter()
-        let hyper = TrainManifest.Hyper(mode: c.lora == nil ? "full" : "lora", lora_rank: c.lora?.rank, lora_alpha: c.lora?.alpha,
-                                        lora_targets: c.lora?.targetModules, learning_rate: c.hyper.learningRate,
-                                        weight_decay: c.weightDecay, epochs: c.hyper.epochs, grad_accum: c.hyper.gradAccum,
-                                        warmup_steps: c.hyper.warmupSteps, grad_clip: c.hyper.gradClip,
-                                        ppo_clip: c.hyper.ppo.clip, kl_coef: c.hyper.ppo.klCoef, seed: c.hyper.seed,
-                                        behaviour: c.hyper.recomputeBehaviour ? "base" : "logged")
+        let hyper = TrainManifest.Hyper(
+            mode: c.lora == nil ? "full" : "lora", lora_rank: c.lora?.rank, lora_alpha: c.lora?.alpha,
+            lora_targets: c.lora?.targetModules, learning_rate: c.hyper.learningRate,
+            weight_decay: c.weightDecay, epochs: c.hyper.epochs, grad_accum: c.hyper.gradAccum,
+            warmup_steps: c.hyper.warmupSteps, grad_clip: c.hyper.gradClip,
+            ppo_clip: c.hyper.ppo.clip, kl_coef: c.hyper.ppo.klCoef, seed: c.hyper.seed,
+            behaviour: c.hyper.recomputeBehaviour ? "base" : "logged")
         let eps = selection.episodes
         let manifest = TrainManifest(
             parent_version: CheckpointHash.versionID(sha256: parentSHA), parent_sha256: parentSHA, parent_path: c.base.path,
             version: CheckpointHash.versionID(sha256: sha), sha256: sha, created_at: iso.string(from: Date()),
             hyperparameters: hyper, filters: c.filter, episode_count: eps.count, episode_ids: eps.map(\.sequence.episodeID),
-            groups: selection.groups, lone_episodes: selection.loneEpisodes, policy_tokens: eps.reduce(0) { $0 + $1.sequence.policyTokenCount },
+            groups: selection.groups, lone_episodes: selection.loneEpisodes,
+            policy_tokens: eps.reduce(0) { $0 + $1.sequence.policyTokenCount },
             mean_reward: selection.meanReward, mean_format: eps.reduce(0) { $0 + $1.reward.format } / Double(eps.count),
             kl_before: result.klBefore, kl_after: result.klAfter, mean_loss: result.meanLoss, clip_fraction: result.clipFraction,
             steps: result.steps, resumed: resumed,

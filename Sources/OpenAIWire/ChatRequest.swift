@@ -2,16 +2,28 @@ import Foundation
 
 /// A JSON value, for fields the gateway carries without interpreting.
 public enum JSONValue: Codable, Sendable, Equatable {
-    case null, bool(Bool), number(Double), string(String), array([JSONValue]), object([String: JSONValue])
+    case null
+    case bool(Bool)
+    case number(Double)
+    case string(String)
+    case array([JSONValue])
+    case object([String: JSONValue])
 
     public init(from decoder: any Decoder) throws {
         let c = try decoder.singleValueContainer()
-        if c.decodeNil() { self = .null }
-        else if let b = try? c.decode(Bool.self) { self = .bool(b) }
-        else if let d = try? c.decode(Double.self) { self = .number(d) }
-        else if let s = try? c.decode(String.self) { self = .string(s) }
-        else if let a = try? c.decode([JSONValue].self) { self = .array(a) }
-        else { self = .object(try c.decode([String: JSONValue].self)) }
+        if c.decodeNil() {
+            self = .null
+        } else if let b = try? c.decode(Bool.self) {
+            self = .bool(b)
+        } else if let d = try? c.decode(Double.self) {
+            self = .number(d)
+        } else if let s = try? c.decode(String.self) {
+            self = .string(s)
+        } else if let a = try? c.decode([JSONValue].self) {
+            self = .array(a)
+        } else {
+            self = .object(try c.decode([String: JSONValue].self))
+        }
     }
 
     public func encode(to encoder: any Encoder) throws {
@@ -39,10 +51,19 @@ public enum MessageContent: Codable, Sendable, Equatable {
 
     public init(from decoder: any Decoder) throws {
         let c = try decoder.singleValueContainer()
-        if let s = try? c.decode(String.self) { self = .text(s); return }
-        if let p = try? c.decode([ContentPart].self) { self = .parts(p); return }
-        throw DecodingError.typeMismatch(String.self, .init(codingPath: decoder.codingPath,
-            debugDescription: "expected a string or an array of content parts"))
+        if let s = try? c.decode(String.self) {
+            self = .text(s)
+            return
+        }
+        if let p = try? c.decode([ContentPart].self) {
+            self = .parts(p)
+            return
+        }
+        throw DecodingError.typeMismatch(
+            String.self,
+            .init(
+                codingPath: decoder.codingPath,
+                debugDescription: "expected a string or an array of content parts"))
     }
 
     public func encode(to encoder: any Encoder) throws {
@@ -86,10 +107,14 @@ public struct ChatMessage: Codable, Sendable, Equatable {
 
 /// `stop`: a string or up to four strings.
 public enum StopSequences: Codable, Sendable, Equatable {
-    case one(String), many([String])
+    case one(String)
+    case many([String])
     public init(from decoder: any Decoder) throws {
         let c = try decoder.singleValueContainer()
-        if let s = try? c.decode(String.self) { self = .one(s); return }
+        if let s = try? c.decode(String.self) {
+            self = .one(s)
+            return
+        }
         self = .many(try c.decode([String].self))
     }
     public func encode(to encoder: any Encoder) throws {
@@ -100,7 +125,10 @@ public enum StopSequences: Codable, Sendable, Equatable {
         }
     }
     public var values: [String] {
-        switch self { case .one(let s): [s]; case .many(let a): a }
+        switch self {
+        case .one(let s): [s]
+        case .many(let a): a
+        }
     }
 }
 
@@ -283,7 +311,10 @@ public struct ChatCompletionRequest: Codable, Sendable, Equatable {
             case 14: return r.null()  // logit_bias: an object, left to JSONDecoder
             case 9:  // stop
                 if r.null() { return true }
-                if let one = r.string() { req.stop = .one(one); return true }
+                if let one = r.string() {
+                    req.stop = .one(one)
+                    return true
+                }
                 var many: [String] = []
                 let ok = r.array { r in
                     guard let v = r.string() else { return false }
@@ -311,13 +342,19 @@ public struct ChatCompletionRequest: Codable, Sendable, Equatable {
                 return role != nil
             case 1:  // content
                 if r.null() { return true }
-                if let s = r.string() { message.content = .text(s); return true }
+                if let s = r.string() {
+                    message.content = .text(s)
+                    return true
+                }
                 var parts: [MessageContent.ContentPart] = []
                 let ok = r.array { r in
                     var type: String?
                     var text: String?
                     let ok = r.object(keys: partKeys) { r, key in
-                        if key == 0 { type = r.string(); return type != nil }
+                        if key == 0 {
+                            type = r.string()
+                            return type != nil
+                        }
                         if r.null() { return true }
                         text = r.string()
                         return text != nil
@@ -351,8 +388,10 @@ public struct ChatCompletionRequest: Codable, Sendable, Equatable {
         if messages.isEmpty { throw .invalidField("messages", "'messages' must contain at least one message.") }
         for (i, m) in messages.enumerated() {
             if !Self.roles.contains(m.role) {
-                throw .invalidField("messages[\(i)].role",
-                    "Invalid value: '\(m.role.prefix(64))'. Supported values are: 'system', 'developer', 'user', 'assistant', 'tool' and 'function'.")
+                throw .invalidField(
+                    "messages[\(i)].role",
+                    "Invalid value: '\(m.role.prefix(64))'. Supported values are: 'system', 'developer', 'user', 'assistant', 'tool' and 'function'."
+                )
             }
             if m.content == nil && m.role != "assistant" {
                 throw .missingField("messages[\(i)].content")
@@ -370,7 +409,8 @@ public struct ChatCompletionRequest: Codable, Sendable, Equatable {
         }
         if let bias = logitBias {
             for (token, v) in bias where !(-100...100).contains(v) {
-                throw .invalidField("logit_bias", "'logit_bias' values must be between -100 and 100, got \(v) for token \(token.prefix(20)).")
+                throw .invalidField(
+                    "logit_bias", "'logit_bias' values must be between -100 and 100, got \(v) for token \(token.prefix(20)).")
             }
         }
         if let n, !(1...128).contains(n) { throw .invalidField("n", "'n' must be between 1 and 128, got \(n).") }

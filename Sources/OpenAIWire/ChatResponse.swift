@@ -36,8 +36,9 @@ public struct Usage: Codable, Sendable, Equatable {
     }
 
     public static func + (a: Usage, b: Usage) -> Usage {
-        Usage(promptTokens: a.promptTokens + b.promptTokens, completionTokens: a.completionTokens + b.completionTokens,
-              totalTokens: a.totalTokens + b.totalTokens)
+        Usage(
+            promptTokens: a.promptTokens + b.promptTokens, completionTokens: a.completionTokens + b.completionTokens,
+            totalTokens: a.totalTokens + b.totalTokens)
     }
 }
 
@@ -318,7 +319,10 @@ public struct UpstreamCompletionSummary: Decodable, Sendable {
         public struct Message: Decodable, Sendable { public var content: String? }
         public var message: Message?
         public var finishReason: String?
-        enum CodingKeys: String, CodingKey { case message; case finishReason = "finish_reason" }
+        enum CodingKeys: String, CodingKey {
+            case message
+            case finishReason = "finish_reason"
+        }
         init(message: Message?, finishReason: String?) {
             self.message = message
             self.finishReason = finishReason
@@ -431,12 +435,20 @@ extension Usage {
 
     /// A usage object read straight from the bytes, or nil when it is left to JSONDecoder.
     static func fastRead(_ r: inout JSONFastReader) -> Usage? {
-        var p: Int?, c: Int?, t: Int?
+        var p: Int?
+        var c: Int?
+        var t: Int?
         let ok = r.object(keys: fastKeys) { r, key in
             switch key {
-            case 0: p = r.integer(); return p != nil
-            case 1: c = r.integer(); return c != nil
-            case 2: t = r.integer(); return t != nil
+            case 0:
+                p = r.integer()
+                return p != nil
+            case 1:
+                c = r.integer()
+                return c != nil
+            case 2:
+                t = r.integer()
+                return t != nil
             default: return r.null()  // policy_tokens: left to JSONDecoder unless null
             }
         }

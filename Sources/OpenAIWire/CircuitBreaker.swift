@@ -11,7 +11,8 @@ import Foundation
 /// Thread-safe; every method takes one short lock.
 public final class CircuitBreaker: @unchecked Sendable {
     public enum State: String, Sendable {
-        case closed, open, halfOpen = "half_open"
+        case closed, open
+        case halfOpen = "half_open"
     }
 
     /// Failures in a row that open the circuit; 0 disables the breaker.
@@ -26,8 +27,10 @@ public final class CircuitBreaker: @unchecked Sendable {
     private var probeInFlight = false
     private var opened = 0
 
-    public init(failureThreshold: Int, cooldown: Duration,
-                now: @escaping @Sendable () -> ContinuousClock.Instant = { ContinuousClock.now }) {
+    public init(
+        failureThreshold: Int, cooldown: Duration,
+        now: @escaping @Sendable () -> ContinuousClock.Instant = { ContinuousClock.now }
+    ) {
         self.failureThreshold = failureThreshold
         self.cooldown = cooldown
         self.now = now

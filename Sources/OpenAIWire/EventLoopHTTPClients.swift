@@ -16,13 +16,15 @@ public final class EventLoopHTTPClients: Sendable {
     public init(configuration: HTTPClient.Configuration, maxConnections: Int) {
         let group = HTTPClient.defaultEventLoopGroup
         var shared = configuration
-        shared.connectionPool = .init(idleTimeout: configuration.connectionPool.idleTimeout,
-                                      concurrentHTTP1ConnectionsPerHostSoftLimit: maxConnections)
+        shared.connectionPool = .init(
+            idleTimeout: configuration.connectionPool.idleTimeout,
+            concurrentHTTP1ConnectionsPerHostSoftLimit: maxConnections)
         self.shared = HTTPClient(eventLoopGroup: group, configuration: shared)
         let loops = Array(group.makeIterator())
         var each = configuration
-        each.connectionPool = .init(idleTimeout: configuration.connectionPool.idleTimeout,
-                                    concurrentHTTP1ConnectionsPerHostSoftLimit: max(1, maxConnections / max(1, loops.count)))
+        each.connectionPool = .init(
+            idleTimeout: configuration.connectionPool.idleTimeout,
+            concurrentHTTP1ConnectionsPerHostSoftLimit: max(1, maxConnections / max(1, loops.count)))
         var perLoop: [ObjectIdentifier: HTTPClient] = [:]
         for loop in loops {
             perLoop[ObjectIdentifier(loop)] = HTTPClient(eventLoopGroup: loop, configuration: each)

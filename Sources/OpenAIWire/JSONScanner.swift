@@ -59,7 +59,11 @@ public struct JSONScanner {
         let n: Int
         var i = 0
         let maxDepth: Int
-        init(b: UnsafeRawBufferPointer, maxDepth: Int) { self.b = b; self.n = b.count; self.maxDepth = maxDepth }
+        init(b: UnsafeRawBufferPointer, maxDepth: Int) {
+            self.b = b
+            self.n = b.count
+            self.maxDepth = maxDepth
+        }
 
         func fail(_ reason: String) -> Failure { Failure(offset: i, reason: reason) }
 
@@ -74,13 +78,27 @@ public struct JSONScanner {
             skipWS()
             guard i < n else { throw fail("unexpected end of input") }
             switch b[i] {
-            case UInt8(ascii: "{"): _ = try object(depth: depth + 1, collect: false); return .object
-            case UInt8(ascii: "["): try array(depth: depth + 1); return .array
-            case UInt8(ascii: "\""): _ = try string(decode: false); return .string
-            case UInt8(ascii: "t"): try literal("true"); return .bool
-            case UInt8(ascii: "f"): try literal("false"); return .bool
-            case UInt8(ascii: "n"): try literal("null"); return .null
-            case UInt8(ascii: "-"), UInt8(ascii: "0")...UInt8(ascii: "9"): try number(); return .number
+            case UInt8(ascii: "{"):
+                _ = try object(depth: depth + 1, collect: false)
+                return .object
+            case UInt8(ascii: "["):
+                try array(depth: depth + 1)
+                return .array
+            case UInt8(ascii: "\""):
+                _ = try string(decode: false)
+                return .string
+            case UInt8(ascii: "t"):
+                try literal("true")
+                return .bool
+            case UInt8(ascii: "f"):
+                try literal("false")
+                return .bool
+            case UInt8(ascii: "n"):
+                try literal("null")
+                return .null
+            case UInt8(ascii: "-"), UInt8(ascii: "0")...UInt8(ascii: "9"):
+                try number()
+                return .number
             default: throw fail("unexpected character '\(Character(Unicode.Scalar(b[i])))'")
             }
         }
@@ -100,7 +118,9 @@ public struct JSONScanner {
                 i += 1
             } else if b[i] >= UInt8(ascii: "1") && b[i] <= UInt8(ascii: "9") {
                 while i < n, b[i] >= 0x30, b[i] <= 0x39 { i += 1 }
-            } else { throw fail("invalid number") }
+            } else {
+                throw fail("invalid number")
+            }
             if i < n, b[i] == UInt8(ascii: ".") {
                 i += 1
                 let s = i
@@ -133,7 +153,7 @@ public struct JSONScanner {
                     guard i < n else { throw fail("unterminated escape") }
                     switch b[i] {
                     case UInt8(ascii: "\""), UInt8(ascii: "\\"), UInt8(ascii: "/"), UInt8(ascii: "b"),
-                         UInt8(ascii: "f"), UInt8(ascii: "n"), UInt8(ascii: "r"), UInt8(ascii: "t"):
+                        UInt8(ascii: "f"), UInt8(ascii: "n"), UInt8(ascii: "r"), UInt8(ascii: "t"):
                         i += 1
                     case UInt8(ascii: "u"):
                         guard i + 4 < n else { throw fail("truncated \\u escape") }
@@ -143,7 +163,10 @@ public struct JSONScanner {
                     }
                     continue
                 }
-                if c < 0x80 { i += 1; continue }
+                if c < 0x80 {
+                    i += 1
+                    continue
+                }
                 try utf8Scalar()
             }
             let end = i
@@ -162,15 +185,24 @@ public struct JSONScanner {
         mutating func utf8Scalar() throws(Failure) {
             let c0 = b[i]
             var len = 0
-            var lo: UInt8 = 0x80, hi: UInt8 = 0xBF
+            var lo: UInt8 = 0x80
+            var hi: UInt8 = 0xBF
             switch c0 {
             case 0xC2...0xDF: len = 2
-            case 0xE0: len = 3; lo = 0xA0
+            case 0xE0:
+                len = 3
+                lo = 0xA0
             case 0xE1...0xEC, 0xEE...0xEF: len = 3
-            case 0xED: len = 3; hi = 0x9F
-            case 0xF0: len = 4; lo = 0x90
+            case 0xED:
+                len = 3
+                hi = 0x9F
+            case 0xF0:
+                len = 4
+                lo = 0x90
             case 0xF1...0xF3: len = 4
-            case 0xF4: len = 4; hi = 0x8F
+            case 0xF4:
+                len = 4
+                hi = 0x8F
             default: throw fail("invalid UTF-8")
             }
             guard i + len <= n else { throw fail("invalid UTF-8 (truncated sequence)") }
@@ -184,13 +216,22 @@ public struct JSONScanner {
             if depth > maxDepth { throw fail("nesting deeper than \(maxDepth) levels") }
             i += 1
             skipWS()
-            if i < n, b[i] == UInt8(ascii: "]") { i += 1; return }
+            if i < n, b[i] == UInt8(ascii: "]") {
+                i += 1
+                return
+            }
             while true {
                 _ = try value(depth: depth)
                 skipWS()
                 guard i < n else { throw fail("unterminated array") }
-                if b[i] == UInt8(ascii: ",") { i += 1; continue }
-                if b[i] == UInt8(ascii: "]") { i += 1; return }
+                if b[i] == UInt8(ascii: ",") {
+                    i += 1
+                    continue
+                }
+                if b[i] == UInt8(ascii: "]") {
+                    i += 1
+                    return
+                }
                 throw fail("expected ',' or ']' in array")
             }
         }
@@ -200,7 +241,10 @@ public struct JSONScanner {
             i += 1
             var members: [Member] = []
             skipWS()
-            if i < n, b[i] == UInt8(ascii: "}") { i += 1; return members }
+            if i < n, b[i] == UInt8(ascii: "}") {
+                i += 1
+                return members
+            }
             while true {
                 skipWS()
                 guard i < n, b[i] == UInt8(ascii: "\"") else { throw fail("expected a string key in object") }
@@ -214,8 +258,14 @@ public struct JSONScanner {
                 if collect, let key { members.append(Member(key: key, valueRange: vstart..<i, valueKind: kind)) }
                 skipWS()
                 guard i < n else { throw fail("unterminated object") }
-                if b[i] == UInt8(ascii: ",") { i += 1; continue }
-                if b[i] == UInt8(ascii: "}") { i += 1; return members }
+                if b[i] == UInt8(ascii: ",") {
+                    i += 1
+                    continue
+                }
+                if b[i] == UInt8(ascii: "}") {
+                    i += 1
+                    return members
+                }
                 throw fail("expected ',' or '}' in object")
             }
         }
@@ -252,7 +302,10 @@ struct JSONFastReader {
     }
 
     mutating func consume(_ c: UInt8) -> Bool {
-        if peek() == c { i += 1; return true }
+        if peek() == c {
+            i += 1
+            return true
+        }
         return false
     }
 
@@ -265,8 +318,12 @@ struct JSONFastReader {
 
     mutating func bool() -> Bool? {
         switch peek() {
-        case UInt8(ascii: "t"): i += 4; return true
-        case UInt8(ascii: "f"): i += 5; return false
+        case UInt8(ascii: "t"):
+            i += 4
+            return true
+        case UInt8(ascii: "f"):
+            i += 5
+            return false
         default: return nil
         }
     }
@@ -287,8 +344,15 @@ struct JSONFastReader {
         out.append(contentsOf: UnsafeRawBufferPointer(rebasing: b[start..<i]))
         while i < b.count {
             let c = b[i]
-            if c == UInt8(ascii: "\"") { i += 1; return String(decoding: out, as: UTF8.self) }
-            if c != UInt8(ascii: "\\") { out.append(c); i += 1; continue }
+            if c == UInt8(ascii: "\"") {
+                i += 1
+                return String(decoding: out, as: UTF8.self)
+            }
+            if c != UInt8(ascii: "\\") {
+                out.append(c)
+                i += 1
+                continue
+            }
             guard i + 1 < b.count else { return nil }
             let e = b[i + 1]
             i += 2
@@ -342,7 +406,12 @@ struct JSONFastReader {
         while i < b.count {
             let c = b[i]
             if (c >= 0x30 && c <= 0x39) || c == UInt8(ascii: "-") || c == UInt8(ascii: "+") || c == UInt8(ascii: ".")
-                || c == UInt8(ascii: "e") || c == UInt8(ascii: "E") { i += 1 } else { break }
+                || c == UInt8(ascii: "e") || c == UInt8(ascii: "E")
+            {
+                i += 1
+            } else {
+                break
+            }
         }
         return UnsafeRawBufferPointer(rebasing: b[start..<i])
     }
@@ -362,12 +431,21 @@ struct JSONFastReader {
         guard let t = numberText() else { return nil }
         var k = 0
         var negative = false
-        if t[0] == UInt8(ascii: "-") { negative = true; k = 1 }
-        guard k < t.count, t.count - k <= 18 else { i = save; return nil }
+        if t[0] == UInt8(ascii: "-") {
+            negative = true
+            k = 1
+        }
+        guard k < t.count, t.count - k <= 18 else {
+            i = save
+            return nil
+        }
         var v = 0
         while k < t.count {
             let c = t[k]
-            guard c >= 0x30, c <= 0x39 else { i = save; return nil }
+            guard c >= 0x30, c <= 0x39 else {
+                i = save
+                return nil
+            }
             v = v * 10 + Int(c - 0x30)
             k += 1
         }
@@ -381,8 +459,14 @@ struct JSONFastReader {
         case UInt8(ascii: "\""):
             i += 1
             while i < b.count {
-                if b[i] == UInt8(ascii: "\\") { i += 2; continue }
-                if b[i] == UInt8(ascii: "\"") { i += 1; return true }
+                if b[i] == UInt8(ascii: "\\") {
+                    i += 2
+                    continue
+                }
+                if b[i] == UInt8(ascii: "\"") {
+                    i += 1
+                    return true
+                }
                 i += 1
             }
             return false
@@ -390,18 +474,30 @@ struct JSONFastReader {
             var depth = 0
             while i < b.count {
                 let c = b[i]
-                if c == UInt8(ascii: "\"") { guard skipValue() else { return false }; continue }
+                if c == UInt8(ascii: "\"") {
+                    guard skipValue() else { return false }
+                    continue
+                }
                 if c == UInt8(ascii: "{") || c == UInt8(ascii: "[") { depth += 1 }
                 if c == UInt8(ascii: "}") || c == UInt8(ascii: "]") {
                     depth -= 1
-                    if depth == 0 { i += 1; return true }
+                    if depth == 0 {
+                        i += 1
+                        return true
+                    }
                 }
                 i += 1
             }
             return false
-        case UInt8(ascii: "t"): i += 4; return true
-        case UInt8(ascii: "f"): i += 5; return true
-        case UInt8(ascii: "n"): i += 4; return true
+        case UInt8(ascii: "t"):
+            i += 4
+            return true
+        case UInt8(ascii: "f"):
+            i += 5
+            return true
+        case UInt8(ascii: "n"):
+            i += 4
+            return true
         default: return numberText() != nil
         }
     }

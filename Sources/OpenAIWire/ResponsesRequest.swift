@@ -17,7 +17,10 @@ public struct ResponsesRequest: Decodable, Sendable, Equatable {
         case parts([Part])
         public init(from decoder: any Decoder) throws {
             let c = try decoder.singleValueContainer()
-            if let s = try? c.decode(String.self) { self = .text(s); return }
+            if let s = try? c.decode(String.self) {
+                self = .text(s)
+                return
+            }
             self = .parts(try c.decode([Part].self))
         }
     }
@@ -32,7 +35,10 @@ public struct ResponsesRequest: Decodable, Sendable, Equatable {
         case items([Item])
         public init(from decoder: any Decoder) throws {
             let c = try decoder.singleValueContainer()
-            if let s = try? c.decode(String.self) { self = .text(s); return }
+            if let s = try? c.decode(String.self) {
+                self = .text(s)
+                return
+            }
             self = .items(try c.decode([Item].self))
         }
     }

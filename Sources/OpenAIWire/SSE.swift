@@ -93,7 +93,10 @@ public struct SSEParser: Sendable {
         defer { line.removeAll(keepingCapacity: true) }
         if line.isEmpty {
             // Blank line: dispatch.
-            guard hasFields else { raw.removeAll(keepingCapacity: true); return nil }
+            guard hasFields else {
+                raw.removeAll(keepingCapacity: true)
+                return nil
+            }
             let e = SSEEvent(data: data, event: event, id: id, raw: raw)
             data.removeAll(keepingCapacity: true)
             hasData = false

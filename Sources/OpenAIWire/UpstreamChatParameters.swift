@@ -19,10 +19,12 @@ public struct UpstreamChatParameters: Sendable, Equatable {
     /// `service_tier`, `reasoning_effort`).
     public var passAlong: [String: JSONValue]
 
-    public init(temperature: Double? = nil, topP: Double? = nil, seed: Int? = nil, presencePenalty: Double? = nil,
-                frequencyPenalty: Double? = nil, logitBias: [String: Double]? = nil, stop: [String]? = nil,
-                user: String? = nil, maxTokens: Int? = nil, maxCompletionTokens: Int? = nil,
-                passAlong: [String: JSONValue] = [:]) {
+    public init(
+        temperature: Double? = nil, topP: Double? = nil, seed: Int? = nil, presencePenalty: Double? = nil,
+        frequencyPenalty: Double? = nil, logitBias: [String: Double]? = nil, stop: [String]? = nil,
+        user: String? = nil, maxTokens: Int? = nil, maxCompletionTokens: Int? = nil,
+        passAlong: [String: JSONValue] = [:]
+    ) {
         self.temperature = temperature
         self.topP = topP
         self.seed = seed
@@ -38,10 +40,11 @@ public struct UpstreamChatParameters: Sendable, Equatable {
 
     /// The parameters of a client's chat request that go to each upstream call.
     public init(forwarding r: ChatCompletionRequest, passAlong: [String: JSONValue] = [:]) {
-        self.init(temperature: r.temperature, topP: r.topP, seed: r.seed, presencePenalty: r.presencePenalty,
-                  frequencyPenalty: r.frequencyPenalty, logitBias: r.logitBias,
-                  stop: (r.stop?.values.isEmpty ?? true) ? nil : r.stop?.values, user: r.user,
-                  maxTokens: r.maxTokens, maxCompletionTokens: r.maxCompletionTokens, passAlong: passAlong)
+        self.init(
+            temperature: r.temperature, topP: r.topP, seed: r.seed, presencePenalty: r.presencePenalty,
+            frequencyPenalty: r.frequencyPenalty, logitBias: r.logitBias,
+            stop: (r.stop?.values.isEmpty ?? true) ? nil : r.stop?.values, user: r.user,
+            maxTokens: r.maxTokens, maxCompletionTokens: r.maxCompletionTokens, passAlong: passAlong)
     }
 
     /// The JSON body of one non-streaming chat completion with these parameters.

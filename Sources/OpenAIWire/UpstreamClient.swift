@@ -26,10 +26,12 @@ public struct UpstreamSettings: Sendable, Equatable {
     /// How long an open circuit fails requests fast before letting a probe through.
     public var circuitBreakerCooldown: Duration
 
-    public init(baseURL: String, apiKey: String? = nil, connectTimeout: Duration = .seconds(5),
-                firstByteTimeout: Duration = .seconds(120), idleTimeout: Duration = .seconds(120),
-                totalTimeout: Duration = .seconds(600), maxRetries: Int = 2, retryBaseDelay: Duration = .milliseconds(200),
-                maxConnections: Int = 256, circuitBreakerFailures: Int = 5, circuitBreakerCooldown: Duration = .seconds(10)) {
+    public init(
+        baseURL: String, apiKey: String? = nil, connectTimeout: Duration = .seconds(5),
+        firstByteTimeout: Duration = .seconds(120), idleTimeout: Duration = .seconds(120),
+        totalTimeout: Duration = .seconds(600), maxRetries: Int = 2, retryBaseDelay: Duration = .milliseconds(200),
+        maxConnections: Int = 256, circuitBreakerFailures: Int = 5, circuitBreakerCooldown: Duration = .seconds(10)
+    ) {
         self.baseURL = baseURL
         self.apiKey = apiKey
         self.connectTimeout = connectTimeout
@@ -91,8 +93,9 @@ public final class UpstreamClient: Sendable {
         self.breaker = CircuitBreaker(failureThreshold: settings.circuitBreakerFailures, cooldown: settings.circuitBreakerCooldown)
         self.requestLogger = logger.logLevel <= .debug ? logger : Logger(label: logger.label, factory: { _ in SwiftLogNoOpLogHandler() })
         var config = HTTPClient.Configuration()
-        config.timeout = .init(connect: .nanoseconds(settings.connectTimeout.nanoseconds),
-                               read: .nanoseconds(settings.idleTimeout.nanoseconds))
+        config.timeout = .init(
+            connect: .nanoseconds(settings.connectTimeout.nanoseconds),
+            read: .nanoseconds(settings.idleTimeout.nanoseconds))
         config.connectionPool = .init(idleTimeout: .seconds(60))
         config.decompression = .disabled
         config.redirectConfiguration = .disallow
@@ -115,8 +118,10 @@ public final class UpstreamClient: Sendable {
     /// Sends one request and returns once the response head arrived, retrying where it is safe
     /// (nothing was sent to the client yet, and the failure is connect-level, 429 or 502/503/504).
     /// Errors are GatewayErrors with the status the client should see.
-    public func send(method: HTTPMethod, path: String, headers: HTTPHeaders, body: ByteBuffer?,
-                     forwardedAuthorization: String? = nil) async throws -> UpstreamResponse {
+    public func send(
+        method: HTTPMethod, path: String, headers: HTTPHeaders, body: ByteBuffer?,
+        forwardedAuthorization: String? = nil
+    ) async throws -> UpstreamResponse {
         var request = HTTPClientRequest(url: url(forClientPath: path))
         request.method = method
         request.headers = headers
@@ -150,8 +155,9 @@ public final class UpstreamClient: Sendable {
                         continue
                     }
                 }
-                return UpstreamResponse(status: status, headers: response.headers, body: response.body,
-                                        attempts: attempt, firstByteLatency: clock.now - start, breaker: breaker)
+                return UpstreamResponse(
+                    status: status, headers: response.headers, body: response.body,
+                    attempts: attempt, firstByteLatency: clock.now - start, breaker: breaker)
             } catch let e as GatewayError {
                 breaker.recordFailure()
                 // Only a request that never reached the upstream is safe to send again: a
@@ -239,36 +245,44 @@ public final class UpstreamClient: Sendable {
     /// One non-streaming chat completion. Non-2xx answers throw an `UpstreamStatusError` with
     /// the upstream's status and body. `headers` are extra request headers (the client's
     /// forwarded allow-list); `forwardedAuthorization` replaces the gateway's own key.
-    public func chat(model: String, messages: [ChatMessage], parameters: UpstreamChatParameters,
-                     headers extra: [(String, String)] = [], forwardedAuthorization: String? = nil) async throws -> ChatAnswer {
+    public func chat(
+        model: String, messages: [ChatMessage], parameters: UpstreamChatParameters,
+        headers extra: [(String, String)] = [], forwardedAuthorization: String? = nil
+    ) async throws -> ChatAnswer {
         let json = try parameters.body(model: model, messages: messages)
         var headers = HTTPHeaders()
         headers.add(name: "content-type", value: "application/json")
         for (k, v) in extra { headers.add(name: k, value: v) }
         let clock = ContinuousClock()
         let start = clock.now
-        let response = try await send(method: .POST, path: "/v1/chat/completions", headers: headers,
-                                      body: ByteBuffer(bytes: json), forwardedAuthorization: forwardedAuthorization)
+        let response = try await send(
+            method: .POST, path: "/v1/chat/completions", headers: headers,
+            body: ByteBuffer(bytes: json), forwardedAuthorization: forwardedAuthorization)
         let bytes: ByteBuffer
         do { bytes = try await response.collect(upTo: 32 << 20) } catch { throw Self.mapError(error) }
         guard (200..<300).contains(response.status) else {
-            throw UpstreamStatusError(status: response.status, contentType: response.headers.first(name: "content-type") ?? "application/json",
-                                      body: Array(bytes.readableBytesView))
+            throw UpstreamStatusError(
+                status: response.status, contentType: response.headers.first(name: "content-type") ?? "application/json",
+                body: Array(bytes.readableBytesView))
         }
         guard let summary = UpstreamCompletionSummary.decode(bytes) else {
             breaker.recordFailure()
             throw GatewayError.upstreamBadResponse("the chat completion was not valid JSON")
         }
-        return ChatAnswer(text: summary.text ?? "", usage: summary.usage, finishReason: summary.finishReason,
-                          latency: clock.now - start, status: response.status,
-                          requestJSON: String(decoding: json, as: UTF8.self), responseJSON: String(buffer: bytes))
+        return ChatAnswer(
+            text: summary.text ?? "", usage: summary.usage, finishReason: summary.finishReason,
+            latency: clock.now - start, status: response.status,
+            requestJSON: String(decoding: json, as: UTF8.self), responseJSON: String(buffer: bytes))
     }
 
     /// `chat` with the three parameters the trainer's tools set.
-    public func chat(model: String, messages: [ChatMessage], temperature: Double? = nil,
-                     maxTokens: Int? = nil, stop: [String]? = nil) async throws -> ChatAnswer {
-        try await chat(model: model, messages: messages,
-                       parameters: UpstreamChatParameters(temperature: temperature, stop: (stop?.isEmpty ?? true) ? nil : stop, maxTokens: maxTokens))
+    public func chat(
+        model: String, messages: [ChatMessage], temperature: Double? = nil,
+        maxTokens: Int? = nil, stop: [String]? = nil
+    ) async throws -> ChatAnswer {
+        try await chat(
+            model: model, messages: messages,
+            parameters: UpstreamChatParameters(temperature: temperature, stop: (stop?.isEmpty ?? true) ? nil : stop, maxTokens: maxTokens))
     }
 }
 

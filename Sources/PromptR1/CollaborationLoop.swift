@@ -68,8 +68,10 @@ public struct UpstreamCallOptions: Sendable, Equatable {
     /// The episode deadline, if any (the loop also enforces it).
     public var deadline: ContinuousClock.Instant?
 
-    public init(model: String? = nil, temperature: Double? = nil, topP: Double? = nil, maxTokens: Int? = nil,
-                deadline: ContinuousClock.Instant? = nil) {
+    public init(
+        model: String? = nil, temperature: Double? = nil, topP: Double? = nil, maxTokens: Int? = nil,
+        deadline: ContinuousClock.Instant? = nil
+    ) {
         self.model = model
         self.temperature = temperature
         self.topP = topP
@@ -131,8 +133,10 @@ public struct CollaborationLimits: Sendable, Equatable {
     /// The episode must finish by then (nil: no deadline).
     public var deadline: ContinuousClock.Instant?
 
-    public init(maxTurns: Int = 5, maxTokensPerTurn: Int = 1024, maxPolicyTokensPerEpisode: Int? = nil,
-                maxUpstreamCalls: Int? = nil, deadline: ContinuousClock.Instant? = nil) {
+    public init(
+        maxTurns: Int = 5, maxTokensPerTurn: Int = 1024, maxPolicyTokensPerEpisode: Int? = nil,
+        maxUpstreamCalls: Int? = nil, deadline: ContinuousClock.Instant? = nil
+    ) {
         self.maxTurns = maxTurns
         self.maxTokensPerTurn = maxTokensPerTurn
         self.maxPolicyTokensPerEpisode = maxPolicyTokensPerEpisode
@@ -158,10 +162,12 @@ public struct CollaborationOptions: Sendable, Equatable {
     /// Static options for every upstream call (the loop fills in `deadline`).
     public var upstream: UpstreamCallOptions
 
-    public init(limits: CollaborationLimits = .init(), maxResultChars: Int = 8192, resultCutMode: ResultCutMode = .answer,
-                clientSystemMessage: String? = nil, clientSystemPlacement: ClientSystemPlacement = .separateMessage,
-                callOnFinalTurn: Bool = true, upstreamFailure: UpstreamFailurePolicy = .failEpisode,
-                upstream: UpstreamCallOptions = .init()) {
+    public init(
+        limits: CollaborationLimits = .init(), maxResultChars: Int = 8192, resultCutMode: ResultCutMode = .answer,
+        clientSystemMessage: String? = nil, clientSystemPlacement: ClientSystemPlacement = .separateMessage,
+        callOnFinalTurn: Bool = true, upstreamFailure: UpstreamFailurePolicy = .failEpisode,
+        upstream: UpstreamCallOptions = .init()
+    ) {
         self.limits = limits
         self.maxResultChars = maxResultChars
         self.resultCutMode = resultCutMode
@@ -196,17 +202,19 @@ public enum CollaborationEvent: Sendable, Equatable {
 public enum PromptR1Upstream {
     /// Protocol section 3: system prompt, then each earlier successful call as user/assistant,
     /// then this call's prompt; an optional client system message in front.
-    public static func messages(history: [(prompt: String, answer: String)], prompt: String,
-                                clientSystem: String? = nil,
-                                placement: ClientSystemPlacement = .separateMessage) -> [UpstreamMessage] {
+    public static func messages(
+        history: [(prompt: String, answer: String)], prompt: String,
+        clientSystem: String? = nil,
+        placement: ClientSystemPlacement = .separateMessage
+    ) -> [UpstreamMessage] {
         var m: [UpstreamMessage] = []
         switch (clientSystem, placement) {
         case (nil, _):
             m.append(.system(PromptR1Prompt.upstreamSystemPrompt))
-        case let (client?, .separateMessage):
+        case (let client?, .separateMessage):
             m.append(.system(client))
             m.append(.system(PromptR1Prompt.upstreamSystemPrompt))
-        case let (client?, .prepended(separator)):
+        case (let client?, .prepended(let separator)):
             m.append(.system(client + separator + PromptR1Prompt.upstreamSystemPrompt))
         }
         for h in history {
@@ -229,8 +237,10 @@ enum StepFailure: Error {
 }
 
 /// Run `op`, racing it against `deadline`; map failures.
-func runStep<T: Sendable>(deadline: ContinuousClock.Instant?,
-                          _ op: @escaping @Sendable () async throws -> T) async -> Result<T, StepFailure> {
+func runStep<T: Sendable>(
+    deadline: ContinuousClock.Instant?,
+    _ op: @escaping @Sendable () async throws -> T
+) async -> Result<T, StepFailure> {
     if Task.isCancelled { return .failure(.cancelled) }
     if let deadline, ContinuousClock.now >= deadline { return .failure(.deadline) }
     do {
@@ -269,8 +279,10 @@ public struct CollaborationLoop: Sendable {
     public let makeSession: PolicySessionFactory
     public let upstream: any UpstreamAnswering
 
-    public init(options: CollaborationOptions = .init(), upstream: any UpstreamAnswering,
-                makeSession: @escaping PolicySessionFactory) {
+    public init(
+        options: CollaborationOptions = .init(), upstream: any UpstreamAnswering,
+        makeSession: @escaping PolicySessionFactory
+    ) {
         self.options = options
         self.upstream = upstream
         self.makeSession = makeSession
@@ -279,9 +291,11 @@ public struct CollaborationLoop: Sendable {
     /// Render a client conversation into the question (see `QuestionRenderer`) and run an
     /// episode. With `forwardClientSystem`, the client's system messages go to the upstream as
     /// `clientSystemMessage` (unless the options already set one).
-    public func run(conversation: [ClientMessage], rendering: QuestionRenderingPolicy = .init(),
-                    forwardClientSystem: Bool = true,
-                    onEvent: (@Sendable (CollaborationEvent) -> Void)? = nil) async throws(QuestionRenderingError) -> Episode {
+    public func run(
+        conversation: [ClientMessage], rendering: QuestionRenderingPolicy = .init(),
+        forwardClientSystem: Bool = true,
+        onEvent: (@Sendable (CollaborationEvent) -> Void)? = nil
+    ) async throws(QuestionRenderingError) -> Episode {
         let rendered = try QuestionRenderer.render(conversation, policy: rendering)
         var loop = self
         if forwardClientSystem, loop.options.clientSystemMessage == nil {
@@ -306,10 +320,11 @@ public struct CollaborationLoop: Sendable {
 
         func finish(_ outcome: EpisodeOutcome, _ reason: EpisodeStopReason) -> Episode {
             emit(.finished(outcome: outcome, stopReason: reason))
-            return Episode(question: question, promptText: promptText, promptTokenIDs: promptIDs, turns: turns,
-                           outcome: outcome, stopReason: reason, startedAt: startedAt,
-                           durationSeconds: (ContinuousClock.now - clockStart).promptR1Seconds,
-                           policyLogprobs: logprobKind)
+            return Episode(
+                question: question, promptText: promptText, promptTokenIDs: promptIDs, turns: turns,
+                outcome: outcome, stopReason: reason, startedAt: startedAt,
+                durationSeconds: (ContinuousClock.now - clockStart).promptR1Seconds,
+                policyLogprobs: logprobKind)
         }
         func finish(_ failure: StepFailure, policy: Bool) -> Episode {
             switch failure {
@@ -349,12 +364,14 @@ public struct CollaborationLoop: Sendable {
             let gen = await runStep(deadline: deadline) { () async throws -> PolicyTurn in
                 let t = try await session.generateTurn(limits: turnLimits, onText: onText)
                 if !t.logprobs.isEmpty && t.logprobs.count != t.tokenIDs.count {
-                    throw PolicySessionContractError(description:
-                        "policy turn \(turnIndex): logprobs count \(t.logprobs.count) != tokenIDs count \(t.tokenIDs.count)")
+                    throw PolicySessionContractError(
+                        description:
+                            "policy turn \(turnIndex): logprobs count \(t.logprobs.count) != tokenIDs count \(t.tokenIDs.count)")
                 }
                 if t.tokenIDs.count > turnLimits.maxNewTokens {
-                    throw PolicySessionContractError(description:
-                        "policy turn \(turnIndex): generated \(t.tokenIDs.count) tokens, limit was \(turnLimits.maxNewTokens)")
+                    throw PolicySessionContractError(
+                        description:
+                            "policy turn \(turnIndex): generated \(t.tokenIDs.count) tokens, limit was \(turnLimits.maxNewTokens)")
                 }
                 return t
             }
@@ -367,10 +384,11 @@ public struct CollaborationLoop: Sendable {
 
             let parse = PromptR1Parser.parseTurn(pt.text)
             emit(.policyTurnFinished(turn: turnIndex, text: pt.text, parse: parse))
-            var record = EpisodeTurn(index: turnIndex, inputText: nextInputText, inputTokenIDs: nextInputIDs,
-                                     generatedText: pt.text, generatedTokenIDs: pt.tokenIDs, logprobs: pt.logprobs,
-                                     finishReason: pt.finishReason, parse: parse, upstream: nil,
-                                     injectedText: nil, injectedTokenIDs: [])
+            var record = EpisodeTurn(
+                index: turnIndex, inputText: nextInputText, inputTokenIDs: nextInputIDs,
+                generatedText: pt.text, generatedTokenIDs: pt.tokenIDs, logprobs: pt.logprobs,
+                finishReason: pt.finishReason, parse: parse, upstream: nil,
+                injectedText: nil, injectedTokenIDs: [])
 
             let result: String
             switch parse {
@@ -398,9 +416,10 @@ public struct CollaborationLoop: Sendable {
                     turns.append(record)
                     return finish(.noAnswer, .upstreamCallLimit)
                 }
-                let messages = PromptR1Upstream.messages(history: history, prompt: call.prompt,
-                                                         clientSystem: options.clientSystemMessage,
-                                                         placement: options.clientSystemPlacement)
+                let messages = PromptR1Upstream.messages(
+                    history: history, prompt: call.prompt,
+                    clientSystem: options.clientSystemMessage,
+                    placement: options.clientSystemPlacement)
                 emit(.upstreamRequest(turn: turnIndex, prompt: call.prompt, messages: messages))
                 var optionsForCall = options.upstream
                 optionsForCall.deadline = deadline
@@ -415,17 +434,20 @@ public struct CollaborationLoop: Sendable {
                 switch reply {
                 case .success(let a):
                     let answer = PythonString.strip(a.text)
-                    record.upstream = UpstreamCallRecord(messages: messages, rawAnswer: a.text, answer: answer,
-                                                         latencySeconds: latency, usage: a.usage, model: a.model,
-                                                         error: nil)
+                    record.upstream = UpstreamCallRecord(
+                        messages: messages, rawAnswer: a.text, answer: answer,
+                        latencySeconds: latency, usage: a.usage, model: a.model,
+                        error: nil)
                     emit(.upstreamAnswer(turn: turnIndex, answer: answer, latencySeconds: latency))
                     history.append((call.prompt, answer))
-                    result = PromptR1Prompt.resultJSON(upstreamAnswer: answer, maxChars: options.maxResultChars,
-                                                       cutMode: options.resultCutMode)
+                    result = PromptR1Prompt.resultJSON(
+                        upstreamAnswer: answer, maxChars: options.maxResultChars,
+                        cutMode: options.resultCutMode)
                 case .failure(let f):
                     if case .failed(let msg) = f {
-                        record.upstream = UpstreamCallRecord(messages: messages, rawAnswer: nil, answer: nil,
-                                                             latencySeconds: latency, usage: nil, model: nil, error: msg)
+                        record.upstream = UpstreamCallRecord(
+                            messages: messages, rawAnswer: nil, answer: nil,
+                            latencySeconds: latency, usage: nil, model: nil, error: msg)
                         emit(.upstreamFailed(turn: turnIndex, error: msg))
                         if options.upstreamFailure == .injectError {
                             result = PythonString.cut(msg, maxChars: options.maxResultChars)

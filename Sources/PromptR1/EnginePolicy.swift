@@ -28,8 +28,10 @@ public final class EnginePolicy: Sendable {
     public static let defaultPrefixCacheBytes = 256 << 20
 
     /// - Parameter prefixCacheBytes: bound of the keys and values of shared prompt prefixes kept (0: none).
-    public init(directory: URL, model: TransformerModel, tokenizer: Tokenizer,
-                prefixCacheBytes: Int = EnginePolicy.defaultPrefixCacheBytes) throws {
+    public init(
+        directory: URL, model: TransformerModel, tokenizer: Tokenizer,
+        prefixCacheBytes: Int = EnginePolicy.defaultPrefixCacheBytes
+    ) throws {
         self.directory = directory
         self.model = model
         self.tokenizer = tokenizer
@@ -40,13 +42,16 @@ public final class EnginePolicy: Sendable {
         for id in model.eosTokenIds { stops.insert(id) }
         if let eos = tokenizer.eosTokenId { stops.insert(eos) }
         endOfTurnIDs = stops
-        scheduler = BatchScheduler(model: model, tokenBytes: { [tokenizer] in tokenizer.tokenBytes($0) },
-                                   prefixCache: prefixCacheBytes > 0 ? PrefixCache(model: model, capacityBytes: prefixCacheBytes) : nil)
+        scheduler = BatchScheduler(
+            model: model, tokenBytes: { [tokenizer] in tokenizer.tokenBytes($0) },
+            prefixCache: prefixCacheBytes > 0 ? PrefixCache(model: model, capacityBytes: prefixCacheBytes) : nil)
     }
 
     /// Loads a Hugging Face checkpoint folder (`.q8`: projections quantised to 8 bits at load).
-    public convenience init(directory: URL, weightFormat: WeightFormat = .f32,
-                            prefixCacheBytes: Int = EnginePolicy.defaultPrefixCacheBytes) throws {
+    public convenience init(
+        directory: URL, weightFormat: WeightFormat = .f32,
+        prefixCacheBytes: Int = EnginePolicy.defaultPrefixCacheBytes
+    ) throws {
         let model = try TransformerModel.load(from: directory, weightFormat: weightFormat)
         let tokenizer = try Tokenizer(directory: directory)
         try self.init(directory: directory, model: model, tokenizer: tokenizer, prefixCacheBytes: prefixCacheBytes)
@@ -114,8 +119,9 @@ public final class EnginePolicySession: PolicySession, @unchecked Sendable {
         let maxContext = policy.model.config.maxPositionEmbeddings
         let room = maxContext - contextTokens
         guard room > 1 else { throw PolicySessionError.contextFull(limit: maxContext) }
-        let request = GenerationRequest(prompt: pending, maxTokens: min(limits.maxNewTokens, room - 1), sampling: sampling,
-                                        stop: StopConditions(tokenIds: policy.endOfTurnIDs, strings: limits.stopStrings))
+        let request = GenerationRequest(
+            prompt: pending, maxTokens: min(limits.maxNewTokens, room - 1), sampling: sampling,
+            stop: StopConditions(tokenIds: policy.endOfTurnIDs, strings: limits.stopStrings))
         let sequence = policy.scheduler.submit(request, cache: cache)
         cache = sequence.cache
         let result: GenerationResult = try await withTaskCancellationHandler {

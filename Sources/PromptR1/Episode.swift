@@ -124,9 +124,9 @@ public enum EpisodeOutcome: Sendable, Codable, Equatable {
 
 /// The precise reason the loop stopped.
 public enum EpisodeStopReason: String, Sendable, Codable {
-    case finalAnswer          // final turn with a non-empty answer
-    case finalEmptyAnswer     // final turn with an empty answer
-    case finalWithoutAnswer   // final turn with no <answer> (e.g. cut by the per-turn limit)
+    case finalAnswer  // final turn with a non-empty answer
+    case finalEmptyAnswer  // final turn with an empty answer
+    case finalWithoutAnswer  // final turn with no <answer> (e.g. cut by the per-turn limit)
     case turnLimit
     case policyTokenLimit
     case upstreamCallLimit
@@ -175,7 +175,10 @@ public struct Episode: Sendable, Codable, Equatable {
     /// The whole token sequence: prompt, then per turn generated ids and injected ids.
     public var tokenIDs: [Int32] {
         var ids = promptTokenIDs
-        for t in turns { ids += t.generatedTokenIDs; ids += t.injectedTokenIDs }
+        for t in turns {
+            ids += t.generatedTokenIDs
+            ids += t.injectedTokenIDs
+        }
         return ids
     }
 

@@ -26,20 +26,32 @@ public enum PromptR1Prompt {
     /// The one tool, as an ordered JSON value (key order is part of the wire format).
     public static let toolDefinition: PyJSON = .object([
         ("type", .string("function")),
-        ("function", .object([
-            ("name", .string("prompt")),
-            ("description", .string("Give an explanation of the question in detail.")),
-            ("parameters", .object([
-                ("type", .string("object")),
-                ("properties", .object([
-                    ("prompt", .object([
-                        ("type", .string("string")),
-                        ("description", .string("Give question and its explanation")),
-                    ])),
-                ])),
-                ("required", .array([.string("prompt")])),
-            ])),
-        ])),
+        (
+            "function",
+            .object([
+                ("name", .string("prompt")),
+                ("description", .string("Give an explanation of the question in detail.")),
+                (
+                    "parameters",
+                    .object([
+                        ("type", .string("object")),
+                        (
+                            "properties",
+                            .object([
+                                (
+                                    "prompt",
+                                    .object([
+                                        ("type", .string("string")),
+                                        ("description", .string("Give question and its explanation")),
+                                    ])
+                                )
+                            ])
+                        ),
+                        ("required", .array([.string("prompt")])),
+                    ])
+                ),
+            ])
+        ),
     ])
 
     /// `TOOL_JSON`: the tool serialised like Python's `json.dumps` with default separators.

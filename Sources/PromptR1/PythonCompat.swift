@@ -14,7 +14,7 @@ public enum PythonString {
     public static func isSpace(_ s: Unicode.Scalar) -> Bool {
         switch s.value {
         case 0x09...0x0D, 0x1C...0x1F, 0x20, 0x85, 0xA0, 0x1680, 0x2000...0x200A,
-             0x2028, 0x2029, 0x202F, 0x205F, 0x3000:
+            0x2028, 0x2029, 0x202F, 0x205F, 0x3000:
             return true
         default:
             return false
@@ -40,7 +40,10 @@ public enum PythonString {
         var current = String.UnicodeScalarView()
         for sc in s.unicodeScalars {
             if isSpace(sc) {
-                if !current.isEmpty { parts.append(String(current)); current = String.UnicodeScalarView() }
+                if !current.isEmpty {
+                    parts.append(String(current))
+                    current = String.UnicodeScalarView()
+                }
             } else {
                 current.append(sc)
             }
@@ -88,10 +91,16 @@ enum ScalarSearch {
         var i = start
         let last = hay.count - needle.count
         outer: while i <= last {
-            if hay[i] != first { i += 1; continue }
+            if hay[i] != first {
+                i += 1
+                continue
+            }
             var j = 1
             while j < needle.count {
-                if hay[i + j] != needle[j] { i += 1; continue outer }
+                if hay[i + j] != needle[j] {
+                    i += 1
+                    continue outer
+                }
                 j += 1
             }
             return i
@@ -141,12 +150,12 @@ public indirect enum PyJSON: Sendable, Equatable {
     public static func == (lhs: PyJSON, rhs: PyJSON) -> Bool {
         switch (lhs, rhs) {
         case (.null, .null): return true
-        case let (.bool(a), .bool(b)): return a == b
-        case let (.int(a), .int(b)): return a == b
-        case let (.double(a), .double(b)): return a == b || (a.isNaN && b.isNaN)
-        case let (.string(a), .string(b)): return PythonString.equal(a, b)
-        case let (.array(a), .array(b)): return a == b
-        case let (.object(a), .object(b)):
+        case (.bool(let a), .bool(let b)): return a == b
+        case (.int(let a), .int(let b)): return a == b
+        case (.double(let a), .double(let b)): return a == b || (a.isNaN && b.isNaN)
+        case (.string(let a), .string(let b)): return PythonString.equal(a, b)
+        case (.array(let a), .array(let b)): return a == b
+        case (.object(let a), .object(let b)):
             guard a.count == b.count else { return false }
             for (x, y) in zip(a, b) where !(PythonString.equal(x.0, y.0) && x.1 == y.1) { return false }
             return true
@@ -156,7 +165,7 @@ public indirect enum PyJSON: Sendable, Equatable {
 
     /// Python `key in d` / `d[key]` (last duplicate wins, as in json.loads).
     public subscript(key: String) -> PyJSON? {
-        guard case let .object(pairs) = self else { return nil }
+        guard case .object(let pairs) = self else { return nil }
         for (k, v) in pairs.reversed() where PythonString.equal(k, key) { return v }
         return nil
     }
@@ -183,9 +192,15 @@ private func writePythonJSON(_ value: PyJSON, into out: inout String) {
     case .bool(let b): out += b ? "true" : "false"
     case .int(let i): out += String(i)
     case .double(let d):
-        if d.isNaN { out += "NaN" } else if d == .infinity { out += "Infinity" } else if d == -.infinity {
+        if d.isNaN {
+            out += "NaN"
+        } else if d == .infinity {
+            out += "Infinity"
+        } else if d == -.infinity {
             out += "-Infinity"
-        } else { out += "\(d)" }
+        } else {
+            out += "\(d)"
+        }
     case .string(let s): writePythonJSONString(s, into: &out)
     case .array(let items):
         out += "["
@@ -297,12 +312,24 @@ private struct PyJSONReader {
             return try parseObject()
         case 0x5B:  // [
             return try parseArray()
-        case 0x6E where matches("null", at: i): i += 4; return .null
-        case 0x74 where matches("true", at: i): i += 4; return .bool(true)
-        case 0x66 where matches("false", at: i): i += 5; return .bool(false)
-        case 0x4E where matches("NaN", at: i): i += 3; return .double(.nan)
-        case 0x49 where matches("Infinity", at: i): i += 8; return .double(.infinity)
-        case 0x2D where matches("-Infinity", at: i): i += 9; return .double(-.infinity)
+        case 0x6E where matches("null", at: i):
+            i += 4
+            return .null
+        case 0x74 where matches("true", at: i):
+            i += 4
+            return .bool(true)
+        case 0x66 where matches("false", at: i):
+            i += 5
+            return .bool(false)
+        case 0x4E where matches("NaN", at: i):
+            i += 3
+            return .double(.nan)
+        case 0x49 where matches("Infinity", at: i):
+            i += 8
+            return .double(.infinity)
+        case 0x2D where matches("-Infinity", at: i):
+            i += 9
+            return .double(-.infinity)
         case 0x2D, 0x30...0x39:
             return try parseNumber()
         default:
@@ -313,7 +340,10 @@ private struct PyJSONReader {
     mutating func parseNumber() throws(PythonJSONDecodeError) -> PyJSON {
         let start = i
         if s[i] == 0x2D { i += 1 }
-        guard i < s.count, (0x30...0x39).contains(s[i]) else { i = start; throw fail("Expecting value") }
+        guard i < s.count, (0x30...0x39).contains(s[i]) else {
+            i = start
+            throw fail("Expecting value")
+        }
         if s[i] == 0x30 { i += 1 } else { while i < s.count, (0x30...0x39).contains(s[i]) { i += 1 } }
         var isInt = true
         if i + 1 < s.count, s[i] == 0x2E, (0x30...0x39).contains(s[i + 1]) {
@@ -361,7 +391,10 @@ private struct PyJSONReader {
         while true {
             guard i < s.count else { throw fail("Unterminated string starting at", begin) }
             let c = s[i]
-            if c == 0x22 { i += 1; return String(view) }
+            if c == 0x22 {
+                i += 1
+                return String(view)
+            }
             if c < 0x20 { throw fail("Invalid control character at") }
             if c != 0x5C {
                 view.append(Unicode.Scalar(c) ?? "\u{FFFD}")
@@ -372,19 +405,36 @@ private struct PyJSONReader {
             guard i + 1 < s.count else { throw fail("Unterminated string starting at", begin) }
             let e = s[i + 1]
             switch e {
-            case 0x22: view.append("\""); i += 2
-            case 0x5C: view.append("\\"); i += 2
-            case 0x2F: view.append("/"); i += 2
-            case 0x62: view.append("\u{08}"); i += 2
-            case 0x66: view.append("\u{0C}"); i += 2
-            case 0x6E: view.append("\n"); i += 2
-            case 0x72: view.append("\r"); i += 2
-            case 0x74: view.append("\t"); i += 2
+            case 0x22:
+                view.append("\"")
+                i += 2
+            case 0x5C:
+                view.append("\\")
+                i += 2
+            case 0x2F:
+                view.append("/")
+                i += 2
+            case 0x62:
+                view.append("\u{08}")
+                i += 2
+            case 0x66:
+                view.append("\u{0C}")
+                i += 2
+            case 0x6E:
+                view.append("\n")
+                i += 2
+            case 0x72:
+                view.append("\r")
+                i += 2
+            case 0x74:
+                view.append("\t")
+                i += 2
             case 0x75:
                 guard let u = readU4(at: i + 2) else { throw fail("Invalid \\uXXXX escape", i + 1) }
                 i += 6
                 if (0xD800...0xDBFF).contains(u), i + 1 < s.count, s[i] == 0x5C, s[i + 1] == 0x75,
-                   let lo = readU4(at: i + 2), (0xDC00...0xDFFF).contains(lo) {
+                    let lo = readU4(at: i + 2), (0xDC00...0xDFFF).contains(lo)
+                {
                     i += 6
                     let cp = 0x10000 + ((u - 0xD800) << 10) + (lo - 0xDC00)
                     view.append(Unicode.Scalar(cp) ?? "\u{FFFD}")
@@ -404,7 +454,10 @@ private struct PyJSONReader {
         i += 1
         var pairs: [(String, PyJSON)] = []
         skipWS()
-        if i < s.count, s[i] == 0x7D { i += 1; return .object(pairs) }
+        if i < s.count, s[i] == 0x7D {
+            i += 1
+            return .object(pairs)
+        }
         while true {
             guard i < s.count, s[i] == 0x22 else {
                 throw fail("Expecting property name enclosed in double quotes")
@@ -423,7 +476,10 @@ private struct PyJSONReader {
             }
             skipWS()
             guard i < s.count else { throw fail("Expecting ',' delimiter") }
-            if s[i] == 0x7D { i += 1; return .object(pairs) }
+            if s[i] == 0x7D {
+                i += 1
+                return .object(pairs)
+            }
             guard s[i] == 0x2C else { throw fail("Expecting ',' delimiter") }
             i += 1
             skipWS()
@@ -437,13 +493,19 @@ private struct PyJSONReader {
         i += 1
         var items: [PyJSON] = []
         skipWS()
-        if i < s.count, s[i] == 0x5D { i += 1; return .array(items) }
+        if i < s.count, s[i] == 0x5D {
+            i += 1
+            return .array(items)
+        }
         while true {
             skipWS()
             items.append(try parseValue())
             skipWS()
             guard i < s.count else { throw fail("Expecting ',' delimiter") }
-            if s[i] == 0x5D { i += 1; return .array(items) }
+            if s[i] == 0x5D {
+                i += 1
+                return .array(items)
+            }
             guard s[i] == 0x2C else { throw fail("Expecting ',' delimiter") }
             i += 1
         }

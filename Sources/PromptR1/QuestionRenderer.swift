@@ -42,10 +42,14 @@ public struct QuestionRenderingPolicy: Sendable, Equatable {
     public var contextHeader: String
     public var roleLabels: [String: String]
 
-    public init(mode: Mode = .foldContext, maxContextChars: Int? = 6000, includeSystemInContext: Bool = false,
-                contextHeader: String = "Conversation so far:",
-                roleLabels: [String: String] = ["user": "User", "assistant": "Assistant", "system": "System",
-                                                "tool": "Tool", "developer": "System"]) {
+    public init(
+        mode: Mode = .foldContext, maxContextChars: Int? = 6000, includeSystemInContext: Bool = false,
+        contextHeader: String = "Conversation so far:",
+        roleLabels: [String: String] = [
+            "user": "User", "assistant": "Assistant", "system": "System",
+            "tool": "Tool", "developer": "System",
+        ]
+    ) {
         self.mode = mode
         self.maxContextChars = maxContextChars
         self.includeSystemInContext = includeSystemInContext
@@ -83,7 +87,9 @@ public enum QuestionRenderingError: Error, Equatable, CustomStringConvertible {
 public enum QuestionRenderer {
     static func isSystemRole(_ r: String) -> Bool { r == "system" || r == "developer" }
 
-    public static func render(_ messages: [ClientMessage], policy: QuestionRenderingPolicy = .init()) throws(QuestionRenderingError) -> RenderedQuestion {
+    public static func render(_ messages: [ClientMessage], policy: QuestionRenderingPolicy = .init()) throws(QuestionRenderingError)
+        -> RenderedQuestion
+    {
         guard let lastUser = messages.lastIndex(where: { $0.role == "user" }) else { throw .noUserMessage }
         let question = PythonString.strip(messages[lastUser].content)
         if question.isEmpty { throw .emptyQuestion(messageIndex: lastUser) }
@@ -92,8 +98,9 @@ public enum QuestionRenderer {
         let clientSystem = systems.isEmpty ? nil : systems.joined(separator: "\n\n")
 
         if policy.mode == .lastUserMessageOnly {
-            return RenderedQuestion(question: question, clientSystem: clientSystem, contextMessagesUsed: 0,
-                                    contextMessagesDropped: 0, contextTruncated: false)
+            return RenderedQuestion(
+                question: question, clientSystem: clientSystem, contextMessagesUsed: 0,
+                contextMessagesDropped: 0, contextTruncated: false)
         }
 
         var lines: [String] = []
@@ -114,7 +121,10 @@ public enum QuestionRenderer {
                     ls.reduce(0) { $0 + PythonString.length($1) } + max(0, ls.count - 1)
                 }
                 var kept = lines[...]
-                while kept.count > 1 && length(kept) > maxChars { kept = kept.dropFirst(); dropped += 1 }
+                while kept.count > 1 && length(kept) > maxChars {
+                    kept = kept.dropFirst()
+                    dropped += 1
+                }
                 lines = Array(kept)
                 if lines.count == 1, PythonString.length(lines[0]) > maxChars {
                     let scalars = Array(lines[0].unicodeScalars)
@@ -126,12 +136,14 @@ public enum QuestionRenderer {
             }
         }
         if lines.isEmpty {
-            return RenderedQuestion(question: question, clientSystem: clientSystem, contextMessagesUsed: 0,
-                                    contextMessagesDropped: dropped, contextTruncated: false)
+            return RenderedQuestion(
+                question: question, clientSystem: clientSystem, contextMessagesUsed: 0,
+                contextMessagesDropped: dropped, contextTruncated: false)
         }
         let folded = question + "\n\n" + policy.contextHeader + "\n" + lines.joined(separator: "\n")
-        return RenderedQuestion(question: folded, clientSystem: clientSystem, contextMessagesUsed: lines.count,
-                                contextMessagesDropped: dropped, contextTruncated: truncated)
+        return RenderedQuestion(
+            question: folded, clientSystem: clientSystem, contextMessagesUsed: lines.count,
+            contextMessagesDropped: dropped, contextTruncated: truncated)
     }
 
     static func label(_ role: String, _ policy: QuestionRenderingPolicy) -> String {

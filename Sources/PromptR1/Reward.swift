@@ -99,7 +99,8 @@ public enum PromptR1Reward {
     /// `^<think>(.*?)</think>(.*?)<answer>(.*?)</answer>$` with DOTALL.
     static func matchesAnswerBlock(_ b: [UInt32]) -> Bool {
         guard ScalarSearch.hasPrefix(b, thinkOpen, at: 0),
-              let t = ScalarSearch.find(thinkClose, in: b, from: thinkOpen.count) else { return false }
+            let t = ScalarSearch.find(thinkClose, in: b, from: thinkOpen.count)
+        else { return false }
         let afterThink = t + thinkClose.count
         for end in endPositions(b) {
             let closeAt = end - answerClose.count
@@ -127,13 +128,15 @@ public enum PromptR1Reward {
         var fmt = 0.0
         for block in blocks.dropLast() {
             if ScalarSearch.count(thinkOpen, in: block) == 1, ScalarSearch.count(thinkClose, in: block) == 1,
-               ScalarSearch.count(callOpen, in: block) == 1, ScalarSearch.count(callClose, in: block) == 1,
-               matchesCallBlock(block) {
+                ScalarSearch.count(callOpen, in: block) == 1, ScalarSearch.count(callClose, in: block) == 1,
+                matchesCallBlock(block)
+            {
                 fmt += 0.4
             }
         }
         if let answer = PromptR1Parser.answerBody(ScalarSearch.string(last[...])).map(PythonString.strip),
-           !answer.isEmpty {
+            !answer.isEmpty
+        {
             fmt += 0.25
             fmt += 0.25
             if matchesAnswerBlock(last) { fmt += 0.1 }
@@ -255,7 +258,9 @@ public enum PromptR1Reward {
         let fmt = formatScore(text)
         let blocks = assistantBlockCodes(ScalarSearch.codes(text))
         let answer = blocks.last.flatMap { extractAnswer(ScalarSearch.string($0[...])) }
-        var f1 = 0.0, em = 0.0, sm = 0.0
+        var f1 = 0.0
+        var em = 0.0
+        var sm = 0.0
         if let answer {
             // Answer reward needs a non-empty answer; F1 of an empty answer is 0 anyway, so the
             // reference's answer reward and its F1 metric coincide.

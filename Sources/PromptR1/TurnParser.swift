@@ -77,12 +77,12 @@ public enum TurnParse: Sendable, Equatable, Codable {
 
     public static func == (a: TurnParse, b: TurnParse) -> Bool {
         switch (a, b) {
-        case let (.call(x), .call(y)): return x == y
-        case let (.malformedCall(e1, b1), .malformedCall(e2, b2)): return e1 == e2 && PythonString.equal(b1, b2)
-        case let (.final(x), .final(y)):
+        case (.call(let x), .call(let y)): return x == y
+        case (.malformedCall(let e1, let b1), .malformedCall(let e2, let b2)): return e1 == e2 && PythonString.equal(b1, b2)
+        case (.final(let x), .final(let y)):
             switch (x, y) {
             case (nil, nil): return true
-            case let (x?, y?): return PythonString.equal(x, y)
+            case (let x?, let y?): return PythonString.equal(x, y)
             default: return false
             }
         default: return false

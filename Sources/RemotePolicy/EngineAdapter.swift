@@ -21,8 +21,10 @@ public struct EngineGenerateRequest: Sendable, Equatable {
     /// The served model name, if the engine needs one.
     public var model: String?
 
-    public init(context: [Int32], maxTokens: Int, sampling: SamplingParameters, stopStrings: [String],
-                stopTokenIDs: [Int32], model: String? = nil) {
+    public init(
+        context: [Int32], maxTokens: Int, sampling: SamplingParameters, stopStrings: [String],
+        stopTokenIDs: [Int32], model: String? = nil
+    ) {
         self.context = context
         self.maxTokens = maxTokens
         self.sampling = sampling
@@ -51,8 +53,10 @@ public struct EngineCompletion: Sendable, Equatable {
     /// The engine's own time for this request, seconds, if it reports it.
     public var engineSeconds: Double?
 
-    public init(tokens: [Int32], logprobs: [Float], stop: EngineStop, cachedPromptTokens: Int? = nil,
-                engineSeconds: Double? = nil) {
+    public init(
+        tokens: [Int32], logprobs: [Float], stop: EngineStop, cachedPromptTokens: Int? = nil,
+        engineSeconds: Double? = nil
+    ) {
         self.tokens = tokens
         self.logprobs = logprobs
         self.stop = stop
@@ -102,8 +106,10 @@ public struct TurnCut: Sendable, Equatable {
 
     public var text: String { String(decoding: bytes, as: UTF8.self) }
 
-    public static func cut(_ c: EngineCompletion, maxTokens: Int, endOfTurn: Set<Int32>, stopStrings: [String],
-                           tokenBytes: (Int32) -> [UInt8]) -> TurnCut {
+    public static func cut(
+        _ c: EngineCompletion, maxTokens: Int, endOfTurn: Set<Int32>, stopStrings: [String],
+        tokenBytes: (Int32) -> [UInt8]
+    ) -> TurnCut {
         let patterns = stopStrings.map { Array($0.utf8) }
         let longest = patterns.map(\.count).max() ?? 0
         var out = TurnCut(tokens: [], logprobs: [], bytes: [], stopTokenID: nil, stopString: nil)

@@ -55,10 +55,11 @@ public struct LlamaCppAdapter: EngineAdapter {
 
     public func generateRequest(_ r: EngineGenerateRequest) throws -> EngineHTTPRequest {
         let greedy = r.sampling.isGreedy
-        let body = Request(prompt: r.context, n_predict: r.maxTokens, post_sampling_probs: !greedy, stop: r.stopStrings,
-                           temperature: greedy ? 0 : r.sampling.temperature, top_k: greedy ? 1 : r.sampling.topK,
-                           top_p: r.sampling.topP, seed: r.sampling.seed.map { UInt32(truncatingIfNeeded: $0) },
-                           model: r.model)
+        let body = Request(
+            prompt: r.context, n_predict: r.maxTokens, post_sampling_probs: !greedy, stop: r.stopStrings,
+            temperature: greedy ? 0 : r.sampling.temperature, top_k: greedy ? 1 : r.sampling.topK,
+            top_p: r.sampling.topP, seed: r.sampling.seed.map { UInt32(truncatingIfNeeded: $0) },
+            model: r.model)
         return EngineHTTPRequest(path: "/completion", body: try encode(body))
     }
 
@@ -105,14 +106,21 @@ public struct LlamaCppAdapter: EngineAdapter {
             for (i, id) in ids.enumerated() {
                 tokens.append(id)
                 if i < probs.count, probs[i].id == id {
-                    if let lp = probs[i].logprob { logprobs.append(lp) }
-                    else if let p = probs[i].prob { logprobs.append(Float(Foundation.log(Double(p)))) }
-                    else { logprobs.append(.nan) }
+                    if let lp = probs[i].logprob {
+                        logprobs.append(lp)
+                    } else if let p = probs[i].prob {
+                        logprobs.append(Float(Foundation.log(Double(p))))
+                    } else {
+                        logprobs.append(.nan)
+                    }
                 } else {
                     logprobs.append(.nan)
                 }
             }
-            if e.stop == true { final = e; break }
+            if e.stop == true {
+                final = e
+                break
+            }
         }
         guard let final else { throw EngineResponseError("llamacpp: the event stream ended without a final event") }
         let stop: EngineStop
@@ -123,8 +131,9 @@ public struct LlamaCppAdapter: EngineAdapter {
         default: throw EngineResponseError("llamacpp: unknown stop_type \(final.stop_type ?? "null")")
         }
         let engineSeconds = final.timings.map { (($0.prompt_ms ?? 0) + ($0.predicted_ms ?? 0)) / 1000 }
-        return EngineCompletion(tokens: tokens, logprobs: logprobs, stop: stop, cachedPromptTokens: final.timings?.cache_n,
-                                engineSeconds: engineSeconds)
+        return EngineCompletion(
+            tokens: tokens, logprobs: logprobs, stop: stop, cachedPromptTokens: final.timings?.cache_n,
+            engineSeconds: engineSeconds)
     }
 
     public var healthPath: String { "/health" }

@@ -32,8 +32,10 @@ public struct RemotePolicyBackend: Sendable, Equatable, Codable {
     public var circuitFailureThreshold: Int
     public var circuitCooldownSeconds: Double
 
-    public init(kind: Kind, baseURL: String, apiKeyEnv: String? = nil, model: String? = nil,
-                timeoutSeconds: Double = 120, circuitFailureThreshold: Int = 5, circuitCooldownSeconds: Double = 10) {
+    public init(
+        kind: Kind, baseURL: String, apiKeyEnv: String? = nil, model: String? = nil,
+        timeoutSeconds: Double = 120, circuitFailureThreshold: Int = 5, circuitCooldownSeconds: Double = 10
+    ) {
         self.kind = kind
         self.baseURL = baseURL.hasSuffix("/") ? String(baseURL.dropLast()) : baseURL
         self.apiKeyEnv = apiKeyEnv

@@ -111,16 +111,19 @@ public final class RemotePolicy: Sendable {
         return "engine:" + (engineModelID ?? backend.model ?? backend.kind.rawValue)
     }
 
-    init(directory: URL, backend: RemotePolicyBackend, tokenizer: Tokenizer, config: ModelConfig,
-         endOfTurnIDs: Set<Int32>, weightsSHA256: String?, engineModelID: String?, apiKey: String?, client: HTTPClient) {
+    init(
+        directory: URL, backend: RemotePolicyBackend, tokenizer: Tokenizer, config: ModelConfig,
+        endOfTurnIDs: Set<Int32>, weightsSHA256: String?, engineModelID: String?, apiKey: String?, client: HTTPClient
+    ) {
         self.directory = directory
         self.backend = backend
         self.tokenizer = tokenizer
         self.config = config
         self.endOfTurnIDs = endOfTurnIDs
         self.adapter = backend.adapter
-        self.breaker = CircuitBreaker(failureThreshold: backend.circuitFailureThreshold,
-                                      cooldown: .milliseconds(Int64(backend.circuitCooldownSeconds * 1000)))
+        self.breaker = CircuitBreaker(
+            failureThreshold: backend.circuitFailureThreshold,
+            cooldown: .milliseconds(Int64(backend.circuitCooldownSeconds * 1000)))
         self.weightsSHA256 = weightsSHA256
         self.engineModelID = engineModelID
         self.apiKey = apiKey
@@ -130,9 +133,11 @@ public final class RemotePolicy: Sendable {
     /// Loads the checkpoint folder's tokenizer and config, checks the engine is healthy, reads
     /// its model id, and runs one smoke generation (one token from a short chat prompt). Throws
     /// if any of it fails, so a swap never switches to an engine that cannot serve.
-    public static func connect(directory: URL, backend: RemotePolicyBackend,
-                               environment: [String: String] = ProcessInfo.processInfo.environment,
-                               client: HTTPClient = RemotePolicy.engineClient) async throws -> RemotePolicy {
+    public static func connect(
+        directory: URL, backend: RemotePolicyBackend,
+        environment: [String: String] = ProcessInfo.processInfo.environment,
+        client: HTTPClient = RemotePolicy.engineClient
+    ) async throws -> RemotePolicy {
         let tokenizer: Tokenizer
         let config: ModelConfig
         do {
@@ -158,14 +163,16 @@ public final class RemotePolicy: Sendable {
             }
             apiKey = v
         }
-        let probe = RemotePolicy(directory: directory, backend: backend, tokenizer: tokenizer, config: config,
-                                 endOfTurnIDs: stops, weightsSHA256: sha, engineModelID: nil, apiKey: apiKey, client: client)
+        let probe = RemotePolicy(
+            directory: directory, backend: backend, tokenizer: tokenizer, config: config,
+            endOfTurnIDs: stops, weightsSHA256: sha, engineModelID: nil, apiKey: apiKey, client: client)
         let health = await probe.health()
         guard health.ok else { throw RemotePolicyError.unreachable(health.detail ?? "health check failed") }
         let info: Data? = try? await probe.get(backend.adapter.modelInfoPath)
         let modelID = info.flatMap { backend.adapter.parseModelID($0) }
-        let policy = RemotePolicy(directory: directory, backend: backend, tokenizer: tokenizer, config: config,
-                                  endOfTurnIDs: stops, weightsSHA256: sha, engineModelID: modelID, apiKey: apiKey, client: client)
+        let policy = RemotePolicy(
+            directory: directory, backend: backend, tokenizer: tokenizer, config: config,
+            endOfTurnIDs: stops, weightsSHA256: sha, engineModelID: modelID, apiKey: apiKey, client: client)
         try await policy.smokeGeneration()
         return policy
     }
@@ -173,8 +180,10 @@ public final class RemotePolicy: Sendable {
     /// One token from a short chat prompt; throws unless the engine answers with one.
     public func smokeGeneration() async throws {
         let probe = tokenizer.encode("<|im_start|>user\nHello<|im_end|>\n<|im_start|>assistant\n")
-        let c = try await generate(EngineGenerateRequest(context: probe, maxTokens: 1, sampling: .greedy, stopStrings: [],
-                                                         stopTokenIDs: endOfTurnIDs.sorted(), model: backend.model))
+        let c = try await generate(
+            EngineGenerateRequest(
+                context: probe, maxTokens: 1, sampling: .greedy, stopStrings: [],
+                stopTokenIDs: endOfTurnIDs.sorted(), model: backend.model))
         guard c.tokens.count == 1 else {
             throw RemotePolicyError.malformed("smoke generation returned \(c.tokens.count) tokens, expected 1")
         }
@@ -182,8 +191,9 @@ public final class RemotePolicy: Sendable {
 
     /// `GET` the engine's health path (no circuit breaker: this is how a swap or `/ready` looks).
     public func health() async -> RemotePolicyHealth {
-        var h = RemotePolicyHealth(ok: false, kind: backend.kind.rawValue, baseURL: backend.baseURL,
-                                   circuit: breaker.state.rawValue, detail: nil)
+        var h = RemotePolicyHealth(
+            ok: false, kind: backend.kind.rawValue, baseURL: backend.baseURL,
+            circuit: breaker.state.rawValue, detail: nil)
         do {
             _ = try await get(adapter.healthPath)
             h.ok = breaker.state != .open
@@ -272,7 +282,10 @@ public final class RemotePolicy: Sendable {
             return c
         } catch let e as RemotePolicyError {
             if e.isEngineFailure { breaker.recordFailure() } else { breaker.release() }
-            stats.record { $0.requests += 1; $0.failures += 1 }
+            stats.record {
+                $0.requests += 1
+                $0.failures += 1
+            }
             throw e
         } catch {
             breaker.release()
@@ -304,19 +317,24 @@ public final class RemotePolicySession: PolicySession, @unchecked Sendable {
         let room = maxContext - context.count
         guard room > 1 else { throw RemotePolicyError.contextFull(limit: maxContext) }
         let maxTokens = min(limits.maxNewTokens, room - 1)
-        let c = try await policy.generate(EngineGenerateRequest(
-            context: context, maxTokens: maxTokens, sampling: sampling, stopStrings: limits.stopStrings,
-            stopTokenIDs: policy.endOfTurnIDs.sorted(), model: policy.backend.model))
+        let c = try await policy.generate(
+            EngineGenerateRequest(
+                context: context, maxTokens: maxTokens, sampling: sampling, stopStrings: limits.stopStrings,
+                stopTokenIDs: policy.endOfTurnIDs.sorted(), model: policy.backend.model))
         let cutStart = ContinuousClock.now
-        let cut = TurnCut.cut(c, maxTokens: maxTokens, endOfTurn: policy.endOfTurnIDs, stopStrings: limits.stopStrings,
-                              tokenBytes: { [tokenizer = policy.tokenizer] in tokenizer.tokenBytes($0) })
+        let cut = TurnCut.cut(
+            c, maxTokens: maxTokens, endOfTurn: policy.endOfTurnIDs, stopStrings: limits.stopStrings,
+            tokenBytes: { [tokenizer = policy.tokenizer] in tokenizer.tokenBytes($0) })
         let cutSeconds = (ContinuousClock.now - cutStart).seconds
         policy.stats.record { $0.gatewaySeconds += cutSeconds }
         guard !cut.tokens.isEmpty else { throw RemotePolicyError.malformed("the engine generated no token") }
         context += cut.tokens
-        let reason: PolicyFinishReason = cut.stopTokenID != nil ? .endOfTurn
-            : cut.stopString != nil ? .stopString
-            : cut.tokens.count >= maxTokens || c.stop == .length ? .length : .endOfTurn
+        let reason: PolicyFinishReason =
+            cut.stopTokenID != nil
+            ? .endOfTurn
+            : cut.stopString != nil
+                ? .stopString
+                : cut.tokens.count >= maxTokens || c.stop == .length ? .length : .endOfTurn
         let text = cut.text
         if let onText, !text.isEmpty { onText(text) }
         return PolicyTurn(text: text, tokenIDs: cut.tokens, logprobs: cut.logprobs, finishReason: reason)

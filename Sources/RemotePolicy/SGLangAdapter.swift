@@ -45,10 +45,11 @@ public struct SGLangAdapter: EngineAdapter {
 
     public func generateRequest(_ r: EngineGenerateRequest) throws -> EngineHTTPRequest {
         let greedy = r.sampling.isGreedy
-        let s = Request.Sampling(max_new_tokens: r.maxTokens, temperature: greedy ? 0 : r.sampling.temperature,
-                                 top_p: greedy ? 1 : r.sampling.topP,
-                                 top_k: greedy || r.sampling.topK <= 0 ? -1 : r.sampling.topK,
-                                 stop: r.stopStrings, stop_token_ids: r.stopTokenIDs, sampling_seed: r.sampling.seed)
+        let s = Request.Sampling(
+            max_new_tokens: r.maxTokens, temperature: greedy ? 0 : r.sampling.temperature,
+            top_p: greedy ? 1 : r.sampling.topP,
+            top_k: greedy || r.sampling.topK <= 0 ? -1 : r.sampling.topK,
+            stop: r.stopStrings, stop_token_ids: r.stopTokenIDs, sampling_seed: r.sampling.seed)
         return EngineHTTPRequest(path: "/generate", body: try encode(Request(input_ids: r.context, sampling_params: s)))
     }
 
@@ -90,8 +91,9 @@ public struct SGLangAdapter: EngineAdapter {
         case "length": stop = .length
         default: throw EngineResponseError("sglang: unknown finish_reason \(r.meta_info.finish_reason?.type ?? "null")")
         }
-        return EngineCompletion(tokens: ids, logprobs: lps.map { $0.logprob ?? .nan }, stop: stop,
-                                cachedPromptTokens: r.meta_info.cached_tokens, engineSeconds: r.meta_info.e2e_latency)
+        return EngineCompletion(
+            tokens: ids, logprobs: lps.map { $0.logprob ?? .nan }, stop: stop,
+            cachedPromptTokens: r.meta_info.cached_tokens, engineSeconds: r.meta_info.e2e_latency)
     }
 
     public var healthPath: String { "/health" }

@@ -40,10 +40,11 @@ public struct VLLMAdapter: EngineAdapter {
 
     public func generateRequest(_ r: EngineGenerateRequest) throws -> EngineHTTPRequest {
         let greedy = r.sampling.isGreedy
-        let body = Request(model: r.model, prompt: r.context, max_tokens: r.maxTokens,
-                           temperature: greedy ? 0 : r.sampling.temperature, top_p: greedy ? 1 : r.sampling.topP,
-                           top_k: greedy || r.sampling.topK <= 0 ? -1 : r.sampling.topK, seed: r.sampling.seed,
-                           stop: r.stopStrings, stop_token_ids: r.stopTokenIDs)
+        let body = Request(
+            model: r.model, prompt: r.context, max_tokens: r.maxTokens,
+            temperature: greedy ? 0 : r.sampling.temperature, top_p: greedy ? 1 : r.sampling.topP,
+            top_k: greedy || r.sampling.topK <= 0 ? -1 : r.sampling.topK, seed: r.sampling.seed,
+            stop: r.stopStrings, stop_token_ids: r.stopTokenIDs)
         return EngineHTTPRequest(path: "/v1/completions", body: try encode(body))
     }
 
@@ -75,12 +76,13 @@ public struct VLLMAdapter: EngineAdapter {
         }
         let stop: EngineStop
         switch c.finish_reason {
-        case "stop": stop = .stopString      // a stop string, a stop token or eos: TurnCut tells which
+        case "stop": stop = .stopString  // a stop string, a stop token or eos: TurnCut tells which
         case "length": stop = .length
         default: throw EngineResponseError("vllm: unknown finish_reason \(c.finish_reason ?? "null")")
         }
-        return EngineCompletion(tokens: ids, logprobs: lps.map { $0 ?? .nan }, stop: stop,
-                                cachedPromptTokens: r.usage?.prompt_tokens_details?.cached_tokens)
+        return EngineCompletion(
+            tokens: ids, logprobs: lps.map { $0 ?? .nan }, stop: stop,
+            cachedPromptTokens: r.usage?.prompt_tokens_details?.cached_tokens)
     }
 
     public var healthPath: String { "/health" }

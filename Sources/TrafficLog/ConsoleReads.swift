@@ -20,9 +20,11 @@ public struct ConsoleFilter: Sendable, Equatable {
     /// Full-text search in the question (FTS5; every word must occur, the last as a prefix).
     public var text: String?
 
-    public init(since: Date? = nil, until: Date? = nil, route: String? = nil, mode: String? = nil, status: Int? = nil,
-                outcome: String? = nil, policyVersion: String? = nil, keyID: String? = nil, hasFeedback: Bool? = nil,
-                text: String? = nil) {
+    public init(
+        since: Date? = nil, until: Date? = nil, route: String? = nil, mode: String? = nil, status: Int? = nil,
+        outcome: String? = nil, policyVersion: String? = nil, keyID: String? = nil, hasFeedback: Bool? = nil,
+        text: String? = nil
+    ) {
         self.since = since
         self.until = until
         self.route = route
@@ -85,7 +87,10 @@ public struct EpisodeSummary: Sendable, Equatable {
     public var formatScore: Double?
     public var feedbackCount: Int
 
-    public init(id: String, createdAt: Date, route: String, mode: String, keyID: String?, requestedModel: String?, policyVersion: String?, status: Int, outcome: String?, question: String?, totalMs: Double, formatScore: Double?, feedbackCount: Int) {
+    public init(
+        id: String, createdAt: Date, route: String, mode: String, keyID: String?, requestedModel: String?, policyVersion: String?,
+        status: Int, outcome: String?, question: String?, totalMs: Double, formatScore: Double?, feedbackCount: Int
+    ) {
         self.id = id
         self.createdAt = createdAt
         self.route = route
@@ -162,8 +167,10 @@ public struct ConsoleOverview: Sendable {
     /// Mean feedback score per policy version and bucket, by episode time.
     public var rewards: [RewardPoint]
 
-    public init(windowStart: Date, bucketSeconds: Int, buckets: [Bucket], latency: [String: Percentiles],
-                outcomes: [(outcome: String, count: Int)], rewards: [RewardPoint]) {
+    public init(
+        windowStart: Date, bucketSeconds: Int, buckets: [Bucket], latency: [String: Percentiles],
+        outcomes: [(outcome: String, count: Int)], rewards: [RewardPoint]
+    ) {
         self.windowStart = windowStart
         self.bucketSeconds = bucketSeconds
         self.buckets = buckets
@@ -239,14 +246,38 @@ extension TrafficDatabase {
     static func consoleWhere(_ f: ConsoleFilter) -> ([String], [(any DatabaseValueConvertible)?]) {
         var clauses: [String] = []
         var args: [(any DatabaseValueConvertible)?] = []
-        if let v = f.since { clauses.append("e.created_at >= ?"); args.append(TrafficTime.databaseValue(v)) }
-        if let v = f.until { clauses.append("e.created_at < ?"); args.append(TrafficTime.databaseValue(v)) }
-        if let v = f.route { clauses.append("e.route = ?"); args.append(v) }
-        if let v = f.mode { clauses.append("e.mode = ?"); args.append(v) }
-        if let v = f.status { clauses.append("e.status = ?"); args.append(v) }
-        if let v = f.outcome { clauses.append("e.outcome = ?"); args.append(v) }
-        if let v = f.policyVersion { clauses.append("e.policy_version = ?"); args.append(v) }
-        if let v = f.keyID { clauses.append("e.key_id = ?"); args.append(v) }
+        if let v = f.since {
+            clauses.append("e.created_at >= ?")
+            args.append(TrafficTime.databaseValue(v))
+        }
+        if let v = f.until {
+            clauses.append("e.created_at < ?")
+            args.append(TrafficTime.databaseValue(v))
+        }
+        if let v = f.route {
+            clauses.append("e.route = ?")
+            args.append(v)
+        }
+        if let v = f.mode {
+            clauses.append("e.mode = ?")
+            args.append(v)
+        }
+        if let v = f.status {
+            clauses.append("e.status = ?")
+            args.append(v)
+        }
+        if let v = f.outcome {
+            clauses.append("e.outcome = ?")
+            args.append(v)
+        }
+        if let v = f.policyVersion {
+            clauses.append("e.policy_version = ?")
+            args.append(v)
+        }
+        if let v = f.keyID {
+            clauses.append("e.key_id = ?")
+            args.append(v)
+        }
         // `feedback_count > 0` is the condition of the partial index episodes_with_feedback.
         if let v = f.hasFeedback { clauses.append(v ? "e.feedback_count > 0" : "e.feedback_count = 0") }
         return (clauses, args)
@@ -297,10 +328,14 @@ extension TrafficDatabase {
             let cursor = try Row.fetchCursor(db, sql: sql, arguments: finalArgs)
             while let row = try cursor.next() {
                 let t: Double = row[1]
-                rows.append((t, row[13], EpisodeSummary(
-                    id: row[0], createdAt: TrafficTime.date(t), route: row[2], mode: row[3], keyID: row[4],
-                    requestedModel: row[5], policyVersion: row[6], status: row[7], outcome: row[8], question: row[9],
-                    totalMs: row[10], formatScore: row[11], feedbackCount: row[12])))
+                rows.append(
+                    (
+                        t, row[13],
+                        EpisodeSummary(
+                            id: row[0], createdAt: TrafficTime.date(t), route: row[2], mode: row[3], keyID: row[4],
+                            requestedModel: row[5], policyVersion: row[6], status: row[7], outcome: row[8], question: row[9],
+                            totalMs: row[10], formatScore: row[11], feedbackCount: row[12])
+                    ))
             }
             var next: ConsoleCursor?
             if rows.count > limit {
@@ -316,84 +351,110 @@ extension TrafficDatabase {
         let width = Double(max(1, bucketSeconds))
         return try writer.read { db in
             var buckets: [ConsoleOverview.Bucket] = []
-            let rows = try Row.fetchCursor(db, sql: """
-                SELECT CAST((created_at - ?) / ? AS INTEGER) AS b, COUNT(*), SUM(status >= 400), SUM(mode = 'collaborate')
-                FROM episodes WHERE created_at >= ? GROUP BY b ORDER BY b
-                """, arguments: [start, width, start])
+            let rows = try Row.fetchCursor(
+                db,
+                sql: """
+                    SELECT CAST((created_at - ?) / ? AS INTEGER) AS b, COUNT(*), SUM(status >= 400), SUM(mode = 'collaborate')
+                    FROM episodes WHERE created_at >= ? GROUP BY b ORDER BY b
+                    """, arguments: [start, width, start])
             while let r = try rows.next() {
                 let b: Int = r[0]
-                buckets.append(.init(start: TrafficTime.date(start + Double(b) * width), requests: r[1], errors: r[2], collaborations: r[3]))
+                buckets.append(
+                    .init(start: TrafficTime.date(start + Double(b) * width), requests: r[1], errors: r[2], collaborations: r[3]))
             }
             var series: [String: [Double]] = ["total": [], "upstream": [], "overhead": []]
-            let lat = try Row.fetchCursor(db, sql: """
-                SELECT total_ms, upstream_ms, overhead_ms FROM episodes WHERE created_at >= ?
-                ORDER BY created_at DESC LIMIT ?
-                """, arguments: [start, sampleSize])
+            let lat = try Row.fetchCursor(
+                db,
+                sql: """
+                    SELECT total_ms, upstream_ms, overhead_ms FROM episodes WHERE created_at >= ?
+                    ORDER BY created_at DESC LIMIT ?
+                    """, arguments: [start, sampleSize])
             while let r = try lat.next() {
                 if let v: Double = r[0] { series["total"]!.append(v) }
                 if let v: Double = r[1] { series["upstream"]!.append(v) }
                 if let v: Double = r[2] { series["overhead"]!.append(v) }
             }
-            series["policy"] = try Double.fetchAll(db, sql: """
-                SELECT SUM(t.latency_ms) FROM turns t WHERE t.kind = 'policy' AND t.episode_id IN
-                  (SELECT id FROM episodes WHERE mode = 'collaborate' AND created_at >= ? ORDER BY created_at DESC LIMIT ?)
-                GROUP BY t.episode_id HAVING COUNT(t.latency_ms) > 0
-                """, arguments: [start, max(1, sampleSize / 4)])
+            series["policy"] = try Double.fetchAll(
+                db,
+                sql: """
+                    SELECT SUM(t.latency_ms) FROM turns t WHERE t.kind = 'policy' AND t.episode_id IN
+                      (SELECT id FROM episodes WHERE mode = 'collaborate' AND created_at >= ? ORDER BY created_at DESC LIMIT ?)
+                    GROUP BY t.episode_id HAVING COUNT(t.latency_ms) > 0
+                    """, arguments: [start, max(1, sampleSize / 4)])
             var latency: [String: ConsoleOverview.Percentiles] = [:]
             for (k, v) in series {
                 let s = v.sorted()
                 latency[k] = .init(p50: ConsoleOverview.percentile(s, 0.50), p99: ConsoleOverview.percentile(s, 0.99), count: s.count)
             }
-            let outcomes = try Row.fetchAll(db, sql: """
-                SELECT COALESCE(outcome, 'none'), COUNT(*) FROM episodes WHERE mode = 'collaborate' AND created_at >= ?
-                GROUP BY 1 ORDER BY 2 DESC
-                """, arguments: [start]).map { (outcome: $0[0] as String, count: $0[1] as Int) }
-            let rewards = try Row.fetchAll(db, sql: """
-                SELECT e.policy_version, CAST((e.created_at - ?) / ? AS INTEGER) AS b, AVG(CAST(f.value AS REAL)), COUNT(*)
-                FROM feedback f JOIN episodes e ON e.id = f.episode_id
-                WHERE f.kind = 'score' AND e.created_at >= ? AND e.policy_version IS NOT NULL
-                GROUP BY 1, 2 ORDER BY 1, 2
-                """, arguments: [start, width, start]).map { r -> ConsoleOverview.RewardPoint in
-                    let b: Int = r[1]
-                    return .init(policyVersion: r[0], start: TrafficTime.date(start + Double(b) * width), meanScore: r[2], count: r[3])
-                }
-            return ConsoleOverview(windowStart: since, bucketSeconds: Int(width), buckets: buckets, latency: latency,
-                                   outcomes: outcomes, rewards: rewards)
+            let outcomes = try Row.fetchAll(
+                db,
+                sql: """
+                    SELECT COALESCE(outcome, 'none'), COUNT(*) FROM episodes WHERE mode = 'collaborate' AND created_at >= ?
+                    GROUP BY 1 ORDER BY 2 DESC
+                    """, arguments: [start]
+            ).map { (outcome: $0[0] as String, count: $0[1] as Int) }
+            let rewards = try Row.fetchAll(
+                db,
+                sql: """
+                    SELECT e.policy_version, CAST((e.created_at - ?) / ? AS INTEGER) AS b, AVG(CAST(f.value AS REAL)), COUNT(*)
+                    FROM feedback f JOIN episodes e ON e.id = f.episode_id
+                    WHERE f.kind = 'score' AND e.created_at >= ? AND e.policy_version IS NOT NULL
+                    GROUP BY 1, 2 ORDER BY 1, 2
+                    """, arguments: [start, width, start]
+            ).map { r -> ConsoleOverview.RewardPoint in
+                let b: Int = r[1]
+                return .init(policyVersion: r[0], start: TrafficTime.date(start + Double(b) * width), meanScore: r[2], count: r[3])
+            }
+            return ConsoleOverview(
+                windowStart: since, bucketSeconds: Int(width), buckets: buckets, latency: latency,
+                outcomes: outcomes, rewards: rewards)
         }
     }
 
-
     public func consoleVersionUsage() throws -> [VersionUsage] {
         try writer.read { db in
-            try Row.fetchAll(db, sql: """
-                SELECT policy_version, COUNT(*), MIN(created_at), MAX(created_at) FROM episodes
-                WHERE policy_version IS NOT NULL GROUP BY policy_version
-                """).map { VersionUsage(policyVersion: $0[0], episodes: $0[1], first: TrafficTime.date($0[2]), last: TrafficTime.date($0[3])) }
+            try Row.fetchAll(
+                db,
+                sql: """
+                    SELECT policy_version, COUNT(*), MIN(created_at), MAX(created_at) FROM episodes
+                    WHERE policy_version IS NOT NULL GROUP BY policy_version
+                    """
+            ).map { VersionUsage(policyVersion: $0[0], episodes: $0[1], first: TrafficTime.date($0[2]), last: TrafficTime.date($0[3])) }
         }
     }
 
     public func consoleTrainingCounts() throws -> [TrainingDataCount] {
         try writer.read { db in
-            struct Key: Hashable { var route: String; var version: String? }
+            struct Key: Hashable {
+                var route: String
+                var version: String?
+            }
             var out: [Key: TrainingDataCount] = [:]
             var order: [Key] = []
-            for r in try Row.fetchAll(db, sql: """
-                SELECT route, policy_version, COUNT(*) FROM episodes WHERE mode = 'collaborate'
-                GROUP BY route, policy_version ORDER BY route, policy_version
-                """) {
+            for r in try Row.fetchAll(
+                db,
+                sql: """
+                    SELECT route, policy_version, COUNT(*) FROM episodes WHERE mode = 'collaborate'
+                    GROUP BY route, policy_version ORDER BY route, policy_version
+                    """)
+            {
                 let k = Key(route: r[0], version: r[1])
                 order.append(k)
-                out[k] = TrainingDataCount(route: k.route, policyVersion: k.version, episodes: r[2], withReference: 0, withScore: 0, withRewardSource: 0)
+                out[k] = TrainingDataCount(
+                    route: k.route, policyVersion: k.version, episodes: r[2], withReference: 0, withScore: 0, withRewardSource: 0)
             }
-            for r in try Row.fetchAll(db, sql: """
-                SELECT e.route, e.policy_version,
-                       COUNT(DISTINCT CASE WHEN f.kind = 'reference' THEN e.id END),
-                       COUNT(DISTINCT CASE WHEN f.kind = 'score' THEN e.id END),
-                       COUNT(DISTINCT e.id)
-                FROM feedback f JOIN episodes e ON e.id = f.episode_id
-                WHERE e.mode = 'collaborate' AND f.kind IN ('reference', 'score')
-                GROUP BY e.route, e.policy_version
-                """) {
+            for r in try Row.fetchAll(
+                db,
+                sql: """
+                    SELECT e.route, e.policy_version,
+                           COUNT(DISTINCT CASE WHEN f.kind = 'reference' THEN e.id END),
+                           COUNT(DISTINCT CASE WHEN f.kind = 'score' THEN e.id END),
+                           COUNT(DISTINCT e.id)
+                    FROM feedback f JOIN episodes e ON e.id = f.episode_id
+                    WHERE e.mode = 'collaborate' AND f.kind IN ('reference', 'score')
+                    GROUP BY e.route, e.policy_version
+                    """)
+            {
                 let k = Key(route: r[0], version: r[1])
                 out[k]?.withReference = r[2]
                 out[k]?.withScore = r[3]

@@ -92,8 +92,10 @@ public struct PolicyEventRecord: Sendable, Equatable {
     public var replica: String?
     public var createdAt: Date { didSet { createdAt = TrafficTime.normalized(createdAt) } }
 
-    public init(seq: Int64? = nil, versionID: String, path: String, action: Action, replica: String? = nil,
-                createdAt: Date = Date()) {
+    public init(
+        seq: Int64? = nil, versionID: String, path: String, action: Action, replica: String? = nil,
+        createdAt: Date = Date()
+    ) {
         self.seq = seq
         self.versionID = versionID
         self.path = path

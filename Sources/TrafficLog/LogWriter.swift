@@ -25,9 +25,11 @@ public struct LogWriterStats: Sendable, Equatable {
     /// Description of the most recent write error, if any.
     public var lastError: String?
 
-    public init(queued: Int = 0, inFlight: Int = 0, rowsWritten: Int = 0, turnsWritten: Int = 0,
-                batches: Int = 0, failures: Int = 0, rejected: Int = 0, abandoned: Int = 0,
-                lastError: String? = nil) {
+    public init(
+        queued: Int = 0, inFlight: Int = 0, rowsWritten: Int = 0, turnsWritten: Int = 0,
+        batches: Int = 0, failures: Int = 0, rejected: Int = 0, abandoned: Int = 0,
+        lastError: String? = nil
+    ) {
         self.queued = queued
         self.inFlight = inFlight
         self.rowsWritten = rowsWritten
@@ -82,9 +84,11 @@ public final class LogWriter: Sendable {
     ///     next one, so that light traffic still shares transactions (a commit costs about as
     ///     much for one episode as for ten). Only for appenders that do not wait for the commit:
     ///     an `appendAndWait` or `flush` caller cuts the wait short.
-    public init(backend: any LogBackend, capacity: Int = 4096, maxBatch: Int = 256, logger: Logger,
-                retryBaseDelay: TimeInterval = 0.02, maxRetryDelay: TimeInterval = 5,
-                shutdownRetryLimit: Int = 3, linger: Duration = .zero) {
+    public init(
+        backend: any LogBackend, capacity: Int = 4096, maxBatch: Int = 256, logger: Logger,
+        retryBaseDelay: TimeInterval = 0.02, maxRetryDelay: TimeInterval = 5,
+        shutdownRetryLimit: Int = 3, linger: Duration = .zero
+    ) {
         self.backend = backend
         self.capacity = max(1, capacity)
         self.maxBatch = max(1, maxBatch)
@@ -97,12 +101,15 @@ public final class LogWriter: Sendable {
     }
 
     /// A writer into a SQLite `TrafficDatabase`.
-    public convenience init(database: TrafficDatabase, capacity: Int = 4096, maxBatch: Int = 256, logger: Logger,
-                            retryBaseDelay: TimeInterval = 0.02, maxRetryDelay: TimeInterval = 5,
-                            shutdownRetryLimit: Int = 3, linger: Duration = .zero) {
-        self.init(backend: SQLiteLogBackend(database), capacity: capacity, maxBatch: maxBatch, logger: logger,
-                  retryBaseDelay: retryBaseDelay, maxRetryDelay: maxRetryDelay,
-                  shutdownRetryLimit: shutdownRetryLimit, linger: linger)
+    public convenience init(
+        database: TrafficDatabase, capacity: Int = 4096, maxBatch: Int = 256, logger: Logger,
+        retryBaseDelay: TimeInterval = 0.02, maxRetryDelay: TimeInterval = 5,
+        shutdownRetryLimit: Int = 3, linger: Duration = .zero
+    ) {
+        self.init(
+            backend: SQLiteLogBackend(database), capacity: capacity, maxBatch: maxBatch, logger: logger,
+            retryBaseDelay: retryBaseDelay, maxRetryDelay: maxRetryDelay,
+            shutdownRetryLimit: shutdownRetryLimit, linger: linger)
     }
 
     // MARK: State
@@ -160,7 +167,9 @@ public final class LogWriter: Sendable {
         /// someone waits for a commit, a batch is full, or the writer closes.
         mutating func takeLingerIfDue(maxBatch: Int) -> CheckedContinuation<Void, Never>? {
             guard lingering != nil else { return nil }
-            guard closed || commitWaitersQueued > 0 || !flushWaiters.isEmpty || !blocked.isEmpty || queue.count >= maxBatch else { return nil }
+            guard closed || commitWaitersQueued > 0 || !flushWaiters.isEmpty || !blocked.isEmpty || queue.count >= maxBatch else {
+                return nil
+            }
             let c = lingering
             lingering = nil
             return c
@@ -186,7 +195,10 @@ public final class LogWriter: Sendable {
     /// `resumer` runs the resumption of a suspended call (see `Resumer`).
     public func append(_ e: EpisodeRecord, resumer: Resumer? = nil) async throws {
         // Fast path: room in the queue, no suspension.
-        enum Fast { case done(CheckedContinuation<Void, Never>?), closed, full }
+        enum Fast {
+            case done(CheckedContinuation<Void, Never>?)
+            case closed, full
+        }
         let fast = state.withLock { s -> Fast in
             if s.closed { return .closed }
             guard s.blocked.isEmpty, s.queue.count < capacity else { return .full }
@@ -195,7 +207,9 @@ public final class LogWriter: Sendable {
         }
         switch fast {
         case .closed: throw LogWriterError.closed
-        case .done(let wake): wake?.resume(); return
+        case .done(let wake):
+            wake?.resume()
+            return
         case .full: try await enqueueSlow(e, waitForCommit: false, resumer: resumer)
         }
     }
@@ -270,7 +284,10 @@ public final class LogWriter: Sendable {
     /// appenders suspended by backpressure), then returns; `run()` returns too.
     /// If `run()` was never started, the drain happens inside this call.
     public func shutdown() async {
-        enum Action { case done, inline, wait(CheckedContinuation<Void, Never>?) }
+        enum Action {
+            case done, inline
+            case wait(CheckedContinuation<Void, Never>?)
+        }
         let action = state.withLock { s -> Action in
             s.closed = true
             let wake = s.takeWake(maxBatch: maxBatch)
@@ -312,8 +329,10 @@ public final class LogWriter: Sendable {
         }
     }
 
-    private static func admit(_ s: inout State, _ e: EpisodeRecord,
-                              waiter: CheckedContinuation<Void, any Error>?, resumer: Resumer?) -> Entry {
+    private static func admit(
+        _ s: inout State, _ e: EpisodeRecord,
+        waiter: CheckedContinuation<Void, any Error>?, resumer: Resumer?
+    ) -> Entry {
         let seq = s.nextSeq
         s.nextSeq += 1
         s.pendingIDs[e.id, default: 0] += 1
@@ -323,7 +342,11 @@ public final class LogWriter: Sendable {
 
     private func enqueueSlow(_ e: EpisodeRecord, waitForCommit: Bool, resumer: Resumer?) async throws {
         try await withCheckedThrowingContinuation { (cont: CheckedContinuation<Void, any Error>) in
-            enum Action { case closed, queued(wake: CheckedContinuation<Void, Never>?, resumeNow: Bool), suspended(CheckedContinuation<Void, Never>?) }
+            enum Action {
+                case closed
+                case queued(wake: CheckedContinuation<Void, Never>?, resumeNow: Bool)
+                case suspended(CheckedContinuation<Void, Never>?)
+            }
             let action = state.withLock { s -> Action in
                 if s.closed { return .closed }
                 if s.blocked.isEmpty, s.queue.count < capacity {
@@ -394,7 +417,10 @@ public final class LogWriter: Sendable {
 
     /// The next batch, or nil once closed and empty.
     private func nextBatch() async -> [Entry]? {
-        enum Take { case batch([Entry], [(Entry, CheckedContinuation<Void, any Error>)]), done, wait }
+        enum Take {
+            case batch([Entry], [(Entry, CheckedContinuation<Void, any Error>)])
+            case done, wait
+        }
         while true {
             let take = state.withLock { s -> Take in
                 if s.queue.isEmpty {
@@ -460,8 +486,9 @@ public final class LogWriter: Sendable {
                     s.stats.turnsWritten += turns
                 }
                 if attempt > 0 {
-                    logger.notice("traffic log write succeeded after retries",
-                                  metadata: ["attempts": "\(attempt + 1)", "episodes": "\(episodes.count)"])
+                    logger.notice(
+                        "traffic log write succeeded after retries",
+                        metadata: ["attempts": "\(attempt + 1)", "episodes": "\(episodes.count)"])
                 }
                 return Array(repeating: nil, count: episodes.count)
             } catch {
@@ -475,13 +502,15 @@ public final class LogWriter: Sendable {
                 if backend.isPermanent(error) {
                     if episodes.count == 1 {
                         let id = episodes[0].id
-                        logger.error("traffic log rejected episode",
-                                     metadata: ["episode_id": "\(id)", "error": "\(message)"])
+                        logger.error(
+                            "traffic log rejected episode",
+                            metadata: ["episode_id": "\(id)", "error": "\(message)"])
                         state.withLock { $0.stats.rejected += 1 }
                         return [.rejected(episodeID: id, reason: message)]
                     }
-                    logger.warning("traffic log batch refused; writing its episodes one by one",
-                                   metadata: ["episodes": "\(episodes.count)", "error": "\(message)"])
+                    logger.warning(
+                        "traffic log batch refused; writing its episodes one by one",
+                        metadata: ["episodes": "\(episodes.count)", "error": "\(message)"])
                     var results: [LogWriterError?] = []
                     results.reserveCapacity(episodes.count)
                     for e in episodes { results += await commitWithRetry([e]) }
@@ -491,18 +520,24 @@ public final class LogWriter: Sendable {
                     attemptsWhileClosed += 1
                     if attemptsWhileClosed >= shutdownRetryLimit {
                         let ids = episodes.map(\.id)
-                        logger.error("traffic log shutting down with uncommitted episodes; they are NOT stored",
-                                     metadata: ["episodes": "\(ids.count)", "episode_ids": "\(ids.joined(separator: ","))",
-                                                "error": "\(message)"])
+                        logger.error(
+                            "traffic log shutting down with uncommitted episodes; they are NOT stored",
+                            metadata: [
+                                "episodes": "\(ids.count)", "episode_ids": "\(ids.joined(separator: ","))",
+                                "error": "\(message)",
+                            ])
                         state.withLock { $0.stats.abandoned += ids.count }
                         return ids.map { .abandoned(episodeID: $0, lastError: message) }
                     }
                 }
                 var delay = min(maxRetryDelay, retryBaseDelay * pow(2, Double(min(attempt - 1, 30))))
                 if closed { delay = min(delay, 1) }
-                logger.error("traffic log write failed; retrying",
-                             metadata: ["attempt": "\(attempt)", "episodes": "\(episodes.count)",
-                                        "retry_in_ms": "\(Int(delay * 1000))", "error": "\(message)"])
+                logger.error(
+                    "traffic log write failed; retrying",
+                    metadata: [
+                        "attempt": "\(attempt)", "episodes": "\(episodes.count)",
+                        "retry_in_ms": "\(Int(delay * 1000))", "error": "\(message)",
+                    ])
                 try? await Task.sleep(nanoseconds: UInt64(delay * 1e9))
             }
         }
@@ -529,7 +564,8 @@ public final class LogWriter: Sendable {
             var remaining: [FlushWaiter] = []
             for f in s.flushWaiters {
                 if f.target <= s.resolvedThrough {
-                    let err: (any Error)? = f.failed > 0
+                    let err: (any Error)? =
+                        f.failed > 0
                         ? LogWriterError.notAllCommitted(failed: f.failed, lastError: f.lastError) : nil
                     resumes.append((f.continuation, err))
                 } else {

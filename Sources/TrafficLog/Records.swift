@@ -191,8 +191,10 @@ public struct FeedbackRecord: Sendable, Equatable {
     /// Kinds that count as a reward source for `EpisodeQuery.hasRewardSource`.
     public static let rewardKinds: Set<String> = ["score", "reference"]
 
-    public init(id: Int64? = nil, episodeID: String, kind: String, value: String,
-                source: String? = nil, createdAt: Date = Date()) {
+    public init(
+        id: Int64? = nil, episodeID: String, kind: String, value: String,
+        source: String? = nil, createdAt: Date = Date()
+    ) {
         self.id = id
         self.episodeID = episodeID
         self.kind = kind
@@ -213,9 +215,11 @@ public struct PolicyVersionRecord: Sendable, Equatable {
     public var parentID: String?
     public var manifestJSON: String?
 
-    public init(id: String, path: String, sha256: String, architecture: String,
-                parameterCount: Int, loadedAt: Date = Date(), parentID: String? = nil,
-                manifestJSON: String? = nil) {
+    public init(
+        id: String, path: String, sha256: String, architecture: String,
+        parameterCount: Int, loadedAt: Date = Date(), parentID: String? = nil,
+        manifestJSON: String? = nil
+    ) {
         self.id = id
         self.path = path
         self.sha256 = sha256
@@ -246,9 +250,11 @@ public struct EpisodeQuery: Sendable, Equatable {
     /// When false, `turns` is left empty (cheaper listings).
     public var includeTurns: Bool
 
-    public init(since: Date? = nil, until: Date? = nil, route: String? = nil, mode: String? = nil,
-                policyVersion: String? = nil, hasRewardSource: Bool? = nil, limit: Int? = nil,
-                offset: Int = 0, includeTurns: Bool = true) {
+    public init(
+        since: Date? = nil, until: Date? = nil, route: String? = nil, mode: String? = nil,
+        policyVersion: String? = nil, hasRewardSource: Bool? = nil, limit: Int? = nil,
+        offset: Int = 0, includeTurns: Bool = true
+    ) {
         self.since = since
         self.until = until
         self.route = route

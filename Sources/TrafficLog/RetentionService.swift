@@ -59,8 +59,9 @@ public final class RetentionService: Sendable {
         let cutoff = now.addingTimeInterval(-maxAge)
         let deleted = try await backend.deleteEpisodes(olderThan: cutoff)
         if deleted > 0 {
-            logger.info("traffic log retention deleted episodes",
-                        metadata: ["deleted": "\(deleted)", "cutoff": "\(cutoff.timeIntervalSince1970)"])
+            logger.info(
+                "traffic log retention deleted episodes",
+                metadata: ["deleted": "\(deleted)", "cutoff": "\(cutoff.timeIntervalSince1970)"])
         }
         return deleted
     }

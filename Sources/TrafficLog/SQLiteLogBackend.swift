@@ -6,9 +6,10 @@ import GRDB
 // caller's thread.
 extension TrafficDatabase {
     static func decodePolicyEvent(_ r: Row) -> PolicyEventRecord {
-        PolicyEventRecord(seq: r[0], versionID: r[1], path: r[2],
-                          action: PolicyEventRecord.Action(rawValue: r[3]) ?? .swap, replica: r[4],
-                          createdAt: TrafficTime.date(r[5]))
+        PolicyEventRecord(
+            seq: r[0], versionID: r[1], path: r[2],
+            action: PolicyEventRecord.Action(rawValue: r[3]) ?? .swap, replica: r[4],
+            createdAt: TrafficTime.date(r[5]))
     }
 
     static let policyEventColumns = "seq, version_id, path, action, replica, created_at"
@@ -16,8 +17,9 @@ extension TrafficDatabase {
     /// Appends a policy event; returns it with its `seq`.
     public func recordPolicyEvent(_ e: PolicyEventRecord) throws -> PolicyEventRecord {
         try writer.write { db in
-            try db.execute(sql: "INSERT INTO policy_events (version_id, path, action, replica, created_at) VALUES (?, ?, ?, ?, ?)",
-                           arguments: [e.versionID, e.path, e.action.rawValue, e.replica, TrafficTime.databaseValue(e.createdAt)])
+            try db.execute(
+                sql: "INSERT INTO policy_events (version_id, path, action, replica, created_at) VALUES (?, ?, ?, ?, ?)",
+                arguments: [e.versionID, e.path, e.action.rawValue, e.replica, TrafficTime.databaseValue(e.createdAt)])
             var out = e
             out.seq = db.lastInsertedRowID
             return out
@@ -30,8 +32,9 @@ extension TrafficDatabase {
             if let r = try Row.fetchOne(db, sql: "SELECT \(Self.policyEventColumns) FROM policy_events ORDER BY seq DESC LIMIT 1") {
                 return Self.decodePolicyEvent(r)
             }
-            try db.execute(sql: "INSERT INTO policy_events (version_id, path, action, replica, created_at) VALUES (?, ?, ?, ?, ?)",
-                           arguments: [e.versionID, e.path, e.action.rawValue, e.replica, TrafficTime.databaseValue(e.createdAt)])
+            try db.execute(
+                sql: "INSERT INTO policy_events (version_id, path, action, replica, created_at) VALUES (?, ?, ?, ?, ?)",
+                arguments: [e.versionID, e.path, e.action.rawValue, e.replica, TrafficTime.databaseValue(e.createdAt)])
             var out = e
             out.seq = db.lastInsertedRowID
             return out
@@ -41,8 +44,10 @@ extension TrafficDatabase {
     /// Most recent first.
     public func policyEvents(limit: Int) throws -> [PolicyEventRecord] {
         try writer.read { db in
-            try Row.fetchAll(db, sql: "SELECT \(Self.policyEventColumns) FROM policy_events ORDER BY seq DESC LIMIT ?",
-                             arguments: [max(0, limit)]).map(Self.decodePolicyEvent)
+            try Row.fetchAll(
+                db, sql: "SELECT \(Self.policyEventColumns) FROM policy_events ORDER BY seq DESC LIMIT ?",
+                arguments: [max(0, limit)]
+            ).map(Self.decodePolicyEvent)
         }
     }
 

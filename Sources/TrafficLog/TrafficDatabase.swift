@@ -1,12 +1,13 @@
 import Foundation
-import PromptR1
 import GRDB
+import PromptR1
+
 #if canImport(Glibc)
-import Glibc
-private let posixClose = Glibc.close
+    import Glibc
+    private let posixClose = Glibc.close
 #elseif canImport(Darwin)
-import Darwin
-private let posixClose = Darwin.close
+    import Darwin
+    private let posixClose = Darwin.close
 #endif
 
 /// The SQLite traffic log: episodes (with turns), feedback and policy versions.
@@ -140,7 +141,8 @@ public final class TrafficDatabase: Sendable {
                 throw TrafficLogError.invalidField(record: "episode \(e.id)", field: "mode", value: "", reason: "must not be empty")
             }
             if !e.totalMs.isFinite {
-                throw TrafficLogError.invalidField(record: "episode \(e.id)", field: "totalMs", value: "\(e.totalMs)", reason: "must be finite")
+                throw TrafficLogError.invalidField(
+                    record: "episode \(e.id)", field: "totalMs", value: "\(e.totalMs)", reason: "must be finite")
             }
             var seen = Set<Int>()
             for t in e.turns {
@@ -186,7 +188,8 @@ public final class TrafficDatabase: Sendable {
                 try episodeStatement.execute(arguments: StatementArguments(args))
             } catch let error as DatabaseError
                 where error.extendedResultCode == .SQLITE_CONSTRAINT_PRIMARYKEY
-                || error.extendedResultCode == .SQLITE_CONSTRAINT_UNIQUE {
+                || error.extendedResultCode == .SQLITE_CONSTRAINT_UNIQUE
+            {
                 throw TrafficLogError.duplicateEpisode(id: e.id)
             }
             for t in e.turns {
@@ -202,7 +205,8 @@ public final class TrafficDatabase: Sendable {
                 do {
                     try turnStatement.execute(arguments: StatementArguments(targs))
                 } catch let error as DatabaseError
-                    where error.extendedResultCode == .SQLITE_CONSTRAINT_PRIMARYKEY {
+                    where error.extendedResultCode == .SQLITE_CONSTRAINT_PRIMARYKEY
+                {
                     throw TrafficLogError.duplicateTurnIndex(episodeID: e.id, index: t.index)
                 }
             }
@@ -244,8 +248,9 @@ public final class TrafficDatabase: Sendable {
         func blob<T>(_ column: Int, _ name: String, _ size: Int, _ decode: (Data) -> [T]?) throws -> [T]? {
             guard let data: Data = row[column] else { return nil }
             guard let values = decode(data) else {
-                throw TrafficLogError.corruptBlob(episodeID: episodeID, turnIndex: index, column: name,
-                                                  byteCount: data.count, elementSize: size)
+                throw TrafficLogError.corruptBlob(
+                    episodeID: episodeID, turnIndex: index, column: name,
+                    byteCount: data.count, elementSize: size)
             }
             return values
         }
@@ -285,8 +290,11 @@ public final class TrafficDatabase: Sendable {
     /// The episode with `id`, with its turns ordered by index; nil if absent.
     public func episode(id: String) throws -> EpisodeRecord? {
         try writer.read { db in
-            guard let row = try Row.fetchOne(db, sql: "SELECT \(Self.episodeColumns) FROM episodes e WHERE e.id = ?",
-                                             arguments: [id]) else { return nil }
+            guard
+                let row = try Row.fetchOne(
+                    db, sql: "SELECT \(Self.episodeColumns) FROM episodes e WHERE e.id = ?",
+                    arguments: [id])
+            else { return nil }
             var list = [Self.decodeEpisode(row)]
             try Self.attachTurns(&list, db)
             return list[0]
@@ -298,11 +306,26 @@ public final class TrafficDatabase: Sendable {
     static func whereClause(_ query: EpisodeQuery) -> (String, [(any DatabaseValueConvertible)?]) {
         var clauses: [String] = []
         var args: [(any DatabaseValueConvertible)?] = []
-        if let since = query.since { clauses.append("e.created_at >= ?"); args.append(TrafficTime.databaseValue(since)) }
-        if let until = query.until { clauses.append("e.created_at < ?"); args.append(TrafficTime.databaseValue(until)) }
-        if let route = query.route { clauses.append("e.route = ?"); args.append(route) }
-        if let mode = query.mode { clauses.append("e.mode = ?"); args.append(mode) }
-        if let pv = query.policyVersion { clauses.append("e.policy_version = ?"); args.append(pv) }
+        if let since = query.since {
+            clauses.append("e.created_at >= ?")
+            args.append(TrafficTime.databaseValue(since))
+        }
+        if let until = query.until {
+            clauses.append("e.created_at < ?")
+            args.append(TrafficTime.databaseValue(until))
+        }
+        if let route = query.route {
+            clauses.append("e.route = ?")
+            args.append(route)
+        }
+        if let mode = query.mode {
+            clauses.append("e.mode = ?")
+            args.append(mode)
+        }
+        if let pv = query.policyVersion {
+            clauses.append("e.policy_version = ?")
+            args.append(pv)
+        }
         if let reward = query.hasRewardSource {
             let exists = "EXISTS (SELECT 1 FROM feedback f WHERE f.episode_id = e.id AND f.kind IN ('score', 'reference'))"
             clauses.append(reward ? exists : "NOT \(exists)")
@@ -393,13 +416,15 @@ public final class TrafficDatabase: Sendable {
     /// The checks every feedback row passes before it is written.
     public static func validate(_ f: FeedbackRecord) throws {
         guard FeedbackRecord.validKinds.contains(f.kind) else {
-            throw TrafficLogError.invalidField(record: "feedback", field: "kind", value: f.kind,
-                                               reason: "expected one of \(FeedbackRecord.validKinds.sorted())")
+            throw TrafficLogError.invalidField(
+                record: "feedback", field: "kind", value: f.kind,
+                reason: "expected one of \(FeedbackRecord.validKinds.sorted())")
         }
         if f.kind == "score" {
             guard let v = Double(f.value.trimmingCharacters(in: .whitespaces)), v.isFinite else {
-                throw TrafficLogError.invalidField(record: "feedback", field: "value", value: String(f.value.prefix(64)),
-                                                   reason: "a score must be a finite number")
+                throw TrafficLogError.invalidField(
+                    record: "feedback", field: "value", value: String(f.value.prefix(64)),
+                    reason: "a score must be a finite number")
             }
         }
     }
@@ -417,8 +442,9 @@ public final class TrafficDatabase: Sendable {
                 db, sql: "SELECT id, episode_id, kind, value, source, created_at FROM feedback WHERE episode_id = ? ORDER BY id",
                 arguments: [episodeID]
             ).map { row in
-                FeedbackRecord(id: row[0], episodeID: row[1], kind: row[2], value: row[3], source: row[4],
-                               createdAt: TrafficTime.date(row[5]))
+                FeedbackRecord(
+                    id: row[0], episodeID: row[1], kind: row[2], value: row[3], source: row[4],
+                    createdAt: TrafficTime.date(row[5]))
             }
         }
     }
@@ -435,14 +461,16 @@ public final class TrafficDatabase: Sendable {
                 let chunk = Array(ids[start..<min(start + 500, ids.count)])
                 let placeholders = Array(repeating: "?", count: chunk.count).joined(separator: ",")
                 let rows = try Row.fetchCursor(
-                    db, sql: """
+                    db,
+                    sql: """
                         SELECT id, episode_id, kind, value, source, created_at FROM feedback
                         WHERE episode_id IN (\(placeholders)) ORDER BY id
                         """,
                     arguments: StatementArguments(chunk))
                 while let row = try rows.next() {
-                    let f = FeedbackRecord(id: row[0], episodeID: row[1], kind: row[2], value: row[3],
-                                           source: row[4], createdAt: TrafficTime.date(row[5]))
+                    let f = FeedbackRecord(
+                        id: row[0], episodeID: row[1], kind: row[2], value: row[3],
+                        source: row[4], createdAt: TrafficTime.date(row[5]))
                     out[f.episodeID, default: []].append(f)
                 }
                 start += 500
@@ -467,16 +495,20 @@ public final class TrafficDatabase: Sendable {
                         UPDATE policy_versions SET path = ?, architecture = ?, parameter_count = ?, loaded_at = ?,
                           parent_id = ?, manifest_json = ? WHERE id = ?
                         """,
-                    arguments: [v.path, v.architecture, v.parameterCount, TrafficTime.databaseValue(v.loadedAt),
-                                v.parentID, v.manifestJSON, v.id])
+                    arguments: [
+                        v.path, v.architecture, v.parameterCount, TrafficTime.databaseValue(v.loadedAt),
+                        v.parentID, v.manifestJSON, v.id,
+                    ])
             } else {
                 try db.execute(
                     sql: """
                         INSERT INTO policy_versions (id, path, sha256, architecture, parameter_count, loaded_at,
                           parent_id, manifest_json) VALUES (?, ?, ?, ?, ?, ?, ?, ?)
                         """,
-                    arguments: [v.id, v.path, v.sha256, v.architecture, v.parameterCount,
-                                TrafficTime.databaseValue(v.loadedAt), v.parentID, v.manifestJSON])
+                    arguments: [
+                        v.id, v.path, v.sha256, v.architecture, v.parameterCount,
+                        TrafficTime.databaseValue(v.loadedAt), v.parentID, v.manifestJSON,
+                    ])
             }
         }
     }
@@ -485,14 +517,16 @@ public final class TrafficDatabase: Sendable {
     public func policyVersions() throws -> [PolicyVersionRecord] {
         try writer.read { db in
             try Row.fetchAll(
-                db, sql: """
+                db,
+                sql: """
                     SELECT id, path, sha256, architecture, parameter_count, loaded_at, parent_id, manifest_json
                     FROM policy_versions ORDER BY loaded_at, id
                     """
             ).map { row in
-                PolicyVersionRecord(id: row[0], path: row[1], sha256: row[2], architecture: row[3],
-                                    parameterCount: row[4], loadedAt: TrafficTime.date(row[5]),
-                                    parentID: row[6], manifestJSON: row[7])
+                PolicyVersionRecord(
+                    id: row[0], path: row[1], sha256: row[2], architecture: row[3],
+                    parameterCount: row[4], loadedAt: TrafficTime.date(row[5]),
+                    parentID: row[6], manifestJSON: row[7])
             }
         }
     }

@@ -11,8 +11,9 @@ extension TrafficDatabase {
         for f in feedback {
             try Self.validate(f)
             guard f.episodeID == episode.id else {
-                throw TrafficLogError.invalidField(record: "feedback", field: "episode_id", value: f.episodeID,
-                                                   reason: "must be the id of the episode inserted with it")
+                throw TrafficLogError.invalidField(
+                    record: "feedback", field: "episode_id", value: f.episodeID,
+                    reason: "must be the id of the episode inserted with it")
             }
         }
         try writer.write { db in
@@ -25,12 +26,14 @@ extension TrafficDatabase {
     /// episodes are logged together with their reference answers).
     public func episodeCountsByQuestion(route: String) throws -> [String: Int] {
         try writer.read { db in
-            let rows = try Row.fetchAll(db, sql: """
-                SELECT question, COUNT(*) FROM episodes
-                WHERE route = ? AND question IS NOT NULL
-                  AND EXISTS (SELECT 1 FROM feedback f WHERE f.episode_id = episodes.id)
-                GROUP BY question
-                """, arguments: [route])
+            let rows = try Row.fetchAll(
+                db,
+                sql: """
+                    SELECT question, COUNT(*) FROM episodes
+                    WHERE route = ? AND question IS NOT NULL
+                      AND EXISTS (SELECT 1 FROM feedback f WHERE f.episode_id = episodes.id)
+                    GROUP BY question
+                    """, arguments: [route])
             var out: [String: Int] = [:]
             for r in rows { out[r[0] as String] = r[1] as Int }
             return out

@@ -47,8 +47,8 @@ public enum UUIDv7 {
     final class Generator: Sendable {
         private struct State {
             var lastMs: UInt64 = 0
-            var randA: UInt16 = 0   // 12 bits
-            var randB: UInt64 = 0   // 62 bits
+            var randA: UInt16 = 0  // 12 bits
+            var randB: UInt64 = 0  // 62 bits
         }
 
         private let state = Locked(State())

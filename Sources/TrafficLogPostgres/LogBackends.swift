@@ -8,8 +8,10 @@ import TrafficLog
 public enum LogBackends {
     /// The backend for `location`: a SQLite file (created and migrated) or a PostgreSQL
     /// database (connected and migrated under an advisory lock).
-    public static func open(_ location: LogLocation, logger: Logger,
-                            connectTimeout: Duration = .seconds(10)) async throws -> any LogBackend {
+    public static func open(
+        _ location: LogLocation, logger: Logger,
+        connectTimeout: Duration = .seconds(10)
+    ) async throws -> any LogBackend {
         switch location {
         case .sqlite(let path):
             return try SQLiteLogBackend(path: path)

@@ -65,14 +65,16 @@ struct PostgresURL {
         database = database.removingPercentEncoding ?? database
         if let d = items["dbname"], database.isEmpty { database = d }
         let port = c.port ?? Int(items["port"] ?? "") ?? 5432
-        let socketDir = items["host"].flatMap { $0.hasPrefix("/") ? $0 : nil }
+        let socketDir =
+            items["host"].flatMap { $0.hasPrefix("/") ? $0 : nil }
             ?? c.host.flatMap { h -> String? in
                 let decoded = h.removingPercentEncoding ?? h
                 return decoded.hasPrefix("/") ? decoded : nil
             }
         if let dir = socketDir {
-            configuration = .init(unixSocketPath: dir + "/.s.PGSQL.\(port)", username: user, password: password,
-                                  database: database.isEmpty ? nil : database)
+            configuration = .init(
+                unixSocketPath: dir + "/.s.PGSQL.\(port)", username: user, password: password,
+                database: database.isEmpty ? nil : database)
         } else {
             let host = (c.host?.isEmpty == false ? c.host : items["host"]) ?? "localhost"
             let tls: PostgresClient.Configuration.TLS
@@ -86,8 +88,9 @@ struct PostgresURL {
             case "verify-ca", "verify-full": tls = .require(.makeClientConfiguration())
             case let other: throw PostgresLogError.invalidURL(reason: "unknown sslmode '\(other)'")
             }
-            configuration = .init(host: host, port: port, username: user, password: password,
-                                  database: database.isEmpty ? nil : database, tls: tls)
+            configuration = .init(
+                host: host, port: port, username: user, password: password,
+                database: database.isEmpty ? nil : database, tls: tls)
         }
         configuration.options.connectTimeout = .seconds(5)
     }
@@ -155,8 +158,10 @@ public final class PostgresLogBackend: LogBackend {
     /// `body` within `timeout`, or `PostgresLogError.timeout`. Returns at the deadline even
     /// if `body` does not react to cancellation (a connection attempt in progress): it is
     /// cancelled and left to finish on its own.
-    static func withTimeout<T: Sendable>(_ timeout: Duration, _ operation: String,
-                                         _ body: @escaping @Sendable () async throws -> T) async throws -> T {
+    static func withTimeout<T: Sendable>(
+        _ timeout: Duration, _ operation: String,
+        _ body: @escaping @Sendable () async throws -> T
+    ) async throws -> T {
         let once = ResumeOnce<T>()
         let c = timeout.components
         let seconds = Double(c.seconds) + Double(c.attoseconds) / 1e18
@@ -210,7 +215,10 @@ public final class PostgresLogBackend: LogBackend {
             var message = "database error"
             if let e = error as? PSQLError, let m = e.serverInfo?[.message] { message = String(m.prefix(200)) }
             if let e = error as? PostgresTransactionError, let inner = (e.closureError ?? e.commitError) as? PSQLError,
-               let m = inner.serverInfo?[.message] { message = String(m.prefix(200)) }
+                let m = inner.serverInfo?[.message]
+            {
+                message = String(m.prefix(200))
+            }
             return PostgresLogError.server(sqlState: state, constraint: constraint(error), message: message)
         }
         return PostgresLogError.database(PostgresLogError.describe(error))
@@ -230,8 +238,10 @@ public final class PostgresLogBackend: LogBackend {
         return nil
     }
 
-    private static func run(_ conn: PostgresConnection, _ sql: String, _ binds: PostgresBindings = PostgresBindings(),
-                            logger: Logger) async throws -> [PostgresRow] {
+    private static func run(
+        _ conn: PostgresConnection, _ sql: String, _ binds: PostgresBindings = PostgresBindings(),
+        logger: Logger
+    ) async throws -> [PostgresRow] {
         let rows = try await conn.query(PostgresQuery(unsafeSQL: sql, binds: binds), logger: logger)
         var out: [PostgresRow] = []
         for try await r in rows { out.append(r) }
@@ -249,7 +259,9 @@ public final class PostgresLogBackend: LogBackend {
                 var lock = PostgresBindings()
                 lock.append(PostgresSchema.migrationLockKey)
                 _ = try await Self.run(conn, "SELECT pg_advisory_xact_lock($1)", lock, logger: logger)
-                _ = try await Self.run(conn, """
+                _ = try await Self.run(
+                    conn,
+                    """
                     CREATE TABLE IF NOT EXISTS schema_migrations (
                         name TEXT PRIMARY KEY NOT NULL, applied_at DOUBLE PRECISION NOT NULL)
                     """, logger: logger)
@@ -305,23 +317,52 @@ public final class PostgresLogBackend: LogBackend {
     }
 
     static func bind(_ e: EpisodeRecord, into b: inout PostgresBindings) {
-        b.append(e.id); b.append(TrafficTime.databaseValue(e.createdAt)); b.append(text(e.route)); b.append(text(e.mode))
-        b.append(text(e.keyID)); b.append(text(e.requestedModel)); b.append(text(e.upstreamModel)); b.append(text(e.policyVersion))
-        b.append(e.stream); b.append(text(e.requestJSON)); b.append(text(e.responseText)); b.append(text(e.finishReason))
-        b.append(e.promptTokens); b.append(e.completionTokens); b.append(e.totalTokens); b.append(e.policyTokens)
-        b.append(e.status); b.append(text(e.outcome)); b.append(text(e.error)); b.append(text(e.question))
-        b.append(e.formatScore); b.append(e.totalMs); b.append(e.upstreamMs); b.append(e.overheadMs)
-        b.append(e.trainable); b.append(e.policyLogprobs?.rawValue); b.append(e.policySampled)
+        b.append(e.id)
+        b.append(TrafficTime.databaseValue(e.createdAt))
+        b.append(text(e.route))
+        b.append(text(e.mode))
+        b.append(text(e.keyID))
+        b.append(text(e.requestedModel))
+        b.append(text(e.upstreamModel))
+        b.append(text(e.policyVersion))
+        b.append(e.stream)
+        b.append(text(e.requestJSON))
+        b.append(text(e.responseText))
+        b.append(text(e.finishReason))
+        b.append(e.promptTokens)
+        b.append(e.completionTokens)
+        b.append(e.totalTokens)
+        b.append(e.policyTokens)
+        b.append(e.status)
+        b.append(text(e.outcome))
+        b.append(text(e.error))
+        b.append(text(e.question))
+        b.append(e.formatScore)
+        b.append(e.totalMs)
+        b.append(e.upstreamMs)
+        b.append(e.overheadMs)
+        b.append(e.trainable)
+        b.append(e.policyLogprobs?.rawValue)
+        b.append(e.policySampled)
     }
 
     static func bind(_ t: TurnRecord, episodeID: String, into b: inout PostgresBindings) throws {
-        b.append(episodeID); b.append(t.index); b.append(t.kind)
+        b.append(episodeID)
+        b.append(t.index)
+        b.append(t.kind)
         try b.append(t.inputIDs.map { BlobCoding.encode($0) })
         try b.append(t.outputIDs.map { BlobCoding.encode($0) })
         try b.append(t.logprobs.map { BlobCoding.encode($0) })
         try b.append(t.lossMask.map { BlobCoding.encode($0) })
-        b.append(text(t.text)); b.append(text(t.call)); b.append(text(t.upstreamRequest)); b.append(text(t.upstreamResponse))
-        b.append(t.latencyMs); b.append(t.promptTokens); b.append(t.completionTokens); b.append(t.status); b.append(text(t.error))
+        b.append(text(t.text))
+        b.append(text(t.call))
+        b.append(text(t.upstreamRequest))
+        b.append(text(t.upstreamResponse))
+        b.append(t.latencyMs)
+        b.append(t.promptTokens)
+        b.append(t.completionTokens)
+        b.append(t.status)
+        b.append(text(t.error))
     }
 
     /// `VALUES ($1, ..., $n), (...)` for `rows` rows of `columns` parameters.
@@ -350,7 +391,9 @@ public final class PostgresLogBackend: LogBackend {
             let chunk = episodes[start..<min(start + perEpisodeStatement, episodes.count)]
             var b = PostgresBindings(capacity: chunk.count * episodeColumnCount)
             for e in chunk { bind(e, into: &b) }
-            _ = try await run(conn, "INSERT INTO episodes (\(episodeColumnList)) \(valuesClause(rows: chunk.count, columns: episodeColumnCount))", b, logger: logger)
+            _ = try await run(
+                conn, "INSERT INTO episodes (\(episodeColumnList)) \(valuesClause(rows: chunk.count, columns: episodeColumnCount))", b,
+                logger: logger)
             start += chunk.count
         }
         let turns = episodes.flatMap { e in e.turns.map { (e.id, $0) } }
@@ -360,7 +403,9 @@ public final class PostgresLogBackend: LogBackend {
             let chunk = turns[start..<min(start + perTurnStatement, turns.count)]
             var b = PostgresBindings(capacity: chunk.count * turnColumnCount)
             for (id, t) in chunk { try bind(t, episodeID: id, into: &b) }
-            _ = try await run(conn, "INSERT INTO turns (\(turnColumnList)) \(valuesClause(rows: chunk.count, columns: turnColumnCount))", b, logger: logger)
+            _ = try await run(
+                conn, "INSERT INTO turns (\(turnColumnList)) \(valuesClause(rows: chunk.count, columns: turnColumnCount))", b,
+                logger: logger)
             start += chunk.count
         }
     }
@@ -396,8 +441,9 @@ public final class PostgresLogBackend: LogBackend {
             if remaining.count == episodes.count, episodes.count == 1, let e = episodes.first {
                 // Not the episode id: two turns share an index (validate catches that first) or
                 // another constraint.
-                throw TrafficLogError.invalidField(record: "episode \(e.id)", field: Self.constraint(error) ?? "unique",
-                                                   value: "", reason: "violates a unique constraint")
+                throw TrafficLogError.invalidField(
+                    record: "episode \(e.id)", field: Self.constraint(error) ?? "unique",
+                    value: "", reason: "violates a unique constraint")
             }
             guard !remaining.isEmpty else { return }
             try await transaction { conn in try await Self.insertRows(remaining, conn, logger: logger) }
@@ -417,8 +463,9 @@ public final class PostgresLogBackend: LogBackend {
         for f in feedback {
             try TrafficDatabase.validate(f)
             guard f.episodeID == episode.id else {
-                throw TrafficLogError.invalidField(record: "feedback", field: "episode_id", value: f.episodeID,
-                                                   reason: "must be the id of the episode inserted with it")
+                throw TrafficLogError.invalidField(
+                    record: "feedback", field: "episode_id", value: f.episodeID,
+                    reason: "must be the id of the episode inserted with it")
             }
         }
         let logger = self.logger
@@ -427,7 +474,7 @@ public final class PostgresLogBackend: LogBackend {
                 try await Self.insertRows([episode], conn, logger: logger)
                 for f in feedback { _ = try await Self.insertFeedbackRow(f, conn, logger: logger) }
             }
-        } catch where Self.sqlState(error) == "23505" {
+        } catch  where Self.sqlState(error) == "23505" {
             throw TrafficLogError.duplicateEpisode(id: episode.id)
         }
     }
@@ -462,8 +509,9 @@ public final class PostgresLogBackend: LogBackend {
         func blob<T>(_ column: Int, _ name: String, _ size: Int, _ decode: (Data) -> [T]?) throws -> [T]? {
             guard let data = try r[column].decode(Data?.self) else { return nil }
             guard let values = decode(data) else {
-                throw TrafficLogError.corruptBlob(episodeID: episodeID, turnIndex: index, column: name,
-                                                  byteCount: data.count, elementSize: size)
+                throw TrafficLogError.corruptBlob(
+                    episodeID: episodeID, turnIndex: index, column: name,
+                    byteCount: data.count, elementSize: size)
             }
             return values
         }
@@ -535,7 +583,8 @@ public final class PostgresLogBackend: LogBackend {
             throw TrafficLogError.invalidField(record: "EpisodeQuery", field: "offset", value: "\(q.offset)", reason: "must be >= 0")
         }
         var (whereSQL, b) = Self.whereClause(q)
-        var sql = "SELECT \(Self.episodeColumnList.split(separator: ",").map { "e." + $0.trimmingCharacters(in: .whitespacesAndNewlines) }.joined(separator: ", ")) FROM episodes e\(whereSQL) ORDER BY e.created_at, e.id"
+        var sql =
+            "SELECT \(Self.episodeColumnList.split(separator: ",").map { "e." + $0.trimmingCharacters(in: .whitespacesAndNewlines) }.joined(separator: ", ")) FROM episodes e\(whereSQL) ORDER BY e.created_at, e.id"
         if let limit = q.limit {
             b.append(limit)
             sql += " LIMIT $\(b.count)"
@@ -557,7 +606,10 @@ public final class PostgresLogBackend: LogBackend {
                     let ids = list[start..<min(start + 5000, list.count)].map(\.id)
                     var tb = PostgresBindings()
                     tb.append(ids)
-                    for row in try await Self.run(conn, "SELECT \(Self.turnColumnList) FROM turns WHERE episode_id = ANY($1) ORDER BY episode_id, idx", tb, logger: logger) {
+                    for row in try await Self.run(
+                        conn, "SELECT \(Self.turnColumnList) FROM turns WHERE episode_id = ANY($1) ORDER BY episode_id, idx", tb,
+                        logger: logger)
+                    {
                         let (id, turn) = try Self.decodeTurn(row)
                         if let i = position[id] { list[i].turns.append(turn) }
                     }
@@ -583,7 +635,8 @@ public final class PostgresLogBackend: LogBackend {
     public func episodeCountsByQuestion(route: String) async throws -> [String: Int] {
         var b = PostgresBindings()
         b.append(route)
-        let rows = try await query("""
+        let rows = try await query(
+            """
             SELECT question, COUNT(*) FROM episodes
             WHERE route = $1 AND question IS NOT NULL
               AND EXISTS (SELECT 1 FROM feedback f WHERE f.episode_id = episodes.id)
@@ -604,7 +657,8 @@ public final class PostgresLogBackend: LogBackend {
             var b = PostgresBindings()
             b.append(TrafficTime.databaseValue(cutoff))
             b.append(chunk)
-            let rows = try await query("""
+            let rows = try await query(
+                """
                 DELETE FROM episodes WHERE id IN
                   (SELECT id FROM episodes WHERE created_at < $1 ORDER BY created_at LIMIT $2)
                 RETURNING 1
@@ -618,9 +672,14 @@ public final class PostgresLogBackend: LogBackend {
 
     private static func insertFeedbackRow(_ f: FeedbackRecord, _ conn: PostgresConnection, logger: Logger) async throws -> Int64 {
         var b = PostgresBindings()
-        b.append(f.episodeID); b.append(f.kind); b.append(text(f.value)); b.append(text(f.source))
+        b.append(f.episodeID)
+        b.append(f.kind)
+        b.append(text(f.value))
+        b.append(text(f.source))
         b.append(TrafficTime.databaseValue(f.createdAt))
-        let rows = try await run(conn, "INSERT INTO feedback (episode_id, kind, value, source, created_at) VALUES ($1, $2, $3, $4, $5) RETURNING id", b, logger: logger)
+        let rows = try await run(
+            conn, "INSERT INTO feedback (episode_id, kind, value, source, created_at) VALUES ($1, $2, $3, $4, $5) RETURNING id", b,
+            logger: logger)
         return try rows.first?.makeRandomAccess()[0].decode(Int64.self) ?? 0
     }
 
@@ -632,7 +691,7 @@ public final class PostgresLogBackend: LogBackend {
         try await ensureMigrated()
         do {
             return try await client.withConnection { conn in try await Self.insertFeedbackRow(f, conn, logger: logger) }
-        } catch where Self.sqlState(error) == "23503" {
+        } catch  where Self.sqlState(error) == "23503" {
             throw TrafficLogError.unknownEpisode(id: f.episodeID)
         } catch {
             throw Self.mapped(error)
@@ -641,9 +700,10 @@ public final class PostgresLogBackend: LogBackend {
 
     static func decodeFeedback(_ row: PostgresRow) throws -> FeedbackRecord {
         let r = row.makeRandomAccess()
-        return FeedbackRecord(id: try r[0].decode(Int64.self), episodeID: try r[1].decode(String.self),
-                              kind: try r[2].decode(String.self), value: try r[3].decode(String.self),
-                              source: try r[4].decode(String?.self), createdAt: TrafficTime.date(try r[5].decode(Double.self)))
+        return FeedbackRecord(
+            id: try r[0].decode(Int64.self), episodeID: try r[1].decode(String.self),
+            kind: try r[2].decode(String.self), value: try r[3].decode(String.self),
+            source: try r[4].decode(String?.self), createdAt: TrafficTime.date(try r[5].decode(Double.self)))
     }
 
     public func feedback(episodeID: String) async throws -> [FeedbackRecord] {
@@ -661,7 +721,9 @@ public final class PostgresLogBackend: LogBackend {
         while start < ids.count {
             var b = PostgresBindings()
             b.append(Array(ids[start..<min(start + 5000, ids.count)]))
-            for row in try await query("SELECT id, episode_id, kind, value, source, created_at FROM feedback WHERE episode_id = ANY($1) ORDER BY id", b) {
+            for row in try await query(
+                "SELECT id, episode_id, kind, value, source, created_at FROM feedback WHERE episode_id = ANY($1) ORDER BY id", b)
+            {
                 let f = try Self.decodeFeedback(row)
                 out[f.episodeID, default: []].append(f)
             }
@@ -679,19 +741,29 @@ public final class PostgresLogBackend: LogBackend {
             key.append(v.id)
             let existing = try await Self.run(conn, "SELECT sha256 FROM policy_versions WHERE id = $1 FOR UPDATE", key, logger: logger)
             var b = PostgresBindings()
-            b.append(v.id); b.append(v.path); b.append(v.sha256); b.append(v.architecture); b.append(v.parameterCount)
-            b.append(TrafficTime.databaseValue(v.loadedAt)); b.append(v.parentID); b.append(v.manifestJSON)
+            b.append(v.id)
+            b.append(v.path)
+            b.append(v.sha256)
+            b.append(v.architecture)
+            b.append(v.parameterCount)
+            b.append(TrafficTime.databaseValue(v.loadedAt))
+            b.append(v.parentID)
+            b.append(v.manifestJSON)
             if let row = existing.first {
                 let sha = try row.makeRandomAccess()[0].decode(String.self)
                 guard sha == v.sha256 else {
                     throw TrafficLogError.policyVersionConflict(id: v.id, existingSHA256: sha, newSHA256: v.sha256)
                 }
-                _ = try await Self.run(conn, """
+                _ = try await Self.run(
+                    conn,
+                    """
                     UPDATE policy_versions SET path = $2, architecture = $4, parameter_count = $5, loaded_at = $6,
                       parent_id = $7, manifest_json = $8 WHERE id = $1 AND sha256 = $3
                     """, b, logger: logger)
             } else {
-                _ = try await Self.run(conn, """
+                _ = try await Self.run(
+                    conn,
+                    """
                     INSERT INTO policy_versions (id, path, sha256, architecture, parameter_count, loaded_at, parent_id, manifest_json)
                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
                     ON CONFLICT (id) DO UPDATE SET path = EXCLUDED.path, loaded_at = EXCLUDED.loaded_at
@@ -702,15 +774,18 @@ public final class PostgresLogBackend: LogBackend {
     }
 
     public func policyVersions() async throws -> [PolicyVersionRecord] {
-        try await query("""
+        try await query(
+            """
             SELECT id, path, sha256, architecture, parameter_count, loaded_at, parent_id, manifest_json
             FROM policy_versions ORDER BY loaded_at, id
-            """).map { row in
+            """
+        ).map { row in
             let r = row.makeRandomAccess()
-            return PolicyVersionRecord(id: try r[0].decode(String.self), path: try r[1].decode(String.self),
-                                       sha256: try r[2].decode(String.self), architecture: try r[3].decode(String.self),
-                                       parameterCount: try r[4].decode(Int.self), loadedAt: TrafficTime.date(try r[5].decode(Double.self)),
-                                       parentID: try r[6].decode(String?.self), manifestJSON: try r[7].decode(String?.self))
+            return PolicyVersionRecord(
+                id: try r[0].decode(String.self), path: try r[1].decode(String.self),
+                sha256: try r[2].decode(String.self), architecture: try r[3].decode(String.self),
+                parameterCount: try r[4].decode(Int.self), loadedAt: TrafficTime.date(try r[5].decode(Double.self)),
+                parentID: try r[6].decode(String?.self), manifestJSON: try r[7].decode(String?.self))
         }
     }
 
@@ -718,17 +793,23 @@ public final class PostgresLogBackend: LogBackend {
 
     static func decodePolicyEvent(_ row: PostgresRow) throws -> PolicyEventRecord {
         let r = row.makeRandomAccess()
-        return PolicyEventRecord(seq: try r[0].decode(Int64.self), versionID: try r[1].decode(String.self),
-                                 path: try r[2].decode(String.self),
-                                 action: PolicyEventRecord.Action(rawValue: try r[3].decode(String.self)) ?? .swap,
-                                 replica: try r[4].decode(String?.self), createdAt: TrafficTime.date(try r[5].decode(Double.self)))
+        return PolicyEventRecord(
+            seq: try r[0].decode(Int64.self), versionID: try r[1].decode(String.self),
+            path: try r[2].decode(String.self),
+            action: PolicyEventRecord.Action(rawValue: try r[3].decode(String.self)) ?? .swap,
+            replica: try r[4].decode(String?.self), createdAt: TrafficTime.date(try r[5].decode(Double.self)))
     }
 
     private static func insertEvent(_ e: PolicyEventRecord, _ conn: PostgresConnection, logger: Logger) async throws -> PolicyEventRecord {
         var b = PostgresBindings()
-        b.append(e.versionID); b.append(e.path); b.append(e.action.rawValue); b.append(e.replica)
+        b.append(e.versionID)
+        b.append(e.path)
+        b.append(e.action.rawValue)
+        b.append(e.replica)
         b.append(TrafficTime.databaseValue(e.createdAt))
-        let rows = try await run(conn, "INSERT INTO policy_events (version_id, path, action, replica, created_at) VALUES ($1, $2, $3, $4, $5) RETURNING seq", b, logger: logger)
+        let rows = try await run(
+            conn, "INSERT INTO policy_events (version_id, path, action, replica, created_at) VALUES ($1, $2, $3, $4, $5) RETURNING seq", b,
+            logger: logger)
         var out = e
         out.seq = try rows.first?.makeRandomAccess()[0].decode(Int64.self)
         // Delivered to every listening replica when the transaction commits.
@@ -751,7 +832,9 @@ public final class PostgresLogBackend: LogBackend {
             var lock = PostgresBindings()
             lock.append(PostgresSchema.migrationLockKey + 1)
             _ = try await Self.run(conn, "SELECT pg_advisory_xact_lock($1)", lock, logger: logger)
-            if let row = try await Self.run(conn, "SELECT \(Self.policyEventColumns) FROM policy_events ORDER BY seq DESC LIMIT 1", logger: logger).first {
+            if let row = try await Self.run(
+                conn, "SELECT \(Self.policyEventColumns) FROM policy_events ORDER BY seq DESC LIMIT 1", logger: logger
+            ).first {
                 return try Self.decodePolicyEvent(row)
             }
             return try await Self.insertEvent(event, conn, logger: logger)
@@ -779,7 +862,7 @@ public final class PostgresLogBackend: LogBackend {
             do {
                 try await client.withConnection { conn in
                     let notifications = try await conn.listen(PostgresSchema.policyChannel)
-                    continuation.yield(0)   // listening: a 0 tells the consumer to poll once now
+                    continuation.yield(0)  // listening: a 0 tells the consumer to poll once now
                     for try await n in notifications {
                         if let seq = Int64(n.payload) { continuation.yield(seq) }
                     }

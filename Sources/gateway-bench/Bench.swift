@@ -6,6 +6,9 @@ struct Bench: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "gateway-bench",
         abstract: "Benchmarks for the gateway (run a release build: swift run -c release gateway-bench ...).",
-        subcommands: [ProxyBench.self, CollabBench.self, EngineBench.self, TrainBench.self, SoakBench.self, ConsoleBench.self, LogWriterBench.self, FakeUpstreamCommand.self, NullProxyCommand.self]
+        subcommands: [
+            ProxyBench.self, CollabBench.self, EngineBench.self, TrainBench.self, SoakBench.self, ConsoleBench.self, LogWriterBench.self,
+            FakeUpstreamCommand.self, NullProxyCommand.self,
+        ]
     )
 }

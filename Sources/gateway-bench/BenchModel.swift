@@ -5,10 +5,11 @@ import PolicyEngine
 /// 14 heads, 2 KV heads, 4864 FFN, 151,936 vocab, tied embeddings), F32, created on first use.
 enum BenchModel {
     static func qwen05Config() throws -> ModelConfig {
-        try ModelConfig(modelType: .qwen2, hiddenSize: 896, numHiddenLayers: 24, numAttentionHeads: 14, numKeyValueHeads: 2,
-                        intermediateSize: 4864, vocabSize: 151_936, rmsNormEps: 1e-6, maxPositionEmbeddings: 32_768,
-                        tieWordEmbeddings: true, rope: RopeParameters(theta: 1_000_000), dtype: "float32",
-                        eosTokenIds: [1002])
+        try ModelConfig(
+            modelType: .qwen2, hiddenSize: 896, numHiddenLayers: 24, numAttentionHeads: 14, numKeyValueHeads: 2,
+            intermediateSize: 4864, vocabSize: 151_936, rmsNormEps: 1e-6, maxPositionEmbeddings: 32_768,
+            tieWordEmbeddings: true, rope: RopeParameters(theta: 1_000_000), dtype: "float32",
+            eosTokenIds: [1002])
     }
 
     /// Returns a checkpoint folder: `given` if set, else the Qwen2.5-0.5B-shaped model in `cache`
@@ -18,7 +19,8 @@ enum BenchModel {
         let dir = URL(fileURLWithPath: cache)
         let config = dir.appendingPathComponent("config.json")
         if !FileManager.default.fileExists(atPath: dir.appendingPathComponent("model.safetensors").path)
-            || !FileManager.default.fileExists(atPath: config.path) {
+            || !FileManager.default.fileExists(atPath: config.path)
+        {
             FileHandle.standardError.write("writing a Qwen2.5-0.5B-shaped random checkpoint to \(dir.path) (once)...\n".data(using: .utf8)!)
             try SyntheticCheckpoint.write(config: qwen05Config(), to: dir, seed: 7)
         }

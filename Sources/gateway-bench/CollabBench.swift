@@ -12,26 +12,37 @@ import RemotePolicy
 struct CollabBench: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "collab",
-        abstract: "Gateway time per collaboration episode (policy prefill + decode), at 1 and 8 concurrent episodes, with and without the prefix cache.")
+        abstract:
+            "Gateway time per collaboration episode (policy prefill + decode), at 1 and 8 concurrent episodes, with and without the prefix cache."
+    )
 
     @Option(help: "Checkpoint folder (default: a Qwen2.5-0.5B-shaped random model, created once).") var model: String?
-    @Option(name: .customLong("model-cache"), help: "Where the default model is written.") var modelCache = "/tmp/prompt-r1-bench/qwen2.5-0.5b-shape"
-    @Option(name: .customLong("tokenizer-from"), help: "Tokenizer files for the default model.") var tokenizerFrom = "Tests/Fixtures/models/qwen3-tiny"
+    @Option(name: .customLong("model-cache"), help: "Where the default model is written.") var modelCache =
+        "/tmp/prompt-r1-bench/qwen2.5-0.5b-shape"
+    @Option(name: .customLong("tokenizer-from"), help: "Tokenizer files for the default model.") var tokenizerFrom =
+        "Tests/Fixtures/models/qwen3-tiny"
     @Option(name: .customLong("tokens-per-turn")) var tokensPerTurn = 32
     @Option var turns = 2
     @Option(help: "Comma-separated concurrency levels.") var concurrency = "1,8"
     @Option(help: "Episodes per concurrent slot.") var rounds = 2
     @Option(help: "OpenBLAS threads.") var threads = 2
-    @Option(name: .customLong("policy-backend"), help: "Base URL of an inference engine serving the same model (e.g. llama-server with its GGUF).")
+    @Option(
+        name: .customLong("policy-backend"),
+        help: "Base URL of an inference engine serving the same model (e.g. llama-server with its GGUF).")
     var policyBackend: String?
     @Option(name: .customLong("policy-backend-kind"), help: "vllm, sglang or llamacpp.")
     var policyBackendKind = "llamacpp"
     @Flag(name: .customLong("with-embedded-baseline"), help: "With --policy-backend, run the embedded engine's table too (same run).")
     var withEmbeddedBaseline = false
     @Flag(help: "8-bit weights (policy.weights: q8).") var q8 = false
-    @Flag(name: .customLong("no-prefix-cache"), help: "Only the run without the prefix cache (by default both run, same model, and their ratio is printed).")
+    @Flag(
+        name: .customLong("no-prefix-cache"),
+        help: "Only the run without the prefix cache (by default both run, same model, and their ratio is printed).")
     var noPrefixCache = false
-    @Option(help: "distinct: every episode gets its own question (only the protocol's fixed prefix is shared); same: one question for all (retries, n > 1, rollout groups).")
+    @Option(
+        help:
+            "distinct: every episode gets its own question (only the protocol's fixed prefix is shared); same: one question for all (retries, n > 1, rollout groups)."
+    )
     var questions: QuestionMode = .distinct
     @Option(name: .customLong("prefix-cache-mb")) var prefixCacheMB = 256
 
@@ -56,9 +67,16 @@ struct CollabBench: AsyncParsableCommand {
         // policy load), one without.
         let plain = try EnginePolicy(directory: dir, model: model, tokenizer: tokenizer, prefixCacheBytes: 0)
         let cached = try EnginePolicy(directory: dir, model: model, tokenizer: tokenizer, prefixCacheBytes: prefixCacheMB << 20)
-        defer { plain.shutdown(); cached.shutdown() }
-        print("collab bench: model \(dir.lastPathComponent) (\(model.parameterCount / 1_000_000)M parameters, \(model.weightFormat), loaded in \(fmt((ContinuousClock.now - t0).milliseconds / 1000)) s)")
-        print("episode shape: \(turns) turns x \(tokensPerTurn) generated tokens; upstream answers instantly; OpenBLAS threads \(threads); questions: \(questions.rawValue)")
+        defer {
+            plain.shutdown()
+            cached.shutdown()
+        }
+        print(
+            "collab bench: model \(dir.lastPathComponent) (\(model.parameterCount / 1_000_000)M parameters, \(model.weightFormat), loaded in \(fmt((ContinuousClock.now - t0).milliseconds / 1000)) s)"
+        )
+        print(
+            "episode shape: \(turns) turns x \(tokensPerTurn) generated tokens; upstream answers instantly; OpenBLAS threads \(threads); questions: \(questions.rawValue)"
+        )
         let question = "Which planet is the largest in the Solar System, and what is its largest moon?"
         print("first prompt: \(tokenizer.encode(PromptR1Prompt.firstPrompt(question: question)).count) tokens")
         // Warm the mapping (first touch of the weights) so the first episode is not an outlier.
@@ -66,10 +84,14 @@ struct CollabBench: AsyncParsableCommand {
         if !noPrefixCache {
             let p0 = ContinuousClock.now
             let n = try cached.prefillProtocolPrefix()
-            print("prefix cache: \(prefixCacheMB) MB; protocol prefix of \(n) tokens pre-filled in \(fmt((ContinuousClock.now - p0).milliseconds)) ms")
+            print(
+                "prefix cache: \(prefixCacheMB) MB; protocol prefix of \(n) tokens pre-filled in \(fmt((ContinuousClock.now - p0).milliseconds)) ms"
+            )
         }
         print("")
-        print("cache  conc  episodes  ep/s    gateway ms/episode (mean, p50, max)   1st upstream call ms (p50, p99)   later turns ms   policy tok/s   prompt tokens cached")
+        print(
+            "cache  conc  episodes  ep/s    gateway ms/episode (mean, p50, max)   1st upstream call ms (p50, p99)   later turns ms   policy tok/s   prompt tokens cached"
+        )
         var episodeIndex = 0
         for c in concurrency.split(separator: ",").compactMap({ Int($0) }) {
             var rates: [Bool: Double] = [:]
@@ -85,10 +107,13 @@ struct CollabBench: AsyncParsableCommand {
                         group.addTask {
                             for r in 0..<rounds {
                                 let q = questions == .same ? question : "Case \(firstQuestion + slot * rounds + r): " + question
-                                let loop = CollaborationLoop(options: .init(limits: .init(maxTurns: turns, maxTokensPerTurn: tokensPerTurn)),
-                                                             upstream: InstantUpstream()) { prompt in
-                                    FixedShapeSession(inner: policy.session(promptText: prompt, sampling: .greedy), turns: turns,
-                                                      tokensPerTurn: tokensPerTurn, stats: stats)
+                                let loop = CollaborationLoop(
+                                    options: .init(limits: .init(maxTurns: turns, maxTokensPerTurn: tokensPerTurn)),
+                                    upstream: InstantUpstream()
+                                ) { prompt in
+                                    FixedShapeSession(
+                                        inner: policy.session(promptText: prompt, sampling: .greedy), turns: turns,
+                                        tokensPerTurn: tokensPerTurn, stats: stats)
                                 }
                                 let t = ContinuousClock.now
                                 let e = await loop.run(question: q)
@@ -103,15 +128,19 @@ struct CollabBench: AsyncParsableCommand {
                 let eps = s.episodes.sorted()
                 let first = s.firstTurnMs.sorted()
                 let after = policy.scheduler.prefillTokens
-                let cachedTokens = after.cached - before.cached, computed = after.computed - before.computed
+                let cachedTokens = after.cached - before.cached
+                let computed = after.computed - before.computed
                 rates[useCache] = Double(eps.count) / wall
-                print(padTo(useCache ? "on" : "off", 7) + "\(padTo("\(c)", 6))\(padTo("\(eps.count)", 10))\(padTo(fmt(Double(eps.count) / wall), 8))"
-                      + padTo("\(fmt(eps.reduce(0, +) / Double(max(eps.count, 1)))), \(fmt(eps[eps.count / 2])), \(fmt(eps.last ?? 0))", 38)
-                      + padTo("\(fmt(percentile(first, 0.5))), \(fmt(percentile(first, 0.99)))", 34)
-                      + padTo(fmt(s.laterTurnMs.reduce(0, +) / Double(max(s.laterTurnMs.count, 1))), 17)
-                      + padTo(fmt(Double(s.generated) / wall), 15)
-                      + "\(cachedTokens) of \(cachedTokens + computed)"
-                      + (s.failures > 0 ? "  (\(s.failures) episodes without answer!)" : ""))
+                print(
+                    padTo(useCache ? "on" : "off", 7)
+                        + "\(padTo("\(c)", 6))\(padTo("\(eps.count)", 10))\(padTo(fmt(Double(eps.count) / wall), 8))"
+                        + padTo(
+                            "\(fmt(eps.reduce(0, +) / Double(max(eps.count, 1)))), \(fmt(eps[eps.count / 2])), \(fmt(eps.last ?? 0))", 38)
+                        + padTo("\(fmt(percentile(first, 0.5))), \(fmt(percentile(first, 0.99)))", 34)
+                        + padTo(fmt(s.laterTurnMs.reduce(0, +) / Double(max(s.laterTurnMs.count, 1))), 17)
+                        + padTo(fmt(Double(s.generated) / wall), 15)
+                        + "\(cachedTokens) of \(cachedTokens + computed)"
+                        + (s.failures > 0 ? "  (\(s.failures) episodes without answer!)" : ""))
             }
             if let on = rates[true], let off = rates[false], off > 0 {
                 print("       concurrency \(c): episodes/s with the prefix cache / without, same run: \(String(format: "%.2f", on / off))x")
@@ -136,9 +165,20 @@ struct InstantUpstream: UpstreamAnswering {
 final class Stats: @unchecked Sendable {
     // Guarded by `lock`.
     private let lock = NSLock()
-    struct Snapshot { var episodes: [Double] = []; var firstTurnMs: [Double] = []; var laterTurnMs: [Double] = []; var generated = 0; var failures = 0 }
+    struct Snapshot {
+        var episodes: [Double] = []
+        var firstTurnMs: [Double] = []
+        var laterTurnMs: [Double] = []
+        var generated = 0
+        var failures = 0
+    }
     private var s = Snapshot()
-    func episode(ms: Double, ok: Bool) { lock.withLock { s.episodes.append(ms); if !ok { s.failures += 1 } } }
+    func episode(ms: Double, ok: Bool) {
+        lock.withLock {
+            s.episodes.append(ms)
+            if !ok { s.failures += 1 }
+        }
+    }
     func turn(first: Bool, ms: Double, tokens: Int) {
         lock.withLock {
             if first { s.firstTurnMs.append(ms) } else { s.laterTurnMs.append(ms) }
@@ -170,10 +210,12 @@ final class FixedShapeSession: PolicySession, @unchecked Sendable {
         turn += 1
         let clock = ContinuousClock()
         let start = clock.now
-        let real = try await inner.generateTurn(limits: PolicyTurnLimits(maxNewTokens: tokensPerTurn, stopStrings: ["\u{0}never\u{0}"]),
-                                                onText: nil)
+        let real = try await inner.generateTurn(
+            limits: PolicyTurnLimits(maxNewTokens: tokensPerTurn, stopStrings: ["\u{0}never\u{0}"]),
+            onText: nil)
         stats.turn(first: turn == 1, ms: (clock.now - start).milliseconds, tokens: real.tokenIDs.count)
-        let text = turn < turns
+        let text =
+            turn < turns
             ? #"<think>step</think>\#n<interaction_prompt>{"name": "prompt", "arguments": {"prompt": "Which planet is the largest?"}}</interaction_prompt>"#
             : "done</think>\n<answer>Jupiter; Ganymede</answer>"
         return PolicyTurn(text: text, tokenIDs: real.tokenIDs, logprobs: real.logprobs, finishReason: turn < turns ? .stopString : .length)
@@ -190,13 +232,19 @@ extension CollabBench {
         let t0 = ContinuousClock.now
         let policy = try await RemotePolicy.connect(directory: dir, backend: backend)
         let question = "Which planet is the largest in the Solar System, and what is its largest moon?"
-        print("collab bench: model \(dir.lastPathComponent) on \(backend.kind.rawValue) at \(backend.baseURL) (engine model \(policy.engineModelID ?? "?"), connected in \(fmt((ContinuousClock.now - t0).milliseconds / 1000)) s)")
-        print("episode shape: \(turns) turns x \(tokensPerTurn) generated tokens; upstream answers instantly; questions: \(questions.rawValue)")
+        print(
+            "collab bench: model \(dir.lastPathComponent) on \(backend.kind.rawValue) at \(backend.baseURL) (engine model \(policy.engineModelID ?? "?"), connected in \(fmt((ContinuousClock.now - t0).milliseconds / 1000)) s)"
+        )
+        print(
+            "episode shape: \(turns) turns x \(tokensPerTurn) generated tokens; upstream answers instantly; questions: \(questions.rawValue)"
+        )
         print("first prompt: \(policy.tokenizer.encode(PromptR1Prompt.firstPrompt(question: question)).count) tokens")
         // Warm the engine (first touch of its weights) so the first episode is not an outlier.
         try await policy.smokeGeneration()
         print("")
-        print("cache   conc  episodes  ep/s    gateway ms/episode (mean, p50, max)   1st upstream call ms (p50, p99)   later turns ms   policy tok/s   prompt tokens cached")
+        print(
+            "cache   conc  episodes  ep/s    gateway ms/episode (mean, p50, max)   1st upstream call ms (p50, p99)   later turns ms   policy tok/s   prompt tokens cached"
+        )
         var episodeIndex = 0
         var splits: [String] = []
         for c in concurrency.split(separator: ",").compactMap({ Int($0) }) {
@@ -211,9 +259,12 @@ extension CollabBench {
                     group.addTask {
                         for r in 0..<rounds {
                             let q = questions == .same ? question : "Case \(firstQuestion + slot * rounds + r): " + question
-                            let loop = CollaborationLoop(options: .init(limits: .init(maxTurns: turns, maxTokensPerTurn: tokensPerTurn)),
-                                                         upstream: InstantUpstream()) { prompt in
-                                FixedShapeSession(inner: try await factory(prompt), turns: turns, tokensPerTurn: tokensPerTurn, stats: stats)
+                            let loop = CollaborationLoop(
+                                options: .init(limits: .init(maxTurns: turns, maxTokensPerTurn: tokensPerTurn)),
+                                upstream: InstantUpstream()
+                            ) { prompt in
+                                FixedShapeSession(
+                                    inner: try await factory(prompt), turns: turns, tokensPerTurn: tokensPerTurn, stats: stats)
                             }
                             let t = ContinuousClock.now
                             let e = await loop.run(question: q)
@@ -229,14 +280,16 @@ extension CollabBench {
             let eps = s.episodes.sorted()
             let first = s.firstTurnMs.sorted()
             let calls = Double(max(after.requests - before.requests, 1))
-            let sent = after.promptTokensSent - before.promptTokensSent, cached = after.cachedPromptTokens - before.cachedPromptTokens
-            print(padTo("engine", 8) + "\(padTo("\(c)", 6))\(padTo("\(eps.count)", 10))\(padTo(fmt(Double(eps.count) / wall), 8))"
-                  + padTo("\(fmt(eps.reduce(0, +) / Double(max(eps.count, 1)))), \(fmt(eps[eps.count / 2])), \(fmt(eps.last ?? 0))", 38)
-                  + padTo("\(fmt(percentile(first, 0.5))), \(fmt(percentile(first, 0.99)))", 34)
-                  + padTo(fmt(s.laterTurnMs.reduce(0, +) / Double(max(s.laterTurnMs.count, 1))), 17)
-                  + padTo(fmt(Double(s.generated) / wall), 15)
-                  + "\(cached) of \(sent)"
-                  + (s.failures > 0 ? "  (\(s.failures) episodes without answer!)" : ""))
+            let sent = after.promptTokensSent - before.promptTokensSent
+            let cached = after.cachedPromptTokens - before.cachedPromptTokens
+            print(
+                padTo("engine", 8) + "\(padTo("\(c)", 6))\(padTo("\(eps.count)", 10))\(padTo(fmt(Double(eps.count) / wall), 8))"
+                    + padTo("\(fmt(eps.reduce(0, +) / Double(max(eps.count, 1)))), \(fmt(eps[eps.count / 2])), \(fmt(eps.last ?? 0))", 38)
+                    + padTo("\(fmt(percentile(first, 0.5))), \(fmt(percentile(first, 0.99)))", 34)
+                    + padTo(fmt(s.laterTurnMs.reduce(0, +) / Double(max(s.laterTurnMs.count, 1))), 17)
+                    + padTo(fmt(Double(s.generated) / wall), 15)
+                    + "\(cached) of \(sent)"
+                    + (s.failures > 0 ? "  (\(s.failures) episodes without answer!)" : ""))
             // Per policy turn (one engine call each): the engine's own time (llama.cpp `timings`:
             // prompt + generation), the gateway's own (request JSON, response parsing, turn cut,
             // tokenising injections) and the rest (HTTP on both sides, the engine's request
@@ -245,7 +298,9 @@ extension CollabBench {
             let engineMs = (after.engineSeconds - before.engineSeconds) * 1000 / calls
             let ownMs = (after.gatewaySeconds - before.gatewaySeconds) * 1000 / calls
             let turnMs = callMs + ownMs
-            splits.append("conc \(c): \(fmt(turnMs)) ms = engine \(fmt(engineMs)) (\(pct(engineMs, turnMs))) + gateway \(String(format: "%.2f", ownMs)) (\(pct(ownMs, turnMs))) + HTTP, engine request handling and queueing \(fmt(max(0, callMs - engineMs))) (\(pct(max(0, callMs - engineMs), turnMs)))")
+            splits.append(
+                "conc \(c): \(fmt(turnMs)) ms = engine \(fmt(engineMs)) (\(pct(engineMs, turnMs))) + gateway \(String(format: "%.2f", ownMs)) (\(pct(ownMs, turnMs))) + HTTP, engine request handling and queueing \(fmt(max(0, callMs - engineMs))) (\(pct(max(0, callMs - engineMs), turnMs)))"
+            )
         }
         print("")
         print("per policy turn:")

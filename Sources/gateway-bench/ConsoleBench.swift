@@ -26,14 +26,14 @@ struct ConsoleBench: AsyncParsableCommand {
     var repeats: Int = 200
 
     static let words = """
-    planet moon orbit river mountain ocean desert forest island volcano capital country city empire king queen war treaty \
-    science physics chemistry biology atom molecule cell gene protein energy force gravity light sound wave electron \
-    history ancient medieval modern century revolution republic parliament election law court judge music painting \
-    novel poet author language grammar number prime integer fraction equation algebra geometry triangle circle square \
-    computer program algorithm network protocol database memory processor signal bridge tower castle temple museum \
-    animal mammal bird fish insect plant flower tree seed root leaf weather storm rain snow wind cloud climate season \
-    largest smallest fastest oldest first last highest deepest longest famous invented discovered wrote built founded
-    """.split(separator: " ").map(String.init)
+        planet moon orbit river mountain ocean desert forest island volcano capital country city empire king queen war treaty \
+        science physics chemistry biology atom molecule cell gene protein energy force gravity light sound wave electron \
+        history ancient medieval modern century revolution republic parliament election law court judge music painting \
+        novel poet author language grammar number prime integer fraction equation algebra geometry triangle circle square \
+        computer program algorithm network protocol database memory processor signal bridge tower castle temple museum \
+        animal mammal bird fish insect plant flower tree seed root leaf weather storm rain snow wind cloud climate season \
+        largest smallest fastest oldest first last highest deepest longest famous invented discovered wrote built founded
+        """.split(separator: " ").map(String.init)
 
     func run() async throws {
         let dbURL = URL(fileURLWithPath: db)
@@ -42,11 +42,15 @@ struct ConsoleBench: AsyncParsableCommand {
         let database = try TrafficDatabase(path: db)
         let total = try database.episodeCount()
         let sizeMB = Double((try? FileManager.default.attributesOfItem(atPath: db)[.size] as? Int) ?? 0) / 1e6
-        print("gateway-bench console: \(total) episodes in \(db) (\(String(format: "%.0f", sizeMB)) MB)\(fillSeconds.map { String(format: ", filled in %.1f s", $0) } ?? ", reused")")
+        print(
+            "gateway-bench console: \(total) episodes in \(db) (\(String(format: "%.0f", sizeMB)) MB)\(fillSeconds.map { String(format: ", filled in %.1f s", $0) } ?? ", reused")"
+        )
 
         // Sample ids and cursors from the log for the timed requests.
         var rng = SystemRandomNumberGenerator()
-        let sample = try database.consoleEpisodes(ConsoleFilter(), after: ConsoleCursor(createdAt: Date().timeIntervalSince1970 - 86_400 * 3, id: "~"), limit: 500).episodes
+        let sample = try database.consoleEpisodes(
+            ConsoleFilter(), after: ConsoleCursor(createdAt: Date().timeIntervalSince1970 - 86_400 * 3, id: "~"), limit: 500
+        ).episodes
         let collab = try database.consoleEpisodes(ConsoleFilter(mode: "collaborate"), after: nil, limit: 500).episodes
         try database.close()
         guard !sample.isEmpty, !collab.isEmpty else { throw ValidationError("the log has too few episodes") }
@@ -80,7 +84,8 @@ struct ConsoleBench: AsyncParsableCommand {
         post.headers.add(name: "cookie", value: loginCookie)
         post.body = .bytes(ByteBuffer(string: "login_csrf=\(csrf)&token=\(token)&next="))
         let loggedIn = try await client.execute(post, timeout: .seconds(30))
-        guard loggedIn.status == .seeOther, let session = loggedIn.headers["set-cookie"].first?.split(separator: ";").first.map(String.init) else {
+        guard loggedIn.status == .seeOther, let session = loggedIn.headers["set-cookie"].first?.split(separator: ";").first.map(String.init)
+        else {
             throw ValidationError("log-in failed: \(loggedIn.status)")
         }
 
@@ -94,7 +99,7 @@ struct ConsoleBench: AsyncParsableCommand {
                 let body = try await r.body.collect(upTo: 64 << 20)
                 let ms = (ContinuousClock.now - start).milliseconds
                 guard r.status == .ok else { throw ValidationError("\(path()) answered \(r.status): \(String(buffer: body).prefix(300))") }
-                if i >= 5 { out.append(ms) }   // the first few warm the page cache
+                if i >= 5 { out.append(ms) }  // the first few warm the page cache
             }
             return out.sorted()
         }
@@ -102,29 +107,47 @@ struct ConsoleBench: AsyncParsableCommand {
         func row(_ name: String, _ s: [Double], _ baseline: [Double]) {
             let p95 = pct(s, 0.95)
             let label = name.padding(toLength: 34, withPad: " ", startingAt: 0)
-            print("  " + label + String(format: " p50 %7.2f ms  p95 %7.2f ms  max %7.2f ms   p95 / baseline p95 %6.1fx   ",
-                                        pct(s, 0.5), p95, s.last ?? 0, p95 / max(pct(baseline, 0.95), 1e-6)) + (p95 <= 100 ? "ok (<= 100 ms)" : "OVER 100 ms"))
+            print(
+                "  " + label
+                    + String(
+                        format: " p50 %7.2f ms  p95 %7.2f ms  max %7.2f ms   p95 / baseline p95 %6.1fx   ",
+                        pct(s, 0.5), p95, s.last ?? 0, p95 / max(pct(baseline, 0.95), 1e-6))
+                    + (p95 <= 100 ? "ok (<= 100 ms)" : "OVER 100 ms"))
         }
 
         let health = try await time { "/health" }
-        print("  baseline GET /health (same listener): p50 \(String(format: "%.2f", pct(health, 0.5))) ms  p95 \(String(format: "%.2f", pct(health, 0.95))) ms")
+        print(
+            "  baseline GET /health (same listener): p50 \(String(format: "%.2f", pct(health, 0.5))) ms  p95 \(String(format: "%.2f", pct(health, 0.95))) ms"
+        )
         let results: [(String, [Double])] = [
             ("list, newest page", try await time { "/console/episodes" }),
-            ("list, deep page (keyset cursor)", try await time {
-                let e = sample.randomElement(using: &rng)!
-                return "/console/episodes?after=\(e.createdAt.timeIntervalSince1970)_\(e.id)"
-            }),
+            (
+                "list, deep page (keyset cursor)",
+                try await time {
+                    let e = sample.randomElement(using: &rng)!
+                    return "/console/episodes?after=\(e.createdAt.timeIntervalSince1970)_\(e.id)"
+                }
+            ),
             ("filtered: mode+status", try await time { "/console/episodes?mode=collaborate&status=200" }),
-            ("filtered: version+outcome", try await time { "/console/episodes?version=v\(Int.random(in: 1...3, using: &rng))&outcome=answer" }),
-            ("filtered: key id, 24h window", try await time {
-                let since = HTML_date(Date().addingTimeInterval(-86_400))
-                return "/console/episodes?key=key\(Int.random(in: 0..<20, using: &rng))&since=\(since)"
-            }),
+            (
+                "filtered: version+outcome",
+                try await time { "/console/episodes?version=v\(Int.random(in: 1...3, using: &rng))&outcome=answer" }
+            ),
+            (
+                "filtered: key id, 24h window",
+                try await time {
+                    let since = HTML_date(Date().addingTimeInterval(-86_400))
+                    return "/console/episodes?key=key\(Int.random(in: 0..<20, using: &rng))&since=\(since)"
+                }
+            ),
             ("filtered: has feedback", try await time { "/console/episodes?feedback=yes" }),
             ("text search, one word", try await time { "/console/episodes?q=\(Self.words.randomElement(using: &rng)!)" }),
-            ("text search, two words", try await time {
-                "/console/episodes?q=\(Self.words.randomElement(using: &rng)!)+\(Self.words.randomElement(using: &rng)!)"
-            }),
+            (
+                "text search, two words",
+                try await time {
+                    "/console/episodes?q=\(Self.words.randomElement(using: &rng)!)+\(Self.words.randomElement(using: &rng)!)"
+                }
+            ),
             ("episode detail, collaboration", try await time { "/console/episodes/\(collab.randomElement(using: &rng)!.id)" }),
             ("episode detail, any", try await time { "/console/episodes/\(sample.randomElement(using: &rng)!.id)" }),
             ("overview, last hour", try await time { "/console/overview?range=1h" }),
@@ -169,15 +192,18 @@ struct ConsoleBench: AsyncParsableCommand {
                 // Spread over the last 7 days, oldest first, as a log fills.
                 let t = now - span + span * Double(i) / Double(episodes) + Double.random(in: 0..<0.5, using: &rng)
                 let collaborate = i % 10 == 0
-                var e = EpisodeRecord(createdAt: Date(timeIntervalSince1970: t), route: "/v1/chat/completions",
-                                      mode: collaborate ? "collaborate" : "passthrough", keyID: "key\(i % 20)",
-                                      requestedModel: collaborate ? "prompt-r1/gpt-4o-mini" : "gpt-4o-mini", upstreamModel: "gpt-4o-mini",
-                                      stream: i % 3 == 0, status: i % 50 == 7 ? 502 : 200, totalMs: Double.random(in: 5...900, using: &rng))
+                var e = EpisodeRecord(
+                    createdAt: Date(timeIntervalSince1970: t), route: "/v1/chat/completions",
+                    mode: collaborate ? "collaborate" : "passthrough", keyID: "key\(i % 20)",
+                    requestedModel: collaborate ? "prompt-r1/gpt-4o-mini" : "gpt-4o-mini", upstreamModel: "gpt-4o-mini",
+                    stream: i % 3 == 0, status: i % 50 == 7 ? 502 : 200, totalMs: Double.random(in: 5...900, using: &rng))
                 e.upstreamMs = e.totalMs * 0.8
                 e.overheadMs = e.totalMs * 0.2
                 e.promptTokens = 40
                 e.completionTokens = 60
-                let question = (0..<Int.random(in: 6...12, using: &rng)).map { _ in Self.words.randomElement(using: &rng)! }.joined(separator: " ") + "?"
+                let question =
+                    (0..<Int.random(in: 6...12, using: &rng)).map { _ in Self.words.randomElement(using: &rng)! }.joined(separator: " ")
+                    + "?"
                 e.requestJSON = #"{"model":"\#(e.requestedModel!)","messages":[{"role":"user","content":"\#(question)"}]}"#
                 e.responseText = "An answer of a few words about " + question
                 e.outcome = e.status == 200 ? "ok" : "upstream_error"
@@ -189,19 +215,29 @@ struct ConsoleBench: AsyncParsableCommand {
                     let ids = (0..<64).map { _ in Int32.random(in: 0..<151_000, using: &rng) }
                     let lps = (0..<48).map { _ in -Float.random(in: 0..<3, using: &rng) }
                     e.turns = [
-                        TurnRecord(index: 0, kind: "policy", inputIDs: ids, outputIDs: Array(ids.prefix(48)), logprobs: lps,
-                                   text: "<think>I should ask the upstream.</think><interaction_prompt>{\"name\": \"prompt\", \"arguments\": {\"prompt\": \"\(question)\"}}</interaction_prompt>",
-                                   call: question, latencyMs: 120),
-                        TurnRecord(index: 1, kind: "upstream", upstreamRequest: #"[{"role":"user","content":"\#(question)"}]"#,
-                                   upstreamResponse: "The upstream's answer.", latencyMs: 300, promptTokens: 40, completionTokens: 60, status: 200),
-                        TurnRecord(index: 2, kind: "policy", inputIDs: Array(ids.prefix(20)), outputIDs: Array(ids.prefix(48)), logprobs: lps,
-                                   text: "<think>Good.</think><answer>The upstream's answer.</answer>", latencyMs: 90),
+                        TurnRecord(
+                            index: 0, kind: "policy", inputIDs: ids, outputIDs: Array(ids.prefix(48)), logprobs: lps,
+                            text:
+                                "<think>I should ask the upstream.</think><interaction_prompt>{\"name\": \"prompt\", \"arguments\": {\"prompt\": \"\(question)\"}}</interaction_prompt>",
+                            call: question, latencyMs: 120),
+                        TurnRecord(
+                            index: 1, kind: "upstream", upstreamRequest: #"[{"role":"user","content":"\#(question)"}]"#,
+                            upstreamResponse: "The upstream's answer.", latencyMs: 300, promptTokens: 40, completionTokens: 60, status: 200),
+                        TurnRecord(
+                            index: 2, kind: "policy", inputIDs: Array(ids.prefix(20)), outputIDs: Array(ids.prefix(48)), logprobs: lps,
+                            text: "<think>Good.</think><answer>The upstream's answer.</answer>", latencyMs: 90),
                     ]
                     if (i / 10) % 4 == 0 {
-                        feedback.append(FeedbackRecord(episodeID: e.id, kind: "score", value: String(Double.random(in: 0...1, using: &rng)), source: "bench", createdAt: Date(timeIntervalSince1970: t + 1)))
+                        feedback.append(
+                            FeedbackRecord(
+                                episodeID: e.id, kind: "score", value: String(Double.random(in: 0...1, using: &rng)), source: "bench",
+                                createdAt: Date(timeIntervalSince1970: t + 1)))
                     }
                     if (i / 10) % 8 == 1 {
-                        feedback.append(FeedbackRecord(episodeID: e.id, kind: "reference", value: "The upstream's answer.", source: "bench", createdAt: Date(timeIntervalSince1970: t + 1)))
+                        feedback.append(
+                            FeedbackRecord(
+                                episodeID: e.id, kind: "reference", value: "The upstream's answer.", source: "bench",
+                                createdAt: Date(timeIntervalSince1970: t + 1)))
                     }
                 }
                 list.append(e)

@@ -19,8 +19,10 @@ struct EngineBench: AsyncParsableCommand {
         abstract: "Engine prefill/decode/batching speed, memory and tokenizer speed against same-run baselines.")
 
     @Option(help: "Checkpoint folder (default: a Qwen2.5-0.5B-shaped random F32 model, created once).") var model: String?
-    @Option(name: .customLong("model-cache"), help: "Where the default model is written.") var modelCache = "/tmp/prompt-r1-bench/qwen2.5-0.5b-shape"
-    @Option(name: .customLong("tokenizer-from"), help: "Tokenizer files (default model and tokenizer figure).") var tokenizerFrom = "Tests/Fixtures/models/qwen3-tiny"
+    @Option(name: .customLong("model-cache"), help: "Where the default model is written.") var modelCache =
+        "/tmp/prompt-r1-bench/qwen2.5-0.5b-shape"
+    @Option(name: .customLong("tokenizer-from"), help: "Tokenizer files (default model and tokenizer figure).") var tokenizerFrom =
+        "Tests/Fixtures/models/qwen3-tiny"
     @Option(help: "OpenBLAS threads.") var threads = 2
     @Option(help: "Minimum measuring time per figure, seconds.") var seconds: Double = 4
     @Option(name: .customLong("python"), help: "Python for the optional PyTorch / HF tokenizers comparisons.") var python = "python3"
@@ -34,7 +36,8 @@ struct EngineBench: AsyncParsableCommand {
         var table = ResultTable()
 
         // 1. Bandwidth baseline, before the model is mapped so its buffer never adds to the peak RSS.
-        let bwRows = 151_936, bwCols = 896
+        let bwRows = 151_936
+        let bwCols = 896
         let bw = sgemvBandwidth(rows: bwRows, cols: bwCols, seconds: max(1, seconds / 2))
         let rssBase = ProcStatus.bytes("VmRSS") ?? 0
 
@@ -45,10 +48,13 @@ struct EngineBench: AsyncParsableCommand {
         let weightFileBytes = m.parameterCount * 4
         let rssAfterLoad = ProcStatus.bytes("VmRSS") ?? 0
         print("engine bench: \(dir.path)")
-        print("  \(c.modelType.rawValue) hidden \(c.hiddenSize), \(c.numHiddenLayers) layers, \(c.numAttentionHeads)/\(c.numKeyValueHeads) heads, "
-              + "FFN \(c.intermediateSize), vocab \(c.vocabSize), tied \(c.tieWordEmbeddings); \(m.parameterCount) parameters "
-              + "(\(gb(weightFileBytes)) GB F32), loaded in \(f2(loadSeconds)) s, RSS after load \(mb(rssAfterLoad)) MB")
-        print("  OpenBLAS core \(core), \(threads) threads; \(ProcessInfo.processInfo.activeProcessorCount) CPUs; load average at start \(load0)")
+        print(
+            "  \(c.modelType.rawValue) hidden \(c.hiddenSize), \(c.numHiddenLayers) layers, \(c.numAttentionHeads)/\(c.numKeyValueHeads) heads, "
+                + "FFN \(c.intermediateSize), vocab \(c.vocabSize), tied \(c.tieWordEmbeddings); \(m.parameterCount) parameters "
+                + "(\(gb(weightFileBytes)) GB F32), loaded in \(f2(loadSeconds)) s, RSS after load \(mb(rssAfterLoad)) MB")
+        print(
+            "  OpenBLAS core \(core), \(threads) threads; \(ProcessInfo.processInfo.activeProcessorCount) CPUs; load average at start \(load0)"
+        )
 
         var kvPeak = 0
         // Warm-up: pages the weights in and sizes the workspace for 512-row chunks.
@@ -95,10 +101,12 @@ struct EngineBench: AsyncParsableCommand {
         let decodeMedian = 1 / median(stepTimes)
         let decodeMean = Double(stepTimes.count) / stepTimes.reduce(0, +)
         let meanContext = promptLen + stepTimes.count / 2
-        let layerMatrix = c.qDim * c.hiddenSize + 2 * c.kvDim * c.hiddenSize + c.hiddenSize * c.qDim
+        let layerMatrix =
+            c.qDim * c.hiddenSize + 2 * c.kvDim * c.hiddenSize + c.hiddenSize * c.qDim
             + 3 * c.hiddenSize * c.intermediateSize
         let traits = c.traits
-        let layerSmall = 2 * c.hiddenSize + (traits.qkvBias ? c.qDim + 2 * c.kvDim : 0) + (traits.qkNorm ? 2 * c.headDim : 0)
+        let layerSmall =
+            2 * c.hiddenSize + (traits.qkvBias ? c.qDim + 2 * c.kvDim : 0) + (traits.qkNorm ? 2 * c.headDim : 0)
             + (traits.outputBias ? c.hiddenSize : 0)
         // Every layer matrix and vector, the lm_head (the embedding when tied), the final norm and one embedding row.
         let weightBytesPerToken = 4 * (c.numHiddenLayers * (layerMatrix + layerSmall) + c.vocabSize * c.hiddenSize + 2 * c.hiddenSize)
@@ -145,16 +153,25 @@ struct EngineBench: AsyncParsableCommand {
             defer { try? FileManager.default.removeItem(at: work) }
             let textFile = work.appendingPathComponent("text.txt")
             try Data(text.utf8).write(to: textFile)
-            hf = runPython(PythonScripts.tokenizers, args: [tokDir.appendingPathComponent("tokenizer.json").path, textFile.path,
-                                                            work.appendingPathComponent("ids.json").path], work: work)
+            hf = runPython(
+                PythonScripts.tokenizers,
+                args: [
+                    tokDir.appendingPathComponent("tokenizer.json").path, textFile.path,
+                    work.appendingPathComponent("ids.json").path,
+                ], work: work)
             if hf?.ok == true, let data = try? Data(contentsOf: work.appendingPathComponent("ids.json")),
-               let theirs = try? JSONDecoder().decode([Int32].self, from: data) {
+                let theirs = try? JSONDecoder().decode([Int32].self, from: data)
+            {
                 hf?.values["same_ids"] = theirs == ids ? 1 : 0
                 hf?.values["first_diff"] = Double(zip(theirs, ids).prefix { $0 == $1 }.count)
             }
             let greedyPrompt = prompt.map(String.init).joined(separator: ",")
-            torch = runPython(PythonScripts.torchDecode, args: [dir.path, "\(threads)", greedyPrompt, "\(min(greedy.count, 32))",
-                                                               "\(max(16, Int(seconds * decodeMean)))"], work: work)
+            torch = runPython(
+                PythonScripts.torchDecode,
+                args: [
+                    dir.path, "\(threads)", greedyPrompt, "\(min(greedy.count, 32))",
+                    "\(max(16, Int(seconds * decodeMean)))",
+                ], work: work)
             if torch?.ok == true, let theirs = torch?.text["greedy"] {
                 let t = theirs.split(separator: ",").compactMap { Int32($0) }
                 let agree = zip(t, greedy).prefix { $0 == $1 }.count
@@ -166,48 +183,59 @@ struct EngineBench: AsyncParsableCommand {
         // Table.
         let fraction = decodeMedian / limit
         table.section("memory bandwidth baseline")
-        table.row("sgemv \(bwRows)x\(bwCols) F32 (\(mb(bwRows * bwCols * 4)) MB)", "\(f1(bw.gbps)) GB/s",
-                  "median of \(bw.runs); best \(f1(bw.best)) GB/s", "")
-        table.row("weight bytes read per decode token", "\(f3(Double(weightBytesPerToken) / 1e9)) GB",
-                  "+ KV \(f2(Double(kvBytesPerToken) / 1e6)) MB at \(meanContext) positions", "")
+        table.row(
+            "sgemv \(bwRows)x\(bwCols) F32 (\(mb(bwRows * bwCols * 4)) MB)", "\(f1(bw.gbps)) GB/s",
+            "median of \(bw.runs); best \(f1(bw.best)) GB/s", "")
+        table.row(
+            "weight bytes read per decode token", "\(f3(Double(weightBytesPerToken) / 1e9)) GB",
+            "+ KV \(f2(Double(kvBytesPerToken) / 1e6)) MB at \(meanContext) positions", "")
         table.row("bandwidth-limited decode", "\(f1(limit)) tok/s", "sgemv GB/s / bytes per token", "")
         table.section("single sequence")
         table.row("prefill 128-token prompt", "\(f1(prefill[128]!)) tok/s", "target >= 150", verdict(prefill[128]! >= 150))
         table.row("prefill 512-token prompt", "\(f1(prefill[512]!)) tok/s", "target >= 150", verdict(prefill[512]! >= 150))
-        table.row("decode x1 (median step)", "\(f2(decodeMedian)) tok/s",
-                  "\(pct(fraction)) of \(f1(limit)); target >= 90%", verdict(fraction >= 0.9))
-        table.row("decode x1 (mean, \(stepTimes.count) steps)", "\(f2(decodeMean)) tok/s",
-                  "\(f1(decodeMean * Double(weightBytesPerToken + kvBytesPerToken) / 1e9)) GB/s streamed", "")
+        table.row(
+            "decode x1 (median step)", "\(f2(decodeMedian)) tok/s",
+            "\(pct(fraction)) of \(f1(limit)); target >= 90%", verdict(fraction >= 0.9))
+        table.row(
+            "decode x1 (mean, \(stepTimes.count) steps)", "\(f2(decodeMean)) tok/s",
+            "\(f1(decodeMean * Double(weightBytesPerToken + kvBytesPerToken) / 1e9)) GB/s streamed", "")
         table.section("continuous batching (BatchScheduler, steady state)")
         let s1 = sched[1]!.rate
         for n in [1, 4, 16] {
             let r = sched[n]!
             let ratio = r.rate / s1
-            table.row("decode x\(n) aggregate (\(r.maxTokens) tok/seq)", "\(f2(r.rate)) tok/s",
-                      n == 1 ? "direct decode \(f2(decodeMean)) tok/s" : "\(f2(ratio))x scheduler x1" + (n == 16 ? "; target >= 6x" : ""),
-                      n == 16 ? verdict(ratio >= 6) : "")
+            table.row(
+                "decode x\(n) aggregate (\(r.maxTokens) tok/seq)", "\(f2(r.rate)) tok/s",
+                n == 1 ? "direct decode \(f2(decodeMean)) tok/s" : "\(f2(ratio))x scheduler x1" + (n == 16 ? "; target >= 6x" : ""),
+                n == 16 ? verdict(ratio >= 6) : "")
         }
         table.section("memory")
         let budget = Double(weightFileBytes + kvPeak)
-        table.row("weights mapped in place", pct(m.mappedWeightFraction), "target 100% (F32 mapped, not copied)",
-                  verdict(m.mappedWeightFraction >= 0.999))
-        table.row("peak RSS (VmHWM)", "\(mb(hwm)) MB",
-                  "\(f2(Double(hwm) / budget))x of weights \(mb(weightFileBytes)) + KV \(mb(kvPeak)) MB; target <= 1.2x",
-                  verdict(Double(hwm) <= 1.2 * budget))
+        table.row(
+            "weights mapped in place", pct(m.mappedWeightFraction), "target 100% (F32 mapped, not copied)",
+            verdict(m.mappedWeightFraction >= 0.999))
+        table.row(
+            "peak RSS (VmHWM)", "\(mb(hwm)) MB",
+            "\(f2(Double(hwm) / budget))x of weights \(mb(weightFileBytes)) + KV \(mb(kvPeak)) MB; target <= 1.2x",
+            verdict(Double(hwm) <= 1.2 * budget))
         table.row("RSS at end (VmRSS)", "\(mb(rssEnd)) MB", "before load \(mb(rssBase)) MB, after load \(mb(rssAfterLoad)) MB", "")
         table.section("tokenizer (\(tokDir.lastPathComponent), \(f2(Double(textBytes) / 1e6)) MB mixed text)")
-        table.row("encode", "\(f2(encodeMBs)) MB/s",
-                  "\(ids.count) tokens, \(f0(Double(ids.count) / median(encTimes) / 1000))k tok/s; round trip \(roundTrip ? "exact" : "DIFFERS")",
-                  verdict(roundTrip))
+        table.row(
+            "encode", "\(f2(encodeMBs)) MB/s",
+            "\(ids.count) tokens, \(f0(Double(ids.count) / median(encTimes) / 1000))k tok/s; round trip \(roundTrip ? "exact" : "DIFFERS")",
+            verdict(roundTrip))
         if let hf {
             if hf.ok, let theirs = hf.values["mbps"] {
                 let same = hf.values["same_ids"] == 1
-                table.row("HF tokenizers \(hf.text["version"] ?? "") (Rust), one string", "\(f2(theirs)) MB/s",
-                          "ours \(f2(encodeMBs / theirs))x; ids " + (same ? "identical" : "differ from token \(Int(hf.values["first_diff"] ?? 0))"),
-                          verdict(same))
+                table.row(
+                    "HF tokenizers \(hf.text["version"] ?? "") (Rust), one string", "\(f2(theirs)) MB/s",
+                    "ours \(f2(encodeMBs / theirs))x; ids "
+                        + (same ? "identical" : "differ from token \(Int(hf.values["first_diff"] ?? 0))"),
+                    verdict(same))
                 if let pieces = hf.values["mbps_pieces"] {
-                    table.row("HF tokenizers, \(Int(hf.values["pieces"] ?? 0)) paragraph calls", "\(f2(pieces)) MB/s",
-                              "ours \(f2(encodeMBs / pieces))x", "")
+                    table.row(
+                        "HF tokenizers, \(Int(hf.values["pieces"] ?? 0)) paragraph calls", "\(f2(pieces)) MB/s",
+                        "ours \(f2(encodeMBs / pieces))x", "")
                 }
             } else {
                 table.row("HF tokenizers", "n/a", hf.error, "")
@@ -218,15 +246,21 @@ struct EngineBench: AsyncParsableCommand {
             table.row("quantised at load", "\(mb(q.bytes)) MB", "in \(f2(q.loadSeconds)) s; F32 \(mb(weightFileBytes)) MB", "")
             table.row("int8 dot-product kernel", "\(Q8KernelLevel.current)", "best this CPU runs: \(Q8KernelLevel.best)", "")
             table.row("RSS added by the 8-bit model", "\(mb(q.rssAdded)) MB", "after load + a 512-token prefill", "")
-            table.row("prefill 128-token prompt (int8 GEMM)", "\(f1(q.prefill128)) tok/s", "F32 \(f1(prefill[128]!)) (\(f2(q.prefill128 / prefill[128]!))x)", "")
-            table.row("prefill 512-token prompt (int8 GEMM)", "\(f1(q.prefill512)) tok/s",
-                      "F32 \(f1(prefill[512]!)) (\(f2(q.prefill512 / prefill[512]!))x); target >= 330", verdict(q.prefill512 >= 330))
-            table.row("decode x1 (median step)", "\(f2(q.decodeMedian)) tok/s",
-                      "target >= 40; F32 \(f2(decodeMedian)); int8 bandwidth limit \(f1(q.limit))", verdict(q.decodeMedian >= 40))
-            table.row("decode x16 aggregate (scheduler)", "\(f2(q.x16)) tok/s",
-                      "F32 \(f2(sched[16]!.rate)) (\(f2(q.x16 / sched[16]!.rate))x); target >= 2x", verdict(q.x16 >= 2 * sched[16]!.rate))
-            table.row("max |logit error| vs F32 (\(q.steps + 1) positions)", f3(q.maxError),
-                      "F32 logits span \(f1(q.span)); mean |error| \(f3(q.meanError))", "")
+            table.row(
+                "prefill 128-token prompt (int8 GEMM)", "\(f1(q.prefill128)) tok/s",
+                "F32 \(f1(prefill[128]!)) (\(f2(q.prefill128 / prefill[128]!))x)", "")
+            table.row(
+                "prefill 512-token prompt (int8 GEMM)", "\(f1(q.prefill512)) tok/s",
+                "F32 \(f1(prefill[512]!)) (\(f2(q.prefill512 / prefill[512]!))x); target >= 330", verdict(q.prefill512 >= 330))
+            table.row(
+                "decode x1 (median step)", "\(f2(q.decodeMedian)) tok/s",
+                "target >= 40; F32 \(f2(decodeMedian)); int8 bandwidth limit \(f1(q.limit))", verdict(q.decodeMedian >= 40))
+            table.row(
+                "decode x16 aggregate (scheduler)", "\(f2(q.x16)) tok/s",
+                "F32 \(f2(sched[16]!.rate)) (\(f2(q.x16 / sched[16]!.rate))x); target >= 2x", verdict(q.x16 >= 2 * sched[16]!.rate))
+            table.row(
+                "max |logit error| vs F32 (\(q.steps + 1) positions)", f3(q.maxError),
+                "F32 logits span \(f1(q.span)); mean |error| \(f3(q.meanError))", "")
             table.row("greedy agreement, teacher-forced", "\(q.agree)/\(q.steps + 1)", "argmax equal at each position", "")
             table.row("greedy agreement, free-running", "\(q.prefix)/\(q.steps)", "tokens equal before the first difference", "")
         }
@@ -235,8 +269,9 @@ struct EngineBench: AsyncParsableCommand {
                 table.section("PyTorch \(torch.text["version"] ?? "") on the same checkpoint (\(threads) threads, F32)")
                 table.row("prefill 128-token prompt", "\(f1(pre)) tok/s", "ours \(f2(prefill[128]! / pre))x", "")
                 table.row("decode x1", "\(f2(dec)) tok/s", "ours \(f2(decodeMean / dec))x (mean vs mean)", "")
-                table.row("greedy agreement from the same prompt", "\(Int(torch.values["agree"] ?? 0))/\(Int(torch.values["compared"] ?? 0))",
-                          "tokens equal before the first difference", "")
+                table.row(
+                    "greedy agreement from the same prompt", "\(Int(torch.values["agree"] ?? 0))/\(Int(torch.values["compared"] ?? 0))",
+                    "tokens equal before the first difference", "")
             } else {
                 table.section("PyTorch")
                 table.row("PyTorch comparison", "n/a", torch.error, "")
@@ -245,7 +280,9 @@ struct EngineBench: AsyncParsableCommand {
         print("")
         table.print()
         print("")
-        print("load average at end \(loadAverage()) (other processes on these \(ProcessInfo.processInfo.activeProcessorCount) CPUs lower every figure)")
+        print(
+            "load average at end \(loadAverage()) (other processes on these \(ProcessInfo.processInfo.activeProcessorCount) CPUs lower every figure)"
+        )
     }
 
     // MARK: measurements
@@ -274,9 +311,14 @@ struct EngineBench: AsyncParsableCommand {
         }
         // Accuracy: both models fed the F32 greedy continuation (teacher forcing), logits compared at each position.
         let steps = 64
-        let cf = f32.makeCache(initialCapacity: prompt.count + steps + 1), cq = m.makeCache(initialCapacity: prompt.count + steps + 1)
-        var lf = try f32.prefill(tokens: prompt, cache: cf), lq = try m.prefill(tokens: prompt, cache: cq)
-        var maxErr: Float = 0, sumErr: Double = 0, span: Float = 0, agree = 0
+        let cf = f32.makeCache(initialCapacity: prompt.count + steps + 1)
+        let cq = m.makeCache(initialCapacity: prompt.count + steps + 1)
+        var lf = try f32.prefill(tokens: prompt, cache: cf)
+        var lq = try m.prefill(tokens: prompt, cache: cq)
+        var maxErr: Float = 0
+        var sumErr: Double = 0
+        var span: Float = 0
+        var agree = 0
         var f32Greedy: [Int32] = []
         var stepTimes: [Double] = []
         for step in 0...steps {
@@ -298,7 +340,8 @@ struct EngineBench: AsyncParsableCommand {
         // Free-running 8-bit greedy decode from the same prompt.
         let cq2 = m.makeCache(initialCapacity: prompt.count + steps)
         var l2 = try m.prefill(tokens: prompt, cache: cq2)
-        var prefix = 0, diverged = false
+        var prefix = 0
+        var diverged = false
         for step in 0..<steps {
             let next = Int32(Sampler.argmax(l2))
             if !diverged && next == f32Greedy[step] { prefix += 1 } else { diverged = true }
@@ -308,13 +351,16 @@ struct EngineBench: AsyncParsableCommand {
             stepTimes.append(t)
         }
         let decodeMedian = 1 / median(stepTimes)
-        let x16 = await schedulerRun(m, sequences: 16, promptLen: prompt.count,
-                                     maxTokens: max(16, Int(seconds * decodeMedian * 0.4))).rate
+        let x16 = await schedulerRun(
+            m, sequences: 16, promptLen: prompt.count,
+            maxTokens: max(16, Int(seconds * decodeMedian * 0.4))
+        ).rate
         let bytesPerToken = m.quantizedWeightBytes
-        return Q8Result(bytes: m.quantizedWeightBytes, rssAdded: rssAdded, loadSeconds: loadSeconds, prefill128: pre[128]!, prefill512: pre[512]!,
-                        decodeMedian: decodeMedian, limit: bandwidth * 1e9 / Double(bytesPerToken), x16: x16,
-                        maxError: Double(maxErr), meanError: sumErr / Double((steps + 1) * lf.count), span: Double(span),
-                        agree: agree, prefix: prefix, steps: steps)
+        return Q8Result(
+            bytes: m.quantizedWeightBytes, rssAdded: rssAdded, loadSeconds: loadSeconds, prefill128: pre[128]!, prefill512: pre[512]!,
+            decodeMedian: decodeMedian, limit: bandwidth * 1e9 / Double(bytesPerToken), x16: x16,
+            maxError: Double(maxErr), meanError: sumErr / Double((steps + 1) * lf.count), span: Double(span),
+            agree: agree, prefix: prefix, steps: steps)
     }
 
     /// cblas_sgemv over a rows x cols matrix: bytes of the matrix / time, median and best.
@@ -322,7 +368,11 @@ struct EngineBench: AsyncParsableCommand {
         let a = UnsafeMutablePointer<Float>.allocate(capacity: rows * cols)
         let x = UnsafeMutablePointer<Float>.allocate(capacity: cols)
         let y = UnsafeMutablePointer<Float>.allocate(capacity: rows)
-        defer { a.deallocate(); x.deallocate(); y.deallocate() }
+        defer {
+            a.deallocate()
+            x.deallocate()
+            y.deallocate()
+        }
         for i in 0..<(rows * cols) { a[i] = Float(i % 13) * 0.01 }
         for i in 0..<cols { x[i] = 1 }
         func once() -> Double {
@@ -384,104 +434,108 @@ struct EngineBench: AsyncParsableCommand {
 /// missing.
 enum PythonScripts {
     static let tokenizers = #"""
-import sys, time, json
-try:
-    import tokenizers
-    from tokenizers import Tokenizer
-except Exception as e:
-    print("skip=tokenizers not importable (%s)" % e); sys.exit(0)
-tok = Tokenizer.from_file(sys.argv[1])
-text = open(sys.argv[2], encoding="utf-8").read()
-nbytes = len(text.encode("utf-8"))
-enc = tok.encode(text, add_special_tokens=False)
-times = []
-for _ in range(3):
-    t = time.perf_counter(); enc = tok.encode(text, add_special_tokens=False); times.append(time.perf_counter() - t)
-times.sort()
-json.dump(enc.ids, open(sys.argv[3], "w"))
-# The same text as ~paragraph-sized pieces, one encode call each (one thread, like ours).
-pieces = text.split("\n\n")
-pieces = [p + "\n\n" for p in pieces[:-1]] + [pieces[-1]]
-ptimes = []
-for _ in range(3):
-    t = time.perf_counter()
-    for p in pieces: tok.encode(p, add_special_tokens=False)
-    ptimes.append(time.perf_counter() - t)
-ptimes.sort()
-print("version=%s" % tokenizers.__version__)
-print("mbps=%f" % (nbytes / 1e6 / times[1]))
-print("mbps_pieces=%f" % (nbytes / 1e6 / ptimes[1]))
-print("pieces=%d" % len(pieces))
-"""#
+        import sys, time, json
+        try:
+            import tokenizers
+            from tokenizers import Tokenizer
+        except Exception as e:
+            print("skip=tokenizers not importable (%s)" % e); sys.exit(0)
+        tok = Tokenizer.from_file(sys.argv[1])
+        text = open(sys.argv[2], encoding="utf-8").read()
+        nbytes = len(text.encode("utf-8"))
+        enc = tok.encode(text, add_special_tokens=False)
+        times = []
+        for _ in range(3):
+            t = time.perf_counter(); enc = tok.encode(text, add_special_tokens=False); times.append(time.perf_counter() - t)
+        times.sort()
+        json.dump(enc.ids, open(sys.argv[3], "w"))
+        # The same text as ~paragraph-sized pieces, one encode call each (one thread, like ours).
+        pieces = text.split("\n\n")
+        pieces = [p + "\n\n" for p in pieces[:-1]] + [pieces[-1]]
+        ptimes = []
+        for _ in range(3):
+            t = time.perf_counter()
+            for p in pieces: tok.encode(p, add_special_tokens=False)
+            ptimes.append(time.perf_counter() - t)
+        ptimes.sort()
+        print("version=%s" % tokenizers.__version__)
+        print("mbps=%f" % (nbytes / 1e6 / times[1]))
+        print("mbps_pieces=%f" % (nbytes / 1e6 / ptimes[1]))
+        print("pieces=%d" % len(pieces))
+        """#
 
     static let torchDecode = #"""
-import sys, time, json, os, tempfile
-try:
-    import torch
-    import transformers
-except Exception as e:
-    print("skip=torch/transformers not importable (%s)" % e); sys.exit(0)
-folder, threads, prompt, ncompare, steps = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
-torch.set_num_threads(threads)
-cfg = json.load(open(os.path.join(folder, "config.json")))
-arch = {"qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM", "llama": "LlamaForCausalLM"}.get(cfg["model_type"])
-if arch is None:
-    print("skip=no PyTorch class for model_type %s" % cfg["model_type"]); sys.exit(0)
-# A Hugging Face style config next to a link to the same weights file.
-theta = (cfg.get("rope_parameters") or {}).get("rope_theta", cfg.get("rope_theta", 10000.0))
-hf = {k: v for k, v in cfg.items() if k not in ("rope_parameters", "bos_token_id", "eos_token_id")}
-hf.update({"architectures": [arch], "rope_theta": theta, "torch_dtype": "float32", "hidden_act": "silu",
-           "rope_parameters": {"rope_type": "default", "rope_theta": theta}, "use_sliding_window": False})
-tmp = tempfile.mkdtemp()
-json.dump(hf, open(os.path.join(tmp, "config.json"), "w"))
-os.symlink(os.path.abspath(os.path.join(folder, "model.safetensors")), os.path.join(tmp, "model.safetensors"))
-Model = getattr(transformers, arch)
-model = Model.from_pretrained(tmp, torch_dtype=torch.float32)
-model.eval()
-ids = torch.tensor([[int(t) for t in prompt.split(",")]])
-with torch.inference_mode():
-    # Prefill speed on 128 tokens (median of 3), then greedy decode after the given prompt.
-    gen = torch.Generator().manual_seed(1)
-    p128 = torch.randint(0, cfg["vocab_size"] - 1, (1, 128), generator=gen)
-    model(input_ids=p128, use_cache=True)
-    pt = []
-    for _ in range(3):
-        t = time.perf_counter(); model(input_ids=p128, use_cache=True); pt.append(time.perf_counter() - t)
-    pt.sort()
-    out = model(input_ids=ids, use_cache=True)
-    past = out.past_key_values
-    nxt = out.logits[:, -1].argmax(-1, keepdim=True)
-    greedy = []
-    n = max(steps, ncompare)
-    t0 = time.perf_counter()
-    for i in range(n):
-        greedy.append(int(nxt[0, 0]))
-        out = model(input_ids=nxt, past_key_values=past, use_cache=True)
-        past = out.past_key_values
-        nxt = out.logits[:, -1].argmax(-1, keepdim=True)
-    dt = time.perf_counter() - t0
-print("version=%s" % torch.__version__)
-print("prefill128_tps=%f" % (128 / pt[1]))
-print("decode_tps=%f" % (n / dt))
-print("greedy=%s" % ",".join(str(t) for t in greedy[:ncompare]))
-"""#
+        import sys, time, json, os, tempfile
+        try:
+            import torch
+            import transformers
+        except Exception as e:
+            print("skip=torch/transformers not importable (%s)" % e); sys.exit(0)
+        folder, threads, prompt, ncompare, steps = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
+        torch.set_num_threads(threads)
+        cfg = json.load(open(os.path.join(folder, "config.json")))
+        arch = {"qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM", "llama": "LlamaForCausalLM"}.get(cfg["model_type"])
+        if arch is None:
+            print("skip=no PyTorch class for model_type %s" % cfg["model_type"]); sys.exit(0)
+        # A Hugging Face style config next to a link to the same weights file.
+        theta = (cfg.get("rope_parameters") or {}).get("rope_theta", cfg.get("rope_theta", 10000.0))
+        hf = {k: v for k, v in cfg.items() if k not in ("rope_parameters", "bos_token_id", "eos_token_id")}
+        hf.update({"architectures": [arch], "rope_theta": theta, "torch_dtype": "float32", "hidden_act": "silu",
+                   "rope_parameters": {"rope_type": "default", "rope_theta": theta}, "use_sliding_window": False})
+        tmp = tempfile.mkdtemp()
+        json.dump(hf, open(os.path.join(tmp, "config.json"), "w"))
+        os.symlink(os.path.abspath(os.path.join(folder, "model.safetensors")), os.path.join(tmp, "model.safetensors"))
+        Model = getattr(transformers, arch)
+        model = Model.from_pretrained(tmp, torch_dtype=torch.float32)
+        model.eval()
+        ids = torch.tensor([[int(t) for t in prompt.split(",")]])
+        with torch.inference_mode():
+            # Prefill speed on 128 tokens (median of 3), then greedy decode after the given prompt.
+            gen = torch.Generator().manual_seed(1)
+            p128 = torch.randint(0, cfg["vocab_size"] - 1, (1, 128), generator=gen)
+            model(input_ids=p128, use_cache=True)
+            pt = []
+            for _ in range(3):
+                t = time.perf_counter(); model(input_ids=p128, use_cache=True); pt.append(time.perf_counter() - t)
+            pt.sort()
+            out = model(input_ids=ids, use_cache=True)
+            past = out.past_key_values
+            nxt = out.logits[:, -1].argmax(-1, keepdim=True)
+            greedy = []
+            n = max(steps, ncompare)
+            t0 = time.perf_counter()
+            for i in range(n):
+                greedy.append(int(nxt[0, 0]))
+                out = model(input_ids=nxt, past_key_values=past, use_cache=True)
+                past = out.past_key_values
+                nxt = out.logits[:, -1].argmax(-1, keepdim=True)
+            dt = time.perf_counter() - t0
+        print("version=%s" % torch.__version__)
+        print("prefill128_tps=%f" % (128 / pt[1]))
+        print("decode_tps=%f" % (n / dt))
+        print("greedy=%s" % ",".join(str(t) for t in greedy[:ncompare]))
+        """#
 }
 
 /// Deterministic ~N bytes of mixed text: English prose, code, JSON, numbers, accented and CJK text, emoji,
 /// and runs of whitespace, so every pre-tokenizer branch is exercised.
 enum MixedText {
     static func make(bytes: Int, seed: UInt64) -> String {
-        let words = ["the", "gateway", "returns", "a", "streamed", "completion", "when", "policy", "model", "decides",
-                     "to", "ask", "upstream", "for", "help", "with", "question", "and", "answer", "is", "short",
-                     "Tokenizer", "throughput", "matters", "because", "every", "request", "passes", "through", "it",
-                     "don't", "it's", "we'll", "they're", "I'm", "you've", "naïve", "café", "résumé", "Zürich",
-                     "日本語", "のテキスト", "中文分词", "测试", "한국어", "Привет", "мир", "Ελληνικά", "العربية", "हिन्दी",
-                     "🙂", "🚀", "👍🏽", "∑", "≈", "→"]
-        let code = ["func encode(_ text: String) -> [Int32] {\n    return bpe.merge(pieces)\n}\n",
-                    "for (i, x) in xs.enumerated() where x > 0 { total += x * Float(i) }\n",
-                    "{\"model\": \"qwen\", \"messages\": [{\"role\": \"user\", \"content\": \"hi\"}], \"stream\": true}\n",
-                    "if err != nil {\n\treturn fmt.Errorf(\"read %s: %w\", path, err)\n}\n",
-                    "SELECT id, created_at FROM requests WHERE status = 200 ORDER BY id DESC LIMIT 50;\n"]
+        let words = [
+            "the", "gateway", "returns", "a", "streamed", "completion", "when", "policy", "model", "decides",
+            "to", "ask", "upstream", "for", "help", "with", "question", "and", "answer", "is", "short",
+            "Tokenizer", "throughput", "matters", "because", "every", "request", "passes", "through", "it",
+            "don't", "it's", "we'll", "they're", "I'm", "you've", "naïve", "café", "résumé", "Zürich",
+            "日本語", "のテキスト", "中文分词", "测试", "한국어", "Привет", "мир", "Ελληνικά", "العربية", "हिन्दी",
+            "🙂", "🚀", "👍🏽", "∑", "≈", "→",
+        ]
+        let code = [
+            "func encode(_ text: String) -> [Int32] {\n    return bpe.merge(pieces)\n}\n",
+            "for (i, x) in xs.enumerated() where x > 0 { total += x * Float(i) }\n",
+            "{\"model\": \"qwen\", \"messages\": [{\"role\": \"user\", \"content\": \"hi\"}], \"stream\": true}\n",
+            "if err != nil {\n\treturn fmt.Errorf(\"read %s: %w\", path, err)\n}\n",
+            "SELECT id, created_at FROM requests WHERE status = 200 ORDER BY id DESC LIMIT 50;\n",
+        ]
         var rng = Xoshiro256(seed: seed)
         var out = ""
         out.reserveCapacity(bytes + 256)
@@ -513,7 +567,8 @@ struct ResultTable {
     }
     func print() {
         let rows = lines.compactMap { $0 }
-        let w0 = max(6, rows.map(\.0.count).max() ?? 0), w1 = max(5, rows.map(\.1.count).max() ?? 0)
+        let w0 = max(6, rows.map(\.0.count).max() ?? 0)
+        let w1 = max(5, rows.map(\.1.count).max() ?? 0)
         let w2 = max(18, rows.map(\.2.count).max() ?? 0)
         func fmt(_ a: String, _ b: String, _ c: String, _ d: String) -> String {
             pad(a, w0 + 2) + pad(b, w1 + 2) + pad(c, w2 + 2) + d

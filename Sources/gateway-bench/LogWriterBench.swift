@@ -12,7 +12,9 @@ struct LogWriterBench: AsyncParsableCommand {
         commandName: "log-writer",
         abstract: "Episodes per second through the traffic log writer: SQLite (baseline) and PostgreSQL, same run.")
 
-    @Option(name: .customLong("log-db"), help: "A postgres:// URL to measure beside SQLite (its tables get the benchmark's rows; use an empty database).")
+    @Option(
+        name: .customLong("log-db"),
+        help: "A postgres:// URL to measure beside SQLite (its tables get the benchmark's rows; use an empty database).")
     var logDB: String?
 
     @Option(help: "Episodes per measurement.")
@@ -38,7 +40,9 @@ struct LogWriterBench: AsyncParsableCommand {
                 let dir = FileManager.default.temporaryDirectory.appendingPathComponent("gw-logbench-\(UUID().uuidString)")
                 try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
                 defer { try? FileManager.default.removeItem(at: dir) }
-                var backends: [(String, any LogBackend)] = [("sqlite", try SQLiteLogBackend(path: dir.appendingPathComponent("log.sqlite").path))]
+                var backends: [(String, any LogBackend)] = [
+                    ("sqlite", try SQLiteLogBackend(path: dir.appendingPathComponent("log.sqlite").path))
+                ]
                 if let logDB {
                     guard case .postgres = LogLocation(logDB) else { throw ValidationError("--log-db must be a postgres:// URL") }
                     backends.append(("postgres", try await LogBackends.open(LogLocation(logDB), logger: logger)))
@@ -46,7 +50,9 @@ struct LogWriterBench: AsyncParsableCommand {
                 for (name, backend) in backends {
                     let (rate, stats) = try await measure(backend, appenders: level, wait: mode == "appendAndWait", logger: logger)
                     results["\(name) \(level) \(mode)"] = rate
-                    print("\(name.padding(toLength: 10, withPad: " ", startingAt: 0))  \(String(level).padding(toLength: 9, withPad: " ", startingAt: 0))  \(mode.padding(toLength: 14, withPad: " ", startingAt: 0))  \(String(format: "%10.0f", rate))  \(String(format: "%8d", stats.batches))  \(String(format: "%10.1f", Double(stats.rowsWritten) / Double(max(1, stats.batches))))")
+                    print(
+                        "\(name.padding(toLength: 10, withPad: " ", startingAt: 0))  \(String(level).padding(toLength: 9, withPad: " ", startingAt: 0))  \(mode.padding(toLength: 14, withPad: " ", startingAt: 0))  \(String(format: "%10.0f", rate))  \(String(format: "%8d", stats.batches))  \(String(format: "%10.1f", Double(stats.rowsWritten) / Double(max(1, stats.batches))))"
+                    )
                     if let pg = backend as? PostgresLogBackend { try await pg.truncateAll() }
                     try await backend.close()
                 }
@@ -70,14 +76,17 @@ struct LogWriterBench: AsyncParsableCommand {
         let template = EpisodeRecord(
             route: "/v1/chat/completions", mode: turns > 0 ? "collaborate" : "passthrough", keyID: "k1",
             requestedModel: "gpt-4o-mini", upstreamModel: "gpt-4o-mini", policyVersion: turns > 0 ? "0123456789abcdef" : nil,
-            requestJSON: #"{"model":"gpt-4o-mini","messages":[{"role":"system","content":"You are terse."},{"role":"user","content":"What is the capital of France? Answer in one word."}]}"#,
+            requestJSON:
+                #"{"model":"gpt-4o-mini","messages":[{"role":"system","content":"You are terse."},{"role":"user","content":"What is the capital of France? Answer in one word."}]}"#,
             responseText: "Paris.", finishReason: "stop", promptTokens: 24, completionTokens: 2, totalTokens: 26,
             status: 200, outcome: "ok", totalMs: 1.2, upstreamMs: 1.0, overheadMs: 0.2,
             turns: (0..<turns).map { i in
-                TurnRecord(index: i, kind: i % 2 == 0 ? "policy" : "upstream",
-                           inputIDs: i % 2 == 0 ? (0..<300).map { Int32($0) } : nil, outputIDs: i % 2 == 0 ? (0..<80).map { Int32($0) } : nil,
-                           logprobs: i % 2 == 0 ? [Float](repeating: -0.5, count: 80) : nil, lossMask: i % 2 == 0 ? [UInt8](repeating: 1, count: 80) : nil,
-                           text: "a policy turn of about this length", latencyMs: 3)
+                TurnRecord(
+                    index: i, kind: i % 2 == 0 ? "policy" : "upstream",
+                    inputIDs: i % 2 == 0 ? (0..<300).map { Int32($0) } : nil, outputIDs: i % 2 == 0 ? (0..<80).map { Int32($0) } : nil,
+                    logprobs: i % 2 == 0 ? [Float](repeating: -0.5, count: 80) : nil,
+                    lossMask: i % 2 == 0 ? [UInt8](repeating: 1, count: 80) : nil,
+                    text: "a policy turn of about this length", latencyMs: 3)
             })
         let perAppender = max(1, episodes / appenders)
         let start = ContinuousClock.now

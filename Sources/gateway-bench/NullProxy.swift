@@ -42,15 +42,17 @@ struct NullProxyCommand: AsyncParsableCommand {
             upstream.body = .bytes(body)
             let response = try await clients.current.execute(upstream, deadline: .now() + .seconds(30), logger: quiet)
             let bytes = try await response.body.collect(upTo: 64 << 20)
-            return Response(status: .init(code: Int(response.status.code)), headers: [.contentType: "application/json"],
-                            body: .init(byteBuffer: bytes))
+            return Response(
+                status: .init(code: Int(response.status.code)), headers: [.contentType: "application/json"],
+                body: .init(byteBuffer: bytes))
         }
         let (portStream, portCont) = AsyncStream<Int>.makeStream()
-        let app = Application(router: router, configuration: .init(address: .hostname("127.0.0.1", port: 0), serverName: nil),
-                              onServerRunning: { channel in
-                                  portCont.yield(channel.localAddress?.port ?? 0)
-                                  portCont.finish()
-                              }, logger: quiet)
+        let app = Application(
+            router: router, configuration: .init(address: .hostname("127.0.0.1", port: 0), serverName: nil),
+            onServerRunning: { channel in
+                portCont.yield(channel.localAddress?.port ?? 0)
+                portCont.finish()
+            }, logger: quiet)
         let server = Task { try await app.run() }
         for await port in portStream {
             FileHandle.standardOutput.write(Data("null-proxy listening on port \(port)\n".utf8))

@@ -8,8 +8,9 @@ import NIOCore
 import NIOPosix
 import TrafficLog
 import TrafficLogPostgres
+
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// Same load directly against a fast fake upstream and through the gateway; the difference is
@@ -31,7 +32,10 @@ struct ProxyBench: AsyncParsableCommand {
         case inProcess = "in-process"
     }
 
-    @Option(help: "processes: load generator, fake upstream and the gateway binary each in its own process (as deployed); in-process: all three in this process.")
+    @Option(
+        help:
+            "processes: load generator, fake upstream and the gateway binary each in its own process (as deployed); in-process: all three in this process."
+    )
     var layout: Layout = .processes
 
     @Option(help: "Path of the gateway executable for --layout processes (default: next to this one).")
@@ -52,7 +56,9 @@ struct ProxyBench: AsyncParsableCommand {
     @Option(help: "The log writer's linger in ms (log.linger_ms; default: the gateway's default).")
     var lingerMs: Int = GatewayConfig().log.lingerMs
 
-    @Option(name: .customLong("log-db"), help: "The gateway's traffic log: a postgres:// URL (use an empty database), or a SQLite path (default: a fresh temporary file).")
+    @Option(
+        name: .customLong("log-db"),
+        help: "The gateway's traffic log: a postgres:// URL (use an empty database), or a SQLite path (default: a fresh temporary file).")
     var logDB: String?
 
     @Option(help: "Event-loop threads of the load generator's own HTTP client (0 = share the process-wide group).")
@@ -81,7 +87,9 @@ struct ProxyBench: AsyncParsableCommand {
         let parties: Parties
         let log = logDB ?? dir.appendingPathComponent("traffic.sqlite").path
         switch layout {
-        case .processes: parties = try await ChildParties.start(gatewayPath: gateway, durability: durability, lingerMs: lingerMs, directory: dir, logDB: log)
+        case .processes:
+            parties = try await ChildParties.start(
+                gatewayPath: gateway, durability: durability, lingerMs: lingerMs, directory: dir, logDB: log)
         case .inProcess: parties = try await InProcessParties.start(durability: durability, lingerMs: lingerMs, directory: dir, logDB: log)
         }
         do {
@@ -99,7 +107,8 @@ struct ProxyBench: AsyncParsableCommand {
         let levels = concurrency.split(separator: ",").compactMap { Int($0.trimmingCharacters(in: .whitespaces)) }
         var clientConfig = HTTPClient.Configuration()
         clientConfig.connectionPool = .init(idleTimeout: .seconds(60), concurrentHTTP1ConnectionsPerHostSoftLimit: (levels.max() ?? 1) + 8)
-        let clientGroup: MultiThreadedEventLoopGroup? = clientThreads > 0 ? MultiThreadedEventLoopGroup(numberOfThreads: clientThreads) : nil
+        let clientGroup: MultiThreadedEventLoopGroup? =
+            clientThreads > 0 ? MultiThreadedEventLoopGroup(numberOfThreads: clientThreads) : nil
         let client = HTTPClient(eventLoopGroup: clientGroup ?? HTTPClient.defaultEventLoopGroup, configuration: clientConfig)
         do {
             try await measure(client: client, levels: levels, parties: parties)
@@ -113,7 +122,8 @@ struct ProxyBench: AsyncParsableCommand {
     }
 
     func measure(client: HTTPClient, levels: [Int], parties: Parties) async throws {
-        let body = #"{"model":"gpt-4o-mini","stream":\#(stream),"messages":[{"role":"system","content":"You are terse."},{"role":"user","content":"What is the capital of France? Answer in one word."}]}"#
+        let body =
+            #"{"model":"gpt-4o-mini","stream":\#(stream),"messages":[{"role":"system","content":"You are terse."},{"role":"user","content":"What is the capital of France? Answer in one word."}]}"#
         let direct = "http://127.0.0.1:\(parties.upstreamPort)/v1/chat/completions"
         let viaGateway = "http://127.0.0.1:\(parties.gatewayPort)/v1/chat/completions"
         let viaNullProxy = parties.nullProxyPort.map { "http://127.0.0.1:\($0)/v1/chat/completions" }
@@ -131,20 +141,26 @@ struct ProxyBench: AsyncParsableCommand {
             print("profile: gateway pid \(parties.gatewayPID), fake upstream pid \(parties.upstreamPID), load generator pid \(getpid())")
             _ = try await load(client: client, url: url, body: body, concurrency: c, seconds: 0.3, parties: parties)
             let r = try await load(client: client, url: url, body: body, concurrency: c, requests: profile, parties: parties)
-            print("profile \(profileTarget.rawValue) c=\(c): \(r.count) requests, \(f1(r.rps)) req/s, p50 \(f3(r.p50)) ms, p99 \(f3(r.p99)) ms, "
-                  + "cpu us/req \(r.cpu.description), errors \(r.errors)"
-                  + (r.selfReportedOverheadP50.map { ", x-gateway-overhead-ms p50 \(f3($0))" } ?? ""))
+            print(
+                "profile \(profileTarget.rawValue) c=\(c): \(r.count) requests, \(f1(r.rps)) req/s, p50 \(f3(r.p50)) ms, p99 \(f3(r.p99)) ms, "
+                    + "cpu us/req \(r.cpu.description), errors \(r.errors)"
+                    + (r.selfReportedOverheadP50.map { ", x-gateway-overhead-ms p50 \(f3($0))" } ?? ""))
             return
         }
-        print("gateway-bench proxy: \(stream ? "stream" : "non-stream") chat completions, \(seconds) s per run, log durability \(durability.rawValue), linger \(lingerMs) ms, log \(LogLocation(logDB ?? "sqlite (temporary file)").redacted)")
+        print(
+            "gateway-bench proxy: \(stream ? "stream" : "non-stream") chat completions, \(seconds) s per run, log durability \(durability.rawValue), linger \(lingerMs) ms, log \(LogLocation(logDB ?? "sqlite (temporary file)").redacted)"
+        )
         print(parties.description)
         print("direct = client -> fake upstream; gateway = client -> gateway -> fake upstream (traffic log on)")
         if viaNullProxy != nil {
-            print("null-proxy = client -> Hummingbird + AsyncHTTPClient doing nothing but forward -> fake upstream: the floor any proxy on the gateway's stack adds")
+            print(
+                "null-proxy = client -> Hummingbird + AsyncHTTPClient doing nothing but forward -> fake upstream: the floor any proxy on the gateway's stack adds"
+            )
         }
         print("cpu us/req = CPU time per request of each process: \(parties.cpuColumns)")
         print("")
-        print(pad("conc", 5), pad("target", 8), pad("req/s", 9), pad("p50 ms", 9), pad("p99 ms", 9), pad("cpu us/req", 24), pad("errors", 7))
+        print(
+            pad("conc", 5), pad("target", 8), pad("req/s", 9), pad("p50 ms", 9), pad("p99 ms", 9), pad("cpu us/req", 24), pad("errors", 7))
         for c in levels {
             // Warm both paths (connections, caches).
             _ = try await load(client: client, url: direct, body: body, concurrency: c, seconds: 0.5, parties: parties)
@@ -157,35 +173,49 @@ struct ProxyBench: AsyncParsableCommand {
             }
             let g = try await load(client: client, url: viaGateway, body: body, concurrency: c, seconds: seconds, parties: parties)
             func row(_ label: String, _ r: Result) {
-                print(pad("\(c)", 5), pad(label, 8), pad(f1(r.rps), 9), pad(f3(r.p50), 9), pad(f3(r.p99), 9), pad(r.cpu.description, 24), pad("\(r.errors)", 7))
+                print(
+                    pad("\(c)", 5), pad(label, 8), pad(f1(r.rps), 9), pad(f3(r.p50), 9), pad(f3(r.p99), 9), pad(r.cpu.description, 24),
+                    pad("\(r.errors)", 7))
             }
             /// `a` minus `b`, then a remark.
             func difference(_ label: String, _ a: Result, _ b: Result, _ remark: String) {
-                print(pad("\(c)", 5), pad(label, 8), pad(f1(a.rps - b.rps), 9), pad(f3(a.p50 - b.p50), 9), pad(f3(a.p99 - b.p99), 9),
-                      pad((a.cpu - b.cpu).description, 24), " ", remark)
+                print(
+                    pad("\(c)", 5), pad(label, 8), pad(f1(a.rps - b.rps), 9), pad(f3(a.p50 - b.p50), 9), pad(f3(a.p99 - b.p99), 9),
+                    pad((a.cpu - b.cpu).description, 24), " ", remark)
             }
             row("direct", d)
             if let n = floor { row("null", n) }
             row("gateway", g)
-            difference("added", g, d, "throughput ratio gateway/direct \(String(format: "%.2f", g.rps / max(d.rps, 1e-9)))"
-                       + (g.selfReportedOverheadP50.map { "; gateway's own x-gateway-overhead-ms p50 \(f3($0))" } ?? ""))
+            difference(
+                "added", g, d,
+                "throughput ratio gateway/direct \(String(format: "%.2f", g.rps / max(d.rps, 1e-9)))"
+                    + (g.selfReportedOverheadP50.map { "; gateway's own x-gateway-overhead-ms p50 \(f3($0))" } ?? ""))
             if let n = floor {
-                difference("floor", n, d, "added by the null proxy; the gateway adds \(f3(g.p50 - n.p50)) ms p50 and "
-                           + "\(f1(g.cpu.proxy - n.cpu.proxy)) us CPU per request more, throughput gateway/null \(String(format: "%.2f", g.rps / max(n.rps, 1e-9)))")
+                difference(
+                    "floor", n, d,
+                    "added by the null proxy; the gateway adds \(f3(g.p50 - n.p50)) ms p50 and "
+                        + "\(f1(g.cpu.proxy - n.cpu.proxy)) us CPU per request more, throughput gateway/null \(String(format: "%.2f", g.rps / max(n.rps, 1e-9)))"
+                )
             }
         }
     }
 
     struct Result {
-        var rps: Double; var p50: Double; var p99: Double; var errors: Int; var count: Int
+        var rps: Double
+        var p50: Double
+        var p99: Double
+        var errors: Int
+        var count: Int
         var cpu: CPUPerRequest
         /// Median of the gateway's own `x-gateway-overhead-ms` (nil for the direct target).
         var selfReportedOverheadP50: Double?
     }
 
     /// Runs for `seconds`, or (with `requests`) until that many requests were sent in total.
-    func load(client: HTTPClient, url: String, body: String, concurrency: Int, seconds: Double = .infinity,
-              requests: Int? = nil, parties: Parties) async throws -> Result {
+    func load(
+        client: HTTPClient, url: String, body: String, concurrency: Int, seconds: Double = .infinity,
+        requests: Int? = nil, parties: Parties
+    ) async throws -> Result {
         let clock = ContinuousClock()
         let cpuStart = parties.cpuSeconds()
         let start = clock.now
@@ -219,16 +249,21 @@ struct ProxyBench: AsyncParsableCommand {
             var all: [Double] = []
             var errors = 0
             var overheads: [Double] = []
-            for await (l, e, o) in group { all += l; errors += e; overheads += o }
+            for await (l, e, o) in group {
+                all += l
+                errors += e
+                overheads += o
+            }
             return (all, errors, overheads.sorted())
         }
         let elapsed = (clock.now - start).milliseconds / 1000
         let cpu = parties.cpuSeconds() - cpuStart
         let sorted = results.0.sorted()
         func pct(_ p: Double) -> Double { sorted.isEmpty ? .nan : sorted[min(sorted.count - 1, Int(Double(sorted.count) * p))] }
-        return Result(rps: Double(sorted.count) / elapsed, p50: pct(0.5), p99: pct(0.99), errors: results.1,
-                      count: sorted.count, cpu: cpu.perRequest(max(sorted.count, 1), layout: parties.cpuLayout),
-                      selfReportedOverheadP50: results.2.isEmpty ? nil : results.2[results.2.count / 2])
+        return Result(
+            rps: Double(sorted.count) / elapsed, p50: pct(0.5), p99: pct(0.99), errors: results.1,
+            count: sorted.count, cpu: cpu.perRequest(max(sorted.count, 1), layout: parties.cpuLayout),
+            selfReportedOverheadP50: results.2.isEmpty ? nil : results.2[results.2.count / 2])
     }
 }
 
@@ -260,7 +295,8 @@ struct CPUSeconds {
         CPUSeconds(client: a.client - b.client, upstream: a.upstream - b.upstream, proxy: a.proxy - b.proxy)
     }
     func perRequest(_ n: Int, layout: CPUPerRequest.Layout) -> CPUPerRequest {
-        CPUPerRequest(client: client * 1e6 / Double(n), upstream: upstream * 1e6 / Double(n), proxy: proxy * 1e6 / Double(n), layout: layout)
+        CPUPerRequest(
+            client: client * 1e6 / Double(n), upstream: upstream * 1e6 / Double(n), proxy: proxy * 1e6 / Double(n), layout: layout)
     }
 }
 
@@ -301,8 +337,10 @@ final class ChildParties: Parties, @unchecked Sendable {
         "layout: processes (gateway pid \(gatewayPID) with the default config apart from ports and paths; fake upstream pid \(upstreamPID); null proxy pid \(nullProxy.processIdentifier); load generator pid \(getpid()))"
     }
 
-    private init(upstream: Process, nullProxy: Process, childStdins: [Pipe], upstreamPort: Int, nullProxyPort: Int,
-                 gateway: Process, gatewayPort: Int, dbPath: String) {
+    private init(
+        upstream: Process, nullProxy: Process, childStdins: [Pipe], upstreamPort: Int, nullProxyPort: Int,
+        gateway: Process, gatewayPort: Int, dbPath: String
+    ) {
         self.upstream = upstream
         self.nullProxy = nullProxy
         self.childStdins = childStdins
@@ -313,8 +351,11 @@ final class ChildParties: Parties, @unchecked Sendable {
         self.dbPath = dbPath
     }
 
-    static func start(gatewayPath: String?, durability: GatewayConfig.Durability, lingerMs: Int, directory: URL, logDB: String) async throws -> ChildParties {
-        let selfExe = URL(fileURLWithPath: (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0])
+    static func start(gatewayPath: String?, durability: GatewayConfig.Durability, lingerMs: Int, directory: URL, logDB: String) async throws
+        -> ChildParties
+    {
+        let selfExe = URL(
+            fileURLWithPath: (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0])
         let exe = gatewayPath.map { URL(fileURLWithPath: $0) } ?? selfExe.deletingLastPathComponent().appendingPathComponent("gateway")
         guard FileManager.default.isExecutableFile(atPath: exe.path) else {
             throw ValidationError("no gateway executable at \(exe.path); build it (swift build -c release) or pass --gateway")
@@ -337,17 +378,21 @@ final class ChildParties: Parties, @unchecked Sendable {
             return (p, try await text.value(of: pattern, process: p))
         }
         let (upstream, upstreamPort) = try await spawn(["fake-upstream"], reporting: #"fake-upstream listening on port (\d+)"#)
-        let (nullProxy, nullProxyPort) = try await spawn(["null-proxy", "--upstream-port", "\(upstreamPort)"], reporting: #"null-proxy listening on port (\d+)"#)
+        let (nullProxy, nullProxyPort) = try await spawn(
+            ["null-proxy", "--upstream-port", "\(upstreamPort)"], reporting: #"null-proxy listening on port (\d+)"#)
 
         let configURL = directory.appendingPathComponent("gateway.json")
         let dbPath = logDB
-        try Data(#"""
+        try Data(
+            #"""
             {"upstream": {"base_url": "http://127.0.0.1:\#(upstreamPort)/v1", "api_key_env": null, "max_connections": 512},
              "auth": {"client_keys_env": null}, "limits": {"max_concurrent_requests": 4096},
              "log": {"durability": "\#(durability.rawValue)", "linger_ms": \#(lingerMs)}}
-            """#.utf8).write(to: configURL)
+            """#.utf8
+        ).write(to: configURL)
         func closeChildren() { for p in childStdins { try? p.fileHandleForWriting.close() } }
-        let gateway: Process, output: OutputBuffer
+        let gateway: Process
+        let output: OutputBuffer
         do {
             (gateway, output) = try SoakBench.startGateway(executable: exe, config: configURL, dbPath: dbPath)
         } catch {
@@ -356,8 +401,9 @@ final class ChildParties: Parties, @unchecked Sendable {
         }
         do {
             let (port, _) = try await output.ports(process: gateway)
-            return ChildParties(upstream: upstream, nullProxy: nullProxy, childStdins: childStdins, upstreamPort: upstreamPort,
-                                nullProxyPort: nullProxyPort, gateway: gateway, gatewayPort: port, dbPath: dbPath)
+            return ChildParties(
+                upstream: upstream, nullProxy: nullProxy, childStdins: childStdins, upstreamPort: upstreamPort,
+                nullProxyPort: nullProxyPort, gateway: gateway, gatewayPort: port, dbPath: dbPath)
         } catch {
             if gateway.isRunning { kill(gateway.processIdentifier, SIGKILL) }
             closeChildren()
@@ -366,8 +412,9 @@ final class ChildParties: Parties, @unchecked Sendable {
     }
 
     func cpuSeconds() -> CPUSeconds {
-        CPUSeconds(client: selfCPUSeconds(), upstream: processCPUSeconds(pid: upstreamPID),
-                   proxy: processCPUSeconds(pid: gatewayPID) + processCPUSeconds(pid: nullProxy.processIdentifier))
+        CPUSeconds(
+            client: selfCPUSeconds(), upstream: processCPUSeconds(pid: upstreamPID),
+            proxy: processCPUSeconds(pid: gatewayPID) + processCPUSeconds(pid: nullProxy.processIdentifier))
     }
 
     func stop() async -> String {
@@ -379,7 +426,8 @@ final class ChildParties: Parties, @unchecked Sendable {
         upstream.waitUntilExit()
         nullProxy.waitUntilExit()
         let rows = await ProxyBench.episodeCount(dbPath)
-        return "traffic log: \(rows.map(String.init) ?? "unreadable") episodes after SIGTERM (gateway exit status \(gateway.terminationStatus))"
+        return
+            "traffic log: \(rows.map(String.init) ?? "unreadable") episodes after SIGTERM (gateway exit status \(gateway.terminationStatus))"
     }
 }
 
@@ -437,9 +485,11 @@ final class InProcessParties: Parties, @unchecked Sendable {
         _ = try? await runTask.value
         await upstream.stop()
         // A PostgreSQL backend closes after the drain: count what the writer committed.
-        let rows = gateway.state.database.kind == .sqlite
+        let rows =
+            gateway.state.database.kind == .sqlite
             ? ((try? await gateway.state.database.episodeCount()) ?? -1) : gateway.state.writer.stats.rowsWritten
-        return "traffic log: \(rows) episodes written in \(stats.batches) batches (\(String(format: "%.1f", Double(stats.rowsWritten) / Double(max(stats.batches, 1)))) per transaction)"
+        return
+            "traffic log: \(rows) episodes written in \(stats.batches) batches (\(String(format: "%.1f", Double(stats.rowsWritten) / Double(max(stats.batches, 1)))) per transaction)"
     }
 }
 
@@ -466,7 +516,9 @@ extension OutputBuffer {
         let deadline = Date().addingTimeInterval(timeout)
         while Date() < deadline, process.isRunning {
             let t = text
-            if let m = regex.firstMatch(in: t, range: NSRange(t.startIndex..., in: t)), let r = Range(m.range(at: 1), in: t), let v = Int(t[r]) {
+            if let m = regex.firstMatch(in: t, range: NSRange(t.startIndex..., in: t)), let r = Range(m.range(at: 1), in: t),
+                let v = Int(t[r])
+            {
                 return v
             }
             try await Task.sleep(for: .milliseconds(20))
@@ -481,7 +533,15 @@ final class RequestBudget: @unchecked Sendable {
     private let lock = NSLock()
     private var remaining: Int
     init(_ n: Int) { remaining = n }
-    func take() -> Bool { lock.withLock { if remaining > 0 { remaining -= 1; return true }; return false } }
+    func take() -> Bool {
+        lock.withLock {
+            if remaining > 0 {
+                remaining -= 1
+                return true
+            }
+            return false
+        }
+    }
 }
 
 /// User + system CPU time of this process.
@@ -495,7 +555,8 @@ private func selfCPUSeconds() -> Double {
 /// User + system CPU time of another process, from /proc/PID/stat (clock-tick resolution).
 private func processCPUSeconds(pid: Int32) -> Double {
     guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
-          let close = stat.lastIndex(of: ")") else { return .nan }
+        let close = stat.lastIndex(of: ")")
+    else { return .nan }
     // Fields after "(comm)": state is field 3, utime 14, stime 15.
     let fields = stat[stat.index(after: close)...].split(separator: " ")
     guard fields.count > 12, let utime = Double(fields[11]), let stime = Double(fields[12]) else { return .nan }

@@ -34,7 +34,10 @@ enum PythonRunner {
             guard kv.count == 2 else { continue }
             if let v = Double(kv[1]) { r.values[kv[0]] = v } else { r.text[kv[0]] = kv[1] }
         }
-        if let skip = r.text["skip"] { r.ok = false; r.error = skip }
+        if let skip = r.text["skip"] {
+            r.ok = false
+            r.error = skip
+        }
         if p.terminationStatus != 0 {
             let errData = (try? Data(contentsOf: errFile)) ?? Data()
             let lastLine = String(decoding: errData, as: UTF8.self).split(separator: "\n").last.map(String.init) ?? ""

@@ -5,8 +5,9 @@ import Foundation
 import Logging
 import NIOCore
 import TrafficLog
+
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// Soak: the real `gateway` binary as a child process under minutes of mixed stream and
@@ -33,27 +34,32 @@ struct SoakBench: AsyncParsableCommand {
     var rssToleranceMib: Double = 16
 
     func run() async throws {
-        let exe = gateway.map { URL(fileURLWithPath: $0) }
+        let exe =
+            gateway.map { URL(fileURLWithPath: $0) }
             ?? URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("gateway")
         guard FileManager.default.isExecutableFile(atPath: exe.path) else {
             throw ValidationError("no gateway executable at \(exe.path); build it (swift build -c release) or pass --gateway")
         }
         // An upstream with some variety: most answers at once, some after a pause, longer streams.
-        let upstream = try await FakeUpstream(script: { r in
-            guard r.path == "/v1/chat/completions" else { return nil }
-            let reply = FakeUpstream.defaultReply(r)
-            return Int.random(in: 0..<10) == 0 ? .delayed(.milliseconds(Int.random(in: 5...50)), reply) : reply
-        }, recordRequests: false)
+        let upstream = try await FakeUpstream(
+            script: { r in
+                guard r.path == "/v1/chat/completions" else { return nil }
+                let reply = FakeUpstream.defaultReply(r)
+                return Int.random(in: 0..<10) == 0 ? .delayed(.milliseconds(Int.random(in: 5...50)), reply) : reply
+            }, recordRequests: false)
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("gw-soak-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
         let configURL = dir.appendingPathComponent("gateway.json")
-        try Data(#"{"upstream": {"base_url": "\#(upstream.baseURL)", "api_key_env": null}, "auth": {"client_keys_env": null}}"#.utf8).write(to: configURL)
+        try Data(#"{"upstream": {"base_url": "\#(upstream.baseURL)", "api_key_env": null}, "auth": {"client_keys_env": null}}"#.utf8).write(
+            to: configURL)
         let dbPath = dir.appendingPathComponent("traffic.sqlite").path
 
         let (child, output) = try Self.startGateway(executable: exe, config: configURL, dbPath: dbPath)
         let (port, adminPort) = try await output.ports(process: child)
         let pid = child.processIdentifier
-        print("gateway-bench soak: \(exe.path) pid \(pid) on port \(port) (admin \(adminPort)), \(concurrency) clients, \(Int(seconds)) s, half streaming")
+        print(
+            "gateway-bench soak: \(exe.path) pid \(pid) on port \(port) (admin \(adminPort)), \(concurrency) clients, \(Int(seconds)) s, half streaming"
+        )
 
         var clientConfig = HTTPClient.Configuration()
         clientConfig.connectionPool = .init(idleTimeout: .seconds(60), concurrentHTTP1ConnectionsPerHostSoftLimit: concurrency + 8)
@@ -67,10 +73,12 @@ struct SoakBench: AsyncParsableCommand {
 
         let sampleLog = SampleLog()
         @Sendable func sample() {
-            let s = SoakSample(t: (clock.now - start).milliseconds / 1000, rssMiB: Self.rssMiB(pid: pid), fds: Self.openFDs(pid: pid),
-                               requests: counters.requests, errors: counters.errors)
+            let s = SoakSample(
+                t: (clock.now - start).milliseconds / 1000, rssMiB: Self.rssMiB(pid: pid), fds: Self.openFDs(pid: pid),
+                requests: counters.requests, errors: counters.errors)
             sampleLog.append(s)
-            print(String(format: "  t=%6.1f s  rss %7.1f MiB  fds %4d  requests %8d  errors %d", s.t, s.rssMiB, s.fds, s.requests, s.errors))
+            print(
+                String(format: "  t=%6.1f s  rss %7.1f MiB  fds %4d  requests %8d  errors %d", s.t, s.rssMiB, s.fds, s.requests, s.errors))
         }
         sample()
         try await withThrowingTaskGroup(of: Void.self) { group in
@@ -85,12 +93,17 @@ struct SoakBench: AsyncParsableCommand {
                         var req = HTTPClientRequest(url: url)
                         req.method = .POST
                         req.headers.add(name: "content-type", value: "application/json")
-                        req.body = .bytes(ByteBuffer(string: #"{"model":"gpt-4o-mini","stream":\#(stream),"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"\#(content)"}]}"#))
+                        req.body = .bytes(
+                            ByteBuffer(
+                                string:
+                                    #"{"model":"gpt-4o-mini","stream":\#(stream),"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"\#(content)"}]}"#
+                            ))
                         do {
                             let resp = try await client.execute(req, timeout: .seconds(30))
                             let body = String(buffer: try await resp.body.collect(upTo: 4 << 20))
                             let complete = stream ? body.hasSuffix("data: [DONE]\n\n") : body.contains(#""finish_reason":"stop""#)
-                            counters.record(ok: resp.status == .ok && complete, detail: complete ? "status \(resp.status.code)" : "incomplete body")
+                            counters.record(
+                                ok: resp.status == .ok && complete, detail: complete ? "status \(resp.status.code)" : "incomplete body")
                         } catch {
                             counters.record(ok: false, detail: "\(error)")
                         }
@@ -120,9 +133,14 @@ struct SoakBench: AsyncParsableCommand {
         let fdGrowth = last.fds - warm.fds
         let total = counters.requests
         print("")
-        print("requests        \(total) (\(String(format: "%.0f", Double(total) / seconds)) req/s), errors \(counters.errors)\(counters.firstError.map { " (first: \($0))" } ?? "")")
+        print(
+            "requests        \(total) (\(String(format: "%.0f", Double(total) / seconds)) req/s), errors \(counters.errors)\(counters.firstError.map { " (first: \($0))" } ?? "")"
+        )
         print("traffic log     \(rows.map(String.init) ?? "unreadable") episodes (requests sent: \(total))")
-        print(String(format: "rss             start %.1f MiB, after warm-up (t=%.0f s) %.1f MiB, end %.1f MiB, growth %+.1f MiB", samples[0].rssMiB, warm.t, warm.rssMiB, last.rssMiB, rssGrowth))
+        print(
+            String(
+                format: "rss             start %.1f MiB, after warm-up (t=%.0f s) %.1f MiB, end %.1f MiB, growth %+.1f MiB",
+                samples[0].rssMiB, warm.t, warm.rssMiB, last.rssMiB, rssGrowth))
         print("open fds        start \(samples[0].fds), after warm-up \(warm.fds), end \(last.fds)")
         print("gateway exit    \(child.terminationStatus) after SIGTERM")
         var failures: [String] = []
@@ -145,8 +163,10 @@ struct SoakBench: AsyncParsableCommand {
     static func startGateway(executable: URL, config: URL, dbPath: String) throws -> (Process, OutputBuffer) {
         let child = Process()
         child.executableURL = executable
-        child.arguments = ["serve", "--config", config.path, "--host", "127.0.0.1", "--port", "0", "--admin-port", "0",
-                           "--log-db", dbPath, "--log-level", "notice"]
+        child.arguments = [
+            "serve", "--config", config.path, "--host", "127.0.0.1", "--port", "0", "--admin-port", "0",
+            "--log-db", dbPath, "--log-level", "notice",
+        ]
         let pipe = Pipe()
         child.standardError = pipe
         child.standardOutput = pipe
@@ -158,7 +178,8 @@ struct SoakBench: AsyncParsableCommand {
 
     static func rssMiB(pid: Int32) -> Double {
         guard let status = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8),
-              let line = status.split(separator: "\n").first(where: { $0.hasPrefix("VmRSS:") }) else { return .nan }
+            let line = status.split(separator: "\n").first(where: { $0.hasPrefix("VmRSS:") })
+        else { return .nan }
         let kb = Double(line.split(separator: " ", omittingEmptySubsequences: true).dropFirst().first ?? "") ?? .nan
         return kb / 1024
     }
@@ -196,7 +217,12 @@ final class SoakCounters: @unchecked Sendable {
     private var first: String?
     func record(ok success: Bool, detail: String) {
         lock.withLock {
-            if success { ok += 1 } else { failed += 1; if first == nil { first = detail } }
+            if success {
+                ok += 1
+            } else {
+                failed += 1
+                if first == nil { first = detail }
+            }
         }
     }
     var requests: Int { lock.withLock { ok + failed } }
@@ -217,8 +243,9 @@ final class OutputBuffer: @unchecked Sendable {
         while Date() < deadline, process.isRunning {
             let t = text
             if let r = t.range(of: #"address=127\.0\.0\.1:(\d+)"#, options: .regularExpression),
-               let a = t.range(of: #"admin=127\.0\.0\.1:(\d+)"#, options: .regularExpression),
-               let port = Int(t[r].split(separator: ":").last ?? ""), let admin = Int(t[a].split(separator: ":").last ?? "") {
+                let a = t.range(of: #"admin=127\.0\.0\.1:(\d+)"#, options: .regularExpression),
+                let port = Int(t[r].split(separator: ":").last ?? ""), let admin = Int(t[a].split(separator: ":").last ?? "")
+            {
                 return (port, admin)
             }
             try await Task.sleep(for: .milliseconds(50))

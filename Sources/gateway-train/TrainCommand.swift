@@ -10,8 +10,10 @@ struct TrainCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "gateway-train",
         abstract: "Offline tools for the Prompt-R1 gateway's policy model.",
-        subcommands: [RolloutCommand.self, TrainRLCommand.self, SFTCommand.self, EvalCommand.self, ExportCommand.self, ExperimentCommand.self,
-                      Tokenize.self, Generate.self, Score.self]
+        subcommands: [
+            RolloutCommand.self, TrainRLCommand.self, SFTCommand.self, EvalCommand.self, ExportCommand.self, ExperimentCommand.self,
+            Tokenize.self, Generate.self, Score.self,
+        ]
     )
 }
 
@@ -49,13 +51,19 @@ struct Tokenize: AsyncParsableCommand {
     func run() async throws {
         let tokenizer = try Tokenizer(directory: URL(fileURLWithPath: model))
         let input: String
-        if let text { input = text } else {
+        if let text {
+            input = text
+        } else {
             guard let data = FileManager.default.contents(atPath: file!) else { throw ValidationError("cannot read \(file!)") }
             input = String(decoding: data, as: UTF8.self)
         }
         let ids = tokenizer.encode(input, addSpecialTokens: addSpecialTokens)
         if json {
-            struct Out: Encodable { var ids: [Int32]; var tokens: [String]; var count: Int }
+            struct Out: Encodable {
+                var ids: [Int32]
+                var tokens: [String]
+                var count: Int
+            }
             try printJSON(Out(ids: ids, tokens: ids.map { tokenizer.token(for: $0) ?? "" }, count: ids.count))
         } else {
             print(ids.map(String.init).joined(separator: ","))
@@ -67,10 +75,10 @@ struct Generate: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Generate from a prompt with the gateway's engine.",
         discussion: """
-        JSON output: {"prompt_ids": [Int], "ids": [Int], "text": String, "logprobs": [Float] (under the \
-        sampling distribution), "raw_logprobs": [Float] (log-softmax at temperature 1), \
-        "finish_reason": "stop"|"length"|"cancelled", "tokens_per_second": Float}.
-        """)
+            JSON output: {"prompt_ids": [Int], "ids": [Int], "text": String, "logprobs": [Float] (under the \
+            sampling distribution), "raw_logprobs": [Float] (log-softmax at temperature 1), \
+            "finish_reason": "stop"|"length"|"cancelled", "tokens_per_second": Float}.
+            """)
 
     @Option(help: "Checkpoint folder.") var model: String
     @Option(help: "Prompt text (tokenized without special tokens).") var prompt: String?
@@ -102,22 +110,32 @@ struct Generate: AsyncParsableCommand {
             if let e = tokenizer.eosTokenId { stopIDs.insert(e) }
         }
         let start = ContinuousClock.now
-        let r = try session.generate(maxTokens: maxTokens, sampling: SamplingParameters(temperature: temperature, topK: topK, topP: topP, seed: seed),
-                                     stop: StopConditions(tokenIds: stopIDs, strings: stop), tokenBytes: { tokenizer.tokenBytes($0) })
+        let r = try session.generate(
+            maxTokens: maxTokens, sampling: SamplingParameters(temperature: temperature, topK: topK, topP: topP, seed: seed),
+            stop: StopConditions(tokenIds: stopIDs, strings: stop), tokenBytes: { tokenizer.tokenBytes($0) })
         let elapsed = ContinuousClock.now - start
         let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
         if json {
             struct Out: Encodable {
-                var prompt_ids: [Int32]; var ids: [Int32]; var text: String; var logprobs: [Float]
-                var raw_logprobs: [Float]; var finish_reason: String; var tokens_per_second: Double
+                var prompt_ids: [Int32]
+                var ids: [Int32]
+                var text: String
+                var logprobs: [Float]
+                var raw_logprobs: [Float]
+                var finish_reason: String
+                var tokens_per_second: Double
             }
-            try printJSON(Out(prompt_ids: ids, ids: r.tokens, text: r.text, logprobs: r.logprobs, raw_logprobs: r.rawLogprobs,
-                              finish_reason: r.finishReason.rawValue, tokens_per_second: Double(r.tokens.count) / max(seconds, 1e-9)))
+            try printJSON(
+                Out(
+                    prompt_ids: ids, ids: r.tokens, text: r.text, logprobs: r.logprobs, raw_logprobs: r.rawLogprobs,
+                    finish_reason: r.finishReason.rawValue, tokens_per_second: Double(r.tokens.count) / max(seconds, 1e-9)))
         } else {
             print(r.text)
             print("ids: " + r.tokens.map(String.init).joined(separator: ","))
             print("logprobs: " + r.logprobs.map { String(format: "%.4f", $0) }.joined(separator: ","))
-            print("finish: \(r.finishReason.rawValue), \(r.tokens.count) tokens, \(String(format: "%.1f", Double(r.tokens.count) / max(seconds, 1e-9))) tok/s (prefill included)")
+            print(
+                "finish: \(r.finishReason.rawValue), \(r.tokens.count) tokens, \(String(format: "%.1f", Double(r.tokens.count) / max(seconds, 1e-9))) tok/s (prefill included)"
+            )
         }
     }
 }
@@ -139,7 +157,10 @@ struct Score: AsyncParsableCommand {
         guard !prompt.isEmpty, !continuation.isEmpty else { throw ValidationError("prompt and continuation must not be empty") }
         let lp = try m.logProbabilities(of: continuation, after: prompt)
         if json {
-            struct Out: Encodable { var logprobs: [Float]; var sum: Float }
+            struct Out: Encodable {
+                var logprobs: [Float]
+                var sum: Float
+            }
             try printJSON(Out(logprobs: lp, sum: lp.reduce(0, +)))
         } else {
             print(lp.map { String(format: "%.6f", $0) }.joined(separator: ","))

@@ -34,27 +34,39 @@ struct ConfigOptions: ParsableArguments {
     @Option(name: .customLong("upstream-url"), help: "Upstream base URL, e.g. https://api.openai.com/v1 (overrides upstream.base_url).")
     var upstreamURL: String?
 
-    @Option(name: .customLong("log-db"), help: "Traffic log: a SQLite path (overrides log.path) or a postgres:// URL (sets log.backend to postgres; prefer $GATEWAY_LOG_POSTGRES_URL outside tests: a command line is visible to other users).")
+    @Option(
+        name: .customLong("log-db"),
+        help:
+            "Traffic log: a SQLite path (overrides log.path) or a postgres:// URL (sets log.backend to postgres; prefer $GATEWAY_LOG_POSTGRES_URL outside tests: a command line is visible to other users)."
+    )
     var logDB: String?
 
     @Option(name: .long, help: "Policy checkpoint folder (overrides policy.path).")
     var policy: String?
 
-    @Option(name: .customLong("admin-host"), help: "Admin listen address (overrides admin.host; a non-loopback one needs the token in the environment).")
+    @Option(
+        name: .customLong("admin-host"),
+        help: "Admin listen address (overrides admin.host; a non-loopback one needs the token in the environment).")
     var adminHost: String?
 
     @Option(name: .customLong("admin-port"), help: "Admin listener port (overrides admin.port; 0 picks a free port).")
     var adminPort: Int?
 
-    @Option(name: .customLong("policy-backend"), help: "Base URL of an inference engine serving the policy (overrides policy.backend.base_url).")
+    @Option(
+        name: .customLong("policy-backend"), help: "Base URL of an inference engine serving the policy (overrides policy.backend.base_url)."
+    )
     var policyBackend: String?
 
-    @Option(name: .customLong("policy-backend-kind"), help: "embedded, vllm, sglang or llamacpp (overrides policy.backend.kind; default with --policy-backend: llamacpp).")
+    @Option(
+        name: .customLong("policy-backend-kind"),
+        help: "embedded, vllm, sglang or llamacpp (overrides policy.backend.kind; default with --policy-backend: llamacpp).")
     var policyBackendKind: String?
 
-    @Option(name: .customLong("data-dir"), help: ArgumentHelp(
-        "Folder of the runtime files: traffic log, generated admin token, models (default: $GATEWAY_DATA_DIR, else ./data in the repository, else $XDG_STATE_HOME/prompt-r1-gateway).",
-        valueName: "dir"))
+    @Option(
+        name: .customLong("data-dir"),
+        help: ArgumentHelp(
+            "Folder of the runtime files: traffic log, generated admin token, models (default: $GATEWAY_DATA_DIR, else ./data in the repository, else $XDG_STATE_HOME/prompt-r1-gateway).",
+            valueName: "dir"))
     var dataDir: String?
 
     /// The data directory in effect: the flag, `$GATEWAY_DATA_DIR`, or the default.
@@ -124,11 +136,14 @@ struct Serve: AsyncParsableCommand {
         Task {
             let port = await gateway.waitForPort()
             let adminPort = await gateway.waitForAdminPort()
-            logger.notice("gateway listening", metadata: [
-                "address": "\(config.server.host):\(port)", "admin": "\(config.admin.host):\(adminPort)",
-                "upstream": "\(config.upstream.baseURL)",
-                "log": "\(gateway.state.database.location)", "data_dir": "\(options.dataDirectory)", "version": "\(GatewayVersion.string)",
-            ])
+            logger.notice(
+                "gateway listening",
+                metadata: [
+                    "address": "\(config.server.host):\(port)", "admin": "\(config.admin.host):\(adminPort)",
+                    "upstream": "\(config.upstream.baseURL)",
+                    "log": "\(gateway.state.database.location)", "data_dir": "\(options.dataDirectory)",
+                    "version": "\(GatewayVersion.string)",
+                ])
         }
         try await gateway.run()
         logger.notice("gateway stopped; traffic log drained")
@@ -147,12 +162,21 @@ struct CheckConfig: AsyncParsableCommand {
             let c = try options.load()
             print("config OK: \(options.config)")
             print("  listen       \(c.server.host):\(c.server.port)")
-            print("  upstream     \(c.upstream.baseURL) (key from env \(c.upstream.apiKeyEnv ?? "none"): \(c.upstream.apiKeyEnv.flatMap { ProcessInfo.processInfo.environment[$0] } == nil ? "not set" : "set"))")
-            print("  routes       " + c.routes.map { "\($0.model) -> \($0.mode.rawValue)\($0.upstreamModel.map { " (\($0))" } ?? "")" }.joined(separator: ", "))
-            print("  log          \(c.log.backend == .sqlite ? c.log.path : "postgres, URL from " + (c.log.postgresURL.map { LogLocation.redact($0) } ?? "$" + c.log.postgresURLEnv)) (durability \(c.log.durability.rawValue), retention \(c.log.retentionDays) days)")
+            print(
+                "  upstream     \(c.upstream.baseURL) (key from env \(c.upstream.apiKeyEnv ?? "none"): \(c.upstream.apiKeyEnv.flatMap { ProcessInfo.processInfo.environment[$0] } == nil ? "not set" : "set"))"
+            )
+            print(
+                "  routes       "
+                    + c.routes.map { "\($0.model) -> \($0.mode.rawValue)\($0.upstreamModel.map { " (\($0))" } ?? "")" }.joined(
+                        separator: ", "))
+            print(
+                "  log          \(c.log.backend == .sqlite ? c.log.path : "postgres, URL from " + (c.log.postgresURL.map { LogLocation.redact($0) } ?? "$" + c.log.postgresURLEnv)) (durability \(c.log.durability.rawValue), retention \(c.log.retentionDays) days)"
+            )
             print("  policy       \(c.policyPath ?? "none")")
             print("  data dir     \(options.dataDirectory)")
-            print("  admin        \(c.admin.host):\(c.admin.port) (token from env \(c.admin.tokenEnv): \((ProcessInfo.processInfo.environment[c.admin.tokenEnv] ?? "").isEmpty ? "not set, generated into \(c.generatedAdminTokenPath)" : "set"))")
+            print(
+                "  admin        \(c.admin.host):\(c.admin.port) (token from env \(c.admin.tokenEnv): \((ProcessInfo.processInfo.environment[c.admin.tokenEnv] ?? "").isEmpty ? "not set, generated into \(c.generatedAdminTokenPath)" : "set"))"
+            )
             print("  models dir   \(c.admin.modelsDir)")
         } catch let e as ConfigError {
             throw ValidationError("invalid config \(options.config): \(e)")

@@ -1,11 +1,12 @@
 import EpisodeLog
 import FakeUpstream
 import Foundation
-import GatewayTrainer
 import GRDB
+import GatewayTrainer
 import PolicyEngine
 import TrafficLog
 import XCTest
+
 @testable import GatewayServer
 
 final class AdminTests: XCTestCase {
@@ -19,22 +20,26 @@ final class AdminTests: XCTestCase {
         return dir
     }
 
-    static func start(models: URL, token: String? = "admin-SECRET-token", configPath: String? = nil,
-                      configure: @escaping (inout GatewayConfig) -> Void = { _ in }) async throws -> Harness {
+    static func start(
+        models: URL, token: String? = "admin-SECRET-token", configPath: String? = nil,
+        configure: @escaping (inout GatewayConfig) -> Void = { _ in }
+    ) async throws -> Harness {
         let cases = try CollaborationTests.cases()
-        return try await Harness.start(script: CollaborationTests.script(cases), environment: token.map { ["GATEWAY_ADMIN_TOKEN": $0] } ?? [:],
-                                       configPath: configPath, configure: { c in
-            c.admin.modelsDir = models.path
-            c.policy.path = models.appendingPathComponent("A").path
-            c.policy.temperature = 0
-            c.policy.maxTurns = 3
-            c.policy.maxTokensPerTurn = 100
-            c.policy.fallback = .direct
-            // Capacity is not under test here: no request may be turned away.
-            c.policy.maxConcurrentEpisodes = 64
-            c.policy.queueTimeoutMs = 120_000
-            configure(&c)
-        })
+        return try await Harness.start(
+            script: CollaborationTests.script(cases), environment: token.map { ["GATEWAY_ADMIN_TOKEN": $0] } ?? [:],
+            configPath: configPath,
+            configure: { c in
+                c.admin.modelsDir = models.path
+                c.policy.path = models.appendingPathComponent("A").path
+                c.policy.temperature = 0
+                c.policy.maxTurns = 3
+                c.policy.maxTokensPerTurn = 100
+                c.policy.fallback = .direct
+                // Capacity is not under test here: no request may be turned away.
+                c.policy.maxConcurrentEpisodes = 64
+                c.policy.queueTimeoutMs = 120_000
+                configure(&c)
+            })
     }
 
     /// The trainer's way out, end to end: a LoRA step on the serving checkpoint, exported as a
@@ -45,7 +50,8 @@ final class AdminTests: XCTestCase {
         let h = try await Self.start(models: models)
         let token = "admin-SECRET-token"
         let base = models.appendingPathComponent("A")
-        let model = try TrainableModel(directory: base, mode: .lora(LoRAConfig(rank: 4, alpha: 8, targetModules: ["q_proj", "v_proj"])), seed: 1)
+        let model = try TrainableModel(
+            directory: base, mode: .lora(LoRAConfig(rank: 4, alpha: 8, targetModules: ["q_proj", "v_proj"])), seed: 1)
         let optimizer = AdamW(model: model, config: AdamWConfig(lr: 1e-2, weightDecay: 0))
         for _ in 0..<2 {
             let tokens: [Int32] = (0..<24).map { Int32(($0 * 37) % 200) }
@@ -70,7 +76,10 @@ final class AdminTests: XCTestCase {
         let status = try await h.admin(.GET, "/admin/policy", token: token)
         XCTAssertEqual((status.json?["current"] as? [String: Any])?["id"] as? String, CheckpointHash.versionID(sha256: sha))
         let question = try CollaborationTests.cases()[0]
-        let body = String(decoding: try JSONSerialization.data(withJSONObject: ["model": "prompt-r1/gpt-4o-mini", "messages": [["role": "user", "content": question.question]]]), as: UTF8.self)
+        let body = String(
+            decoding: try JSONSerialization.data(withJSONObject: [
+                "model": "prompt-r1/gpt-4o-mini", "messages": [["role": "user", "content": question.question]],
+            ]), as: UTF8.self)
         let served = try await h.chat(body)
         XCTAssertEqual(served.status, 200, served.body)
         let id = try XCTUnwrap(served.episodeID)
@@ -87,7 +96,10 @@ final class AdminTests: XCTestCase {
         XCTAssertEqual(status.status, 200, status.body)
         let versionA = try XCTUnwrap((status.json?["current"] as? [String: Any])?["id"] as? String)
         let question = try CollaborationTests.cases()[0]
-        let body = String(decoding: try JSONSerialization.data(withJSONObject: ["model": "prompt-r1/gpt-4o-mini", "messages": [["role": "user", "content": question.question]]]), as: UTF8.self)
+        let body = String(
+            decoding: try JSONSerialization.data(withJSONObject: [
+                "model": "prompt-r1/gpt-4o-mini", "messages": [["role": "user", "content": question.question]],
+            ]), as: UTF8.self)
 
         let load = Task {
             try await withThrowingTaskGroup(of: (Int, String?, String).self) { group in
@@ -151,7 +163,9 @@ final class AdminTests: XCTestCase {
         try fm.copyItem(at: models.appendingPathComponent("A"), to: models.appendingPathComponent("nan"))
         try Self.poison(models.appendingPathComponent("nan/model.safetensors"), tensor: "model.norm.weight")
         // A symlink that points outside the models directory.
-        try fm.createSymbolicLink(at: models.appendingPathComponent("escape"), withDestinationURL: CollaborationTests.fixtures.appendingPathComponent("models/qwen3-tiny"))
+        try fm.createSymbolicLink(
+            at: models.appendingPathComponent("escape"),
+            withDestinationURL: CollaborationTests.fixtures.appendingPathComponent("models/qwen3-tiny"))
 
         let h = try await Self.start(models: models)
         let token = "admin-SECRET-token"
@@ -169,8 +183,14 @@ final class AdminTests: XCTestCase {
         let still = try await h.admin(.GET, "/admin/policy", token: token)
         XCTAssertEqual((still.json?["current"] as? [String: Any])?["id"] as? String, versionA)
         let cases = try CollaborationTests.cases()
-        let body = String(decoding: try JSONSerialization.data(withJSONObject: ["model": "prompt-r1/gpt-4o-mini", "messages": [["role": "user", "content": cases[0].question]]]), as: UTF8.self)
-        do { let reply = try await h.chat(body); XCTAssertEqual(reply.status, 200, reply.body) }
+        let body = String(
+            decoding: try JSONSerialization.data(withJSONObject: [
+                "model": "prompt-r1/gpt-4o-mini", "messages": [["role": "user", "content": cases[0].question]],
+            ]), as: UTF8.self)
+        do {
+            let reply = try await h.chat(body)
+            XCTAssertEqual(reply.status, 200, reply.body)
+        }
 
         let toB = try await h.admin(.POST, "/admin/policy", body: #"{"path": "B"}"#, token: token)
         XCTAssertEqual(toB.status, 200, toB.body)
@@ -178,8 +198,9 @@ final class AdminTests: XCTestCase {
         XCTAssertEqual(back.status, 200, back.body)
         XCTAssertEqual((back.json?["current"] as? [String: Any])?["id"] as? String, versionA)
         let after = try await h.admin(.GET, "/admin/policy", token: token)
-        XCTAssertEqual((after.json?["history"] as? [[String: Any]])?.first?["path"] as? String,
-                       models.appendingPathComponent("B").resolvingSymlinksInPath().path)
+        XCTAssertEqual(
+            (after.json?["history"] as? [[String: Any]])?.first?["path"] as? String,
+            models.appendingPathComponent("B").resolvingSymlinksInPath().path)
         try await h.stop()
     }
 
@@ -189,7 +210,8 @@ final class AdminTests: XCTestCase {
         let n = data.prefix(8).withUnsafeBytes { $0.loadUnaligned(as: UInt64.self) }
         let header = try XCTUnwrap(try JSONSerialization.jsonObject(with: data.subdata(in: 8..<(8 + Int(n)))) as? [String: Any])
         let offsets = try XCTUnwrap((header[tensor] as? [String: Any])?["data_offsets"] as? [Int])
-        let start = 8 + Int(n) + offsets[0], end = 8 + Int(n) + offsets[1]
+        let start = 8 + Int(n) + offsets[0]
+        let end = 8 + Int(n) + offsets[1]
         data.replaceSubrange(start..<end, with: [UInt8](repeating: 0xFF, count: end - start))
         try data.write(to: file)
     }
@@ -197,15 +219,27 @@ final class AdminTests: XCTestCase {
     func testHealthReadyMetricsAndPrometheusFormat() async throws {
         // No policy while collaboration routes exist: alive but not ready.
         let bare = try await Harness.start()
-        do { let reply = try await bare.admin(.GET, "/health"); XCTAssertEqual(reply.status, 200, reply.body) }
-        do { let reply = try await bare.admin(.GET, "/ready"); XCTAssertEqual(reply.status, 503, reply.body) }
+        do {
+            let reply = try await bare.admin(.GET, "/health")
+            XCTAssertEqual(reply.status, 200, reply.body)
+        }
+        do {
+            let reply = try await bare.admin(.GET, "/ready")
+            XCTAssertEqual(reply.status, 503, reply.body)
+        }
         try await bare.stop()
 
         let models = try Self.modelsDir()
         let h = try await Self.start(models: models)
-        do { let reply = try await h.admin(.GET, "/ready"); XCTAssertEqual(reply.status, 200, reply.body) }
+        do {
+            let reply = try await h.admin(.GET, "/ready")
+            XCTAssertEqual(reply.status, 200, reply.body)
+        }
         let cases = try CollaborationTests.cases()
-        let body = String(decoding: try JSONSerialization.data(withJSONObject: ["model": "prompt-r1/gpt-4o-mini", "messages": [["role": "user", "content": cases[0].question]]]), as: UTF8.self)
+        let body = String(
+            decoding: try JSONSerialization.data(withJSONObject: [
+                "model": "prompt-r1/gpt-4o-mini", "messages": [["role": "user", "content": cases[0].question]],
+            ]), as: UTF8.self)
         _ = try await h.chat(body)
         _ = try await h.chat(simpleChat)
         _ = try await h.chat("{bad")
@@ -218,14 +252,14 @@ final class AdminTests: XCTestCase {
         // Parsed by the reference Prometheus parser (prometheus_client), not by us.
         let py = try await OpenAISDKTests.requireSDK()
         let parser = """
-        import sys, json
-        from prometheus_client.parser import text_string_to_metric_families
-        out = {}
-        for fam in text_string_to_metric_families(sys.stdin.read()):
-            for s in fam.samples:
-                out.setdefault(s.name, []).append([s.labels, s.value])
-        print(json.dumps(out))
-        """
+            import sys, json
+            from prometheus_client.parser import text_string_to_metric_families
+            out = {}
+            for fam in text_string_to_metric_families(sys.stdin.read()):
+                for s in fam.samples:
+                    out.setdefault(s.name, []).append([s.labels, s.value])
+            print(json.dumps(out))
+            """
         let (status, out, err) = try await OpenAISDKTests.run(py, ["-c", parser], stdin: metrics.body)
         if err.contains("No module named 'prometheus_client'") {
             if ProcessInfo.processInfo.environment["CI"] != nil { XCTFail("prometheus_client missing; the test command installs it") }
@@ -234,7 +268,8 @@ final class AdminTests: XCTestCase {
         XCTAssertEqual(status, 0, err)
         let samples = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(out.utf8)) as? [String: [[Any]]])
         func value(_ name: String, _ labels: [String: String] = [:]) -> Double? {
-            samples[name]?.first { ($0[0] as? [String: String]).map { l in labels.allSatisfy { l[$0.key] == $0.value } } ?? false }?[1] as? Double
+            samples[name]?.first { ($0[0] as? [String: String]).map { l in labels.allSatisfy { l[$0.key] == $0.value } } ?? false }?[1]
+                as? Double
         }
         XCTAssertEqual(value("gateway_requests_total", ["route": "/v1/chat/completions", "mode": "collaborate", "status": "200"]), 1)
         XCTAssertEqual(value("gateway_requests_total", ["route": "/v1/chat/completions", "mode": "passthrough", "status": "200"]), 1)
@@ -255,7 +290,8 @@ final class AdminTests: XCTestCase {
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
         let file = dir.appendingPathComponent("gateway.json")
         func write(_ routes: String) throws {
-            try #"{"upstream": {"base_url": "http://127.0.0.1:9/v1"}, "routes": \#(routes)}"#.write(to: file, atomically: true, encoding: .utf8)
+            try #"{"upstream": {"base_url": "http://127.0.0.1:9/v1"}, "routes": \#(routes)}"#.write(
+                to: file, atomically: true, encoding: .utf8)
         }
         try write(#"[{"model": "*", "mode": "passthrough"}]"#)
         let h = try await Harness.start(configPath: file.path)
@@ -270,7 +306,10 @@ final class AdminTests: XCTestCase {
         let mode = try FileManager.default.attributesOfItem(atPath: tokenFile)[.posixPermissions] as? Int
         XCTAssertEqual(mode, 0o600)
         assertOpenAIError(try await h.admin(.POST, "/admin/config/reload"), status: 401)
-        do { let reply = try await h.admin(.POST, "/admin/config/reload", token: token); XCTAssertEqual(reply.status, 200, reply.body) }
+        do {
+            let reply = try await h.admin(.POST, "/admin/config/reload", token: token)
+            XCTAssertEqual(reply.status, 200, reply.body)
+        }
         _ = try await h.chat(#"{"model":"house","messages":[{"role":"user","content":"x"}]}"#)
         XCTAssertEqual(h.upstream.received.last?.json?["model"] as? String, "gpt-4o")
 

@@ -1,6 +1,7 @@
 import Foundation
 import GRDB
 import XCTest
+
 @testable import GatewayServer
 
 final class AuthTests: XCTestCase {
@@ -11,7 +12,8 @@ final class AuthTests: XCTestCase {
         assertOpenAIError(try await h.chat(simpleChat, headers: [("authorization", "Bearer wrong")]), status: 401)
         assertOpenAIError(try await h.chat(simpleChat, headers: [("authorization", "Basic Zm9vOmJhcg==")]), status: 401)
         assertOpenAIError(try await h.request(.GET, "/v1/models", headers: []), status: 401)
-        let ok = try await h.chat(simpleChat, headers: [("authorization", "Bearer gw-key-beta-SECRET"), ("content-type", "application/json")])
+        let ok = try await h.chat(
+            simpleChat, headers: [("authorization", "Bearer gw-key-beta-SECRET"), ("content-type", "application/json")])
         XCTAssertEqual(ok.status, 200)
         // The upstream gets the gateway's own key, never the client's.
         XCTAssertEqual(h.upstream.received.last?.headers["authorization"], "Bearer sk-up-SECRET")
@@ -62,10 +64,12 @@ final class FeedbackTests: XCTestCase {
         assertOpenAIError(try await h.request(.POST, "/v1/feedback", body: #"{"episode_id":"\#(id)","score":1.5}"#), status: 400)
         assertOpenAIError(try await h.request(.POST, "/v1/feedback", body: #"{"episode_id":"\#(id)"}"#), status: 400)
         assertOpenAIError(try await h.request(.POST, "/v1/feedback", body: #"{"score":1}"#), status: 400)
-        assertOpenAIError(try await h.request(.POST, "/v1/feedback", body: #"{"episode_id":"\#(id)","score":1,"reference":"x"}"#), status: 400)
+        assertOpenAIError(
+            try await h.request(.POST, "/v1/feedback", body: #"{"episode_id":"\#(id)","score":1,"reference":"x"}"#), status: 400)
         try await h.stop()
         try h.withDatabase { db in
-            let rows = try Row.fetchAll(db, sql: "SELECT kind, value, source FROM feedback WHERE episode_id = ? ORDER BY id", arguments: [id])
+            let rows = try Row.fetchAll(
+                db, sql: "SELECT kind, value, source FROM feedback WHERE episode_id = ? ORDER BY id", arguments: [id])
             XCTAssertEqual(rows.map { $0["kind"] as String }, ["score", "reference"])
             XCTAssertEqual(rows.map { $0["value"] as String }, ["0.75", "Paris"])
             XCTAssertEqual(rows.map { $0["source"] as String }, ["api", "qa-team"])

@@ -6,6 +6,7 @@ import OpenAIWire
 import PromptR1
 import TrafficLog
 import XCTest
+
 @testable import GatewayServer
 
 /// Every part of an OpenAI chat request on a collaboration route is honoured or refused
@@ -24,12 +25,13 @@ final class CollaborationRequestTests: XCTestCase {
         let cases = try CollaborationTests.cases()
         let c = try XCTUnwrap(cases.first { $0.upstream_answers.count == 2 })
         let h = try await CollaborationTests.start(cases)
-        let reply = try await h.chat(try body([
-            "model": "prompt-r1/gpt-4o-mini", "messages": [["role": "user", "content": c.question]],
-            "temperature": 0.3, "top_p": 0.9, "seed": 42, "presence_penalty": 0.5, "frequency_penalty": -0.5,
-            "logit_bias": ["50256": -100], "stop": ["\n\n\n"], "user": "user-7", "max_completion_tokens": 77,
-            "store": false, "metadata": ["team": "a"],
-        ]))
+        let reply = try await h.chat(
+            try body([
+                "model": "prompt-r1/gpt-4o-mini", "messages": [["role": "user", "content": c.question]],
+                "temperature": 0.3, "top_p": 0.9, "seed": 42, "presence_penalty": 0.5, "frequency_penalty": -0.5,
+                "logit_bias": ["50256": -100], "stop": ["\n\n\n"], "user": "user-7", "max_completion_tokens": 77,
+                "store": false, "metadata": ["team": "a"],
+            ]))
         XCTAssertEqual(reply.status, 200, reply.body)
         XCTAssertEqual(content(reply), c.final_answer)
         let calls = h.upstream.received.filter { $0.path == "/v1/chat/completions" }
@@ -57,8 +59,11 @@ final class CollaborationRequestTests: XCTestCase {
     func testMaxTokensKeepsItsName() async throws {
         let cases = try CollaborationTests.cases()
         let h = try await CollaborationTests.start(cases)
-        let reply = try await h.chat(try body(["model": "prompt-r1/gpt-4o-mini", "max_tokens": 50,
-                                               "messages": [["role": "user", "content": cases[0].question]]]))
+        let reply = try await h.chat(
+            try body([
+                "model": "prompt-r1/gpt-4o-mini", "max_tokens": 50,
+                "messages": [["role": "user", "content": cases[0].question]],
+            ]))
         XCTAssertEqual(reply.status, 200, reply.body)
         let calls = h.upstream.received.filter { $0.path == "/v1/chat/completions" }
         XCTAssertFalse(calls.isEmpty)
@@ -75,15 +80,42 @@ final class CollaborationRequestTests: XCTestCase {
         let cases = try CollaborationTests.cases()
         let h = try await CollaborationTests.start(cases)
         let requests: [(String, [String: Any])] = [
-            ("tools", ["tools": [["type": "function", "function": ["name": "f", "parameters": ["type": "object"]]]],
-                       "messages": [["role": "user", "content": "weather?"]]]),
+            (
+                "tools",
+                [
+                    "tools": [["type": "function", "function": ["name": "f", "parameters": ["type": "object"]]]],
+                    "messages": [["role": "user", "content": "weather?"]],
+                ]
+            ),
             ("response_format", ["response_format": ["type": "json_object"], "messages": [["role": "user", "content": "json please"]]]),
             ("logprobs", ["logprobs": true, "messages": [["role": "user", "content": "probs"]]]),
-            ("messages[0].content[1]", ["messages": [["role": "user", "content": [
-                ["type": "text", "text": "what is this?"], ["type": "image_url", "image_url": ["url": "https://example.com/cat.png"]]]]]]),
-            ("messages[1].tool_calls", ["messages": [["role": "user", "content": "weather?"],
-                                          ["role": "assistant", "content": NSNull(), "tool_calls": [["id": "c1", "type": "function", "function": ["name": "f", "arguments": "{}"]]]],
-                                          ["role": "tool", "tool_call_id": "c1", "content": "sunny"]]]),
+            (
+                "messages[0].content[1]",
+                [
+                    "messages": [
+                        [
+                            "role": "user",
+                            "content": [
+                                ["type": "text", "text": "what is this?"],
+                                ["type": "image_url", "image_url": ["url": "https://example.com/cat.png"]],
+                            ],
+                        ]
+                    ]
+                ]
+            ),
+            (
+                "messages[1].tool_calls",
+                [
+                    "messages": [
+                        ["role": "user", "content": "weather?"],
+                        [
+                            "role": "assistant", "content": NSNull(),
+                            "tool_calls": [["id": "c1", "type": "function", "function": ["name": "f", "arguments": "{}"]]],
+                        ],
+                        ["role": "tool", "tool_call_id": "c1", "content": "sunny"],
+                    ]
+                ]
+            ),
             ("messages[1].role", ["messages": [["role": "user", "content": "Say hi"], ["role": "assistant", "content": "Hi"]]]),
             ("frobnicate", ["frobnicate": 3, "messages": [["role": "user", "content": "unknown parameter"]]]),
         ]
@@ -94,12 +126,15 @@ final class CollaborationRequestTests: XCTestCase {
             let sent = try body(f)
             let reply = try await h.chat(sent)
             XCTAssertEqual(reply.status, 200, "\(param): \(reply.body)")
-            XCTAssertTrue(reply.headers.first(name: "x-gateway-unsupported")?.hasPrefix(param + ":") ?? false,
-                          "\(param): \(reply.headers.first(name: "x-gateway-unsupported") ?? "no header")")
+            XCTAssertTrue(
+                reply.headers.first(name: "x-gateway-unsupported")?.hasPrefix(param + ":") ?? false,
+                "\(param): \(reply.headers.first(name: "x-gateway-unsupported") ?? "no header")")
             let got = try XCTUnwrap(h.upstream.received.first, param)
             XCTAssertEqual(h.upstream.received.count, 1, param)
             // The client's own body, byte for byte apart from the model.
-            var expected = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(sent.utf8)) as? NSDictionary).mutableCopy() as! NSMutableDictionary
+            var expected =
+                try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(sent.utf8)) as? NSDictionary).mutableCopy()
+                as! NSMutableDictionary
             expected["model"] = "gpt-4o-mini"
             XCTAssertEqual(try XCTUnwrap(try JSONSerialization.jsonObject(with: got.body) as? NSDictionary), expected, param)
             let id = try XCTUnwrap(reply.episodeID)
@@ -114,16 +149,32 @@ final class CollaborationRequestTests: XCTestCase {
     func testUnsupportedRequestsAreRefusedWhenConfigured() async throws {
         let cases = try CollaborationTests.cases()
         let h = try await CollaborationTests.start(cases, configure: { c in c.policy.unsupportedRequest = .error })
-        let reply = try await h.chat(try body(["model": "prompt-r1/gpt-4o-mini", "tool_choice": "auto",
-                                               "messages": [["role": "user", "content": "x"]]]))
+        let reply = try await h.chat(
+            try body([
+                "model": "prompt-r1/gpt-4o-mini", "tool_choice": "auto",
+                "messages": [["role": "user", "content": "x"]],
+            ]))
         XCTAssertEqual(assertOpenAIError(reply, status: 400)["param"] as? String, "tool_choice")
-        let image = try await h.chat(try body(["model": "prompt-r1/gpt-4o-mini", "messages": [["role": "user", "content": [
-            ["type": "image_url", "image_url": ["url": "https://example.com/cat.png"]]]]]]))
+        let image = try await h.chat(
+            try body([
+                "model": "prompt-r1/gpt-4o-mini",
+                "messages": [
+                    [
+                        "role": "user",
+                        "content": [
+                            ["type": "image_url", "image_url": ["url": "https://example.com/cat.png"]]
+                        ],
+                    ]
+                ],
+            ]))
         XCTAssertEqual(assertOpenAIError(image, status: 400)["param"] as? String, "messages[0].content[0]")
         XCTAssertTrue(h.upstream.received.isEmpty)
         // Defaults ask for nothing: accepted.
-        let defaults = try await h.chat(try body(["model": "prompt-r1/gpt-4o-mini", "logprobs": false, "tools": NSNull(),
-                                                  "response_format": ["type": "text"], "messages": [["role": "user", "content": cases[0].question]]]))
+        let defaults = try await h.chat(
+            try body([
+                "model": "prompt-r1/gpt-4o-mini", "logprobs": false, "tools": NSNull(),
+                "response_format": ["type": "text"], "messages": [["role": "user", "content": cases[0].question]],
+            ]))
         XCTAssertEqual(defaults.status, 200, defaults.body)
         XCTAssertEqual(content(defaults), cases[0].final_answer)
         try await h.stop()
@@ -133,8 +184,11 @@ final class CollaborationRequestTests: XCTestCase {
     func testNRunsNEpisodes() async throws {
         let cases = try CollaborationTests.cases()
         let h = try await CollaborationTests.start(cases)
-        let reply = try await h.chat(try body(["model": "prompt-r1/gpt-4o-mini", "n": 3,
-                                               "messages": [["role": "user", "content": cases[0].question]]]))
+        let reply = try await h.chat(
+            try body([
+                "model": "prompt-r1/gpt-4o-mini", "n": 3,
+                "messages": [["role": "user", "content": cases[0].question]],
+            ]))
         XCTAssertEqual(reply.status, 200, reply.body)
         let choices = try XCTUnwrap(reply.json?["choices"] as? [[String: Any]])
         XCTAssertEqual(choices.map { $0["index"] as? Int }, [0, 1, 2])
@@ -153,8 +207,11 @@ final class CollaborationRequestTests: XCTestCase {
         }
         // The stream has n choices too.
         let h2 = try await CollaborationTests.start(cases)
-        let streamed = try await h2.chat(try body(["model": "prompt-r1/gpt-4o-mini", "n": 2, "stream": true,
-                                                   "messages": [["role": "user", "content": cases[0].question]]]))
+        let streamed = try await h2.chat(
+            try body([
+                "model": "prompt-r1/gpt-4o-mini", "n": 2, "stream": true,
+                "messages": [["role": "user", "content": cases[0].question]],
+            ]))
         let (texts, _) = try Self.streamedContent(streamed.body)
         XCTAssertEqual(texts, [0: cases[0].final_answer, 1: cases[0].final_answer])
         try await h2.stop()
@@ -185,17 +242,34 @@ final class CollaborationRequestTests: XCTestCase {
         let configs: [(String, String, (inout GatewayConfig) -> Void)] = [
             ("promptr1-tiny", "answer", { _ in }),
             // No upstream answer to fall back on: the client's request is forwarded.
-            ("qwen3-tiny", "fallback_direct", { c in c.policy.maxTurns = 3; c.policy.maxTokensPerTurn = 24 }),
-            ("qwen3-tiny", "fallback_direct", { c in c.policy.maxTurns = 2; c.policy.maxTokensPerTurn = 6; c.policy.fallback = .direct }),
+            (
+                "qwen3-tiny", "fallback_direct",
+                { c in
+                    c.policy.maxTurns = 3
+                    c.policy.maxTokensPerTurn = 24
+                }
+            ),
+            (
+                "qwen3-tiny", "fallback_direct",
+                { c in
+                    c.policy.maxTurns = 2
+                    c.policy.maxTokensPerTurn = 6
+                    c.policy.fallback = .direct
+                }
+            ),
             ("promptr1-tiny", "answer", { c in c.policy.finalAnswer = .upstream }),
         ]
         for (policy, label, configure) in configs {
             let h = try await CollaborationTests.start(cases, policy: policy, configure: configure)
-            let plain = try await h.chat(try body(["model": "prompt-r1/gpt-4o-mini", "messages": [["role": "user", "content": question]]]))
+            let plain = try await h.chat(
+                try body(["model": "prompt-r1/gpt-4o-mini", "messages": [["role": "user", "content": question]]]))
             XCTAssertEqual(plain.status, 200, plain.body)
-            let streamed = try await h.chat(try body(["model": "prompt-r1/gpt-4o-mini", "stream": true,
-                                                      "messages": [["role": "user", "content": question]]]),
-                                            headers: [("content-type", "application/json"), ("x-gateway-trace", "1")])
+            let streamed = try await h.chat(
+                try body([
+                    "model": "prompt-r1/gpt-4o-mini", "stream": true,
+                    "messages": [["role": "user", "content": question]],
+                ]),
+                headers: [("content-type", "application/json"), ("x-gateway-trace", "1")])
             XCTAssertEqual(streamed.status, 200)
             let (texts, _) = try Self.streamedContent(streamed.body)
             XCTAssertEqual(texts[0] ?? "", try XCTUnwrap(content(plain)), "\(policy) \(label)")
@@ -212,15 +286,22 @@ final class CollaborationRequestTests: XCTestCase {
     /// call, as with passthrough; an upstream 4xx is relayed with its status and body.
     func testUpstreamAuthHeadersAndFourXXOnCollaboration() async throws {
         let cases = try CollaborationTests.cases()
-        let refusal = #"{"error":{"message":"Incorrect API key provided: sk-cl***","type":"invalid_request_error","param":null,"code":"invalid_api_key"}}"#
+        let refusal =
+            #"{"error":{"message":"Incorrect API key provided: sk-cl***","type":"invalid_request_error","param":null,"code":"invalid_api_key"}}"#
         let inner = CollaborationTests.script(cases)
-        let h = try await CollaborationTests.start(cases, upstream: { r in
-            if r.headers["authorization"] == "Bearer sk-client-bad" { return .json(status: 401, body: refusal) }
-            return await inner(r)
-        }, configure: { c in c.upstream.forwardClientAuthorization = true })
+        let h = try await CollaborationTests.start(
+            cases,
+            upstream: { r in
+                if r.headers["authorization"] == "Bearer sk-client-bad" { return .json(status: 401, body: refusal) }
+                return await inner(r)
+            }, configure: { c in c.upstream.forwardClientAuthorization = true })
         let fields: [String: Any] = ["model": "prompt-r1/gpt-4o-mini", "messages": [["role": "user", "content": cases[0].question]]]
-        let ok = try await h.chat(try body(fields), headers: [("content-type", "application/json"), ("authorization", "Bearer sk-client-good"),
-                                                              ("openai-organization", "org-9"), ("x-secret", "no")])
+        let ok = try await h.chat(
+            try body(fields),
+            headers: [
+                ("content-type", "application/json"), ("authorization", "Bearer sk-client-good"),
+                ("openai-organization", "org-9"), ("x-secret", "no"),
+            ])
         XCTAssertEqual(ok.status, 200, ok.body)
         let calls = h.upstream.received.filter { $0.path == "/v1/chat/completions" }
         XCTAssertFalse(calls.isEmpty)
@@ -229,7 +310,8 @@ final class CollaborationRequestTests: XCTestCase {
             XCTAssertEqual(call.headers["openai-organization"], "org-9")
             XCTAssertNil(call.headers["x-secret"])
         }
-        let refused = try await h.chat(try body(fields), headers: [("content-type", "application/json"), ("authorization", "Bearer sk-client-bad")])
+        let refused = try await h.chat(
+            try body(fields), headers: [("content-type", "application/json"), ("authorization", "Bearer sk-client-bad")])
         XCTAssertEqual(refused.status, 401)
         XCTAssertEqual(refused.body, refusal)
         let id = try XCTUnwrap(refused.episodeID)
@@ -246,19 +328,25 @@ final class CollaborationRequestTests: XCTestCase {
         try FileManager.default.copyItem(at: CollaborationTests.fixtures.appendingPathComponent("models/promptr1-tiny"), to: dir)
         let configURL = dir.appendingPathComponent("config.json")
         var config = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(contentsOf: configURL)) as? [String: Any])
-        config["max_position_embeddings"] = cases[0].prompt_ids.count + 1   // room for the prompt only: the policy fails
+        config["max_position_embeddings"] = cases[0].prompt_ids.count + 1  // room for the prompt only: the policy fails
         try JSONSerialization.data(withJSONObject: config).write(to: configURL)
-        let h = try await Harness.start(script: CollaborationTests.script(cases), configure: { c in
-            c.policy.path = dir.path
-            c.policy.temperature = 0
-        })
+        let h = try await Harness.start(
+            script: CollaborationTests.script(cases),
+            configure: { c in
+                c.policy.path = dir.path
+                c.policy.temperature = 0
+            })
         for stream in [false, true] {
             h.upstream.clearReceived()
-            let sent = ##"{"model":"prompt-r1/gpt-4o-mini","messages":[{"role":"system","content":"Be brief."},{"role":"user","content":"Q: "## + cases[0].question + ##"","name":"ann"}],"stream":"## + (stream ? "true" : "false") + ##","seed":7,"temperature":0.25}"##
+            let sent =
+                ##"{"model":"prompt-r1/gpt-4o-mini","messages":[{"role":"system","content":"Be brief."},{"role":"user","content":"Q: "##
+                + cases[0].question + ##"","name":"ann"}],"stream":"## + (stream ? "true" : "false") + ##","seed":7,"temperature":0.25}"##
             let reply = try await h.chat(sent)
             XCTAssertEqual(reply.status, 200, reply.body)
             let forwarded = try XCTUnwrap(h.upstream.received.last)
-            XCTAssertEqual(String(decoding: forwarded.body, as: UTF8.self), sent.replacingOccurrences(of: "prompt-r1/gpt-4o-mini", with: "gpt-4o-mini"))
+            XCTAssertEqual(
+                String(decoding: forwarded.body, as: UTF8.self), sent.replacingOccurrences(of: "prompt-r1/gpt-4o-mini", with: "gpt-4o-mini")
+            )
             if stream {
                 let (texts, _) = try Self.streamedContent(reply.body)
                 XCTAssertEqual(texts[0], "echo: Q: " + cases[0].question)
@@ -291,8 +379,11 @@ final class CollaborationRequestTests: XCTestCase {
         XCTAssertLessThan(overhead, clientMs - 600)
         XCTAssertLessThanOrEqual(policy, overhead + 1)
         // The stream carries the final figures in its usage chunk (and in trailers).
-        let streamed = try await h.chat(try body(["model": "prompt-r1/gpt-4o-mini", "stream": true, "stream_options": ["include_usage": true],
-                                                  "messages": [["role": "user", "content": c.question]]]))
+        let streamed = try await h.chat(
+            try body([
+                "model": "prompt-r1/gpt-4o-mini", "stream": true, "stream_options": ["include_usage": true],
+                "messages": [["role": "user", "content": c.question]],
+            ]))
         let (_, objects) = try Self.streamedContent(streamed.body)
         let timing = try XCTUnwrap(objects.last?["x_gateway_timing"] as? [String: Double], "\(objects.last ?? [:])")
         XCTAssertGreaterThanOrEqual(timing["upstream_ms"] ?? 0, 600)
@@ -314,8 +405,10 @@ final class CollaborationRequestTests: XCTestCase {
     /// as passthrough with the mapped model (or refused with `unsupported_request: error`).
     func testRouteRulesApplyToEveryModelRoute() async throws {
         let h = try await Harness.start(configure: { c in
-            c.routes = [.init(model: "emb-small", mode: .passthrough, upstreamModel: "text-embedding-3-small"),
-                        .init(model: "prompt-r1/*", mode: .collaborate), .init(model: "*", mode: .passthrough)]
+            c.routes = [
+                .init(model: "emb-small", mode: .passthrough, upstreamModel: "text-embedding-3-small"),
+                .init(model: "prompt-r1/*", mode: .collaborate), .init(model: "*", mode: .passthrough),
+            ]
         })
         for path in ["/v1/embeddings", "/v1/completions", "/v1/responses"] {
             h.upstream.clearReceived()

@@ -7,6 +7,7 @@ import OpenAIWire
 import PromptR1
 import TrafficLog
 import XCTest
+
 @testable import GatewayServer
 
 /// The real loop with the real engine: `promptr1-tiny` was fine-tuned (scripts/make_protocol_policy.py)
@@ -14,8 +15,15 @@ import XCTest
 /// The fake upstream answers each expected prompt with the scripted answer.
 final class CollaborationTests: XCTestCase {
     struct Case: Decodable {
-        struct Turn: Decodable { var text: String; var ids: [Int32]; var logprobs: [Float] }
-        struct Injection: Decodable { var text: String; var ids: [Int32] }
+        struct Turn: Decodable {
+            var text: String
+            var ids: [Int32]
+            var logprobs: [Float]
+        }
+        struct Injection: Decodable {
+            var text: String
+            var ids: [Int32]
+        }
         var question: String
         var upstream_answers: [String]
         var upstream_prompts: [String]
@@ -54,13 +62,17 @@ final class CollaborationTests: XCTestCase {
     }
 
     /// A gateway serving `policy` (greedy) in front of `upstream` (default: the scripted answers).
-    static func start(_ cases: [Case], policy: String = "promptr1-tiny", upstream: FakeUpstream.Script? = nil,
-                      configure: @escaping (inout GatewayConfig) -> Void = { _ in }) async throws -> Harness {
-        try await Harness.start(script: upstream ?? script(cases), configure: { c in
-            c.policy.path = fixtures.appendingPathComponent("models/\(policy)").path
-            c.policy.temperature = 0
-            configure(&c)
-        })
+    static func start(
+        _ cases: [Case], policy: String = "promptr1-tiny", upstream: FakeUpstream.Script? = nil,
+        configure: @escaping (inout GatewayConfig) -> Void = { _ in }
+    ) async throws -> Harness {
+        try await Harness.start(
+            script: upstream ?? script(cases),
+            configure: { c in
+                c.policy.path = fixtures.appendingPathComponent("models/\(policy)").path
+                c.policy.temperature = 0
+                configure(&c)
+            })
     }
 
     func testNonStreamEpisodesMatchReferenceExactly() async throws {
@@ -68,7 +80,9 @@ final class CollaborationTests: XCTestCase {
         let h = try await Self.start(cases)
         var ids: [String] = []
         for c in cases {
-            let body = try JSONSerialization.data(withJSONObject: ["model": "prompt-r1/gpt-4o-mini", "messages": [["role": "user", "content": c.question]]])
+            let body = try JSONSerialization.data(withJSONObject: [
+                "model": "prompt-r1/gpt-4o-mini", "messages": [["role": "user", "content": c.question]],
+            ])
             let reply = try await h.chat(String(decoding: body, as: UTF8.self))
             XCTAssertEqual(reply.status, 200, reply.body)
             let choice = (reply.json?["choices"] as? [[String: Any]])?.first
@@ -119,7 +133,8 @@ final class CollaborationTests: XCTestCase {
                 let lp = try XCTUnwrap(got.logprobs)
                 XCTAssertEqual(lp.count, want.logprobs.count)
                 for (a, b) in zip(lp, want.logprobs) { XCTAssertEqual(a, b, accuracy: 2e-3) }
-                XCTAssertEqual(got.lossMask, [UInt8](repeating: 0, count: got.inputIDs?.count ?? 0) + [UInt8](repeating: 1, count: want.ids.count))
+                XCTAssertEqual(
+                    got.lossMask, [UInt8](repeating: 0, count: got.inputIDs?.count ?? 0) + [UInt8](repeating: 1, count: want.ids.count))
                 if k > 0 { XCTAssertEqual(got.inputIDs, c.injections[k - 1].ids, "injected ids of turn \(k + 1)") }
             }
             // Rebuild the training sequence from the log alone.
@@ -138,12 +153,15 @@ final class CollaborationTests: XCTestCase {
     /// reference, so the upstream gives the first scripted answer whatever it is asked.)
     func testEightBitPolicyServesEpisodes() async throws {
         let cases = try Self.cases()
-        let h = try await Self.start([], upstream: FakeUpstream.answering([:], unknown: "  " + cases[0].upstream_answers[0] + "\n"),
-                                     configure: { c in c.policy.weights = .q8 })
+        let h = try await Self.start(
+            [], upstream: FakeUpstream.answering([:], unknown: "  " + cases[0].upstream_answers[0] + "\n"),
+            configure: { c in c.policy.weights = .q8 })
         let model = try XCTUnwrap(h.gateway.policies.current?.embedded?.model)
         XCTAssertEqual(model.weightFormat, .q8)
         XCTAssertGreaterThan(model.quantizedWeightBytes, 0)
-        let body = try JSONSerialization.data(withJSONObject: ["model": "prompt-r1/gpt-4o-mini", "messages": [["role": "user", "content": cases[0].question]]])
+        let body = try JSONSerialization.data(withJSONObject: [
+            "model": "prompt-r1/gpt-4o-mini", "messages": [["role": "user", "content": cases[0].question]],
+        ])
         let reply = try await h.chat(String(decoding: body, as: UTF8.self))
         XCTAssertEqual(reply.status, 200, reply.body)
         let content = ((reply.json?["choices"] as? [[String: Any]])?.first?["message"] as? [String: Any])?["content"] as? String
@@ -158,17 +176,23 @@ final class CollaborationTests: XCTestCase {
         let cases = try Self.cases()
         let c = try XCTUnwrap(cases.first { $0.upstream_answers.count == 2 })
         let h = try await Self.start(cases)
-        let body = try JSONSerialization.data(withJSONObject: [
-            "model": "prompt-r1/gpt-4o-mini", "stream": true, "stream_options": ["include_usage": true],
-            "messages": [["role": "user", "content": c.question]],
-        ] as [String: Any])
-        let reply = try await h.chat(String(decoding: body, as: UTF8.self), headers: [("content-type", "application/json"), ("x-gateway-trace", "1")])
+        let body = try JSONSerialization.data(
+            withJSONObject: [
+                "model": "prompt-r1/gpt-4o-mini", "stream": true, "stream_options": ["include_usage": true],
+                "messages": [["role": "user", "content": c.question]],
+            ] as [String: Any])
+        let reply = try await h.chat(
+            String(decoding: body, as: UTF8.self), headers: [("content-type", "application/json"), ("x-gateway-trace", "1")])
         XCTAssertEqual(reply.status, 200)
         XCTAssertEqual(reply.headers.first(name: "content-type"), "text/event-stream")
         var parser = SSEParser()
         let events = try parser.feed(Array(reply.body.utf8))
         XCTAssertEqual(events.last?.isDone, true)
-        var content = "", reasoning = "", finish: String?, usage: [String: Any]?, roles = 0
+        var content = ""
+        var reasoning = ""
+        var finish: String?
+        var usage: [String: Any]?
+        var roles = 0
         for e in events.dropLast() {
             let obj = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(e.data)) as? [String: Any], e.dataString)
             XCTAssertEqual(obj["object"] as? String, "chat.completion.chunk")
@@ -199,11 +223,13 @@ final class CollaborationTests: XCTestCase {
     /// A policy that cannot speak the protocol (random weights) runs out of turns: the configured
     /// fallback answers with one direct upstream call, and the log says so.
     func testNoAnswerFallsBackToDirectCall() async throws {
-        let h = try await Self.start([], policy: "qwen3-tiny", configure: { c in
-            c.policy.maxTurns = 2
-            c.policy.maxTokensPerTurn = 6
-            c.policy.fallback = .direct
-        })
+        let h = try await Self.start(
+            [], policy: "qwen3-tiny",
+            configure: { c in
+                c.policy.maxTurns = 2
+                c.policy.maxTokensPerTurn = 6
+                c.policy.fallback = .direct
+            })
         let reply = try await h.chat(#"{"model":"prompt-r1/gpt-4o-mini","messages":[{"role":"user","content":"Why is the sky blue?"}]}"#)
         XCTAssertEqual(reply.status, 200, reply.body)
         let message = ((reply.json?["choices"] as? [[String: Any]])?.first?["message"]) as? [String: Any]
@@ -217,11 +243,15 @@ final class CollaborationTests: XCTestCase {
 
     func testCollaborationOverloadIs429() async throws {
         let cases = try Self.cases()
-        let h = try await Self.start(cases, configure: { c in
-            c.policy.maxConcurrentEpisodes = 1
-            c.policy.queueTimeoutMs = 0
-        })
-        let body = try JSONSerialization.data(withJSONObject: ["model": "prompt-r1/gpt-4o-mini", "messages": [["role": "user", "content": cases[0].question]]])
+        let h = try await Self.start(
+            cases,
+            configure: { c in
+                c.policy.maxConcurrentEpisodes = 1
+                c.policy.queueTimeoutMs = 0
+            })
+        let body = try JSONSerialization.data(withJSONObject: [
+            "model": "prompt-r1/gpt-4o-mini", "messages": [["role": "user", "content": cases[0].question]],
+        ])
         let statuses = try await withThrowingTaskGroup(of: (Int, String?).self) { group in
             for _ in 0..<4 {
                 group.addTask {
@@ -262,10 +292,15 @@ final class CollaborationEdgeTests: XCTestCase {
     /// policy turn that was generated before the failure.
     func testUpstreamErrorMidEpisode() async throws {
         let cases = try CollaborationTests.cases()
-        let h = try await CollaborationTests.start(cases, upstream: { r in
-            r.path == "/v1/chat/completions" ? .json(status: 503, body: #"{"error":{"message":"overloaded","type":"server_error","param":null,"code":null}}"#) : nil
-        })
-        let body = try JSONSerialization.data(withJSONObject: ["model": "prompt-r1/gpt-4o-mini", "messages": [["role": "user", "content": cases[0].question]]])
+        let h = try await CollaborationTests.start(
+            cases,
+            upstream: { r in
+                r.path == "/v1/chat/completions"
+                    ? .json(status: 503, body: #"{"error":{"message":"overloaded","type":"server_error","param":null,"code":null}}"#) : nil
+            })
+        let body = try JSONSerialization.data(withJSONObject: [
+            "model": "prompt-r1/gpt-4o-mini", "messages": [["role": "user", "content": cases[0].question]],
+        ])
         let reply = try await h.chat(String(decoding: body, as: UTF8.self))
         let e = assertOpenAIError(reply, status: 502)
         XCTAssertTrue((e["message"] as? String ?? "").contains("overloaded"))
@@ -282,13 +317,19 @@ final class CollaborationEdgeTests: XCTestCase {
     /// once with 503 and Retry-After, before the policy spends any time.
     func testOpenCircuitFailsCollaborationFast() async throws {
         let cases = try CollaborationTests.cases()
-        let h = try await CollaborationTests.start(cases, upstream: { r in
-            r.path == "/v1/chat/completions" ? .json(status: 500, body: #"{"error":{"message":"down","type":"server_error","param":null,"code":null}}"#) : nil
-        }, configure: { c in
-            c.upstream.circuitBreakerFailures = 1
-            c.upstream.circuitBreakerCooldownMs = 60_000
-        })
-        let body = try JSONSerialization.data(withJSONObject: ["model": "prompt-r1/gpt-4o-mini", "messages": [["role": "user", "content": cases[0].question]]])
+        let h = try await CollaborationTests.start(
+            cases,
+            upstream: { r in
+                r.path == "/v1/chat/completions"
+                    ? .json(status: 500, body: #"{"error":{"message":"down","type":"server_error","param":null,"code":null}}"#) : nil
+            },
+            configure: { c in
+                c.upstream.circuitBreakerFailures = 1
+                c.upstream.circuitBreakerCooldownMs = 60_000
+            })
+        let body = try JSONSerialization.data(withJSONObject: [
+            "model": "prompt-r1/gpt-4o-mini", "messages": [["role": "user", "content": cases[0].question]],
+        ])
         let first = try await h.chat(String(decoding: body, as: UTF8.self))
         assertOpenAIError(first, status: 502)
         let second = try await h.chat(String(decoding: body, as: UTF8.self))
@@ -309,16 +350,20 @@ final class CollaborationEdgeTests: XCTestCase {
     /// as a plain proxy would (one direct call), and logs why.
     func testDeadlineFallsBackToPassthrough() async throws {
         let cases = try CollaborationTests.cases()
-        let h = try await CollaborationTests.start(cases, upstream: { r in
-            let messages = r.json?["messages"] as? [[String: Any]] ?? []
-            // Slow for the policy's call (which has the protocol's system prompt), fast for the direct one.
-            if (messages.first?["content"] as? String) == PromptR1Prompt.upstreamSystemPrompt {
-                return .delayed(.seconds(3), .json(status: 200, body: FakeUpstream.completionJSON(model: "m", text: "late")))
-            }
-            return nil
-        }, configure: { c in c.policy.episodeDeadlineSeconds = 0.5 })
+        let h = try await CollaborationTests.start(
+            cases,
+            upstream: { r in
+                let messages = r.json?["messages"] as? [[String: Any]] ?? []
+                // Slow for the policy's call (which has the protocol's system prompt), fast for the direct one.
+                if (messages.first?["content"] as? String) == PromptR1Prompt.upstreamSystemPrompt {
+                    return .delayed(.seconds(3), .json(status: 200, body: FakeUpstream.completionJSON(model: "m", text: "late")))
+                }
+                return nil
+            }, configure: { c in c.policy.episodeDeadlineSeconds = 0.5 })
         let started = Date()
-        let body = try JSONSerialization.data(withJSONObject: ["model": "prompt-r1/gpt-4o-mini", "messages": [["role": "user", "content": cases[0].question]]])
+        let body = try JSONSerialization.data(withJSONObject: [
+            "model": "prompt-r1/gpt-4o-mini", "messages": [["role": "user", "content": cases[0].question]],
+        ])
         let reply = try await h.chat(String(decoding: body, as: UTF8.self))
         XCTAssertLessThan(Date().timeIntervalSince(started), 2.5)
         XCTAssertEqual(reply.status, 200, reply.body)
@@ -333,10 +378,14 @@ final class CollaborationEdgeTests: XCTestCase {
     /// A long silent phase (slow upstream) gets SSE keep-alive comments.
     func testKeepAliveDuringSilence() async throws {
         let cases = try CollaborationTests.cases()
-        let h = try await CollaborationTests.start(cases, upstream: CollaborationTests.slowScript(cases, delay: .milliseconds(700)),
-                                                   configure: { c in c.policy.keepaliveSeconds = 0.2 })
-        let body = try JSONSerialization.data(withJSONObject: ["model": "prompt-r1/gpt-4o-mini", "stream": true,
-                                                               "messages": [["role": "user", "content": cases[0].question]]] as [String: Any])
+        let h = try await CollaborationTests.start(
+            cases, upstream: CollaborationTests.slowScript(cases, delay: .milliseconds(700)),
+            configure: { c in c.policy.keepaliveSeconds = 0.2 })
+        let body = try JSONSerialization.data(
+            withJSONObject: [
+                "model": "prompt-r1/gpt-4o-mini", "stream": true,
+                "messages": [["role": "user", "content": cases[0].question]],
+            ] as [String: Any])
         let reply = try await h.chat(String(decoding: body, as: UTF8.self))
         XCTAssertEqual(reply.status, 200)
         XCTAssertTrue(reply.body.contains(": keep-alive\n\n"), reply.body)
@@ -348,25 +397,31 @@ final class CollaborationEdgeTests: XCTestCase {
     /// after the disconnect) and the episode is logged as client_disconnected.
     func testStreamClientDisconnectStopsTheEpisode() async throws {
         let cases = try CollaborationTests.cases()
-        let h = try await CollaborationTests.start(cases, upstream: CollaborationTests.slowScript(cases, delay: .milliseconds(800)),
-                                                   configure: { c in c.policy.trace = .on })
+        let h = try await CollaborationTests.start(
+            cases, upstream: CollaborationTests.slowScript(cases, delay: .milliseconds(800)),
+            configure: { c in c.policy.trace = .on })
         let c = try XCTUnwrap(cases.first { $0.upstream_answers.count == 2 })
         var req = HTTPClientRequest(url: h.base + "/v1/chat/completions")
         req.method = .POST
-        req.body = .bytes(ByteBuffer(data: try JSONSerialization.data(withJSONObject: [
-            "model": "prompt-r1/gpt-4o-mini", "stream": true, "messages": [["role": "user", "content": c.question]]] as [String: Any])))
+        req.body = .bytes(
+            ByteBuffer(
+                data: try JSONSerialization.data(
+                    withJSONObject: [
+                        "model": "prompt-r1/gpt-4o-mini", "stream": true, "messages": [["role": "user", "content": c.question]],
+                    ] as [String: Any])))
         let id: String? = try await {
             let resp = try await h.client.execute(req, timeout: .seconds(10))
             var it = resp.body.makeAsyncIterator()
-            _ = try await it.next()   // the first trace delta: the episode is running
+            _ = try await it.next()  // the first trace delta: the episode is running
             return resp.headers.first(name: "x-gateway-episode-id")
         }()
         // The response body is dropped here: the connection closes while the first upstream
         // call is still pending.
         try await Task.sleep(for: .milliseconds(2500))
         // Two calls would be made by a full episode; at most the one in flight may have started.
-        XCTAssertLessThanOrEqual(h.upstream.received.filter { $0.path == "/v1/chat/completions" }.count, 1,
-                                 "the episode went on calling the upstream after the client left")
+        XCTAssertLessThanOrEqual(
+            h.upstream.received.filter { $0.path == "/v1/chat/completions" }.count, 1,
+            "the episode went on calling the upstream after the client left")
         try await h.stop()
         let e = try XCTUnwrap(try TrafficDatabase(path: h.dbPath).episode(id: try XCTUnwrap(id)))
         XCTAssertEqual(e.outcome, "client_disconnected")
@@ -380,16 +435,21 @@ final class CollaborationEdgeTests: XCTestCase {
         let c = try XCTUnwrap(cases.first { $0.upstream_answers.count == 2 })
         var req = HTTPClientRequest(url: h.base + "/v1/chat/completions")
         req.method = .POST
-        req.body = .bytes(ByteBuffer(data: try JSONSerialization.data(withJSONObject: [
-            "model": "prompt-r1/gpt-4o-mini", "messages": [["role": "user", "content": c.question]]] as [String: Any])))
+        req.body = .bytes(
+            ByteBuffer(
+                data: try JSONSerialization.data(
+                    withJSONObject: [
+                        "model": "prompt-r1/gpt-4o-mini", "messages": [["role": "user", "content": c.question]],
+                    ] as [String: Any])))
         // The client gives up after 400 ms, while the first upstream call (800 ms) is pending.
         do {
             _ = try await h.client.execute(req, timeout: .milliseconds(400))
             XCTFail("the episode should take longer than the client waits")
         } catch {}
         try await Task.sleep(for: .milliseconds(2500))
-        XCTAssertLessThanOrEqual(h.upstream.received.filter { $0.path == "/v1/chat/completions" }.count, 1,
-                                 "the episode went on calling the upstream after the client left")
+        XCTAssertLessThanOrEqual(
+            h.upstream.received.filter { $0.path == "/v1/chat/completions" }.count, 1,
+            "the episode went on calling the upstream after the client left")
         try await h.stop()
         let episodes = try TrafficDatabase(path: h.dbPath).episodes(EpisodeQuery())
         XCTAssertEqual(episodes.map(\.outcome), ["client_disconnected"])
@@ -404,13 +464,17 @@ final class CollaborationEdgeTests: XCTestCase {
         try FileManager.default.copyItem(at: CollaborationTests.fixtures.appendingPathComponent("models/promptr1-tiny"), to: dir)
         let configURL = dir.appendingPathComponent("config.json")
         var config = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(contentsOf: configURL)) as? [String: Any])
-        config["max_position_embeddings"] = cases[0].prompt_ids.count + 1   // room for the prompt only
+        config["max_position_embeddings"] = cases[0].prompt_ids.count + 1  // room for the prompt only
         try JSONSerialization.data(withJSONObject: config).write(to: configURL)
-        let h = try await Harness.start(script: CollaborationTests.script(cases), configure: { c in
-            c.policy.path = dir.path
-            c.policy.temperature = 0
-        })
-        let body = try JSONSerialization.data(withJSONObject: ["model": "prompt-r1/gpt-4o-mini", "messages": [["role": "user", "content": cases[0].question]]])
+        let h = try await Harness.start(
+            script: CollaborationTests.script(cases),
+            configure: { c in
+                c.policy.path = dir.path
+                c.policy.temperature = 0
+            })
+        let body = try JSONSerialization.data(withJSONObject: [
+            "model": "prompt-r1/gpt-4o-mini", "messages": [["role": "user", "content": cases[0].question]],
+        ])
         let reply = try await h.chat(String(decoding: body, as: UTF8.self))
         XCTAssertEqual(reply.status, 200, reply.body)
         let message = ((reply.json?["choices"] as? [[String: Any]])?.first?["message"]) as? [String: Any]

@@ -1,6 +1,7 @@
+import FakeUpstream
 import Foundation
 import XCTest
-import FakeUpstream
+
 @testable import GatewayServer
 
 /// The concurrency limit holds a slot while a stream is being relayed (429 for others once the

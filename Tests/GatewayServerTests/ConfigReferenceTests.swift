@@ -1,5 +1,6 @@
 import Foundation
 import XCTest
+
 @testable import GatewayServer
 
 /// docs/configuration.md must document every key of gateway.json and every key the config reader
@@ -68,19 +69,26 @@ final class ConfigReferenceTests: XCTestCase {
         let read = try ConfigKeyRecorder.keyPaths(readParsing: fileData)
             .union(ConfigKeyRecorder.keyPaths(readParsing: Data(#"{"upstream": {"base_url": "http://127.0.0.1:9/v1"}}"#.utf8)))
             // policy.backend's engine keys are read only for an engine kind (the file has the embedded one).
-            .union(ConfigKeyRecorder.keyPaths(readParsing: Data(#"{"upstream": {"base_url": "http://127.0.0.1:9/v1"}, "policy": {"backend": {"kind": "vllm", "base_url": "http://127.0.0.1:8000"}}}"#.utf8)))
-        XCTAssertTrue(read.contains("upstream.base_url") && read.contains("routes[].mode"), "the key recorder saw nothing: \(read.sorted())")
+            .union(
+                ConfigKeyRecorder.keyPaths(
+                    readParsing: Data(
+                        #"{"upstream": {"base_url": "http://127.0.0.1:9/v1"}, "policy": {"backend": {"kind": "vllm", "base_url": "http://127.0.0.1:8000"}}}"#
+                            .utf8)))
+        XCTAssertTrue(
+            read.contains("upstream.base_url") && read.contains("routes[].mode"), "the key recorder saw nothing: \(read.sorted())")
 
         let mustDocument = read.union(inFile.keys).filter { !Self.isSection($0, among: read.union(inFile.keys)) }
         for key in mustDocument.sorted() where !documentedSet.contains(key) {
-            XCTFail("""
+            XCTFail(
+                """
                 docs/configuration.md has no row for the config key `\(key)`. Add this line to the table under "## Keys" \
                 (in the place of its section), with what the key does:
                 | `\(key)` | `\(Self.jsonText(inFile[key]))` | <what it does> |
                 """)
         }
         for (key, line) in documented where !read.contains(key) {
-            XCTFail("""
+            XCTFail(
+                """
                 docs/configuration.md line \(line) documents `\(key)`, but GatewayConfig.parse does not read such a key. \
                 Fix the key's name or remove the row; if the reader reads it only when it is present, add it to gateway.json \
                 with its default.
@@ -97,7 +105,8 @@ final class ConfigReferenceTests: XCTestCase {
 
     /// The check above works on real failures: a key the reader does not know is reported.
     func testRecorderSeesOnlyKeysTheReaderReads() throws {
-        let read = try ConfigKeyRecorder.keyPaths(readParsing: Data(#"{"upstream": {"base_url": "http://127.0.0.1:9/v1"}, "routes": [{"model": "*"}]}"#.utf8))
+        let read = try ConfigKeyRecorder.keyPaths(
+            readParsing: Data(#"{"upstream": {"base_url": "http://127.0.0.1:9/v1"}, "routes": [{"model": "*"}]}"#.utf8))
         XCTAssertTrue(read.contains("server.port"))
         XCTAssertTrue(read.contains("routes[].upstream_model"))
         XCTAssertFalse(read.contains("server.no_such_key"))

@@ -1,5 +1,6 @@
 import Foundation
 import XCTest
+
 @testable import GatewayServer
 
 final class ConfigTests: XCTestCase {
@@ -40,7 +41,9 @@ final class ConfigTests: XCTestCase {
     }
 
     func testRouting() throws {
-        let c = try parse(#"{"upstream":{"base_url":"http://x/v1"},"routes":[{"model":"smart","mode":"collaborate","upstream_model":"gpt-4o"},{"model":"prompt-r1/*","mode":"collaborate"},{"model":"*","mode":"passthrough"}]}"#)
+        let c = try parse(
+            #"{"upstream":{"base_url":"http://x/v1"},"routes":[{"model":"smart","mode":"collaborate","upstream_model":"gpt-4o"},{"model":"prompt-r1/*","mode":"collaborate"},{"model":"*","mode":"passthrough"}]}"#
+        )
         XCTAssertEqual(c.route(forModel: "smart").mode, .collaborate)
         XCTAssertEqual(c.route(forModel: "smart").upstreamModel, "gpt-4o")
         XCTAssertEqual(c.route(forModel: "prompt-r1/x").upstreamModel, "x")

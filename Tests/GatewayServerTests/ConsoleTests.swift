@@ -6,6 +6,7 @@ import NIOHTTP1
 import PolicyEngine
 import TrafficLog
 import XCTest
+
 @testable import GatewayServer
 
 /// The web console: log-in, sessions and CSRF over plain HTTP, the export against the trainer's
@@ -23,9 +24,15 @@ final class ConsoleTests: XCTestCase {
         init(adminBase: String) { self.adminBase = adminBase }
         deinit { try? client.syncShutdown() }
 
-        struct Page { var status: Int; var headers: HTTPHeaders; var body: String }
+        struct Page {
+            var status: Int
+            var headers: HTTPHeaders
+            var body: String
+        }
 
-        func send(_ method: HTTPMethod, _ path: String, form: [(String, String)]? = nil, headers extra: [(String, String)] = []) async throws -> Page {
+        func send(_ method: HTTPMethod, _ path: String, form: [(String, String)]? = nil, headers extra: [(String, String)] = [])
+            async throws -> Page
+        {
             var req = HTTPClientRequest(url: adminBase + path)
             req.method = method
             if !cookies.isEmpty { req.headers.add(name: "cookie", value: cookies.map { "\($0.key)=\($0.value)" }.joined(separator: "; ")) }
@@ -100,16 +107,21 @@ final class ConsoleTests: XCTestCase {
         // Without, with a wrong, and with the right CSRF token.
         p = try await v.send(.POST, "/console/episodes/\(id)/feedback", form: [("kind", "score"), ("value", "0.5")])
         XCTAssertEqual(p.status, 403)
-        p = try await v.send(.POST, "/console/episodes/\(id)/feedback", form: [("kind", "score"), ("value", "0.5"), ("csrf", String(csrf.reversed()))])
+        p = try await v.send(
+            .POST, "/console/episodes/\(id)/feedback", form: [("kind", "score"), ("value", "0.5"), ("csrf", String(csrf.reversed()))])
         XCTAssertEqual(p.status, 403)
-        p = try await v.send(.POST, "/console/episodes/\(id)/feedback", form: [("kind", "score"), ("value", "0.5"), ("csrf", csrf)],
-                             headers: [("origin", "http://elsewhere.example")])
+        p = try await v.send(
+            .POST, "/console/episodes/\(id)/feedback", form: [("kind", "score"), ("value", "0.5"), ("csrf", csrf)],
+            headers: [("origin", "http://elsewhere.example")])
         XCTAssertEqual(p.status, 403, "another site's form is refused even with the token")
         XCTAssertEqual(try (h.gateway.state.database as! SQLiteLogBackend).database.feedback(episodeID: id).count, 0)
         p = try await v.send(.POST, "/console/episodes/\(id)/feedback", form: [("kind", "score"), ("value", "1.5"), ("csrf", csrf)])
         XCTAssertEqual(p.status, 303)
-        XCTAssertEqual(try (h.gateway.state.database as! SQLiteLogBackend).database.feedback(episodeID: id).count, 0, "a score outside [0, 1] is refused")
-        p = try await v.send(.POST, "/console/episodes/\(id)/feedback", form: [("kind", "reference"), ("value", "general Kenobi"), ("csrf", csrf)])
+        XCTAssertEqual(
+            try (h.gateway.state.database as! SQLiteLogBackend).database.feedback(episodeID: id).count, 0,
+            "a score outside [0, 1] is refused")
+        p = try await v.send(
+            .POST, "/console/episodes/\(id)/feedback", form: [("kind", "reference"), ("value", "general Kenobi"), ("csrf", csrf)])
         XCTAssertEqual(p.status, 303)
         let stored = try (h.gateway.state.database as! SQLiteLogBackend).database.feedback(episodeID: id)
         XCTAssertEqual(stored.map(\.kind), ["reference"])
@@ -117,7 +129,10 @@ final class ConsoleTests: XCTestCase {
         XCTAssertEqual(stored.first?.source, "console")
 
         // Every page renders; the assets are served from the binary.
-        for page in ["/console/overview", "/console/overview?range=7d", "/console/episodes?mode=passthrough&q=hello", "/console/versions", "/console/training"] {
+        for page in [
+            "/console/overview", "/console/overview?range=7d", "/console/episodes?mode=passthrough&q=hello", "/console/versions",
+            "/console/training",
+        ] {
             p = try await v.send(.GET, page)
             XCTAssertEqual(p.status, 200, page)
             XCTAssertTrue(p.body.contains("/console/assets/console.css"), page)
@@ -144,29 +159,38 @@ final class ConsoleTests: XCTestCase {
         let cases = try CollaborationTests.cases()
         var ids: [String] = []
         for c in cases.prefix(2) {
-            let body = String(decoding: try JSONSerialization.data(withJSONObject: ["model": "prompt-r1/gpt-4o-mini", "messages": [["role": "user", "content": c.question]]]), as: UTF8.self)
+            let body = String(
+                decoding: try JSONSerialization.data(withJSONObject: [
+                    "model": "prompt-r1/gpt-4o-mini", "messages": [["role": "user", "content": c.question]],
+                ]), as: UTF8.self)
             let r = try await h.chat(body)
             XCTAssertEqual(r.status, 200, r.body)
             ids.append(try XCTUnwrap(r.episodeID))
         }
-        try (h.gateway.state.database as! SQLiteLogBackend).database.insertFeedback(FeedbackRecord(episodeID: ids[0], kind: "reference", value: cases[0].final_answer))
+        try (h.gateway.state.database as! SQLiteLogBackend).database.insertFeedback(
+            FeedbackRecord(episodeID: ids[0], kind: "reference", value: cases[0].final_answer))
         let v = Visitor(h)
         _ = try await v.logIn()
         var p = try await v.send(.GET, "/console/training")
         XCTAssertTrue(p.body.contains("<td class=\"num reward-count\">1</td>"), p.body)
         let csrf = try XCTUnwrap(Visitor.field("csrf", in: p.body))
         let version = try XCTUnwrap(h.gateway.policies.current?.version)
-        p = try await v.send(.POST, "/console/training/export", form: [("csrf", csrf), ("route", "/v1/chat/completions"), ("version", version), ("require_reward", "1")])
+        p = try await v.send(
+            .POST, "/console/training/export",
+            form: [("csrf", csrf), ("route", "/v1/chat/completions"), ("version", version), ("require_reward", "1")])
         XCTAssertEqual(p.status, 200)
         XCTAssertEqual(p.headers.first(name: "content-type"), "application/x-ndjson")
         let lines = p.body.split(separator: "\n")
         XCTAssertEqual(lines.count, 1)
         let direct = FileManager.default.temporaryDirectory.appendingPathComponent("export-\(UUID().uuidString).jsonl")
         let tokenizer = try Tokenizer(directory: models.appendingPathComponent("A"))
-        _ = try Exporter.export(database: (h.gateway.state.database as! SQLiteLogBackend).database, filter: EpisodeFilter(route: "/v1/chat/completions", policyVersion: version),
-                                requireReward: true, tokenizer: tokenizer, to: direct)
+        _ = try Exporter.export(
+            database: (h.gateway.state.database as! SQLiteLogBackend).database,
+            filter: EpisodeFilter(route: "/v1/chat/completions", policyVersion: version),
+            requireReward: true, tokenizer: tokenizer, to: direct)
         XCTAssertEqual(p.body, try String(contentsOf: direct, encoding: .utf8))
-        p = try await v.send(.POST, "/console/training/export", form: [("csrf", csrf), ("route", "/v1/chat/completions"), ("version", version)])
+        p = try await v.send(
+            .POST, "/console/training/export", form: [("csrf", csrf), ("route", "/v1/chat/completions"), ("version", version)])
         XCTAssertEqual(p.body.split(separator: "\n").count, 2, "without the reward requirement both episodes")
         try await h.stop()
     }
@@ -190,20 +214,26 @@ final class ConsoleTests: XCTestCase {
         let models = try AdminTests.modelsDir()
         let h = try await AdminTests.start(models: models)
         let c = try CollaborationTests.cases()[0]
-        let body = String(decoding: try JSONSerialization.data(withJSONObject: ["model": "prompt-r1/gpt-4o-mini", "messages": [["role": "user", "content": c.question]]]), as: UTF8.self)
+        let body = String(
+            decoding: try JSONSerialization.data(withJSONObject: [
+                "model": "prompt-r1/gpt-4o-mini", "messages": [["role": "user", "content": c.question]],
+            ]), as: UTF8.self)
         let collab = try await h.chat(body)
         XCTAssertEqual(collab.status, 200, collab.body)
         let episode = try XCTUnwrap(collab.episodeID)
         let plain = try await h.chat(simpleChat)
         let passthrough = try XCTUnwrap(plain.episodeID)
-        let word = try XCTUnwrap(c.question.split(whereSeparator: { !$0.isLetter }).map(String.init).filter { $0.count >= 5 }.first, c.question)
+        let word = try XCTUnwrap(
+            c.question.split(whereSeparator: { !$0.isLetter }).map(String.init).filter { $0.count >= 5 }.first, c.question)
         let before = try XCTUnwrap(h.gateway.policies.current?.version)
         let shots = OpenAISDKTests.repoRoot.appendingPathComponent("test-artifacts/console").path
         let script = OpenAISDKTests.repoRoot.appendingPathComponent("Tests/console/console_browser.py").path
-        let (status, out, err) = try await OpenAISDKTests.run(py, [script], env: [
-            "CONSOLE_URL": h.adminBase, "ADMIN_TOKEN": Self.token, "EPISODE_ID": episode, "PASSTHROUGH_ID": passthrough,
-            "EXPECTED_PROMPT": c.upstream_prompts[0], "QUESTION_WORD": word, "SWAP_PATH": "B", "SCREENSHOTS": shots,
-        ])
+        let (status, out, err) = try await OpenAISDKTests.run(
+            py, [script],
+            env: [
+                "CONSOLE_URL": h.adminBase, "ADMIN_TOKEN": Self.token, "EPISODE_ID": episode, "PASSTHROUGH_ID": passthrough,
+                "EXPECTED_PROMPT": c.upstream_prompts[0], "QUESTION_WORD": word, "SWAP_PATH": "B", "SCREENSHOTS": shots,
+            ])
         XCTAssertEqual(status, 0, "stdout: \(out)\nstderr: \(err)")
         // What the browser did is in the log and the holder, not only on the page.
         let feedback = try (h.gateway.state.database as! SQLiteLogBackend).database.feedback(episodeID: episode)
@@ -213,7 +243,9 @@ final class ConsoleTests: XCTestCase {
         let after = try XCTUnwrap(h.gateway.policies.current?.version)
         XCTAssertNotEqual(after, before)
         XCTAssertEqual(h.gateway.policies.current?.path, models.appendingPathComponent("B").resolvingSymlinksInPath().path)
-        for name in ["01-login", "02-episodes", "03-episode-trace", "04-episode-feedback", "06-overview", "08-versions", "09-versions-swapped"] {
+        for name in [
+            "01-login", "02-episodes", "03-episode-trace", "04-episode-feedback", "06-overview", "08-versions", "09-versions-swapped",
+        ] {
             XCTAssertTrue(FileManager.default.fileExists(atPath: "\(shots)/\(name).png"), name)
         }
         if status == 0 {

@@ -1,5 +1,6 @@
 import Foundation
 import XCTest
+
 @testable import GatewayServer
 
 /// Runtime files go to the data directory, and a generated admin token is never written where
@@ -26,13 +27,16 @@ final class DataDirectoryTests: XCTestCase {
         let repo = OpenAISDKTests.repoRoot.path
         XCTAssertEqual(DataDirectory.defaultPath(currentDirectory: repo, environment: [:]), repo + "/data")
         let elsewhere = try temporaryDirectory().path
-        XCTAssertEqual(DataDirectory.defaultPath(currentDirectory: elsewhere, environment: ["XDG_STATE_HOME": "/srv/state", "HOME": "/home/u"]),
-                       "/srv/state/prompt-r1-gateway")
-        XCTAssertEqual(DataDirectory.defaultPath(currentDirectory: elsewhere, environment: ["HOME": "/home/u"]),
-                       "/home/u/.local/state/prompt-r1-gateway")
+        XCTAssertEqual(
+            DataDirectory.defaultPath(currentDirectory: elsewhere, environment: ["XDG_STATE_HOME": "/srv/state", "HOME": "/home/u"]),
+            "/srv/state/prompt-r1-gateway")
+        XCTAssertEqual(
+            DataDirectory.defaultPath(currentDirectory: elsewhere, environment: ["HOME": "/home/u"]),
+            "/home/u/.local/state/prompt-r1-gateway")
         // A relative XDG_STATE_HOME is invalid by the spec and ignored.
-        XCTAssertEqual(DataDirectory.defaultPath(currentDirectory: elsewhere, environment: ["XDG_STATE_HOME": "state", "HOME": "/home/u"]),
-                       "/home/u/.local/state/prompt-r1-gateway")
+        XCTAssertEqual(
+            DataDirectory.defaultPath(currentDirectory: elsewhere, environment: ["XDG_STATE_HOME": "state", "HOME": "/home/u"]),
+            "/home/u/.local/state/prompt-r1-gateway")
     }
 
     func testRelativeRuntimePathsLiveInTheDataDirectory() throws {
@@ -92,8 +96,9 @@ final class DataDirectoryTests: XCTestCase {
         XCTAssertTrue(out.contains("models dir   \(data)/models"), out)
         XCTAssertTrue(out.contains("admin        0.0.0.0:8081"), out)
         XCTAssertTrue(out.contains("policy       /models/p"), out)
-        let (_, flagOut, _) = try await OpenAISDKTests.run(exe, ["check-config", "--config", config, "--data-dir", data, "--policy", "/other"],
-                                                           env: ["GATEWAY_POLICY": "/models/p"])
+        let (_, flagOut, _) = try await OpenAISDKTests.run(
+            exe, ["check-config", "--config", config, "--data-dir", data, "--policy", "/other"],
+            env: ["GATEWAY_POLICY": "/models/p"])
         XCTAssertTrue(flagOut.contains("policy       /other"), flagOut)
     }
 }

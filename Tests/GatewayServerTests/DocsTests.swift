@@ -25,11 +25,16 @@ final class DocsTests: XCTestCase {
             let text = try String(contentsOf: file, encoding: .utf8)
             for match in text.matches(of: /\]\(([^)\s]+)\)/) {
                 var target = String(match.1)
-                if target.hasPrefix("http://") || target.hasPrefix("https://") || target.hasPrefix("mailto:") || target.hasPrefix("#") { continue }
+                if target.hasPrefix("http://") || target.hasPrefix("https://") || target.hasPrefix("mailto:") || target.hasPrefix("#") {
+                    continue
+                }
                 if let hash = target.firstIndex(of: "#") { target = String(target[..<hash]) }
                 let resolved = file.deletingLastPathComponent().appendingPathComponent(target).standardized.path
-                XCTAssertTrue(resolved.hasPrefix(rootPath + "/"), "\(file.lastPathComponent) links \(target), outside the repository (a clone does not have it)")
-                XCTAssertTrue(FileManager.default.fileExists(atPath: resolved), "\(file.lastPathComponent) links \(target), which does not exist")
+                XCTAssertTrue(
+                    resolved.hasPrefix(rootPath + "/"),
+                    "\(file.lastPathComponent) links \(target), outside the repository (a clone does not have it)")
+                XCTAssertTrue(
+                    FileManager.default.fileExists(atPath: resolved), "\(file.lastPathComponent) links \(target), which does not exist")
             }
         }
     }

@@ -4,6 +4,7 @@ import Foundation
 import GRDB
 import NIOCore
 import XCTest
+
 @testable import GatewayServer
 
 final class DurabilityTests: XCTestCase {
@@ -41,20 +42,21 @@ final class DurabilityTests: XCTestCase {
     /// SIGTERM with a stream that never ends: in-flight work gets `shutdown_timeout_seconds`,
     /// then it is cancelled, logged, and the log drains; short requests in flight still finish.
     func testShutdownDeadlineCutsHungStreamsAndKeepsTheirRows() async throws {
-        let h = try await Harness.start(script: { r in
-            guard r.path == "/v1/chat/completions" else { return nil }
-            if r.json?["stream"] as? Bool == true {
-                return .stream(parts: FakeUpstream.streamParts(model: "m", text: "never ending", includeUsage: false), hangAfter: 1)
-            }
-            return .delayed(.milliseconds(300), FakeUpstream.defaultReply(r))
-        }, configure: { c in c.server.shutdownTimeoutSeconds = 1 })
+        let h = try await Harness.start(
+            script: { r in
+                guard r.path == "/v1/chat/completions" else { return nil }
+                if r.json?["stream"] as? Bool == true {
+                    return .stream(parts: FakeUpstream.streamParts(model: "m", text: "never ending", includeUsage: false), hangAfter: 1)
+                }
+                return .delayed(.milliseconds(300), FakeUpstream.defaultReply(r))
+            }, configure: { c in c.server.shutdownTimeoutSeconds = 1 })
         var req = HTTPClientRequest(url: h.base + "/v1/chat/completions")
         req.method = .POST
         req.body = .bytes(ByteBuffer(string: #"{"model":"m","stream":true,"messages":[{"role":"user","content":"x"}]}"#))
         let resp = try await h.client.execute(req, timeout: .seconds(30))
         let hungID = try XCTUnwrap(resp.headers.first(name: "x-gateway-episode-id"))
         var it = resp.body.makeAsyncIterator()
-        _ = try await it.next()   // the stream is under way, and then hangs
+        _ = try await it.next()  // the stream is under way, and then hangs
         let slow = Task { try await h.chat(simpleChat) }
         try await Task.sleep(for: .milliseconds(50))
         let started = Date()

@@ -6,6 +6,7 @@ import NIOCore
 import OpenAIWire
 import TrafficLog
 import XCTest
+
 @testable import GatewayServer
 
 /// One test per upstream fault, each run for a non-streaming and a streaming request. For each:
@@ -24,7 +25,10 @@ final class FaultTests: XCTestCase {
         var events: [String]
         var inBandError: [String: Any]? {
             for e in events {
-                if let o = (try? JSONSerialization.jsonObject(with: Data(e.utf8))) as? [String: Any], let err = o["error"] as? [String: Any] { return err }
+                if let o = (try? JSONSerialization.jsonObject(with: Data(e.utf8))) as? [String: Any], let err = o["error"] as? [String: Any]
+                {
+                    return err
+                }
             }
             return nil
         }
@@ -45,8 +49,10 @@ final class FaultTests: XCTestCase {
     /// `streamCode`, after `streamEvents - 2` relayed events when given) and end with [DONE]; then,
     /// after the log drained, the two rows must have these statuses and outcomes.
     @discardableResult
-    func checkPlainAndStream(_ h: Harness, status: Int, code: String, streamCode: String?, streamEvents: Int?,
-                             logged: [Int]?, outcomes: [String], file: StaticString = #filePath, line: UInt = #line) async throws -> StreamOutcome {
+    func checkPlainAndStream(
+        _ h: Harness, status: Int, code: String, streamCode: String?, streamEvents: Int?,
+        logged: [Int]?, outcomes: [String], file: StaticString = #filePath, line: UInt = #line
+    ) async throws -> StreamOutcome {
         let plain = try await h.chat(Self.chatBody(stream: false))
         XCTAssertEqual(assertOpenAIError(plain, status: status, file: file, line: line)["code"] as? String, code, file: file, line: line)
         let reply = try await h.chat(Self.chatBody(stream: true))
@@ -112,12 +118,14 @@ final class FaultTests: XCTestCase {
     // MARK: Slow first byte
 
     func testSlowFirstByteIs504AndNotRetried() async throws {
-        let h = try await Harness.start(script: { r in
-            r.path == "/v1/chat/completions" ? .delayed(.seconds(3), FakeUpstream.defaultReply(r)) : nil
-        }, configure: { c in
-            c.upstream.firstByteTimeoutMs = 300
-            c.upstream.maxRetries = 2
-        })
+        let h = try await Harness.start(
+            script: { r in
+                r.path == "/v1/chat/completions" ? .delayed(.seconds(3), FakeUpstream.defaultReply(r)) : nil
+            },
+            configure: { c in
+                c.upstream.firstByteTimeoutMs = 300
+                c.upstream.maxRetries = 2
+            })
         for stream in [false, true] {
             let e = assertOpenAIError(try await h.chat(Self.chatBody(stream: stream)), status: 504)
             XCTAssertEqual(e["code"] as? String, "upstream_timeout")
@@ -132,27 +140,33 @@ final class FaultTests: XCTestCase {
     // MARK: Hang in the middle of a body
 
     func testHangMidStreamHitsIdleTimeout() async throws {
-        let h = try await Harness.start(script: { r in
-            guard r.path == "/v1/chat/completions" else { return nil }
-            let model = r.json?["model"] as? String ?? "m"
-            if r.json?["stream"] as? Bool == true {
-                return .stream(parts: FakeUpstream.streamParts(model: model, text: "one two three four", includeUsage: false), hangAfter: 2)
-            }
-            let whole = FakeUpstream.completionJSON(model: model, text: "one two three")
-            let cut = whole.index(whole.startIndex, offsetBy: 20)
-            return .stream(parts: [String(whole[..<cut]), String(whole[cut...])], hangAfter: 1, contentType: "application/json")
-        }, configure: { c in c.upstream.idleTimeoutMs = 400 })
+        let h = try await Harness.start(
+            script: { r in
+                guard r.path == "/v1/chat/completions" else { return nil }
+                let model = r.json?["model"] as? String ?? "m"
+                if r.json?["stream"] as? Bool == true {
+                    return .stream(
+                        parts: FakeUpstream.streamParts(model: model, text: "one two three four", includeUsage: false), hangAfter: 2)
+                }
+                let whole = FakeUpstream.completionJSON(model: model, text: "one two three")
+                let cut = whole.index(whole.startIndex, offsetBy: 20)
+                return .stream(parts: [String(whole[..<cut]), String(whole[cut...])], hangAfter: 1, contentType: "application/json")
+            }, configure: { c in c.upstream.idleTimeoutMs = 400 })
         // Two relayed events, the error, [DONE].
-        try await checkPlainAndStream(h, status: 504, code: "upstream_timeout", streamCode: "upstream_timeout", streamEvents: 4,
-                                      logged: [504, 504], outcomes: ["upstream_error", "upstream_timeout"])
+        try await checkPlainAndStream(
+            h, status: 504, code: "upstream_timeout", streamCode: "upstream_timeout", streamEvents: 4,
+            logged: [504, 504], outcomes: ["upstream_error", "upstream_timeout"])
     }
 
     func testStreamPastTotalTimeoutIsCut() async throws {
-        let h = try await Harness.start(script: { r in
-            r.path == "/v1/chat/completions"
-                ? .stream(parts: FakeUpstream.streamParts(model: "m", text: String(repeating: "w ", count: 40), includeUsage: false), delay: .milliseconds(50))
-                : nil
-        }, configure: { c in c.upstream.totalTimeoutMs = 500 })
+        let h = try await Harness.start(
+            script: { r in
+                r.path == "/v1/chat/completions"
+                    ? .stream(
+                        parts: FakeUpstream.streamParts(model: "m", text: String(repeating: "w ", count: 40), includeUsage: false),
+                        delay: .milliseconds(50))
+                    : nil
+            }, configure: { c in c.upstream.totalTimeoutMs = 500 })
         let reply = try await h.chat(Self.chatBody(stream: true))
         let s = StreamOutcome(status: reply.status, events: Self.dataLines(reply.body))
         XCTAssertEqual(s.inBandError?["code"] as? String, "upstream_timeout")
@@ -168,23 +182,26 @@ final class FaultTests: XCTestCase {
     func testServerErrorsRetriedOnlyWhenSafe() async throws {
         let counter = Counter()
         // "flaky-503" and "flaky-502": fail twice, then answer. "broken-500": always 500.
-        let h = try await Harness.start(script: { r in
-            guard r.path == "/v1/chat/completions", let model = r.json?["model"] as? String else { return nil }
-            switch model {
-            case "broken-500":
-                return .json(status: 500, body: #"{"error":{"message":"it broke","type":"server_error","param":null,"code":null}}"#)
-            case "flaky-503", "flaky-502":
-                let n = counter.next(model)
-                return n <= 2 ? .json(status: model == "flaky-503" ? 503 : 502, body: FaultTests.serverError503) : FakeUpstream.defaultReply(r)
-            case "down-503":
-                return .json(status: 503, body: FaultTests.serverError503, headers: [("retry-after", "0")])
-            default: return nil
-            }
-        }, configure: { c in
-            c.upstream.maxRetries = 2
-            c.upstream.retryBaseDelayMs = 10
-            c.upstream.circuitBreakerFailures = 0
-        })
+        let h = try await Harness.start(
+            script: { r in
+                guard r.path == "/v1/chat/completions", let model = r.json?["model"] as? String else { return nil }
+                switch model {
+                case "broken-500":
+                    return .json(status: 500, body: #"{"error":{"message":"it broke","type":"server_error","param":null,"code":null}}"#)
+                case "flaky-503", "flaky-502":
+                    let n = counter.next(model)
+                    return n <= 2
+                        ? .json(status: model == "flaky-503" ? 503 : 502, body: FaultTests.serverError503) : FakeUpstream.defaultReply(r)
+                case "down-503":
+                    return .json(status: 503, body: FaultTests.serverError503, headers: [("retry-after", "0")])
+                default: return nil
+                }
+            },
+            configure: { c in
+                c.upstream.maxRetries = 2
+                c.upstream.retryBaseDelayMs = 10
+                c.upstream.circuitBreakerFailures = 0
+            })
         for stream in [false, true] {
             counter.reset()
             h.upstream.clearReceived()
@@ -214,17 +231,21 @@ final class FaultTests: XCTestCase {
 
     func testRateLimitHonoursRetryAfter() async throws {
         let counter = Counter()
-        let h = try await Harness.start(script: { r in
-            guard r.path == "/v1/chat/completions" else { return nil }
-            if counter.next("all") == 1 {
-                return .json(status: 429, body: #"{"error":{"message":"slow down","type":"rate_limit_error","param":null,"code":"rate_limit_exceeded"}}"#,
-                             headers: [("retry-after", "0.4")])
-            }
-            return FakeUpstream.defaultReply(r)
-        }, configure: { c in
-            c.upstream.maxRetries = 1
-            c.upstream.retryBaseDelayMs = 1
-        })
+        let h = try await Harness.start(
+            script: { r in
+                guard r.path == "/v1/chat/completions" else { return nil }
+                if counter.next("all") == 1 {
+                    return .json(
+                        status: 429,
+                        body: #"{"error":{"message":"slow down","type":"rate_limit_error","param":null,"code":"rate_limit_exceeded"}}"#,
+                        headers: [("retry-after", "0.4")])
+                }
+                return FakeUpstream.defaultReply(r)
+            },
+            configure: { c in
+                c.upstream.maxRetries = 1
+                c.upstream.retryBaseDelayMs = 1
+            })
         for stream in [false, true] {
             counter.reset()
             let started = Date()
@@ -243,13 +264,16 @@ final class FaultTests: XCTestCase {
             guard r.path == "/v1/chat/completions" else { return nil }
             if r.json?["stream"] as? Bool == true {
                 let good = FakeUpstream.streamParts(model: "m", text: "a b", includeUsage: false)
-                return .stream(parts: [good[0], "data: {\"id\":\"chatcmpl-x\",\"choices\":[{\"delta\":{\"content\":\"oops}\n\n", good[1], "data: [DONE]\n\n"])
+                return .stream(parts: [
+                    good[0], "data: {\"id\":\"chatcmpl-x\",\"choices\":[{\"delta\":{\"content\":\"oops}\n\n", good[1], "data: [DONE]\n\n",
+                ])
             }
             return .json(status: 200, body: #"{"id":"chatcmpl-x","choices":[{"message":{"content":"oops}"#)
         })
         // The good event, the error, [DONE]; nothing after the bad one.
-        try await checkPlainAndStream(h, status: 502, code: "upstream_bad_response", streamCode: "upstream_bad_response", streamEvents: 3,
-                                      logged: [502, 502], outcomes: ["upstream_bad_response", "upstream_bad_response"])
+        try await checkPlainAndStream(
+            h, status: 502, code: "upstream_bad_response", streamCode: "upstream_bad_response", streamEvents: 3,
+            logged: [502, 502], outcomes: ["upstream_bad_response", "upstream_bad_response"])
     }
 
     // MARK: Truncated bodies
@@ -259,34 +283,39 @@ final class FaultTests: XCTestCase {
             guard r.path == "/v1/chat/completions" else { return nil }
             if r.json?["stream"] as? Bool == true {
                 var parts = FakeUpstream.streamParts(model: "m", text: "one two three", includeUsage: false)
-                parts.removeLast()   // no [DONE]
+                parts.removeLast()  // no [DONE]
                 let last = parts.removeLast()
-                parts.append(String(last.prefix(last.count / 2)))   // half an event
+                parts.append(String(last.prefix(last.count / 2)))  // half an event
                 return .stream(parts: parts)
             }
             let whole = FakeUpstream.completionJSON(model: "m", text: "one two three")
             return .stream(parts: [String(whole.prefix(whole.count / 2))], contentType: "application/json")
         })
-        let s = try await checkPlainAndStream(h, status: 502, code: "upstream_bad_response", streamCode: "upstream_bad_response",
-                                              streamEvents: nil, logged: nil, outcomes: ["upstream_bad_response", "upstream_truncated"])
+        let s = try await checkPlainAndStream(
+            h, status: 502, code: "upstream_bad_response", streamCode: "upstream_bad_response",
+            streamEvents: nil, logged: nil, outcomes: ["upstream_bad_response", "upstream_truncated"])
         XCTAssertTrue((s.inBandError?["message"] as? String ?? "").contains("middle of an event"))
     }
 
     // MARK: Connection reset
 
     func testConnectionReset() async throws {
-        let h = try await Harness.start(script: { r in
-            guard r.path == "/v1/chat/completions" else { return nil }
-            if r.json?["stream"] as? Bool == true {
-                return .stream(parts: FakeUpstream.streamParts(model: "m", text: "one two three four", includeUsage: false), resetAfter: 2)
-            }
-            return .dropConnection
-        }, configure: { c in
-            c.upstream.maxRetries = 2
-            c.upstream.retryBaseDelayMs = 10
-        })
-        try await checkPlainAndStream(h, status: 502, code: "upstream_bad_response", streamCode: nil, streamEvents: 4,
-                                      logged: [502, 502], outcomes: ["upstream_error", "upstream_truncated"])
+        let h = try await Harness.start(
+            script: { r in
+                guard r.path == "/v1/chat/completions" else { return nil }
+                if r.json?["stream"] as? Bool == true {
+                    return .stream(
+                        parts: FakeUpstream.streamParts(model: "m", text: "one two three four", includeUsage: false), resetAfter: 2)
+                }
+                return .dropConnection
+            },
+            configure: { c in
+                c.upstream.maxRetries = 2
+                c.upstream.retryBaseDelayMs = 10
+            })
+        try await checkPlainAndStream(
+            h, status: 502, code: "upstream_bad_response", streamCode: nil, streamEvents: 4,
+            logged: [502, 502], outcomes: ["upstream_error", "upstream_truncated"])
         XCTAssertEqual(h.upstream.received.count, 2, "each request reached the upstream once: no retry after a reset")
     }
 
@@ -294,14 +323,18 @@ final class FaultTests: XCTestCase {
 
     func testCircuitBreakerOpensFailsFastAndRecovers() async throws {
         let healthy = Flag()
-        let h = try await Harness.start(script: { r in
-            guard r.path == "/v1/chat/completions" else { return nil }
-            return healthy.value ? FakeUpstream.defaultReply(r) : .json(status: 500, body: #"{"error":{"message":"down","type":"server_error","param":null,"code":null}}"#)
-        }, configure: { c in
-            c.upstream.maxRetries = 0
-            c.upstream.circuitBreakerFailures = 3
-            c.upstream.circuitBreakerCooldownMs = 700
-        })
+        let h = try await Harness.start(
+            script: { r in
+                guard r.path == "/v1/chat/completions" else { return nil }
+                return healthy.value
+                    ? FakeUpstream.defaultReply(r)
+                    : .json(status: 500, body: #"{"error":{"message":"down","type":"server_error","param":null,"code":null}}"#)
+            },
+            configure: { c in
+                c.upstream.maxRetries = 0
+                c.upstream.circuitBreakerFailures = 3
+                c.upstream.circuitBreakerCooldownMs = 700
+            })
         for _ in 0..<3 { assertOpenAIError(try await h.chat(Self.chatBody(stream: false)), status: 500) }
         XCTAssertEqual(h.upstream.received.count, 3)
         for stream in [false, true] {
@@ -339,7 +372,7 @@ final class FaultTests: XCTestCase {
         let b = CircuitBreaker(failureThreshold: 2, cooldown: .seconds(10), now: { clock.t })
         XCTAssertNil(b.acquire())
         b.recordFailure()
-        b.recordSuccess()   // a success in between resets the count
+        b.recordSuccess()  // a success in between resets the count
         b.recordFailure()
         XCTAssertEqual(b.state, .closed)
         b.recordFailure()
@@ -365,7 +398,12 @@ final class FaultTests: XCTestCase {
 final class Counter: @unchecked Sendable {
     private let lock = NSLock()
     private var counts: [String: Int] = [:]
-    func next(_ key: String) -> Int { lock.withLock { counts[key, default: 0] += 1; return counts[key]! } }
+    func next(_ key: String) -> Int {
+        lock.withLock {
+            counts[key, default: 0] += 1
+            return counts[key]!
+        }
+    }
     func reset() { lock.withLock { counts.removeAll() } }
 }
 

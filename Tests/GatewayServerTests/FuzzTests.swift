@@ -3,6 +3,7 @@ import OpenAIWire
 import PolicyEngine
 import PromptR1
 import XCTest
+
 @testable import GatewayServer
 
 /// Property-based fuzzing of every parser that reads untrusted bytes: the safetensors header,
@@ -27,9 +28,10 @@ final class FuzzTests: XCTestCase {
     /// Runs `body` on `iterations` mutants of the seeds; the input is saved first when asked.
     func fuzz(_ target: String, seeds: [[UInt8]], jsonAware: Bool = false, _ body: ([UInt8]) throws -> Void) rethrows {
         // String.hashValue differs between runs; seed from the name's bytes (FNV-1a) instead.
-        let rng = SplitMix64(seed: Self.baseSeed ^ target.utf8.reduce(UInt64(1469598103934665603)) { ($0 ^ UInt64($1)) &* 1099511628211 })
+        let rng = SplitMix64(
+            seed: Self.baseSeed ^ target.utf8.reduce(UInt64(1_469_598_103_934_665_603)) { ($0 ^ UInt64($1)) &* 1_099_511_628_211 })
         var mutator = Mutator(rng: rng, seeds: seeds, jsonAware: jsonAware)
-        for s in seeds { try body(s) }   // the seeds themselves must pass
+        for s in seeds { try body(s) }  // the seeds themselves must pass
         for _ in 0..<Self.iterations {
             let input = mutator.next()
             if let dir = Self.saveDir {
@@ -48,7 +50,8 @@ final class FuzzTests: XCTestCase {
         // Small real files: a header plus data, as the writer lays them out.
         var seeds: [[UInt8]] = []
         for (i, dtype) in ["F32", "BF16", "F16"].enumerated() {
-            let header = #"{"__metadata__":{"format":"pt"},"a.weight":{"dtype":"\#(dtype)","shape":[2,3],"data_offsets":[0,\#(dtype == "F32" ? 24 : 12)]},"b":{"dtype":"\#(dtype)","shape":[2],"data_offsets":[\#(dtype == "F32" ? 24 : 12),\#(dtype == "F32" ? 32 : 16)]}}"#
+            let header =
+                #"{"__metadata__":{"format":"pt"},"a.weight":{"dtype":"\#(dtype)","shape":[2,3],"data_offsets":[0,\#(dtype == "F32" ? 24 : 12)]},"b":{"dtype":"\#(dtype)","shape":[2],"data_offsets":[\#(dtype == "F32" ? 24 : 12),\#(dtype == "F32" ? 32 : 16)]}}"#
             var bytes = withUnsafeBytes(of: UInt64(header.utf8.count).littleEndian) { Array($0) }
             bytes += Array(header.utf8)
             bytes += (0..<(dtype == "F32" ? 32 : 16)).map { UInt8(($0 * 37 + i) & 0xFF) }
@@ -122,7 +125,10 @@ final class FuzzTests: XCTestCase {
             var i = 0
             while i < input.count {
                 let n = Int(rng.next() % 17) + 1
-                guard let events = try? pieces.feed(input[i..<min(input.count, i + n)]) else { split = nil; break }
+                guard let events = try? pieces.feed(input[i..<min(input.count, i + n)]) else {
+                    split = nil
+                    break
+                }
                 split! += events
                 i += n
             }
@@ -205,7 +211,8 @@ struct Mutator {
 
     static let interesting: [String] = [
         "null", "true", "-1", "0", "1e400", "-9223372036854775809", "18446744073709551616", "3.5", "\"\"",
-        "\"\\ud800\"", "[]", "{}", "[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]",
+        "\"\\ud800\"", "[]", "{}",
+        "[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]",
         "\"" + String(repeating: "A", count: 5000) + "\"", "NaN", "\"\u{0}\"",
     ]
 
@@ -221,26 +228,32 @@ struct Mutator {
     mutating func mutate(_ b: inout [UInt8]) {
         let choice = int(jsonAware ? 10 : 7)
         switch choice {
-        case 0 where !b.isEmpty:   // flip a bit
-            let i = int(b.count); b[i] ^= UInt8(1 << int(8))
-        case 1 where !b.isEmpty:   // random byte
+        case 0 where !b.isEmpty:  // flip a bit
+            let i = int(b.count)
+            b[i] ^= UInt8(1 << int(8))
+        case 1 where !b.isEmpty:  // random byte
             b[int(b.count)] = UInt8(truncatingIfNeeded: rng.next())
-        case 2:                    // insert random bytes (invalid UTF-8 included)
+        case 2:  // insert random bytes (invalid UTF-8 included)
             let i = int(b.count + 1)
             b.insert(contentsOf: (0..<(1 + int(8))).map { _ in UInt8(truncatingIfNeeded: rng.next()) }, at: i)
-        case 3 where !b.isEmpty:   // delete a range
-            let i = int(b.count), n = min(b.count - i, 1 + int(64)); b.removeSubrange(i..<(i + n))
-        case 4:                    // truncate
+        case 3 where !b.isEmpty:  // delete a range
+            let i = int(b.count)
+            let n = min(b.count - i, 1 + int(64))
+            b.removeSubrange(i..<(i + n))
+        case 4:  // truncate
             b = Array(b.prefix(int(b.count + 1)))
         case 5 where b.count > 2:  // duplicate a block
-            let i = int(b.count), n = min(b.count - i, 1 + int(256)); b.insert(contentsOf: b[i..<(i + n)], at: int(b.count))
-        case 6 where !seeds.isEmpty: // splice with another seed
+            let i = int(b.count)
+            let n = min(b.count - i, 1 + int(256))
+            b.insert(contentsOf: b[i..<(i + n)], at: int(b.count))
+        case 6 where !seeds.isEmpty:  // splice with another seed
             let o = seeds[int(seeds.count)]
-            let cut = int(b.count + 1), from = int(o.count + 1)
+            let cut = int(b.count + 1)
+            let from = int(o.count + 1)
             b = Array(b.prefix(cut)) + Array(o.suffix(from: from))
-        case 7, 8:                 // JSON-aware: replace one scalar value with an interesting one
+        case 7, 8:  // JSON-aware: replace one scalar value with an interesting one
             replaceValue(&b)
-        case 9:                    // JSON-aware: change a number's magnitude
+        case 9:  // JSON-aware: change a number's magnitude
             if let i = b.firstIndex(where: { $0 >= 0x30 && $0 <= 0x39 }).map({ _ in int(b.count) }), i < b.count {
                 let digits = b[i...].prefix { $0 >= 0x30 && $0 <= 0x39 }
                 if !digits.isEmpty { b.replaceSubrange(i..<(i + digits.count), with: Array("99999999999999999999".utf8)) }
@@ -257,9 +270,12 @@ struct Mutator {
         var i = colons[int(colons.count)] + 1
         while i < b.count, b[i] == 0x20 { i += 1 }
         var j = i
-        if j < b.count, b[j] == 0x22 {   // a string value
+        if j < b.count, b[j] == 0x22 {  // a string value
             j += 1
-            while j < b.count, b[j] != 0x22 { if b[j] == 0x5C { j += 1 }; j += 1 }
+            while j < b.count, b[j] != 0x22 {
+                if b[j] == 0x5C { j += 1 }
+                j += 1
+            }
             j = min(b.count, j + 1)
         } else {
             while j < b.count, ![0x2C, 0x7D, 0x5D].contains(b[j]) { j += 1 }

@@ -18,7 +18,10 @@ final class GatewayExportTests: XCTestCase {
     static let schema = repo.appendingPathComponent("docs/export-row.schema.json")
     static let validator = repo.appendingPathComponent("Tests/compat/validate_export.py")
 
-    struct Validation: Decodable { var rows: Int; var errors: [String] }
+    struct Validation: Decodable {
+        var rows: Int
+        var errors: [String]
+    }
 
     /// Runs Tests/compat/validate_export.py on one export file.
     static func validate(_ format: ExportFormat, _ file: URL) throws -> (status: Int32, result: Validation?) {
@@ -44,7 +47,9 @@ final class GatewayExportTests: XCTestCase {
         let h = try await CollaborationTests.start(cases)
         var ids: [String] = []
         for c in cases {
-            let body = try JSONSerialization.data(withJSONObject: ["model": "prompt-r1/gpt-4o-mini", "messages": [["role": "user", "content": c.question]]])
+            let body = try JSONSerialization.data(withJSONObject: [
+                "model": "prompt-r1/gpt-4o-mini", "messages": [["role": "user", "content": c.question]],
+            ])
             let reply = try await h.chat(String(decoding: body, as: UTF8.self))
             XCTAssertEqual(reply.status, 200, reply.body)
             ids.append(try XCTUnwrap(reply.episodeID))
@@ -136,8 +141,12 @@ final class GatewayExportTests: XCTestCase {
         // verl-sft: rendering the messages with the written template gives the logged ids.
         for row in try Self.lines(dir.appendingPathComponent("verl-sft.jsonl")) {
             let id = try XCTUnwrap(row["id"] as? String)
-            let messages = try XCTUnwrap(row["messages"] as? [[String: String]]).map { ChatTurn(role: $0["role"]!, content: $0["content"]!) }
-            XCTAssertEqual(tokenizer.encode(ExportChatTemplate.render(messages, addGenerationPrompt: false)).map(Int.init), byID[id]?["input_ids"] as? [Int])
+            let messages = try XCTUnwrap(row["messages"] as? [[String: String]]).map {
+                ChatTurn(role: $0["role"]!, content: $0["content"]!)
+            }
+            XCTAssertEqual(
+                tokenizer.encode(ExportChatTemplate.render(messages, addGenerationPrompt: false)).map(Int.init),
+                byID[id]?["input_ids"] as? [Int])
             // verl renders one message at a time: the pieces concatenate to the same ids.
             let pieces = messages.flatMap { tokenizer.encode(ExportChatTemplate.render([$0], addGenerationPrompt: false)) }
             XCTAssertEqual(pieces.map(Int.init), byID[id]?["input_ids"] as? [Int])
@@ -147,18 +156,24 @@ final class GatewayExportTests: XCTestCase {
             let id = try XCTUnwrap(row["id"] as? String)
             let prompt = try XCTUnwrap(row["prompt"] as? [[String: String]]).map { ChatTurn(role: $0["role"]!, content: $0["content"]!) }
             let e = try XCTUnwrap(try db.episode(id: id))
-            XCTAssertEqual(tokenizer.encode(ExportChatTemplate.render(prompt, addGenerationPrompt: true)), e.turns.first { $0.kind == "policy" }?.inputIDs)
+            XCTAssertEqual(
+                tokenizer.encode(ExportChatTemplate.render(prompt, addGenerationPrompt: true)),
+                e.turns.first { $0.kind == "policy" }?.inputIDs)
             XCTAssertEqual(prompt.map(\.role), ["system", "user"])
         }
 
         // Filters as for train: --min-reward, route, time.
         let best = dir.appendingPathComponent("best.jsonl")
-        let sBest = try Exporter.export(database: db, options: ExportOptions(format: .trlSFT, minReward: 1.0), tokenizer: tokenizer, to: best)
+        let sBest = try Exporter.export(
+            database: db, options: ExportOptions(format: .trlSFT, minReward: 1.0), tokenizer: tokenizer, to: best)
         XCTAssertEqual(Set(try Self.lines(best).map { $0["id"] as! String }), [ids[0], ids[1]])
         XCTAssertEqual(sBest.belowMinReward, cases.count - 2)
-        let other = try Exporter.export(database: db, options: ExportOptions(filter: EpisodeFilter(route: "rollout")), tokenizer: tokenizer, to: best)
+        let other = try Exporter.export(
+            database: db, options: ExportOptions(filter: EpisodeFilter(route: "rollout")), tokenizer: tokenizer, to: best)
         XCTAssertEqual(other.written, 0)
-        let later = try Exporter.export(database: db, options: ExportOptions(filter: EpisodeFilter(since: Date().addingTimeInterval(60))), tokenizer: tokenizer, to: best)
+        let later = try Exporter.export(
+            database: db, options: ExportOptions(filter: EpisodeFilter(since: Date().addingTimeInterval(60))), tokenizer: tokenizer,
+            to: best)
         XCTAssertEqual(later.written, 0)
         try? FileManager.default.removeItem(at: best)
         try? FileManager.default.removeItem(at: ExportChatTemplate.url(besides: best))
@@ -169,11 +184,15 @@ final class GatewayExportTests: XCTestCase {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("export-schema-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: dir) }
-        let extra: [String: Any] = ["episode_id": "e", "index": 0, "question": NSNull(), "route": "r", "policy_version": NSNull(),
-                                    "created_at": 1.0, "format_score": NSNull(), "answer_score": NSNull(), "reward_source": NSNull(),
-                                    "feedback_score": NSNull()]
-        let good: [String: Any] = ["id": "e", "data_source": "d", "prompt": [["role": "system", "content": "s"]],
-                                   "reward_model": ["style": "rule", "ground_truth": NSNull()], "extra_info": extra]
+        let extra: [String: Any] = [
+            "episode_id": "e", "index": 0, "question": NSNull(), "route": "r", "policy_version": NSNull(),
+            "created_at": 1.0, "format_score": NSNull(), "answer_score": NSNull(), "reward_source": NSNull(),
+            "feedback_score": NSNull(),
+        ]
+        let good: [String: Any] = [
+            "id": "e", "data_source": "d", "prompt": [["role": "system", "content": "s"]],
+            "reward_model": ["style": "rule", "ground_truth": NSNull()], "extra_info": extra,
+        ]
         func check(_ row: [String: Any]) throws -> Int32 {
             let url = dir.appendingPathComponent("rows.jsonl")
             try (JSONSerialization.data(withJSONObject: row) + [0x0A]).write(to: url)

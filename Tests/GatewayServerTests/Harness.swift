@@ -8,6 +8,7 @@ import NIOHTTP1
 import OpenAIWire
 import TrafficLog
 import XCTest
+
 @testable import GatewayServer
 
 /// A running gateway in front of a fake upstream, both on OS-chosen loopback ports, with the
@@ -24,8 +25,10 @@ final class Harness: @unchecked Sendable {
     var dbPath: String { directory.appendingPathComponent("traffic.sqlite").path }
     var base: String { "http://127.0.0.1:\(port)" }
 
-    static func start(script: FakeUpstream.Script? = nil, environment: [String: String] = [:], configPath: String? = nil,
-                      configure: (inout GatewayConfig) -> Void = { _ in }) async throws -> Harness {
+    static func start(
+        script: FakeUpstream.Script? = nil, environment: [String: String] = [:], configPath: String? = nil,
+        configure: (inout GatewayConfig) -> Void = { _ in }
+    ) async throws -> Harness {
         let upstream = try await FakeUpstream(script: script)
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("gw-test-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
@@ -92,8 +95,10 @@ final class Harness: @unchecked Sendable {
         var episodeID: String? { headers.first(name: "x-gateway-episode-id") }
     }
 
-    func request(_ method: HTTPMethod = .POST, _ path: String, body: String? = nil, bodyBytes: [UInt8]? = nil,
-                 headers: [(String, String)] = [("content-type", "application/json")]) async throws -> Reply {
+    func request(
+        _ method: HTTPMethod = .POST, _ path: String, body: String? = nil, bodyBytes: [UInt8]? = nil,
+        headers: [(String, String)] = [("content-type", "application/json")]
+    ) async throws -> Reply {
         var req = HTTPClientRequest(url: base + path)
         req.method = method
         for (k, v) in headers { req.headers.add(name: k, value: v) }

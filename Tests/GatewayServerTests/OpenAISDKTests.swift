@@ -1,5 +1,6 @@
 import Foundation
 import XCTest
+
 @testable import GatewayServer
 
 /// The official `openai` Python SDK against a live gateway: the strongest check that
@@ -27,18 +28,25 @@ final class OpenAISDKTests: XCTestCase {
     }
 
     /// Runs a process to completion off the cooperative pool, optionally feeding it stdin.
-    static func run(_ exe: String, _ args: [String], env: [String: String] = [:], stdin: String? = nil) async throws -> (Int32, String, String) {
+    static func run(_ exe: String, _ args: [String], env: [String: String] = [:], stdin: String? = nil) async throws -> (
+        Int32, String, String
+    ) {
         try await withCheckedThrowingContinuation { cont in
             DispatchQueue.global().async {
                 let p = Process()
                 p.executableURL = URL(fileURLWithPath: exe)
                 p.arguments = args
                 p.environment = ProcessInfo.processInfo.environment.merging(env) { $1 }
-                let inp = Pipe(), out = Pipe(), err = Pipe()
+                let inp = Pipe()
+                let out = Pipe()
+                let err = Pipe()
                 p.standardInput = inp
                 p.standardOutput = out
                 p.standardError = err
-                do { try p.run() } catch { cont.resume(throwing: error); return }
+                do { try p.run() } catch {
+                    cont.resume(throwing: error)
+                    return
+                }
                 if let stdin { inp.fileHandleForWriting.write(Data(stdin.utf8)) }
                 try? inp.fileHandleForWriting.close()
                 let o = out.fileHandleForReading.readDataToEndOfFile()

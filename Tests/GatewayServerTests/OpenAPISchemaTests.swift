@@ -1,6 +1,7 @@
 import Foundation
 import OpenAIWire
 import XCTest
+
 @testable import GatewayServer
 
 /// What the gateway itself writes to clients (collaboration completions and stream chunks,
@@ -18,18 +19,31 @@ final class OpenAPISchemaTests: XCTestCase {
         let cases = try CollaborationTests.cases()
         let h = try await CollaborationTests.start(cases, configure: { c in c.limits.maxBodyBytes = 4096 })
         var docs: [(String, String)] = []
-        let question = String(decoding: try JSONSerialization.data(withJSONObject: ["model": "prompt-r1/gpt-4o-mini", "messages": [["role": "user", "content": cases[0].question]]]), as: UTF8.self)
-        docs.append(("CreateChatCompletionResponse", try await h.chat(question, headers: [("content-type", "application/json"), ("x-gateway-trace", "1")]).body))
-        let streamBody = String(decoding: try JSONSerialization.data(withJSONObject: ["model": "prompt-r1/gpt-4o-mini", "stream": true, "stream_options": ["include_usage": true],
-                                                                                     "messages": [["role": "user", "content": cases[0].question]]] as [String: Any]), as: UTF8.self)
+        let question = String(
+            decoding: try JSONSerialization.data(withJSONObject: [
+                "model": "prompt-r1/gpt-4o-mini", "messages": [["role": "user", "content": cases[0].question]],
+            ]), as: UTF8.self)
+        docs.append(
+            (
+                "CreateChatCompletionResponse",
+                try await h.chat(question, headers: [("content-type", "application/json"), ("x-gateway-trace", "1")]).body
+            ))
+        let streamBody = String(
+            decoding: try JSONSerialization.data(
+                withJSONObject: [
+                    "model": "prompt-r1/gpt-4o-mini", "stream": true, "stream_options": ["include_usage": true],
+                    "messages": [["role": "user", "content": cases[0].question]],
+                ] as [String: Any]), as: UTF8.self)
         let stream = try await h.chat(streamBody, headers: [("content-type", "application/json"), ("x-gateway-trace", "1")])
         var parser = SSEParser()
         for e in try parser.feed(Array(stream.body.utf8)) where !e.isDone && !e.data.isEmpty {
             docs.append(("CreateChatCompletionStreamResponse", e.dataString))
         }
         docs.append(("ListModelsResponse", try await h.request(.GET, "/v1/models").body))
-        for body in ["{bad", #"{"model":"m","messages":[{"role":"wizard","content":"x"}]}"#,
-                     "{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"" + String(repeating: "a", count: 5000) + "\"}]}"] {
+        for body in [
+            "{bad", #"{"model":"m","messages":[{"role":"wizard","content":"x"}]}"#,
+            "{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"" + String(repeating: "a", count: 5000) + "\"}]}",
+        ] {
             docs.append(("ErrorResponse", try await h.chat(body).body))
         }
         docs.append(("ErrorResponse", try await h.request(.GET, "/nope").body))

@@ -5,13 +5,15 @@ import GRDB
 import NIOCore
 import OpenAIWire
 import XCTest
+
 @testable import GatewayServer
 
 final class PassthroughTests: XCTestCase {
     func testNonStreamBodyRelayedExactlyAndLogged() async throws {
         let h = try await Harness.start(environment: ["TEST_UPSTREAM_KEY": "sk-upstream-secret-123"])
         // Unknown fields, odd spacing and number spellings must reach the upstream byte for byte.
-        let body = #"{"model":"gpt-4o-mini", "messages":[{"role":"user","content":"hello there"}],"temperature":0.70,"x_custom":{"keep":[1,2e3]}}"#
+        let body =
+            #"{"model":"gpt-4o-mini", "messages":[{"role":"user","content":"hello there"}],"temperature":0.70,"x_custom":{"keep":[1,2e3]}}"#
         let reply = try await h.chat(body)
         XCTAssertEqual(reply.status, 200)
         XCTAssertEqual(reply.body, FakeUpstream.completionJSON(model: "gpt-4o-mini", text: "echo: hello there"))
@@ -36,7 +38,9 @@ final class PassthroughTests: XCTestCase {
             XCTAssertEqual(row["request_json"] as String, body)
             XCTAssertEqual(row["upstream_model"] as String, "gpt-4o-mini")
             XCTAssertNil(row["policy_version"] as String?)
-            let total = row["total_ms"] as Double, upstream = row["upstream_ms"] as Double, overhead = row["overhead_ms"] as Double
+            let total = row["total_ms"] as Double
+            let upstream = row["upstream_ms"] as Double
+            let overhead = row["overhead_ms"] as Double
             XCTAssertGreaterThan(total, 0)
             XCTAssertEqual(total, upstream + overhead, accuracy: 0.01)
         }
@@ -49,12 +53,15 @@ final class PassthroughTests: XCTestCase {
         // A realistic stream with a tool-call delta (with `index`), finish chunk, usage chunk.
         let parts = FakeUpstream.streamParts(model: "gpt-4o-mini", text: "one two three", includeUsage: true)
         var withTool = parts
-        withTool.insert(#"data: {"id":"c","object":"chat.completion.chunk","created":1,"model":"gpt-4o-mini","choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"id":"call_1","type":"function","function":{"name":"f","arguments":"{\"a\":"}}]},"finish_reason":null}]}"# + "\n\n", at: 2)
+        withTool.insert(
+            #"data: {"id":"c","object":"chat.completion.chunk","created":1,"model":"gpt-4o-mini","choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"id":"call_1","type":"function","function":{"name":"f","arguments":"{\"a\":"}}]},"finish_reason":null}]}"#
+                + "\n\n", at: 2)
         let script = withTool
         let h = try await Harness.start(script: { r in
             r.path == "/v1/chat/completions" ? .stream(parts: script, delay: .milliseconds(5)) : nil
         })
-        let reply = try await h.chat(#"{"model":"gpt-4o-mini","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"x"}]}"#)
+        let reply = try await h.chat(
+            #"{"model":"gpt-4o-mini","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"x"}]}"#)
         XCTAssertEqual(reply.status, 200)
         XCTAssertEqual(reply.headers.first(name: "content-type"), "text/event-stream")
         XCTAssertEqual(reply.body, withTool.joined())
@@ -104,7 +111,7 @@ final class PassthroughTests: XCTestCase {
             _ = try await it.next()
             return resp.headers.first(name: "x-gateway-episode-id")
         }
-        let id = try await task.value   // returning drops the body: the client side closes
+        let id = try await task.value  // returning drops the body: the client side closes
         // The upstream stream must end early (cancelled), long before its 4 s natural length.
         let deadline = Date().addingTimeInterval(3)
         while h.upstream.abortedStreams == 0 && Date() < deadline { try await Task.sleep(for: .milliseconds(50)) }
@@ -156,8 +163,12 @@ final class PassthroughTests: XCTestCase {
 
     func testHopByHopAndUnknownHeadersAreNotForwarded() async throws {
         let h = try await Harness.start()
-        _ = try await h.chat(simpleChat, headers: [("content-type", "application/json"), ("x-secret-internal", "1"),
-                                                   ("openai-organization", "org-1"), ("te", "trailers"), ("cookie", "a=b")])
+        _ = try await h.chat(
+            simpleChat,
+            headers: [
+                ("content-type", "application/json"), ("x-secret-internal", "1"),
+                ("openai-organization", "org-1"), ("te", "trailers"), ("cookie", "a=b"),
+            ])
         let sent = try XCTUnwrap(h.upstream.received.last)
         XCTAssertEqual(sent.headers["openai-organization"], "org-1")
         XCTAssertNil(sent.headers["x-secret-internal"])
@@ -173,8 +184,9 @@ final class PassthroughTests: XCTestCase {
         XCTAssertEqual(e["code"] as? String, "policy_not_loaded")
         XCTAssertTrue((e["message"] as? String ?? "").contains("--policy"))
         // The header can force passthrough for the same name.
-        let forced = try await h.chat(#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"q"}]}"#,
-                                      headers: [("content-type", "application/json"), ("x-gateway-mode", "collaborate")])
+        let forced = try await h.chat(
+            #"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"q"}]}"#,
+            headers: [("content-type", "application/json"), ("x-gateway-mode", "collaborate")])
         assertOpenAIError(forced, status: 503)
         XCTAssertTrue(h.upstream.received.isEmpty)
         try await h.stop()

@@ -38,10 +38,15 @@ final class ProcessTests: XCTestCase {
             try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
             let config = directory.appendingPathComponent("gateway.json")
             let log = durability.map { #", "log": {"durability": "\#($0)"}"# } ?? ""
-            try Data(#"{"upstream": {"base_url": "\#(upstream)", "api_key_env": "PROC_UPSTREAM_KEY", "max_retries": 0}, "auth": {"client_keys_env": "PROC_CLIENT_KEYS"}, "admin": {"token_env": "PROC_ADMIN_TOKEN"}\#(log)}"#.utf8).write(to: config)
+            try Data(
+                #"{"upstream": {"base_url": "\#(upstream)", "api_key_env": "PROC_UPSTREAM_KEY", "max_retries": 0}, "auth": {"client_keys_env": "PROC_CLIENT_KEYS"}, "admin": {"token_env": "PROC_ADMIN_TOKEN"}\#(log)}"#
+                    .utf8
+            ).write(to: config)
             process.executableURL = try ProcessTests.executable()
-            process.arguments = ["serve", "--config", config.path, "--host", "127.0.0.1", "--port", "0", "--admin-port", "0",
-                                 "--log-db", dbPath, "--log-level", logLevel]
+            process.arguments = [
+                "serve", "--config", config.path, "--host", "127.0.0.1", "--port", "0", "--admin-port", "0",
+                "--log-db", dbPath, "--log-level", logLevel,
+            ]
             var env = ProcessInfo.processInfo.environment
             for (k, v) in environment { env[k] = v }
             process.environment = env
@@ -64,8 +69,9 @@ final class ProcessTests: XCTestCase {
             while Date() < deadline {
                 let text = log
                 if let r = text.range(of: #"address=127\.0\.0\.1:(\d+)"#, options: .regularExpression),
-                   let a = text.range(of: #"admin=127\.0\.0\.1:(\d+)"#, options: .regularExpression),
-                   let port = Int(text[r].split(separator: ":").last ?? ""), let admin = Int(text[a].split(separator: ":").last ?? "") {
+                    let a = text.range(of: #"admin=127\.0\.0\.1:(\d+)"#, options: .regularExpression),
+                    let port = Int(text[r].split(separator: ":").last ?? ""), let admin = Int(text[a].split(separator: ":").last ?? "")
+                {
                     return (port, admin)
                 }
                 XCTAssertTrue(process.isRunning, "gateway exited: \(text)")
@@ -91,10 +97,11 @@ final class ProcessTests: XCTestCase {
     /// byte (a stream's `[DONE]`) leaves only after its episode is committed, so every response
     /// the clients saw complete must be in the file, and the file must open clean.
     func testKill9UnderLoadLosesNoCompletedEpisode() async throws {
-        let upstream = try await FakeUpstream(script: { r in
-            guard r.path == "/v1/chat/completions" else { return nil }
-            return .delayed(.milliseconds(Int.random(in: 1...15)), FakeUpstream.defaultReply(r))
-        }, recordRequests: false)
+        let upstream = try await FakeUpstream(
+            script: { r in
+                guard r.path == "/v1/chat/completions" else { return nil }
+                return .delayed(.milliseconds(Int.random(in: 1...15)), FakeUpstream.defaultReply(r))
+            }, recordRequests: false)
         let child = try Child(upstream: upstream.baseURL, environment: [:], durability: "commit_before_response")
         let (port, _) = try await child.ports()
         let client = Self.httpClient()
@@ -111,14 +118,18 @@ final class ProcessTests: XCTestCase {
                         var req = HTTPClientRequest(url: "http://127.0.0.1:\(port)/v1/chat/completions")
                         req.method = .POST
                         req.headers.add(name: "content-type", value: "application/json")
-                        req.body = .bytes(ByteBuffer(string: #"{"model":"gpt-4o-mini","stream":\#(stream),"messages":[{"role":"user","content":"worker \#(worker) request \#(i)"}]}"#))
+                        req.body = .bytes(
+                            ByteBuffer(
+                                string:
+                                    #"{"model":"gpt-4o-mini","stream":\#(stream),"messages":[{"role":"user","content":"worker \#(worker) request \#(i)"}]}"#
+                            ))
                         do {
                             let resp = try await client.execute(req, timeout: .seconds(10))
                             let body = String(buffer: try await resp.body.collect(upTo: 1 << 20))
                             let done = stream ? body.hasSuffix("data: [DONE]\n\n") : body.contains("\"chat.completion\"")
                             if resp.status == .ok, done, let id = resp.headers.first(name: "x-gateway-episode-id") { completed.add(id) }
                         } catch {
-                            return   // the gateway is gone
+                            return  // the gateway is gone
                         }
                     }
                 }
@@ -168,7 +179,7 @@ final class ProcessTests: XCTestCase {
             _ = try await resp.body.collect(upTo: 1 << 20)
             return (Int(resp.status.code), resp.headers.first(name: "x-gateway-episode-id"))
         }
-        _ = try await chat()   // the schema exists, connections are warm
+        _ = try await chat()  // the schema exists, connections are warm
         let blocker = try DatabaseQueue(path: child.dbPath)
         let locked = AsyncStream<Void>.makeStream()
         let holder = Thread {
@@ -216,13 +227,17 @@ final class ProcessTests: XCTestCase {
     /// trace level and no byte of the database files contains any of them.
     func testNoSecretInLogLinesOrDatabase() async throws {
         let upstream = try await FakeUpstream()
-        let secrets = ["clientkey-SECRET-aaaa1111", "clientkey-SECRET-bbbb2222", "sk-upstream-SECRET-cccc3333",
-                       "admintoken-SECRET-dddd4444", "wrongkey-SECRET-eeee5555"]
-        let child = try Child(upstream: upstream.baseURL, environment: [
-            "PROC_CLIENT_KEYS": "\(secrets[0]),\(secrets[1])",
-            "PROC_UPSTREAM_KEY": secrets[2],
-            "PROC_ADMIN_TOKEN": secrets[3],
-        ], logLevel: "trace")
+        let secrets = [
+            "clientkey-SECRET-aaaa1111", "clientkey-SECRET-bbbb2222", "sk-upstream-SECRET-cccc3333",
+            "admintoken-SECRET-dddd4444", "wrongkey-SECRET-eeee5555",
+        ]
+        let child = try Child(
+            upstream: upstream.baseURL,
+            environment: [
+                "PROC_CLIENT_KEYS": "\(secrets[0]),\(secrets[1])",
+                "PROC_UPSTREAM_KEY": secrets[2],
+                "PROC_ADMIN_TOKEN": secrets[3],
+            ], logLevel: "trace")
         let (port, adminPort) = try await child.ports()
         let client = Self.httpClient()
         func call(_ url: String, method: HTTPMethod = .POST, body: String?, auth: String?) async throws -> Int {
@@ -239,7 +254,8 @@ final class ProcessTests: XCTestCase {
         let chat = "http://127.0.0.1:\(port)/v1/chat/completions"
         let status1 = try await call(chat, body: #"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}"#, auth: secrets[0])
         XCTAssertEqual(status1, 200)
-        let status2 = try await call(chat, body: #"{"model":"gpt-4o-mini","stream":true,"messages":[{"role":"user","content":"hi"}]}"#, auth: secrets[1])
+        let status2 = try await call(
+            chat, body: #"{"model":"gpt-4o-mini","stream":true,"messages":[{"role":"user","content":"hi"}]}"#, auth: secrets[1])
         XCTAssertEqual(status2, 200)
         let status3 = try await call(chat, body: #"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}"#, auth: secrets[4])
         XCTAssertEqual(status3, 401)

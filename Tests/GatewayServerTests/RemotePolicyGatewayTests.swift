@@ -6,14 +6,16 @@
 
 import AsyncHTTPClient
 import Foundation
-#if canImport(FoundationNetworking)
-import FoundationNetworking
-#endif
 import PromptR1
 import RemotePolicy
 import TrafficLog
 import XCTest
+
 @testable import GatewayServer
+
+#if canImport(FoundationNetworking)
+    import FoundationNetworking
+#endif
 
 final class RemotePolicyGatewayTests: XCTestCase {
     static var root: URL { CollaborationTests.fixtures.deletingLastPathComponent().deletingLastPathComponent() }
@@ -22,18 +24,27 @@ final class RemotePolicyGatewayTests: XCTestCase {
     func testConfigAndCommandLine() throws {
         func parse(_ s: String) throws -> GatewayConfig { try GatewayConfig.parse(Data(s.utf8)) }
         func errorPath(_ s: String) -> String? {
-            do { _ = try parse(s); return nil } catch { return (error as? ConfigError)?.path }
+            do {
+                _ = try parse(s)
+                return nil
+            } catch { return (error as? ConfigError)?.path }
         }
         let up = #""upstream":{"base_url":"http://x/v1"}"#
         XCTAssertNil(try parse("{\(up)}").policy.backend, "default: the embedded engine")
         XCTAssertNil(try parse(#"{\#(up),"policy":{"backend":{"kind":"embedded"}}}"#).policy.backend)
-        let b = try XCTUnwrap(try parse(#"{\#(up),"policy":{"backend":{"kind":"vllm","base_url":"http://127.0.0.1:8000","model":"agent","api_key_env":"VLLM_KEY"}}}"#).policy.backend)
+        let b = try XCTUnwrap(
+            try parse(
+                #"{\#(up),"policy":{"backend":{"kind":"vllm","base_url":"http://127.0.0.1:8000","model":"agent","api_key_env":"VLLM_KEY"}}}"#
+            ).policy.backend)
         XCTAssertEqual(b, RemotePolicyBackend(kind: .vllm, baseURL: "http://127.0.0.1:8000", apiKeyEnv: "VLLM_KEY", model: "agent"))
         XCTAssertEqual(errorPath(#"{\#(up),"policy":{"backend":{"kind":"tgi","base_url":"http://h"}}}"#), "policy.backend.kind")
         XCTAssertEqual(errorPath(#"{\#(up),"policy":{"backend":{"kind":"sglang"}}}"#), "policy.backend.base_url")
         XCTAssertEqual(errorPath(#"{\#(up),"policy":{"backend":{"kind":"sglang","base_url":"file:///x"}}}"#), "policy.backend.base_url")
-        XCTAssertEqual(errorPath(#"{\#(up),"policy":{"backend":{"kind":"vllm","base_url":"http://h","api_key_env":"sk-123"}}}"#), "policy.backend.api_key_env")
-        XCTAssertEqual(errorPath(#"{\#(up),"policy":{"backend":{"kind":"vllm","base_url":"http://h","modle":"x"}}}"#), "policy.backend.modle")
+        XCTAssertEqual(
+            errorPath(#"{\#(up),"policy":{"backend":{"kind":"vllm","base_url":"http://h","api_key_env":"sk-123"}}}"#),
+            "policy.backend.api_key_env")
+        XCTAssertEqual(
+            errorPath(#"{\#(up),"policy":{"backend":{"kind":"vllm","base_url":"http://h","modle":"x"}}}"#), "policy.backend.modle")
         XCTAssertEqual(errorPath(#"{\#(up),"policy":{"backend":{"kind":"embedded","base_url":"http://h"}}}"#), "policy.backend.base_url")
 
         var c = try parse("{\(up)}")
@@ -67,7 +78,9 @@ final class RemotePolicyGatewayTests: XCTestCase {
         }
         var ids: [String] = []
         for c in cases {
-            let body = try JSONSerialization.data(withJSONObject: ["model": "prompt-r1/gpt-4o-mini", "messages": [["role": "user", "content": c.question]]])
+            let body = try JSONSerialization.data(withJSONObject: [
+                "model": "prompt-r1/gpt-4o-mini", "messages": [["role": "user", "content": c.question]],
+            ])
             let reply = try await h.chat(String(decoding: body, as: UTF8.self))
             XCTAssertEqual(reply.status, 200, reply.body)
             let message = ((reply.json?["choices"] as? [[String: Any]])?.first)?["message"] as? [String: Any]
@@ -84,18 +97,27 @@ final class RemotePolicyGatewayTests: XCTestCase {
         let green = try GatewayLlamaServer.start(model: Self.gguf)
         defer { green.stop() }
         let dead = "http://127.0.0.1:\(try GatewayLlamaServer.freePort())"
-        let refused = try await h.admin(.POST, "/admin/policy", body: #"{"path": "\#(link.lastPathComponent)", "backend": {"kind": "llamacpp", "base_url": "\#(dead)"}}"#, token: token)
+        let refused = try await h.admin(
+            .POST, "/admin/policy",
+            body: #"{"path": "\#(link.lastPathComponent)", "backend": {"kind": "llamacpp", "base_url": "\#(dead)"}}"#, token: token)
         XCTAssertEqual(refused.status, 422, refused.body)
         XCTAssertEqual(h.gateway.policies.current?.remote?.backend.baseURL, engine.baseURL, "a failed check leaves the serving version")
-        let badKey = try await h.admin(.POST, "/admin/policy", body: #"{"path": "x", "backend": {"kind": "llamacpp", "url": "\#(dead)"}}"#, token: token)
+        let badKey = try await h.admin(
+            .POST, "/admin/policy", body: #"{"path": "x", "backend": {"kind": "llamacpp", "url": "\#(dead)"}}"#, token: token)
         XCTAssertEqual(badKey.status, 400, badKey.body)
-        let swapped = try await h.admin(.POST, "/admin/policy", body: #"{"path": "\#(link.lastPathComponent)", "backend": {"kind": "llamacpp", "base_url": "\#(green.baseURL)"}}"#, token: token)
+        let swapped = try await h.admin(
+            .POST, "/admin/policy",
+            body: #"{"path": "\#(link.lastPathComponent)", "backend": {"kind": "llamacpp", "base_url": "\#(green.baseURL)"}}"#, token: token
+        )
         XCTAssertEqual(swapped.status, 200, swapped.body)
         XCTAssertEqual(h.gateway.policies.current?.remote?.backend.baseURL, green.baseURL)
         let c0 = cases[0]
-        let body = try JSONSerialization.data(withJSONObject: ["model": "prompt-r1/gpt-4o-mini", "messages": [["role": "user", "content": c0.question]]])
+        let body = try JSONSerialization.data(withJSONObject: [
+            "model": "prompt-r1/gpt-4o-mini", "messages": [["role": "user", "content": c0.question]],
+        ])
         let onGreen = try await h.chat(String(decoding: body, as: UTF8.self))
-        XCTAssertEqual(((onGreen.json?["choices"] as? [[String: Any]])?.first?["message"] as? [String: Any])?["content"] as? String, c0.final_answer)
+        XCTAssertEqual(
+            ((onGreen.json?["choices"] as? [[String: Any]])?.first?["message"] as? [String: Any])?["content"] as? String, c0.final_answer)
         XCTAssertGreaterThan(h.gateway.policies.current?.remote?.stats.snapshot.requests ?? 0, 1)
 
         // /ready follows the engine: with green stopped it is 503; rollback returns to blue.
@@ -151,7 +173,8 @@ final class GatewayLlamaServer: @unchecked Sendable {
     }
 
     static func start(model: URL) throws -> GatewayLlamaServer {
-        let bin = ProcessInfo.processInfo.environment["LLAMA_SERVER"].map { URL(fileURLWithPath: $0) }
+        let bin =
+            ProcessInfo.processInfo.environment["LLAMA_SERVER"].map { URL(fileURLWithPath: $0) }
             ?? RemotePolicyGatewayTests.root.appendingPathComponent(".build-llama/bin/llama-server")
         guard FileManager.default.isExecutableFile(atPath: bin.path) else {
             throw Missing(description: "\(bin.path) is missing: run scripts/build-llama-server.sh (scripts/test.sh does)")
@@ -159,9 +182,11 @@ final class GatewayLlamaServer: @unchecked Sendable {
         let port = try freePort()
         let p = Process()
         p.executableURL = bin
-        p.arguments = ["-m", model.path, "--host", "127.0.0.1", "--port", "\(port)", "-c", "4096", "-np", "1",
-                       "-t", "1", "--no-webui", "--log-disable",
-                       "--cache-type-k", "f32", "--cache-type-v", "f32", "--flash-attn", "off"]
+        p.arguments = [
+            "-m", model.path, "--host", "127.0.0.1", "--port", "\(port)", "-c", "4096", "-np", "1",
+            "-t", "1", "--no-webui", "--log-disable",
+            "--cache-type-k", "f32", "--cache-type-v", "f32", "--flash-attn", "off",
+        ]
         p.standardOutput = FileHandle.nullDevice
         p.standardError = FileHandle.nullDevice
         try p.run()
@@ -183,7 +208,8 @@ final class GatewayLlamaServer: @unchecked Sendable {
 
     func healthy() -> Bool {
         final class Box: @unchecked Sendable { var ok = false }
-        let box = Box(), done = DispatchSemaphore(value: 0)
+        let box = Box()
+        let done = DispatchSemaphore(value: 0)
         var r = URLRequest(url: URL(string: baseURL + "/health")!)
         r.timeoutInterval = 1
         URLSession.shared.dataTask(with: r) { _, resp, _ in

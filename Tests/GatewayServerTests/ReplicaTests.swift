@@ -1,16 +1,18 @@
 import AsyncHTTPClient
 import FakeUpstream
 import Foundation
-#if canImport(Glibc)
-import Glibc
-#endif
 import Logging
 import NIOCore
 import NIOHTTP1
 import TrafficLog
 import TrafficLogPostgres
 import XCTest
+
 @testable import GatewayServer
+
+#if canImport(Glibc)
+    import Glibc
+#endif
 
 /// Several `gateway` processes on one shared PostgreSQL traffic log (the server of
 /// scripts/with-postgres.sh; without it these tests fail, they never skip).
@@ -43,8 +45,9 @@ final class ReplicaTests: XCTestCase {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("gw-replica-models-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
         for (name, fixture) in names {
-            try FileManager.default.copyItem(at: CollaborationTests.fixtures.appendingPathComponent("models/\(fixture)"),
-                                             to: dir.appendingPathComponent(name))
+            try FileManager.default.copyItem(
+                at: CollaborationTests.fixtures.appendingPathComponent("models/\(fixture)"),
+                to: dir.appendingPathComponent(name))
         }
         return dir
     }
@@ -58,20 +61,24 @@ final class ReplicaTests: XCTestCase {
         var port = 0
         var adminPort = 0
 
-        init(upstream: String, logURL: String, models: URL, policy: String? = "A", durability: String = "commit_before_response",
-             pollSeconds: Double = 5, extraLog: String = "") throws {
+        init(
+            upstream: String, logURL: String, models: URL, policy: String? = "A", durability: String = "commit_before_response",
+            pollSeconds: Double = 5, extraLog: String = ""
+        ) throws {
             directory = FileManager.default.temporaryDirectory.appendingPathComponent("gw-replica-\(UUID().uuidString)")
             try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
             let config = directory.appendingPathComponent("gateway.json")
-            let policyLine = policy.map { #""path": "\#(models.appendingPathComponent($0).path)", "#} ?? ""
-            try Data(#"""
-            {"upstream": {"base_url": "\#(upstream)", "api_key_env": "REPLICA_UPSTREAM_KEY", "max_retries": 0},
-             "admin": {"token_env": "REPLICA_ADMIN_TOKEN", "models_dir": "\#(models.path)"},
-             "policy": {\#(policyLine)"temperature": 0, "max_turns": 3, "max_tokens_per_turn": 100, "fallback": "direct",
-                        "max_concurrent_episodes": 64, "queue_timeout_ms": 120000},
-             "log": {"backend": "postgres", "postgres_url_env": "REPLICA_LOG_URL", "durability": "\#(durability)",
-                     "policy_poll_seconds": \#(pollSeconds)\#(extraLog)}}
-            """#.utf8).write(to: config)
+            let policyLine = policy.map { #""path": "\#(models.appendingPathComponent($0).path)", "# } ?? ""
+            try Data(
+                #"""
+                {"upstream": {"base_url": "\#(upstream)", "api_key_env": "REPLICA_UPSTREAM_KEY", "max_retries": 0},
+                 "admin": {"token_env": "REPLICA_ADMIN_TOKEN", "models_dir": "\#(models.path)"},
+                 "policy": {\#(policyLine)"temperature": 0, "max_turns": 3, "max_tokens_per_turn": 100, "fallback": "direct",
+                            "max_concurrent_episodes": 64, "queue_timeout_ms": 120000},
+                 "log": {"backend": "postgres", "postgres_url_env": "REPLICA_LOG_URL", "durability": "\#(durability)",
+                         "policy_poll_seconds": \#(pollSeconds)\#(extraLog)}}
+                """#.utf8
+            ).write(to: config)
             process.executableURL = try ProcessTests.executable()
             process.arguments = ["serve", "--config", config.path, "--host", "127.0.0.1", "--port", "0", "--admin-port", "0"]
             var env = ProcessInfo.processInfo.environment
@@ -98,8 +105,9 @@ final class ReplicaTests: XCTestCase {
             while Date() < deadline {
                 let text = log
                 if let r = text.range(of: #"address=127\.0\.0\.1:(\d+)"#, options: .regularExpression),
-                   let a = text.range(of: #"admin=127\.0\.0\.1:(\d+)"#, options: .regularExpression),
-                   let p = Int(text[r].split(separator: ":").last ?? ""), let ap = Int(text[a].split(separator: ":").last ?? "") {
+                    let a = text.range(of: #"admin=127\.0\.0\.1:(\d+)"#, options: .regularExpression),
+                    let p = Int(text[r].split(separator: ":").last ?? ""), let ap = Int(text[a].split(separator: ":").last ?? "")
+                {
                     port = p
                     adminPort = ap
                     return
@@ -127,8 +135,10 @@ final class ReplicaTests: XCTestCase {
         var json: [String: Any]? { (try? JSONSerialization.jsonObject(with: Data(body.utf8))) as? [String: Any] }
     }
 
-    static func call(_ client: HTTPClient, _ url: String, method: HTTPMethod = .POST, body: String? = nil,
-                     token: String? = nil, timeout: TimeAmount = .seconds(60)) async throws -> Reply {
+    static func call(
+        _ client: HTTPClient, _ url: String, method: HTTPMethod = .POST, body: String? = nil,
+        token: String? = nil, timeout: TimeAmount = .seconds(60)
+    ) async throws -> Reply {
         var req = HTTPClientRequest(url: url)
         req.method = method
         req.headers.add(name: "content-type", value: "application/json")
@@ -136,7 +146,8 @@ final class ReplicaTests: XCTestCase {
         if let body { req.body = .bytes(ByteBuffer(string: body)) }
         let resp = try await client.execute(req, timeout: timeout)
         let bytes = try await resp.body.collect(upTo: 16 << 20)
-        return Reply(status: Int(resp.status.code), body: String(buffer: bytes), episodeID: resp.headers.first(name: "x-gateway-episode-id"))
+        return Reply(
+            status: Int(resp.status.code), body: String(buffer: bytes), episodeID: resp.headers.first(name: "x-gateway-episode-id"))
     }
 
     static func currentVersion(_ client: HTTPClient, _ r: Replica) async throws -> (String?, [String: Any]?) {
@@ -156,8 +167,10 @@ final class ReplicaTests: XCTestCase {
     }
 
     static func collabBody(_ question: String, stream: Bool) -> String {
-        String(decoding: try! JSONSerialization.data(withJSONObject: [
-            "model": "prompt-r1/gpt-4o-mini", "stream": stream, "messages": [["role": "user", "content": question]]]), as: UTF8.self)
+        String(
+            decoding: try! JSONSerialization.data(withJSONObject: [
+                "model": "prompt-r1/gpt-4o-mini", "stream": stream, "messages": [["role": "user", "content": question]],
+            ]), as: UTF8.self)
     }
 
     static func content(_ r: Reply) -> String? {
@@ -166,8 +179,9 @@ final class ReplicaTests: XCTestCase {
         var text = ""
         for line in r.body.split(separator: "\n") where line.hasPrefix("data: {") {
             guard let obj = try? JSONSerialization.jsonObject(with: Data(line.dropFirst(6).utf8)) as? [String: Any],
-                  let delta = (obj["choices"] as? [[String: Any]])?.first?["delta"] as? [String: Any],
-                  let c = delta["content"] as? String else { continue }
+                let delta = (obj["choices"] as? [[String: Any]])?.first?["delta"] as? [String: Any],
+                let c = delta["content"] as? String
+            else { continue }
             text += c
         }
         return text
@@ -193,7 +207,9 @@ final class ReplicaTests: XCTestCase {
                         let replica = (worker + i) % bases.count
                         let collab = worker % 3 != 2
                         let stream = (worker + i) % 3 == 0
-                        let body = collab ? Self.collabBody(question, stream: stream)
+                        let body =
+                            collab
+                            ? Self.collabBody(question, stream: stream)
                             : #"{"model":"gpt-4o-mini","stream":\#(stream),"messages":[{"role":"user","content":"w\#(worker) r\#(i)"}]}"#
                         let r = try await Self.call(client, bases[replica] + "/v1/chat/completions", body: body)
                         out.append(Sent(replica: replica, collab: collab, reply: r))
@@ -217,9 +233,10 @@ final class ReplicaTests: XCTestCase {
                     while Date() < stopAt {
                         i += 1
                         do {
-                            let reply = try await Self.call(client, base + "/v1/chat/completions",
-                                                            body: #"{"model":"m","stream":\#(i % 2 == 0),"messages":[{"role":"user","content":"w\#(worker) \#(i)"}]}"#,
-                                                            timeout: .seconds(30))
+                            let reply = try await Self.call(
+                                client, base + "/v1/chat/completions",
+                                body: #"{"model":"m","stream":\#(i % 2 == 0),"messages":[{"role":"user","content":"w\#(worker) \#(i)"}]}"#,
+                                timeout: .seconds(30))
                             if reply.status == 200, let id = reply.episodeID { results.add(id) } else { failures.add() }
                         } catch {
                             failures.add()
@@ -242,7 +259,10 @@ final class ReplicaTests: XCTestCase {
         // protocol, B (the untrained qwen3-tiny) does not.
         let r1 = try Replica(upstream: upstream.baseURL, logURL: url, models: try Self.models(["A": "promptr1-tiny", "B": "qwen3-tiny"]))
         let r2 = try Replica(upstream: upstream.baseURL, logURL: url, models: try Self.models(["A": "promptr1-tiny", "B": "qwen3-tiny"]))
-        defer { r1.kill(SIGKILL); r2.kill(SIGKILL) }
+        defer {
+            r1.kill(SIGKILL)
+            r2.kill(SIGKILL)
+        }
         try await r1.start()
         try await r2.start()
         let client = HTTPClient.shared
@@ -276,11 +296,14 @@ final class ReplicaTests: XCTestCase {
         try await Task.sleep(for: .seconds(1))
         stop.add()
         let sent = try await load
-        XCTAssertTrue(sent.allSatisfy { $0.reply.status == 200 }, "failed: \(sent.filter { $0.reply.status != 200 }.map { "\($0.reply.status) \($0.reply.body.prefix(200))" })")
+        XCTAssertTrue(
+            sent.allSatisfy { $0.reply.status == 200 },
+            "failed: \(sent.filter { $0.reply.status != 200 }.map { "\($0.reply.status) \($0.reply.body.prefix(200))" })")
         // After the switch, both replicas serve B.
         var after: [Sent] = []
         for (i, r) in replicas.enumerated() {
-            let reply = try await Self.call(client, r.base + "/v1/chat/completions", body: Self.collabBody(question.question, stream: false))
+            let reply = try await Self.call(
+                client, r.base + "/v1/chat/completions", body: Self.collabBody(question.question, stream: false))
             after.append(Sent(replica: i, collab: true, reply: reply))
         }
 
@@ -301,7 +324,8 @@ final class ReplicaTests: XCTestCase {
         XCTAssertEqual(login.status, 303, login.body)
         let list = try await visitor.send(.GET, "/console/episodes?feedback=yes")
         XCTAssertEqual(list.status, 200)
-        XCTAssertTrue(list.body.contains(fromR2) && list.body.contains(fromR1), "the has-feedback list on replica 1 lacks the fleet's episodes")
+        XCTAssertTrue(
+            list.body.contains(fromR2) && list.body.contains(fromR1), "the has-feedback list on replica 1 lacks the fleet's episodes")
         let detail = try await visitor.send(.GET, "/console/episodes/\(fromR2)")
         XCTAssertEqual(detail.status, 200)
         XCTAssertTrue(detail.body.contains("Paris"), "replica 1's console does not show the reference given for replica 2's episode")
@@ -336,7 +360,9 @@ final class ReplicaTests: XCTestCase {
                 XCTAssertEqual(content, "echo: " + question.question)
             }
         }
-        for s in after { XCTAssertEqual(byID[s.reply.episodeID ?? ""]?.policyVersion, versionB, "replica \(s.replica + 1) serves B after the swap") }
+        for s in after {
+            XCTAssertEqual(byID[s.reply.episodeID ?? ""]?.policyVersion, versionB, "replica \(s.replica + 1) serves B after the swap")
+        }
         XCTAssertEqual(versionsSeen[0], [versionA, versionB])
         XCTAssertEqual(versionsSeen[1], [versionA, versionB])
         let fb = try await log.feedback(episodeIDs: [fromR1, fromR2])
@@ -356,10 +382,13 @@ final class ReplicaTests: XCTestCase {
     func testReplicaThatCannotLoadTheVersionKeepsServingAndRetries() async throws {
         let upstream = try await FakeUpstream(script: CollaborationTests.script(try CollaborationTests.cases()), recordRequests: false)
         let url = try await Self.freshDatabase()
-        let models2 = try Self.models(["A": "promptr1-tiny"])   // no B here (yet)
+        let models2 = try Self.models(["A": "promptr1-tiny"])  // no B here (yet)
         let r1 = try Replica(upstream: upstream.baseURL, logURL: url, models: try Self.models(["A": "promptr1-tiny", "B": "qwen3-tiny"]))
         let r2 = try Replica(upstream: upstream.baseURL, logURL: url, models: models2, pollSeconds: 0.5)
-        defer { r1.kill(SIGKILL); r2.kill(SIGKILL) }
+        defer {
+            r1.kill(SIGKILL)
+            r2.kill(SIGKILL)
+        }
         try await r1.start()
         try await r2.start()
         let client = HTTPClient.shared
@@ -388,8 +417,9 @@ final class ReplicaTests: XCTestCase {
         XCTAssertEqual(served.status, 200, "the old version keeps serving")
 
         // The checkpoint arrives: the next check loads it.
-        try FileManager.default.copyItem(at: CollaborationTests.fixtures.appendingPathComponent("models/qwen3-tiny"),
-                                         to: models2.appendingPathComponent("B"))
+        try FileManager.default.copyItem(
+            at: CollaborationTests.fixtures.appendingPathComponent("models/qwen3-tiny"),
+            to: models2.appendingPathComponent("B"))
         _ = try await Self.waitFor("replica 2 switches after the retry", timeout: 10) {
             try await Self.currentVersion(client, r2).0 == versionB
         }
@@ -402,15 +432,19 @@ final class ReplicaTests: XCTestCase {
     /// kill -9 of one replica under load, with commit_before_response (the default): every
     /// response a client saw complete is in the shared log.
     func testKill9OfOneReplicaLosesNoCompletedEpisode() async throws {
-        let upstream = try await FakeUpstream(script: { r in
-            guard r.path == "/v1/chat/completions" else { return nil }
-            return .delayed(.milliseconds(Int.random(in: 1...10)), FakeUpstream.defaultReply(r))
-        }, recordRequests: false)
+        let upstream = try await FakeUpstream(
+            script: { r in
+                guard r.path == "/v1/chat/completions" else { return nil }
+                return .delayed(.milliseconds(Int.random(in: 1...10)), FakeUpstream.defaultReply(r))
+            }, recordRequests: false)
         let url = try await Self.freshDatabase()
         let models = try Self.models([:])
         let victim = try Replica(upstream: upstream.baseURL, logURL: url, models: models, policy: nil)
         let survivor = try Replica(upstream: upstream.baseURL, logURL: url, models: models, policy: nil)
-        defer { victim.kill(SIGKILL); survivor.kill(SIGKILL) }
+        defer {
+            victim.kill(SIGKILL)
+            survivor.kill(SIGKILL)
+        }
         try await victim.start()
         try await survivor.start()
         let client = HTTPClient.shared
@@ -425,9 +459,11 @@ final class ReplicaTests: XCTestCase {
                         let stream = (worker + i) % 2 == 0
                         let target = worker % 4 == 0 ? survivor : victim
                         do {
-                            let r = try await Self.call(client, target.base + "/v1/chat/completions",
-                                                        body: #"{"model":"gpt-4o-mini","stream":\#(stream),"messages":[{"role":"user","content":"w\#(worker) \#(i)"}]}"#,
-                                                        timeout: .seconds(10))
+                            let r = try await Self.call(
+                                client, target.base + "/v1/chat/completions",
+                                body:
+                                    #"{"model":"gpt-4o-mini","stream":\#(stream),"messages":[{"role":"user","content":"w\#(worker) \#(i)"}]}"#,
+                                timeout: .seconds(10))
                             let done = stream ? r.body.hasSuffix("data: [DONE]\n\n") : r.body.contains("\"chat.completion\"")
                             if r.status == 200, done, let id = r.episodeID { completed.add(id) }
                         } catch {
@@ -459,8 +495,9 @@ final class ReplicaTests: XCTestCase {
     func testDatabaseStoppedMidLoadAndRestartedLosesNoRow() async throws {
         let upstream = try await FakeUpstream(recordRequests: false)
         let url = try await Self.freshDatabase()
-        let r = try Replica(upstream: upstream.baseURL, logURL: url, models: try Self.models([:]), policy: nil,
-                            extraLog: #", "queue_capacity": 16, "max_batch": 8"#)
+        let r = try Replica(
+            upstream: upstream.baseURL, logURL: url, models: try Self.models([:]), policy: nil,
+            extraLog: #", "queue_capacity": 16, "max_batch": 8"#)
         defer { r.kill(SIGKILL) }
         try await r.start()
         let client = HTTPClient.shared
@@ -502,14 +539,17 @@ final class ReplicaTests: XCTestCase {
 /// The log keys, without a server.
 final class LogBackendConfigTests: XCTestCase {
     func testBackendKeysParseAndFailClearly() throws {
-        let c = try GatewayConfig.parse(Data(#"{"upstream":{"base_url":"http://x/v1"},"log":{"backend":"postgres","postgres_url_env":"MY_PG"}}"#.utf8))
+        let c = try GatewayConfig.parse(
+            Data(#"{"upstream":{"base_url":"http://x/v1"},"log":{"backend":"postgres","postgres_url_env":"MY_PG"}}"#.utf8))
         XCTAssertEqual(c.log.backend, .postgres)
         XCTAssertEqual(c.log.postgresURLEnv, "MY_PG")
         XCTAssertEqual(GatewayConfig().log.backend, .sqlite)
         XCTAssertEqual(GatewayConfig().log.postgresURLEnv, "GATEWAY_LOG_POSTGRES_URL")
         XCTAssertEqual(GatewayConfig().log.durability, .commitBeforeResponse, "durable by default")
-        for (json, path) in [(#"{"upstream":{"base_url":"http://x/v1"},"log":{"backend":"mysql"}}"#, "log.backend"),
-                             (#"{"upstream":{"base_url":"http://x/v1"},"log":{"postgres_url_env":"postgres://u:p@h/d"}}"#, "log.postgres_url_env")] {
+        for (json, path) in [
+            (#"{"upstream":{"base_url":"http://x/v1"},"log":{"backend":"mysql"}}"#, "log.backend"),
+            (#"{"upstream":{"base_url":"http://x/v1"},"log":{"postgres_url_env":"postgres://u:p@h/d"}}"#, "log.postgres_url_env"),
+        ] {
             XCTAssertThrowsError(try GatewayConfig.parse(Data(json.utf8))) { e in
                 XCTAssertEqual((e as? ConfigError)?.path, path, "\(e)")
                 XCTAssertFalse("\(e)".contains("u:p@"), "the URL is not echoed")

@@ -4,6 +4,7 @@ import Foundation
 import NIOCore
 import TrafficLog
 import XCTest
+
 @testable import GatewayServer
 
 /// The limiter, feedback scoping, statuses of cut streams, redaction and config reload.
@@ -105,8 +106,10 @@ final class RequestPathTests: XCTestCase {
         let cases = try CollaborationTests.cases()
         let c = try XCTUnwrap(cases.first { $0.upstream_answers.count == 2 })
         let h = try await CollaborationTests.start(cases, configure: { cfg in cfg.log.redactBodies = true })
-        let body = String(decoding: try JSONSerialization.data(withJSONObject: [
-            "model": "prompt-r1/gpt-4o-mini", "messages": [["role": "user", "content": c.question]]]), as: UTF8.self)
+        let body = String(
+            decoding: try JSONSerialization.data(withJSONObject: [
+                "model": "prompt-r1/gpt-4o-mini", "messages": [["role": "user", "content": c.question]],
+            ]), as: UTF8.self)
         let reply = try await h.chat(body)
         XCTAssertEqual(reply.status, 200, reply.body)
         let passthrough = try await h.chat(#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"zebra-secret-passthrough"}]}"#)
@@ -149,7 +152,8 @@ final class RequestPathTests: XCTestCase {
         XCTAssertEqual(h.gateway.state.config.policy.maxConcurrentEpisodes, 2)
         try write(#", "limits": {"max_concurrent_requests": 5, "max_header_bytes": 2048}"#)
         let refused = try await h.admin(.POST, "/admin/config/reload", token: "admin-secret")
-        XCTAssertTrue((assertOpenAIError(refused, status: 400)["message"] as? String ?? "").contains("limits.max_header_bytes"), refused.body)
+        XCTAssertTrue(
+            (assertOpenAIError(refused, status: 400)["message"] as? String ?? "").contains("limits.max_header_bytes"), refused.body)
         XCTAssertEqual(h.gateway.state.limiter.capacity, 3, "a refused reload applies nothing")
         try await h.stop()
     }

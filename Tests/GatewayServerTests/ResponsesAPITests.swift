@@ -3,6 +3,7 @@ import Foundation
 import PromptR1
 import TrafficLog
 import XCTest
+
 @testable import GatewayServer
 
 /// `POST /v1/responses`: passthrough with model mapping, and collaboration answering in the
@@ -27,15 +28,20 @@ final class ResponsesAPITests: XCTestCase {
         XCTAssertEqual(seen["collab_list"] as? String, cases[0].final_answer)
         XCTAssertEqual(seen["collab_stream"] as? String, cases[0].final_answer)
         XCTAssertEqual(seen["collab_stream_final"] as? String, cases[0].final_answer)
-        XCTAssertEqual(seen["collab_stream_types"] as? [String], [
-            "response.created", "response.in_progress", "response.output_item.added", "response.content_part.added",
-            "response.output_text.delta", "response.output_text.done", "response.content_part.done",
-            "response.output_item.done", "response.completed"])
+        XCTAssertEqual(
+            seen["collab_stream_types"] as? [String],
+            [
+                "response.created", "response.in_progress", "response.output_item.added", "response.content_part.added",
+                "response.output_text.delta", "response.output_text.done", "response.content_part.done",
+                "response.output_item.done", "response.completed",
+            ])
         // Passthrough requests went to /v1/responses; collaboration episodes called chat completions.
         XCTAssertEqual(received.filter { $0.path == "/v1/responses" }.count, 2)
-        XCTAssertTrue(received.filter { $0.path == "/v1/chat/completions" }.allSatisfy {
-            ($0.json?["messages"] as? [[String: Any]])?.contains { ($0["content"] as? String) == PromptR1Prompt.upstreamSystemPrompt } ?? false
-        })
+        XCTAssertTrue(
+            received.filter { $0.path == "/v1/chat/completions" }.allSatisfy {
+                ($0.json?["messages"] as? [[String: Any]])?.contains { ($0["content"] as? String) == PromptR1Prompt.upstreamSystemPrompt }
+                    ?? false
+            })
         let db = try TrafficDatabase(path: h.dbPath)
         let episodes = try db.episodes(EpisodeQuery())
         XCTAssertEqual(episodes.filter { $0.route == "/v1/responses" && $0.mode == "collaborate" }.count, 3)

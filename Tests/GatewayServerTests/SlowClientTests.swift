@@ -1,9 +1,11 @@
 import Foundation
 import XCTest
-#if canImport(Glibc)
-import Glibc
-#endif
+
 @testable import GatewayServer
+
+#if canImport(Glibc)
+    import Glibc
+#endif
 
 /// Slow or stalled clients (slowloris): they are cut off after the server's idle timeout and,
 /// while they hang around, normal requests are served.
@@ -21,7 +23,10 @@ final class SlowClientTests: XCTestCase {
             let rc = withUnsafePointer(to: &addr) {
                 $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
             }
-            guard rc == 0 else { close(fd); throw POSIXError(.ECONNREFUSED) }
+            guard rc == 0 else {
+                close(fd)
+                throw POSIXError(.ECONNREFUSED)
+            }
             var tv = timeval(tv_sec: 10, tv_usec: 0)
             setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
         }
@@ -55,7 +60,10 @@ final class SlowClientTests: XCTestCase {
             if i % 2 == 0 {
                 XCTAssertTrue(c.send("POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: app"))
             } else {
-                XCTAssertTrue(c.send("POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 500\r\n\r\n{\"model\":"))
+                XCTAssertTrue(
+                    c.send(
+                        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 500\r\n\r\n{\"model\":"
+                    ))
             }
             stalled.append(c)
         }

@@ -2,6 +2,7 @@ import Foundation
 import NIOPosix
 import TrafficLog
 import XCTest
+
 @testable import GatewayServer
 
 /// OpenTelemetry traces, received by an OTLP/HTTP receiver on loopback that decodes them with
@@ -60,7 +61,9 @@ final class TelemetryTests: XCTestCase {
         let py = try XCTUnwrap(OpenAISDKTests.python())
         let (status, _, _) = try await OpenAISDKTests.run(py, ["-c", "import opentelemetry.proto"])
         if status != 0 {
-            if ProcessInfo.processInfo.environment["CI"] != nil { XCTFail("opentelemetry-proto is not installed (scripts/test-requirements.txt, scripts/install-deps.sh --tests)") }
+            if ProcessInfo.processInfo.environment["CI"] != nil {
+                XCTFail("opentelemetry-proto is not installed (scripts/test-requirements.txt, scripts/install-deps.sh --tests)")
+            }
             throw XCTSkip("opentelemetry-proto not installed")
         }
         let r = try Receiver()
@@ -84,9 +87,14 @@ final class TelemetryTests: XCTestCase {
         }
         let cases = try CollaborationTests.cases()
         let c = try XCTUnwrap(cases.first { $0.upstream_prompts.count >= 1 })
-        let traceID = Self.randomHex(16), clientSpan = Self.randomHex(8)
-        let body = String(decoding: try JSONSerialization.data(withJSONObject: ["model": "prompt-r1/gpt-4o-mini", "messages": [["role": "user", "content": c.question]]]), as: UTF8.self)
-        let reply = try await h.chat(body, headers: [("content-type", "application/json"), ("traceparent", "00-\(traceID)-\(clientSpan)-01")])
+        let traceID = Self.randomHex(16)
+        let clientSpan = Self.randomHex(8)
+        let body = String(
+            decoding: try JSONSerialization.data(withJSONObject: [
+                "model": "prompt-r1/gpt-4o-mini", "messages": [["role": "user", "content": c.question]],
+            ]), as: UTF8.self)
+        let reply = try await h.chat(
+            body, headers: [("content-type", "application/json"), ("traceparent", "00-\(traceID)-\(clientSpan)-01")])
         XCTAssertEqual(reply.status, 200, reply.body)
         let episodeID = try XCTUnwrap(reply.episodeID)
         let policyTurns = c.upstream_prompts.count + 1
@@ -111,7 +119,7 @@ final class TelemetryTests: XCTestCase {
         let children = spans.filter { $0["parent_span_id"] as? String == rootID }
         let policy = children.filter { ($0["name"] as? String)?.hasPrefix("policy turn") == true }
             .sorted { ($0["start"] as? Int ?? 0) < ($1["start"] as? Int ?? 0) }
-        let upstream = children.filter { $0["kind"] as? Int == 3 }   // SPAN_KIND_CLIENT
+        let upstream = children.filter { $0["kind"] as? Int == 3 }  // SPAN_KIND_CLIENT
         XCTAssertEqual(policy.count, policyTurns, "\(children.map { $0["name"] ?? "" })")
         XCTAssertEqual(upstream.count, c.upstream_prompts.count)
         // Turn spans: in order, inside the request, with their token counts from the log.
@@ -197,7 +205,8 @@ final class TelemetryTests: XCTestCase {
     func testWithoutTelemetryTheClientsTraceparentIsForwarded() async throws {
         let h = try await Harness.start()
         let tp = "00-\(Self.randomHex(16))-\(Self.randomHex(8))-01"
-        let r = try await h.chat(simpleChat, headers: [("content-type", "application/json"), ("traceparent", tp), ("tracestate", "vendor=1")])
+        let r = try await h.chat(
+            simpleChat, headers: [("content-type", "application/json"), ("traceparent", tp), ("tracestate", "vendor=1")])
         XCTAssertEqual(r.status, 200)
         XCTAssertEqual(h.upstream.received.last?.headers["traceparent"], tp)
         XCTAssertEqual(h.upstream.received.last?.headers["tracestate"], "vendor=1")

@@ -3,7 +3,11 @@ import XCTest
 
 /// Runs the built gateway-train executable; stderr goes to a file so a full pipe never blocks it.
 enum TrainCLI {
-    struct Run { var status: Int32; var out: String; var err: String }
+    struct Run {
+        var status: Int32
+        var out: String
+        var err: String
+    }
 
     static func run(_ args: [String]) throws -> Run {
         let p = Process()
@@ -21,6 +25,7 @@ enum TrainCLI {
         p.waitUntilExit()
         try errHandle.close()
         let errData = try Data(contentsOf: errURL)
-        return Run(status: p.terminationStatus, out: String(decoding: outData, as: UTF8.self), err: String(decoding: errData, as: UTF8.self))
+        return Run(
+            status: p.terminationStatus, out: String(decoding: outData, as: UTF8.self), err: String(decoding: errData, as: UTF8.self))
     }
 }

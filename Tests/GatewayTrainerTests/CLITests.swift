@@ -26,7 +26,8 @@ final class CLITests: XCTestCase {
         let p = Process()
         p.executableURL = try Self.executable()
         p.arguments = args
-        let out = Pipe(), err = Pipe()
+        let out = Pipe()
+        let err = Pipe()
         p.standardOutput = out
         p.standardError = err
         try p.run()
@@ -39,26 +40,38 @@ final class CLITests: XCTestCase {
 
     func testGenerateAndScoreMatchTransformers() throws {
         for name in ["qwen2-tiny", "qwen3-tiny", "llama-tiny"] {
-            let ref = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(contentsOf: Self.fixtures.appendingPathComponent("reference/\(name).json"))) as? [String: Any])
+            let ref = try XCTUnwrap(
+                try JSONSerialization.jsonObject(with: Data(contentsOf: Self.fixtures.appendingPathComponent("reference/\(name).json")))
+                    as? [String: Any])
             let c = try XCTUnwrap((ref["cases"] as? [[String: Any]])?[1])
             let input = (c["input_ids"] as? [Int] ?? []).map(String.init).joined(separator: ",")
             let greedy = c["greedy_ids"] as? [Int] ?? []
             let model = Self.fixtures.appendingPathComponent("models/\(name)").path
-            let g = try run(["generate", "--model", model, "--prompt-ids", input, "--max-tokens", "\(greedy.count)",
-                             "--temperature", "0", "--ignore-eos", "--json"])
+            let g = try run([
+                "generate", "--model", model, "--prompt-ids", input, "--max-tokens", "\(greedy.count)",
+                "--temperature", "0", "--ignore-eos", "--json",
+            ])
             XCTAssertEqual(g["ids"] as? [Int], greedy, name)
             let raw = (g["raw_logprobs"] as? [Double]) ?? []
             for (a, b) in zip(raw, c["greedy_logprobs"] as? [Double] ?? []) { XCTAssertEqual(a, b, accuracy: 1e-4, name) }
-            let s = try run(["score", "--model", model, "--prompt-ids", input,
-                             "--continuation-ids", greedy.map(String.init).joined(separator: ","), "--json"])
-            for (a, b) in zip(s["logprobs"] as? [Double] ?? [], c["greedy_logprobs"] as? [Double] ?? []) { XCTAssertEqual(a, b, accuracy: 1e-4, name) }
+            let s = try run([
+                "score", "--model", model, "--prompt-ids", input,
+                "--continuation-ids", greedy.map(String.init).joined(separator: ","), "--json",
+            ])
+            for (a, b) in zip(s["logprobs"] as? [Double] ?? [], c["greedy_logprobs"] as? [Double] ?? []) {
+                XCTAssertEqual(a, b, accuracy: 1e-4, name)
+            }
         }
     }
 
     func testTokenizeMatchesHF() throws {
-        let ref = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(contentsOf: Self.fixtures.appendingPathComponent("reference/tokenizer-qwen.json"))) as? [String: Any])
+        let ref = try XCTUnwrap(
+            try JSONSerialization.jsonObject(with: Data(contentsOf: Self.fixtures.appendingPathComponent("reference/tokenizer-qwen.json")))
+                as? [String: Any])
         let c = try XCTUnwrap((ref["cases"] as? [[String: Any]])?.first { ($0["text"] as? String ?? "").count > 10 })
-        let t = try run(["tokenize", "--model", Self.fixtures.appendingPathComponent("models/qwen3-tiny").path, "--text", c["text"] as! String, "--json"])
+        let t = try run([
+            "tokenize", "--model", Self.fixtures.appendingPathComponent("models/qwen3-tiny").path, "--text", c["text"] as! String, "--json",
+        ])
         XCTAssertEqual(t["ids"] as? [Int], c["ids"] as? [Int])
     }
 
@@ -109,7 +122,9 @@ final class CLITests: XCTestCase {
             XCTAssertEqual(a.split(separator: ".").last?.count, 4, "4 decimals: \(a)")
             XCTAssertEqual(Double(a)!, b, accuracy: 5e-5)
         }
-        let finish = try XCTUnwrap(tail[2].wholeMatch(of: /finish: (stop|length|cancelled), ([0-9]+) tokens, [0-9]+\.[0-9] tok\/s \(prefill included\)/), String(tail[2]))
+        let finish = try XCTUnwrap(
+            tail[2].wholeMatch(of: /finish: (stop|length|cancelled), ([0-9]+) tokens, [0-9]+\.[0-9] tok\/s \(prefill included\)/),
+            String(tail[2]))
         XCTAssertEqual(String(finish.1), g["finish_reason"] as? String)
         XCTAssertEqual(String(finish.1), "length")
         XCTAssertEqual(Int(finish.2), 6)

@@ -12,7 +12,8 @@ final class ExperimentTests: XCTestCase {
     func testLiteralUpstreamAnswersOnlyPromptsThatStateTheNeededPhrase() throws {
         let c = try ExperimentConfig.load(Self.configURL)
         let w = c.world
-        let train = w.items(heldout: false), held = w.items(heldout: true)
+        let train = w.items(heldout: false)
+        let held = w.items(heldout: true)
         XCTAssertEqual(train.count + held.count, w.subjects.count * w.properties.count)
         XCTAssertTrue(Set(train.map(\.question)).isDisjoint(with: held.map(\.question)), "held-out questions are never trained on")
         // Every subject and every property is seen in training; the held-out pairs are new combinations.
@@ -51,7 +52,8 @@ final class ExperimentTests: XCTestCase {
         let r = try TrainCLI.run(["experiment", "--config", config.path, "--seed", "3", "--out", out.path])
         XCTAssertEqual(r.status, 0, r.err)
         let report = try JSONDecoder().decode(ExperimentReport.self, from: Data(contentsOf: out.appendingPathComponent("report.json")))
-        let learn = try XCTUnwrap(report.runs["learn"]), control = try XCTUnwrap(report.runs["control"])
+        let learn = try XCTUnwrap(report.runs["learn"])
+        let control = try XCTUnwrap(report.runs["control"])
         XCTAssertEqual(learn.count, 2)
         XCTAssertEqual(control.count, 2)
         XCTAssertEqual(learn[0].kl, 0)

@@ -15,7 +15,10 @@ import XCTest
 final class ExportFormatTests: XCTestCase {
     static let repo = Fixtures.root.deletingLastPathComponent().deletingLastPathComponent()
 
-    struct Run { var status: Int32; var out: String }
+    struct Run {
+        var status: Int32
+        var out: String
+    }
 
     func run(_ executable: URL, _ args: [String]) throws -> Run {
         let p = Process()
@@ -31,8 +34,12 @@ final class ExportFormatTests: XCTestCase {
     }
 
     func validate(_ format: String, _ file: String) throws -> Run {
-        try run(URL(fileURLWithPath: "/usr/bin/env"), ["python3", Self.repo.appendingPathComponent("Tests/compat/validate_export.py").path,
-                                                       Self.repo.appendingPathComponent("docs/export-row.schema.json").path, format, file])
+        try run(
+            URL(fileURLWithPath: "/usr/bin/env"),
+            [
+                "python3", Self.repo.appendingPathComponent("Tests/compat/validate_export.py").path,
+                Self.repo.appendingPathComponent("docs/export-row.schema.json").path, format, file,
+            ])
     }
 
     func testEveryFormatFromTheCLIMatchesTheSchemaAndTheLog() async throws {
@@ -53,8 +60,9 @@ final class ExportFormatTests: XCTestCase {
         config.seed = 7
         let items = cases.prefix(3).map { DatasetItem(question: $0.question, answers: [$0.final_answer ?? ""]) }
         let version = CheckpointHash.versionID(sha256: try CheckpointHash.weightsSHA256(directory: policyURL))
-        let r = try await Rollout.run(items: items, policy: policy, policyVersion: version, upstream: ClientUpstream(client: client),
-                                      database: db, config: config)
+        let r = try await Rollout.run(
+            items: items, policy: policy, policyVersion: version, upstream: ClientUpstream(client: client),
+            database: db, config: config)
         try await client.shutdown()
         await fake.stop()
         policy.shutdown()
@@ -69,7 +77,8 @@ final class ExportFormatTests: XCTestCase {
             XCTAssertEqual(v.status, 0, "\(format): \(v.out)")
             XCTAssertTrue(FileManager.default.fileExists(atPath: tmp.path("\(format).chat_template.jinja")))
         }
-        let bad = try run(exe, ["export", "--db", dbPath, "--format", "parquet", "--out", tmp.path("x.jsonl"), "--tokenizer", policyURL.path])
+        let bad = try run(
+            exe, ["export", "--db", dbPath, "--format", "parquet", "--out", tmp.path("x.jsonl"), "--tokenizer", policyURL.path])
         XCTAssertNotEqual(bad.status, 0)
         XCTAssertTrue(bad.out.contains("trl-sft") && bad.out.contains("verl-rl"), bad.out)
 
@@ -90,7 +99,9 @@ final class ExportFormatTests: XCTestCase {
         }
         var rerenders: Set<String> = []
         for j in full {
-            let messages = (j["messages"] as! [[String: Any]]).map { ChatTurn(role: $0["role"] as! String, content: $0["content"] as! String) }
+            let messages = (j["messages"] as! [[String: Any]]).map {
+                ChatTurn(role: $0["role"] as! String, content: $0["content"] as! String)
+            }
             let ids = tokenizer.encode(ExportChatTemplate.render(messages, addGenerationPrompt: false)).map(Int.init)
             if ids == j["input_ids"] as? [Int] { rerenders.insert(j["id"] as! String) }
         }
@@ -99,11 +110,13 @@ final class ExportFormatTests: XCTestCase {
 
         // --min-reward keeps the episodes at or above it.
         let best = tmp.path("best.jsonl")
-        let m = try run(exe, ["export", "--db", dbPath, "--format", "trl-sft", "--out", best, "--tokenizer", policyURL.path, "--min-reward", "0.5"])
+        let m = try run(
+            exe, ["export", "--db", dbPath, "--format", "trl-sft", "--out", best, "--tokenizer", policyURL.path, "--min-reward", "0.5"])
         XCTAssertEqual(m.status, 0, m.out)
-        let kept = Set(try String(contentsOfFile: best, encoding: .utf8).split(separator: "\n").map {
-            (try JSONSerialization.jsonObject(with: Data($0.utf8)) as! [String: Any])["id"] as! String
-        })
+        let kept = Set(
+            try String(contentsOfFile: best, encoding: .utf8).split(separator: "\n").map {
+                (try JSONSerialization.jsonObject(with: Data($0.utf8)) as! [String: Any])["id"] as! String
+            })
         XCTAssertEqual(kept, Set(full.filter { ($0["reward"] as? Double ?? -2) >= 0.5 }.map { $0["id"] as! String }))
         XCTAssertTrue(m.out.contains("below --min-reward"), m.out)
     }

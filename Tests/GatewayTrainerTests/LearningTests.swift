@@ -1,5 +1,5 @@
-import FakeUpstream
 import EpisodeLog
+import FakeUpstream
 import Foundation
 import GatewayTrainer
 import OpenAIWire
@@ -42,7 +42,10 @@ final class LearningTests: XCTestCase {
         TrainingReward.compute(format: PromptR1Reward.formatScore(e.rewardText), answer: e.outcome.answerText, source: .score(1)).reward
     }
 
-    struct Eval { var success: Double; var meanReward: Double }
+    struct Eval {
+        var success: Double
+        var meanReward: Double
+    }
 
     /// Sampled episodes (temperature 1, fixed seeds) on the held-out questions, one after another;
     /// success = reward 1.
@@ -68,10 +71,11 @@ final class LearningTests: XCTestCase {
         // thousands of steps) and one optimiser step per episode.
         let lr = ProcessInfo.processInfo.environment["LEARN_LR"].flatMap(Double.init) ?? 5e-5
         let iterations = 6
-        let fake = try await FakeUpstream(script: { r in
-            let model = r.json?["model"] as? String ?? ""
-            return .json(status: 200, body: FakeUpstream.completionJSON(model: model, text: "I am not sure, sorry."))
-        }, recordRequests: false)
+        let fake = try await FakeUpstream(
+            script: { r in
+                let model = r.json?["model"] as? String ?? ""
+                return .json(status: 200, body: FakeUpstream.completionJSON(model: model, text: "I am not sure, sorry."))
+            }, recordRequests: false)
         let client = UpstreamClient(settings: UpstreamSettings(baseURL: fake.baseURL, maxRetries: 0))
         let upstream = ClientUpstream(client: client)
         let tmp = try TempDir()
@@ -96,7 +100,8 @@ final class LearningTests: XCTestCase {
         for k in 0..<iterations {
             rollout.seed = UInt64(k + 1)
             rollout.route = "iter\(k)"
-            let r = try await Rollout.run(items: items, policy: policy, policyVersion: "iter\(k)", upstream: upstream, database: db, config: rollout)
+            let r = try await Rollout.run(
+                items: items, policy: policy, policyVersion: "iter\(k)", upstream: upstream, database: db, config: rollout)
             XCTAssertEqual(r.episodesFailed, 0)
             // Feedback as the gateway's /v1/feedback stores it.
             for e in try db.episodes(EpisodeQuery(route: "iter\(k)", includeTurns: false)) {
@@ -117,7 +122,9 @@ final class LearningTests: XCTestCase {
             try model.exportCheckpoint(to: dir, sourceDirectory: base)
             policy.shutdown()
             policy = try EnginePolicy(directory: dir)
-            print("iteration \(k): rollout mean reward \(sel.meanReward), \(result.steps) steps, mean loss \(result.meanLoss), clip fraction \(result.clipFraction)")
+            print(
+                "iteration \(k): rollout mean reward \(sel.meanReward), \(result.steps) steps, mean loss \(result.meanLoss), clip fraction \(result.clipFraction)"
+            )
         }
         let after = await Self.evaluate(policy, upstream: upstream, samples: 8, seed: 1000)
         print("held-out after: success \(after.success), mean reward \(after.meanReward); \(ContinuousClock.now - started)")
@@ -136,9 +143,10 @@ final class LearningTests: XCTestCase {
 /// raises that episode's log-likelihood (the sign of the whole chain: loss, backward, AdamW).
 final class EngineAlignmentTests: XCTestCase {
     func testLoggedLogprobsMatchTrainableModelAndAStepRaisesLikelihood() async throws {
-        let fake = try await FakeUpstream(script: { r in
-            .json(status: 200, body: FakeUpstream.completionJSON(model: "m", text: "12 times 11 is 132."))
-        }, recordRequests: false)
+        let fake = try await FakeUpstream(
+            script: { r in
+                .json(status: 200, body: FakeUpstream.completionJSON(model: "m", text: "12 times 11 is 132."))
+            }, recordRequests: false)
         let client = UpstreamClient(settings: UpstreamSettings(baseURL: fake.baseURL, maxRetries: 0))
         let base = Fixtures.model("promptr1-tiny")
         let policy = try EnginePolicy(directory: base)
@@ -148,7 +156,9 @@ final class EngineAlignmentTests: XCTestCase {
         config.seed = 4
         var episodes: [Episode] = []
         for s in 0..<3 {
-            episodes.append(await Rollout.runEpisode(question: "Which animal barks?", policy: policy, upstream: ClientUpstream(client: client), config: config, sample: s))
+            episodes.append(
+                await Rollout.runEpisode(
+                    question: "Which animal barks?", policy: policy, upstream: ClientUpstream(client: client), config: config, sample: s))
         }
         policy.shutdown()
         try await client.shutdown()
@@ -169,14 +179,16 @@ final class EngineAlignmentTests: XCTestCase {
 
         let seq = seqs[0]
         let before = seq.policyPositions.reduce(0.0) { $0 + Double(model.tokenLogprobs(seq.tokens)[$1 - 1]) }
-        let scored = ScoredEpisode(sequence: seq, source: .score(1), reward: TrainingReward(format: 1, answer: 1, exactMatch: nil, reward: 1),
-                                   advantage: 1, groupKey: "q", groupSize: 1)
+        let scored = ScoredEpisode(
+            sequence: seq, source: .score(1), reward: TrainingReward(format: 1, answer: 1, exactMatch: nil, reward: 1),
+            advantage: 1, groupKey: "q", groupSize: 1)
         var hyper = TrainingHyperparameters()
         hyper.learningRate = 1e-4
         hyper.gradAccum = 1
         let adam = EngineAdamW(AdamW(model: model, config: AdamWConfig(lr: 1e-4, weightDecay: 0)))
         let reference = try TrainableModel(directory: base, mode: .frozen)
-        let trainer = PPOTrainer(model: EngineTrainable(model: model, reference: reference), optimizer: adam, episodes: [scored], hyper: hyper)
+        let trainer = PPOTrainer(
+            model: EngineTrainable(model: model, reference: reference), optimizer: adam, episodes: [scored], hyper: hyper)
         _ = trainer.prepare(measureKL: false)
         _ = try trainer.run(stateDirectory: nil, klBefore: 0, measureKLAfter: false)
         let after = seq.policyPositions.reduce(0.0) { $0 + Double(model.tokenLogprobs(seq.tokens)[$1 - 1]) }

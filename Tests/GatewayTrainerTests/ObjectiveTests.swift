@@ -42,10 +42,10 @@ final class ObjectiveTests: XCTestCase {
 
     func testRunningBaseline() {
         var b = RunningBaseline()
-        XCTAssertEqual(b.advantage(1.0), 1.0)          // baseline 0
-        XCTAssertEqual(b.advantage(0.0), -1.0)         // baseline 1
-        XCTAssertEqual(b.advantage(0.5), 0.0)          // baseline (1 + 0) / 2
-        XCTAssertEqual(b.advantage(-1.0), -1.5)        // baseline 0.5
+        XCTAssertEqual(b.advantage(1.0), 1.0)  // baseline 0
+        XCTAssertEqual(b.advantage(0.0), -1.0)  // baseline 1
+        XCTAssertEqual(b.advantage(0.5), 0.0)  // baseline (1 + 0) / 2
+        XCTAssertEqual(b.advantage(-1.0), -1.5)  // baseline 0.5
         XCTAssertEqual(b.mean, 0.125, accuracy: 1e-12)
     }
 
@@ -78,14 +78,20 @@ final class ObjectiveTests: XCTestCase {
         let c = PPOConfig(clip: 0.2, klCoef: 0.05)
         var checked = 0
         for _ in 0..<200 {
-            let lp = u(-4, -0.1), old = lp + u(-0.4, 0.4), ref = lp + u(-1, 1), a = u(-2, 2)
+            let lp = u(-4, -0.1)
+            let old = lp + u(-0.4, 0.4)
+            let ref = lp + u(-1, 1)
+            let a = u(-2, 2)
             // Stay away from the clip boundary where the loss has a kink.
             let r = exp(lp - old)
             if abs(r - 1.2) < 0.02 || abs(r - 0.8) < 0.02 { continue }
-            let g = PPOObjective.evaluate(PolicyTokenTerms(logp: [Float(lp)], oldLogp: [Float(old)], refLogp: [Float(ref)], advantage: a), config: c).dLogp[0]
+            let g = PPOObjective.evaluate(
+                PolicyTokenTerms(logp: [Float(lp)], oldLogp: [Float(old)], refLogp: [Float(ref)], advantage: a), config: c
+            ).dLogp[0]
             let h = 1e-5
-            let fd = (PPOObjective.tokenLoss(logp: lp + h, old: old, ref: ref, advantage: a, config: c)
-                - PPOObjective.tokenLoss(logp: lp - h, old: old, ref: ref, advantage: a, config: c)) / (2 * h)
+            let fd =
+                (PPOObjective.tokenLoss(logp: lp + h, old: old, ref: ref, advantage: a, config: c)
+                    - PPOObjective.tokenLoss(logp: lp - h, old: old, ref: ref, advantage: a, config: c)) / (2 * h)
             XCTAssertEqual(Double(g), fd, accuracy: 1e-4 * max(1, abs(fd)))
             checked += 1
         }

@@ -1,5 +1,5 @@
-import FakeUpstream
 import EpisodeLog
+import FakeUpstream
 import Foundation
 import GatewayTrainer
 import OpenAIWire
@@ -46,8 +46,9 @@ final class RolloutExportTests: XCTestCase {
         config.seed = 1
         let items = cases.prefix(2).map { DatasetItem(question: $0.question, answers: [$0.final_answer ?? ""]) }
         let version = CheckpointHash.versionID(sha256: try CheckpointHash.weightsSHA256(directory: Fixtures.model("promptr1-tiny")))
-        let first = try await Rollout.run(items: Array(items), policy: policy, policyVersion: version, upstream: ClientUpstream(client: client),
-                                          database: db, config: config)
+        let first = try await Rollout.run(
+            items: Array(items), policy: policy, policyVersion: version, upstream: ClientUpstream(client: client),
+            database: db, config: config)
         XCTAssertEqual(first.episodesLogged + first.episodesFailed, 6)
         XCTAssertEqual(first.episodesFailed, 0, "\(first.failures)")
         XCTAssertEqual(try db.episodeCountsByQuestion(route: "rollout"), [items[0].question: 3, items[1].question: 3])
@@ -70,14 +71,16 @@ final class RolloutExportTests: XCTestCase {
 
         // Rerun: nothing to do. Then one more question: only its group runs.
         let calls = fake.received.count
-        let again = try await Rollout.run(items: Array(items), policy: policy, policyVersion: version, upstream: ClientUpstream(client: client),
-                                          database: db, config: config)
+        let again = try await Rollout.run(
+            items: Array(items), policy: policy, policyVersion: version, upstream: ClientUpstream(client: client),
+            database: db, config: config)
         XCTAssertEqual(again.episodesLogged, 0)
         XCTAssertEqual(again.questionsSkipped, 2)
         XCTAssertEqual(fake.received.count, calls, "a resumed rollout sends nothing for finished questions")
         let more = items + [DatasetItem(question: cases[3].question, answers: [cases[3].final_answer ?? ""])]
-        let third = try await Rollout.run(items: more, policy: policy, policyVersion: version, upstream: ClientUpstream(client: client),
-                                          database: db, config: config)
+        let third = try await Rollout.run(
+            items: more, policy: policy, policyVersion: version, upstream: ClientUpstream(client: client),
+            database: db, config: config)
         XCTAssertEqual(third.episodesLogged, 3)
         XCTAssertEqual(third.questionsSkipped, 2)
         XCTAssertEqual(try db.episodeCount(), 9)
@@ -91,7 +94,8 @@ final class RolloutExportTests: XCTestCase {
         // Export: one line per episode, chat messages with train flags, exact token view.
         let out = tmp.url.appendingPathComponent("episodes.jsonl")
         let tokenizer = try Tokenizer(directory: Fixtures.model("promptr1-tiny"))
-        let summary = try Exporter.export(database: db, filter: EpisodeFilter(route: "rollout"), requireReward: false, tokenizer: tokenizer, to: out)
+        let summary = try Exporter.export(
+            database: db, filter: EpisodeFilter(route: "rollout"), requireReward: false, tokenizer: tokenizer, to: out)
         XCTAssertEqual(summary.written, 9)
         XCTAssertEqual(summary.withReward, 9)
         let lines = try String(contentsOf: out, encoding: .utf8).split(separator: "\n")
@@ -132,7 +136,8 @@ final class RolloutExportTests: XCTestCase {
     }
 
     func testChatMLParse() {
-        let t = "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nU<|im_end|>\n<|im_start|>assistant\nA1<|im_end|>\n<|im_start|>user\nR<|im_end|>\n<|im_start|>assistant\n<think>\nA2"
+        let t =
+            "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nU<|im_end|>\n<|im_start|>assistant\nA1<|im_end|>\n<|im_start|>user\nR<|im_end|>\n<|im_start|>assistant\n<think>\nA2"
         let m = ChatML.parse(t)
         XCTAssertEqual(m.map(\.role), ["system", "user", "assistant", "user", "assistant"])
         XCTAssertEqual(m.map(\.content), ["S", "U", "A1", "R", "<think>\nA2"])
@@ -140,7 +145,9 @@ final class RolloutExportTests: XCTestCase {
     }
 
     func testPendingWork() {
-        let items = [DatasetItem(question: "a", answers: []), DatasetItem(question: "b", answers: []), DatasetItem(question: "a", answers: [])]
+        let items = [
+            DatasetItem(question: "a", answers: []), DatasetItem(question: "b", answers: []), DatasetItem(question: "a", answers: []),
+        ]
         let p = Rollout.pending(items: items, groupSize: 3, done: ["a": 4, "b": 1])
         // "a" listed twice: its first group is done, its second has 1 of 3; "b" has 1 of 3.
         XCTAssertEqual(p.map(\.item), [1, 1, 2, 2])

@@ -31,10 +31,14 @@ final class SFTTests: XCTestCase {
         let examples = Self.bigramExamples(count: 3, seed: 9)
         let trainer = SFTTrainer(model: policy, optimizer: BigramSGD(policy), examples: examples, hyper: SFTHyperparameters())
         // The loss by hand.
-        var sum = 0.0, n = 0
+        var sum = 0.0
+        var n = 0
         for e in examples {
             let lp = policy.tokenLogprobs(e.tokens)
-            for t in 1..<e.tokens.count where e.mask[t] == 1 { sum -= Double(lp[t - 1]); n += 1 }
+            for t in 1..<e.tokens.count where e.mask[t] == 1 {
+                sum -= Double(lp[t - 1])
+                n += 1
+            }
         }
         XCTAssertEqual(trainer.batchLoss([0, 1, 2]), sum / Double(n), accuracy: 1e-6)
         policy.zeroGradients()
@@ -79,7 +83,8 @@ final class SFTTests: XCTestCase {
             for i in 6..<14 { mask[i] = 1 }
             for i in 18..<24 { mask[i] = 1 }
             let ex = [SFTExample(id: "a", tokens: tokens, mask: mask)]
-            let trainer = SFTTrainer(model: trainable, optimizer: EngineAdamW(AdamW(model: model)), examples: ex, hyper: SFTHyperparameters())
+            let trainer = SFTTrainer(
+                model: trainable, optimizer: EngineAdamW(AdamW(model: model)), examples: ex, hyper: SFTHyperparameters())
             model.zeroGradients()
             trainer.accumulateGradients([0])
             var checked = 0
@@ -90,9 +95,11 @@ final class SFTTests: XCTestCase {
                 if abs(g[i]) < 1e-3 { continue }
                 let h: Float = 1e-2
                 var q = p
-                q[i] = p[i] + h; model.setParameter(name, q)
+                q[i] = p[i] + h
+                model.setParameter(name, q)
                 let up = trainer.batchLoss([0])
-                q[i] = p[i] - h; model.setParameter(name, q)
+                q[i] = p[i] - h
+                model.setParameter(name, q)
                 let down = trainer.batchLoss([0])
                 model.setParameter(name, p)
                 let fd = (up - down) / Double(2 * h)
@@ -106,21 +113,24 @@ final class SFTTests: XCTestCase {
     /// A demonstration made of what the tiny policy wrote in a real episode (against a scripted
     /// upstream) tokenises to exactly the ids and loss mask the collaboration loop logged.
     func testDemonstrationTokensEqualWhatTheLoopFeedsThePolicy() async throws {
-        let fake = try await FakeUpstream(script: FakeUpstream.answering([:], unknown: "The capital of France is Paris."), recordRequests: false)
+        let fake = try await FakeUpstream(
+            script: FakeUpstream.answering([:], unknown: "The capital of France is Paris."), recordRequests: false)
         let client = UpstreamClient(settings: UpstreamSettings(baseURL: fake.baseURL, maxRetries: 0))
         let base = Fixtures.model("promptr1-tiny")
         let policy = try EnginePolicy(directory: base)
         var config = RolloutConfig()
         config.temperature = 0
         config.maxTokensPerTurn = 200
-        let e = await Rollout.runEpisode(question: "What is the capital of France?", policy: policy, upstream: ClientUpstream(client: client),
-                                         config: config, sample: 0)
+        let e = await Rollout.runEpisode(
+            question: "What is the capital of France?", policy: policy, upstream: ClientUpstream(client: client),
+            config: config, sample: 0)
         policy.shutdown()
         try await client.shutdown()
         await fake.stop()
         XCTAssertEqual(e.turns.count, 2)
-        let demo = Demonstration(question: e.question, turns: e.turns.map(\.generatedText),
-                                 responses: e.turns.compactMap { $0.upstream?.answer })
+        let demo = Demonstration(
+            question: e.question, turns: e.turns.map(\.generatedText),
+            responses: e.turns.compactMap { $0.upstream?.answer })
         XCTAssertNil(try demo.validate())
         let ex = demo.example(id: "d", tokenizer: try Tokenizer(directory: base), maxResultChars: config.maxResultChars)
         XCTAssertEqual(ex.tokens, e.tokenIDs)
@@ -128,7 +138,8 @@ final class SFTTests: XCTestCase {
         mask[0] = 0
         XCTAssertEqual(ex.mask, mask)
         // And it is what the trainer rebuilds from the log.
-        let seq = try TrainingSequence(record: EpisodeMapping.record(e, route: "t", requestedModel: nil, upstreamModel: nil, policyVersion: nil))
+        let seq = try TrainingSequence(
+            record: EpisodeMapping.record(e, route: "t", requestedModel: nil, upstreamModel: nil, policyVersion: nil))
         XCTAssertEqual(seq.tokens, ex.tokens)
         XCTAssertEqual(seq.mask, ex.mask)
     }
@@ -139,10 +150,14 @@ final class SFTTests: XCTestCase {
         XCTAssertNotNil(try Demonstration(question: "q", turns: [call, "x</think><answer>a</answer>"], responses: []).validate())
         XCTAssertNotNil(try Demonstration(question: "q", turns: [call], responses: []).validate())
         XCTAssertNotNil(try Demonstration(question: "q", turns: ["<answer>a</answer>", "<answer>b</answer>"], responses: ["r"]).validate())
-        XCTAssertNotNil(try Demonstration(question: "q", turns: [#"<interaction_prompt>{"name": "x"}</interaction_prompt>"#, "<answer>a</answer>"], responses: ["r"]).validate())
+        XCTAssertNotNil(
+            try Demonstration(
+                question: "q", turns: [#"<interaction_prompt>{"name": "x"}</interaction_prompt>"#, "<answer>a</answer>"], responses: ["r"]
+            ).validate())
         let tmp = try TempDir()
         let bad = tmp.url.appendingPathComponent("bad.jsonl")
-        try Data("{\"question\": \"q\", \"turns\": [\"<answer>a</answer>\"], \"responses\": []}\n{\"question\": \"q\"}\n".utf8).write(to: bad)
+        try Data("{\"question\": \"q\", \"turns\": [\"<answer>a</answer>\"], \"responses\": []}\n{\"question\": \"q\"}\n".utf8).write(
+            to: bad)
         XCTAssertThrowsError(try Demonstration.load(bad.path)) { e in
             XCTAssertTrue("\(e)".contains("line 2"), "\(e)")
         }
@@ -164,23 +179,32 @@ final class SFTTests: XCTestCase {
             .write(to: dataset, atomically: true, encoding: .utf8)
         let policy = Fixtures.model("promptr1-tiny").path
         let db = tmp.path("traffic.sqlite")
-        let r = try TrainCLI.run(["rollout", "--dataset", dataset.path, "--group-size", "2", "--policy", policy, "--db", db, "--temperature", "0",
-                             "--max-tokens-per-turn", "200", "--upstream-url", fake.baseURL, "--api-key-env", ""])
+        let r = try TrainCLI.run([
+            "rollout", "--dataset", dataset.path, "--group-size", "2", "--policy", policy, "--db", db, "--temperature", "0",
+            "--max-tokens-per-turn", "200", "--upstream-url", fake.baseURL, "--api-key-env", "",
+        ])
         XCTAssertEqual(r.status, 0, r.err)
         await fake.stop()
 
         let demos = tmp.url.appendingPathComponent("demos.jsonl")
-        let call = #"<think>I will ask.</think>\n<interaction_prompt>{\"name\": \"prompt\", \"arguments\": {\"prompt\": \"What is the color of the sky?\"}}</interaction_prompt>"#
-        try Data("{\"question\": \"What color is the sky?\", \"turns\": [\"\(call)\", \"It is blue.</think>\\n<answer>blue</answer>\"], \"responses\": [\"The sky is blue.\"]}\n".utf8).write(to: demos)
+        let call =
+            #"<think>I will ask.</think>\n<interaction_prompt>{\"name\": \"prompt\", \"arguments\": {\"prompt\": \"What is the color of the sky?\"}}</interaction_prompt>"#
+        try Data(
+            "{\"question\": \"What color is the sky?\", \"turns\": [\"\(call)\", \"It is blue.</think>\\n<answer>blue</answer>\"], \"responses\": [\"The sky is blue.\"]}\n"
+                .utf8
+        ).write(to: demos)
 
         let h = try TrainCLI.run(["sft", "--help"])
         XCTAssertEqual(h.status, 0)
         XCTAssertTrue(h.out.contains("--min-reward"))
         let out = tmp.path("sft-out")
-        let s = try TrainCLI.run(["sft", "--db", db, "--base", policy, "--out", out, "--min-reward", "1", "--demonstrations", demos.path,
-                             "--lr", "1e-3", "--epochs", "2", "--grad-accum", "2", "--lora-rank", "4", "--seed", "1"])
+        let s = try TrainCLI.run([
+            "sft", "--db", db, "--base", policy, "--out", out, "--min-reward", "1", "--demonstrations", demos.path,
+            "--lr", "1e-3", "--epochs", "2", "--grad-accum", "2", "--lora-rank", "4", "--seed", "1",
+        ])
         XCTAssertEqual(s.status, 0, s.err)
-        let m = try JSONDecoder().decode(TrainManifest.self, from: Data(contentsOf: URL(fileURLWithPath: out).appendingPathComponent("manifest.json")))
+        let m = try JSONDecoder().decode(
+            TrainManifest.self, from: Data(contentsOf: URL(fileURLWithPath: out).appendingPathComponent("manifest.json")))
         XCTAssertEqual(m.objective, "sft")
         XCTAssertEqual(m.sft?.rejected_episodes, 2, "the two episodes with the wrong reference are below reward 1")
         XCTAssertEqual(m.sft?.logged_episodes, 4)
@@ -201,11 +225,14 @@ final class SFTTests: XCTestCase {
             let lp = try TrainableModel(directory: URL(fileURLWithPath: dir), mode: .frozen).tokenLogprobs(ex.tokens)
             return ex.policyPositions.reduce(0.0) { $0 - Double(lp[$1 - 1]) } / Double(ex.policyTokenCount)
         }
-        let before = try nll(policy), after = try nll(out)
+        let before = try nll(policy)
+        let after = try nll(out)
         XCTAssertLessThan(after, before - 0.1, "demonstration NLL \(before) -> \(after)")
 
         // Demonstrations only, and the refusals.
-        let d = try TrainCLI.run(["sft", "--no-log", "--demonstrations", demos.path, "--base", policy, "--out", tmp.path("d-out"), "--full", "--lr", "1e-4"])
+        let d = try TrainCLI.run([
+            "sft", "--no-log", "--demonstrations", demos.path, "--base", policy, "--out", tmp.path("d-out"), "--full", "--lr", "1e-4",
+        ])
         XCTAssertEqual(d.status, 0, d.err)
         let bad = try TrainCLI.run(["sft", "--no-log", "--base", policy, "--out", tmp.path("x")])
         XCTAssertNotEqual(bad.status, 0)

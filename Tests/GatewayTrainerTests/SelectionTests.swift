@@ -12,11 +12,14 @@ final class SelectionTests: XCTestCase {
         let toks: [Int32] = [5, 6, 7, 8, 9, 10]
         let mask: [UInt8] = [0, 0, 1, 1, 0, 1]
         let lp: [Float] = [0, 0, -0.5, -0.7, 0, -0.2]
-        func add(_ id: String, _ minutes: Double, question: String?, route: String = "rollout", version: String = "v0",
-                 fmt: Double? = 1.0, answer: String = "Paris", mode: String = "collaborate", feedback: [(String, String)]) throws {
-            var r = TrainingSequenceFixture.record(id: id, tokens: toks, mask: mask, logprobs: lp, question: question,
-                                                   createdAt: t0.addingTimeInterval(minutes * 60), route: route, policyVersion: version,
-                                                   formatScore: fmt, lastText: "<think>ok</think>\n<answer>\(answer)</answer>")
+        func add(
+            _ id: String, _ minutes: Double, question: String?, route: String = "rollout", version: String = "v0",
+            fmt: Double? = 1.0, answer: String = "Paris", mode: String = "collaborate", feedback: [(String, String)]
+        ) throws {
+            var r = TrainingSequenceFixture.record(
+                id: id, tokens: toks, mask: mask, logprobs: lp, question: question,
+                createdAt: t0.addingTimeInterval(minutes * 60), route: route, policyVersion: version,
+                formatScore: fmt, lastText: "<think>ok</think>\n<answer>\(answer)</answer>")
             r.mode = mode
             try db.insert(episodes: [r])
             for (k, v) in feedback { _ = try db.insertFeedback(FeedbackRecord(episodeID: id, kind: k, value: v, createdAt: r.createdAt)) }
@@ -82,30 +85,39 @@ final class SelectionTests: XCTestCase {
         var minute = 0.0
         func add(_ id: String, question: String, route: String, answer: String = "Paris") throws {
             minute += 1
-            let r = TrainingSequenceFixture.record(id: id, tokens: [5, 6, 7], mask: [0, 1, 1], logprobs: [0, -0.5, -0.7], question: question,
-                                                   createdAt: t0.addingTimeInterval(minute * 60), route: route, policyVersion: "v0",
-                                                   formatScore: 1.0, lastText: "<think>ok</think>\n<answer>\(answer)</answer>")
+            let r = TrainingSequenceFixture.record(
+                id: id, tokens: [5, 6, 7], mask: [0, 1, 1], logprobs: [0, -0.5, -0.7], question: question,
+                createdAt: t0.addingTimeInterval(minute * 60), route: route, policyVersion: "v0",
+                formatScore: 1.0, lastText: "<think>ok</think>\n<answer>\(answer)</answer>")
             try db.insert(episodes: [r])
             _ = try db.insertFeedback(FeedbackRecord(episodeID: id, kind: "reference", value: "Paris", createdAt: r.createdAt))
         }
         // Three groups of two, every episode right: all rewards 1.
-        for q in ["Q1", "Q2", "Q3"] { try add("\(q)a", question: q, route: "same"); try add("\(q)b", question: q, route: "same") }
+        for q in ["Q1", "Q2", "Q3"] {
+            try add("\(q)a", question: q, route: "same")
+            try add("\(q)b", question: q, route: "same")
+        }
         let same = try EpisodeSelector.select(database: db, filter: EpisodeFilter(route: "same"))
         XCTAssertEqual(same.groups, 3)
         XCTAssertEqual(same.zeroAdvantageGroups, 3)
-        XCTAssertEqual(same.noSignalReason,
-                       "all 3 groups have identical rewards (every episode's reward is 1.0000): sample with temperature > 0 (rollout --temperature 1), or give feedback that differs")
+        XCTAssertEqual(
+            same.noSignalReason,
+            "all 3 groups have identical rewards (every episode's reward is 1.0000): sample with temperature > 0 (rollout --temperature 1), or give feedback that differs"
+        )
 
         // One group that differs: signal, and only the identical groups count as zero.
-        try add("Q4a", question: "Q4", route: "mixed"); try add("Q4b", question: "Q4", route: "mixed", answer: "Lyon")
-        try add("Q5a", question: "Q5", route: "mixed"); try add("Q5b", question: "Q5", route: "mixed")
+        try add("Q4a", question: "Q4", route: "mixed")
+        try add("Q4b", question: "Q4", route: "mixed", answer: "Lyon")
+        try add("Q5a", question: "Q5", route: "mixed")
+        try add("Q5b", question: "Q5", route: "mixed")
         let mixed = try EpisodeSelector.select(database: db, filter: EpisodeFilter(route: "mixed"))
         XCTAssertEqual(mixed.groups, 2)
         XCTAssertEqual(mixed.zeroAdvantageGroups, 1)
         XCTAssertNil(mixed.noSignalReason)
 
         // Lone episodes: the first has advantage R - 0 = 1; the second, with the same reward, 0.
-        try add("L1", question: "L1", route: "lone"); try add("L2", question: "L2", route: "lone")
+        try add("L1", question: "L1", route: "lone")
+        try add("L2", question: "L2", route: "lone")
         let lone = try EpisodeSelector.select(database: db, filter: EpisodeFilter(route: "lone"))
         XCTAssertEqual(lone.loneEpisodes, 2)
         XCTAssertEqual(lone.zeroAdvantageLone, 1)
@@ -115,8 +127,9 @@ final class SelectionTests: XCTestCase {
     func testMissingFormatScoreUsesFallbackOrIsSkipped() throws {
         let tmp = try TempDir()
         let db = try TrafficDatabase(path: tmp.path("t.sqlite"))
-        let r = TrainingSequenceFixture.record(id: "a", tokens: [1, 2, 3], mask: [0, 1, 1], logprobs: [0, -1, -1], question: "q", formatScore: nil,
-                                               lastText: "<think>t</think><answer>Paris</answer>")
+        let r = TrainingSequenceFixture.record(
+            id: "a", tokens: [1, 2, 3], mask: [0, 1, 1], logprobs: [0, -1, -1], question: "q", formatScore: nil,
+            lastText: "<think>t</think><answer>Paris</answer>")
         try db.insert(episodes: [r])
         _ = try db.insertFeedback(FeedbackRecord(episodeID: "a", kind: "reference", value: "Paris"))
         let none = try EpisodeSelector.select(database: db, filter: EpisodeFilter())

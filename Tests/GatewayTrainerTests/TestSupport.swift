@@ -4,9 +4,11 @@ import TrafficLog
 
 enum TrainingSequenceFixture {
     /// A sequence made of policy turns: each maximal run of mask 0s followed by 1s becomes one turn.
-    static func record(id: String, tokens: [Int32], mask: [UInt8], logprobs: [Float], question: String? = nil,
-                       createdAt: Date = Date(), route: String = "rollout", policyVersion: String? = "v0",
-                       formatScore: Double? = 1.0, lastText: String = "<think>x</think><answer>a</answer>") -> EpisodeRecord {
+    static func record(
+        id: String, tokens: [Int32], mask: [UInt8], logprobs: [Float], question: String? = nil,
+        createdAt: Date = Date(), route: String = "rollout", policyVersion: String? = "v0",
+        formatScore: Double? = 1.0, lastText: String = "<think>x</think><answer>a</answer>"
+    ) -> EpisodeRecord {
         var turns: [TurnRecord] = []
         var i = 0
         while i < tokens.count {
@@ -14,13 +16,16 @@ enum TrainingSequenceFixture {
             while j < tokens.count && mask[j] == 0 { j += 1 }
             var k = j
             while k < tokens.count && mask[k] == 1 { k += 1 }
-            turns.append(TurnRecord(index: turns.count, kind: "policy", inputIDs: Array(tokens[i..<j]), outputIDs: Array(tokens[j..<k]),
-                                    logprobs: Array(logprobs[j..<k]), lossMask: Array(mask[i..<k]), text: "turn"))
+            turns.append(
+                TurnRecord(
+                    index: turns.count, kind: "policy", inputIDs: Array(tokens[i..<j]), outputIDs: Array(tokens[j..<k]),
+                    logprobs: Array(logprobs[j..<k]), lossMask: Array(mask[i..<k]), text: "turn"))
             i = k
         }
         turns[turns.count - 1].text = lastText
-        return EpisodeRecord(id: id, createdAt: createdAt, route: route, mode: "collaborate", policyVersion: policyVersion,
-                             question: question, formatScore: formatScore, turns: turns)
+        return EpisodeRecord(
+            id: id, createdAt: createdAt, route: route, mode: "collaborate", policyVersion: policyVersion,
+            question: question, formatScore: formatScore, turns: turns)
     }
 
     static func sequence(id: String, tokens: [Int32], mask: [UInt8], logprobs: [Float]) -> TrainingSequence {

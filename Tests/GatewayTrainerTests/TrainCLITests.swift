@@ -1,5 +1,5 @@
-import FakeUpstream
 import EpisodeLog
+import FakeUpstream
 import Foundation
 import GatewayTrainer
 import PolicyEngine
@@ -10,7 +10,11 @@ import XCTest
 /// `gateway-train rollout / train / export / eval` as a user runs them: the built executable, a
 /// FakeUpstream on a loopback port, a real SQLite file, the tiny Prompt-R1 policy.
 final class TrainCLITests: XCTestCase {
-    struct Run { var status: Int32; var out: String; var err: String }
+    struct Run {
+        var status: Int32
+        var out: String
+        var err: String
+    }
 
     func run(_ args: [String]) throws -> Run { try Self.runTrainer(args) }
 
@@ -35,7 +39,8 @@ final class TrainCLITests: XCTestCase {
         p.waitUntilExit()
         try errHandle.close()
         let errData = try Data(contentsOf: errURL)
-        return Run(status: p.terminationStatus, out: String(decoding: outData, as: UTF8.self), err: String(decoding: errData, as: UTF8.self))
+        return Run(
+            status: p.terminationStatus, out: String(decoding: outData, as: UTF8.self), err: String(decoding: errData, as: UTF8.self))
     }
 
     func testRolloutTrainExportEvalEndToEnd() async throws {
@@ -58,8 +63,11 @@ final class TrainCLITests: XCTestCase {
             XCTAssertTrue(h.out.contains("USAGE"), sub)
         }
 
-        let r = try run(["rollout", "--dataset", dataset.path, "--group-size", "2", "--policy", policy, "--db", db,
-                         "--max-tokens-per-turn", "200", "--concurrency", "2", "--seed", "3"] + upstream)
+        let r = try run(
+            [
+                "rollout", "--dataset", dataset.path, "--group-size", "2", "--policy", policy, "--db", db,
+                "--max-tokens-per-turn", "200", "--concurrency", "2", "--seed", "3",
+            ] + upstream)
         XCTAssertEqual(r.status, 0, r.err)
         XCTAssertTrue(r.out.contains("episodes logged"), r.out)
         XCTAssertTrue(r.err.contains("rollout: 4/4"), r.err)
@@ -74,13 +82,16 @@ final class TrainCLITests: XCTestCase {
         XCTAssertEqual(try TrafficDatabase(path: db).episodeCount(), 4, "resumed: nothing new")
 
         let out = tmp.path("ckpt")
-        let trainArgs = ["train", "--db", db, "--base", policy, "--out", out, "--lora-rank", "4", "--lora-alpha", "8",
-                         "--lora-targets", "q_proj,v_proj", "--lr", "1e-3", "--grad-accum", "2", "--epochs", "2", "--seed", "5",
-                         "--route", "rollout"]
+        let trainArgs = [
+            "train", "--db", db, "--base", policy, "--out", out, "--lora-rank", "4", "--lora-alpha", "8",
+            "--lora-targets", "q_proj,v_proj", "--lr", "1e-3", "--grad-accum", "2", "--epochs", "2", "--seed", "5",
+            "--route", "rollout",
+        ]
         let t = try run(trainArgs)
         XCTAssertEqual(t.status, 0, t.err)
         XCTAssertTrue(t.out.contains("KL after"), t.out)
-        let manifest = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: out + "/manifest.json"))) as? [String: Any])
+        let manifest = try XCTUnwrap(
+            try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: out + "/manifest.json"))) as? [String: Any])
         let baseSHA = try CheckpointHash.weightsSHA256(directory: Fixtures.model("promptr1-tiny"))
         XCTAssertEqual(manifest["parent_sha256"] as? String, baseSHA)
         XCTAssertEqual(manifest["parent_version"] as? String, String(baseSHA.prefix(16)))
@@ -111,7 +122,8 @@ final class TrainCLITests: XCTestCase {
         XCTAssertEqual(try String(contentsOfFile: exported, encoding: .utf8).split(separator: "\n").count, 4)
 
         let report = tmp.path("eval.json")
-        let e = try run(["eval", "--dataset", dataset.path, "--policy", policy, "--report", report, "--max-tokens-per-turn", "200"] + upstream)
+        let e = try run(
+            ["eval", "--dataset", dataset.path, "--policy", policy, "--report", report, "--max-tokens-per-turn", "200"] + upstream)
         XCTAssertEqual(e.status, 0, e.err)
         XCTAssertTrue(e.out.contains("upstream alone") && e.out.contains("collaboration"), e.out)
         let rep = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: report))) as? [String: Any])
@@ -141,9 +153,11 @@ final class TrainCLITests: XCTestCase {
         try (lines.joined(separator: "\n") + "\n").write(to: dataset, atomically: true, encoding: .utf8)
         let policy = Fixtures.model("promptr1-tiny").path
         let db = tmp.path("traffic.sqlite")
-        let r = try run(["rollout", "--dataset", dataset.path, "--group-size", "2", "--policy", policy, "--db", db, "--temperature", "0",
-                         "--max-tokens-per-turn", "200", "--upstream-url", fake.baseURL, "--api-key-env", "TEST_UPSTREAM_KEY",
-                         "--upstream-model", "gpt-4o-mini"])
+        let r = try run([
+            "rollout", "--dataset", dataset.path, "--group-size", "2", "--policy", policy, "--db", db, "--temperature", "0",
+            "--max-tokens-per-turn", "200", "--upstream-url", fake.baseURL, "--api-key-env", "TEST_UPSTREAM_KEY",
+            "--upstream-model", "gpt-4o-mini",
+        ])
         XCTAssertEqual(r.status, 0, r.err)
         await fake.stop()
 
@@ -176,31 +190,42 @@ final class TrainCLITests: XCTestCase {
         try (lines.joined(separator: "\n") + "\n").write(to: dataset, atomically: true, encoding: .utf8)
         let policy = Fixtures.model("promptr1-tiny").path
         let sampledDB = tmp.path("traffic.sqlite")
-        let r = try run(["rollout", "--dataset", dataset.path, "--group-size", "2", "--policy", policy, "--db", sampledDB, "--temperature", "1",
-                         "--seed", "3", "--max-tokens-per-turn", "40", "--upstream-url", fake.baseURL, "--api-key-env", "TEST_UPSTREAM_KEY",
-                         "--upstream-model", "gpt-4o-mini"])
+        let r = try run([
+            "rollout", "--dataset", dataset.path, "--group-size", "2", "--policy", policy, "--db", sampledDB, "--temperature", "1",
+            "--seed", "3", "--max-tokens-per-turn", "40", "--upstream-url", fake.baseURL, "--api-key-env", "TEST_UPSTREAM_KEY",
+            "--upstream-model", "gpt-4o-mini",
+        ])
         XCTAssertEqual(r.status, 0, r.err)
         await fake.stop()
         // The embedded engine logged the sampling distribution's log-probs of sampled episodes.
         let log = try TrafficDatabase(path: sampledDB)
         let episodes = try log.episodes(EpisodeQuery())
         XCTAssertEqual(episodes.count, 4)
-        XCTAssertTrue(episodes.allSatisfy { $0.policyLogprobs == .sampling && $0.policySampled == true },
-                      "\(episodes.map { ($0.policyLogprobs, $0.policySampled) })")
+        XCTAssertTrue(
+            episodes.allSatisfy { $0.policyLogprobs == .sampling && $0.policySampled == true },
+            "\(episodes.map { ($0.policyLogprobs, $0.policySampled) })")
         // The same episodes as an engine that returns raw log-probs would have logged them.
         let feedback = try log.feedback(episodeIDs: episodes.map(\.id))
         try log.close()
         let db = tmp.path("as-vllm.sqlite")
         let asEngine = try TrafficDatabase(path: db)
-        try asEngine.insert(episodes: episodes.map { var e = $0; e.policyLogprobs = .model; return e })
+        try asEngine.insert(
+            episodes: episodes.map {
+                var e = $0
+                e.policyLogprobs = .model
+                return e
+            })
         for f in feedback.values.flatMap({ $0 }) { _ = try asEngine.insertFeedback(f) }
         try asEngine.close()
 
-        let args = ["train", "--db", db, "--base", policy, "--out", tmp.path("ckpt"), "--lora-rank", "4", "--grad-accum", "2",
-                    "--allow-no-signal"]
+        let args = [
+            "train", "--db", db, "--base", policy, "--out", tmp.path("ckpt"), "--lora-rank", "4", "--grad-accum", "2",
+            "--allow-no-signal",
+        ]
         let refused = try run(args)
         XCTAssertEqual(refused.status, 1, refused.err)
-        XCTAssertTrue(refused.err.contains("4 selected episodes were sampled but their policy backend logged the model's log-probs"), refused.err)
+        XCTAssertTrue(
+            refused.err.contains("4 selected episodes were sampled but their policy backend logged the model's log-probs"), refused.err)
         XCTAssertTrue(refused.err.contains("--behaviour base"), refused.err)
         XCTAssertFalse(FileManager.default.fileExists(atPath: tmp.path("ckpt")), "nothing was written")
         let based = try run(args + ["--behaviour", "base"])

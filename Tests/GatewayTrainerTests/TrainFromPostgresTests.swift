@@ -1,7 +1,7 @@
 import EpisodeLog
 import FakeUpstream
-import GatewayTrainer
 import Foundation
+import GatewayTrainer
 import Logging
 import TrafficLog
 import TrafficLogPostgres
@@ -37,8 +37,11 @@ final class TrainFromPostgresTests: XCTestCase {
 
         // Rollout straight into PostgreSQL.
         let upstream = ["--upstream-url", fake.baseURL, "--api-key-env", "TEST_UPSTREAM_KEY", "--upstream-model", "gpt-4o-mini"]
-        let r = try run(["rollout", "--dataset", dataset.path, "--group-size", "2", "--policy", policy, "--db", pg,
-                             "--max-tokens-per-turn", "200", "--concurrency", "2", "--seed", "3"] + upstream)
+        let r = try run(
+            [
+                "rollout", "--dataset", dataset.path, "--group-size", "2", "--policy", policy, "--db", pg,
+                "--max-tokens-per-turn", "200", "--concurrency", "2", "--seed", "3",
+            ] + upstream)
         XCTAssertEqual(r.status, 0, r.err)
         XCTAssertFalse((r.out + r.err).contains(URLComponents(string: pg)?.password ?? "\u{0}"), "the password is not printed")
         await fake.stop()
@@ -50,9 +53,11 @@ final class TrainFromPostgresTests: XCTestCase {
         let feedback = try await source.feedback(episodeIDs: episodes.map(\.id))
         let target = try TrafficDatabase(path: sqlite)
         for e in episodes {
-            try target.insert(episode: e, feedback: (feedback[e.id] ?? []).map {
-                FeedbackRecord(episodeID: $0.episodeID, kind: $0.kind, value: $0.value, source: $0.source, createdAt: $0.createdAt)
-            })
+            try target.insert(
+                episode: e,
+                feedback: (feedback[e.id] ?? []).map {
+                    FeedbackRecord(episodeID: $0.episodeID, kind: $0.kind, value: $0.value, source: $0.source, createdAt: $0.createdAt)
+                })
         }
         try await source.close()
         XCTAssertEqual(try target.episodes(EpisodeQuery()), episodes)
@@ -62,12 +67,15 @@ final class TrainFromPostgresTests: XCTestCase {
         var manifests: [[String: Any]] = []
         for (i, db) in [sqlite, pg].enumerated() {
             let out = tmp.path("ckpt-\(i)")
-            let t = try run(["train", "--db", db, "--base", policy, "--out", out, "--lora-rank", "4", "--lora-alpha", "8",
-                                 "--lora-targets", "q_proj,v_proj", "--lr", "1e-3", "--grad-accum", "2", "--epochs", "2", "--seed", "5",
-                                 "--route", "rollout"])
+            let t = try run([
+                "train", "--db", db, "--base", policy, "--out", out, "--lora-rank", "4", "--lora-alpha", "8",
+                "--lora-targets", "q_proj,v_proj", "--lr", "1e-3", "--grad-accum", "2", "--epochs", "2", "--seed", "5",
+                "--route", "rollout",
+            ])
             XCTAssertEqual(t.status, 0, t.err)
             digests.append(try CheckpointHash.weightsSHA256(directory: URL(fileURLWithPath: out)))
-            let manifest = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: out + "/manifest.json"))) as? [String: Any])
+            let manifest = try XCTUnwrap(
+                try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: out + "/manifest.json"))) as? [String: Any])
             manifests.append(manifest)
             let exported = tmp.path("episodes-\(i).jsonl")
             let x = try run(["export", "--db", db, "--format", "jsonl", "--out", exported, "--tokenizer", policy])

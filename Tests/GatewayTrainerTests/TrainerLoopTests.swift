@@ -30,7 +30,8 @@ final class BigramPolicy: PolicyGradientModel {
     func logprobs(_ tape: [Int32]) -> [Float] { lp(w, tape) }
     func backward(_ tape: [Int32], dLogprobs: [Float]) {
         for i in 0..<(tape.count - 1) {
-            let row = Int(tape[i]), tgt = Int(tape[i + 1])
+            let row = Int(tape[i])
+            let tgt = Int(tape[i + 1])
             let ls = logSoftmaxRow(w, row)
             let d = Double(dLogprobs[i])
             for j in 0..<v { g[row * v + j] += d * ((j == tgt ? 1 : 0) - exp(ls[j])) }
@@ -77,8 +78,10 @@ final class TrainerLoopTests: XCTestCase {
             var beh = [Float](repeating: 0, count: n)
             for t in 1..<n where mask[t] == 1 { beh[t] = cur[t - 1] + Float(rng.nextUnit() * 0.6 - 0.3) }
             let rec = TrainingSequenceFixture.sequence(id: "e\(k)", tokens: tokens, mask: mask, logprobs: beh)
-            out.append(ScoredEpisode(sequence: rec, source: .score(0.5), reward: TrainingReward(format: 1, answer: 0.5, exactMatch: nil, reward: 0.5),
-                                     advantage: rng.nextUnit() * 2 - 1, groupKey: "q\(k)", groupSize: 1))
+            out.append(
+                ScoredEpisode(
+                    sequence: rec, source: .score(0.5), reward: TrainingReward(format: 1, answer: 0.5, exactMatch: nil, reward: 0.5),
+                    advantage: rng.nextUnit() * 2 - 1, groupKey: "q\(k)", groupSize: 1))
         }
         return out
     }
@@ -94,7 +97,8 @@ final class TrainerLoopTests: XCTestCase {
         policy.zeroGradients()
         trainer.accumulateGradients(batch)
         let grad = policy.g
-        var maxErr = 0.0, maxG = 0.0
+        var maxErr = 0.0
+        var maxG = 0.0
         let h = 1e-3
         for i in grad.indices {
             let w0 = policy.w[i]

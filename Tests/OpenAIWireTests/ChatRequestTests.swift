@@ -1,4 +1,5 @@
 import XCTest
+
 @testable import OpenAIWire
 
 final class ChatRequestTests: XCTestCase {
@@ -7,7 +8,9 @@ final class ChatRequestTests: XCTestCase {
     }
 
     func testValidRequest() throws {
-        let r = try decode(#"{"model":"m","messages":[{"role":"system","content":"s"},{"role":"user","content":[{"type":"text","text":"a"},{"type":"text","text":"b"}]}],"stream":true,"stream_options":{"include_usage":true},"stop":"x","unknown_field":{"deep":[1]}}"#)
+        let r = try decode(
+            #"{"model":"m","messages":[{"role":"system","content":"s"},{"role":"user","content":[{"type":"text","text":"a"},{"type":"text","text":"b"}]}],"stream":true,"stream_options":{"include_usage":true},"stop":"x","unknown_field":{"deep":[1]}}"#
+        )
         XCTAssertTrue(r.isStream)
         XCTAssertTrue(r.wantsUsageInStream)
         XCTAssertEqual(r.messages[1].text, "a\nb")

@@ -1,5 +1,6 @@
 import Foundation
 import XCTest
+
 @testable import OpenAIWire
 
 /// The byte-level fast paths must give exactly what JSONDecoder gives: the same value, or

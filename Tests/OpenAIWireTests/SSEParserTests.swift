@@ -1,4 +1,5 @@
 import XCTest
+
 @testable import OpenAIWire
 
 final class SSEParserTests: XCTestCase {

@@ -1,5 +1,6 @@
 import Foundation
 import XCTest
+
 @testable import PolicyEngine
 
 private let chatFixturesDir = URL(fileURLWithPath: #filePath)
@@ -34,9 +35,10 @@ final class ChatTemplateReferenceTests: XCTestCase {
         XCTAssertEqual(ChatTemplate.detect(try XCTUnwrap(tok.chatTemplate)), expectKind)
         XCTAssertFalse(ref.cases.isEmpty)
         for (i, c) in ref.cases.enumerated() {
-            let rendered = try template.render(messages: c.messages.map { ChatMessage(role: $0.role, content: $0.content) },
-                                               addGenerationPrompt: c.add_generation_prompt,
-                                               enableThinking: c.kwargs?.enable_thinking)
+            let rendered = try template.render(
+                messages: c.messages.map { ChatMessage(role: $0.role, content: $0.content) },
+                addGenerationPrompt: c.add_generation_prompt,
+                enableThinking: c.kwargs?.enable_thinking)
             XCTAssertEqual(Array(rendered.unicodeScalars), Array(c.rendered.unicodeScalars), "\(file) case \(i)")
         }
     }
@@ -79,13 +81,18 @@ final class ChatTemplateUnitTests: XCTestCase {
         }
         XCTAssertThrowsError(try qwen2.render(messages: [], addGenerationPrompt: true))
         // Tool results are grouped into one user turn.
-        let rendered = try qwen2.render(messages: [ChatMessage("user", "q"), ChatMessage("assistant", "call"),
-                                                   ChatMessage("tool", "r1"), ChatMessage("tool", "r2")],
-                                        addGenerationPrompt: true)
-        XCTAssertEqual(rendered, "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. Hi.<|im_end|>\n"
-            + "<|im_start|>user\nq<|im_end|>\n<|im_start|>assistant\ncall<|im_end|>\n"
-            + "<|im_start|>user\n<tool_response>\nr1\n</tool_response>\n<tool_response>\nr2\n</tool_response><|im_end|>\n"
-            + "<|im_start|>assistant\n")
+        let rendered = try qwen2.render(
+            messages: [
+                ChatMessage("user", "q"), ChatMessage("assistant", "call"),
+                ChatMessage("tool", "r1"), ChatMessage("tool", "r2"),
+            ],
+            addGenerationPrompt: true)
+        XCTAssertEqual(
+            rendered,
+            "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. Hi.<|im_end|>\n"
+                + "<|im_start|>user\nq<|im_end|>\n<|im_start|>assistant\ncall<|im_end|>\n"
+                + "<|im_start|>user\n<tool_response>\nr1\n</tool_response>\n<tool_response>\nr2\n</tool_response><|im_end|>\n"
+                + "<|im_start|>assistant\n")
     }
 
     /// Official Qwen3 template semantics (recognised by `last_query_index`). Expected strings
@@ -94,28 +101,49 @@ final class ChatTemplateUnitTests: XCTestCase {
         let t = try ChatTemplate(template: "<|im_start|> namespace(multi_step_tool=true, last_query_index=...) enable_thinking")
         XCTAssertEqual(t.variant, .qwen3)
         let cases: [([ChatMessage], Bool, Bool?, String)] = [
-            ([ChatMessage("user", "Hi"), ChatMessage("assistant", "Hello")], false, nil,
-             "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\nHello<|im_end|>\n"),
-            ([ChatMessage("system", "sys"), ChatMessage("user", "Hi"),
-              ChatMessage("assistant", "<think>\nplan\n</think>\n\nHello"), ChatMessage("user", "Again")], true, nil,
-             "<|im_start|>system\nsys<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHello<|im_end|>\n"
-                + "<|im_start|>user\nAgain<|im_end|>\n<|im_start|>assistant\n"),
-            ([ChatMessage("user", "Hi"), ChatMessage("assistant", "<think>\nplan\n</think>\n\nHello")], false, nil,
-             "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n<think>\nplan\n</think>\n\nHello<|im_end|>\n"),
-            ([ChatMessage("user", "Q"), ChatMessage("assistant", "calling"), ChatMessage("tool", "r1"), ChatMessage("tool", "r2"),
-              ChatMessage("assistant", "<think>\nok\n</think>\n\nDone")], false, nil,
-             "<|im_start|>user\nQ<|im_end|>\n<|im_start|>assistant\ncalling<|im_end|>\n<|im_start|>user\n<tool_response>\nr1\n"
-                + "</tool_response>\n<tool_response>\nr2\n</tool_response><|im_end|>\n<|im_start|>assistant\n<think>\nok\n"
-                + "</think>\n\nDone<|im_end|>\n"),
-            ([ChatMessage("user", "Q"), ChatMessage(role: "assistant", content: "x", reasoningContent: "why"), ChatMessage("user", "Q2")],
-             true, false,
-             "<|im_start|>user\nQ<|im_end|>\n<|im_start|>assistant\nx<|im_end|>\n<|im_start|>user\nQ2<|im_end|>\n"
-                + "<|im_start|>assistant\n<think>\n\n</think>\n\n"),
-            ([ChatMessage("user", "Q"), ChatMessage(role: "assistant", content: "ans", reasoningContent: "  \nwhy\n")], false, nil,
-             "<|im_start|>user\nQ<|im_end|>\n<|im_start|>assistant\n<think>\n  \nwhy\n</think>\n\nans<|im_end|>\n"),
-            ([ChatMessage("user", "Q"), ChatMessage("assistant", "a"), ChatMessage("assistant", "<think>r</think>b")], true, true,
-             "<|im_start|>user\nQ<|im_end|>\n<|im_start|>assistant\na<|im_end|>\n<|im_start|>assistant\n<think>\nr\n</think>\n\n"
-                + "b<|im_end|>\n<|im_start|>assistant\n"),
+            (
+                [ChatMessage("user", "Hi"), ChatMessage("assistant", "Hello")], false, nil,
+                "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\nHello<|im_end|>\n"
+            ),
+            (
+                [
+                    ChatMessage("system", "sys"), ChatMessage("user", "Hi"),
+                    ChatMessage("assistant", "<think>\nplan\n</think>\n\nHello"), ChatMessage("user", "Again"),
+                ], true, nil,
+                "<|im_start|>system\nsys<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHello<|im_end|>\n"
+                    + "<|im_start|>user\nAgain<|im_end|>\n<|im_start|>assistant\n"
+            ),
+            (
+                [ChatMessage("user", "Hi"), ChatMessage("assistant", "<think>\nplan\n</think>\n\nHello")], false, nil,
+                "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n<think>\nplan\n</think>\n\nHello<|im_end|>\n"
+            ),
+            (
+                [
+                    ChatMessage("user", "Q"), ChatMessage("assistant", "calling"), ChatMessage("tool", "r1"), ChatMessage("tool", "r2"),
+                    ChatMessage("assistant", "<think>\nok\n</think>\n\nDone"),
+                ], false, nil,
+                "<|im_start|>user\nQ<|im_end|>\n<|im_start|>assistant\ncalling<|im_end|>\n<|im_start|>user\n<tool_response>\nr1\n"
+                    + "</tool_response>\n<tool_response>\nr2\n</tool_response><|im_end|>\n<|im_start|>assistant\n<think>\nok\n"
+                    + "</think>\n\nDone<|im_end|>\n"
+            ),
+            (
+                [
+                    ChatMessage("user", "Q"), ChatMessage(role: "assistant", content: "x", reasoningContent: "why"),
+                    ChatMessage("user", "Q2"),
+                ],
+                true, false,
+                "<|im_start|>user\nQ<|im_end|>\n<|im_start|>assistant\nx<|im_end|>\n<|im_start|>user\nQ2<|im_end|>\n"
+                    + "<|im_start|>assistant\n<think>\n\n</think>\n\n"
+            ),
+            (
+                [ChatMessage("user", "Q"), ChatMessage(role: "assistant", content: "ans", reasoningContent: "  \nwhy\n")], false, nil,
+                "<|im_start|>user\nQ<|im_end|>\n<|im_start|>assistant\n<think>\n  \nwhy\n</think>\n\nans<|im_end|>\n"
+            ),
+            (
+                [ChatMessage("user", "Q"), ChatMessage("assistant", "a"), ChatMessage("assistant", "<think>r</think>b")], true, true,
+                "<|im_start|>user\nQ<|im_end|>\n<|im_start|>assistant\na<|im_end|>\n<|im_start|>assistant\n<think>\nr\n</think>\n\n"
+                    + "b<|im_end|>\n<|im_start|>assistant\n"
+            ),
         ]
         for (i, (messages, gen, thinking, want)) in cases.enumerated() {
             XCTAssertEqual(try t.render(messages: messages, addGenerationPrompt: gen, enableThinking: thinking), want, "case \(i)")
@@ -126,9 +154,11 @@ final class ChatTemplateUnitTests: XCTestCase {
         let t = try ChatTemplate(template: "<|start_header_id|> Cutting Knowledge Date: December 2023", bosToken: "<|begin_of_text|>")
         XCTAssertEqual(t.variant, .llama31)
         let out = try t.render(messages: [ChatMessage("system", " Be brief. "), ChatMessage("user", "Hi\n")], addGenerationPrompt: true)
-        XCTAssertEqual(out, "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nCutting Knowledge Date: December 2023\n"
-            + "Today Date: 26 Jul 2024\n\nBe brief.<|eot_id|><|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|>"
-            + "<|start_header_id|>assistant<|end_header_id|>\n\n")
+        XCTAssertEqual(
+            out,
+            "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nCutting Knowledge Date: December 2023\n"
+                + "Today Date: 26 Jul 2024\n\nBe brief.<|eot_id|><|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|>"
+                + "<|start_header_id|>assistant<|end_header_id|>\n\n")
     }
 
     func testPythonStringHelpers() {

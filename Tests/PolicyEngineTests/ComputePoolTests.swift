@@ -1,6 +1,7 @@
 import Foundation
 import Synchronization
 import XCTest
+
 @testable import PolicyEngine
 
 /// The persistent compute pool: every part runs exactly once per call, calls that overlap (another thread's,

@@ -1,16 +1,24 @@
 import Foundation
 import XCTest
+
 @testable import PolicyEngine
 
 final class GenerationSamplingTests: XCTestCase {
     let logits: [Float] = [log(0.5), log(0.3), log(0.2)].map { Float($0) + 3 }
 
     func testXoshiroIsReproducible() {
-        var a = Xoshiro256(seed: 123), b = Xoshiro256(seed: 123), c = Xoshiro256(seed: 124)
-        let xa = (0..<5).map { _ in a.next() }, xb = (0..<5).map { _ in b.next() }, xc = (0..<5).map { _ in c.next() }
+        var a = Xoshiro256(seed: 123)
+        var b = Xoshiro256(seed: 123)
+        var c = Xoshiro256(seed: 124)
+        let xa = (0..<5).map { _ in a.next() }
+        let xb = (0..<5).map { _ in b.next() }
+        let xc = (0..<5).map { _ in c.next() }
         XCTAssertEqual(xa, xb)
         XCTAssertNotEqual(xa, xc)
-        for _ in 0..<1000 { let u = a.nextUnit(); XCTAssertTrue(u >= 0 && u < 1) }
+        for _ in 0..<1000 {
+            let u = a.nextUnit()
+            XCTAssertTrue(u >= 0 && u < 1)
+        }
     }
 
     func testGreedy() {
@@ -23,10 +31,12 @@ final class GenerationSamplingTests: XCTestCase {
 
     func testSeededSamplingIsReproducibleAndMatchesDistribution() {
         let p = SamplingParameters(temperature: 1, seed: 9)
-        let a = Sampler(p), b = Sampler(p)
+        let a = Sampler(p)
+        let b = Sampler(p)
         var counts = [0, 0, 0]
         for _ in 0..<6000 {
-            let x = a.sample(logits), y = b.sample(logits)
+            let x = a.sample(logits)
+            let y = b.sample(logits)
             XCTAssertEqual(x, y)
             counts[Int(x.id)] += 1
             XCTAssertEqual(x.logprob, x.rawLogprob, accuracy: 1e-5)  // temperature 1, no truncation
@@ -81,9 +91,12 @@ final class GenerationSamplingTests: XCTestCase {
     func bytesOf(_ table: [Int32: String]) -> (Int32) -> [UInt8] { { Array((table[$0] ?? "").utf8) } }
 
     func testStopStringSpanningTokensIsCutExactly() throws {
-        let table: [Int32: String] = [1: "<think>a</think><inter", 2: "action_pro", 3: "mpt>{\"x\"}</interaction_", 4: "prompt>\nMORE", 5: "zz"]
-        var t = try GenerationTracker(maxTokens: 10, stop: StopConditions(strings: ["</interaction_prompt>"]),
-                                      tokenBytes: bytesOf(table))
+        let table: [Int32: String] = [
+            1: "<think>a</think><inter", 2: "action_pro", 3: "mpt>{\"x\"}</interaction_", 4: "prompt>\nMORE", 5: "zz",
+        ]
+        var t = try GenerationTracker(
+            maxTokens: 10, stop: StopConditions(strings: ["</interaction_prompt>"]),
+            tokenBytes: bytesOf(table))
         for id: Int32 in [1, 2, 3] { XCTAssertNil(t.add(SampledToken(id: id, logprob: -1, rawLogprob: -2))) }
         XCTAssertEqual(t.add(SampledToken(id: 4, logprob: -1, rawLogprob: -2)), .stop)
         let r = t.result(.stop, uncached: [4])
@@ -97,8 +110,9 @@ final class GenerationSamplingTests: XCTestCase {
 
     func testEarliestStopWinsAndStopTokenExcluded() throws {
         let table: [Int32: String] = [1: "ab", 2: "cXYd", 9: "<eos>"]
-        var t = try GenerationTracker(maxTokens: 10, stop: StopConditions(tokenIds: [9], strings: ["d", "XY", "bcX"]),
-                                      tokenBytes: bytesOf(table))
+        var t = try GenerationTracker(
+            maxTokens: 10, stop: StopConditions(tokenIds: [9], strings: ["d", "XY", "bcX"]),
+            tokenBytes: bytesOf(table))
         XCTAssertNil(t.add(SampledToken(id: 1, logprob: 0, rawLogprob: 0)))
         XCTAssertEqual(t.add(SampledToken(id: 2, logprob: 0, rawLogprob: 0)), .stop)
         XCTAssertEqual(t.stopString, "bcX")
@@ -128,10 +142,10 @@ final class GenerationSamplingTests: XCTestCase {
             let r = t.add(SampledToken(id: id, logprob: 0, rawLogprob: 0))
             deltas.append(t.takeDelta(finished: r != nil))
         }
-        XCTAssertEqual(deltas[0], Array("hi ".utf8))       // "<" may start "</a>"
-        XCTAssertEqual(deltas[1], Array("</".utf8))          // "</" + C3 cannot be "</a>"; half an é is held
-        XCTAssertEqual(deltas[2], Array("é".utf8))           // trailing "<" held back again
-        XCTAssertEqual(deltas[3], [])                         // the stop string itself is never streamed
+        XCTAssertEqual(deltas[0], Array("hi ".utf8))  // "<" may start "</a>"
+        XCTAssertEqual(deltas[1], Array("</".utf8))  // "</" + C3 cannot be "</a>"; half an é is held
+        XCTAssertEqual(deltas[2], Array("é".utf8))  // trailing "<" held back again
+        XCTAssertEqual(deltas[3], [])  // the stop string itself is never streamed
         XCTAssertEqual(deltas.flatMap { $0 }, Array(t.result(.stop, uncached: []).textExcludingStop.utf8))
         XCTAssertEqual(t.stopString, "</a>")
     }

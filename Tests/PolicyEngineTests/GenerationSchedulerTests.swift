@@ -1,5 +1,6 @@
 import Foundation
 import XCTest
+
 @testable import PolicyEngine
 
 final class GenerationSchedulerTests: XCTestCase {
@@ -78,8 +79,11 @@ final class GenerationSchedulerTests: XCTestCase {
         defer { sched.shutdown() }
         let reference = try solo(model, prompts[0], 10)
         let stop = "\(reference.tokens[3]),\(reference.tokens[4])"
-        let r = try await sched.submit(GenerationRequest(prompt: prompts[0], maxTokens: 10,
-                                                        stop: StopConditions(strings: [stop]))).result()
+        let r = try await sched.submit(
+            GenerationRequest(
+                prompt: prompts[0], maxTokens: 10,
+                stop: StopConditions(strings: [stop]))
+        ).result()
         XCTAssertEqual(r.finishReason, .stop)
         XCTAssertEqual(r.stopString, stop)
         XCTAssertEqual(r.tokens, Array(reference.tokens.prefix(5)))

@@ -1,5 +1,6 @@
 import Foundation
 import XCTest
+
 @testable import PolicyEngine
 
 final class GenerationSessionTests: XCTestCase {
@@ -46,7 +47,8 @@ final class GenerationSessionTests: XCTestCase {
         let prompts: [[Int32]] = [promptA, promptB, [3], (0..<30).map { Int32($0 * 11) }]
         let batchCaches = prompts.map { _ in model.makeCache(initialCapacity: 4) }
         let soloCaches = prompts.map { _ in model.makeCache(initialCapacity: 4) }
-        var nextBatch: [Int32] = [], nextSolo: [Int32] = []
+        var nextBatch: [Int32] = []
+        var nextSolo: [Int32] = []
         for (i, p) in prompts.enumerated() {
             let l1 = try model.prefill(tokens: p, cache: batchCaches[i])
             let l2 = try model.prefill(tokens: p, cache: soloCaches[i])
@@ -67,7 +69,10 @@ final class GenerationSessionTests: XCTestCase {
 
     func testMixedPrefillAndDecodeStep() throws {
         let model = try fixtureModel("qwen3-tiny")
-        let c1 = model.makeCache(), c2 = model.makeCache(), ref1 = model.makeCache(), ref2 = model.makeCache()
+        let c1 = model.makeCache()
+        let c2 = model.makeCache()
+        let ref1 = model.makeCache()
+        let ref2 = model.makeCache()
         _ = try model.prefill(tokens: promptA, cache: c1)
         _ = try model.prefill(tokens: promptA, cache: ref1)
         var got: [Int: [[Float]]] = [:]
@@ -113,7 +118,10 @@ final class GenerationSessionTests: XCTestCase {
         s.truncate(to: promptA.count)
         let flag = CancellationFlag()
         var n = 0
-        let cancelled = try s.generate(maxTokens: 50, cancellation: flag) { _, _ in n += 1; if n == 3 { flag.cancel() } }
+        let cancelled = try s.generate(maxTokens: 50, cancellation: flag) { _, _ in
+            n += 1
+            if n == 3 { flag.cancel() }
+        }
         XCTAssertEqual(cancelled.finishReason, .cancelled)
         XCTAssertEqual(cancelled.tokens.count, 3)
         XCTAssertThrowsError(try s.append([5000])) { XCTAssertEqual($0 as? ModelError, .tokenOutOfRange(token: 5000, vocabSize: 1024)) }

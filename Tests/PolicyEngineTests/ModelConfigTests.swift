@@ -1,5 +1,6 @@
 import Foundation
 import XCTest
+
 @testable import PolicyEngine
 
 final class ModelConfigTests: XCTestCase {
@@ -8,7 +9,9 @@ final class ModelConfigTests: XCTestCase {
     let base = #""hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 128, "vocab_size": 100"#
 
     func testLegacyQwen2Defaults() throws {
-        let c = try decode(#"{"model_type": "qwen2", "# + base + #", "rope_theta": 1000000.0, "torch_dtype": "bfloat16", "eos_token_id": 5, "tie_word_embeddings": true}"#)
+        let c = try decode(
+            #"{"model_type": "qwen2", "# + base
+                + #", "rope_theta": 1000000.0, "torch_dtype": "bfloat16", "eos_token_id": 5, "tie_word_embeddings": true}"#)
         XCTAssertEqual(c.numKeyValueHeads, 4)
         XCTAssertEqual(c.headDim, 16)
         XCTAssertTrue(c.attentionBias)
@@ -19,7 +22,10 @@ final class ModelConfigTests: XCTestCase {
     }
 
     func testRopeParametersAndListEos() throws {
-        let c = try decode(#"{"model_type": "llama", "# + base + #", "num_key_value_heads": 2, "dtype": "float32", "eos_token_id": [7, 9], "bos_token_id": 1, "rope_parameters": {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}}"#)
+        let c = try decode(
+            #"{"model_type": "llama", "# + base
+                + #", "num_key_value_heads": 2, "dtype": "float32", "eos_token_id": [7, 9], "bos_token_id": 1, "rope_parameters": {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}}"#
+        )
         XCTAssertEqual(c.rope.ropeType, "llama3")
         XCTAssertEqual(c.rope.theta, 500_000)
         XCTAssertEqual(c.rope.factor, 8)
@@ -46,10 +52,13 @@ final class ModelConfigTests: XCTestCase {
         XCTAssertThrowsError(try decode(#"{"model_type": "qwen2", "# + base + #", "rms_norm_eps": "small"}"#)) {
             XCTAssertTrue("\($0)".contains("rms_norm_eps"))
         }
-        XCTAssertThrowsError(try decode(#"{"model_type": "llama", "# + base + #", "rope_scaling": {"rope_type": "yarn", "factor": 4.0}}"#)) {
+        XCTAssertThrowsError(try decode(#"{"model_type": "llama", "# + base + #", "rope_scaling": {"rope_type": "yarn", "factor": 4.0}}"#))
+        {
             XCTAssertEqual($0 as? ModelConfigError, .unsupported(key: "rope_scaling.rope_type", value: "yarn"))
         }
-        XCTAssertThrowsError(try decode(#"{"model_type": "llama", "# + base + #", "rope_scaling": {"rope_type": "llama3", "factor": 8.0}}"#)) {
+        XCTAssertThrowsError(
+            try decode(#"{"model_type": "llama", "# + base + #", "rope_scaling": {"rope_type": "llama3", "factor": 8.0}}"#)
+        ) {
             XCTAssertTrue("\($0)".contains("low_freq_factor"))
         }
         XCTAssertThrowsError(try decode("[1]"))
@@ -72,9 +81,10 @@ final class ModelConfigTests: XCTestCase {
     }
 
     func testMissingAndMisshapedModelTensorsAreNamed() throws {
-        let cfg = try ModelConfig(modelType: .qwen3, hiddenSize: 16, numHiddenLayers: 2, numAttentionHeads: 2,
-                                  numKeyValueHeads: 1, headDim: 8, intermediateSize: 24, vocabSize: 11,
-                                  tieWordEmbeddings: false)
+        let cfg = try ModelConfig(
+            modelType: .qwen3, hiddenSize: 16, numHiddenLayers: 2, numAttentionHeads: 2,
+            numKeyValueHeads: 1, headDim: 8, intermediateSize: 24, vocabSize: 11,
+            tieWordEmbeddings: false)
         let dir = try EngineFixtures.tempDirectory(self)
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
         try JSONEncoder().encode(cfg).write(to: dir.appendingPathComponent("config.json"))

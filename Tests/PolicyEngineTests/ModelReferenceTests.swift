@@ -1,11 +1,14 @@
 import Foundation
 import XCTest
+
 @testable import PolicyEngine
 
 /// Compares the forward pass with Hugging Face transformers outputs committed under Tests/Fixtures.
 final class ModelReferenceTests: XCTestCase {
-    func checkLogits(model modelName: String, reference refName: String? = nil, file: StaticString = #filePath,
-                     line: UInt = #line) throws {
+    func checkLogits(
+        model modelName: String, reference refName: String? = nil, file: StaticString = #filePath,
+        line: UInt = #line
+    ) throws {
         let model = try TransformerModel.load(from: EngineFixtures.model(modelName))
         let ref = try EngineFixtures.loadReference(refName ?? modelName)
         XCTAssertEqual(ref.vocab_size, model.config.vocabSize, file: file, line: line)
@@ -20,8 +23,10 @@ final class ModelReferenceTests: XCTestCase {
         }
     }
 
-    func checkGreedy(model modelName: String, reference refName: String? = nil, file: StaticString = #filePath,
-                     line: UInt = #line) throws {
+    func checkGreedy(
+        model modelName: String, reference refName: String? = nil, file: StaticString = #filePath,
+        line: UInt = #line
+    ) throws {
         let model = try TransformerModel.load(from: EngineFixtures.model(modelName))
         let ref = try EngineFixtures.loadReference(refName ?? modelName)
         for c in ref.cases {

@@ -1,5 +1,6 @@
 import Foundation
 import XCTest
+
 @testable import PolicyEngine
 
 /// Locates committed fixtures: Tests/PolicyEngineTests/X.swift -> Tests/Fixtures.
@@ -43,12 +44,15 @@ enum EngineFixtures {
     }
 
     /// A tiny random model of the given family written to a temp directory.
-    static func syntheticModel(_ test: XCTestCase, family: ModelFamily = .qwen2, vocab: Int = 97,
-                               tied: Bool = true, seed: UInt64 = 7) throws -> TransformerModel {
-        let cfg = try ModelConfig(modelType: family, hiddenSize: 32, numHiddenLayers: 2, numAttentionHeads: 4,
-                                  numKeyValueHeads: 2, headDim: family == .qwen3 ? 16 : nil, intermediateSize: 48,
-                                  vocabSize: vocab, maxPositionEmbeddings: 512, tieWordEmbeddings: tied,
-                                  rope: RopeParameters(theta: 10000))
+    static func syntheticModel(
+        _ test: XCTestCase, family: ModelFamily = .qwen2, vocab: Int = 97,
+        tied: Bool = true, seed: UInt64 = 7
+    ) throws -> TransformerModel {
+        let cfg = try ModelConfig(
+            modelType: family, hiddenSize: 32, numHiddenLayers: 2, numAttentionHeads: 4,
+            numKeyValueHeads: 2, headDim: family == .qwen3 ? 16 : nil, intermediateSize: 48,
+            vocabSize: vocab, maxPositionEmbeddings: 512, tieWordEmbeddings: tied,
+            rope: RopeParameters(theta: 10000))
         let dir = try tempDirectory(test)
         try SyntheticCheckpoint.write(config: cfg, to: dir, seed: seed)
         return try TransformerModel.load(from: dir)

@@ -1,5 +1,6 @@
 import Foundation
 import XCTest
+
 @testable import PolicyEngine
 
 final class PrefixCacheTests: XCTestCase {
@@ -31,15 +32,18 @@ final class PrefixCacheTests: XCTestCase {
                 _ = try model.prefill(tokens: shared, cache: reference)
                 for l in 0..<model.config.numHiddenLayers {
                     let n = shared.count * model.config.kvDim
-                    XCTAssertTrue(Array(UnsafeBufferPointer(start: cache.keys[l], count: n))
-                        == Array(UnsafeBufferPointer(start: reference.keys[l], count: n)), "\(name) layer \(l) keys")
+                    XCTAssertTrue(
+                        Array(UnsafeBufferPointer(start: cache.keys[l], count: n))
+                            == Array(UnsafeBufferPointer(start: reference.keys[l], count: n)), "\(name) layer \(l) keys")
                 }
             }
         }
     }
 
-    private func run(_ sched: BatchScheduler, _ prompts: [[Int32]], maxTokens: Int = 12,
-                     sampling: SamplingParameters = .greedy) async throws -> [GenerationResult] {
+    private func run(
+        _ sched: BatchScheduler, _ prompts: [[Int32]], maxTokens: Int = 12,
+        sampling: SamplingParameters = .greedy
+    ) async throws -> [GenerationResult] {
         let handles = prompts.map { sched.submit(GenerationRequest(prompt: $0, maxTokens: maxTokens, sampling: sampling)) }
         var out: [GenerationResult] = []
         for h in handles { out.append(try await h.result()) }
@@ -55,7 +59,10 @@ final class PrefixCacheTests: XCTestCase {
             let plain = BatchScheduler(model: model)
             let cache = PrefixCache(model: model, capacityBytes: 64 << 20)
             let cached = BatchScheduler(model: model, prefixCache: cache)
-            defer { plain.shutdown(); cached.shutdown() }
+            defer {
+                plain.shutdown()
+                cached.shutdown()
+            }
             try cache.prefill(shared)
             let prompts = endings.map { shared + $0 }
             let sampled = SamplingParameters(temperature: 0.9, topK: 20, seed: 3)
@@ -72,8 +79,9 @@ final class PrefixCacheTests: XCTestCase {
             let first = endings.count * shared.count
             let second = prompts.reduce(0) { $0 + $1.count - 1 }
             XCTAssertEqual(cached.prefillTokens.cached, first + second, name)
-            XCTAssertEqual(cached.prefillTokens.cached + cached.prefillTokens.computed,
-                           plain.prefillTokens.computed, "every prompt token is counted once, cached or not")
+            XCTAssertEqual(
+                cached.prefillTokens.cached + cached.prefillTokens.computed,
+                plain.prefillTokens.computed, "every prompt token is counted once, cached or not")
         }
     }
 
@@ -102,7 +110,9 @@ final class PrefixCacheTests: XCTestCase {
         let model = try TransformerModel.load(from: EngineFixtures.model("qwen2-tiny"))
         let perPosition = 2 * model.config.numHiddenLayers * model.config.kvDim * 4
         let pinned: [Int32] = [1, 2, 3, 4, 5, 6, 7, 8]
-        let a: [Int32] = Array(100..<120), b: [Int32] = Array(200..<220), c: [Int32] = Array(300..<320)
+        let a: [Int32] = Array(100..<120)
+        let b: [Int32] = Array(200..<220)
+        let c: [Int32] = Array(300..<320)
         let cache = PrefixCache(model: model, capacityBytes: perPosition * (pinned.count + 2 * a.count + 4))
         XCTAssertEqual(cache.bytesPerPosition, perPosition)
         try cache.prefill(pinned)

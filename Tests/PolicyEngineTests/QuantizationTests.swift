@@ -1,5 +1,6 @@
 import Foundation
 import XCTest
+
 @testable import PolicyEngine
 
 /// 8-bit weights (`WeightFormat.q8`): the quantiser, both product paths, and whole models against float32.
@@ -10,7 +11,8 @@ final class QuantizationTests: XCTestCase {
     }
 
     func testQuantiseRoundTripIsWithinHalfAStep() throws {
-        let rows = 5, cols = 96  // 96: blocks of 32
+        let rows = 5
+        let cols = 96  // 96: blocks of 32
         var w = randomMatrix(rows * cols, seed: 1)
         w[7] = 40  // one outlier only coarsens its own block
         let q = try Q8Matrix(quantizing: w, rows: rows, cols: cols, name: "w")
@@ -36,7 +38,8 @@ final class QuantizationTests: XCTestCase {
     /// y = x W^T through the int8 kernel (1-2 rows) and the dequantised sgemm path (more rows), with bias and
     /// accumulation, against float32 products with the dequantised weights.
     func testProductPathsMatchDequantisedFloatProduct() throws {
-        let outDim = 70, inDim = 128
+        let outDim = 70
+        let inDim = 128
         let w = randomMatrix(outDim * inDim, seed: 2, scale: 0.1)
         let q = try Q8Matrix(quantizing: w, rows: outDim, cols: inDim, name: "w")
         var wq = [Float](repeating: 0, count: outDim * inDim)
@@ -77,10 +80,13 @@ final class QuantizationTests: XCTestCase {
         XCTAssertLessThan(q8.quantizedWeightBytes, f32.parameterCount * 4 / 3)
         let tok = try Tokenizer(directory: dir)
         let prompt = tok.encode("Question: Which planet is the largest in the Solar System?\nThink step by step.")
-        let cf = f32.makeCache(), cq = q8.makeCache()
+        let cf = f32.makeCache()
+        let cq = q8.makeCache()
         var lf = try f32.prefill(tokens: prompt, cache: cf)
         var lq = try q8.prefill(tokens: prompt, cache: cq)
-        var agree = 0, maxErr: Float = 0, span: Float = 0
+        var agree = 0
+        var maxErr: Float = 0
+        var span: Float = 0
         let steps = 48
         for _ in 0..<steps {
             let next = Int32(Sampler.argmax(lf))
@@ -112,7 +118,8 @@ final class QuantizationTests: XCTestCase {
     /// padding rows never change a row's float operations), on every SIMD level.
     func testARowsResultDoesNotDependOnItsBatch() throws {
         defer { Q8KernelLevel.use(.best) }
-        let outDim = 50, inDim = 192
+        let outDim = 50
+        let inDim = 192
         let q = try Q8Matrix(quantizing: randomMatrix(outDim * inDim, seed: 4), rows: outDim, cols: inDim, name: "w")
         let x = randomMatrix(23 * inDim, seed: 5)
         for level in Q8KernelLevel.allCases where level.rawValue <= Q8KernelLevel.best.rawValue {
@@ -122,8 +129,9 @@ final class QuantizationTests: XCTestCase {
             for r in [0, 7, 22] {
                 var one = [Float](repeating: 0, count: outDim)
                 x.withUnsafeBufferPointer {
-                    Q8Kernels.linear($0.baseAddress! + r * inDim, rows: 1, weight: q, bias: nil, into: &one, accumulate: false,
-                                     scratch: Q8Scratch())
+                    Q8Kernels.linear(
+                        $0.baseAddress! + r * inDim, rows: 1, weight: q, bias: nil, into: &one, accumulate: false,
+                        scratch: Q8Scratch())
                 }
                 XCTAssertEqual(one, Array(all[(r * outDim)..<((r + 1) * outDim)]), "\(level) row \(r)")
             }
@@ -132,9 +140,10 @@ final class QuantizationTests: XCTestCase {
 
     /// Projections whose input dimension is not a multiple of 32 stay float32; the rest is quantised.
     func testMixedModelKeepsUnquantisableProjectionsInFloat32() throws {
-        let cfg = try ModelConfig(modelType: .qwen2, hiddenSize: 64, numHiddenLayers: 1, numAttentionHeads: 4,
-                                  numKeyValueHeads: 2, intermediateSize: 48, vocabSize: 97, maxPositionEmbeddings: 64,
-                                  tieWordEmbeddings: true)
+        let cfg = try ModelConfig(
+            modelType: .qwen2, hiddenSize: 64, numHiddenLayers: 1, numAttentionHeads: 4,
+            numKeyValueHeads: 2, intermediateSize: 48, vocabSize: 97, maxPositionEmbeddings: 64,
+            tieWordEmbeddings: true)
         let dir = try EngineFixtures.tempDirectory(self)
         try SyntheticCheckpoint.write(config: cfg, to: dir, seed: 3)
         let q8 = try TransformerModel.load(from: dir, weightFormat: .q8)
@@ -173,8 +182,9 @@ final class QuantizationTests: XCTestCase {
                     let y = product(level)
                     XCTAssertEqual(Q8KernelLevel.current, level)
                     for k in 0..<y.count {
-                        XCTAssertEqual(y[k], reference[k], accuracy: 1e-5 * max(1, abs(reference[k])),
-                                       "\(level), \(outDim)x\(inDim), rows \(rows), index \(k)")
+                        XCTAssertEqual(
+                            y[k], reference[k], accuracy: 1e-5 * max(1, abs(reference[k])),
+                            "\(level), \(outDim)x\(inDim), rows \(rows), index \(k)")
                     }
                 }
             }
@@ -186,7 +196,9 @@ final class QuantizationTests: XCTestCase {
     func testPortableKernelMatchesDequantisedSums() throws {
         defer { Q8KernelLevel.use(.best) }
         Q8KernelLevel.use(.portable)
-        let outDim = 11, inDim = 128, rows = 3
+        let outDim = 11
+        let inDim = 128
+        let rows = 3
         let q = try Q8Matrix(quantizing: randomMatrix(outDim * inDim, seed: 90), rows: outDim, cols: inDim, name: "w")
         let x = randomMatrix(rows * inDim, seed: 91)
         let scratch = Q8Scratch()
@@ -198,7 +210,8 @@ final class QuantizationTests: XCTestCase {
             for r in 0..<outDim {
                 var ref = 0.0
                 for j in 0..<inDim {
-                    let xs = Double(scratch.scales[i * nb + j / q.block]), ws = Double(q.scale(r, block: j / q.block))
+                    let xs = Double(scratch.scales[i * nb + j / q.block])
+                    let ws = Double(q.scale(r, block: j / q.block))
                     XCTAssertEqual(Int(scratch.a[i * inDim + j]), abs(Int(scratch.q[i * inDim + j])))
                     XCTAssertEqual(Int(scratch.u[i * inDim + j]), Int(scratch.q[i * inDim + j]) + 128)
                     ref += Double(scratch.q[i * inDim + j]) * xs * Double(q.value(r, j)) * ws

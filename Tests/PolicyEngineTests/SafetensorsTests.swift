@@ -1,5 +1,6 @@
 import Foundation
 import XCTest
+
 @testable import PolicyEngine
 
 final class SafetensorsTests: XCTestCase {
@@ -23,8 +24,10 @@ final class SafetensorsTests: XCTestCase {
 
     func floats(_ v: [Float]) -> [UInt8] { v.withUnsafeBytes { Array($0) } }
 
-    func expectError(_ data: Data, file: StaticString = #filePath, line: UInt = #line,
-                     _ check: (SafetensorsError) -> Bool) throws {
+    func expectError(
+        _ data: Data, file: StaticString = #filePath, line: UInt = #line,
+        _ check: (SafetensorsError) -> Bool
+    ) throws {
         let url = try write(data)
         do {
             _ = try SafetensorsFile(url: url)
@@ -35,11 +38,12 @@ final class SafetensorsTests: XCTestCase {
     }
 
     func testRoundTripAndMetadataIgnored() throws {
-        let data = try SafetensorsWriter.encode([
-            .init(name: "a", shape: [2, 3], values: [1, 2, 3, 4, 5, 6]),
-            .init(name: "b", shape: [1], values: [-7.5]),
-            .init(name: "empty", shape: [0, 4], values: []),
-        ], metadata: ["format": "pt"])
+        let data = try SafetensorsWriter.encode(
+            [
+                .init(name: "a", shape: [2, 3], values: [1, 2, 3, 4, 5, 6]),
+                .init(name: "b", shape: [1], values: [-7.5]),
+                .init(name: "empty", shape: [0, 4], values: []),
+            ], metadata: ["format": "pt"])
         let url = try write(data)
         let f = try SafetensorsFile(url: url)
         XCTAssertEqual(Set(f.tensors.keys), ["a", "b", "empty"])
@@ -65,32 +69,54 @@ final class SafetensorsTests: XCTestCase {
     }
 
     func testTooSmallAndBadHeaderLengths() throws {
-        try expectError(Data([1, 2, 3])) { if case .fileTooSmall = $0 { return true }; return false }
-        try expectError(Data()) { if case .fileTooSmall = $0 { return true }; return false }
+        try expectError(Data([1, 2, 3])) {
+            if case .fileTooSmall = $0 { return true }
+            return false
+        }
+        try expectError(Data()) {
+            if case .fileTooSmall = $0 { return true }
+            return false
+        }
         // Declared header longer than the file.
         try expectError(rawFile(header: "{}", data: [], declaredLength: 1000)) {
-            if case .headerLengthOutOfBounds = $0 { return true }; return false
+            if case .headerLengthOutOfBounds = $0 { return true }
+            return false
         }
         // Huge declared length (would overflow naive arithmetic).
         try expectError(rawFile(header: "{}", data: [], declaredLength: UInt64.max)) {
-            if case .headerLengthOutOfBounds = $0 { return true }; return false
+            if case .headerLengthOutOfBounds = $0 { return true }
+            return false
         }
         try expectError(rawFile(header: "{}", data: [], declaredLength: UInt64(Int.max))) {
-            if case .headerLengthOutOfBounds = $0 { return true }; return false
+            if case .headerLengthOutOfBounds = $0 { return true }
+            return false
         }
     }
 
     func testTruncatedFileAndNonJSONHeader() throws {
         let good = try SafetensorsWriter.encode([.init(name: "a", shape: [4], values: [1, 2, 3, 4])])
         // Cut inside the header: declared length now exceeds the file.
-        try expectError(good.prefix(20)) { if case .headerLengthOutOfBounds = $0 { return true }; return false }
+        try expectError(good.prefix(20)) {
+            if case .headerLengthOutOfBounds = $0 { return true }
+            return false
+        }
         // Cut inside the data: offsets run past the data region.
         try expectError(good.prefix(good.count - 3)) {
-            if case .badEntry(_, "a", let r) = $0 { return r.contains("outside") }; return false
+            if case .badEntry(_, "a", let r) = $0 { return r.contains("outside") }
+            return false
         }
-        try expectError(rawFile(header: "{\"a\": ", data: [])) { if case .headerNotJSON = $0 { return true }; return false }
-        try expectError(rawFile(header: "[1, 2]", data: [])) { if case .headerNotJSON = $0 { return true }; return false }
-        try expectError(rawFile(header: "\u{00}\u{01}garbage", data: [])) { if case .headerNotJSON = $0 { return true }; return false }
+        try expectError(rawFile(header: "{\"a\": ", data: [])) {
+            if case .headerNotJSON = $0 { return true }
+            return false
+        }
+        try expectError(rawFile(header: "[1, 2]", data: [])) {
+            if case .headerNotJSON = $0 { return true }
+            return false
+        }
+        try expectError(rawFile(header: "\u{00}\u{01}garbage", data: [])) {
+            if case .headerNotJSON = $0 { return true }
+            return false
+        }
     }
 
     func testBadEntries() throws {
@@ -116,7 +142,11 @@ final class SafetensorsTests: XCTestCase {
         try expectError(rawFile(header: #"{"x":{"dtype":"Q4","shape":[4],"data_offsets":[0,16]}}"#, data: d)) {
             $0 == .unknownDtype(file: "model.safetensors", tensor: "x", dtype: "Q4")
         }
-        try expectError(rawFile(header: #"{"x":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"y":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}}"#, data: d)) {
+        try expectError(
+            rawFile(
+                header: #"{"x":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"y":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}}"#,
+                data: d)
+        ) {
             $0 == .overlap(file: "model.safetensors", first: "x", second: "y")
         }
     }
@@ -192,7 +222,8 @@ final class SafetensorsTests: XCTestCase {
         ])
         var rng = Xoshiro256(seed: 42)
         let dir = try EngineFixtures.tempDirectory(self)
-        var parsed = 0, rejected = 0
+        var parsed = 0
+        var rejected = 0
         for i in 0..<150 {
             var d = good
             let flips = 1 + Int(rng.next() % 4)

@@ -1,5 +1,6 @@
 import Foundation
 import XCTest
+
 @testable import PolicyEngine
 
 /// Location of Tests/Fixtures (this file is Tests/PolicyEngineTests/TokenizerTests.swift).
@@ -23,10 +24,12 @@ private func byteLevel(_ s: String) -> String { s.utf8.map(byteLevelChar).joined
 
 /// A tiny byte-level BPE tokenizer.json: the 256 byte tokens (ids 0...255), then `extra` tokens
 /// and the given merges (each as ["a", "b"] in plain text; converted to byte-level form).
-private func tinyTokenizerJSON(extra: [String], merges: [(String, String)], mergesAsStrings: Bool = false,
-                               ignoreMerges: Bool = false, splitRegex: String? = SplitPattern.qwen2Source,
-                               normalizer: String = #"{"type": "NFC"}"#, addedTokens: String = "[]",
-                               postProcessor: String = "null") -> Data {
+private func tinyTokenizerJSON(
+    extra: [String], merges: [(String, String)], mergesAsStrings: Bool = false,
+    ignoreMerges: Bool = false, splitRegex: String? = SplitPattern.qwen2Source,
+    normalizer: String = #"{"type": "NFC"}"#, addedTokens: String = "[]",
+    postProcessor: String = "null"
+) -> Data {
     var vocab: [(String, Int)] = (0...255).map { (byteLevelChar(UInt8($0)), $0) }
     for (i, e) in extra.enumerated() { vocab.append((byteLevel(e), 256 + i)) }
     func q(_ s: String) -> String {
@@ -35,24 +38,27 @@ private func tinyTokenizerJSON(extra: [String], merges: [(String, String)], merg
         return String(arr.dropFirst().dropLast())
     }
     let vocabJSON = "{" + vocab.map { "\(q($0.0)): \($0.1)" }.joined(separator: ", ") + "}"
-    let mergesJSON = "[" + merges.map { m in
-        mergesAsStrings ? q(byteLevel(m.0) + " " + byteLevel(m.1)) : "[\(q(byteLevel(m.0))), \(q(byteLevel(m.1)))]"
-    }.joined(separator: ", ") + "]"
+    let mergesJSON =
+        "["
+        + merges.map { m in
+            mergesAsStrings ? q(byteLevel(m.0) + " " + byteLevel(m.1)) : "[\(q(byteLevel(m.0))), \(q(byteLevel(m.1)))]"
+        }.joined(separator: ", ") + "]"
     let pre: String
     if let splitRegex {
-        pre = #"{"type": "Sequence", "pretokenizers": [{"type": "Split", "pattern": {"Regex": "# + q(splitRegex)
+        pre =
+            #"{"type": "Sequence", "pretokenizers": [{"type": "Split", "pattern": {"Regex": "# + q(splitRegex)
             + #"}, "behavior": "Isolated", "invert": false}, {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": false, "use_regex": false}]}"#
     } else {
         pre = #"{"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": false, "use_regex": true}"#
     }
     let json = """
-    {"version": "1.0", "truncation": null, "padding": null, "added_tokens": \(addedTokens),
-     "normalizer": \(normalizer), "pre_tokenizer": \(pre), "post_processor": \(postProcessor),
-     "decoder": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": false, "use_regex": false},
-     "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
-               "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false,
-               "ignore_merges": \(ignoreMerges), "vocab": \(vocabJSON), "merges": \(mergesJSON)}}
-    """
+        {"version": "1.0", "truncation": null, "padding": null, "added_tokens": \(addedTokens),
+         "normalizer": \(normalizer), "pre_tokenizer": \(pre), "post_processor": \(postProcessor),
+         "decoder": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": false, "use_regex": false},
+         "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
+                   "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false,
+                   "ignore_merges": \(ignoreMerges), "vocab": \(vocabJSON), "merges": \(mergesJSON)}}
+        """
     return Data(json.utf8)
 }
 
@@ -75,8 +81,9 @@ final class TokenizerBPETests: XCTestCase {
 
     func testStringAndArrayMergeFormsAgree() throws {
         let a = try Tokenizer(tokenizerJSON: tinyTokenizerJSON(extra: helloExtra, merges: helloMerges), configJSON: nil)
-        let b = try Tokenizer(tokenizerJSON: tinyTokenizerJSON(extra: helloExtra, merges: helloMerges, mergesAsStrings: true),
-                              configJSON: nil)
+        let b = try Tokenizer(
+            tokenizerJSON: tinyTokenizerJSON(extra: helloExtra, merges: helloMerges, mergesAsStrings: true),
+            configJSON: nil)
         for text in ["hello world", "worldhello", " hello  world\n", "héllo wörld"] {
             XCTAssertEqual(a.encode(text), b.encode(text), text)
         }
@@ -85,11 +92,13 @@ final class TokenizerBPETests: XCTestCase {
 
     func testMergeRankOrderDecides() throws {
         // "abc" with merges [a b] before [b c] -> ab + c; reversed ranks -> a + bc.
-        let first = try Tokenizer(tokenizerJSON: tinyTokenizerJSON(extra: ["ab", "bc"], merges: [("a", "b"), ("b", "c")]),
-                                  configJSON: nil)
+        let first = try Tokenizer(
+            tokenizerJSON: tinyTokenizerJSON(extra: ["ab", "bc"], merges: [("a", "b"), ("b", "c")]),
+            configJSON: nil)
         XCTAssertEqual(first.encode("abc"), [256, 0x63])
-        let second = try Tokenizer(tokenizerJSON: tinyTokenizerJSON(extra: ["ab", "bc"], merges: [("b", "c"), ("a", "b")]),
-                                   configJSON: nil)
+        let second = try Tokenizer(
+            tokenizerJSON: tinyTokenizerJSON(extra: ["ab", "bc"], merges: [("b", "c"), ("a", "b")]),
+            configJSON: nil)
         XCTAssertEqual(second.encode("abc"), [0x61, 257])
         // Equal pairs merge left to right: "aaa" -> aa + a; "aaaa" -> aa + aa.
         let aa = try Tokenizer(tokenizerJSON: tinyTokenizerJSON(extra: ["aa"], merges: [("a", "a")]), configJSON: nil)
@@ -102,15 +111,17 @@ final class TokenizerBPETests: XCTestCase {
         let merges = [("a", "b")]
         let plain = try Tokenizer(tokenizerJSON: tinyTokenizerJSON(extra: ["ab", "abc"], merges: merges), configJSON: nil)
         XCTAssertEqual(plain.encode("abc"), [256, 0x63])
-        let ignoring = try Tokenizer(tokenizerJSON: tinyTokenizerJSON(extra: ["ab", "abc"], merges: merges, ignoreMerges: true),
-                                     configJSON: nil)
+        let ignoring = try Tokenizer(
+            tokenizerJSON: tinyTokenizerJSON(extra: ["ab", "abc"], merges: merges, ignoreMerges: true),
+            configJSON: nil)
         XCTAssertEqual(ignoring.encode("abc"), [257])
         XCTAssertEqual(ignoring.encode("abcd"), [256, 0x63, 0x64])
     }
 
     func testLongWordsMatchShortWordBehaviour() throws {
-        let tok = try Tokenizer(tokenizerJSON: tinyTokenizerJSON(extra: ["aa", "aaaa"], merges: [("a", "a"), ("aa", "aa")]),
-                                configJSON: nil)
+        let tok = try Tokenizer(
+            tokenizerJSON: tinyTokenizerJSON(extra: ["aa", "aaaa"], merges: [("a", "a"), ("aa", "aa")]),
+            configJSON: nil)
         // 4001 letters: 1000 "aaaa" then one "a".
         let ids = tok.encode(String(repeating: "a", count: 4001))
         XCTAssertEqual(ids, Array(repeating: 257, count: 1000) + [0x61])
@@ -118,13 +129,13 @@ final class TokenizerBPETests: XCTestCase {
 
     func testAddedTokensSpecialAndFlags() throws {
         let added = """
-        [{"id": 300, "content": "<|im_start|>", "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true},
-         {"id": 301, "content": "<|im_end|>", "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true},
-         {"id": 302, "content": "<think>", "single_word": false, "lstrip": false, "rstrip": false, "normalized": true, "special": false},
-         {"id": 303, "content": "<|im_start|>x", "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true},
-         {"id": 304, "content": "<mask>", "single_word": false, "lstrip": true, "rstrip": true, "normalized": false, "special": true},
-         {"id": 305, "content": "cat", "single_word": true, "lstrip": false, "rstrip": false, "normalized": false, "special": false}]
-        """
+            [{"id": 300, "content": "<|im_start|>", "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true},
+             {"id": 301, "content": "<|im_end|>", "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true},
+             {"id": 302, "content": "<think>", "single_word": false, "lstrip": false, "rstrip": false, "normalized": true, "special": false},
+             {"id": 303, "content": "<|im_start|>x", "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true},
+             {"id": 304, "content": "<mask>", "single_word": false, "lstrip": true, "rstrip": true, "normalized": false, "special": true},
+             {"id": 305, "content": "cat", "single_word": true, "lstrip": false, "rstrip": false, "normalized": false, "special": false}]
+            """
         let tok = try Tokenizer(tokenizerJSON: tinyTokenizerJSON(extra: [], merges: [], addedTokens: added), configJSON: nil)
         XCTAssertEqual(tok.encode("<|im_start|>user"), [300] + Array("user".utf8).map { Int32($0) })
         // Longest match wins.
@@ -149,9 +160,9 @@ final class TokenizerBPETests: XCTestCase {
     func testNormalizedAddedTokenMatchesAfterNFC() throws {
         // "é" written as e + U+0301 only matches the NFC token content after normalization.
         let added = """
-        [{"id": 300, "content": "<é>", "single_word": false, "lstrip": false, "rstrip": false, "normalized": true, "special": false},
-         {"id": 301, "content": "<ö>", "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": false}]
-        """
+            [{"id": 300, "content": "<é>", "single_word": false, "lstrip": false, "rstrip": false, "normalized": true, "special": false},
+             {"id": 301, "content": "<ö>", "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": false}]
+            """
         let tok = try Tokenizer(tokenizerJSON: tinyTokenizerJSON(extra: [], merges: [], addedTokens: added), configJSON: nil)
         XCTAssertEqual(tok.encode("<e\u{301}>"), [300])
         // Non-normalized tokens match the raw text only.
@@ -161,16 +172,17 @@ final class TokenizerBPETests: XCTestCase {
 
     func testPostProcessorTemplateAddsBOS() throws {
         let added = """
-        [{"id": 300, "content": "<s>", "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true}]
-        """
+            [{"id": 300, "content": "<s>", "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true}]
+            """
         let post = """
-        {"type": "Sequence", "processors": [{"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": false, "use_regex": true},
-          {"type": "TemplateProcessing", "single": [{"SpecialToken": {"id": "<s>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
-           "pair": [], "special_tokens": {"<s>": {"id": "<s>", "ids": [300], "tokens": ["<s>"]}}}]}
-        """
+            {"type": "Sequence", "processors": [{"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": false, "use_regex": true},
+              {"type": "TemplateProcessing", "single": [{"SpecialToken": {"id": "<s>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+               "pair": [], "special_tokens": {"<s>": {"id": "<s>", "ids": [300], "tokens": ["<s>"]}}}]}
+            """
         let config = Data(#"{"bos_token": "<s>", "eos_token": {"content": "<s>", "special": true}, "pad_token": null}"#.utf8)
-        let tok = try Tokenizer(tokenizerJSON: tinyTokenizerJSON(extra: [], merges: [], addedTokens: added, postProcessor: post),
-                                configJSON: config)
+        let tok = try Tokenizer(
+            tokenizerJSON: tinyTokenizerJSON(extra: [], merges: [], addedTokens: added, postProcessor: post),
+            configJSON: config)
         XCTAssertEqual(tok.encode("hi", addSpecialTokens: true), [300, 0x68, 0x69])
         XCTAssertEqual(tok.encode("hi"), [0x68, 0x69])
         XCTAssertEqual(tok.bosTokenId, 300)
@@ -180,8 +192,9 @@ final class TokenizerBPETests: XCTestCase {
 
     func testGPT2StyleByteLevelRegex() throws {
         // ByteLevel(use_regex: true) splits with the GPT-2 pattern (case-sensitive contractions).
-        let tok = try Tokenizer(tokenizerJSON: tinyTokenizerJSON(extra: [], merges: [], splitRegex: nil, normalizer: "null"),
-                                configJSON: nil)
+        let tok = try Tokenizer(
+            tokenizerJSON: tinyTokenizerJSON(extra: [], merges: [], splitRegex: nil, normalizer: "null"),
+            configJSON: nil)
         XCTAssertEqual(tok.preTokenize("I'm  HERE'S 42x\n"), ["I", "'m", " ", " HERE", "'", "S", " 42", "x", "\n"])
     }
 
@@ -218,21 +231,21 @@ final class TokenizerPreTokenizerTests: XCTestCase {
             ("Hello world", ["Hello", " world"]),
             ("I'm here", ["I", "'m", " here"]),
             ("DON'T we'LL", ["DON", "'T", " we", "'LL"]),
-            ("'sup", ["'s", "up"]),                          // the contraction alternative comes first
-            ("it'ſ", ["it", "'ſ"]),                          // (?i) folds U+017F to s
-            ("  hello", [" ", " hello"]),                    // \s+(?!\S) leaves one space for the word
-            ("a  \n\n b", ["a", "  \n\n", " b"]),            // \s*[\r\n]+ ends after the last newline
-            ("x   ", ["x", "   "]),                          // trailing whitespace: \s+(?!\S) at the end
-            ("12345", ["1", "2", "3", "4", "5"]),            // \p{N} one digit at a time
-            ("foo!!!\n\nbar", ["foo", "!!!\n\n", "bar"]),    // punctuation takes following newlines
+            ("'sup", ["'s", "up"]),  // the contraction alternative comes first
+            ("it'ſ", ["it", "'ſ"]),  // (?i) folds U+017F to s
+            ("  hello", [" ", " hello"]),  // \s+(?!\S) leaves one space for the word
+            ("a  \n\n b", ["a", "  \n\n", " b"]),  // \s*[\r\n]+ ends after the last newline
+            ("x   ", ["x", "   "]),  // trailing whitespace: \s+(?!\S) at the end
+            ("12345", ["1", "2", "3", "4", "5"]),  // \p{N} one digit at a time
+            ("foo!!!\n\nbar", ["foo", "!!!\n\n", "bar"]),  // punctuation takes following newlines
             ("a !!", ["a", " !!"]),
-            ("\tword", ["\tword"]),                          // one non-letter prefix joins the letters
+            ("\tword", ["\tword"]),  // one non-letter prefix joins the letters
             ("x\r\ny", ["x", "\r\n", "y"]),
             ("日本語テキスト", ["日本語テキスト"]),
             ("a😀b", ["a", "😀b"]),
             ("(x) => {}", ["(x", ")", " =>", " {}"]),
             ("\u{00A0}\u{3000}z", ["\u{00A0}", "\u{3000}z"]),
-            ("٣4²", ["٣", "4", "²"]),                        // Arabic-Indic digit and superscript are \p{N}
+            ("٣4²", ["٣", "4", "²"]),  // Arabic-Indic digit and superscript are \p{N}
             ("", []),
         ]
         for (text, want) in cases {
@@ -298,8 +311,8 @@ final class TokenizerStreamingTests: XCTestCase {
 
     func testSkipSpecialTokensInStream() throws {
         let added = """
-        [{"id": 300, "content": "<|im_end|>", "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true}]
-        """
+            [{"id": 300, "content": "<|im_end|>", "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true}]
+            """
         let tok = try Tokenizer(tokenizerJSON: tinyTokenizerJSON(extra: [], merges: [], addedTokens: added), configJSON: nil)
         var dec = StreamingDecoder(tokenizer: tok, skipSpecialTokens: true)
         XCTAssertEqual(dec.feed(tok.encode("ok<|im_end|>")), "ok")
@@ -381,7 +394,11 @@ final class TokenizerReferenceTests: XCTestCase {
         final class Mismatches: @unchecked Sendable {  // @unchecked: guarded by `lock`
             let lock = NSLock()
             var count = 0
-            func add() { lock.lock(); count += 1; lock.unlock() }
+            func add() {
+                lock.lock()
+                count += 1
+                lock.unlock()
+            }
         }
         let tok = try loadFixtureTokenizer("qwen2-tiny")
         let data = try Data(contentsOf: tokenizerFixturesDir.appendingPathComponent("reference/tokenizer-qwen.json"))

@@ -1,5 +1,6 @@
 import Foundation
 import XCTest
+
 @testable import PolicyEngine
 
 /// The committed PyTorch references (scripts/make_grad_refs.py -> Tests/Fixtures/reference/grads.json).
@@ -30,8 +31,17 @@ enum GradReference {
         var grads: [String: Summary]
     }
     struct AdamWCase: Decodable {
-        struct Step: Decodable { var grad: [Float]; var param: [Float] }
-        struct Config: Decodable { var lr: Float; var beta1: Float; var beta2: Float; var eps: Float; var weight_decay: Float }
+        struct Step: Decodable {
+            var grad: [Float]
+            var param: [Float]
+        }
+        struct Config: Decodable {
+            var lr: Float
+            var beta1: Float
+            var beta2: Float
+            var eps: Float
+            var weight_decay: Float
+        }
         var `init`: [Float]
         var config: Config
         var steps: [Step]
@@ -49,8 +59,9 @@ enum GradReference {
     /// The closed-form adapter values of make_grad_refs.py's lora_values.
     static func loraValues(_ kind: String, moduleIndex mi: Int, count: Int) -> [Float] {
         (0..<count).map { j in
-            kind == "A" ? Float(0.2 * sin(0.37 * Double(j) + 1.1 * Double(mi) + 0.5))
-                        : Float(0.2 * cos(0.53 * Double(j) + 0.7 * Double(mi) + 0.25))
+            kind == "A"
+                ? Float(0.2 * sin(0.37 * Double(j) + 1.1 * Double(mi) + 0.5))
+                : Float(0.2 * cos(0.53 * Double(j) + 0.7 * Double(mi) + 0.25))
         }
     }
 
@@ -61,7 +72,8 @@ enum GradReference {
             for module in LoRAConfig.allModules {
                 let parent = ["q_proj", "k_proj", "v_proj", "o_proj"].contains(module) ? "self_attn" : "mlp"
                 let prefix = "model.layers.\(l).\(parent).\(module)"
-                let a = prefix + ".lora_A.weight", b = prefix + ".lora_B.weight"
+                let a = prefix + ".lora_A.weight"
+                let b = prefix + ".lora_B.weight"
                 if let sa = m.parameterShape(a), let sb = m.parameterShape(b) {
                     m.setParameter(a, loraValues("A", moduleIndex: mi, count: sa.reduce(1, *)))
                     m.setParameter(b, loraValues("B", moduleIndex: mi, count: sb.reduce(1, *)))
@@ -74,12 +86,17 @@ enum GradReference {
 
 final class TrainingGradientTests: XCTestCase {
     /// Compares sampled gradient entries and norms with the float64 PyTorch reference.
-    private func compareGradients(_ model: TrainableModel, _ ref: [String: GradReference.Summary], label: String,
-                                  file: StaticString = #filePath, line: UInt = #line) {
+    private func compareGradients(
+        _ model: TrainableModel, _ ref: [String: GradReference.Summary], label: String,
+        file: StaticString = #filePath, line: UInt = #line
+    ) {
         XCTAssertEqual(Set(model.parameterNames()), Set(ref.keys), "\(label): trainable parameter names", file: file, line: line)
         var worst: (String, Double) = ("", 0)
         for (name, r) in ref {
-            guard let g = model.gradient(name) else { XCTFail("\(label): no gradient for \(name)", file: file, line: line); continue }
+            guard let g = model.gradient(name) else {
+                XCTFail("\(label): no gradient for \(name)", file: file, line: line)
+                continue
+            }
             XCTAssertEqual(model.parameterShape(name), r.shape, "\(label) \(name) shape", file: file, line: line)
             let scale = max(r.max_abs, 1e-12)
             var err: Double = 0
@@ -147,16 +164,22 @@ final class TrainingGradientTests: XCTestCase {
         m.zeroGradients()
         m.backward(m.forward(ids), dLogprobs: w)
         for name in names {
-            guard let g = m.gradient(name), var p = m.parameter(name) else { XCTFail("\(label): no parameter \(name)"); continue }
+            guard let g = m.gradient(name), var p = m.parameter(name) else {
+                XCTFail("\(label): no parameter \(name)")
+                continue
+            }
             let imax = g.indices.max(by: { abs(g[$0]) < abs(g[$1]) })!
             for idx in Set([imax, (imax * 7 + 3) % g.count]) {
                 let orig = p[idx]
                 let h: Float = 1e-2 * max(1, abs(orig))
-                p[idx] = orig + h; m.setParameter(name, p)
+                p[idx] = orig + h
+                m.setParameter(name, p)
                 let up = loss(m, ids, w)
-                p[idx] = orig - h; m.setParameter(name, p)
+                p[idx] = orig - h
+                m.setParameter(name, p)
                 let down = loss(m, ids, w)
-                p[idx] = orig; m.setParameter(name, p)
+                p[idx] = orig
+                m.setParameter(name, p)
                 let fd = (up - down) / Double(2 * h)
                 let tol = 2e-2 * max(abs(Double(g[imax])), 1e-2)
                 XCTAssertLessThan(abs(fd - Double(g[idx])), tol, "\(label) \(name)[\(idx)]: fd \(fd) vs analytic \(g[idx])")
@@ -165,9 +188,11 @@ final class TrainingGradientTests: XCTestCase {
     }
 
     private func sampleNames(_ m: TrainableModel) -> [String] {
-        let kinds = ["embed_tokens", "input_layernorm", "q_proj.weight", "q_proj.bias", "k_proj.weight", "k_proj.bias",
-                     "v_proj.weight", "v_proj.bias", "o_proj", "q_norm", "k_norm", "post_attention_layernorm",
-                     "gate_proj", "up_proj", "down_proj", "model.norm", "lm_head", "lora_A", "lora_B"]
+        let kinds = [
+            "embed_tokens", "input_layernorm", "q_proj.weight", "q_proj.bias", "k_proj.weight", "k_proj.bias",
+            "v_proj.weight", "v_proj.bias", "o_proj", "q_norm", "k_norm", "post_attention_layernorm",
+            "gate_proj", "up_proj", "down_proj", "model.norm", "lm_head", "lora_A", "lora_B",
+        ]
         let names = m.parameterNames()
         // One of each kind, alternating layers.
         return kinds.enumerated().compactMap { i, k in
@@ -192,8 +217,9 @@ final class TrainingGradientTests: XCTestCase {
         let ids: [Int32] = [5, 900, 17, 254, 3, 77, 601, 42, 999, 12, 480]
         let w: [Float] = [0, 0.3, 0.7, -1.2, 0.5, 1.0, -0.4, 0.9, 0.2, 0]
         for name in ["qwen3-tiny", "llama-tiny"] {
-            let m = try TrainableModel(directory: EngineFixtures.model(name),
-                                       mode: .lora(LoRAConfig(rank: 4, alpha: 8, targetModules: LoRAConfig.allModules)))
+            let m = try TrainableModel(
+                directory: EngineFixtures.model(name),
+                mode: .lora(LoRAConfig(rank: 4, alpha: 8, targetModules: LoRAConfig.allModules)))
             GradReference.setLoRAValues(m)  // B != 0 so A has a gradient
             let names = m.parameterNames().filter { $0.contains("layers.1") || $0.contains("q_proj") }
             checkFiniteDifferences(m, names: names, ids: ids, weights: w, label: "lora \(name)")
@@ -253,14 +279,17 @@ final class TrainingGradientTests: XCTestCase {
         let short = Array(long.prefix(20))
         var w = [Float](repeating: 0, count: 299)
         for i in 3..<19 { w[i] = Float(i % 5) - 2 }
-        let a = try TrainableModel(directory: dir, mode: .full), b = try TrainableModel(directory: dir, mode: .full)
+        let a = try TrainableModel(directory: dir, mode: .full)
+        let b = try TrainableModel(directory: dir, mode: .full)
         let tape = a.forward(long)
         let inf = try TransformerModel.load(from: dir)
-        XCTAssertLessThan(EngineFixtures.maxAbsDiff(tape.logprobs, try inf.logProbabilities(of: Array(long.dropFirst()), after: [long[0]])), 5e-5)
+        XCTAssertLessThan(
+            EngineFixtures.maxAbsDiff(tape.logprobs, try inf.logProbabilities(of: Array(long.dropFirst()), after: [long[0]])), 5e-5)
         a.backward(tape, dLogprobs: w)
         b.backward(b.forward(short), dLogprobs: Array(w.prefix(19)))
         for name in a.parameterNames() {
-            let ga = a.gradient(name)!, gb = b.gradient(name)!
+            let ga = a.gradient(name)!
+            let gb = b.gradient(name)!
             let scale = max(gb.map(abs).max()!, 1e-6)
             XCTAssertLessThan(EngineFixtures.maxAbsDiff(ga, gb) / scale, 1e-4, name)
         }
@@ -288,8 +317,10 @@ final class TrainingGradientTests: XCTestCase {
                 XCTAssertEqual(tape.logprobs, refTape.logprobs)
                 m.backward(tape, dLogprobs: w)
                 for name in m.parameterNames() {
-                    let a = m.gradient(name)!, b = ref.gradient(name)!
-                    XCTAssertLessThanOrEqual(EngineFixtures.maxAbsDiff(a, b), 1e-6 * max(1, b.map(abs).max()!), "\(mode) budget \(budget): \(name)")
+                    let a = m.gradient(name)!
+                    let b = ref.gradient(name)!
+                    XCTAssertLessThanOrEqual(
+                        EngineFixtures.maxAbsDiff(a, b), 1e-6 * max(1, b.map(abs).max()!), "\(mode) budget \(budget): \(name)")
                 }
             }
         }
@@ -301,9 +332,12 @@ final class TrainingGradientTests: XCTestCase {
         XCTAssertEqual(full.trainableParameterCount, inference.parameterCount, "tied head counted once")
         let lora = try TrainableModel(directory: EngineFixtures.model("qwen2-tiny"), mode: .lora(LoRAConfig(rank: 8)))
         let c = lora.config
-        XCTAssertEqual(lora.trainableParameterCount,
-                       c.numHiddenLayers * 8 * ((c.hiddenSize + c.qDim) + 2 * (c.hiddenSize + c.kvDim) + (c.qDim + c.hiddenSize)))
-        XCTAssertThrowsError(try TrainableModel(directory: EngineFixtures.model("qwen2-tiny"),
-                                                mode: .lora(LoRAConfig(rank: 4, targetModules: ["qproj"]))))
+        XCTAssertEqual(
+            lora.trainableParameterCount,
+            c.numHiddenLayers * 8 * ((c.hiddenSize + c.qDim) + 2 * (c.hiddenSize + c.kvDim) + (c.qDim + c.hiddenSize)))
+        XCTAssertThrowsError(
+            try TrainableModel(
+                directory: EngineFixtures.model("qwen2-tiny"),
+                mode: .lora(LoRAConfig(rank: 4, targetModules: ["qproj"]))))
     }
 }

@@ -1,21 +1,25 @@
 import Foundation
 import XCTest
+
 @testable import PolicyEngine
 
 final class TrainingOptimizerTests: XCTestCase {
     func testAdamWMatchesTorch() throws {
         let r = try GradReference.load().adamw
-        let cfg = AdamWConfig(lr: r.config.lr, beta1: r.config.beta1, beta2: r.config.beta2, eps: r.config.eps,
-                              weightDecay: r.config.weight_decay)
+        let cfg = AdamWConfig(
+            lr: r.config.lr, beta1: r.config.beta1, beta2: r.config.beta2, eps: r.config.eps,
+            weightDecay: r.config.weight_decay)
         var p = r.`init`
-        var m = [Float](repeating: 0, count: p.count), v = m
+        var m = [Float](repeating: 0, count: p.count)
+        var v = m
         for (t, s) in r.steps.enumerated() {
             p.withUnsafeMutableBufferPointer { pp in
                 m.withUnsafeMutableBufferPointer { mp in
                     v.withUnsafeMutableBufferPointer { vp in
                         s.grad.withUnsafeBufferPointer { gp in
-                            AdamW.apply(param: pp.baseAddress!, grad: gp.baseAddress!, m: mp.baseAddress!, v: vp.baseAddress!,
-                                        count: pp.count, step: t + 1, learningRate: cfg.lr, config: cfg)
+                            AdamW.apply(
+                                param: pp.baseAddress!, grad: gp.baseAddress!, m: mp.baseAddress!, v: vp.baseAddress!,
+                                count: pp.count, step: t + 1, learningRate: cfg.lr, config: cfg)
                         }
                     }
                 }
@@ -30,7 +34,8 @@ final class TrainingOptimizerTests: XCTestCase {
         let ids: [Int32] = [10, 20, 30, 40, 50, 60]
         model.backward(model.forward(ids), dLogprobs: [0, 1, 1, 1, 1])
         let name = "model.layers.0.self_attn.q_norm.weight"
-        let p0 = model.parameter(name)!, g = model.gradient(name)!
+        let p0 = model.parameter(name)!
+        let g = model.gradient(name)!
         let opt = AdamW(model: model, config: AdamWConfig(lr: 1e-3, weightDecay: 0.1))
         opt.update(learningRate: 1e-3)
         XCTAssertEqual(opt.step, 1)
@@ -71,7 +76,8 @@ final class TrainingOptimizerTests: XCTestCase {
         let A = a.parameter("model.layers.0.mlp.down_proj.lora_A.weight")!
         XCTAssertLessThanOrEqual(A.map(abs).max()!, 1 / Float(a.config.intermediateSize).squareRoot())
         XCTAssertEqual(a.parameter("model.layers.0.mlp.down_proj.lora_B.weight")!.map(abs).max(), 0)
-        let oa = AdamW(model: a, config: AdamWConfig(lr: 1e-2)), ob = AdamW(model: b, config: AdamWConfig(lr: 1e-2))
+        let oa = AdamW(model: a, config: AdamWConfig(lr: 1e-2))
+        let ob = AdamW(model: b, config: AdamWConfig(lr: 1e-2))
         train(a, oa, steps: 0..<3)
         train(b, ob, steps: 0..<3)
         XCTAssertEqual(allParams(a), allParams(b), "same seed, same data: bit-identical parameters")

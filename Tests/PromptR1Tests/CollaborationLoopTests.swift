@@ -1,5 +1,6 @@
 import Foundation
 import XCTest
+
 @testable import PromptR1
 
 final class CollaborationLoopTests: XCTestCase {
@@ -8,13 +9,17 @@ final class CollaborationLoopTests: XCTestCase {
 
     /// A JSON call turn; turns after the first start inside the injected `<think>\n`.
     func jsonCall(_ prompt: String, think: String = "thinking", first: Bool = true) -> String {
-        (first ? "<think>" : "") + "\(think)</think>\n<interaction_prompt>" + pythonJSONDumps(.object([
-            ("name", .string("prompt")), ("arguments", .object([("prompt", .string(prompt))])),
-        ])) + "</interaction_prompt>"
+        (first ? "<think>" : "") + "\(think)</think>\n<interaction_prompt>"
+            + pythonJSONDumps(
+                .object([
+                    ("name", .string("prompt")), ("arguments", .object([("prompt", .string(prompt))])),
+                ])) + "</interaction_prompt>"
     }
 
-    func makeLoop(_ script: [ScriptedTurn], _ replies: [ScriptedUpstream.Reply],
-                  options: CollaborationOptions = .init()) -> (CollaborationLoop, SessionBox, ScriptedUpstream) {
+    func makeLoop(
+        _ script: [ScriptedTurn], _ replies: [ScriptedUpstream.Reply],
+        options: CollaborationOptions = .init()
+    ) -> (CollaborationLoop, SessionBox, ScriptedUpstream) {
         let box = SessionBox(script)
         let up = ScriptedUpstream(replies)
         return (CollaborationLoop(options: options, upstream: up, makeSession: box.factory), box, up)
@@ -30,11 +35,13 @@ final class CollaborationLoopTests: XCTestCase {
         var pos = ep.promptTokenIDs.count
         for (k, t) in ep.turns.enumerated() {
             XCTAssertEqual(t.index, k + 1, file: file, line: line)
-            XCTAssertEqual(Array(ep.lossMask[pos..<(pos + t.generatedTokenIDs.count)]),
-                           [UInt8](repeating: 1, count: t.generatedTokenIDs.count), file: file, line: line)
+            XCTAssertEqual(
+                Array(ep.lossMask[pos..<(pos + t.generatedTokenIDs.count)]),
+                [UInt8](repeating: 1, count: t.generatedTokenIDs.count), file: file, line: line)
             pos += t.generatedTokenIDs.count
-            XCTAssertEqual(Array(ep.lossMask[pos..<(pos + t.injectedTokenIDs.count)]),
-                           [UInt8](repeating: 0, count: t.injectedTokenIDs.count), file: file, line: line)
+            XCTAssertEqual(
+                Array(ep.lossMask[pos..<(pos + t.injectedTokenIDs.count)]),
+                [UInt8](repeating: 0, count: t.injectedTokenIDs.count), file: file, line: line)
             pos += t.injectedTokenIDs.count
             XCTAssertEqual(t.mask.count, t.inputTokenIDs.count + t.generatedTokenIDs.count, file: file, line: line)
             if k == 0 {
@@ -69,16 +76,24 @@ final class CollaborationLoopTests: XCTestCase {
         let a1 = "Hamlet was written by William Shakespeare around 1600."
         XCTAssertEqual(up.requests.count, 2)
         XCTAssertEqual(up.requests[0], [sys, .user("Who wrote the play Hamlet? It is a tragedy.")])
-        XCTAssertEqual(up.requests[1], [sys, .user("Who wrote the play Hamlet? It is a tragedy."), .assistant(a1),
-                                        .user("Please confirm: Shakespeare wrote Hamlet?")])
+        XCTAssertEqual(
+            up.requests[1],
+            [
+                sys, .user("Who wrote the play Hamlet? It is a tragedy."), .assistant(a1),
+                .user("Please confirm: Shakespeare wrote Hamlet?"),
+            ])
 
         // Exact injected text (section 4): stripped answer, json.dumps with \u escapes.
         let session = try XCTUnwrap(box.session)
         XCTAssertEqual(session.appended.count, 2)
-        assertScalarsEqual(session.appended[0],
-            "<|im_end|>\n<|im_start|>user\n<interaction_response>\n{\"results\": [\"Hamlet was written by William Shakespeare around 1600.\"]}\n</interaction_response><|im_end|>\n<|im_start|>assistant\n<think>\n")
-        assertScalarsEqual(session.appended[1],
-            "<|im_end|>\n<|im_start|>user\n<interaction_response>\n{\"results\": [\"Yes \\u2014 confirmed: Shakespeare. \\ud83d\\ude00\"]}\n</interaction_response><|im_end|>\n<|im_start|>assistant\n<think>\n")
+        assertScalarsEqual(
+            session.appended[0],
+            "<|im_end|>\n<|im_start|>user\n<interaction_response>\n{\"results\": [\"Hamlet was written by William Shakespeare around 1600.\"]}\n</interaction_response><|im_end|>\n<|im_start|>assistant\n<think>\n"
+        )
+        assertScalarsEqual(
+            session.appended[1],
+            "<|im_end|>\n<|im_start|>user\n<interaction_response>\n{\"results\": [\"Yes \\u2014 confirmed: Shakespeare. \\ud83d\\ude00\"]}\n</interaction_response><|im_end|>\n<|im_start|>assistant\n<think>\n"
+        )
         assertScalarsEqual(session.prompt, PromptR1Prompt.firstPrompt(question: question))
 
         // Record.
@@ -118,9 +133,13 @@ final class CollaborationLoopTests: XCTestCase {
             case .finished: return "finished"
             }
         }
-        XCTAssertEqual(kinds, ["start", "turn", "request", "answer", "injected",
-                               "start", "turn", "request", "answer", "injected",
-                               "start", "turn", "finished"])
+        XCTAssertEqual(
+            kinds,
+            [
+                "start", "turn", "request", "answer", "injected",
+                "start", "turn", "request", "answer", "injected",
+                "start", "turn", "finished",
+            ])
         XCTAssertEqual(events.last, .finished(outcome: .answer("William Shakespeare"), stopReason: .finalAnswer))
     }
 
@@ -158,7 +177,8 @@ final class CollaborationLoopTests: XCTestCase {
             // The malformed call is never sent, and not in the later history.
             XCTAssertEqual(up.requests, [[sys, .user("A good prompt")]], body)
             let session = try XCTUnwrap(box.session)
-            assertScalarsEqual(session.appended.first,
+            assertScalarsEqual(
+                session.appended.first,
                 "<|im_end|>\n<|im_start|>user\n<interaction_response>\n\(error.rawValue)\n</interaction_response><|im_end|>\n<|im_start|>assistant\n<think>\n",
                 body)
             XCTAssertEqual(ep.turns[0].parse, .malformedCall(error, body: body))
@@ -235,8 +255,9 @@ final class CollaborationLoopTests: XCTestCase {
             var options = CollaborationOptions()
             options.maxResultChars = 10
             options.resultCutMode = mode
-            let (loop, box, _) = makeLoop([.call(jsonCall("p")), .final("x</think><answer>a</answer>")],
-                                          [.text(long)], options: options)
+            let (loop, box, _) = makeLoop(
+                [.call(jsonCall("p")), .final("x</think><answer>a</answer>")],
+                [.text(long)], options: options)
             _ = await loop.run(question: "Q?")
             let expected = mode == .answer ? #"{"results": ["abcdefghij..."]}"# : #"{"results"..."#
             assertScalarsEqual(box.session?.appended.first, PromptR1Prompt.injection(result: expected), mode.rawValue)
@@ -248,8 +269,9 @@ final class CollaborationLoopTests: XCTestCase {
             var options = CollaborationOptions()
             options.clientSystemMessage = "Answer in French."
             options.clientSystemPlacement = placement
-            let (loop, _, up) = makeLoop([.call(jsonCall("p")), .final("x</think><answer>a</answer>")],
-                                         [.text("r")], options: options)
+            let (loop, _, up) = makeLoop(
+                [.call(jsonCall("p")), .final("x</think><answer>a</answer>")],
+                [.text("r")], options: options)
             _ = await loop.run(question: "Q?")
             switch placement {
             case .separateMessage:
@@ -262,8 +284,9 @@ final class CollaborationLoopTests: XCTestCase {
 
     func testUpstreamFailurePolicies() async throws {
         do {
-            let (loop, box, _) = makeLoop([.call(jsonCall("p")), .final("x</think><answer>a</answer>")],
-                                          [.fail("HTTP 503 from upstream")])
+            let (loop, box, _) = makeLoop(
+                [.call(jsonCall("p")), .final("x</think><answer>a</answer>")],
+                [.fail("HTTP 503 from upstream")])
             let ep = await loop.run(question: "Q?")
             XCTAssertEqual(ep.outcome, .error(.upstream("HTTP 503 from upstream")))
             XCTAssertEqual(ep.stopReason, .upstreamError)
@@ -275,8 +298,9 @@ final class CollaborationLoopTests: XCTestCase {
         do {
             var options = CollaborationOptions()
             options.upstreamFailure = .injectError
-            let (loop, box, up) = makeLoop([.call(jsonCall("p1")), .call(jsonCall("p2")), .final("x</think><answer>a</answer>")],
-                                           [.fail("HTTP 503 from upstream"), .text("fine")], options: options)
+            let (loop, box, up) = makeLoop(
+                [.call(jsonCall("p1")), .call(jsonCall("p2")), .final("x</think><answer>a</answer>")],
+                [.fail("HTTP 503 from upstream"), .text("fine")], options: options)
             let ep = await loop.run(question: "Q?")
             XCTAssertEqual(ep.outcome, .answer("a"))
             assertScalarsEqual(box.session?.appended.first, PromptR1Prompt.injection(result: "HTTP 503 from upstream"))
@@ -292,15 +316,21 @@ final class CollaborationLoopTests: XCTestCase {
         let first = jsonCall("p")
         let firstCount = first.unicodeScalars.count
         options.limits.maxPolicyTokensPerEpisode = firstCount + 30
-        let (loop, box, _) = makeLoop([.call(first), .call(String(repeating: "z", count: 30))], [.text("r")],
-                                      options: options)
+        let (loop, box, _) = makeLoop(
+            [.call(first), .call(String(repeating: "z", count: 30))], [.text("r")],
+            options: options)
         let ep = await loop.run(question: "Q?")
         XCTAssertEqual(box.session?.limitsSeen.map(\.maxNewTokens), [firstCount + 30, 30])
         XCTAssertEqual(ep.outcome, .noAnswer)
         XCTAssertEqual(ep.stopReason, .finalWithoutAnswer)
         // A third turn would have no budget left.
-        let (loop2, _, _) = makeLoop([.call(first), .call(jsonCall("q")), .final("x")], [.text("r"), .text("s")],
-                                     options: { var o = options; o.limits.maxPolicyTokensPerEpisode = firstCount; return o }())
+        let (loop2, _, _) = makeLoop(
+            [.call(first), .call(jsonCall("q")), .final("x")], [.text("r"), .text("s")],
+            options: {
+                var o = options
+                o.limits.maxPolicyTokensPerEpisode = firstCount
+                return o
+            }())
         let ep2 = await loop2.run(question: "Q?")
         XCTAssertEqual(ep2.outcome, .noAnswer)
         XCTAssertEqual(ep2.stopReason, .policyTokenLimit)
@@ -311,8 +341,9 @@ final class CollaborationLoopTests: XCTestCase {
     func testUpstreamCallLimit() async throws {
         var options = CollaborationOptions()
         options.limits.maxUpstreamCalls = 1
-        let (loop, _, up) = makeLoop([.call(jsonCall("p1")), .call(jsonCall("p2")), .final("x")], [.text("r"), .text("s")],
-                                     options: options)
+        let (loop, _, up) = makeLoop(
+            [.call(jsonCall("p1")), .call(jsonCall("p2")), .final("x")], [.text("r"), .text("s")],
+            options: options)
         let ep = await loop.run(question: "Q?")
         XCTAssertEqual(up.requests.count, 1)
         XCTAssertEqual(ep.outcome, .noAnswer)
@@ -419,10 +450,15 @@ final class CollaborationLoopConversationTests: XCTestCase {
             .init(role: "assistant", content: "Tokyo and Osaka."),
             .init(role: "user", content: "Which is smaller?"),
         ])
-        XCTAssertEqual(ep.question, "Which is smaller?\n\nConversation so far:\nUser: Name two cities in Japan.\nAssistant: Tokyo and Osaka.")
+        XCTAssertEqual(
+            ep.question, "Which is smaller?\n\nConversation so far:\nUser: Name two cities in Japan.\nAssistant: Tokyo and Osaka.")
         assertScalarsEqual(box.session?.prompt, PromptR1Prompt.firstPrompt(question: ep.question))
-        XCTAssertEqual(up.requests.first, [.system("Answer briefly."), .system(PromptR1Prompt.upstreamSystemPrompt),
-                                           .user("Tell me about the second one.")])
+        XCTAssertEqual(
+            up.requests.first,
+            [
+                .system("Answer briefly."), .system(PromptR1Prompt.upstreamSystemPrompt),
+                .user("Tell me about the second one."),
+            ])
         XCTAssertEqual(ep.outcome, .answer("Osaka"))
     }
 

@@ -1,13 +1,17 @@
 import Foundation
 import PolicyEngine
 import XCTest
+
 @testable import PromptR1
 
 /// The trained fixture policy's greedy protocol episodes, with the prefix cache (protocol prefix pre-filled
 /// as at policy load) and without: every token and log-prob the same, and the cache really used.
 final class PrefixCacheEpisodeTests: XCTestCase {
     struct Cases: Decodable {
-        struct Case: Decodable { var question: String; var upstream_answers: [String] }
+        struct Case: Decodable {
+            var question: String
+            var upstream_answers: [String]
+        }
         var cases: [Case]
     }
 
@@ -15,12 +19,16 @@ final class PrefixCacheEpisodeTests: XCTestCase {
         let fixtures = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
             .appendingPathComponent("Fixtures")
         let dir = fixtures.appendingPathComponent("models/promptr1-tiny")
-        let cases = try JSONDecoder().decode(Cases.self, from: Data(contentsOf: fixtures.appendingPathComponent("reference/promptr1-tiny-episodes.json")))
+        let cases = try JSONDecoder().decode(
+            Cases.self, from: Data(contentsOf: fixtures.appendingPathComponent("reference/promptr1-tiny-episodes.json")))
         let model = try TransformerModel.load(from: dir)
         let tokenizer = try Tokenizer(directory: dir)
         let plain = try EnginePolicy(directory: dir, model: model, tokenizer: tokenizer, prefixCacheBytes: 0)
         let cached = try EnginePolicy(directory: dir, model: model, tokenizer: tokenizer, prefixCacheBytes: 32 << 20)
-        defer { plain.shutdown(); cached.shutdown() }
+        defer {
+            plain.shutdown()
+            cached.shutdown()
+        }
         XCTAssertEqual(try plain.prefillProtocolPrefix(), 0)
         let pinned = try cached.prefillProtocolPrefix()
         let fixed = tokenizer.encode(EnginePolicy.protocolFixedPrefix)
@@ -28,22 +36,25 @@ final class PrefixCacheEpisodeTests: XCTestCase {
         XCTAssertTrue(tokenizer.encode(PromptR1Prompt.firstPrompt(question: cases.cases[0].question)).starts(with: fixed[..<pinned]))
 
         func episode(_ policy: EnginePolicy, _ c: Cases.Case) async -> Episode {
-            let loop = CollaborationLoop(options: .init(limits: .init(maxTurns: 5, maxTokensPerTurn: 200)),
-                                         upstream: ScriptedUpstream(c.upstream_answers.map { .text($0) }),
-                                         makeSession: policy.factory(sampling: .greedy))
+            let loop = CollaborationLoop(
+                options: .init(limits: .init(maxTurns: 5, maxTokensPerTurn: 200)),
+                upstream: ScriptedUpstream(c.upstream_answers.map { .text($0) }),
+                makeSession: policy.factory(sampling: .greedy))
             return await loop.run(question: c.question)
         }
         var firstPromptTokens = 0
         // Each question twice: the second time is a retry that copies the whole first prompt.
         for c in cases.cases + cases.cases {
-            let a = await episode(plain, c), b = await episode(cached, c)
+            let a = await episode(plain, c)
+            let b = await episode(cached, c)
             XCTAssertEqual(a.tokenIDs, b.tokenIDs, c.question)
             XCTAssertEqual(a.outcome.answerText, b.outcome.answerText, c.question)
             XCTAssertLessThan(zip(a.logprobs, b.logprobs).map { abs($0 - $1) }.max() ?? 0, 1e-4, c.question)
             XCTAssertGreaterThan(a.turns.count, 1)
             firstPromptTokens += a.promptTokenIDs.count
         }
-        let p = plain.scheduler.prefillTokens, q = cached.scheduler.prefillTokens
+        let p = plain.scheduler.prefillTokens
+        let q = cached.scheduler.prefillTokens
         XCTAssertEqual(p.cached, 0)
         XCTAssertEqual(p.computed, q.cached + q.computed, "every prompt token is counted once")
         // The pinned prefix of every first prompt, then the whole first prompt (but its last token) of each retry.

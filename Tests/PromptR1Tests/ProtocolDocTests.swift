@@ -1,5 +1,6 @@
 import Foundation
 import XCTest
+
 @testable import PromptR1
 
 /// docs/protocol.md quotes the protocol's wire constants; this checks every quoted block against
@@ -20,7 +21,10 @@ final class ProtocolDocTests: XCTestCase {
                 let info = String(lines[i + 1].dropFirst(3))
                 var body: [String] = []
                 var j = i + 2
-                while j < lines.count, lines[j] != "```" { body.append(lines[j]); j += 1 }
+                while j < lines.count, lines[j] != "```" {
+                    body.append(lines[j])
+                    j += 1
+                }
                 out[name] = (info, body.joined(separator: "\n"))
                 i = j
             }

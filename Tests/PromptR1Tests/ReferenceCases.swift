@@ -2,1110 +2,1110 @@
 // Reference values computed in plain Python (json, re, string) for the PromptR1 tests.
 
 let referenceCasesJSON = #"""
-{
- "firstPrompt": [
-  {
-   "question": "Who wrote Hamlet?",
-   "rendered": "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a great assistant. \n\n# Tools\n\nYou can call one or more powerful Large Language Models to answer the user's questions. But you MUST provide the tool with an explanation and analysis of the problem, as well as your thought process.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>\n{\"type\": \"function\", \"function\": {\"name\": \"prompt\", \"description\": \"Give an explanation of the question in detail.\", \"parameters\": {\"type\": \"object\", \"properties\": {\"prompt\": {\"type\": \"string\", \"description\": \"Give question and its explanation\"}}, \"required\": [\"prompt\"]}}}\n</tools>\n\nFor each function call, return a json object with function name and arguments within <interaction_prompt></interaction_prompt> XML tags:\n<interaction_prompt>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</interaction_prompt><|im_end|>\n<|im_start|>user\nQuestion: Who wrote Hamlet?\nFirst, provide a simple explanation of the question and give it to the large language model for a more accurate answer. Focus on explaining the question without deep reasoning in the first step. After receiving the response, think about the large language model's response, and by interacting with the large language model again and again, arrive at the final answer. Proceed step by step with the following rules:\n1. Only in the first step, provide a brief explanation of the question and give it to the large language model:\n   <think>(Brief thinking must not be over 80 words)</think>\n   <interaction_prompt>(give the question and its explanation to the large language model)</interaction_prompt>\n2. After the first step, in each interaction with the large language model, write:\n   <think>(your reasoning for the receiving response and question)</think>\n   <interaction_prompt>(new request to refine or validate the answer)</interaction_prompt>\n3. Each <interaction_prompt> must build on what came before. Do not just repeat the same content. Let the content of the <interaction_prompt>...</interaction_prompt> evolve naturally (for example: outline \u2192 add details \u2192 refine \u2192 check). \n4. Continue producing think within <think></think> and call tool within <interaction_prompt></interaction_prompt> until the answer is ready.\n5. Once the answer is complete, write:\n   <think>(final reasoning with the <interaction_response> and question)</think>\n   <answer>(final answer for the question)</answer><|im_end|>\n<|im_start|>assistant\n"
-  },
-  {
-   "question": "",
-   "rendered": "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a great assistant. \n\n# Tools\n\nYou can call one or more powerful Large Language Models to answer the user's questions. But you MUST provide the tool with an explanation and analysis of the problem, as well as your thought process.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>\n{\"type\": \"function\", \"function\": {\"name\": \"prompt\", \"description\": \"Give an explanation of the question in detail.\", \"parameters\": {\"type\": \"object\", \"properties\": {\"prompt\": {\"type\": \"string\", \"description\": \"Give question and its explanation\"}}, \"required\": [\"prompt\"]}}}\n</tools>\n\nFor each function call, return a json object with function name and arguments within <interaction_prompt></interaction_prompt> XML tags:\n<interaction_prompt>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</interaction_prompt><|im_end|>\n<|im_start|>user\nQuestion: \nFirst, provide a simple explanation of the question and give it to the large language model for a more accurate answer. Focus on explaining the question without deep reasoning in the first step. After receiving the response, think about the large language model's response, and by interacting with the large language model again and again, arrive at the final answer. Proceed step by step with the following rules:\n1. Only in the first step, provide a brief explanation of the question and give it to the large language model:\n   <think>(Brief thinking must not be over 80 words)</think>\n   <interaction_prompt>(give the question and its explanation to the large language model)</interaction_prompt>\n2. After the first step, in each interaction with the large language model, write:\n   <think>(your reasoning for the receiving response and question)</think>\n   <interaction_prompt>(new request to refine or validate the answer)</interaction_prompt>\n3. Each <interaction_prompt> must build on what came before. Do not just repeat the same content. Let the content of the <interaction_prompt>...</interaction_prompt> evolve naturally (for example: outline \u2192 add details \u2192 refine \u2192 check). \n4. Continue producing think within <think></think> and call tool within <interaction_prompt></interaction_prompt> until the answer is ready.\n5. Once the answer is complete, write:\n   <think>(final reasoning with the <interaction_response> and question)</think>\n   <answer>(final answer for the question)</answer><|im_end|>\n<|im_start|>assistant\n"
-  },
-  {
-   "question": "Caf\u00e9 \u5317\u4eac \ud83d\ude00 \"quoted\" \\ back",
-   "rendered": "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a great assistant. \n\n# Tools\n\nYou can call one or more powerful Large Language Models to answer the user's questions. But you MUST provide the tool with an explanation and analysis of the problem, as well as your thought process.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>\n{\"type\": \"function\", \"function\": {\"name\": \"prompt\", \"description\": \"Give an explanation of the question in detail.\", \"parameters\": {\"type\": \"object\", \"properties\": {\"prompt\": {\"type\": \"string\", \"description\": \"Give question and its explanation\"}}, \"required\": [\"prompt\"]}}}\n</tools>\n\nFor each function call, return a json object with function name and arguments within <interaction_prompt></interaction_prompt> XML tags:\n<interaction_prompt>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</interaction_prompt><|im_end|>\n<|im_start|>user\nQuestion: Caf\u00e9 \u5317\u4eac \ud83d\ude00 \"quoted\" \\ back\nFirst, provide a simple explanation of the question and give it to the large language model for a more accurate answer. Focus on explaining the question without deep reasoning in the first step. After receiving the response, think about the large language model's response, and by interacting with the large language model again and again, arrive at the final answer. Proceed step by step with the following rules:\n1. Only in the first step, provide a brief explanation of the question and give it to the large language model:\n   <think>(Brief thinking must not be over 80 words)</think>\n   <interaction_prompt>(give the question and its explanation to the large language model)</interaction_prompt>\n2. After the first step, in each interaction with the large language model, write:\n   <think>(your reasoning for the receiving response and question)</think>\n   <interaction_prompt>(new request to refine or validate the answer)</interaction_prompt>\n3. Each <interaction_prompt> must build on what came before. Do not just repeat the same content. Let the content of the <interaction_prompt>...</interaction_prompt> evolve naturally (for example: outline \u2192 add details \u2192 refine \u2192 check). \n4. Continue producing think within <think></think> and call tool within <interaction_prompt></interaction_prompt> until the answer is ready.\n5. Once the answer is complete, write:\n   <think>(final reasoning with the <interaction_response> and question)</think>\n   <answer>(final answer for the question)</answer><|im_end|>\n<|im_start|>assistant\n"
-  },
-  {
-   "question": "line1\nline2\n\ttabbed",
-   "rendered": "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a great assistant. \n\n# Tools\n\nYou can call one or more powerful Large Language Models to answer the user's questions. But you MUST provide the tool with an explanation and analysis of the problem, as well as your thought process.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>\n{\"type\": \"function\", \"function\": {\"name\": \"prompt\", \"description\": \"Give an explanation of the question in detail.\", \"parameters\": {\"type\": \"object\", \"properties\": {\"prompt\": {\"type\": \"string\", \"description\": \"Give question and its explanation\"}}, \"required\": [\"prompt\"]}}}\n</tools>\n\nFor each function call, return a json object with function name and arguments within <interaction_prompt></interaction_prompt> XML tags:\n<interaction_prompt>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</interaction_prompt><|im_end|>\n<|im_start|>user\nQuestion: line1\nline2\n\ttabbed\nFirst, provide a simple explanation of the question and give it to the large language model for a more accurate answer. Focus on explaining the question without deep reasoning in the first step. After receiving the response, think about the large language model's response, and by interacting with the large language model again and again, arrive at the final answer. Proceed step by step with the following rules:\n1. Only in the first step, provide a brief explanation of the question and give it to the large language model:\n   <think>(Brief thinking must not be over 80 words)</think>\n   <interaction_prompt>(give the question and its explanation to the large language model)</interaction_prompt>\n2. After the first step, in each interaction with the large language model, write:\n   <think>(your reasoning for the receiving response and question)</think>\n   <interaction_prompt>(new request to refine or validate the answer)</interaction_prompt>\n3. Each <interaction_prompt> must build on what came before. Do not just repeat the same content. Let the content of the <interaction_prompt>...</interaction_prompt> evolve naturally (for example: outline \u2192 add details \u2192 refine \u2192 check). \n4. Continue producing think within <think></think> and call tool within <interaction_prompt></interaction_prompt> until the answer is ready.\n5. Once the answer is complete, write:\n   <think>(final reasoning with the <interaction_response> and question)</think>\n   <answer>(final answer for the question)</answer><|im_end|>\n<|im_start|>assistant\n"
-  },
-  {
-   "question": "  spaced  ",
-   "rendered": "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a great assistant. \n\n# Tools\n\nYou can call one or more powerful Large Language Models to answer the user's questions. But you MUST provide the tool with an explanation and analysis of the problem, as well as your thought process.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>\n{\"type\": \"function\", \"function\": {\"name\": \"prompt\", \"description\": \"Give an explanation of the question in detail.\", \"parameters\": {\"type\": \"object\", \"properties\": {\"prompt\": {\"type\": \"string\", \"description\": \"Give question and its explanation\"}}, \"required\": [\"prompt\"]}}}\n</tools>\n\nFor each function call, return a json object with function name and arguments within <interaction_prompt></interaction_prompt> XML tags:\n<interaction_prompt>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</interaction_prompt><|im_end|>\n<|im_start|>user\nQuestion:   spaced  \nFirst, provide a simple explanation of the question and give it to the large language model for a more accurate answer. Focus on explaining the question without deep reasoning in the first step. After receiving the response, think about the large language model's response, and by interacting with the large language model again and again, arrive at the final answer. Proceed step by step with the following rules:\n1. Only in the first step, provide a brief explanation of the question and give it to the large language model:\n   <think>(Brief thinking must not be over 80 words)</think>\n   <interaction_prompt>(give the question and its explanation to the large language model)</interaction_prompt>\n2. After the first step, in each interaction with the large language model, write:\n   <think>(your reasoning for the receiving response and question)</think>\n   <interaction_prompt>(new request to refine or validate the answer)</interaction_prompt>\n3. Each <interaction_prompt> must build on what came before. Do not just repeat the same content. Let the content of the <interaction_prompt>...</interaction_prompt> evolve naturally (for example: outline \u2192 add details \u2192 refine \u2192 check). \n4. Continue producing think within <think></think> and call tool within <interaction_prompt></interaction_prompt> until the answer is ready.\n5. Once the answer is complete, write:\n   <think>(final reasoning with the <interaction_response> and question)</think>\n   <answer>(final answer for the question)</answer><|im_end|>\n<|im_start|>assistant\n"
-  }
- ],
- "toolJSON": "{\"type\": \"function\", \"function\": {\"name\": \"prompt\", \"description\": \"Give an explanation of the question in detail.\", \"parameters\": {\"type\": \"object\", \"properties\": {\"prompt\": {\"type\": \"string\", \"description\": \"Give question and its explanation\"}}, \"required\": [\"prompt\"]}}}",
- "upstreamSystemPrompt": "You are a helpful assistant. Please read the provided content (including previous conversations and the current task) and help the user complete the task or answer the question. ",
- "dumps": [
-  {
-   "s": "",
-   "dumps": "\"\"",
-   "results": "{\"results\": [\"\"]}"
-  },
-  {
-   "s": "plain",
-   "dumps": "\"plain\"",
-   "results": "{\"results\": [\"plain\"]}"
-  },
-  {
-   "s": "quote \" backslash \\ slash /",
-   "dumps": "\"quote \\\" backslash \\\\ slash /\"",
-   "results": "{\"results\": [\"quote \\\" backslash \\\\ slash /\"]}"
-  },
-  {
-   "s": "\n\r\t\b\f",
-   "dumps": "\"\\n\\r\\t\\b\\f\"",
-   "results": "{\"results\": [\"\\n\\r\\t\\b\\f\"]}"
-  },
-  {
-   "s": "\u0000\u0001\u001f\u007f\u0080",
-   "dumps": "\"\\u0000\\u0001\\u001f\\u007f\\u0080\"",
-   "results": "{\"results\": [\"\\u0000\\u0001\\u001f\\u007f\\u0080\"]}"
-  },
-  {
-   "s": "caf\u00e9 \u5317\u4eac",
-   "dumps": "\"caf\\u00e9 \\u5317\\u4eac\"",
-   "results": "{\"results\": [\"caf\\u00e9 \\u5317\\u4eac\"]}"
-  },
-  {
-   "s": "\ud83d\ude00\ud83d\udc68\u200d\ud83d\udc69",
-   "dumps": "\"\\ud83d\\ude00\\ud83d\\udc68\\u200d\\ud83d\\udc69\"",
-   "results": "{\"results\": [\"\\ud83d\\ude00\\ud83d\\udc68\\u200d\\ud83d\\udc69\"]}"
-  },
-  {
-   "s": "\u2028\u2029\ufeff",
-   "dumps": "\"\\u2028\\u2029\\ufeff\"",
-   "results": "{\"results\": [\"\\u2028\\u2029\\ufeff\"]}"
-  },
-  {
-   "s": "<|im_end|>",
-   "dumps": "\"<|im_end|>\"",
-   "results": "{\"results\": [\"<|im_end|>\"]}"
-  }
- ],
- "injection": [
-  {
-   "answer": "short answer",
-   "maxChars": 2048,
-   "mode": "answer",
-   "injection": "<|im_end|>\n<|im_start|>user\n<interaction_response>\n{\"results\": [\"short answer\"]}\n</interaction_response><|im_end|>\n<|im_start|>assistant\n<think>\n"
-  },
-  {
-   "answer": "short answer",
-   "maxChars": 2048,
-   "mode": "serializedResult",
-   "injection": "<|im_end|>\n<|im_start|>user\n<interaction_response>\n{\"results\": [\"short answer\"]}\n</interaction_response><|im_end|>\n<|im_start|>assistant\n<think>\n"
-  },
-  {
-   "answer": "abcdefghij",
-   "maxChars": 10,
-   "mode": "answer",
-   "injection": "<|im_end|>\n<|im_start|>user\n<interaction_response>\n{\"results\": [\"abcdefghij\"]}\n</interaction_response><|im_end|>\n<|im_start|>assistant\n<think>\n"
-  },
-  {
-   "answer": "abcdefghij",
-   "maxChars": 10,
-   "mode": "serializedResult",
-   "injection": "<|im_end|>\n<|im_start|>user\n<interaction_response>\n{\"results\"...\n</interaction_response><|im_end|>\n<|im_start|>assistant\n<think>\n"
-  },
-  {
-   "answer": "abcdefghij",
-   "maxChars": 9,
-   "mode": "answer",
-   "injection": "<|im_end|>\n<|im_start|>user\n<interaction_response>\n{\"results\": [\"abcdefghi...\"]}\n</interaction_response><|im_end|>\n<|im_start|>assistant\n<think>\n"
-  },
-  {
-   "answer": "abcdefghij",
-   "maxChars": 9,
-   "mode": "serializedResult",
-   "injection": "<|im_end|>\n<|im_start|>user\n<interaction_response>\n{\"results...\n</interaction_response><|im_end|>\n<|im_start|>assistant\n<think>\n"
-  },
-  {
-   "answer": "abcdefghij",
-   "maxChars": 0,
-   "mode": "answer",
-   "injection": "<|im_end|>\n<|im_start|>user\n<interaction_response>\n{\"results\": [\"...\"]}\n</interaction_response><|im_end|>\n<|im_start|>assistant\n<think>\n"
-  },
-  {
-   "answer": "abcdefghij",
-   "maxChars": 0,
-   "mode": "serializedResult",
-   "injection": "<|im_end|>\n<|im_start|>user\n<interaction_response>\n...\n</interaction_response><|im_end|>\n<|im_start|>assistant\n<think>\n"
-  },
-  {
-   "answer": "\ud83d\ude00\ud83d\ude00\ud83d\ude00\ud83d\ude00\ud83d\ude00tail",
-   "maxChars": 3,
-   "mode": "answer",
-   "injection": "<|im_end|>\n<|im_start|>user\n<interaction_response>\n{\"results\": [\"\\ud83d\\ude00\\ud83d\\ude00\\ud83d\\ude00...\"]}\n</interaction_response><|im_end|>\n<|im_start|>assistant\n<think>\n"
-  },
-  {
-   "answer": "\ud83d\ude00\ud83d\ude00\ud83d\ude00\ud83d\ude00\ud83d\ude00tail",
-   "maxChars": 3,
-   "mode": "serializedResult",
-   "injection": "<|im_end|>\n<|im_start|>user\n<interaction_response>\n{\"r...\n</interaction_response><|im_end|>\n<|im_start|>assistant\n<think>\n"
-  },
-  {
-   "answer": "e\u0301e\u0301e\u0301e\u0301",
-   "maxChars": 5,
-   "mode": "answer",
-   "injection": "<|im_end|>\n<|im_start|>user\n<interaction_response>\n{\"results\": [\"e\\u0301e\\u0301e...\"]}\n</interaction_response><|im_end|>\n<|im_start|>assistant\n<think>\n"
-  },
-  {
-   "answer": "e\u0301e\u0301e\u0301e\u0301",
-   "maxChars": 5,
-   "mode": "serializedResult",
-   "injection": "<|im_end|>\n<|im_start|>user\n<interaction_response>\n{\"res...\n</interaction_response><|im_end|>\n<|im_start|>assistant\n<think>\n"
-  },
-  {
-   "answer": "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxx \"q\" \u00e9",
-   "maxChars": 25,
-   "mode": "answer",
-   "injection": "<|im_end|>\n<|im_start|>user\n<interaction_response>\n{\"results\": [\"xxxxxxxxxxxxxxxxxxxxxxxxx...\"]}\n</interaction_response><|im_end|>\n<|im_start|>assistant\n<think>\n"
-  },
-  {
-   "answer": "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxx \"q\" \u00e9",
-   "maxChars": 25,
-   "mode": "serializedResult",
-   "injection": "<|im_end|>\n<|im_start|>user\n<interaction_response>\n{\"results\": [\"xxxxxxxxxxx...\n</interaction_response><|im_end|>\n<|im_start|>assistant\n<think>\n"
-  },
-  {
-   "answer": "Line one.\nLine two with \"quotes\".",
-   "maxChars": 12,
-   "mode": "answer",
-   "injection": "<|im_end|>\n<|im_start|>user\n<interaction_response>\n{\"results\": [\"Line one.\\nLi...\"]}\n</interaction_response><|im_end|>\n<|im_start|>assistant\n<think>\n"
-  },
-  {
-   "answer": "Line one.\nLine two with \"quotes\".",
-   "maxChars": 12,
-   "mode": "serializedResult",
-   "injection": "<|im_end|>\n<|im_start|>user\n<interaction_response>\n{\"results\": ...\n</interaction_response><|im_end|>\n<|im_start|>assistant\n<think>\n"
-  }
- ],
- "strip": [
-  {
-   "s": " \t\n x y \r\n",
-   "strip": "x y",
-   "split": [
-    "x",
-    "y"
-   ]
-  },
-  {
-   "s": "\u00a0\u3000x\u2003",
-   "strip": "x",
-   "split": [
-    "x"
-   ]
-  },
-  {
-   "s": "\u200bx\u200b",
-   "strip": "\u200bx\u200b",
-   "split": [
-    "\u200bx\u200b"
-   ]
-  },
-  {
-   "s": "\u001c\u001dx\u001e\u001f",
-   "strip": "x",
-   "split": [
-    "x"
-   ]
-  },
-  {
-   "s": "\u0085x",
-   "strip": "x",
-   "split": [
-    "x"
-   ]
-  },
-  {
-   "s": "",
-   "strip": "",
-   "split": []
-  },
-  {
-   "s": "   ",
-   "strip": "",
-   "split": []
-  }
- ],
- "normalize": [
-  {
-   "s": "The Cat!",
-   "normalized": "cat"
-  },
-  {
-   "s": "an apple a day",
-   "normalized": "apple day"
-  },
-  {
-   "s": "A.B.C.",
-   "normalized": "abc"
-  },
-  {
-   "s": "  Hello,   World  ",
-   "normalized": "hello world"
-  },
-  {
-   "s": "the_the",
-   "normalized": "thethe"
-  },
-  {
-   "s": "\u00c9cole",
-   "normalized": "\u00e9cole"
-  },
-  {
-   "s": "\u039f\u0394\u03a5\u03a3\u03a3\u0395\u03a5\u03a3 \u03a3",
-   "normalized": "\u03bf\u03b4\u03c5\u03c3\u03c3\u03b5\u03c5\u03c2 \u03c3"
-  },
-  {
-   "s": "theatre then",
-   "normalized": "theatre then"
-  },
-  {
-   "s": "l'\u00e9t\u00e9",
-   "normalized": "l\u00e9t\u00e9"
-  },
-  {
-   "s": "Stra\u00dfe",
-   "normalized": "stra\u00dfe"
-  },
-  {
-   "s": "\u0130I",
-   "normalized": "i\u0307i"
-  },
-  {
-   "s": "x\u00b2 the\u00b2",
-   "normalized": "x\u00b2 the\u00b2"
-  },
-  {
-   "s": "a\u0301 b",
-   "normalized": "\u0301 b"
-  },
-  {
-   "s": "\u2160 the \u2160",
-   "normalized": "\u2170 \u2170"
-  }
- ],
- "parse": [
-  {
-   "name": "json",
-   "text": "<think>t</think>\n<interaction_prompt>{\"name\": \"prompt\", \"arguments\": {\"prompt\": \"Explain X.\"}}</interaction_prompt>",
-   "kind": "call",
-   "form": "json",
-   "prompt": "Explain X."
-  },
-  {
-   "name": "json-escapes",
-   "text": "<interaction_prompt>\n{\"name\": \"prompt\", \"arguments\": {\"prompt\": \"multi\\nline \\u00e9 \\ud83d\\ude00\"}}\n</interaction_prompt>",
-   "kind": "call",
-   "form": "json",
-   "prompt": "multi\nline \u00e9 \ud83d\ude00"
-  },
-  {
-   "name": "plain",
-   "text": "<interaction_prompt>What is the capital of France? It is a country in Europe.</interaction_prompt>",
-   "kind": "call",
-   "form": "plainText",
-   "prompt": "What is the capital of France? It is a country in Europe."
-  },
-  {
-   "name": "plain-strip",
-   "text": "<interaction_prompt>\n  plain with spaces \u00a0\n</interaction_prompt>",
-   "kind": "call",
-   "form": "plainText",
-   "prompt": "plain with spaces"
-  },
-  {
-   "name": "json-missing-brace",
-   "text": "<interaction_prompt>{\"name\": \"prompt\", \"arguments\": {\"prompt\": \"x\"}</interaction_prompt>",
-   "kind": "error",
-   "error": "Error: JSONDecodeError"
-  },
-  {
-   "name": "json-extra-data",
-   "text": "<interaction_prompt>{\"name\": \"prompt\", \"arguments\": {\"prompt\": \"x\"}} trailing</interaction_prompt>",
-   "kind": "error",
-   "error": "Error: JSONDecodeError"
-  },
-  {
-   "name": "json-unquoted-key",
-   "text": "<interaction_prompt>{name: \"prompt\"}</interaction_prompt>",
-   "kind": "error",
-   "error": "Error: JSONDecodeError"
-  },
-  {
-   "name": "no-name",
-   "text": "<interaction_prompt>{\"arguments\": {\"prompt\": \"x\"}}</interaction_prompt>",
-   "kind": "error",
-   "error": "Error: No tool name"
-  },
-  {
-   "name": "no-arguments",
-   "text": "<interaction_prompt>{\"name\": \"prompt\"}</interaction_prompt>",
-   "kind": "error",
-   "error": "Error: No tool arguments"
-  },
-  {
-   "name": "wrong-tool",
-   "text": "<interaction_prompt>{\"name\": \"search\", \"arguments\": {\"prompt\": \"x\"}}</interaction_prompt>",
-   "kind": "error",
-   "error": "Error: ToolNotFoundError"
-  },
-  {
-   "name": "numeric-name",
-   "text": "<interaction_prompt>{\"name\": 5, \"arguments\": {\"prompt\": \"x\"}}</interaction_prompt>",
-   "kind": "error",
-   "error": "Error: ToolNotFoundError"
-  },
-  {
-   "name": "missing-prompt-arg",
-   "text": "<interaction_prompt>{\"name\": \"prompt\", \"arguments\": {\"query\": \"x\"}}</interaction_prompt>",
-   "kind": "error",
-   "error": "Error: Invalid tool arguments"
-  },
-  {
-   "name": "non-string-prompt",
-   "text": "<interaction_prompt>{\"name\": \"prompt\", \"arguments\": {\"prompt\": 42}}</interaction_prompt>",
-   "kind": "error",
-   "error": "Error: Invalid tool arguments"
-  },
-  {
-   "name": "string-arguments",
-   "text": "<interaction_prompt>{\"name\": \"prompt\", \"arguments\": \"x\"}</interaction_prompt>",
-   "kind": "error",
-   "error": "Error: Invalid tool arguments"
-  },
-  {
-   "name": "extra-args",
-   "text": "<interaction_prompt>{\"name\": \"prompt\", \"arguments\": {\"prompt\": \"x\", \"extra\": [1, 2.5, null, true]}}</interaction_prompt>",
-   "kind": "call",
-   "form": "json",
-   "prompt": "x"
-  },
-  {
-   "name": "empty-json-prompt",
-   "text": "<interaction_prompt>{\"name\": \"prompt\", \"arguments\": {\"prompt\": \"\"}}</interaction_prompt>",
-   "kind": "call",
-   "form": "json",
-   "prompt": ""
-  },
-  {
-   "name": "empty-body",
-   "text": "<interaction_prompt>   </interaction_prompt>",
-   "kind": "error",
-   "error": "Error: JSONDecodeError"
-  },
-  {
-   "name": "json-array-is-plain",
-   "text": "<interaction_prompt>[\"prompt\", \"x\"]</interaction_prompt>",
-   "kind": "call",
-   "form": "plainText",
-   "prompt": "[\"prompt\", \"x\"]"
-  },
-  {
-   "name": "json-string-is-plain",
-   "text": "<interaction_prompt>\"quoted\"</interaction_prompt>",
-   "kind": "call",
-   "form": "plainText",
-   "prompt": "\"quoted\""
-  },
-  {
-   "name": "duplicate-key-last-wins",
-   "text": "<interaction_prompt>{\"name\": \"prompt\", \"name\": \"other\", \"arguments\": {\"prompt\": \"x\"}}</interaction_prompt>",
-   "kind": "error",
-   "error": "Error: ToolNotFoundError"
-  },
-  {
-   "name": "raw-control-char",
-   "text": "<interaction_prompt>{\"name\": \"prompt\", \"arguments\": {\"prompt\": \"tab\there\"}}</interaction_prompt>",
-   "kind": "error",
-   "error": "Error: JSONDecodeError"
-  },
-  {
-   "name": "nan-literal",
-   "text": "<interaction_prompt>{\"name\": \"prompt\", \"arguments\": {\"prompt\": \"x\"}, \"n\": NaN}</interaction_prompt>",
-   "kind": "call",
-   "form": "json",
-   "prompt": "x"
-  },
-  {
-   "name": "leading-zero",
-   "text": "<interaction_prompt>{\"name\": \"prompt\", \"arguments\": {\"prompt\": \"x\"}, \"n\": 01}</interaction_prompt>",
-   "kind": "error",
-   "error": "Error: JSONDecodeError"
-  },
-  {
-   "name": "bad-escape",
-   "text": "<interaction_prompt>{\"name\": \"prompt\", \"arguments\": {\"prompt\": \"bad \\x escape\"}}</interaction_prompt>",
-   "kind": "error",
-   "error": "Error: JSONDecodeError"
-  },
-  {
-   "name": "trailing-comma",
-   "text": "<interaction_prompt>{\"name\": \"prompt\", \"arguments\": {\"prompt\": \"a\",}}</interaction_prompt>",
-   "kind": "error",
-   "error": "Error: JSONDecodeError"
-  },
-  {
-   "name": "first-call-wins",
-   "text": "<interaction_prompt>first</interaction_prompt> and <interaction_prompt>second</interaction_prompt>",
-   "kind": "call",
-   "form": "plainText",
-   "prompt": "first"
-  },
-  {
-   "name": "unclosed-call-is-final",
-   "text": "<interaction_prompt>unclosed call <answer>42</answer>",
-   "kind": "final",
-   "answer": "42"
-  },
-  {
-   "name": "final-answer",
-   "text": "<think>done</think>\n<answer> Paris </answer>",
-   "kind": "final",
-   "answer": " Paris "
-  },
-  {
-   "name": "final-empty-answer",
-   "text": "<think>done</think>\n<answer></answer>",
-   "kind": "final",
-   "answer": ""
-  },
-  {
-   "name": "final-no-answer",
-   "text": "<think>no answer here</think>",
-   "kind": "final",
-   "answer": null
-  },
-  {
-   "name": "call-beats-answer",
-   "text": "<answer>a</answer><interaction_prompt>call wins</interaction_prompt>",
-   "kind": "call",
-   "form": "plainText",
-   "prompt": "call wins"
-  },
-  {
-   "name": "close-before-open",
-   "text": "</interaction_prompt><interaction_prompt>x</interaction_prompt>",
-   "kind": "call",
-   "form": "plainText",
-   "prompt": "x"
-  },
-  {
-   "name": "combining",
-   "text": "<interaction_prompt>{\"name\": \"prompt\", \"arguments\": {\"prompt\": \"\\u00e9\\u0301\"}}</interaction_prompt>",
-   "kind": "call",
-   "form": "json",
-   "prompt": "\u00e9\u0301"
-  }
- ],
- "reward": [
-  {
-   "name": "one-call-then-answer",
-   "text": "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a great assistant. \n\n# Tools\n\nYou can call one or more powerful Large Language Models to answer the user's questions. But you MUST provide the tool with an explanation and analysis of the problem, as well as your thought process.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>\n{\"type\": \"function\", \"function\": {\"name\": \"prompt\", \"description\": \"Give an explanation of the question in detail.\", \"parameters\": {\"type\": \"object\", \"properties\": {\"prompt\": {\"type\": \"string\", \"description\": \"Give question and its explanation\"}}, \"required\": [\"prompt\"]}}}\n</tools>\n\nFor each function call, return a json object with function name and arguments within <interaction_prompt></interaction_prompt> XML tags:\n<interaction_prompt>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</interaction_prompt><|im_end|>\n<|im_start|>user\nQuestion: Who wrote Hamlet?\nFirst, provide a simple explanation of the question and give it to the large language model for a more accurate answer. Focus on explaining the question without deep reasoning in the first step. After receiving the response, think about the large language model's response, and by interacting with the large language model again and again, arrive at the final answer. Proceed step by step with the following rules:\n1. Only in the first step, provide a brief explanation of the question and give it to the large language model:\n   <think>(Brief thinking must not be over 80 words)</think>\n   <interaction_prompt>(give the question and its explanation to the large language model)</interaction_prompt>\n2. After the first step, in each interaction with the large language model, write:\n   <think>(your reasoning for the receiving response and question)</think>\n   <interaction_prompt>(new request to refine or validate the answer)</interaction_prompt>\n3. Each <interaction_prompt> must build on what came before. Do not just repeat the same content. Let the content of the <interaction_prompt>...</interaction_prompt> evolve naturally (for example: outline \u2192 add details \u2192 refine \u2192 check). \n4. Continue producing think within <think></think> and call tool within <interaction_prompt></interaction_prompt> until the answer is ready.\n5. Once the answer is complete, write:\n   <think>(final reasoning with the <interaction_response> and question)</think>\n   <answer>(final answer for the question)</answer><|im_end|>\n<|im_start|>assistant\n<think>I should ask.</think>\n<interaction_prompt>{\"name\": \"prompt\", \"arguments\": {\"prompt\": \"Who wrote Hamlet? Explain.\"}}</interaction_prompt><|im_end|>\n<|im_start|>user\n<interaction_response>\n{\"results\": [\"Some upstream answer.\"]}\n</interaction_response><|im_end|>\n<|im_start|>assistant\n<think>\nThe LLM says Shakespeare.</think>\n<answer>William Shakespeare</answer><|im_end|>",
-   "references": [
-    "William Shakespeare",
-    "Shakespeare"
-   ],
-   "format": 1.0,
-   "f1": 1.0,
-   "em": 1.0,
-   "sm": 1.0,
-   "reward": 1.0,
-   "answer": "William Shakespeare"
-  },
-  {
-   "name": "two-calls-then-answer",
-   "text": "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a great assistant. \n\n# Tools\n\nYou can call one or more powerful Large Language Models to answer the user's questions. But you MUST provide the tool with an explanation and analysis of the problem, as well as your thought process.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>\n{\"type\": \"function\", \"function\": {\"name\": \"prompt\", \"description\": \"Give an explanation of the question in detail.\", \"parameters\": {\"type\": \"object\", \"properties\": {\"prompt\": {\"type\": \"string\", \"description\": \"Give question and its explanation\"}}, \"required\": [\"prompt\"]}}}\n</tools>\n\nFor each function call, return a json object with function name and arguments within <interaction_prompt></interaction_prompt> XML tags:\n<interaction_prompt>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</interaction_prompt><|im_end|>\n<|im_start|>user\nQuestion: Who wrote Hamlet?\nFirst, provide a simple explanation of the question and give it to the large language model for a more accurate answer. Focus on explaining the question without deep reasoning in the first step. After receiving the response, think about the large language model's response, and by interacting with the large language model again and again, arrive at the final answer. Proceed step by step with the following rules:\n1. Only in the first step, provide a brief explanation of the question and give it to the large language model:\n   <think>(Brief thinking must not be over 80 words)</think>\n   <interaction_prompt>(give the question and its explanation to the large language model)</interaction_prompt>\n2. After the first step, in each interaction with the large language model, write:\n   <think>(your reasoning for the receiving response and question)</think>\n   <interaction_prompt>(new request to refine or validate the answer)</interaction_prompt>\n3. Each <interaction_prompt> must build on what came before. Do not just repeat the same content. Let the content of the <interaction_prompt>...</interaction_prompt> evolve naturally (for example: outline \u2192 add details \u2192 refine \u2192 check). \n4. Continue producing think within <think></think> and call tool within <interaction_prompt></interaction_prompt> until the answer is ready.\n5. Once the answer is complete, write:\n   <think>(final reasoning with the <interaction_response> and question)</think>\n   <answer>(final answer for the question)</answer><|im_end|>\n<|im_start|>assistant\n<think>I should ask.</think>\n<interaction_prompt>{\"name\": \"prompt\", \"arguments\": {\"prompt\": \"Who wrote Hamlet? Explain.\"}}</interaction_prompt><|im_end|>\n<|im_start|>user\n<interaction_response>\n{\"results\": [\"Some upstream answer.\"]}\n</interaction_response><|im_end|>\n<|im_start|>assistant\n<think>\nI read the response; let me verify.</think>\n<interaction_prompt>Please double-check: who wrote Hamlet?</interaction_prompt><|im_end|>\n<|im_start|>user\n<interaction_response>\n{\"results\": [\"Some upstream answer.\"]}\n</interaction_response><|im_end|>\n<|im_start|>assistant\n<think>\nThe LLM says Shakespeare.</think>\n<answer>William Shakespeare</answer><|im_end|>",
-   "references": [
-    "William Shakespeare",
-    "Shakespeare"
-   ],
-   "format": 1.0,
-   "f1": 1.0,
-   "em": 1.0,
-   "sm": 1.0,
-   "reward": 1.0,
-   "answer": "William Shakespeare"
-  },
-  {
-   "name": "direct-answer-no-call",
-   "text": "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a great assistant. \n\n# Tools\n\nYou can call one or more powerful Large Language Models to answer the user's questions. But you MUST provide the tool with an explanation and analysis of the problem, as well as your thought process.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>\n{\"type\": \"function\", \"function\": {\"name\": \"prompt\", \"description\": \"Give an explanation of the question in detail.\", \"parameters\": {\"type\": \"object\", \"properties\": {\"prompt\": {\"type\": \"string\", \"description\": \"Give question and its explanation\"}}, \"required\": [\"prompt\"]}}}\n</tools>\n\nFor each function call, return a json object with function name and arguments within <interaction_prompt></interaction_prompt> XML tags:\n<interaction_prompt>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</interaction_prompt><|im_end|>\n<|im_start|>user\nQuestion: Who wrote Hamlet?\nFirst, provide a simple explanation of the question and give it to the large language model for a more accurate answer. Focus on explaining the question without deep reasoning in the first step. After receiving the response, think about the large language model's response, and by interacting with the large language model again and again, arrive at the final answer. Proceed step by step with the following rules:\n1. Only in the first step, provide a brief explanation of the question and give it to the large language model:\n   <think>(Brief thinking must not be over 80 words)</think>\n   <interaction_prompt>(give the question and its explanation to the large language model)</interaction_prompt>\n2. After the first step, in each interaction with the large language model, write:\n   <think>(your reasoning for the receiving response and question)</think>\n   <interaction_prompt>(new request to refine or validate the answer)</interaction_prompt>\n3. Each <interaction_prompt> must build on what came before. Do not just repeat the same content. Let the content of the <interaction_prompt>...</interaction_prompt> evolve naturally (for example: outline \u2192 add details \u2192 refine \u2192 check). \n4. Continue producing think within <think></think> and call tool within <interaction_prompt></interaction_prompt> until the answer is ready.\n5. Once the answer is complete, write:\n   <think>(final reasoning with the <interaction_response> and question)</think>\n   <answer>(final answer for the question)</answer><|im_end|>\n<|im_start|>assistant\n<think>Easy.</think><answer>Shakespeare</answer><|im_end|>",
-   "references": [
-    "William Shakespeare",
-    "Shakespeare"
-   ],
-   "format": 0.6,
-   "f1": 1.0,
-   "em": 1.0,
-   "sm": 1.0,
-   "reward": -0.4,
-   "answer": "Shakespeare"
-  },
-  {
-   "name": "direct-answer-with-think-prefix-missing",
-   "text": "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a great assistant. \n\n# Tools\n\nYou can call one or more powerful Large Language Models to answer the user's questions. But you MUST provide the tool with an explanation and analysis of the problem, as well as your thought process.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>\n{\"type\": \"function\", \"function\": {\"name\": \"prompt\", \"description\": \"Give an explanation of the question in detail.\", \"parameters\": {\"type\": \"object\", \"properties\": {\"prompt\": {\"type\": \"string\", \"description\": \"Give question and its explanation\"}}, \"required\": [\"prompt\"]}}}\n</tools>\n\nFor each function call, return a json object with function name and arguments within <interaction_prompt></interaction_prompt> XML tags:\n<interaction_prompt>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</interaction_prompt><|im_end|>\n<|im_start|>user\nQuestion: Who wrote Hamlet?\nFirst, provide a simple explanation of the question and give it to the large language model for a more accurate answer. Focus on explaining the question without deep reasoning in the first step. After receiving the response, think about the large language model's response, and by interacting with the large language model again and again, arrive at the final answer. Proceed step by step with the following rules:\n1. Only in the first step, provide a brief explanation of the question and give it to the large language model:\n   <think>(Brief thinking must not be over 80 words)</think>\n   <interaction_prompt>(give the question and its explanation to the large language model)</interaction_prompt>\n2. After the first step, in each interaction with the large language model, write:\n   <think>(your reasoning for the receiving response and question)</think>\n   <interaction_prompt>(new request to refine or validate the answer)</interaction_prompt>\n3. Each <interaction_prompt> must build on what came before. Do not just repeat the same content. Let the content of the <interaction_prompt>...</interaction_prompt> evolve naturally (for example: outline \u2192 add details \u2192 refine \u2192 check). \n4. Continue producing think within <think></think> and call tool within <interaction_prompt></interaction_prompt> until the answer is ready.\n5. Once the answer is complete, write:\n   <think>(final reasoning with the <interaction_response> and question)</think>\n   <answer>(final answer for the question)</answer><|im_end|>\n<|im_start|>assistant\n<answer>Shakespeare</answer><|im_end|>",
-   "references": [
-    "William Shakespeare",
-    "Shakespeare"
-   ],
-   "format": 0.5,
-   "f1": 1.0,
-   "em": 1.0,
-   "sm": 1.0,
-   "reward": -0.5,
-   "answer": "Shakespeare"
-  },
-  {
-   "name": "answer-without-think-close",
-   "text": "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a great assistant. \n\n# Tools\n\nYou can call one or more powerful Large Language Models to answer the user's questions. But you MUST provide the tool with an explanation and analysis of the problem, as well as your thought process.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>\n{\"type\": \"function\", \"function\": {\"name\": \"prompt\", \"description\": \"Give an explanation of the question in detail.\", \"parameters\": {\"type\": \"object\", \"properties\": {\"prompt\": {\"type\": \"string\", \"description\": \"Give question and its explanation\"}}, \"required\": [\"prompt\"]}}}\n</tools>\n\nFor each function call, return a json object with function name and arguments within <interaction_prompt></interaction_prompt> XML tags:\n<interaction_prompt>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</interaction_prompt><|im_end|>\n<|im_start|>user\nQuestion: Who wrote Hamlet?\nFirst, provide a simple explanation of the question and give it to the large language model for a more accurate answer. Focus on explaining the question without deep reasoning in the first step. After receiving the response, think about the large language model's response, and by interacting with the large language model again and again, arrive at the final answer. Proceed step by step with the following rules:\n1. Only in the first step, provide a brief explanation of the question and give it to the large language model:\n   <think>(Brief thinking must not be over 80 words)</think>\n   <interaction_prompt>(give the question and its explanation to the large language model)</interaction_prompt>\n2. After the first step, in each interaction with the large language model, write:\n   <think>(your reasoning for the receiving response and question)</think>\n   <interaction_prompt>(new request to refine or validate the answer)</interaction_prompt>\n3. Each <interaction_prompt> must build on what came before. Do not just repeat the same content. Let the content of the <interaction_prompt>...</interaction_prompt> evolve naturally (for example: outline \u2192 add details \u2192 refine \u2192 check). \n4. Continue producing think within <think></think> and call tool within <interaction_prompt></interaction_prompt> until the answer is ready.\n5. Once the answer is complete, write:\n   <think>(final reasoning with the <interaction_response> and question)</think>\n   <answer>(final answer for the question)</answer><|im_end|>\n<|im_start|>assistant\n<think>I should ask.</think>\n<interaction_prompt>{\"name\": \"prompt\", \"arguments\": {\"prompt\": \"Who wrote Hamlet? Explain.\"}}</interaction_prompt><|im_end|>\n<|im_start|>user\n<interaction_response>\n{\"results\": [\"Some upstream answer.\"]}\n</interaction_response><|im_end|>\n<|im_start|>assistant\n<think>\nShakespeare wrote it.\n<answer>Shakespeare</answer><|im_end|>",
-   "references": [
-    "William Shakespeare",
-    "Shakespeare"
-   ],
-   "format": 0.9,
-   "f1": 1.0,
-   "em": 1.0,
-   "sm": 1.0,
-   "reward": -0.09999999999999998,
-   "answer": "Shakespeare"
-  },
-  {
-   "name": "empty-answer",
-   "text": "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a great assistant. \n\n# Tools\n\nYou can call one or more powerful Large Language Models to answer the user's questions. But you MUST provide the tool with an explanation and analysis of the problem, as well as your thought process.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>\n{\"type\": \"function\", \"function\": {\"name\": \"prompt\", \"description\": \"Give an explanation of the question in detail.\", \"parameters\": {\"type\": \"object\", \"properties\": {\"prompt\": {\"type\": \"string\", \"description\": \"Give question and its explanation\"}}, \"required\": [\"prompt\"]}}}\n</tools>\n\nFor each function call, return a json object with function name and arguments within <interaction_prompt></interaction_prompt> XML tags:\n<interaction_prompt>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</interaction_prompt><|im_end|>\n<|im_start|>user\nQuestion: Who wrote Hamlet?\nFirst, provide a simple explanation of the question and give it to the large language model for a more accurate answer. Focus on explaining the question without deep reasoning in the first step. After receiving the response, think about the large language model's response, and by interacting with the large language model again and again, arrive at the final answer. Proceed step by step with the following rules:\n1. Only in the first step, provide a brief explanation of the question and give it to the large language model:\n   <think>(Brief thinking must not be over 80 words)</think>\n   <interaction_prompt>(give the question and its explanation to the large language model)</interaction_prompt>\n2. After the first step, in each interaction with the large language model, write:\n   <think>(your reasoning for the receiving response and question)</think>\n   <interaction_prompt>(new request to refine or validate the answer)</interaction_prompt>\n3. Each <interaction_prompt> must build on what came before. Do not just repeat the same content. Let the content of the <interaction_prompt>...</interaction_prompt> evolve naturally (for example: outline \u2192 add details \u2192 refine \u2192 check). \n4. Continue producing think within <think></think> and call tool within <interaction_prompt></interaction_prompt> until the answer is ready.\n5. Once the answer is complete, write:\n   <think>(final reasoning with the <interaction_response> and question)</think>\n   <answer>(final answer for the question)</answer><|im_end|>\n<|im_start|>assistant\n<think>I should ask.</think>\n<interaction_prompt>{\"name\": \"prompt\", \"arguments\": {\"prompt\": \"Who wrote Hamlet? Explain.\"}}</interaction_prompt><|im_end|>\n<|im_start|>user\n<interaction_response>\n{\"results\": [\"Some upstream answer.\"]}\n</interaction_response><|im_end|>\n<|im_start|>assistant\n<think>\nok</think><answer>   </answer><|im_end|>",
-   "references": [
-    "William Shakespeare",
-    "Shakespeare"
-   ],
-   "format": 0.4,
-   "f1": 0.0,
-   "em": 0.0,
-   "sm": 0.0,
-   "reward": -0.6,
-   "answer": ""
-  },
-  {
-   "name": "no-answer-tag",
-   "text": "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a great assistant. \n\n# Tools\n\nYou can call one or more powerful Large Language Models to answer the user's questions. But you MUST provide the tool with an explanation and analysis of the problem, as well as your thought process.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>\n{\"type\": \"function\", \"function\": {\"name\": \"prompt\", \"description\": \"Give an explanation of the question in detail.\", \"parameters\": {\"type\": \"object\", \"properties\": {\"prompt\": {\"type\": \"string\", \"description\": \"Give question and its explanation\"}}, \"required\": [\"prompt\"]}}}\n</tools>\n\nFor each function call, return a json object with function name and arguments within <interaction_prompt></interaction_prompt> XML tags:\n<interaction_prompt>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</interaction_prompt><|im_end|>\n<|im_start|>user\nQuestion: Who wrote Hamlet?\nFirst, provide a simple explanation of the question and give it to the large language model for a more accurate answer. Focus on explaining the question without deep reasoning in the first step. After receiving the response, think about the large language model's response, and by interacting with the large language model again and again, arrive at the final answer. Proceed step by step with the following rules:\n1. Only in the first step, provide a brief explanation of the question and give it to the large language model:\n   <think>(Brief thinking must not be over 80 words)</think>\n   <interaction_prompt>(give the question and its explanation to the large language model)</interaction_prompt>\n2. After the first step, in each interaction with the large language model, write:\n   <think>(your reasoning for the receiving response and question)</think>\n   <interaction_prompt>(new request to refine or validate the answer)</interaction_prompt>\n3. Each <interaction_prompt> must build on what came before. Do not just repeat the same content. Let the content of the <interaction_prompt>...</interaction_prompt> evolve naturally (for example: outline \u2192 add details \u2192 refine \u2192 check). \n4. Continue producing think within <think></think> and call tool within <interaction_prompt></interaction_prompt> until the answer is ready.\n5. Once the answer is complete, write:\n   <think>(final reasoning with the <interaction_response> and question)</think>\n   <answer>(final answer for the question)</answer><|im_end|>\n<|im_start|>assistant\n<think>I should ask.</think>\n<interaction_prompt>{\"name\": \"prompt\", \"arguments\": {\"prompt\": \"Who wrote Hamlet? Explain.\"}}</interaction_prompt><|im_end|>\n<|im_start|>user\n<interaction_response>\n{\"results\": [\"Some upstream answer.\"]}\n</interaction_response><|im_end|>\n<|im_start|>assistant\n<think>\nI think it is Shakespeare.</think> Shakespeare<|im_end|>",
-   "references": [
-    "William Shakespeare",
-    "Shakespeare"
-   ],
-   "format": 0.4,
-   "f1": 0.0,
-   "em": 0.0,
-   "sm": 0.0,
-   "reward": -0.6,
-   "answer": null
-  },
-  {
-   "name": "answer-trailing-newline",
-   "text": "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a great assistant. \n\n# Tools\n\nYou can call one or more powerful Large Language Models to answer the user's questions. But you MUST provide the tool with an explanation and analysis of the problem, as well as your thought process.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>\n{\"type\": \"function\", \"function\": {\"name\": \"prompt\", \"description\": \"Give an explanation of the question in detail.\", \"parameters\": {\"type\": \"object\", \"properties\": {\"prompt\": {\"type\": \"string\", \"description\": \"Give question and its explanation\"}}, \"required\": [\"prompt\"]}}}\n</tools>\n\nFor each function call, return a json object with function name and arguments within <interaction_prompt></interaction_prompt> XML tags:\n<interaction_prompt>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</interaction_prompt><|im_end|>\n<|im_start|>user\nQuestion: Who wrote Hamlet?\nFirst, provide a simple explanation of the question and give it to the large language model for a more accurate answer. Focus on explaining the question without deep reasoning in the first step. After receiving the response, think about the large language model's response, and by interacting with the large language model again and again, arrive at the final answer. Proceed step by step with the following rules:\n1. Only in the first step, provide a brief explanation of the question and give it to the large language model:\n   <think>(Brief thinking must not be over 80 words)</think>\n   <interaction_prompt>(give the question and its explanation to the large language model)</interaction_prompt>\n2. After the first step, in each interaction with the large language model, write:\n   <think>(your reasoning for the receiving response and question)</think>\n   <interaction_prompt>(new request to refine or validate the answer)</interaction_prompt>\n3. Each <interaction_prompt> must build on what came before. Do not just repeat the same content. Let the content of the <interaction_prompt>...</interaction_prompt> evolve naturally (for example: outline \u2192 add details \u2192 refine \u2192 check). \n4. Continue producing think within <think></think> and call tool within <interaction_prompt></interaction_prompt> until the answer is ready.\n5. Once the answer is complete, write:\n   <think>(final reasoning with the <interaction_response> and question)</think>\n   <answer>(final answer for the question)</answer><|im_end|>\n<|im_start|>assistant\n<think>I should ask.</think>\n<interaction_prompt>{\"name\": \"prompt\", \"arguments\": {\"prompt\": \"Who wrote Hamlet? Explain.\"}}</interaction_prompt><|im_end|>\n<|im_start|>user\n<interaction_response>\n{\"results\": [\"Some upstream answer.\"]}\n</interaction_response><|im_end|>\n<|im_start|>assistant\n<think>\nThe LLM says Shakespeare.</think>\n<answer>William Shakespeare</answer>\n<|im_end|>",
-   "references": [
-    "William Shakespeare",
-    "Shakespeare"
-   ],
-   "format": 1.0,
-   "f1": 1.0,
-   "em": 1.0,
-   "sm": 1.0,
-   "reward": 1.0,
-   "answer": "William Shakespeare"
-  },
-  {
-   "name": "answer-trailing-two-newlines",
-   "text": "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a great assistant. \n\n# Tools\n\nYou can call one or more powerful Large Language Models to answer the user's questions. But you MUST provide the tool with an explanation and analysis of the problem, as well as your thought process.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>\n{\"type\": \"function\", \"function\": {\"name\": \"prompt\", \"description\": \"Give an explanation of the question in detail.\", \"parameters\": {\"type\": \"object\", \"properties\": {\"prompt\": {\"type\": \"string\", \"description\": \"Give question and its explanation\"}}, \"required\": [\"prompt\"]}}}\n</tools>\n\nFor each function call, return a json object with function name and arguments within <interaction_prompt></interaction_prompt> XML tags:\n<interaction_prompt>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</interaction_prompt><|im_end|>\n<|im_start|>user\nQuestion: Who wrote Hamlet?\nFirst, provide a simple explanation of the question and give it to the large language model for a more accurate answer. Focus on explaining the question without deep reasoning in the first step. After receiving the response, think about the large language model's response, and by interacting with the large language model again and again, arrive at the final answer. Proceed step by step with the following rules:\n1. Only in the first step, provide a brief explanation of the question and give it to the large language model:\n   <think>(Brief thinking must not be over 80 words)</think>\n   <interaction_prompt>(give the question and its explanation to the large language model)</interaction_prompt>\n2. After the first step, in each interaction with the large language model, write:\n   <think>(your reasoning for the receiving response and question)</think>\n   <interaction_prompt>(new request to refine or validate the answer)</interaction_prompt>\n3. Each <interaction_prompt> must build on what came before. Do not just repeat the same content. Let the content of the <interaction_prompt>...</interaction_prompt> evolve naturally (for example: outline \u2192 add details \u2192 refine \u2192 check). \n4. Continue producing think within <think></think> and call tool within <interaction_prompt></interaction_prompt> until the answer is ready.\n5. Once the answer is complete, write:\n   <think>(final reasoning with the <interaction_response> and question)</think>\n   <answer>(final answer for the question)</answer><|im_end|>\n<|im_start|>assistant\n<think>I should ask.</think>\n<interaction_prompt>{\"name\": \"prompt\", \"arguments\": {\"prompt\": \"Who wrote Hamlet? Explain.\"}}</interaction_prompt><|im_end|>\n<|im_start|>user\n<interaction_response>\n{\"results\": [\"Some upstream answer.\"]}\n</interaction_response><|im_end|>\n<|im_start|>assistant\n<think>\nThe LLM says Shakespeare.</think>\n<answer>William Shakespeare</answer>\n\n<|im_end|>",
-   "references": [
-    "William Shakespeare",
-    "Shakespeare"
-   ],
-   "format": 0.9,
-   "f1": 1.0,
-   "em": 1.0,
-   "sm": 1.0,
-   "reward": -0.09999999999999998,
-   "answer": "William Shakespeare"
-  },
-  {
-   "name": "answer-trailing-text",
-   "text": "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a great assistant. \n\n# Tools\n\nYou can call one or more powerful Large Language Models to answer the user's questions. But you MUST provide the tool with an explanation and analysis of the problem, as well as your thought process.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>\n{\"type\": \"function\", \"function\": {\"name\": \"prompt\", \"description\": \"Give an explanation of the question in detail.\", \"parameters\": {\"type\": \"object\", \"properties\": {\"prompt\": {\"type\": \"string\", \"description\": \"Give question and its explanation\"}}, \"required\": [\"prompt\"]}}}\n</tools>\n\nFor each function call, return a json object with function name and arguments within <interaction_prompt></interaction_prompt> XML tags:\n<interaction_prompt>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</interaction_prompt><|im_end|>\n<|im_start|>user\nQuestion: Who wrote Hamlet?\nFirst, provide a simple explanation of the question and give it to the large language model for a more accurate answer. Focus on explaining the question without deep reasoning in the first step. After receiving the response, think about the large language model's response, and by interacting with the large language model again and again, arrive at the final answer. Proceed step by step with the following rules:\n1. Only in the first step, provide a brief explanation of the question and give it to the large language model:\n   <think>(Brief thinking must not be over 80 words)</think>\n   <interaction_prompt>(give the question and its explanation to the large language model)</interaction_prompt>\n2. After the first step, in each interaction with the large language model, write:\n   <think>(your reasoning for the receiving response and question)</think>\n   <interaction_prompt>(new request to refine or validate the answer)</interaction_prompt>\n3. Each <interaction_prompt> must build on what came before. Do not just repeat the same content. Let the content of the <interaction_prompt>...</interaction_prompt> evolve naturally (for example: outline \u2192 add details \u2192 refine \u2192 check). \n4. Continue producing think within <think></think> and call tool within <interaction_prompt></interaction_prompt> until the answer is ready.\n5. Once the answer is complete, write:\n   <think>(final reasoning with the <interaction_response> and question)</think>\n   <answer>(final answer for the question)</answer><|im_end|>\n<|im_start|>assistant\n<think>I should ask.</think>\n<interaction_prompt>{\"name\": \"prompt\", \"arguments\": {\"prompt\": \"Who wrote Hamlet? Explain.\"}}</interaction_prompt><|im_end|>\n<|im_start|>user\n<interaction_response>\n{\"results\": [\"Some upstream answer.\"]}\n</interaction_response><|im_end|>\n<|im_start|>assistant\n<think>\nThe LLM says Shakespeare.</think>\n<answer>William Shakespeare</answer> done<|im_end|>",
-   "references": [
-    "William Shakespeare",
-    "Shakespeare"
-   ],
-   "format": 0.9,
-   "f1": 1.0,
-   "em": 1.0,
-   "sm": 1.0,
-   "reward": -0.09999999999999998,
-   "answer": "William Shakespeare"
-  },
-  {
-   "name": "call-block-trailing-newline",
-   "text": "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a great assistant. \n\n# Tools\n\nYou can call one or more powerful Large Language Models to answer the user's questions. But you MUST provide the tool with an explanation and analysis of the problem, as well as your thought process.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>\n{\"type\": \"function\", \"function\": {\"name\": \"prompt\", \"description\": \"Give an explanation of the question in detail.\", \"parameters\": {\"type\": \"object\", \"properties\": {\"prompt\": {\"type\": \"string\", \"description\": \"Give question and its explanation\"}}, \"required\": [\"prompt\"]}}}\n</tools>\n\nFor each function call, return a json object with function name and arguments within <interaction_prompt></interaction_prompt> XML tags:\n<interaction_prompt>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</interaction_prompt><|im_end|>\n<|im_start|>user\nQuestion: Who wrote Hamlet?\nFirst, provide a simple explanation of the question and give it to the large language model for a more accurate answer. Focus on explaining the question without deep reasoning in the first step. After receiving the response, think about the large language model's response, and by interacting with the large language model again and again, arrive at the final answer. Proceed step by step with the following rules:\n1. Only in the first step, provide a brief explanation of the question and give it to the large language model:\n   <think>(Brief thinking must not be over 80 words)</think>\n   <interaction_prompt>(give the question and its explanation to the large language model)</interaction_prompt>\n2. After the first step, in each interaction with the large language model, write:\n   <think>(your reasoning for the receiving response and question)</think>\n   <interaction_prompt>(new request to refine or validate the answer)</interaction_prompt>\n3. Each <interaction_prompt> must build on what came before. Do not just repeat the same content. Let the content of the <interaction_prompt>...</interaction_prompt> evolve naturally (for example: outline \u2192 add details \u2192 refine \u2192 check). \n4. Continue producing think within <think></think> and call tool within <interaction_prompt></interaction_prompt> until the answer is ready.\n5. Once the answer is complete, write:\n   <think>(final reasoning with the <interaction_response> and question)</think>\n   <answer>(final answer for the question)</answer><|im_end|>\n<|im_start|>assistant\n<think>I should ask.</think>\n<interaction_prompt>{\"name\": \"prompt\", \"arguments\": {\"prompt\": \"Who wrote Hamlet? Explain.\"}}</interaction_prompt>\n<|im_end|>\n<|im_start|>user\n<interaction_response>\n{\"results\": [\"Some upstream answer.\"]}\n</interaction_response><|im_end|>\n<|im_start|>assistant\n<think>\nThe LLM says Shakespeare.</think>\n<answer>William Shakespeare</answer><|im_end|>",
-   "references": [
-    "William Shakespeare",
-    "Shakespeare"
-   ],
-   "format": 1.0,
-   "f1": 1.0,
-   "em": 1.0,
-   "sm": 1.0,
-   "reward": 1.0,
-   "answer": "William Shakespeare"
-  },
-  {
-   "name": "call-block-trailing-space",
-   "text": "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a great assistant. \n\n# Tools\n\nYou can call one or more powerful Large Language Models to answer the user's questions. But you MUST provide the tool with an explanation and analysis of the problem, as well as your thought process.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>\n{\"type\": \"function\", \"function\": {\"name\": \"prompt\", \"description\": \"Give an explanation of the question in detail.\", \"parameters\": {\"type\": \"object\", \"properties\": {\"prompt\": {\"type\": \"string\", \"description\": \"Give question and its explanation\"}}, \"required\": [\"prompt\"]}}}\n</tools>\n\nFor each function call, return a json object with function name and arguments within <interaction_prompt></interaction_prompt> XML tags:\n<interaction_prompt>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</interaction_prompt><|im_end|>\n<|im_start|>user\nQuestion: Who wrote Hamlet?\nFirst, provide a simple explanation of the question and give it to the large language model for a more accurate answer. Focus on explaining the question without deep reasoning in the first step. After receiving the response, think about the large language model's response, and by interacting with the large language model again and again, arrive at the final answer. Proceed step by step with the following rules:\n1. Only in the first step, provide a brief explanation of the question and give it to the large language model:\n   <think>(Brief thinking must not be over 80 words)</think>\n   <interaction_prompt>(give the question and its explanation to the large language model)</interaction_prompt>\n2. After the first step, in each interaction with the large language model, write:\n   <think>(your reasoning for the receiving response and question)</think>\n   <interaction_prompt>(new request to refine or validate the answer)</interaction_prompt>\n3. Each <interaction_prompt> must build on what came before. Do not just repeat the same content. Let the content of the <interaction_prompt>...</interaction_prompt> evolve naturally (for example: outline \u2192 add details \u2192 refine \u2192 check). \n4. Continue producing think within <think></think> and call tool within <interaction_prompt></interaction_prompt> until the answer is ready.\n5. Once the answer is complete, write:\n   <think>(final reasoning with the <interaction_response> and question)</think>\n   <answer>(final answer for the question)</answer><|im_end|>\n<|im_start|>assistant\n<think>I should ask.</think>\n<interaction_prompt>{\"name\": \"prompt\", \"arguments\": {\"prompt\": \"Who wrote Hamlet? Explain.\"}}</interaction_prompt> <|im_end|>\n<|im_start|>user\n<interaction_response>\n{\"results\": [\"Some upstream answer.\"]}\n</interaction_response><|im_end|>\n<|im_start|>assistant\n<think>\nThe LLM says Shakespeare.</think>\n<answer>William Shakespeare</answer><|im_end|>",
-   "references": [
-    "William Shakespeare",
-    "Shakespeare"
-   ],
-   "format": 0.6,
-   "f1": 1.0,
-   "em": 1.0,
-   "sm": 1.0,
-   "reward": -0.4,
-   "answer": "William Shakespeare"
-  },
-  {
-   "name": "call-block-text-between",
-   "text": "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a great assistant. \n\n# Tools\n\nYou can call one or more powerful Large Language Models to answer the user's questions. But you MUST provide the tool with an explanation and analysis of the problem, as well as your thought process.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>\n{\"type\": \"function\", \"function\": {\"name\": \"prompt\", \"description\": \"Give an explanation of the question in detail.\", \"parameters\": {\"type\": \"object\", \"properties\": {\"prompt\": {\"type\": \"string\", \"description\": \"Give question and its explanation\"}}, \"required\": [\"prompt\"]}}}\n</tools>\n\nFor each function call, return a json object with function name and arguments within <interaction_prompt></interaction_prompt> XML tags:\n<interaction_prompt>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</interaction_prompt><|im_end|>\n<|im_start|>user\nQuestion: Who wrote Hamlet?\nFirst, provide a simple explanation of the question and give it to the large language model for a more accurate answer. Focus on explaining the question without deep reasoning in the first step. After receiving the response, think about the large language model's response, and by interacting with the large language model again and again, arrive at the final answer. Proceed step by step with the following rules:\n1. Only in the first step, provide a brief explanation of the question and give it to the large language model:\n   <think>(Brief thinking must not be over 80 words)</think>\n   <interaction_prompt>(give the question and its explanation to the large language model)</interaction_prompt>\n2. After the first step, in each interaction with the large language model, write:\n   <think>(your reasoning for the receiving response and question)</think>\n   <interaction_prompt>(new request to refine or validate the answer)</interaction_prompt>\n3. Each <interaction_prompt> must build on what came before. Do not just repeat the same content. Let the content of the <interaction_prompt>...</interaction_prompt> evolve naturally (for example: outline \u2192 add details \u2192 refine \u2192 check). \n4. Continue producing think within <think></think> and call tool within <interaction_prompt></interaction_prompt> until the answer is ready.\n5. Once the answer is complete, write:\n   <think>(final reasoning with the <interaction_response> and question)</think>\n   <answer>(final answer for the question)</answer><|im_end|>\n<|im_start|>assistant\n<think>x</think> so <interaction_prompt>ask</interaction_prompt><|im_end|>\n<|im_start|>user\n<interaction_response>\n{\"results\": [\"Some upstream answer.\"]}\n</interaction_response><|im_end|>\n<|im_start|>assistant\n<think>\nThe LLM says Shakespeare.</think>\n<answer>William Shakespeare</answer><|im_end|>",
-   "references": [
-    "William Shakespeare",
-    "Shakespeare"
-   ],
-   "format": 0.6,
-   "f1": 1.0,
-   "em": 1.0,
-   "sm": 1.0,
-   "reward": -0.4,
-   "answer": "William Shakespeare"
-  },
-  {
-   "name": "call-block-unicode-space-between",
-   "text": "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a great assistant. \n\n# Tools\n\nYou can call one or more powerful Large Language Models to answer the user's questions. But you MUST provide the tool with an explanation and analysis of the problem, as well as your thought process.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>\n{\"type\": \"function\", \"function\": {\"name\": \"prompt\", \"description\": \"Give an explanation of the question in detail.\", \"parameters\": {\"type\": \"object\", \"properties\": {\"prompt\": {\"type\": \"string\", \"description\": \"Give question and its explanation\"}}, \"required\": [\"prompt\"]}}}\n</tools>\n\nFor each function call, return a json object with function name and arguments within <interaction_prompt></interaction_prompt> XML tags:\n<interaction_prompt>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</interaction_prompt><|im_end|>\n<|im_start|>user\nQuestion: Who wrote Hamlet?\nFirst, provide a simple explanation of the question and give it to the large language model for a more accurate answer. Focus on explaining the question without deep reasoning in the first step. After receiving the response, think about the large language model's response, and by interacting with the large language model again and again, arrive at the final answer. Proceed step by step with the following rules:\n1. Only in the first step, provide a brief explanation of the question and give it to the large language model:\n   <think>(Brief thinking must not be over 80 words)</think>\n   <interaction_prompt>(give the question and its explanation to the large language model)</interaction_prompt>\n2. After the first step, in each interaction with the large language model, write:\n   <think>(your reasoning for the receiving response and question)</think>\n   <interaction_prompt>(new request to refine or validate the answer)</interaction_prompt>\n3. Each <interaction_prompt> must build on what came before. Do not just repeat the same content. Let the content of the <interaction_prompt>...</interaction_prompt> evolve naturally (for example: outline \u2192 add details \u2192 refine \u2192 check). \n4. Continue producing think within <think></think> and call tool within <interaction_prompt></interaction_prompt> until the answer is ready.\n5. Once the answer is complete, write:\n   <think>(final reasoning with the <interaction_response> and question)</think>\n   <answer>(final answer for the question)</answer><|im_end|>\n<|im_start|>assistant\n<think>x</think>\u00a0\u3000\n<interaction_prompt>ask</interaction_prompt><|im_end|>\n<|im_start|>user\n<interaction_response>\n{\"results\": [\"Some upstream answer.\"]}\n</interaction_response><|im_end|>\n<|im_start|>assistant\n<think>\nThe LLM says Shakespeare.</think>\n<answer>William Shakespeare</answer><|im_end|>",
-   "references": [
-    "William Shakespeare",
-    "Shakespeare"
-   ],
-   "format": 1.0,
-   "f1": 1.0,
-   "em": 1.0,
-   "sm": 1.0,
-   "reward": 1.0,
-   "answer": "William Shakespeare"
-  },
-  {
-   "name": "call-block-two-thinks",
-   "text": "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a great assistant. \n\n# Tools\n\nYou can call one or more powerful Large Language Models to answer the user's questions. But you MUST provide the tool with an explanation and analysis of the problem, as well as your thought process.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>\n{\"type\": \"function\", \"function\": {\"name\": \"prompt\", \"description\": \"Give an explanation of the question in detail.\", \"parameters\": {\"type\": \"object\", \"properties\": {\"prompt\": {\"type\": \"string\", \"description\": \"Give question and its explanation\"}}, \"required\": [\"prompt\"]}}}\n</tools>\n\nFor each function call, return a json object with function name and arguments within <interaction_prompt></interaction_prompt> XML tags:\n<interaction_prompt>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</interaction_prompt><|im_end|>\n<|im_start|>user\nQuestion: Who wrote Hamlet?\nFirst, provide a simple explanation of the question and give it to the large language model for a more accurate answer. Focus on explaining the question without deep reasoning in the first step. After receiving the response, think about the large language model's response, and by interacting with the large language model again and again, arrive at the final answer. Proceed step by step with the following rules:\n1. Only in the first step, provide a brief explanation of the question and give it to the large language model:\n   <think>(Brief thinking must not be over 80 words)</think>\n   <interaction_prompt>(give the question and its explanation to the large language model)</interaction_prompt>\n2. After the first step, in each interaction with the large language model, write:\n   <think>(your reasoning for the receiving response and question)</think>\n   <interaction_prompt>(new request to refine or validate the answer)</interaction_prompt>\n3. Each <interaction_prompt> must build on what came before. Do not just repeat the same content. Let the content of the <interaction_prompt>...</interaction_prompt> evolve naturally (for example: outline \u2192 add details \u2192 refine \u2192 check). \n4. Continue producing think within <think></think> and call tool within <interaction_prompt></interaction_prompt> until the answer is ready.\n5. Once the answer is complete, write:\n   <think>(final reasoning with the <interaction_response> and question)</think>\n   <answer>(final answer for the question)</answer><|im_end|>\n<|im_start|>assistant\n<think>a</think><think>b</think><interaction_prompt>ask</interaction_prompt><|im_end|>\n<|im_start|>user\n<interaction_response>\n{\"results\": [\"Some upstream answer.\"]}\n</interaction_response><|im_end|>\n<|im_start|>assistant\n<think>\nThe LLM says Shakespeare.</think>\n<answer>William Shakespeare</answer><|im_end|>",
-   "references": [
-    "William Shakespeare",
-    "Shakespeare"
-   ],
-   "format": 0.6,
-   "f1": 1.0,
-   "em": 1.0,
-   "sm": 1.0,
-   "reward": -0.4,
-   "answer": "William Shakespeare"
-  },
-  {
-   "name": "call-block-two-calls",
-   "text": "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a great assistant. \n\n# Tools\n\nYou can call one or more powerful Large Language Models to answer the user's questions. But you MUST provide the tool with an explanation and analysis of the problem, as well as your thought process.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>\n{\"type\": \"function\", \"function\": {\"name\": \"prompt\", \"description\": \"Give an explanation of the question in detail.\", \"parameters\": {\"type\": \"object\", \"properties\": {\"prompt\": {\"type\": \"string\", \"description\": \"Give question and its explanation\"}}, \"required\": [\"prompt\"]}}}\n</tools>\n\nFor each function call, return a json object with function name and arguments within <interaction_prompt></interaction_prompt> XML tags:\n<interaction_prompt>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</interaction_prompt><|im_end|>\n<|im_start|>user\nQuestion: Who wrote Hamlet?\nFirst, provide a simple explanation of the question and give it to the large language model for a more accurate answer. Focus on explaining the question without deep reasoning in the first step. After receiving the response, think about the large language model's response, and by interacting with the large language model again and again, arrive at the final answer. Proceed step by step with the following rules:\n1. Only in the first step, provide a brief explanation of the question and give it to the large language model:\n   <think>(Brief thinking must not be over 80 words)</think>\n   <interaction_prompt>(give the question and its explanation to the large language model)</interaction_prompt>\n2. After the first step, in each interaction with the large language model, write:\n   <think>(your reasoning for the receiving response and question)</think>\n   <interaction_prompt>(new request to refine or validate the answer)</interaction_prompt>\n3. Each <interaction_prompt> must build on what came before. Do not just repeat the same content. Let the content of the <interaction_prompt>...</interaction_prompt> evolve naturally (for example: outline \u2192 add details \u2192 refine \u2192 check). \n4. Continue producing think within <think></think> and call tool within <interaction_prompt></interaction_prompt> until the answer is ready.\n5. Once the answer is complete, write:\n   <think>(final reasoning with the <interaction_response> and question)</think>\n   <answer>(final answer for the question)</answer><|im_end|>\n<|im_start|>assistant\n<think>a</think><interaction_prompt>x</interaction_prompt><interaction_prompt>y</interaction_prompt><|im_end|>\n<|im_start|>user\n<interaction_response>\n{\"results\": [\"Some upstream answer.\"]}\n</interaction_response><|im_end|>\n<|im_start|>assistant\n<think>\nThe LLM says Shakespeare.</think>\n<answer>William Shakespeare</answer><|im_end|>",
-   "references": [
-    "William Shakespeare",
-    "Shakespeare"
-   ],
-   "format": 0.6,
-   "f1": 1.0,
-   "em": 1.0,
-   "sm": 1.0,
-   "reward": -0.4,
-   "answer": "William Shakespeare"
-  },
-  {
-   "name": "call-block-missing-think",
-   "text": "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a great assistant. \n\n# Tools\n\nYou can call one or more powerful Large Language Models to answer the user's questions. But you MUST provide the tool with an explanation and analysis of the problem, as well as your thought process.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>\n{\"type\": \"function\", \"function\": {\"name\": \"prompt\", \"description\": \"Give an explanation of the question in detail.\", \"parameters\": {\"type\": \"object\", \"properties\": {\"prompt\": {\"type\": \"string\", \"description\": \"Give question and its explanation\"}}, \"required\": [\"prompt\"]}}}\n</tools>\n\nFor each function call, return a json object with function name and arguments within <interaction_prompt></interaction_prompt> XML tags:\n<interaction_prompt>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</interaction_prompt><|im_end|>\n<|im_start|>user\nQuestion: Who wrote Hamlet?\nFirst, provide a simple explanation of the question and give it to the large language model for a more accurate answer. Focus on explaining the question without deep reasoning in the first step. After receiving the response, think about the large language model's response, and by interacting with the large language model again and again, arrive at the final answer. Proceed step by step with the following rules:\n1. Only in the first step, provide a brief explanation of the question and give it to the large language model:\n   <think>(Brief thinking must not be over 80 words)</think>\n   <interaction_prompt>(give the question and its explanation to the large language model)</interaction_prompt>\n2. After the first step, in each interaction with the large language model, write:\n   <think>(your reasoning for the receiving response and question)</think>\n   <interaction_prompt>(new request to refine or validate the answer)</interaction_prompt>\n3. Each <interaction_prompt> must build on what came before. Do not just repeat the same content. Let the content of the <interaction_prompt>...</interaction_prompt> evolve naturally (for example: outline \u2192 add details \u2192 refine \u2192 check). \n4. Continue producing think within <think></think> and call tool within <interaction_prompt></interaction_prompt> until the answer is ready.\n5. Once the answer is complete, write:\n   <think>(final reasoning with the <interaction_response> and question)</think>\n   <answer>(final answer for the question)</answer><|im_end|>\n<|im_start|>assistant\n<interaction_prompt>ask</interaction_prompt><|im_end|>\n<|im_start|>user\n<interaction_response>\n{\"results\": [\"Some upstream answer.\"]}\n</interaction_response><|im_end|>\n<|im_start|>assistant\n<think>\nThe LLM says Shakespeare.</think>\n<answer>William Shakespeare</answer><|im_end|>",
-   "references": [
-    "William Shakespeare",
-    "Shakespeare"
-   ],
-   "format": 0.6,
-   "f1": 1.0,
-   "em": 1.0,
-   "sm": 1.0,
-   "reward": -0.4,
-   "answer": "William Shakespeare"
-  },
-  {
-   "name": "three-calls-no-answer-turn-limit",
-   "text": "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a great assistant. \n\n# Tools\n\nYou can call one or more powerful Large Language Models to answer the user's questions. But you MUST provide the tool with an explanation and analysis of the problem, as well as your thought process.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>\n{\"type\": \"function\", \"function\": {\"name\": \"prompt\", \"description\": \"Give an explanation of the question in detail.\", \"parameters\": {\"type\": \"object\", \"properties\": {\"prompt\": {\"type\": \"string\", \"description\": \"Give question and its explanation\"}}, \"required\": [\"prompt\"]}}}\n</tools>\n\nFor each function call, return a json object with function name and arguments within <interaction_prompt></interaction_prompt> XML tags:\n<interaction_prompt>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</interaction_prompt><|im_end|>\n<|im_start|>user\nQuestion: Who wrote Hamlet?\nFirst, provide a simple explanation of the question and give it to the large language model for a more accurate answer. Focus on explaining the question without deep reasoning in the first step. After receiving the response, think about the large language model's response, and by interacting with the large language model again and again, arrive at the final answer. Proceed step by step with the following rules:\n1. Only in the first step, provide a brief explanation of the question and give it to the large language model:\n   <think>(Brief thinking must not be over 80 words)</think>\n   <interaction_prompt>(give the question and its explanation to the large language model)</interaction_prompt>\n2. After the first step, in each interaction with the large language model, write:\n   <think>(your reasoning for the receiving response and question)</think>\n   <interaction_prompt>(new request to refine or validate the answer)</interaction_prompt>\n3. Each <interaction_prompt> must build on what came before. Do not just repeat the same content. Let the content of the <interaction_prompt>...</interaction_prompt> evolve naturally (for example: outline \u2192 add details \u2192 refine \u2192 check). \n4. Continue producing think within <think></think> and call tool within <interaction_prompt></interaction_prompt> until the answer is ready.\n5. Once the answer is complete, write:\n   <think>(final reasoning with the <interaction_response> and question)</think>\n   <answer>(final answer for the question)</answer><|im_end|>\n<|im_start|>assistant\n<think>I should ask.</think>\n<interaction_prompt>{\"name\": \"prompt\", \"arguments\": {\"prompt\": \"Who wrote Hamlet? Explain.\"}}</interaction_prompt><|im_end|>\n<|im_start|>user\n<interaction_response>\n{\"results\": [\"Some upstream answer.\"]}\n</interaction_response><|im_end|>\n<|im_start|>assistant\n<think>\nI read the response; let me verify.</think>\n<interaction_prompt>Please double-check: who wrote Hamlet?</interaction_prompt><|im_end|>\n<|im_start|>user\n<interaction_response>\n{\"results\": [\"Some upstream answer.\"]}\n</interaction_response><|im_end|>\n<|im_start|>assistant\n<think>\nI read the response; let me verify.</think>\n<interaction_prompt>Please double-check: who wrote Hamlet?</interaction_prompt><|im_end|>\n<|im_start|>user\n<interaction_response>\n{\"results\": [\"Some upstream answer.\"]}\n</interaction_response><|im_end|>\n<|im_start|>assistant\n<think>\nI read the response; let me verify.</think>\n<interaction_prompt>Please double-check: who wrote Hamlet?</interaction_prompt><|im_end|>\n<|im_start|>user\n<interaction_response>\n{\"results\": [\"Some upstream answer.\"]}\n</interaction_response><|im_end|>\n<|im_start|>assistant\n<think>\nI read the response; let me verify.</think>\n<interaction_prompt>Please double-check: who wrote Hamlet?</interaction_prompt><|im_end|>\n<|im_start|>user\n<interaction_response>\n{\"results\": [\"Some upstream answer.\"]}\n</interaction_response><|im_end|>\n<|im_start|>assistant\n<think>\n<|im_end|>",
-   "references": [
-    "William Shakespeare",
-    "Shakespeare"
-   ],
-   "format": 1.0,
-   "f1": 0.0,
-   "em": 0.0,
-   "sm": 0.0,
-   "reward": 0.0,
-   "answer": null
-  },
-  {
-   "name": "one-bad-call-then-answer",
-   "text": "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a great assistant. \n\n# Tools\n\nYou can call one or more powerful Large Language Models to answer the user's questions. But you MUST provide the tool with an explanation and analysis of the problem, as well as your thought process.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>\n{\"type\": \"function\", \"function\": {\"name\": \"prompt\", \"description\": \"Give an explanation of the question in detail.\", \"parameters\": {\"type\": \"object\", \"properties\": {\"prompt\": {\"type\": \"string\", \"description\": \"Give question and its explanation\"}}, \"required\": [\"prompt\"]}}}\n</tools>\n\nFor each function call, return a json object with function name and arguments within <interaction_prompt></interaction_prompt> XML tags:\n<interaction_prompt>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</interaction_prompt><|im_end|>\n<|im_start|>user\nQuestion: Who wrote Hamlet?\nFirst, provide a simple explanation of the question and give it to the large language model for a more accurate answer. Focus on explaining the question without deep reasoning in the first step. After receiving the response, think about the large language model's response, and by interacting with the large language model again and again, arrive at the final answer. Proceed step by step with the following rules:\n1. Only in the first step, provide a brief explanation of the question and give it to the large language model:\n   <think>(Brief thinking must not be over 80 words)</think>\n   <interaction_prompt>(give the question and its explanation to the large language model)</interaction_prompt>\n2. After the first step, in each interaction with the large language model, write:\n   <think>(your reasoning for the receiving response and question)</think>\n   <interaction_prompt>(new request to refine or validate the answer)</interaction_prompt>\n3. Each <interaction_prompt> must build on what came before. Do not just repeat the same content. Let the content of the <interaction_prompt>...</interaction_prompt> evolve naturally (for example: outline \u2192 add details \u2192 refine \u2192 check). \n4. Continue producing think within <think></think> and call tool within <interaction_prompt></interaction_prompt> until the answer is ready.\n5. Once the answer is complete, write:\n   <think>(final reasoning with the <interaction_response> and question)</think>\n   <answer>(final answer for the question)</answer><|im_end|>\n<|im_start|>assistant\n<think>x</think>garbage<interaction_prompt>ask</interaction_prompt><|im_end|>\n<|im_start|>user\n<interaction_response>\n{\"results\": [\"Some upstream answer.\"]}\n</interaction_response><|im_end|>\n<|im_start|>assistant\n<think>\nThe LLM says Shakespeare.</think>\n<answer>William Shakespeare</answer><|im_end|>",
-   "references": [
-    "William Shakespeare",
-    "Shakespeare"
-   ],
-   "format": 0.6,
-   "f1": 1.0,
-   "em": 1.0,
-   "sm": 1.0,
-   "reward": -0.4,
-   "answer": "William Shakespeare"
-  },
-  {
-   "name": "wrong-answer",
-   "text": "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a great assistant. \n\n# Tools\n\nYou can call one or more powerful Large Language Models to answer the user's questions. But you MUST provide the tool with an explanation and analysis of the problem, as well as your thought process.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>\n{\"type\": \"function\", \"function\": {\"name\": \"prompt\", \"description\": \"Give an explanation of the question in detail.\", \"parameters\": {\"type\": \"object\", \"properties\": {\"prompt\": {\"type\": \"string\", \"description\": \"Give question and its explanation\"}}, \"required\": [\"prompt\"]}}}\n</tools>\n\nFor each function call, return a json object with function name and arguments within <interaction_prompt></interaction_prompt> XML tags:\n<interaction_prompt>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</interaction_prompt><|im_end|>\n<|im_start|>user\nQuestion: Who wrote Hamlet?\nFirst, provide a simple explanation of the question and give it to the large language model for a more accurate answer. Focus on explaining the question without deep reasoning in the first step. After receiving the response, think about the large language model's response, and by interacting with the large language model again and again, arrive at the final answer. Proceed step by step with the following rules:\n1. Only in the first step, provide a brief explanation of the question and give it to the large language model:\n   <think>(Brief thinking must not be over 80 words)</think>\n   <interaction_prompt>(give the question and its explanation to the large language model)</interaction_prompt>\n2. After the first step, in each interaction with the large language model, write:\n   <think>(your reasoning for the receiving response and question)</think>\n   <interaction_prompt>(new request to refine or validate the answer)</interaction_prompt>\n3. Each <interaction_prompt> must build on what came before. Do not just repeat the same content. Let the content of the <interaction_prompt>...</interaction_prompt> evolve naturally (for example: outline \u2192 add details \u2192 refine \u2192 check). \n4. Continue producing think within <think></think> and call tool within <interaction_prompt></interaction_prompt> until the answer is ready.\n5. Once the answer is complete, write:\n   <think>(final reasoning with the <interaction_response> and question)</think>\n   <answer>(final answer for the question)</answer><|im_end|>\n<|im_start|>assistant\n<think>I should ask.</think>\n<interaction_prompt>{\"name\": \"prompt\", \"arguments\": {\"prompt\": \"Who wrote Hamlet? Explain.\"}}</interaction_prompt><|im_end|>\n<|im_start|>user\n<interaction_response>\n{\"results\": [\"Some upstream answer.\"]}\n</interaction_response><|im_end|>\n<|im_start|>assistant\n<think>\nhmm</think>\n<answer>Christopher Marlowe</answer><|im_end|>",
-   "references": [
-    "William Shakespeare",
-    "Shakespeare"
-   ],
-   "format": 1.0,
-   "f1": 0.0,
-   "em": 0.0,
-   "sm": 0.0,
-   "reward": 0.0,
-   "answer": "Christopher Marlowe"
-  },
-  {
-   "name": "partial-answer",
-   "text": "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a great assistant. \n\n# Tools\n\nYou can call one or more powerful Large Language Models to answer the user's questions. But you MUST provide the tool with an explanation and analysis of the problem, as well as your thought process.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>\n{\"type\": \"function\", \"function\": {\"name\": \"prompt\", \"description\": \"Give an explanation of the question in detail.\", \"parameters\": {\"type\": \"object\", \"properties\": {\"prompt\": {\"type\": \"string\", \"description\": \"Give question and its explanation\"}}, \"required\": [\"prompt\"]}}}\n</tools>\n\nFor each function call, return a json object with function name and arguments within <interaction_prompt></interaction_prompt> XML tags:\n<interaction_prompt>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</interaction_prompt><|im_end|>\n<|im_start|>user\nQuestion: Who wrote Hamlet?\nFirst, provide a simple explanation of the question and give it to the large language model for a more accurate answer. Focus on explaining the question without deep reasoning in the first step. After receiving the response, think about the large language model's response, and by interacting with the large language model again and again, arrive at the final answer. Proceed step by step with the following rules:\n1. Only in the first step, provide a brief explanation of the question and give it to the large language model:\n   <think>(Brief thinking must not be over 80 words)</think>\n   <interaction_prompt>(give the question and its explanation to the large language model)</interaction_prompt>\n2. After the first step, in each interaction with the large language model, write:\n   <think>(your reasoning for the receiving response and question)</think>\n   <interaction_prompt>(new request to refine or validate the answer)</interaction_prompt>\n3. Each <interaction_prompt> must build on what came before. Do not just repeat the same content. Let the content of the <interaction_prompt>...</interaction_prompt> evolve naturally (for example: outline \u2192 add details \u2192 refine \u2192 check). \n4. Continue producing think within <think></think> and call tool within <interaction_prompt></interaction_prompt> until the answer is ready.\n5. Once the answer is complete, write:\n   <think>(final reasoning with the <interaction_response> and question)</think>\n   <answer>(final answer for the question)</answer><|im_end|>\n<|im_start|>assistant\n<think>I should ask.</think>\n<interaction_prompt>{\"name\": \"prompt\", \"arguments\": {\"prompt\": \"Who wrote Hamlet? Explain.\"}}</interaction_prompt><|im_end|>\n<|im_start|>user\n<interaction_response>\n{\"results\": [\"Some upstream answer.\"]}\n</interaction_response><|im_end|>\n<|im_start|>assistant\n<think>\nhmm</think>\n<answer>Shakespeare, the playwright William</answer><|im_end|>",
-   "references": [
-    "William Shakespeare",
-    "Shakespeare"
-   ],
-   "format": 1.0,
-   "f1": 0.8,
-   "em": 0.0,
-   "sm": 1.0,
-   "reward": 0.8,
-   "answer": "Shakespeare, the playwright William"
-  },
-  {
-   "name": "articles-and-punctuation",
-   "text": "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a great assistant. \n\n# Tools\n\nYou can call one or more powerful Large Language Models to answer the user's questions. But you MUST provide the tool with an explanation and analysis of the problem, as well as your thought process.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>\n{\"type\": \"function\", \"function\": {\"name\": \"prompt\", \"description\": \"Give an explanation of the question in detail.\", \"parameters\": {\"type\": \"object\", \"properties\": {\"prompt\": {\"type\": \"string\", \"description\": \"Give question and its explanation\"}}, \"required\": [\"prompt\"]}}}\n</tools>\n\nFor each function call, return a json object with function name and arguments within <interaction_prompt></interaction_prompt> XML tags:\n<interaction_prompt>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</interaction_prompt><|im_end|>\n<|im_start|>user\nQuestion: Who wrote Hamlet?\nFirst, provide a simple explanation of the question and give it to the large language model for a more accurate answer. Focus on explaining the question without deep reasoning in the first step. After receiving the response, think about the large language model's response, and by interacting with the large language model again and again, arrive at the final answer. Proceed step by step with the following rules:\n1. Only in the first step, provide a brief explanation of the question and give it to the large language model:\n   <think>(Brief thinking must not be over 80 words)</think>\n   <interaction_prompt>(give the question and its explanation to the large language model)</interaction_prompt>\n2. After the first step, in each interaction with the large language model, write:\n   <think>(your reasoning for the receiving response and question)</think>\n   <interaction_prompt>(new request to refine or validate the answer)</interaction_prompt>\n3. Each <interaction_prompt> must build on what came before. Do not just repeat the same content. Let the content of the <interaction_prompt>...</interaction_prompt> evolve naturally (for example: outline \u2192 add details \u2192 refine \u2192 check). \n4. Continue producing think within <think></think> and call tool within <interaction_prompt></interaction_prompt> until the answer is ready.\n5. Once the answer is complete, write:\n   <think>(final reasoning with the <interaction_response> and question)</think>\n   <answer>(final answer for the question)</answer><|im_end|>\n<|im_start|>assistant\n<think>I should ask.</think>\n<interaction_prompt>{\"name\": \"prompt\", \"arguments\": {\"prompt\": \"Who wrote Hamlet? Explain.\"}}</interaction_prompt><|im_end|>\n<|im_start|>user\n<interaction_response>\n{\"results\": [\"Some upstream answer.\"]}\n</interaction_response><|im_end|>\n<|im_start|>assistant\n<think>\nok</think><answer>The  William-Shakespeare!!</answer><|im_end|>",
-   "references": [
-    "the william shakespeare"
-   ],
-   "format": 1.0,
-   "f1": 0.0,
-   "em": 0.0,
-   "sm": 0.0,
-   "reward": 0.0,
-   "answer": "The  William-Shakespeare!!"
-  },
-  {
-   "name": "answer-only-articles",
-   "text": "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a great assistant. \n\n# Tools\n\nYou can call one or more powerful Large Language Models to answer the user's questions. But you MUST provide the tool with an explanation and analysis of the problem, as well as your thought process.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>\n{\"type\": \"function\", \"function\": {\"name\": \"prompt\", \"description\": \"Give an explanation of the question in detail.\", \"parameters\": {\"type\": \"object\", \"properties\": {\"prompt\": {\"type\": \"string\", \"description\": \"Give question and its explanation\"}}, \"required\": [\"prompt\"]}}}\n</tools>\n\nFor each function call, return a json object with function name and arguments within <interaction_prompt></interaction_prompt> XML tags:\n<interaction_prompt>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</interaction_prompt><|im_end|>\n<|im_start|>user\nQuestion: Who wrote Hamlet?\nFirst, provide a simple explanation of the question and give it to the large language model for a more accurate answer. Focus on explaining the question without deep reasoning in the first step. After receiving the response, think about the large language model's response, and by interacting with the large language model again and again, arrive at the final answer. Proceed step by step with the following rules:\n1. Only in the first step, provide a brief explanation of the question and give it to the large language model:\n   <think>(Brief thinking must not be over 80 words)</think>\n   <interaction_prompt>(give the question and its explanation to the large language model)</interaction_prompt>\n2. After the first step, in each interaction with the large language model, write:\n   <think>(your reasoning for the receiving response and question)</think>\n   <interaction_prompt>(new request to refine or validate the answer)</interaction_prompt>\n3. Each <interaction_prompt> must build on what came before. Do not just repeat the same content. Let the content of the <interaction_prompt>...</interaction_prompt> evolve naturally (for example: outline \u2192 add details \u2192 refine \u2192 check). \n4. Continue producing think within <think></think> and call tool within <interaction_prompt></interaction_prompt> until the answer is ready.\n5. Once the answer is complete, write:\n   <think>(final reasoning with the <interaction_response> and question)</think>\n   <answer>(final answer for the question)</answer><|im_end|>\n<|im_start|>assistant\n<think>I should ask.</think>\n<interaction_prompt>{\"name\": \"prompt\", \"arguments\": {\"prompt\": \"Who wrote Hamlet? Explain.\"}}</interaction_prompt><|im_end|>\n<|im_start|>user\n<interaction_response>\n{\"results\": [\"Some upstream answer.\"]}\n</interaction_response><|im_end|>\n<|im_start|>assistant\n<think>\nok</think><answer>The a an</answer><|im_end|>",
-   "references": [
-    "the"
-   ],
-   "format": 1.0,
-   "f1": 0.0,
-   "em": 1.0,
-   "sm": 1.0,
-   "reward": 0.0,
-   "answer": "The a an"
-  },
-  {
-   "name": "unicode-answer-accents",
-   "text": "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a great assistant. \n\n# Tools\n\nYou can call one or more powerful Large Language Models to answer the user's questions. But you MUST provide the tool with an explanation and analysis of the problem, as well as your thought process.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>\n{\"type\": \"function\", \"function\": {\"name\": \"prompt\", \"description\": \"Give an explanation of the question in detail.\", \"parameters\": {\"type\": \"object\", \"properties\": {\"prompt\": {\"type\": \"string\", \"description\": \"Give question and its explanation\"}}, \"required\": [\"prompt\"]}}}\n</tools>\n\nFor each function call, return a json object with function name and arguments within <interaction_prompt></interaction_prompt> XML tags:\n<interaction_prompt>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</interaction_prompt><|im_end|>\n<|im_start|>user\nQuestion: Capital?\nFirst, provide a simple explanation of the question and give it to the large language model for a more accurate answer. Focus on explaining the question without deep reasoning in the first step. After receiving the response, think about the large language model's response, and by interacting with the large language model again and again, arrive at the final answer. Proceed step by step with the following rules:\n1. Only in the first step, provide a brief explanation of the question and give it to the large language model:\n   <think>(Brief thinking must not be over 80 words)</think>\n   <interaction_prompt>(give the question and its explanation to the large language model)</interaction_prompt>\n2. After the first step, in each interaction with the large language model, write:\n   <think>(your reasoning for the receiving response and question)</think>\n   <interaction_prompt>(new request to refine or validate the answer)</interaction_prompt>\n3. Each <interaction_prompt> must build on what came before. Do not just repeat the same content. Let the content of the <interaction_prompt>...</interaction_prompt> evolve naturally (for example: outline \u2192 add details \u2192 refine \u2192 check). \n4. Continue producing think within <think></think> and call tool within <interaction_prompt></interaction_prompt> until the answer is ready.\n5. Once the answer is complete, write:\n   <think>(final reasoning with the <interaction_response> and question)</think>\n   <answer>(final answer for the question)</answer><|im_end|>\n<|im_start|>assistant\n<think>I should ask.</think>\n<interaction_prompt>{\"name\": \"prompt\", \"arguments\": {\"prompt\": \"Who wrote Hamlet? Explain.\"}}</interaction_prompt><|im_end|>\n<|im_start|>user\n<interaction_response>\n{\"results\": [\"Some upstream answer.\"]}\n</interaction_response><|im_end|>\n<|im_start|>assistant\n<think>\nok</think><answer>Bogot\u00e1, Colombia</answer><|im_end|>",
-   "references": [
-    "Bogot\u00e1"
-   ],
-   "format": 1.0,
-   "f1": 0.6666666666666666,
-   "em": 0.0,
-   "sm": 1.0,
-   "reward": 0.6666666666666666,
-   "answer": "Bogot\u00e1, Colombia"
-  },
-  {
-   "name": "unicode-nfd-vs-nfc",
-   "text": "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a great assistant. \n\n# Tools\n\nYou can call one or more powerful Large Language Models to answer the user's questions. But you MUST provide the tool with an explanation and analysis of the problem, as well as your thought process.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>\n{\"type\": \"function\", \"function\": {\"name\": \"prompt\", \"description\": \"Give an explanation of the question in detail.\", \"parameters\": {\"type\": \"object\", \"properties\": {\"prompt\": {\"type\": \"string\", \"description\": \"Give question and its explanation\"}}, \"required\": [\"prompt\"]}}}\n</tools>\n\nFor each function call, return a json object with function name and arguments within <interaction_prompt></interaction_prompt> XML tags:\n<interaction_prompt>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</interaction_prompt><|im_end|>\n<|im_start|>user\nQuestion: Capital?\nFirst, provide a simple explanation of the question and give it to the large language model for a more accurate answer. Focus on explaining the question without deep reasoning in the first step. After receiving the response, think about the large language model's response, and by interacting with the large language model again and again, arrive at the final answer. Proceed step by step with the following rules:\n1. Only in the first step, provide a brief explanation of the question and give it to the large language model:\n   <think>(Brief thinking must not be over 80 words)</think>\n   <interaction_prompt>(give the question and its explanation to the large language model)</interaction_prompt>\n2. After the first step, in each interaction with the large language model, write:\n   <think>(your reasoning for the receiving response and question)</think>\n   <interaction_prompt>(new request to refine or validate the answer)</interaction_prompt>\n3. Each <interaction_prompt> must build on what came before. Do not just repeat the same content. Let the content of the <interaction_prompt>...</interaction_prompt> evolve naturally (for example: outline \u2192 add details \u2192 refine \u2192 check). \n4. Continue producing think within <think></think> and call tool within <interaction_prompt></interaction_prompt> until the answer is ready.\n5. Once the answer is complete, write:\n   <think>(final reasoning with the <interaction_response> and question)</think>\n   <answer>(final answer for the question)</answer><|im_end|>\n<|im_start|>assistant\n<think>I should ask.</think>\n<interaction_prompt>{\"name\": \"prompt\", \"arguments\": {\"prompt\": \"Who wrote Hamlet? Explain.\"}}</interaction_prompt><|im_end|>\n<|im_start|>user\n<interaction_response>\n{\"results\": [\"Some upstream answer.\"]}\n</interaction_response><|im_end|>\n<|im_start|>assistant\n<think>\nok</think><answer>Bogota\u0301</answer><|im_end|>",
-   "references": [
-    "Bogot\u00e1"
-   ],
-   "format": 1.0,
-   "f1": 0.0,
-   "em": 0.0,
-   "sm": 0.0,
-   "reward": 0.0,
-   "answer": "Bogota\u0301"
-  },
-  {
-   "name": "unicode-nfd-article",
-   "text": "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a great assistant. \n\n# Tools\n\nYou can call one or more powerful Large Language Models to answer the user's questions. But you MUST provide the tool with an explanation and analysis of the problem, as well as your thought process.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>\n{\"type\": \"function\", \"function\": {\"name\": \"prompt\", \"description\": \"Give an explanation of the question in detail.\", \"parameters\": {\"type\": \"object\", \"properties\": {\"prompt\": {\"type\": \"string\", \"description\": \"Give question and its explanation\"}}, \"required\": [\"prompt\"]}}}\n</tools>\n\nFor each function call, return a json object with function name and arguments within <interaction_prompt></interaction_prompt> XML tags:\n<interaction_prompt>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</interaction_prompt><|im_end|>\n<|im_start|>user\nQuestion: Q?\nFirst, provide a simple explanation of the question and give it to the large language model for a more accurate answer. Focus on explaining the question without deep reasoning in the first step. After receiving the response, think about the large language model's response, and by interacting with the large language model again and again, arrive at the final answer. Proceed step by step with the following rules:\n1. Only in the first step, provide a brief explanation of the question and give it to the large language model:\n   <think>(Brief thinking must not be over 80 words)</think>\n   <interaction_prompt>(give the question and its explanation to the large language model)</interaction_prompt>\n2. After the first step, in each interaction with the large language model, write:\n   <think>(your reasoning for the receiving response and question)</think>\n   <interaction_prompt>(new request to refine or validate the answer)</interaction_prompt>\n3. Each <interaction_prompt> must build on what came before. Do not just repeat the same content. Let the content of the <interaction_prompt>...</interaction_prompt> evolve naturally (for example: outline \u2192 add details \u2192 refine \u2192 check). \n4. Continue producing think within <think></think> and call tool within <interaction_prompt></interaction_prompt> until the answer is ready.\n5. Once the answer is complete, write:\n   <think>(final reasoning with the <interaction_response> and question)</think>\n   <answer>(final answer for the question)</answer><|im_end|>\n<|im_start|>assistant\n<think>I should ask.</think>\n<interaction_prompt>{\"name\": \"prompt\", \"arguments\": {\"prompt\": \"Who wrote Hamlet? Explain.\"}}</interaction_prompt><|im_end|>\n<|im_start|>user\n<interaction_response>\n{\"results\": [\"Some upstream answer.\"]}\n</interaction_response><|im_end|>\n<|im_start|>assistant\n<think>\nok</think><answer>the\u0301 cafe</answer><|im_end|>",
-   "references": [
-    "cafe"
-   ],
-   "format": 1.0,
-   "f1": 0.6666666666666666,
-   "em": 0.0,
-   "sm": 1.0,
-   "reward": 0.6666666666666666,
-   "answer": "the\u0301 cafe"
-  },
-  {
-   "name": "greek-final-sigma",
-   "text": "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a great assistant. \n\n# Tools\n\nYou can call one or more powerful Large Language Models to answer the user's questions. But you MUST provide the tool with an explanation and analysis of the problem, as well as your thought process.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>\n{\"type\": \"function\", \"function\": {\"name\": \"prompt\", \"description\": \"Give an explanation of the question in detail.\", \"parameters\": {\"type\": \"object\", \"properties\": {\"prompt\": {\"type\": \"string\", \"description\": \"Give question and its explanation\"}}, \"required\": [\"prompt\"]}}}\n</tools>\n\nFor each function call, return a json object with function name and arguments within <interaction_prompt></interaction_prompt> XML tags:\n<interaction_prompt>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</interaction_prompt><|im_end|>\n<|im_start|>user\nQuestion: Q?\nFirst, provide a simple explanation of the question and give it to the large language model for a more accurate answer. Focus on explaining the question without deep reasoning in the first step. After receiving the response, think about the large language model's response, and by interacting with the large language model again and again, arrive at the final answer. Proceed step by step with the following rules:\n1. Only in the first step, provide a brief explanation of the question and give it to the large language model:\n   <think>(Brief thinking must not be over 80 words)</think>\n   <interaction_prompt>(give the question and its explanation to the large language model)</interaction_prompt>\n2. After the first step, in each interaction with the large language model, write:\n   <think>(your reasoning for the receiving response and question)</think>\n   <interaction_prompt>(new request to refine or validate the answer)</interaction_prompt>\n3. Each <interaction_prompt> must build on what came before. Do not just repeat the same content. Let the content of the <interaction_prompt>...</interaction_prompt> evolve naturally (for example: outline \u2192 add details \u2192 refine \u2192 check). \n4. Continue producing think within <think></think> and call tool within <interaction_prompt></interaction_prompt> until the answer is ready.\n5. Once the answer is complete, write:\n   <think>(final reasoning with the <interaction_response> and question)</think>\n   <answer>(final answer for the question)</answer><|im_end|>\n<|im_start|>assistant\n<think>I should ask.</think>\n<interaction_prompt>{\"name\": \"prompt\", \"arguments\": {\"prompt\": \"Who wrote Hamlet? Explain.\"}}</interaction_prompt><|im_end|>\n<|im_start|>user\n<interaction_response>\n{\"results\": [\"Some upstream answer.\"]}\n</interaction_response><|im_end|>\n<|im_start|>assistant\n<think>\nok</think><answer>\u039f\u0394\u03a5\u03a3\u03a3\u0395\u03a5\u03a3</answer><|im_end|>",
-   "references": [
-    "\u03bf\u03b4\u03c5\u03c3\u03c3\u03b5\u03c5\u03c2"
-   ],
-   "format": 1.0,
-   "f1": 1.0,
-   "em": 1.0,
-   "sm": 1.0,
-   "reward": 1.0,
-   "answer": "\u039f\u0394\u03a5\u03a3\u03a3\u0395\u03a5\u03a3"
-  },
-  {
-   "name": "turkish-dotted-i",
-   "text": "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a great assistant. \n\n# Tools\n\nYou can call one or more powerful Large Language Models to answer the user's questions. But you MUST provide the tool with an explanation and analysis of the problem, as well as your thought process.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>\n{\"type\": \"function\", \"function\": {\"name\": \"prompt\", \"description\": \"Give an explanation of the question in detail.\", \"parameters\": {\"type\": \"object\", \"properties\": {\"prompt\": {\"type\": \"string\", \"description\": \"Give question and its explanation\"}}, \"required\": [\"prompt\"]}}}\n</tools>\n\nFor each function call, return a json object with function name and arguments within <interaction_prompt></interaction_prompt> XML tags:\n<interaction_prompt>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</interaction_prompt><|im_end|>\n<|im_start|>user\nQuestion: Q?\nFirst, provide a simple explanation of the question and give it to the large language model for a more accurate answer. Focus on explaining the question without deep reasoning in the first step. After receiving the response, think about the large language model's response, and by interacting with the large language model again and again, arrive at the final answer. Proceed step by step with the following rules:\n1. Only in the first step, provide a brief explanation of the question and give it to the large language model:\n   <think>(Brief thinking must not be over 80 words)</think>\n   <interaction_prompt>(give the question and its explanation to the large language model)</interaction_prompt>\n2. After the first step, in each interaction with the large language model, write:\n   <think>(your reasoning for the receiving response and question)</think>\n   <interaction_prompt>(new request to refine or validate the answer)</interaction_prompt>\n3. Each <interaction_prompt> must build on what came before. Do not just repeat the same content. Let the content of the <interaction_prompt>...</interaction_prompt> evolve naturally (for example: outline \u2192 add details \u2192 refine \u2192 check). \n4. Continue producing think within <think></think> and call tool within <interaction_prompt></interaction_prompt> until the answer is ready.\n5. Once the answer is complete, write:\n   <think>(final reasoning with the <interaction_response> and question)</think>\n   <answer>(final answer for the question)</answer><|im_end|>\n<|im_start|>assistant\n<think>I should ask.</think>\n<interaction_prompt>{\"name\": \"prompt\", \"arguments\": {\"prompt\": \"Who wrote Hamlet? Explain.\"}}</interaction_prompt><|im_end|>\n<|im_start|>user\n<interaction_response>\n{\"results\": [\"Some upstream answer.\"]}\n</interaction_response><|im_end|>\n<|im_start|>assistant\n<think>\nok</think><answer>\u0130stanbul</answer><|im_end|>",
-   "references": [
-    "i\u0307stanbul"
-   ],
-   "format": 1.0,
-   "f1": 1.0,
-   "em": 1.0,
-   "sm": 1.0,
-   "reward": 1.0,
-   "answer": "\u0130stanbul"
-  },
-  {
-   "name": "cjk-answer",
-   "text": "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a great assistant. \n\n# Tools\n\nYou can call one or more powerful Large Language Models to answer the user's questions. But you MUST provide the tool with an explanation and analysis of the problem, as well as your thought process.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>\n{\"type\": \"function\", \"function\": {\"name\": \"prompt\", \"description\": \"Give an explanation of the question in detail.\", \"parameters\": {\"type\": \"object\", \"properties\": {\"prompt\": {\"type\": \"string\", \"description\": \"Give question and its explanation\"}}, \"required\": [\"prompt\"]}}}\n</tools>\n\nFor each function call, return a json object with function name and arguments within <interaction_prompt></interaction_prompt> XML tags:\n<interaction_prompt>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</interaction_prompt><|im_end|>\n<|im_start|>user\nQuestion: Q?\nFirst, provide a simple explanation of the question and give it to the large language model for a more accurate answer. Focus on explaining the question without deep reasoning in the first step. After receiving the response, think about the large language model's response, and by interacting with the large language model again and again, arrive at the final answer. Proceed step by step with the following rules:\n1. Only in the first step, provide a brief explanation of the question and give it to the large language model:\n   <think>(Brief thinking must not be over 80 words)</think>\n   <interaction_prompt>(give the question and its explanation to the large language model)</interaction_prompt>\n2. After the first step, in each interaction with the large language model, write:\n   <think>(your reasoning for the receiving response and question)</think>\n   <interaction_prompt>(new request to refine or validate the answer)</interaction_prompt>\n3. Each <interaction_prompt> must build on what came before. Do not just repeat the same content. Let the content of the <interaction_prompt>...</interaction_prompt> evolve naturally (for example: outline \u2192 add details \u2192 refine \u2192 check). \n4. Continue producing think within <think></think> and call tool within <interaction_prompt></interaction_prompt> until the answer is ready.\n5. Once the answer is complete, write:\n   <think>(final reasoning with the <interaction_response> and question)</think>\n   <answer>(final answer for the question)</answer><|im_end|>\n<|im_start|>assistant\n<think>I should ask.</think>\n<interaction_prompt>{\"name\": \"prompt\", \"arguments\": {\"prompt\": \"Who wrote Hamlet? Explain.\"}}</interaction_prompt><|im_end|>\n<|im_start|>user\n<interaction_response>\n{\"results\": [\"Some upstream answer.\"]}\n</interaction_response><|im_end|>\n<|im_start|>assistant\n<think>\nok</think><answer>\u5317\u4eac \u5e02</answer><|im_end|>",
-   "references": [
-    "\u5317\u4eac"
-   ],
-   "format": 1.0,
-   "f1": 0.6666666666666666,
-   "em": 0.0,
-   "sm": 1.0,
-   "reward": 0.6666666666666666,
-   "answer": "\u5317\u4eac \u5e02"
-  },
-  {
-   "name": "emoji-answer",
-   "text": "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a great assistant. \n\n# Tools\n\nYou can call one or more powerful Large Language Models to answer the user's questions. But you MUST provide the tool with an explanation and analysis of the problem, as well as your thought process.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>\n{\"type\": \"function\", \"function\": {\"name\": \"prompt\", \"description\": \"Give an explanation of the question in detail.\", \"parameters\": {\"type\": \"object\", \"properties\": {\"prompt\": {\"type\": \"string\", \"description\": \"Give question and its explanation\"}}, \"required\": [\"prompt\"]}}}\n</tools>\n\nFor each function call, return a json object with function name and arguments within <interaction_prompt></interaction_prompt> XML tags:\n<interaction_prompt>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</interaction_prompt><|im_end|>\n<|im_start|>user\nQuestion: Q?\nFirst, provide a simple explanation of the question and give it to the large language model for a more accurate answer. Focus on explaining the question without deep reasoning in the first step. After receiving the response, think about the large language model's response, and by interacting with the large language model again and again, arrive at the final answer. Proceed step by step with the following rules:\n1. Only in the first step, provide a brief explanation of the question and give it to the large language model:\n   <think>(Brief thinking must not be over 80 words)</think>\n   <interaction_prompt>(give the question and its explanation to the large language model)</interaction_prompt>\n2. After the first step, in each interaction with the large language model, write:\n   <think>(your reasoning for the receiving response and question)</think>\n   <interaction_prompt>(new request to refine or validate the answer)</interaction_prompt>\n3. Each <interaction_prompt> must build on what came before. Do not just repeat the same content. Let the content of the <interaction_prompt>...</interaction_prompt> evolve naturally (for example: outline \u2192 add details \u2192 refine \u2192 check). \n4. Continue producing think within <think></think> and call tool within <interaction_prompt></interaction_prompt> until the answer is ready.\n5. Once the answer is complete, write:\n   <think>(final reasoning with the <interaction_response> and question)</think>\n   <answer>(final answer for the question)</answer><|im_end|>\n<|im_start|>assistant\n<think>I should ask.</think>\n<interaction_prompt>{\"name\": \"prompt\", \"arguments\": {\"prompt\": \"Who wrote Hamlet? Explain.\"}}</interaction_prompt><|im_end|>\n<|im_start|>user\n<interaction_response>\n{\"results\": [\"Some upstream answer.\"]}\n</interaction_response><|im_end|>\n<|im_start|>assistant\n<think>\nok</think><answer>\ud83d\ude00 smile</answer><|im_end|>",
-   "references": [
-    "smile"
-   ],
-   "format": 1.0,
-   "f1": 0.6666666666666666,
-   "em": 0.0,
-   "sm": 1.0,
-   "reward": 0.6666666666666666,
-   "answer": "\ud83d\ude00 smile"
-  },
-  {
-   "name": "number-answer",
-   "text": "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a great assistant. \n\n# Tools\n\nYou can call one or more powerful Large Language Models to answer the user's questions. But you MUST provide the tool with an explanation and analysis of the problem, as well as your thought process.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>\n{\"type\": \"function\", \"function\": {\"name\": \"prompt\", \"description\": \"Give an explanation of the question in detail.\", \"parameters\": {\"type\": \"object\", \"properties\": {\"prompt\": {\"type\": \"string\", \"description\": \"Give question and its explanation\"}}, \"required\": [\"prompt\"]}}}\n</tools>\n\nFor each function call, return a json object with function name and arguments within <interaction_prompt></interaction_prompt> XML tags:\n<interaction_prompt>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</interaction_prompt><|im_end|>\n<|im_start|>user\nQuestion: Q?\nFirst, provide a simple explanation of the question and give it to the large language model for a more accurate answer. Focus on explaining the question without deep reasoning in the first step. After receiving the response, think about the large language model's response, and by interacting with the large language model again and again, arrive at the final answer. Proceed step by step with the following rules:\n1. Only in the first step, provide a brief explanation of the question and give it to the large language model:\n   <think>(Brief thinking must not be over 80 words)</think>\n   <interaction_prompt>(give the question and its explanation to the large language model)</interaction_prompt>\n2. After the first step, in each interaction with the large language model, write:\n   <think>(your reasoning for the receiving response and question)</think>\n   <interaction_prompt>(new request to refine or validate the answer)</interaction_prompt>\n3. Each <interaction_prompt> must build on what came before. Do not just repeat the same content. Let the content of the <interaction_prompt>...</interaction_prompt> evolve naturally (for example: outline \u2192 add details \u2192 refine \u2192 check). \n4. Continue producing think within <think></think> and call tool within <interaction_prompt></interaction_prompt> until the answer is ready.\n5. Once the answer is complete, write:\n   <think>(final reasoning with the <interaction_response> and question)</think>\n   <answer>(final answer for the question)</answer><|im_end|>\n<|im_start|>assistant\n<think>I should ask.</think>\n<interaction_prompt>{\"name\": \"prompt\", \"arguments\": {\"prompt\": \"Who wrote Hamlet? Explain.\"}}</interaction_prompt><|im_end|>\n<|im_start|>user\n<interaction_response>\n{\"results\": [\"Some upstream answer.\"]}\n</interaction_response><|im_end|>\n<|im_start|>assistant\n<think>\nok</think><answer>3,000 (approx.)</answer><|im_end|>",
-   "references": [
-    "3000"
-   ],
-   "format": 1.0,
-   "f1": 0.6666666666666666,
-   "em": 0.0,
-   "sm": 1.0,
-   "reward": 0.6666666666666666,
-   "answer": "3,000 (approx.)"
-  },
-  {
-   "name": "underscore-word",
-   "text": "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a great assistant. \n\n# Tools\n\nYou can call one or more powerful Large Language Models to answer the user's questions. But you MUST provide the tool with an explanation and analysis of the problem, as well as your thought process.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>\n{\"type\": \"function\", \"function\": {\"name\": \"prompt\", \"description\": \"Give an explanation of the question in detail.\", \"parameters\": {\"type\": \"object\", \"properties\": {\"prompt\": {\"type\": \"string\", \"description\": \"Give question and its explanation\"}}, \"required\": [\"prompt\"]}}}\n</tools>\n\nFor each function call, return a json object with function name and arguments within <interaction_prompt></interaction_prompt> XML tags:\n<interaction_prompt>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</interaction_prompt><|im_end|>\n<|im_start|>user\nQuestion: Q?\nFirst, provide a simple explanation of the question and give it to the large language model for a more accurate answer. Focus on explaining the question without deep reasoning in the first step. After receiving the response, think about the large language model's response, and by interacting with the large language model again and again, arrive at the final answer. Proceed step by step with the following rules:\n1. Only in the first step, provide a brief explanation of the question and give it to the large language model:\n   <think>(Brief thinking must not be over 80 words)</think>\n   <interaction_prompt>(give the question and its explanation to the large language model)</interaction_prompt>\n2. After the first step, in each interaction with the large language model, write:\n   <think>(your reasoning for the receiving response and question)</think>\n   <interaction_prompt>(new request to refine or validate the answer)</interaction_prompt>\n3. Each <interaction_prompt> must build on what came before. Do not just repeat the same content. Let the content of the <interaction_prompt>...</interaction_prompt> evolve naturally (for example: outline \u2192 add details \u2192 refine \u2192 check). \n4. Continue producing think within <think></think> and call tool within <interaction_prompt></interaction_prompt> until the answer is ready.\n5. Once the answer is complete, write:\n   <think>(final reasoning with the <interaction_response> and question)</think>\n   <answer>(final answer for the question)</answer><|im_end|>\n<|im_start|>assistant\n<think>I should ask.</think>\n<interaction_prompt>{\"name\": \"prompt\", \"arguments\": {\"prompt\": \"Who wrote Hamlet? Explain.\"}}</interaction_prompt><|im_end|>\n<|im_start|>user\n<interaction_response>\n{\"results\": [\"Some upstream answer.\"]}\n</interaction_response><|im_end|>\n<|im_start|>assistant\n<think>\nok</think><answer>the_a an_the</answer><|im_end|>",
-   "references": [
-    "thea anthe"
-   ],
-   "format": 1.0,
-   "f1": 1.0,
-   "em": 1.0,
-   "sm": 1.0,
-   "reward": 1.0,
-   "answer": "the_a an_the"
-  },
-  {
-   "name": "digits-next-to-article",
-   "text": "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a great assistant. \n\n# Tools\n\nYou can call one or more powerful Large Language Models to answer the user's questions. But you MUST provide the tool with an explanation and analysis of the problem, as well as your thought process.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>\n{\"type\": \"function\", \"function\": {\"name\": \"prompt\", \"description\": \"Give an explanation of the question in detail.\", \"parameters\": {\"type\": \"object\", \"properties\": {\"prompt\": {\"type\": \"string\", \"description\": \"Give question and its explanation\"}}, \"required\": [\"prompt\"]}}}\n</tools>\n\nFor each function call, return a json object with function name and arguments within <interaction_prompt></interaction_prompt> XML tags:\n<interaction_prompt>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</interaction_prompt><|im_end|>\n<|im_start|>user\nQuestion: Q?\nFirst, provide a simple explanation of the question and give it to the large language model for a more accurate answer. Focus on explaining the question without deep reasoning in the first step. After receiving the response, think about the large language model's response, and by interacting with the large language model again and again, arrive at the final answer. Proceed step by step with the following rules:\n1. Only in the first step, provide a brief explanation of the question and give it to the large language model:\n   <think>(Brief thinking must not be over 80 words)</think>\n   <interaction_prompt>(give the question and its explanation to the large language model)</interaction_prompt>\n2. After the first step, in each interaction with the large language model, write:\n   <think>(your reasoning for the receiving response and question)</think>\n   <interaction_prompt>(new request to refine or validate the answer)</interaction_prompt>\n3. Each <interaction_prompt> must build on what came before. Do not just repeat the same content. Let the content of the <interaction_prompt>...</interaction_prompt> evolve naturally (for example: outline \u2192 add details \u2192 refine \u2192 check). \n4. Continue producing think within <think></think> and call tool within <interaction_prompt></interaction_prompt> until the answer is ready.\n5. Once the answer is complete, write:\n   <think>(final reasoning with the <interaction_response> and question)</think>\n   <answer>(final answer for the question)</answer><|im_end|>\n<|im_start|>assistant\n<think>I should ask.</think>\n<interaction_prompt>{\"name\": \"prompt\", \"arguments\": {\"prompt\": \"Who wrote Hamlet? Explain.\"}}</interaction_prompt><|im_end|>\n<|im_start|>user\n<interaction_response>\n{\"results\": [\"Some upstream answer.\"]}\n</interaction_response><|im_end|>\n<|im_start|>assistant\n<think>\nok</think><answer>a1 the2 an</answer><|im_end|>",
-   "references": [
-    "a1 the2"
-   ],
-   "format": 1.0,
-   "f1": 1.0,
-   "em": 1.0,
-   "sm": 1.0,
-   "reward": 1.0,
-   "answer": "a1 the2 an"
-  },
-  {
-   "name": "multiple-answers-first-wins",
-   "text": "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a great assistant. \n\n# Tools\n\nYou can call one or more powerful Large Language Models to answer the user's questions. But you MUST provide the tool with an explanation and analysis of the problem, as well as your thought process.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>\n{\"type\": \"function\", \"function\": {\"name\": \"prompt\", \"description\": \"Give an explanation of the question in detail.\", \"parameters\": {\"type\": \"object\", \"properties\": {\"prompt\": {\"type\": \"string\", \"description\": \"Give question and its explanation\"}}, \"required\": [\"prompt\"]}}}\n</tools>\n\nFor each function call, return a json object with function name and arguments within <interaction_prompt></interaction_prompt> XML tags:\n<interaction_prompt>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</interaction_prompt><|im_end|>\n<|im_start|>user\nQuestion: Who wrote Hamlet?\nFirst, provide a simple explanation of the question and give it to the large language model for a more accurate answer. Focus on explaining the question without deep reasoning in the first step. After receiving the response, think about the large language model's response, and by interacting with the large language model again and again, arrive at the final answer. Proceed step by step with the following rules:\n1. Only in the first step, provide a brief explanation of the question and give it to the large language model:\n   <think>(Brief thinking must not be over 80 words)</think>\n   <interaction_prompt>(give the question and its explanation to the large language model)</interaction_prompt>\n2. After the first step, in each interaction with the large language model, write:\n   <think>(your reasoning for the receiving response and question)</think>\n   <interaction_prompt>(new request to refine or validate the answer)</interaction_prompt>\n3. Each <interaction_prompt> must build on what came before. Do not just repeat the same content. Let the content of the <interaction_prompt>...</interaction_prompt> evolve naturally (for example: outline \u2192 add details \u2192 refine \u2192 check). \n4. Continue producing think within <think></think> and call tool within <interaction_prompt></interaction_prompt> until the answer is ready.\n5. Once the answer is complete, write:\n   <think>(final reasoning with the <interaction_response> and question)</think>\n   <answer>(final answer for the question)</answer><|im_end|>\n<|im_start|>assistant\n<think>I should ask.</think>\n<interaction_prompt>{\"name\": \"prompt\", \"arguments\": {\"prompt\": \"Who wrote Hamlet? Explain.\"}}</interaction_prompt><|im_end|>\n<|im_start|>user\n<interaction_response>\n{\"results\": [\"Some upstream answer.\"]}\n</interaction_response><|im_end|>\n<|im_start|>assistant\n<think>\nok</think><answer>Marlowe</answer> <answer>Shakespeare</answer><|im_end|>",
-   "references": [
-    "William Shakespeare",
-    "Shakespeare"
-   ],
-   "format": 1.0,
-   "f1": 0.0,
-   "em": 0.0,
-   "sm": 0.0,
-   "reward": 0.0,
-   "answer": "Marlowe"
-  },
-  {
-   "name": "empty-first-answer-second-full",
-   "text": "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a great assistant. \n\n# Tools\n\nYou can call one or more powerful Large Language Models to answer the user's questions. But you MUST provide the tool with an explanation and analysis of the problem, as well as your thought process.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>\n{\"type\": \"function\", \"function\": {\"name\": \"prompt\", \"description\": \"Give an explanation of the question in detail.\", \"parameters\": {\"type\": \"object\", \"properties\": {\"prompt\": {\"type\": \"string\", \"description\": \"Give question and its explanation\"}}, \"required\": [\"prompt\"]}}}\n</tools>\n\nFor each function call, return a json object with function name and arguments within <interaction_prompt></interaction_prompt> XML tags:\n<interaction_prompt>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</interaction_prompt><|im_end|>\n<|im_start|>user\nQuestion: Who wrote Hamlet?\nFirst, provide a simple explanation of the question and give it to the large language model for a more accurate answer. Focus on explaining the question without deep reasoning in the first step. After receiving the response, think about the large language model's response, and by interacting with the large language model again and again, arrive at the final answer. Proceed step by step with the following rules:\n1. Only in the first step, provide a brief explanation of the question and give it to the large language model:\n   <think>(Brief thinking must not be over 80 words)</think>\n   <interaction_prompt>(give the question and its explanation to the large language model)</interaction_prompt>\n2. After the first step, in each interaction with the large language model, write:\n   <think>(your reasoning for the receiving response and question)</think>\n   <interaction_prompt>(new request to refine or validate the answer)</interaction_prompt>\n3. Each <interaction_prompt> must build on what came before. Do not just repeat the same content. Let the content of the <interaction_prompt>...</interaction_prompt> evolve naturally (for example: outline \u2192 add details \u2192 refine \u2192 check). \n4. Continue producing think within <think></think> and call tool within <interaction_prompt></interaction_prompt> until the answer is ready.\n5. Once the answer is complete, write:\n   <think>(final reasoning with the <interaction_response> and question)</think>\n   <answer>(final answer for the question)</answer><|im_end|>\n<|im_start|>assistant\n<think>I should ask.</think>\n<interaction_prompt>{\"name\": \"prompt\", \"arguments\": {\"prompt\": \"Who wrote Hamlet? Explain.\"}}</interaction_prompt><|im_end|>\n<|im_start|>user\n<interaction_response>\n{\"results\": [\"Some upstream answer.\"]}\n</interaction_response><|im_end|>\n<|im_start|>assistant\n<think>\nok</think><answer></answer><answer>Shakespeare</answer><|im_end|>",
-   "references": [
-    "William Shakespeare",
-    "Shakespeare"
-   ],
-   "format": 0.4,
-   "f1": 0.0,
-   "em": 0.0,
-   "sm": 0.0,
-   "reward": -0.6,
-   "answer": ""
-  },
-  {
-   "name": "no-references",
-   "text": "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a great assistant. \n\n# Tools\n\nYou can call one or more powerful Large Language Models to answer the user's questions. But you MUST provide the tool with an explanation and analysis of the problem, as well as your thought process.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>\n{\"type\": \"function\", \"function\": {\"name\": \"prompt\", \"description\": \"Give an explanation of the question in detail.\", \"parameters\": {\"type\": \"object\", \"properties\": {\"prompt\": {\"type\": \"string\", \"description\": \"Give question and its explanation\"}}, \"required\": [\"prompt\"]}}}\n</tools>\n\nFor each function call, return a json object with function name and arguments within <interaction_prompt></interaction_prompt> XML tags:\n<interaction_prompt>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</interaction_prompt><|im_end|>\n<|im_start|>user\nQuestion: Who wrote Hamlet?\nFirst, provide a simple explanation of the question and give it to the large language model for a more accurate answer. Focus on explaining the question without deep reasoning in the first step. After receiving the response, think about the large language model's response, and by interacting with the large language model again and again, arrive at the final answer. Proceed step by step with the following rules:\n1. Only in the first step, provide a brief explanation of the question and give it to the large language model:\n   <think>(Brief thinking must not be over 80 words)</think>\n   <interaction_prompt>(give the question and its explanation to the large language model)</interaction_prompt>\n2. After the first step, in each interaction with the large language model, write:\n   <think>(your reasoning for the receiving response and question)</think>\n   <interaction_prompt>(new request to refine or validate the answer)</interaction_prompt>\n3. Each <interaction_prompt> must build on what came before. Do not just repeat the same content. Let the content of the <interaction_prompt>...</interaction_prompt> evolve naturally (for example: outline \u2192 add details \u2192 refine \u2192 check). \n4. Continue producing think within <think></think> and call tool within <interaction_prompt></interaction_prompt> until the answer is ready.\n5. Once the answer is complete, write:\n   <think>(final reasoning with the <interaction_response> and question)</think>\n   <answer>(final answer for the question)</answer><|im_end|>\n<|im_start|>assistant\n<think>I should ask.</think>\n<interaction_prompt>{\"name\": \"prompt\", \"arguments\": {\"prompt\": \"Who wrote Hamlet? Explain.\"}}</interaction_prompt><|im_end|>\n<|im_start|>user\n<interaction_response>\n{\"results\": [\"Some upstream answer.\"]}\n</interaction_response><|im_end|>\n<|im_start|>assistant\n<think>\nThe LLM says Shakespeare.</think>\n<answer>William Shakespeare</answer><|im_end|>",
-   "references": [],
-   "format": 1.0,
-   "f1": 0.0,
-   "em": 0.0,
-   "sm": 0.0,
-   "reward": 0.0,
-   "answer": "William Shakespeare"
-  },
-  {
-   "name": "empty-reference-substring",
-   "text": "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a great assistant. \n\n# Tools\n\nYou can call one or more powerful Large Language Models to answer the user's questions. But you MUST provide the tool with an explanation and analysis of the problem, as well as your thought process.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>\n{\"type\": \"function\", \"function\": {\"name\": \"prompt\", \"description\": \"Give an explanation of the question in detail.\", \"parameters\": {\"type\": \"object\", \"properties\": {\"prompt\": {\"type\": \"string\", \"description\": \"Give question and its explanation\"}}, \"required\": [\"prompt\"]}}}\n</tools>\n\nFor each function call, return a json object with function name and arguments within <interaction_prompt></interaction_prompt> XML tags:\n<interaction_prompt>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</interaction_prompt><|im_end|>\n<|im_start|>user\nQuestion: Who wrote Hamlet?\nFirst, provide a simple explanation of the question and give it to the large language model for a more accurate answer. Focus on explaining the question without deep reasoning in the first step. After receiving the response, think about the large language model's response, and by interacting with the large language model again and again, arrive at the final answer. Proceed step by step with the following rules:\n1. Only in the first step, provide a brief explanation of the question and give it to the large language model:\n   <think>(Brief thinking must not be over 80 words)</think>\n   <interaction_prompt>(give the question and its explanation to the large language model)</interaction_prompt>\n2. After the first step, in each interaction with the large language model, write:\n   <think>(your reasoning for the receiving response and question)</think>\n   <interaction_prompt>(new request to refine or validate the answer)</interaction_prompt>\n3. Each <interaction_prompt> must build on what came before. Do not just repeat the same content. Let the content of the <interaction_prompt>...</interaction_prompt> evolve naturally (for example: outline \u2192 add details \u2192 refine \u2192 check). \n4. Continue producing think within <think></think> and call tool within <interaction_prompt></interaction_prompt> until the answer is ready.\n5. Once the answer is complete, write:\n   <think>(final reasoning with the <interaction_response> and question)</think>\n   <answer>(final answer for the question)</answer><|im_end|>\n<|im_start|>assistant\n<think>I should ask.</think>\n<interaction_prompt>{\"name\": \"prompt\", \"arguments\": {\"prompt\": \"Who wrote Hamlet? Explain.\"}}</interaction_prompt><|im_end|>\n<|im_start|>user\n<interaction_response>\n{\"results\": [\"Some upstream answer.\"]}\n</interaction_response><|im_end|>\n<|im_start|>assistant\n<think>\nThe LLM says Shakespeare.</think>\n<answer>William Shakespeare</answer><|im_end|>",
-   "references": [
-    ""
-   ],
-   "format": 1.0,
-   "f1": 0.0,
-   "em": 0.0,
-   "sm": 1.0,
-   "reward": 0.0,
-   "answer": "William Shakespeare"
-  },
-  {
-   "name": "no-eos-appended",
-   "text": "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a great assistant. \n\n# Tools\n\nYou can call one or more powerful Large Language Models to answer the user's questions. But you MUST provide the tool with an explanation and analysis of the problem, as well as your thought process.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>\n{\"type\": \"function\", \"function\": {\"name\": \"prompt\", \"description\": \"Give an explanation of the question in detail.\", \"parameters\": {\"type\": \"object\", \"properties\": {\"prompt\": {\"type\": \"string\", \"description\": \"Give question and its explanation\"}}, \"required\": [\"prompt\"]}}}\n</tools>\n\nFor each function call, return a json object with function name and arguments within <interaction_prompt></interaction_prompt> XML tags:\n<interaction_prompt>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</interaction_prompt><|im_end|>\n<|im_start|>user\nQuestion: Who wrote Hamlet?\nFirst, provide a simple explanation of the question and give it to the large language model for a more accurate answer. Focus on explaining the question without deep reasoning in the first step. After receiving the response, think about the large language model's response, and by interacting with the large language model again and again, arrive at the final answer. Proceed step by step with the following rules:\n1. Only in the first step, provide a brief explanation of the question and give it to the large language model:\n   <think>(Brief thinking must not be over 80 words)</think>\n   <interaction_prompt>(give the question and its explanation to the large language model)</interaction_prompt>\n2. After the first step, in each interaction with the large language model, write:\n   <think>(your reasoning for the receiving response and question)</think>\n   <interaction_prompt>(new request to refine or validate the answer)</interaction_prompt>\n3. Each <interaction_prompt> must build on what came before. Do not just repeat the same content. Let the content of the <interaction_prompt>...</interaction_prompt> evolve naturally (for example: outline \u2192 add details \u2192 refine \u2192 check). \n4. Continue producing think within <think></think> and call tool within <interaction_prompt></interaction_prompt> until the answer is ready.\n5. Once the answer is complete, write:\n   <think>(final reasoning with the <interaction_response> and question)</think>\n   <answer>(final answer for the question)</answer><|im_end|>\n<|im_start|>assistant\n<think>I should ask.</think>\n<interaction_prompt>{\"name\": \"prompt\", \"arguments\": {\"prompt\": \"Who wrote Hamlet? Explain.\"}}</interaction_prompt><|im_end|>\n<|im_start|>user\n<interaction_response>\n{\"results\": [\"Some upstream answer.\"]}\n</interaction_response><|im_end|>\n<|im_start|>assistant\n<think>\nThe LLM says Shakespeare.</think>\n<answer>William Shakespeare</answer>",
-   "references": [
-    "William Shakespeare",
-    "Shakespeare"
-   ],
-   "format": 0.0,
-   "f1": 0.0,
-   "em": 0.0,
-   "sm": 0.0,
-   "reward": -1.0,
-   "answer": null
-  },
-  {
-   "name": "no-assistant-block",
-   "text": "just some text without chat markers",
-   "references": [
-    "William Shakespeare",
-    "Shakespeare"
-   ],
-   "format": 0.0,
-   "f1": 0.0,
-   "em": 0.0,
-   "sm": 0.0,
-   "reward": -1.0,
-   "answer": null
-  },
-  {
-   "name": "error-injection-then-answer",
-   "text": "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a great assistant. \n\n# Tools\n\nYou can call one or more powerful Large Language Models to answer the user's questions. But you MUST provide the tool with an explanation and analysis of the problem, as well as your thought process.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>\n{\"type\": \"function\", \"function\": {\"name\": \"prompt\", \"description\": \"Give an explanation of the question in detail.\", \"parameters\": {\"type\": \"object\", \"properties\": {\"prompt\": {\"type\": \"string\", \"description\": \"Give question and its explanation\"}}, \"required\": [\"prompt\"]}}}\n</tools>\n\nFor each function call, return a json object with function name and arguments within <interaction_prompt></interaction_prompt> XML tags:\n<interaction_prompt>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</interaction_prompt><|im_end|>\n<|im_start|>user\nQuestion: Who wrote Hamlet?\nFirst, provide a simple explanation of the question and give it to the large language model for a more accurate answer. Focus on explaining the question without deep reasoning in the first step. After receiving the response, think about the large language model's response, and by interacting with the large language model again and again, arrive at the final answer. Proceed step by step with the following rules:\n1. Only in the first step, provide a brief explanation of the question and give it to the large language model:\n   <think>(Brief thinking must not be over 80 words)</think>\n   <interaction_prompt>(give the question and its explanation to the large language model)</interaction_prompt>\n2. After the first step, in each interaction with the large language model, write:\n   <think>(your reasoning for the receiving response and question)</think>\n   <interaction_prompt>(new request to refine or validate the answer)</interaction_prompt>\n3. Each <interaction_prompt> must build on what came before. Do not just repeat the same content. Let the content of the <interaction_prompt>...</interaction_prompt> evolve naturally (for example: outline \u2192 add details \u2192 refine \u2192 check). \n4. Continue producing think within <think></think> and call tool within <interaction_prompt></interaction_prompt> until the answer is ready.\n5. Once the answer is complete, write:\n   <think>(final reasoning with the <interaction_response> and question)</think>\n   <answer>(final answer for the question)</answer><|im_end|>\n<|im_start|>assistant\n<think>x</think><interaction_prompt>{\"name\": \"search\"}</interaction_prompt><|im_end|>\n<|im_start|>user\n<interaction_response>\nError: No tool arguments\n</interaction_response><|im_end|>\n<|im_start|>assistant\n<think>\nThe LLM says Shakespeare.</think>\n<answer>William Shakespeare</answer><|im_end|>",
-   "references": [
-    "William Shakespeare",
-    "Shakespeare"
-   ],
-   "format": 1.0,
-   "f1": 1.0,
-   "em": 1.0,
-   "sm": 1.0,
-   "reward": 1.0,
-   "answer": "William Shakespeare"
-  },
-  {
-   "name": "answer-whitespace-variants",
-   "text": "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a great assistant. \n\n# Tools\n\nYou can call one or more powerful Large Language Models to answer the user's questions. But you MUST provide the tool with an explanation and analysis of the problem, as well as your thought process.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>\n{\"type\": \"function\", \"function\": {\"name\": \"prompt\", \"description\": \"Give an explanation of the question in detail.\", \"parameters\": {\"type\": \"object\", \"properties\": {\"prompt\": {\"type\": \"string\", \"description\": \"Give question and its explanation\"}}, \"required\": [\"prompt\"]}}}\n</tools>\n\nFor each function call, return a json object with function name and arguments within <interaction_prompt></interaction_prompt> XML tags:\n<interaction_prompt>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</interaction_prompt><|im_end|>\n<|im_start|>user\nQuestion: Who wrote Hamlet?\nFirst, provide a simple explanation of the question and give it to the large language model for a more accurate answer. Focus on explaining the question without deep reasoning in the first step. After receiving the response, think about the large language model's response, and by interacting with the large language model again and again, arrive at the final answer. Proceed step by step with the following rules:\n1. Only in the first step, provide a brief explanation of the question and give it to the large language model:\n   <think>(Brief thinking must not be over 80 words)</think>\n   <interaction_prompt>(give the question and its explanation to the large language model)</interaction_prompt>\n2. After the first step, in each interaction with the large language model, write:\n   <think>(your reasoning for the receiving response and question)</think>\n   <interaction_prompt>(new request to refine or validate the answer)</interaction_prompt>\n3. Each <interaction_prompt> must build on what came before. Do not just repeat the same content. Let the content of the <interaction_prompt>...</interaction_prompt> evolve naturally (for example: outline \u2192 add details \u2192 refine \u2192 check). \n4. Continue producing think within <think></think> and call tool within <interaction_prompt></interaction_prompt> until the answer is ready.\n5. Once the answer is complete, write:\n   <think>(final reasoning with the <interaction_response> and question)</think>\n   <answer>(final answer for the question)</answer><|im_end|>\n<|im_start|>assistant\n<think>I should ask.</think>\n<interaction_prompt>{\"name\": \"prompt\", \"arguments\": {\"prompt\": \"Who wrote Hamlet? Explain.\"}}</interaction_prompt><|im_end|>\n<|im_start|>user\n<interaction_response>\n{\"results\": [\"Some upstream answer.\"]}\n</interaction_response><|im_end|>\n<|im_start|>assistant\n<think>\nok</think><answer>\tWilliam\u2003Shakespeare\n</answer><|im_end|>",
-   "references": [
-    "William Shakespeare",
-    "Shakespeare"
-   ],
-   "format": 1.0,
-   "f1": 1.0,
-   "em": 1.0,
-   "sm": 1.0,
-   "reward": 1.0,
-   "answer": "William\u2003Shakespeare"
-  },
-  {
-   "name": "repeated-tokens-f1",
-   "text": "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a great assistant. \n\n# Tools\n\nYou can call one or more powerful Large Language Models to answer the user's questions. But you MUST provide the tool with an explanation and analysis of the problem, as well as your thought process.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>\n{\"type\": \"function\", \"function\": {\"name\": \"prompt\", \"description\": \"Give an explanation of the question in detail.\", \"parameters\": {\"type\": \"object\", \"properties\": {\"prompt\": {\"type\": \"string\", \"description\": \"Give question and its explanation\"}}, \"required\": [\"prompt\"]}}}\n</tools>\n\nFor each function call, return a json object with function name and arguments within <interaction_prompt></interaction_prompt> XML tags:\n<interaction_prompt>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</interaction_prompt><|im_end|>\n<|im_start|>user\nQuestion: Who wrote Hamlet?\nFirst, provide a simple explanation of the question and give it to the large language model for a more accurate answer. Focus on explaining the question without deep reasoning in the first step. After receiving the response, think about the large language model's response, and by interacting with the large language model again and again, arrive at the final answer. Proceed step by step with the following rules:\n1. Only in the first step, provide a brief explanation of the question and give it to the large language model:\n   <think>(Brief thinking must not be over 80 words)</think>\n   <interaction_prompt>(give the question and its explanation to the large language model)</interaction_prompt>\n2. After the first step, in each interaction with the large language model, write:\n   <think>(your reasoning for the receiving response and question)</think>\n   <interaction_prompt>(new request to refine or validate the answer)</interaction_prompt>\n3. Each <interaction_prompt> must build on what came before. Do not just repeat the same content. Let the content of the <interaction_prompt>...</interaction_prompt> evolve naturally (for example: outline \u2192 add details \u2192 refine \u2192 check). \n4. Continue producing think within <think></think> and call tool within <interaction_prompt></interaction_prompt> until the answer is ready.\n5. Once the answer is complete, write:\n   <think>(final reasoning with the <interaction_response> and question)</think>\n   <answer>(final answer for the question)</answer><|im_end|>\n<|im_start|>assistant\n<think>I should ask.</think>\n<interaction_prompt>{\"name\": \"prompt\", \"arguments\": {\"prompt\": \"Who wrote Hamlet? Explain.\"}}</interaction_prompt><|im_end|>\n<|im_start|>user\n<interaction_response>\n{\"results\": [\"Some upstream answer.\"]}\n</interaction_response><|im_end|>\n<|im_start|>assistant\n<think>\nok</think><answer>shakespeare shakespeare shakespeare</answer><|im_end|>",
-   "references": [
-    "William Shakespeare",
-    "Shakespeare"
-   ],
-   "format": 1.0,
-   "f1": 0.5,
-   "em": 0.0,
-   "sm": 1.0,
-   "reward": 0.5,
-   "answer": "shakespeare shakespeare shakespeare"
-  },
-  {
-   "name": "nested-think-in-final",
-   "text": "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a great assistant. \n\n# Tools\n\nYou can call one or more powerful Large Language Models to answer the user's questions. But you MUST provide the tool with an explanation and analysis of the problem, as well as your thought process.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>\n{\"type\": \"function\", \"function\": {\"name\": \"prompt\", \"description\": \"Give an explanation of the question in detail.\", \"parameters\": {\"type\": \"object\", \"properties\": {\"prompt\": {\"type\": \"string\", \"description\": \"Give question and its explanation\"}}, \"required\": [\"prompt\"]}}}\n</tools>\n\nFor each function call, return a json object with function name and arguments within <interaction_prompt></interaction_prompt> XML tags:\n<interaction_prompt>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</interaction_prompt><|im_end|>\n<|im_start|>user\nQuestion: Who wrote Hamlet?\nFirst, provide a simple explanation of the question and give it to the large language model for a more accurate answer. Focus on explaining the question without deep reasoning in the first step. After receiving the response, think about the large language model's response, and by interacting with the large language model again and again, arrive at the final answer. Proceed step by step with the following rules:\n1. Only in the first step, provide a brief explanation of the question and give it to the large language model:\n   <think>(Brief thinking must not be over 80 words)</think>\n   <interaction_prompt>(give the question and its explanation to the large language model)</interaction_prompt>\n2. After the first step, in each interaction with the large language model, write:\n   <think>(your reasoning for the receiving response and question)</think>\n   <interaction_prompt>(new request to refine or validate the answer)</interaction_prompt>\n3. Each <interaction_prompt> must build on what came before. Do not just repeat the same content. Let the content of the <interaction_prompt>...</interaction_prompt> evolve naturally (for example: outline \u2192 add details \u2192 refine \u2192 check). \n4. Continue producing think within <think></think> and call tool within <interaction_prompt></interaction_prompt> until the answer is ready.\n5. Once the answer is complete, write:\n   <think>(final reasoning with the <interaction_response> and question)</think>\n   <answer>(final answer for the question)</answer><|im_end|>\n<|im_start|>assistant\n<think>I should ask.</think>\n<interaction_prompt>{\"name\": \"prompt\", \"arguments\": {\"prompt\": \"Who wrote Hamlet? Explain.\"}}</interaction_prompt><|im_end|>\n<|im_start|>user\n<interaction_response>\n{\"results\": [\"Some upstream answer.\"]}\n</interaction_response><|im_end|>\n<|im_start|>assistant\n<think>\na</think><think>b</think><answer>Shakespeare</answer><|im_end|>",
-   "references": [
-    "William Shakespeare",
-    "Shakespeare"
-   ],
-   "format": 1.0,
-   "f1": 1.0,
-   "em": 1.0,
-   "sm": 1.0,
-   "reward": 1.0,
-   "answer": "Shakespeare"
-  },
-  {
-   "name": "answer-before-think-close",
-   "text": "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a great assistant. \n\n# Tools\n\nYou can call one or more powerful Large Language Models to answer the user's questions. But you MUST provide the tool with an explanation and analysis of the problem, as well as your thought process.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>\n{\"type\": \"function\", \"function\": {\"name\": \"prompt\", \"description\": \"Give an explanation of the question in detail.\", \"parameters\": {\"type\": \"object\", \"properties\": {\"prompt\": {\"type\": \"string\", \"description\": \"Give question and its explanation\"}}, \"required\": [\"prompt\"]}}}\n</tools>\n\nFor each function call, return a json object with function name and arguments within <interaction_prompt></interaction_prompt> XML tags:\n<interaction_prompt>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</interaction_prompt><|im_end|>\n<|im_start|>user\nQuestion: Who wrote Hamlet?\nFirst, provide a simple explanation of the question and give it to the large language model for a more accurate answer. Focus on explaining the question without deep reasoning in the first step. After receiving the response, think about the large language model's response, and by interacting with the large language model again and again, arrive at the final answer. Proceed step by step with the following rules:\n1. Only in the first step, provide a brief explanation of the question and give it to the large language model:\n   <think>(Brief thinking must not be over 80 words)</think>\n   <interaction_prompt>(give the question and its explanation to the large language model)</interaction_prompt>\n2. After the first step, in each interaction with the large language model, write:\n   <think>(your reasoning for the receiving response and question)</think>\n   <interaction_prompt>(new request to refine or validate the answer)</interaction_prompt>\n3. Each <interaction_prompt> must build on what came before. Do not just repeat the same content. Let the content of the <interaction_prompt>...</interaction_prompt> evolve naturally (for example: outline \u2192 add details \u2192 refine \u2192 check). \n4. Continue producing think within <think></think> and call tool within <interaction_prompt></interaction_prompt> until the answer is ready.\n5. Once the answer is complete, write:\n   <think>(final reasoning with the <interaction_response> and question)</think>\n   <answer>(final answer for the question)</answer><|im_end|>\n<|im_start|>assistant\n<think>I should ask.</think>\n<interaction_prompt>{\"name\": \"prompt\", \"arguments\": {\"prompt\": \"Who wrote Hamlet? Explain.\"}}</interaction_prompt><|im_end|>\n<|im_start|>user\n<interaction_response>\n{\"results\": [\"Some upstream answer.\"]}\n</interaction_response><|im_end|>\n<|im_start|>assistant\n<think>\na<answer>x</answer></think><answer>Shakespeare</answer><|im_end|>",
-   "references": [
-    "William Shakespeare",
-    "Shakespeare"
-   ],
-   "format": 1.0,
-   "f1": 0.0,
-   "em": 0.0,
-   "sm": 0.0,
-   "reward": 0.0,
-   "answer": "x"
-  },
-  {
-   "name": "im-start-inside-block",
-   "text": "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a great assistant. \n\n# Tools\n\nYou can call one or more powerful Large Language Models to answer the user's questions. But you MUST provide the tool with an explanation and analysis of the problem, as well as your thought process.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>\n{\"type\": \"function\", \"function\": {\"name\": \"prompt\", \"description\": \"Give an explanation of the question in detail.\", \"parameters\": {\"type\": \"object\", \"properties\": {\"prompt\": {\"type\": \"string\", \"description\": \"Give question and its explanation\"}}, \"required\": [\"prompt\"]}}}\n</tools>\n\nFor each function call, return a json object with function name and arguments within <interaction_prompt></interaction_prompt> XML tags:\n<interaction_prompt>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</interaction_prompt><|im_end|>\n<|im_start|>user\nQuestion: Who wrote Hamlet?\nFirst, provide a simple explanation of the question and give it to the large language model for a more accurate answer. Focus on explaining the question without deep reasoning in the first step. After receiving the response, think about the large language model's response, and by interacting with the large language model again and again, arrive at the final answer. Proceed step by step with the following rules:\n1. Only in the first step, provide a brief explanation of the question and give it to the large language model:\n   <think>(Brief thinking must not be over 80 words)</think>\n   <interaction_prompt>(give the question and its explanation to the large language model)</interaction_prompt>\n2. After the first step, in each interaction with the large language model, write:\n   <think>(your reasoning for the receiving response and question)</think>\n   <interaction_prompt>(new request to refine or validate the answer)</interaction_prompt>\n3. Each <interaction_prompt> must build on what came before. Do not just repeat the same content. Let the content of the <interaction_prompt>...</interaction_prompt> evolve naturally (for example: outline \u2192 add details \u2192 refine \u2192 check). \n4. Continue producing think within <think></think> and call tool within <interaction_prompt></interaction_prompt> until the answer is ready.\n5. Once the answer is complete, write:\n   <think>(final reasoning with the <interaction_response> and question)</think>\n   <answer>(final answer for the question)</answer><|im_end|>\n<|im_start|>assistant\n<think>I should ask.</think>\n<interaction_prompt>{\"name\": \"prompt\", \"arguments\": {\"prompt\": \"Who wrote Hamlet? Explain.\"}}</interaction_prompt><|im_end|>\n<|im_start|>user\n<interaction_response>\n{\"results\": [\"Some upstream answer.\"]}\n</interaction_response><|im_end|>\n<|im_start|>assistant\n<think>\na</think><|im_start|>assistant\n<answer>Shakespeare</answer><|im_end|>",
-   "references": [
-    "William Shakespeare",
-    "Shakespeare"
-   ],
-   "format": 1.0,
-   "f1": 1.0,
-   "em": 1.0,
-   "sm": 1.0,
-   "reward": 1.0,
-   "answer": "Shakespeare"
-  }
- ]
-}
-"""#
+    {
+     "firstPrompt": [
+      {
+       "question": "Who wrote Hamlet?",
+       "rendered": "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a great assistant. \n\n# Tools\n\nYou can call one or more powerful Large Language Models to answer the user's questions. But you MUST provide the tool with an explanation and analysis of the problem, as well as your thought process.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>\n{\"type\": \"function\", \"function\": {\"name\": \"prompt\", \"description\": \"Give an explanation of the question in detail.\", \"parameters\": {\"type\": \"object\", \"properties\": {\"prompt\": {\"type\": \"string\", \"description\": \"Give question and its explanation\"}}, \"required\": [\"prompt\"]}}}\n</tools>\n\nFor each function call, return a json object with function name and arguments within <interaction_prompt></interaction_prompt> XML tags:\n<interaction_prompt>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</interaction_prompt><|im_end|>\n<|im_start|>user\nQuestion: Who wrote Hamlet?\nFirst, provide a simple explanation of the question and give it to the large language model for a more accurate answer. Focus on explaining the question without deep reasoning in the first step. After receiving the response, think about the large language model's response, and by interacting with the large language model again and again, arrive at the final answer. Proceed step by step with the following rules:\n1. Only in the first step, provide a brief explanation of the question and give it to the large language model:\n   <think>(Brief thinking must not be over 80 words)</think>\n   <interaction_prompt>(give the question and its explanation to the large language model)</interaction_prompt>\n2. After the first step, in each interaction with the large language model, write:\n   <think>(your reasoning for the receiving response and question)</think>\n   <interaction_prompt>(new request to refine or validate the answer)</interaction_prompt>\n3. Each <interaction_prompt> must build on what came before. Do not just repeat the same content. Let the content of the <interaction_prompt>...</interaction_prompt> evolve naturally (for example: outline \u2192 add details \u2192 refine \u2192 check). \n4. Continue producing think within <think></think> and call tool within <interaction_prompt></interaction_prompt> until the answer is ready.\n5. Once the answer is complete, write:\n   <think>(final reasoning with the <interaction_response> and question)</think>\n   <answer>(final answer for the question)</answer><|im_end|>\n<|im_start|>assistant\n"
+      },
+      {
+       "question": "",
+       "rendered": "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a great assistant. \n\n# Tools\n\nYou can call one or more powerful Large Language Models to answer the user's questions. But you MUST provide the tool with an explanation and analysis of the problem, as well as your thought process.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>\n{\"type\": \"function\", \"function\": {\"name\": \"prompt\", \"description\": \"Give an explanation of the question in detail.\", \"parameters\": {\"type\": \"object\", \"properties\": {\"prompt\": {\"type\": \"string\", \"description\": \"Give question and its explanation\"}}, \"required\": [\"prompt\"]}}}\n</tools>\n\nFor each function call, return a json object with function name and arguments within <interaction_prompt></interaction_prompt> XML tags:\n<interaction_prompt>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</interaction_prompt><|im_end|>\n<|im_start|>user\nQuestion: \nFirst, provide a simple explanation of the question and give it to the large language model for a more accurate answer. Focus on explaining the question without deep reasoning in the first step. After receiving the response, think about the large language model's response, and by interacting with the large language model again and again, arrive at the final answer. Proceed step by step with the following rules:\n1. Only in the first step, provide a brief explanation of the question and give it to the large language model:\n   <think>(Brief thinking must not be over 80 words)</think>\n   <interaction_prompt>(give the question and its explanation to the large language model)</interaction_prompt>\n2. After the first step, in each interaction with the large language model, write:\n   <think>(your reasoning for the receiving response and question)</think>\n   <interaction_prompt>(new request to refine or validate the answer)</interaction_prompt>\n3. Each <interaction_prompt> must build on what came before. Do not just repeat the same content. Let the content of the <interaction_prompt>...</interaction_prompt> evolve naturally (for example: outline \u2192 add details \u2192 refine \u2192 check). \n4. Continue producing think within <think></think> and call tool within <interaction_prompt></interaction_prompt> until the answer is ready.\n5. Once the answer is complete, write:\n   <think>(final reasoning with the <interaction_response> and question)</think>\n   <answer>(final answer for the question)</answer><|im_end|>\n<|im_start|>assistant\n"
+      },
+      {
+       "question": "Caf\u00e9 \u5317\u4eac \ud83d\ude00 \"quoted\" \\ back",
+       "rendered": "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a great assistant. \n\n# Tools\n\nYou can call one or more powerful Large Language Models to answer the user's questions. But you MUST provide the tool with an explanation and analysis of the problem, as well as your thought process.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>\n{\"type\": \"function\", \"function\": {\"name\": \"prompt\", \"description\": \"Give an explanation of the question in detail.\", \"parameters\": {\"type\": \"object\", \"properties\": {\"prompt\": {\"type\": \"string\", \"description\": \"Give question and its explanation\"}}, \"required\": [\"prompt\"]}}}\n</tools>\n\nFor each function call, return a json object with function name and arguments within <interaction_prompt></interaction_prompt> XML tags:\n<interaction_prompt>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</interaction_prompt><|im_end|>\n<|im_start|>user\nQuestion: Caf\u00e9 \u5317\u4eac \ud83d\ude00 \"quoted\" \\ back\nFirst, provide a simple explanation of the question and give it to the large language model for a more accurate answer. Focus on explaining the question without deep reasoning in the first step. After receiving the response, think about the large language model's response, and by interacting with the large language model again and again, arrive at the final answer. Proceed step by step with the following rules:\n1. Only in the first step, provide a brief explanation of the question and give it to the large language model:\n   <think>(Brief thinking must not be over 80 words)</think>\n   <interaction_prompt>(give the question and its explanation to the large language model)</interaction_prompt>\n2. After the first step, in each interaction with the large language model, write:\n   <think>(your reasoning for the receiving response and question)</think>\n   <interaction_prompt>(new request to refine or validate the answer)</interaction_prompt>\n3. Each <interaction_prompt> must build on what came before. Do not just repeat the same content. Let the content of the <interaction_prompt>...</interaction_prompt> evolve naturally (for example: outline \u2192 add details \u2192 refine \u2192 check). \n4. Continue producing think within <think></think> and call tool within <interaction_prompt></interaction_prompt> until the answer is ready.\n5. Once the answer is complete, write:\n   <think>(final reasoning with the <interaction_response> and question)</think>\n   <answer>(final answer for the question)</answer><|im_end|>\n<|im_start|>assistant\n"
+      },
+      {
+       "question": "line1\nline2\n\ttabbed",
+       "rendered": "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a great assistant. \n\n# Tools\n\nYou can call one or more powerful Large Language Models to answer the user's questions. But you MUST provide the tool with an explanation and analysis of the problem, as well as your thought process.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>\n{\"type\": \"function\", \"function\": {\"name\": \"prompt\", \"description\": \"Give an explanation of the question in detail.\", \"parameters\": {\"type\": \"object\", \"properties\": {\"prompt\": {\"type\": \"string\", \"description\": \"Give question and its explanation\"}}, \"required\": [\"prompt\"]}}}\n</tools>\n\nFor each function call, return a json object with function name and arguments within <interaction_prompt></interaction_prompt> XML tags:\n<interaction_prompt>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</interaction_prompt><|im_end|>\n<|im_start|>user\nQuestion: line1\nline2\n\ttabbed\nFirst, provide a simple explanation of the question and give it to the large language model for a more accurate answer. Focus on explaining the question without deep reasoning in the first step. After receiving the response, think about the large language model's response, and by interacting with the large language model again and again, arrive at the final answer. Proceed step by step with the following rules:\n1. Only in the first step, provide a brief explanation of the question and give it to the large language model:\n   <think>(Brief thinking must not be over 80 words)</think>\n   <interaction_prompt>(give the question and its explanation to the large language model)</interaction_prompt>\n2. After the first step, in each interaction with the large language model, write:\n   <think>(your reasoning for the receiving response and question)</think>\n   <interaction_prompt>(new request to refine or validate the answer)</interaction_prompt>\n3. Each <interaction_prompt> must build on what came before. Do not just repeat the same content. Let the content of the <interaction_prompt>...</interaction_prompt> evolve naturally (for example: outline \u2192 add details \u2192 refine \u2192 check). \n4. Continue producing think within <think></think> and call tool within <interaction_prompt></interaction_prompt> until the answer is ready.\n5. Once the answer is complete, write:\n   <think>(final reasoning with the <interaction_response> and question)</think>\n   <answer>(final answer for the question)</answer><|im_end|>\n<|im_start|>assistant\n"
+      },
+      {
+       "question": "  spaced  ",
+       "rendered": "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a great assistant. \n\n# Tools\n\nYou can call one or more powerful Large Language Models to answer the user's questions. But you MUST provide the tool with an explanation and analysis of the problem, as well as your thought process.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>\n{\"type\": \"function\", \"function\": {\"name\": \"prompt\", \"description\": \"Give an explanation of the question in detail.\", \"parameters\": {\"type\": \"object\", \"properties\": {\"prompt\": {\"type\": \"string\", \"description\": \"Give question and its explanation\"}}, \"required\": [\"prompt\"]}}}\n</tools>\n\nFor each function call, return a json object with function name and arguments within <interaction_prompt></interaction_prompt> XML tags:\n<interaction_prompt>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</interaction_prompt><|im_end|>\n<|im_start|>user\nQuestion:   spaced  \nFirst, provide a simple explanation of the question and give it to the large language model for a more accurate answer. Focus on explaining the question without deep reasoning in the first step. After receiving the response, think about the large language model's response, and by interacting with the large language model again and again, arrive at the final answer. Proceed step by step with the following rules:\n1. Only in the first step, provide a brief explanation of the question and give it to the large language model:\n   <think>(Brief thinking must not be over 80 words)</think>\n   <interaction_prompt>(give the question and its explanation to the large language model)</interaction_prompt>\n2. After the first step, in each interaction with the large language model, write:\n   <think>(your reasoning for the receiving response and question)</think>\n   <interaction_prompt>(new request to refine or validate the answer)</interaction_prompt>\n3. Each <interaction_prompt> must build on what came before. Do not just repeat the same content. Let the content of the <interaction_prompt>...</interaction_prompt> evolve naturally (for example: outline \u2192 add details \u2192 refine \u2192 check). \n4. Continue producing think within <think></think> and call tool within <interaction_prompt></interaction_prompt> until the answer is ready.\n5. Once the answer is complete, write:\n   <think>(final reasoning with the <interaction_response> and question)</think>\n   <answer>(final answer for the question)</answer><|im_end|>\n<|im_start|>assistant\n"
+      }
+     ],
+     "toolJSON": "{\"type\": \"function\", \"function\": {\"name\": \"prompt\", \"description\": \"Give an explanation of the question in detail.\", \"parameters\": {\"type\": \"object\", \"properties\": {\"prompt\": {\"type\": \"string\", \"description\": \"Give question and its explanation\"}}, \"required\": [\"prompt\"]}}}",
+     "upstreamSystemPrompt": "You are a helpful assistant. Please read the provided content (including previous conversations and the current task) and help the user complete the task or answer the question. ",
+     "dumps": [
+      {
+       "s": "",
+       "dumps": "\"\"",
+       "results": "{\"results\": [\"\"]}"
+      },
+      {
+       "s": "plain",
+       "dumps": "\"plain\"",
+       "results": "{\"results\": [\"plain\"]}"
+      },
+      {
+       "s": "quote \" backslash \\ slash /",
+       "dumps": "\"quote \\\" backslash \\\\ slash /\"",
+       "results": "{\"results\": [\"quote \\\" backslash \\\\ slash /\"]}"
+      },
+      {
+       "s": "\n\r\t\b\f",
+       "dumps": "\"\\n\\r\\t\\b\\f\"",
+       "results": "{\"results\": [\"\\n\\r\\t\\b\\f\"]}"
+      },
+      {
+       "s": "\u0000\u0001\u001f\u007f\u0080",
+       "dumps": "\"\\u0000\\u0001\\u001f\\u007f\\u0080\"",
+       "results": "{\"results\": [\"\\u0000\\u0001\\u001f\\u007f\\u0080\"]}"
+      },
+      {
+       "s": "caf\u00e9 \u5317\u4eac",
+       "dumps": "\"caf\\u00e9 \\u5317\\u4eac\"",
+       "results": "{\"results\": [\"caf\\u00e9 \\u5317\\u4eac\"]}"
+      },
+      {
+       "s": "\ud83d\ude00\ud83d\udc68\u200d\ud83d\udc69",
+       "dumps": "\"\\ud83d\\ude00\\ud83d\\udc68\\u200d\\ud83d\\udc69\"",
+       "results": "{\"results\": [\"\\ud83d\\ude00\\ud83d\\udc68\\u200d\\ud83d\\udc69\"]}"
+      },
+      {
+       "s": "\u2028\u2029\ufeff",
+       "dumps": "\"\\u2028\\u2029\\ufeff\"",
+       "results": "{\"results\": [\"\\u2028\\u2029\\ufeff\"]}"
+      },
+      {
+       "s": "<|im_end|>",
+       "dumps": "\"<|im_end|>\"",
+       "results": "{\"results\": [\"<|im_end|>\"]}"
+      }
+     ],
+     "injection": [
+      {
+       "answer": "short answer",
+       "maxChars": 2048,
+       "mode": "answer",
+       "injection": "<|im_end|>\n<|im_start|>user\n<interaction_response>\n{\"results\": [\"short answer\"]}\n</interaction_response><|im_end|>\n<|im_start|>assistant\n<think>\n"
+      },
+      {
+       "answer": "short answer",
+       "maxChars": 2048,
+       "mode": "serializedResult",
+       "injection": "<|im_end|>\n<|im_start|>user\n<interaction_response>\n{\"results\": [\"short answer\"]}\n</interaction_response><|im_end|>\n<|im_start|>assistant\n<think>\n"
+      },
+      {
+       "answer": "abcdefghij",
+       "maxChars": 10,
+       "mode": "answer",
+       "injection": "<|im_end|>\n<|im_start|>user\n<interaction_response>\n{\"results\": [\"abcdefghij\"]}\n</interaction_response><|im_end|>\n<|im_start|>assistant\n<think>\n"
+      },
+      {
+       "answer": "abcdefghij",
+       "maxChars": 10,
+       "mode": "serializedResult",
+       "injection": "<|im_end|>\n<|im_start|>user\n<interaction_response>\n{\"results\"...\n</interaction_response><|im_end|>\n<|im_start|>assistant\n<think>\n"
+      },
+      {
+       "answer": "abcdefghij",
+       "maxChars": 9,
+       "mode": "answer",
+       "injection": "<|im_end|>\n<|im_start|>user\n<interaction_response>\n{\"results\": [\"abcdefghi...\"]}\n</interaction_response><|im_end|>\n<|im_start|>assistant\n<think>\n"
+      },
+      {
+       "answer": "abcdefghij",
+       "maxChars": 9,
+       "mode": "serializedResult",
+       "injection": "<|im_end|>\n<|im_start|>user\n<interaction_response>\n{\"results...\n</interaction_response><|im_end|>\n<|im_start|>assistant\n<think>\n"
+      },
+      {
+       "answer": "abcdefghij",
+       "maxChars": 0,
+       "mode": "answer",
+       "injection": "<|im_end|>\n<|im_start|>user\n<interaction_response>\n{\"results\": [\"...\"]}\n</interaction_response><|im_end|>\n<|im_start|>assistant\n<think>\n"
+      },
+      {
+       "answer": "abcdefghij",
+       "maxChars": 0,
+       "mode": "serializedResult",
+       "injection": "<|im_end|>\n<|im_start|>user\n<interaction_response>\n...\n</interaction_response><|im_end|>\n<|im_start|>assistant\n<think>\n"
+      },
+      {
+       "answer": "\ud83d\ude00\ud83d\ude00\ud83d\ude00\ud83d\ude00\ud83d\ude00tail",
+       "maxChars": 3,
+       "mode": "answer",
+       "injection": "<|im_end|>\n<|im_start|>user\n<interaction_response>\n{\"results\": [\"\\ud83d\\ude00\\ud83d\\ude00\\ud83d\\ude00...\"]}\n</interaction_response><|im_end|>\n<|im_start|>assistant\n<think>\n"
+      },
+      {
+       "answer": "\ud83d\ude00\ud83d\ude00\ud83d\ude00\ud83d\ude00\ud83d\ude00tail",
+       "maxChars": 3,
+       "mode": "serializedResult",
+       "injection": "<|im_end|>\n<|im_start|>user\n<interaction_response>\n{\"r...\n</interaction_response><|im_end|>\n<|im_start|>assistant\n<think>\n"
+      },
+      {
+       "answer": "e\u0301e\u0301e\u0301e\u0301",
+       "maxChars": 5,
+       "mode": "answer",
+       "injection": "<|im_end|>\n<|im_start|>user\n<interaction_response>\n{\"results\": [\"e\\u0301e\\u0301e...\"]}\n</interaction_response><|im_end|>\n<|im_start|>assistant\n<think>\n"
+      },
+      {
+       "answer": "e\u0301e\u0301e\u0301e\u0301",
+       "maxChars": 5,
+       "mode": "serializedResult",
+       "injection": "<|im_end|>\n<|im_start|>user\n<interaction_response>\n{\"res...\n</interaction_response><|im_end|>\n<|im_start|>assistant\n<think>\n"
+      },
+      {
+       "answer": "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxx \"q\" \u00e9",
+       "maxChars": 25,
+       "mode": "answer",
+       "injection": "<|im_end|>\n<|im_start|>user\n<interaction_response>\n{\"results\": [\"xxxxxxxxxxxxxxxxxxxxxxxxx...\"]}\n</interaction_response><|im_end|>\n<|im_start|>assistant\n<think>\n"
+      },
+      {
+       "answer": "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxx \"q\" \u00e9",
+       "maxChars": 25,
+       "mode": "serializedResult",
+       "injection": "<|im_end|>\n<|im_start|>user\n<interaction_response>\n{\"results\": [\"xxxxxxxxxxx...\n</interaction_response><|im_end|>\n<|im_start|>assistant\n<think>\n"
+      },
+      {
+       "answer": "Line one.\nLine two with \"quotes\".",
+       "maxChars": 12,
+       "mode": "answer",
+       "injection": "<|im_end|>\n<|im_start|>user\n<interaction_response>\n{\"results\": [\"Line one.\\nLi...\"]}\n</interaction_response><|im_end|>\n<|im_start|>assistant\n<think>\n"
+      },
+      {
+       "answer": "Line one.\nLine two with \"quotes\".",
+       "maxChars": 12,
+       "mode": "serializedResult",
+       "injection": "<|im_end|>\n<|im_start|>user\n<interaction_response>\n{\"results\": ...\n</interaction_response><|im_end|>\n<|im_start|>assistant\n<think>\n"
+      }
+     ],
+     "strip": [
+      {
+       "s": " \t\n x y \r\n",
+       "strip": "x y",
+       "split": [
+        "x",
+        "y"
+       ]
+      },
+      {
+       "s": "\u00a0\u3000x\u2003",
+       "strip": "x",
+       "split": [
+        "x"
+       ]
+      },
+      {
+       "s": "\u200bx\u200b",
+       "strip": "\u200bx\u200b",
+       "split": [
+        "\u200bx\u200b"
+       ]
+      },
+      {
+       "s": "\u001c\u001dx\u001e\u001f",
+       "strip": "x",
+       "split": [
+        "x"
+       ]
+      },
+      {
+       "s": "\u0085x",
+       "strip": "x",
+       "split": [
+        "x"
+       ]
+      },
+      {
+       "s": "",
+       "strip": "",
+       "split": []
+      },
+      {
+       "s": "   ",
+       "strip": "",
+       "split": []
+      }
+     ],
+     "normalize": [
+      {
+       "s": "The Cat!",
+       "normalized": "cat"
+      },
+      {
+       "s": "an apple a day",
+       "normalized": "apple day"
+      },
+      {
+       "s": "A.B.C.",
+       "normalized": "abc"
+      },
+      {
+       "s": "  Hello,   World  ",
+       "normalized": "hello world"
+      },
+      {
+       "s": "the_the",
+       "normalized": "thethe"
+      },
+      {
+       "s": "\u00c9cole",
+       "normalized": "\u00e9cole"
+      },
+      {
+       "s": "\u039f\u0394\u03a5\u03a3\u03a3\u0395\u03a5\u03a3 \u03a3",
+       "normalized": "\u03bf\u03b4\u03c5\u03c3\u03c3\u03b5\u03c5\u03c2 \u03c3"
+      },
+      {
+       "s": "theatre then",
+       "normalized": "theatre then"
+      },
+      {
+       "s": "l'\u00e9t\u00e9",
+       "normalized": "l\u00e9t\u00e9"
+      },
+      {
+       "s": "Stra\u00dfe",
+       "normalized": "stra\u00dfe"
+      },
+      {
+       "s": "\u0130I",
+       "normalized": "i\u0307i"
+      },
+      {
+       "s": "x\u00b2 the\u00b2",
+       "normalized": "x\u00b2 the\u00b2"
+      },
+      {
+       "s": "a\u0301 b",
+       "normalized": "\u0301 b"
+      },
+      {
+       "s": "\u2160 the \u2160",
+       "normalized": "\u2170 \u2170"
+      }
+     ],
+     "parse": [
+      {
+       "name": "json",
+       "text": "<think>t</think>\n<interaction_prompt>{\"name\": \"prompt\", \"arguments\": {\"prompt\": \"Explain X.\"}}</interaction_prompt>",
+       "kind": "call",
+       "form": "json",
+       "prompt": "Explain X."
+      },
+      {
+       "name": "json-escapes",
+       "text": "<interaction_prompt>\n{\"name\": \"prompt\", \"arguments\": {\"prompt\": \"multi\\nline \\u00e9 \\ud83d\\ude00\"}}\n</interaction_prompt>",
+       "kind": "call",
+       "form": "json",
+       "prompt": "multi\nline \u00e9 \ud83d\ude00"
+      },
+      {
+       "name": "plain",
+       "text": "<interaction_prompt>What is the capital of France? It is a country in Europe.</interaction_prompt>",
+       "kind": "call",
+       "form": "plainText",
+       "prompt": "What is the capital of France? It is a country in Europe."
+      },
+      {
+       "name": "plain-strip",
+       "text": "<interaction_prompt>\n  plain with spaces \u00a0\n</interaction_prompt>",
+       "kind": "call",
+       "form": "plainText",
+       "prompt": "plain with spaces"
+      },
+      {
+       "name": "json-missing-brace",
+       "text": "<interaction_prompt>{\"name\": \"prompt\", \"arguments\": {\"prompt\": \"x\"}</interaction_prompt>",
+       "kind": "error",
+       "error": "Error: JSONDecodeError"
+      },
+      {
+       "name": "json-extra-data",
+       "text": "<interaction_prompt>{\"name\": \"prompt\", \"arguments\": {\"prompt\": \"x\"}} trailing</interaction_prompt>",
+       "kind": "error",
+       "error": "Error: JSONDecodeError"
+      },
+      {
+       "name": "json-unquoted-key",
+       "text": "<interaction_prompt>{name: \"prompt\"}</interaction_prompt>",
+       "kind": "error",
+       "error": "Error: JSONDecodeError"
+      },
+      {
+       "name": "no-name",
+       "text": "<interaction_prompt>{\"arguments\": {\"prompt\": \"x\"}}</interaction_prompt>",
+       "kind": "error",
+       "error": "Error: No tool name"
+      },
+      {
+       "name": "no-arguments",
+       "text": "<interaction_prompt>{\"name\": \"prompt\"}</interaction_prompt>",
+       "kind": "error",
+       "error": "Error: No tool arguments"
+      },
+      {
+       "name": "wrong-tool",
+       "text": "<interaction_prompt>{\"name\": \"search\", \"arguments\": {\"prompt\": \"x\"}}</interaction_prompt>",
+       "kind": "error",
+       "error": "Error: ToolNotFoundError"
+      },
+      {
+       "name": "numeric-name",
+       "text": "<interaction_prompt>{\"name\": 5, \"arguments\": {\"prompt\": \"x\"}}</interaction_prompt>",
+       "kind": "error",
+       "error": "Error: ToolNotFoundError"
+      },
+      {
+       "name": "missing-prompt-arg",
+       "text": "<interaction_prompt>{\"name\": \"prompt\", \"arguments\": {\"query\": \"x\"}}</interaction_prompt>",
+       "kind": "error",
+       "error": "Error: Invalid tool arguments"
+      },
+      {
+       "name": "non-string-prompt",
+       "text": "<interaction_prompt>{\"name\": \"prompt\", \"arguments\": {\"prompt\": 42}}</interaction_prompt>",
+       "kind": "error",
+       "error": "Error: Invalid tool arguments"
+      },
+      {
+       "name": "string-arguments",
+       "text": "<interaction_prompt>{\"name\": \"prompt\", \"arguments\": \"x\"}</interaction_prompt>",
+       "kind": "error",
+       "error": "Error: Invalid tool arguments"
+      },
+      {
+       "name": "extra-args",
+       "text": "<interaction_prompt>{\"name\": \"prompt\", \"arguments\": {\"prompt\": \"x\", \"extra\": [1, 2.5, null, true]}}</interaction_prompt>",
+       "kind": "call",
+       "form": "json",
+       "prompt": "x"
+      },
+      {
+       "name": "empty-json-prompt",
+       "text": "<interaction_prompt>{\"name\": \"prompt\", \"arguments\": {\"prompt\": \"\"}}</interaction_prompt>",
+       "kind": "call",
+       "form": "json",
+       "prompt": ""
+      },
+      {
+       "name": "empty-body",
+       "text": "<interaction_prompt>   </interaction_prompt>",
+       "kind": "error",
+       "error": "Error: JSONDecodeError"
+      },
+      {
+       "name": "json-array-is-plain",
+       "text": "<interaction_prompt>[\"prompt\", \"x\"]</interaction_prompt>",
+       "kind": "call",
+       "form": "plainText",
+       "prompt": "[\"prompt\", \"x\"]"
+      },
+      {
+       "name": "json-string-is-plain",
+       "text": "<interaction_prompt>\"quoted\"</interaction_prompt>",
+       "kind": "call",
+       "form": "plainText",
+       "prompt": "\"quoted\""
+      },
+      {
+       "name": "duplicate-key-last-wins",
+       "text": "<interaction_prompt>{\"name\": \"prompt\", \"name\": \"other\", \"arguments\": {\"prompt\": \"x\"}}</interaction_prompt>",
+       "kind": "error",
+       "error": "Error: ToolNotFoundError"
+      },
+      {
+       "name": "raw-control-char",
+       "text": "<interaction_prompt>{\"name\": \"prompt\", \"arguments\": {\"prompt\": \"tab\there\"}}</interaction_prompt>",
+       "kind": "error",
+       "error": "Error: JSONDecodeError"
+      },
+      {
+       "name": "nan-literal",
+       "text": "<interaction_prompt>{\"name\": \"prompt\", \"arguments\": {\"prompt\": \"x\"}, \"n\": NaN}</interaction_prompt>",
+       "kind": "call",
+       "form": "json",
+       "prompt": "x"
+      },
+      {
+       "name": "leading-zero",
+       "text": "<interaction_prompt>{\"name\": \"prompt\", \"arguments\": {\"prompt\": \"x\"}, \"n\": 01}</interaction_prompt>",
+       "kind": "error",
+       "error": "Error: JSONDecodeError"
+      },
+      {
+       "name": "bad-escape",
+       "text": "<interaction_prompt>{\"name\": \"prompt\", \"arguments\": {\"prompt\": \"bad \\x escape\"}}</interaction_prompt>",
+       "kind": "error",
+       "error": "Error: JSONDecodeError"
+      },
+      {
+       "name": "trailing-comma",
+       "text": "<interaction_prompt>{\"name\": \"prompt\", \"arguments\": {\"prompt\": \"a\",}}</interaction_prompt>",
+       "kind": "error",
+       "error": "Error: JSONDecodeError"
+      },
+      {
+       "name": "first-call-wins",
+       "text": "<interaction_prompt>first</interaction_prompt> and <interaction_prompt>second</interaction_prompt>",
+       "kind": "call",
+       "form": "plainText",
+       "prompt": "first"
+      },
+      {
+       "name": "unclosed-call-is-final",
+       "text": "<interaction_prompt>unclosed call <answer>42</answer>",
+       "kind": "final",
+       "answer": "42"
+      },
+      {
+       "name": "final-answer",
+       "text": "<think>done</think>\n<answer> Paris </answer>",
+       "kind": "final",
+       "answer": " Paris "
+      },
+      {
+       "name": "final-empty-answer",
+       "text": "<think>done</think>\n<answer></answer>",
+       "kind": "final",
+       "answer": ""
+      },
+      {
+       "name": "final-no-answer",
+       "text": "<think>no answer here</think>",
+       "kind": "final",
+       "answer": null
+      },
+      {
+       "name": "call-beats-answer",
+       "text": "<answer>a</answer><interaction_prompt>call wins</interaction_prompt>",
+       "kind": "call",
+       "form": "plainText",
+       "prompt": "call wins"
+      },
+      {
+       "name": "close-before-open",
+       "text": "</interaction_prompt><interaction_prompt>x</interaction_prompt>",
+       "kind": "call",
+       "form": "plainText",
+       "prompt": "x"
+      },
+      {
+       "name": "combining",
+       "text": "<interaction_prompt>{\"name\": \"prompt\", \"arguments\": {\"prompt\": \"\\u00e9\\u0301\"}}</interaction_prompt>",
+       "kind": "call",
+       "form": "json",
+       "prompt": "\u00e9\u0301"
+      }
+     ],
+     "reward": [
+      {
+       "name": "one-call-then-answer",
+       "text": "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a great assistant. \n\n# Tools\n\nYou can call one or more powerful Large Language Models to answer the user's questions. But you MUST provide the tool with an explanation and analysis of the problem, as well as your thought process.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>\n{\"type\": \"function\", \"function\": {\"name\": \"prompt\", \"description\": \"Give an explanation of the question in detail.\", \"parameters\": {\"type\": \"object\", \"properties\": {\"prompt\": {\"type\": \"string\", \"description\": \"Give question and its explanation\"}}, \"required\": [\"prompt\"]}}}\n</tools>\n\nFor each function call, return a json object with function name and arguments within <interaction_prompt></interaction_prompt> XML tags:\n<interaction_prompt>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</interaction_prompt><|im_end|>\n<|im_start|>user\nQuestion: Who wrote Hamlet?\nFirst, provide a simple explanation of the question and give it to the large language model for a more accurate answer. Focus on explaining the question without deep reasoning in the first step. After receiving the response, think about the large language model's response, and by interacting with the large language model again and again, arrive at the final answer. Proceed step by step with the following rules:\n1. Only in the first step, provide a brief explanation of the question and give it to the large language model:\n   <think>(Brief thinking must not be over 80 words)</think>\n   <interaction_prompt>(give the question and its explanation to the large language model)</interaction_prompt>\n2. After the first step, in each interaction with the large language model, write:\n   <think>(your reasoning for the receiving response and question)</think>\n   <interaction_prompt>(new request to refine or validate the answer)</interaction_prompt>\n3. Each <interaction_prompt> must build on what came before. Do not just repeat the same content. Let the content of the <interaction_prompt>...</interaction_prompt> evolve naturally (for example: outline \u2192 add details \u2192 refine \u2192 check). \n4. Continue producing think within <think></think> and call tool within <interaction_prompt></interaction_prompt> until the answer is ready.\n5. Once the answer is complete, write:\n   <think>(final reasoning with the <interaction_response> and question)</think>\n   <answer>(final answer for the question)</answer><|im_end|>\n<|im_start|>assistant\n<think>I should ask.</think>\n<interaction_prompt>{\"name\": \"prompt\", \"arguments\": {\"prompt\": \"Who wrote Hamlet? Explain.\"}}</interaction_prompt><|im_end|>\n<|im_start|>user\n<interaction_response>\n{\"results\": [\"Some upstream answer.\"]}\n</interaction_response><|im_end|>\n<|im_start|>assistant\n<think>\nThe LLM says Shakespeare.</think>\n<answer>William Shakespeare</answer><|im_end|>",
+       "references": [
+        "William Shakespeare",
+        "Shakespeare"
+       ],
+       "format": 1.0,
+       "f1": 1.0,
+       "em": 1.0,
+       "sm": 1.0,
+       "reward": 1.0,
+       "answer": "William Shakespeare"
+      },
+      {
+       "name": "two-calls-then-answer",
+       "text": "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a great assistant. \n\n# Tools\n\nYou can call one or more powerful Large Language Models to answer the user's questions. But you MUST provide the tool with an explanation and analysis of the problem, as well as your thought process.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>\n{\"type\": \"function\", \"function\": {\"name\": \"prompt\", \"description\": \"Give an explanation of the question in detail.\", \"parameters\": {\"type\": \"object\", \"properties\": {\"prompt\": {\"type\": \"string\", \"description\": \"Give question and its explanation\"}}, \"required\": [\"prompt\"]}}}\n</tools>\n\nFor each function call, return a json object with function name and arguments within <interaction_prompt></interaction_prompt> XML tags:\n<interaction_prompt>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</interaction_prompt><|im_end|>\n<|im_start|>user\nQuestion: Who wrote Hamlet?\nFirst, provide a simple explanation of the question and give it to the large language model for a more accurate answer. Focus on explaining the question without deep reasoning in the first step. After receiving the response, think about the large language model's response, and by interacting with the large language model again and again, arrive at the final answer. Proceed step by step with the following rules:\n1. Only in the first step, provide a brief explanation of the question and give it to the large language model:\n   <think>(Brief thinking must not be over 80 words)</think>\n   <interaction_prompt>(give the question and its explanation to the large language model)</interaction_prompt>\n2. After the first step, in each interaction with the large language model, write:\n   <think>(your reasoning for the receiving response and question)</think>\n   <interaction_prompt>(new request to refine or validate the answer)</interaction_prompt>\n3. Each <interaction_prompt> must build on what came before. Do not just repeat the same content. Let the content of the <interaction_prompt>...</interaction_prompt> evolve naturally (for example: outline \u2192 add details \u2192 refine \u2192 check). \n4. Continue producing think within <think></think> and call tool within <interaction_prompt></interaction_prompt> until the answer is ready.\n5. Once the answer is complete, write:\n   <think>(final reasoning with the <interaction_response> and question)</think>\n   <answer>(final answer for the question)</answer><|im_end|>\n<|im_start|>assistant\n<think>I should ask.</think>\n<interaction_prompt>{\"name\": \"prompt\", \"arguments\": {\"prompt\": \"Who wrote Hamlet? Explain.\"}}</interaction_prompt><|im_end|>\n<|im_start|>user\n<interaction_response>\n{\"results\": [\"Some upstream answer.\"]}\n</interaction_response><|im_end|>\n<|im_start|>assistant\n<think>\nI read the response; let me verify.</think>\n<interaction_prompt>Please double-check: who wrote Hamlet?</interaction_prompt><|im_end|>\n<|im_start|>user\n<interaction_response>\n{\"results\": [\"Some upstream answer.\"]}\n</interaction_response><|im_end|>\n<|im_start|>assistant\n<think>\nThe LLM says Shakespeare.</think>\n<answer>William Shakespeare</answer><|im_end|>",
+       "references": [
+        "William Shakespeare",
+        "Shakespeare"
+       ],
+       "format": 1.0,
+       "f1": 1.0,
+       "em": 1.0,
+       "sm": 1.0,
+       "reward": 1.0,
+       "answer": "William Shakespeare"
+      },
+      {
+       "name": "direct-answer-no-call",
+       "text": "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a great assistant. \n\n# Tools\n\nYou can call one or more powerful Large Language Models to answer the user's questions. But you MUST provide the tool with an explanation and analysis of the problem, as well as your thought process.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>\n{\"type\": \"function\", \"function\": {\"name\": \"prompt\", \"description\": \"Give an explanation of the question in detail.\", \"parameters\": {\"type\": \"object\", \"properties\": {\"prompt\": {\"type\": \"string\", \"description\": \"Give question and its explanation\"}}, \"required\": [\"prompt\"]}}}\n</tools>\n\nFor each function call, return a json object with function name and arguments within <interaction_prompt></interaction_prompt> XML tags:\n<interaction_prompt>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</interaction_prompt><|im_end|>\n<|im_start|>user\nQuestion: Who wrote Hamlet?\nFirst, provide a simple explanation of the question and give it to the large language model for a more accurate answer. Focus on explaining the question without deep reasoning in the first step. After receiving the response, think about the large language model's response, and by interacting with the large language model again and again, arrive at the final answer. Proceed step by step with the following rules:\n1. Only in the first step, provide a brief explanation of the question and give it to the large language model:\n   <think>(Brief thinking must not be over 80 words)</think>\n   <interaction_prompt>(give the question and its explanation to the large language model)</interaction_prompt>\n2. After the first step, in each interaction with the large language model, write:\n   <think>(your reasoning for the receiving response and question)</think>\n   <interaction_prompt>(new request to refine or validate the answer)</interaction_prompt>\n3. Each <interaction_prompt> must build on what came before. Do not just repeat the same content. Let the content of the <interaction_prompt>...</interaction_prompt> evolve naturally (for example: outline \u2192 add details \u2192 refine \u2192 check). \n4. Continue producing think within <think></think> and call tool within <interaction_prompt></interaction_prompt> until the answer is ready.\n5. Once the answer is complete, write:\n   <think>(final reasoning with the <interaction_response> and question)</think>\n   <answer>(final answer for the question)</answer><|im_end|>\n<|im_start|>assistant\n<think>Easy.</think><answer>Shakespeare</answer><|im_end|>",
+       "references": [
+        "William Shakespeare",
+        "Shakespeare"
+       ],
+       "format": 0.6,
+       "f1": 1.0,
+       "em": 1.0,
+       "sm": 1.0,
+       "reward": -0.4,
+       "answer": "Shakespeare"
+      },
+      {
+       "name": "direct-answer-with-think-prefix-missing",
+       "text": "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a great assistant. \n\n# Tools\n\nYou can call one or more powerful Large Language Models to answer the user's questions. But you MUST provide the tool with an explanation and analysis of the problem, as well as your thought process.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>\n{\"type\": \"function\", \"function\": {\"name\": \"prompt\", \"description\": \"Give an explanation of the question in detail.\", \"parameters\": {\"type\": \"object\", \"properties\": {\"prompt\": {\"type\": \"string\", \"description\": \"Give question and its explanation\"}}, \"required\": [\"prompt\"]}}}\n</tools>\n\nFor each function call, return a json object with function name and arguments within <interaction_prompt></interaction_prompt> XML tags:\n<interaction_prompt>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</interaction_prompt><|im_end|>\n<|im_start|>user\nQuestion: Who wrote Hamlet?\nFirst, provide a simple explanation of the question and give it to the large language model for a more accurate answer. Focus on explaining the question without deep reasoning in the first step. After receiving the response, think about the large language model's response, and by interacting with the large language model again and again, arrive at the final answer. Proceed step by step with the following rules:\n1. Only in the first step, provide a brief explanation of the question and give it to the large language model:\n   <think>(Brief thinking must not be over 80 words)</think>\n   <interaction_prompt>(give the question and its explanation to the large language model)</interaction_prompt>\n2. After the first step, in each interaction with the large language model, write:\n   <think>(your reasoning for the receiving response and question)</think>\n   <interaction_prompt>(new request to refine or validate the answer)</interaction_prompt>\n3. Each <interaction_prompt> must build on what came before. Do not just repeat the same content. Let the content of the <interaction_prompt>...</interaction_prompt> evolve naturally (for example: outline \u2192 add details \u2192 refine \u2192 check). \n4. Continue producing think within <think></think> and call tool within <interaction_prompt></interaction_prompt> until the answer is ready.\n5. Once the answer is complete, write:\n   <think>(final reasoning with the <interaction_response> and question)</think>\n   <answer>(final answer for the question)</answer><|im_end|>\n<|im_start|>assistant\n<answer>Shakespeare</answer><|im_end|>",
+       "references": [
+        "William Shakespeare",
+        "Shakespeare"
+       ],
+       "format": 0.5,
+       "f1": 1.0,
+       "em": 1.0,
+       "sm": 1.0,
+       "reward": -0.5,
+       "answer": "Shakespeare"
+      },
+      {
+       "name": "answer-without-think-close",
+       "text": "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a great assistant. \n\n# Tools\n\nYou can call one or more powerful Large Language Models to answer the user's questions. But you MUST provide the tool with an explanation and analysis of the problem, as well as your thought process.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>\n{\"type\": \"function\", \"function\": {\"name\": \"prompt\", \"description\": \"Give an explanation of the question in detail.\", \"parameters\": {\"type\": \"object\", \"properties\": {\"prompt\": {\"type\": \"string\", \"description\": \"Give question and its explanation\"}}, \"required\": [\"prompt\"]}}}\n</tools>\n\nFor each function call, return a json object with function name and arguments within <interaction_prompt></interaction_prompt> XML tags:\n<interaction_prompt>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</interaction_prompt><|im_end|>\n<|im_start|>user\nQuestion: Who wrote Hamlet?\nFirst, provide a simple explanation of the question and give it to the large language model for a more accurate answer. Focus on explaining the question without deep reasoning in the first step. After receiving the response, think about the large language model's response, and by interacting with the large language model again and again, arrive at the final answer. Proceed step by step with the following rules:\n1. Only in the first step, provide a brief explanation of the question and give it to the large language model:\n   <think>(Brief thinking must not be over 80 words)</think>\n   <interaction_prompt>(give the question and its explanation to the large language model)</interaction_prompt>\n2. After the first step, in each interaction with the large language model, write:\n   <think>(your reasoning for the receiving response and question)</think>\n   <interaction_prompt>(new request to refine or validate the answer)</interaction_prompt>\n3. Each <interaction_prompt> must build on what came before. Do not just repeat the same content. Let the content of the <interaction_prompt>...</interaction_prompt> evolve naturally (for example: outline \u2192 add details \u2192 refine \u2192 check). \n4. Continue producing think within <think></think> and call tool within <interaction_prompt></interaction_prompt> until the answer is ready.\n5. Once the answer is complete, write:\n   <think>(final reasoning with the <interaction_response> and question)</think>\n   <answer>(final answer for the question)</answer><|im_end|>\n<|im_start|>assistant\n<think>I should ask.</think>\n<interaction_prompt>{\"name\": \"prompt\", \"arguments\": {\"prompt\": \"Who wrote Hamlet? Explain.\"}}</interaction_prompt><|im_end|>\n<|im_start|>user\n<interaction_response>\n{\"results\": [\"Some upstream answer.\"]}\n</interaction_response><|im_end|>\n<|im_start|>assistant\n<think>\nShakespeare wrote it.\n<answer>Shakespeare</answer><|im_end|>",
+       "references": [
+        "William Shakespeare",
+        "Shakespeare"
+       ],
+       "format": 0.9,
+       "f1": 1.0,
+       "em": 1.0,
+       "sm": 1.0,
+       "reward": -0.09999999999999998,
+       "answer": "Shakespeare"
+      },
+      {
+       "name": "empty-answer",
+       "text": "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a great assistant. \n\n# Tools\n\nYou can call one or more powerful Large Language Models to answer the user's questions. But you MUST provide the tool with an explanation and analysis of the problem, as well as your thought process.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>\n{\"type\": \"function\", \"function\": {\"name\": \"prompt\", \"description\": \"Give an explanation of the question in detail.\", \"parameters\": {\"type\": \"object\", \"properties\": {\"prompt\": {\"type\": \"string\", \"description\": \"Give question and its explanation\"}}, \"required\": [\"prompt\"]}}}\n</tools>\n\nFor each function call, return a json object with function name and arguments within <interaction_prompt></interaction_prompt> XML tags:\n<interaction_prompt>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</interaction_prompt><|im_end|>\n<|im_start|>user\nQuestion: Who wrote Hamlet?\nFirst, provide a simple explanation of the question and give it to the large language model for a more accurate answer. Focus on explaining the question without deep reasoning in the first step. After receiving the response, think about the large language model's response, and by interacting with the large language model again and again, arrive at the final answer. Proceed step by step with the following rules:\n1. Only in the first step, provide a brief explanation of the question and give it to the large language model:\n   <think>(Brief thinking must not be over 80 words)</think>\n   <interaction_prompt>(give the question and its explanation to the large language model)</interaction_prompt>\n2. After the first step, in each interaction with the large language model, write:\n   <think>(your reasoning for the receiving response and question)</think>\n   <interaction_prompt>(new request to refine or validate the answer)</interaction_prompt>\n3. Each <interaction_prompt> must build on what came before. Do not just repeat the same content. Let the content of the <interaction_prompt>...</interaction_prompt> evolve naturally (for example: outline \u2192 add details \u2192 refine \u2192 check). \n4. Continue producing think within <think></think> and call tool within <interaction_prompt></interaction_prompt> until the answer is ready.\n5. Once the answer is complete, write:\n   <think>(final reasoning with the <interaction_response> and question)</think>\n   <answer>(final answer for the question)</answer><|im_end|>\n<|im_start|>assistant\n<think>I should ask.</think>\n<interaction_prompt>{\"name\": \"prompt\", \"arguments\": {\"prompt\": \"Who wrote Hamlet? Explain.\"}}</interaction_prompt><|im_end|>\n<|im_start|>user\n<interaction_response>\n{\"results\": [\"Some upstream answer.\"]}\n</interaction_response><|im_end|>\n<|im_start|>assistant\n<think>\nok</think><answer>   </answer><|im_end|>",
+       "references": [
+        "William Shakespeare",
+        "Shakespeare"
+       ],
+       "format": 0.4,
+       "f1": 0.0,
+       "em": 0.0,
+       "sm": 0.0,
+       "reward": -0.6,
+       "answer": ""
+      },
+      {
+       "name": "no-answer-tag",
+       "text": "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a great assistant. \n\n# Tools\n\nYou can call one or more powerful Large Language Models to answer the user's questions. But you MUST provide the tool with an explanation and analysis of the problem, as well as your thought process.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>\n{\"type\": \"function\", \"function\": {\"name\": \"prompt\", \"description\": \"Give an explanation of the question in detail.\", \"parameters\": {\"type\": \"object\", \"properties\": {\"prompt\": {\"type\": \"string\", \"description\": \"Give question and its explanation\"}}, \"required\": [\"prompt\"]}}}\n</tools>\n\nFor each function call, return a json object with function name and arguments within <interaction_prompt></interaction_prompt> XML tags:\n<interaction_prompt>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</interaction_prompt><|im_end|>\n<|im_start|>user\nQuestion: Who wrote Hamlet?\nFirst, provide a simple explanation of the question and give it to the large language model for a more accurate answer. Focus on explaining the question without deep reasoning in the first step. After receiving the response, think about the large language model's response, and by interacting with the large language model again and again, arrive at the final answer. Proceed step by step with the following rules:\n1. Only in the first step, provide a brief explanation of the question and give it to the large language model:\n   <think>(Brief thinking must not be over 80 words)</think>\n   <interaction_prompt>(give the question and its explanation to the large language model)</interaction_prompt>\n2. After the first step, in each interaction with the large language model, write:\n   <think>(your reasoning for the receiving response and question)</think>\n   <interaction_prompt>(new request to refine or validate the answer)</interaction_prompt>\n3. Each <interaction_prompt> must build on what came before. Do not just repeat the same content. Let the content of the <interaction_prompt>...</interaction_prompt> evolve naturally (for example: outline \u2192 add details \u2192 refine \u2192 check). \n4. Continue producing think within <think></think> and call tool within <interaction_prompt></interaction_prompt> until the answer is ready.\n5. Once the answer is complete, write:\n   <think>(final reasoning with the <interaction_response> and question)</think>\n   <answer>(final answer for the question)</answer><|im_end|>\n<|im_start|>assistant\n<think>I should ask.</think>\n<interaction_prompt>{\"name\": \"prompt\", \"arguments\": {\"prompt\": \"Who wrote Hamlet? Explain.\"}}</interaction_prompt><|im_end|>\n<|im_start|>user\n<interaction_response>\n{\"results\": [\"Some upstream answer.\"]}\n</interaction_response><|im_end|>\n<|im_start|>assistant\n<think>\nI think it is Shakespeare.</think> Shakespeare<|im_end|>",
+       "references": [
+        "William Shakespeare",
+        "Shakespeare"
+       ],
+       "format": 0.4,
+       "f1": 0.0,
+       "em": 0.0,
+       "sm": 0.0,
+       "reward": -0.6,
+       "answer": null
+      },
+      {
+       "name": "answer-trailing-newline",
+       "text": "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a great assistant. \n\n# Tools\n\nYou can call one or more powerful Large Language Models to answer the user's questions. But you MUST provide the tool with an explanation and analysis of the problem, as well as your thought process.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>\n{\"type\": \"function\", \"function\": {\"name\": \"prompt\", \"description\": \"Give an explanation of the question in detail.\", \"parameters\": {\"type\": \"object\", \"properties\": {\"prompt\": {\"type\": \"string\", \"description\": \"Give question and its explanation\"}}, \"required\": [\"prompt\"]}}}\n</tools>\n\nFor each function call, return a json object with function name and arguments within <interaction_prompt></interaction_prompt> XML tags:\n<interaction_prompt>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</interaction_prompt><|im_end|>\n<|im_start|>user\nQuestion: Who wrote Hamlet?\nFirst, provide a simple explanation of the question and give it to the large language model for a more accurate answer. Focus on explaining the question without deep reasoning in the first step. After receiving the response, think about the large language model's response, and by interacting with the large language model again and again, arrive at the final answer. Proceed step by step with the following rules:\n1. Only in the first step, provide a brief explanation of the question and give it to the large language model:\n   <think>(Brief thinking must not be over 80 words)</think>\n   <interaction_prompt>(give the question and its explanation to the large language model)</interaction_prompt>\n2. After the first step, in each interaction with the large language model, write:\n   <think>(your reasoning for the receiving response and question)</think>\n   <interaction_prompt>(new request to refine or validate the answer)</interaction_prompt>\n3. Each <interaction_prompt> must build on what came before. Do not just repeat the same content. Let the content of the <interaction_prompt>...</interaction_prompt> evolve naturally (for example: outline \u2192 add details \u2192 refine \u2192 check). \n4. Continue producing think within <think></think> and call tool within <interaction_prompt></interaction_prompt> until the answer is ready.\n5. Once the answer is complete, write:\n   <think>(final reasoning with the <interaction_response> and question)</think>\n   <answer>(final answer for the question)</answer><|im_end|>\n<|im_start|>assistant\n<think>I should ask.</think>\n<interaction_prompt>{\"name\": \"prompt\", \"arguments\": {\"prompt\": \"Who wrote Hamlet? Explain.\"}}</interaction_prompt><|im_end|>\n<|im_start|>user\n<interaction_response>\n{\"results\": [\"Some upstream answer.\"]}\n</interaction_response><|im_end|>\n<|im_start|>assistant\n<think>\nThe LLM says Shakespeare.</think>\n<answer>William Shakespeare</answer>\n<|im_end|>",
+       "references": [
+        "William Shakespeare",
+        "Shakespeare"
+       ],
+       "format": 1.0,
+       "f1": 1.0,
+       "em": 1.0,
+       "sm": 1.0,
+       "reward": 1.0,
+       "answer": "William Shakespeare"
+      },
+      {
+       "name": "answer-trailing-two-newlines",
+       "text": "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a great assistant. \n\n# Tools\n\nYou can call one or more powerful Large Language Models to answer the user's questions. But you MUST provide the tool with an explanation and analysis of the problem, as well as your thought process.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>\n{\"type\": \"function\", \"function\": {\"name\": \"prompt\", \"description\": \"Give an explanation of the question in detail.\", \"parameters\": {\"type\": \"object\", \"properties\": {\"prompt\": {\"type\": \"string\", \"description\": \"Give question and its explanation\"}}, \"required\": [\"prompt\"]}}}\n</tools>\n\nFor each function call, return a json object with function name and arguments within <interaction_prompt></interaction_prompt> XML tags:\n<interaction_prompt>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</interaction_prompt><|im_end|>\n<|im_start|>user\nQuestion: Who wrote Hamlet?\nFirst, provide a simple explanation of the question and give it to the large language model for a more accurate answer. Focus on explaining the question without deep reasoning in the first step. After receiving the response, think about the large language model's response, and by interacting with the large language model again and again, arrive at the final answer. Proceed step by step with the following rules:\n1. Only in the first step, provide a brief explanation of the question and give it to the large language model:\n   <think>(Brief thinking must not be over 80 words)</think>\n   <interaction_prompt>(give the question and its explanation to the large language model)</interaction_prompt>\n2. After the first step, in each interaction with the large language model, write:\n   <think>(your reasoning for the receiving response and question)</think>\n   <interaction_prompt>(new request to refine or validate the answer)</interaction_prompt>\n3. Each <interaction_prompt> must build on what came before. Do not just repeat the same content. Let the content of the <interaction_prompt>...</interaction_prompt> evolve naturally (for example: outline \u2192 add details \u2192 refine \u2192 check). \n4. Continue producing think within <think></think> and call tool within <interaction_prompt></interaction_prompt> until the answer is ready.\n5. Once the answer is complete, write:\n   <think>(final reasoning with the <interaction_response> and question)</think>\n   <answer>(final answer for the question)</answer><|im_end|>\n<|im_start|>assistant\n<think>I should ask.</think>\n<interaction_prompt>{\"name\": \"prompt\", \"arguments\": {\"prompt\": \"Who wrote Hamlet? Explain.\"}}</interaction_prompt><|im_end|>\n<|im_start|>user\n<interaction_response>\n{\"results\": [\"Some upstream answer.\"]}\n</interaction_response><|im_end|>\n<|im_start|>assistant\n<think>\nThe LLM says Shakespeare.</think>\n<answer>William Shakespeare</answer>\n\n<|im_end|>",
+       "references": [
+        "William Shakespeare",
+        "Shakespeare"
+       ],
+       "format": 0.9,
+       "f1": 1.0,
+       "em": 1.0,
+       "sm": 1.0,
+       "reward": -0.09999999999999998,
+       "answer": "William Shakespeare"
+      },
+      {
+       "name": "answer-trailing-text",
+       "text": "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a great assistant. \n\n# Tools\n\nYou can call one or more powerful Large Language Models to answer the user's questions. But you MUST provide the tool with an explanation and analysis of the problem, as well as your thought process.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>\n{\"type\": \"function\", \"function\": {\"name\": \"prompt\", \"description\": \"Give an explanation of the question in detail.\", \"parameters\": {\"type\": \"object\", \"properties\": {\"prompt\": {\"type\": \"string\", \"description\": \"Give question and its explanation\"}}, \"required\": [\"prompt\"]}}}\n</tools>\n\nFor each function call, return a json object with function name and arguments within <interaction_prompt></interaction_prompt> XML tags:\n<interaction_prompt>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</interaction_prompt><|im_end|>\n<|im_start|>user\nQuestion: Who wrote Hamlet?\nFirst, provide a simple explanation of the question and give it to the large language model for a more accurate answer. Focus on explaining the question without deep reasoning in the first step. After receiving the response, think about the large language model's response, and by interacting with the large language model again and again, arrive at the final answer. Proceed step by step with the following rules:\n1. Only in the first step, provide a brief explanation of the question and give it to the large language model:\n   <think>(Brief thinking must not be over 80 words)</think>\n   <interaction_prompt>(give the question and its explanation to the large language model)</interaction_prompt>\n2. After the first step, in each interaction with the large language model, write:\n   <think>(your reasoning for the receiving response and question)</think>\n   <interaction_prompt>(new request to refine or validate the answer)</interaction_prompt>\n3. Each <interaction_prompt> must build on what came before. Do not just repeat the same content. Let the content of the <interaction_prompt>...</interaction_prompt> evolve naturally (for example: outline \u2192 add details \u2192 refine \u2192 check). \n4. Continue producing think within <think></think> and call tool within <interaction_prompt></interaction_prompt> until the answer is ready.\n5. Once the answer is complete, write:\n   <think>(final reasoning with the <interaction_response> and question)</think>\n   <answer>(final answer for the question)</answer><|im_end|>\n<|im_start|>assistant\n<think>I should ask.</think>\n<interaction_prompt>{\"name\": \"prompt\", \"arguments\": {\"prompt\": \"Who wrote Hamlet? Explain.\"}}</interaction_prompt><|im_end|>\n<|im_start|>user\n<interaction_response>\n{\"results\": [\"Some upstream answer.\"]}\n</interaction_response><|im_end|>\n<|im_start|>assistant\n<think>\nThe LLM says Shakespeare.</think>\n<answer>William Shakespeare</answer> done<|im_end|>",
+       "references": [
+        "William Shakespeare",
+        "Shakespeare"
+       ],
+       "format": 0.9,
+       "f1": 1.0,
+       "em": 1.0,
+       "sm": 1.0,
+       "reward": -0.09999999999999998,
+       "answer": "William Shakespeare"
+      },
+      {
+       "name": "call-block-trailing-newline",
+       "text": "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a great assistant. \n\n# Tools\n\nYou can call one or more powerful Large Language Models to answer the user's questions. But you MUST provide the tool with an explanation and analysis of the problem, as well as your thought process.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>\n{\"type\": \"function\", \"function\": {\"name\": \"prompt\", \"description\": \"Give an explanation of the question in detail.\", \"parameters\": {\"type\": \"object\", \"properties\": {\"prompt\": {\"type\": \"string\", \"description\": \"Give question and its explanation\"}}, \"required\": [\"prompt\"]}}}\n</tools>\n\nFor each function call, return a json object with function name and arguments within <interaction_prompt></interaction_prompt> XML tags:\n<interaction_prompt>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</interaction_prompt><|im_end|>\n<|im_start|>user\nQuestion: Who wrote Hamlet?\nFirst, provide a simple explanation of the question and give it to the large language model for a more accurate answer. Focus on explaining the question without deep reasoning in the first step. After receiving the response, think about the large language model's response, and by interacting with the large language model again and again, arrive at the final answer. Proceed step by step with the following rules:\n1. Only in the first step, provide a brief explanation of the question and give it to the large language model:\n   <think>(Brief thinking must not be over 80 words)</think>\n   <interaction_prompt>(give the question and its explanation to the large language model)</interaction_prompt>\n2. After the first step, in each interaction with the large language model, write:\n   <think>(your reasoning for the receiving response and question)</think>\n   <interaction_prompt>(new request to refine or validate the answer)</interaction_prompt>\n3. Each <interaction_prompt> must build on what came before. Do not just repeat the same content. Let the content of the <interaction_prompt>...</interaction_prompt> evolve naturally (for example: outline \u2192 add details \u2192 refine \u2192 check). \n4. Continue producing think within <think></think> and call tool within <interaction_prompt></interaction_prompt> until the answer is ready.\n5. Once the answer is complete, write:\n   <think>(final reasoning with the <interaction_response> and question)</think>\n   <answer>(final answer for the question)</answer><|im_end|>\n<|im_start|>assistant\n<think>I should ask.</think>\n<interaction_prompt>{\"name\": \"prompt\", \"arguments\": {\"prompt\": \"Who wrote Hamlet? Explain.\"}}</interaction_prompt>\n<|im_end|>\n<|im_start|>user\n<interaction_response>\n{\"results\": [\"Some upstream answer.\"]}\n</interaction_response><|im_end|>\n<|im_start|>assistant\n<think>\nThe LLM says Shakespeare.</think>\n<answer>William Shakespeare</answer><|im_end|>",
+       "references": [
+        "William Shakespeare",
+        "Shakespeare"
+       ],
+       "format": 1.0,
+       "f1": 1.0,
+       "em": 1.0,
+       "sm": 1.0,
+       "reward": 1.0,
+       "answer": "William Shakespeare"
+      },
+      {
+       "name": "call-block-trailing-space",
+       "text": "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a great assistant. \n\n# Tools\n\nYou can call one or more powerful Large Language Models to answer the user's questions. But you MUST provide the tool with an explanation and analysis of the problem, as well as your thought process.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>\n{\"type\": \"function\", \"function\": {\"name\": \"prompt\", \"description\": \"Give an explanation of the question in detail.\", \"parameters\": {\"type\": \"object\", \"properties\": {\"prompt\": {\"type\": \"string\", \"description\": \"Give question and its explanation\"}}, \"required\": [\"prompt\"]}}}\n</tools>\n\nFor each function call, return a json object with function name and arguments within <interaction_prompt></interaction_prompt> XML tags:\n<interaction_prompt>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</interaction_prompt><|im_end|>\n<|im_start|>user\nQuestion: Who wrote Hamlet?\nFirst, provide a simple explanation of the question and give it to the large language model for a more accurate answer. Focus on explaining the question without deep reasoning in the first step. After receiving the response, think about the large language model's response, and by interacting with the large language model again and again, arrive at the final answer. Proceed step by step with the following rules:\n1. Only in the first step, provide a brief explanation of the question and give it to the large language model:\n   <think>(Brief thinking must not be over 80 words)</think>\n   <interaction_prompt>(give the question and its explanation to the large language model)</interaction_prompt>\n2. After the first step, in each interaction with the large language model, write:\n   <think>(your reasoning for the receiving response and question)</think>\n   <interaction_prompt>(new request to refine or validate the answer)</interaction_prompt>\n3. Each <interaction_prompt> must build on what came before. Do not just repeat the same content. Let the content of the <interaction_prompt>...</interaction_prompt> evolve naturally (for example: outline \u2192 add details \u2192 refine \u2192 check). \n4. Continue producing think within <think></think> and call tool within <interaction_prompt></interaction_prompt> until the answer is ready.\n5. Once the answer is complete, write:\n   <think>(final reasoning with the <interaction_response> and question)</think>\n   <answer>(final answer for the question)</answer><|im_end|>\n<|im_start|>assistant\n<think>I should ask.</think>\n<interaction_prompt>{\"name\": \"prompt\", \"arguments\": {\"prompt\": \"Who wrote Hamlet? Explain.\"}}</interaction_prompt> <|im_end|>\n<|im_start|>user\n<interaction_response>\n{\"results\": [\"Some upstream answer.\"]}\n</interaction_response><|im_end|>\n<|im_start|>assistant\n<think>\nThe LLM says Shakespeare.</think>\n<answer>William Shakespeare</answer><|im_end|>",
+       "references": [
+        "William Shakespeare",
+        "Shakespeare"
+       ],
+       "format": 0.6,
+       "f1": 1.0,
+       "em": 1.0,
+       "sm": 1.0,
+       "reward": -0.4,
+       "answer": "William Shakespeare"
+      },
+      {
+       "name": "call-block-text-between",
+       "text": "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a great assistant. \n\n# Tools\n\nYou can call one or more powerful Large Language Models to answer the user's questions. But you MUST provide the tool with an explanation and analysis of the problem, as well as your thought process.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>\n{\"type\": \"function\", \"function\": {\"name\": \"prompt\", \"description\": \"Give an explanation of the question in detail.\", \"parameters\": {\"type\": \"object\", \"properties\": {\"prompt\": {\"type\": \"string\", \"description\": \"Give question and its explanation\"}}, \"required\": [\"prompt\"]}}}\n</tools>\n\nFor each function call, return a json object with function name and arguments within <interaction_prompt></interaction_prompt> XML tags:\n<interaction_prompt>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</interaction_prompt><|im_end|>\n<|im_start|>user\nQuestion: Who wrote Hamlet?\nFirst, provide a simple explanation of the question and give it to the large language model for a more accurate answer. Focus on explaining the question without deep reasoning in the first step. After receiving the response, think about the large language model's response, and by interacting with the large language model again and again, arrive at the final answer. Proceed step by step with the following rules:\n1. Only in the first step, provide a brief explanation of the question and give it to the large language model:\n   <think>(Brief thinking must not be over 80 words)</think>\n   <interaction_prompt>(give the question and its explanation to the large language model)</interaction_prompt>\n2. After the first step, in each interaction with the large language model, write:\n   <think>(your reasoning for the receiving response and question)</think>\n   <interaction_prompt>(new request to refine or validate the answer)</interaction_prompt>\n3. Each <interaction_prompt> must build on what came before. Do not just repeat the same content. Let the content of the <interaction_prompt>...</interaction_prompt> evolve naturally (for example: outline \u2192 add details \u2192 refine \u2192 check). \n4. Continue producing think within <think></think> and call tool within <interaction_prompt></interaction_prompt> until the answer is ready.\n5. Once the answer is complete, write:\n   <think>(final reasoning with the <interaction_response> and question)</think>\n   <answer>(final answer for the question)</answer><|im_end|>\n<|im_start|>assistant\n<think>x</think> so <interaction_prompt>ask</interaction_prompt><|im_end|>\n<|im_start|>user\n<interaction_response>\n{\"results\": [\"Some upstream answer.\"]}\n</interaction_response><|im_end|>\n<|im_start|>assistant\n<think>\nThe LLM says Shakespeare.</think>\n<answer>William Shakespeare</answer><|im_end|>",
+       "references": [
+        "William Shakespeare",
+        "Shakespeare"
+       ],
+       "format": 0.6,
+       "f1": 1.0,
+       "em": 1.0,
+       "sm": 1.0,
+       "reward": -0.4,
+       "answer": "William Shakespeare"
+      },
+      {
+       "name": "call-block-unicode-space-between",
+       "text": "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a great assistant. \n\n# Tools\n\nYou can call one or more powerful Large Language Models to answer the user's questions. But you MUST provide the tool with an explanation and analysis of the problem, as well as your thought process.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>\n{\"type\": \"function\", \"function\": {\"name\": \"prompt\", \"description\": \"Give an explanation of the question in detail.\", \"parameters\": {\"type\": \"object\", \"properties\": {\"prompt\": {\"type\": \"string\", \"description\": \"Give question and its explanation\"}}, \"required\": [\"prompt\"]}}}\n</tools>\n\nFor each function call, return a json object with function name and arguments within <interaction_prompt></interaction_prompt> XML tags:\n<interaction_prompt>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</interaction_prompt><|im_end|>\n<|im_start|>user\nQuestion: Who wrote Hamlet?\nFirst, provide a simple explanation of the question and give it to the large language model for a more accurate answer. Focus on explaining the question without deep reasoning in the first step. After receiving the response, think about the large language model's response, and by interacting with the large language model again and again, arrive at the final answer. Proceed step by step with the following rules:\n1. Only in the first step, provide a brief explanation of the question and give it to the large language model:\n   <think>(Brief thinking must not be over 80 words)</think>\n   <interaction_prompt>(give the question and its explanation to the large language model)</interaction_prompt>\n2. After the first step, in each interaction with the large language model, write:\n   <think>(your reasoning for the receiving response and question)</think>\n   <interaction_prompt>(new request to refine or validate the answer)</interaction_prompt>\n3. Each <interaction_prompt> must build on what came before. Do not just repeat the same content. Let the content of the <interaction_prompt>...</interaction_prompt> evolve naturally (for example: outline \u2192 add details \u2192 refine \u2192 check). \n4. Continue producing think within <think></think> and call tool within <interaction_prompt></interaction_prompt> until the answer is ready.\n5. Once the answer is complete, write:\n   <think>(final reasoning with the <interaction_response> and question)</think>\n   <answer>(final answer for the question)</answer><|im_end|>\n<|im_start|>assistant\n<think>x</think>\u00a0\u3000\n<interaction_prompt>ask</interaction_prompt><|im_end|>\n<|im_start|>user\n<interaction_response>\n{\"results\": [\"Some upstream answer.\"]}\n</interaction_response><|im_end|>\n<|im_start|>assistant\n<think>\nThe LLM says Shakespeare.</think>\n<answer>William Shakespeare</answer><|im_end|>",
+       "references": [
+        "William Shakespeare",
+        "Shakespeare"
+       ],
+       "format": 1.0,
+       "f1": 1.0,
+       "em": 1.0,
+       "sm": 1.0,
+       "reward": 1.0,
+       "answer": "William Shakespeare"
+      },
+      {
+       "name": "call-block-two-thinks",
+       "text": "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a great assistant. \n\n# Tools\n\nYou can call one or more powerful Large Language Models to answer the user's questions. But you MUST provide the tool with an explanation and analysis of the problem, as well as your thought process.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>\n{\"type\": \"function\", \"function\": {\"name\": \"prompt\", \"description\": \"Give an explanation of the question in detail.\", \"parameters\": {\"type\": \"object\", \"properties\": {\"prompt\": {\"type\": \"string\", \"description\": \"Give question and its explanation\"}}, \"required\": [\"prompt\"]}}}\n</tools>\n\nFor each function call, return a json object with function name and arguments within <interaction_prompt></interaction_prompt> XML tags:\n<interaction_prompt>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</interaction_prompt><|im_end|>\n<|im_start|>user\nQuestion: Who wrote Hamlet?\nFirst, provide a simple explanation of the question and give it to the large language model for a more accurate answer. Focus on explaining the question without deep reasoning in the first step. After receiving the response, think about the large language model's response, and by interacting with the large language model again and again, arrive at the final answer. Proceed step by step with the following rules:\n1. Only in the first step, provide a brief explanation of the question and give it to the large language model:\n   <think>(Brief thinking must not be over 80 words)</think>\n   <interaction_prompt>(give the question and its explanation to the large language model)</interaction_prompt>\n2. After the first step, in each interaction with the large language model, write:\n   <think>(your reasoning for the receiving response and question)</think>\n   <interaction_prompt>(new request to refine or validate the answer)</interaction_prompt>\n3. Each <interaction_prompt> must build on what came before. Do not just repeat the same content. Let the content of the <interaction_prompt>...</interaction_prompt> evolve naturally (for example: outline \u2192 add details \u2192 refine \u2192 check). \n4. Continue producing think within <think></think> and call tool within <interaction_prompt></interaction_prompt> until the answer is ready.\n5. Once the answer is complete, write:\n   <think>(final reasoning with the <interaction_response> and question)</think>\n   <answer>(final answer for the question)</answer><|im_end|>\n<|im_start|>assistant\n<think>a</think><think>b</think><interaction_prompt>ask</interaction_prompt><|im_end|>\n<|im_start|>user\n<interaction_response>\n{\"results\": [\"Some upstream answer.\"]}\n</interaction_response><|im_end|>\n<|im_start|>assistant\n<think>\nThe LLM says Shakespeare.</think>\n<answer>William Shakespeare</answer><|im_end|>",
+       "references": [
+        "William Shakespeare",
+        "Shakespeare"
+       ],
+       "format": 0.6,
+       "f1": 1.0,
+       "em": 1.0,
+       "sm": 1.0,
+       "reward": -0.4,
+       "answer": "William Shakespeare"
+      },
+      {
+       "name": "call-block-two-calls",
+       "text": "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a great assistant. \n\n# Tools\n\nYou can call one or more powerful Large Language Models to answer the user's questions. But you MUST provide the tool with an explanation and analysis of the problem, as well as your thought process.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>\n{\"type\": \"function\", \"function\": {\"name\": \"prompt\", \"description\": \"Give an explanation of the question in detail.\", \"parameters\": {\"type\": \"object\", \"properties\": {\"prompt\": {\"type\": \"string\", \"description\": \"Give question and its explanation\"}}, \"required\": [\"prompt\"]}}}\n</tools>\n\nFor each function call, return a json object with function name and arguments within <interaction_prompt></interaction_prompt> XML tags:\n<interaction_prompt>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</interaction_prompt><|im_end|>\n<|im_start|>user\nQuestion: Who wrote Hamlet?\nFirst, provide a simple explanation of the question and give it to the large language model for a more accurate answer. Focus on explaining the question without deep reasoning in the first step. After receiving the response, think about the large language model's response, and by interacting with the large language model again and again, arrive at the final answer. Proceed step by step with the following rules:\n1. Only in the first step, provide a brief explanation of the question and give it to the large language model:\n   <think>(Brief thinking must not be over 80 words)</think>\n   <interaction_prompt>(give the question and its explanation to the large language model)</interaction_prompt>\n2. After the first step, in each interaction with the large language model, write:\n   <think>(your reasoning for the receiving response and question)</think>\n   <interaction_prompt>(new request to refine or validate the answer)</interaction_prompt>\n3. Each <interaction_prompt> must build on what came before. Do not just repeat the same content. Let the content of the <interaction_prompt>...</interaction_prompt> evolve naturally (for example: outline \u2192 add details \u2192 refine \u2192 check). \n4. Continue producing think within <think></think> and call tool within <interaction_prompt></interaction_prompt> until the answer is ready.\n5. Once the answer is complete, write:\n   <think>(final reasoning with the <interaction_response> and question)</think>\n   <answer>(final answer for the question)</answer><|im_end|>\n<|im_start|>assistant\n<think>a</think><interaction_prompt>x</interaction_prompt><interaction_prompt>y</interaction_prompt><|im_end|>\n<|im_start|>user\n<interaction_response>\n{\"results\": [\"Some upstream answer.\"]}\n</interaction_response><|im_end|>\n<|im_start|>assistant\n<think>\nThe LLM says Shakespeare.</think>\n<answer>William Shakespeare</answer><|im_end|>",
+       "references": [
+        "William Shakespeare",
+        "Shakespeare"
+       ],
+       "format": 0.6,
+       "f1": 1.0,
+       "em": 1.0,
+       "sm": 1.0,
+       "reward": -0.4,
+       "answer": "William Shakespeare"
+      },
+      {
+       "name": "call-block-missing-think",
+       "text": "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a great assistant. \n\n# Tools\n\nYou can call one or more powerful Large Language Models to answer the user's questions. But you MUST provide the tool with an explanation and analysis of the problem, as well as your thought process.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>\n{\"type\": \"function\", \"function\": {\"name\": \"prompt\", \"description\": \"Give an explanation of the question in detail.\", \"parameters\": {\"type\": \"object\", \"properties\": {\"prompt\": {\"type\": \"string\", \"description\": \"Give question and its explanation\"}}, \"required\": [\"prompt\"]}}}\n</tools>\n\nFor each function call, return a json object with function name and arguments within <interaction_prompt></interaction_prompt> XML tags:\n<interaction_prompt>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</interaction_prompt><|im_end|>\n<|im_start|>user\nQuestion: Who wrote Hamlet?\nFirst, provide a simple explanation of the question and give it to the large language model for a more accurate answer. Focus on explaining the question without deep reasoning in the first step. After receiving the response, think about the large language model's response, and by interacting with the large language model again and again, arrive at the final answer. Proceed step by step with the following rules:\n1. Only in the first step, provide a brief explanation of the question and give it to the large language model:\n   <think>(Brief thinking must not be over 80 words)</think>\n   <interaction_prompt>(give the question and its explanation to the large language model)</interaction_prompt>\n2. After the first step, in each interaction with the large language model, write:\n   <think>(your reasoning for the receiving response and question)</think>\n   <interaction_prompt>(new request to refine or validate the answer)</interaction_prompt>\n3. Each <interaction_prompt> must build on what came before. Do not just repeat the same content. Let the content of the <interaction_prompt>...</interaction_prompt> evolve naturally (for example: outline \u2192 add details \u2192 refine \u2192 check). \n4. Continue producing think within <think></think> and call tool within <interaction_prompt></interaction_prompt> until the answer is ready.\n5. Once the answer is complete, write:\n   <think>(final reasoning with the <interaction_response> and question)</think>\n   <answer>(final answer for the question)</answer><|im_end|>\n<|im_start|>assistant\n<interaction_prompt>ask</interaction_prompt><|im_end|>\n<|im_start|>user\n<interaction_response>\n{\"results\": [\"Some upstream answer.\"]}\n</interaction_response><|im_end|>\n<|im_start|>assistant\n<think>\nThe LLM says Shakespeare.</think>\n<answer>William Shakespeare</answer><|im_end|>",
+       "references": [
+        "William Shakespeare",
+        "Shakespeare"
+       ],
+       "format": 0.6,
+       "f1": 1.0,
+       "em": 1.0,
+       "sm": 1.0,
+       "reward": -0.4,
+       "answer": "William Shakespeare"
+      },
+      {
+       "name": "three-calls-no-answer-turn-limit",
+       "text": "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a great assistant. \n\n# Tools\n\nYou can call one or more powerful Large Language Models to answer the user's questions. But you MUST provide the tool with an explanation and analysis of the problem, as well as your thought process.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>\n{\"type\": \"function\", \"function\": {\"name\": \"prompt\", \"description\": \"Give an explanation of the question in detail.\", \"parameters\": {\"type\": \"object\", \"properties\": {\"prompt\": {\"type\": \"string\", \"description\": \"Give question and its explanation\"}}, \"required\": [\"prompt\"]}}}\n</tools>\n\nFor each function call, return a json object with function name and arguments within <interaction_prompt></interaction_prompt> XML tags:\n<interaction_prompt>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</interaction_prompt><|im_end|>\n<|im_start|>user\nQuestion: Who wrote Hamlet?\nFirst, provide a simple explanation of the question and give it to the large language model for a more accurate answer. Focus on explaining the question without deep reasoning in the first step. After receiving the response, think about the large language model's response, and by interacting with the large language model again and again, arrive at the final answer. Proceed step by step with the following rules:\n1. Only in the first step, provide a brief explanation of the question and give it to the large language model:\n   <think>(Brief thinking must not be over 80 words)</think>\n   <interaction_prompt>(give the question and its explanation to the large language model)</interaction_prompt>\n2. After the first step, in each interaction with the large language model, write:\n   <think>(your reasoning for the receiving response and question)</think>\n   <interaction_prompt>(new request to refine or validate the answer)</interaction_prompt>\n3. Each <interaction_prompt> must build on what came before. Do not just repeat the same content. Let the content of the <interaction_prompt>...</interaction_prompt> evolve naturally (for example: outline \u2192 add details \u2192 refine \u2192 check). \n4. Continue producing think within <think></think> and call tool within <interaction_prompt></interaction_prompt> until the answer is ready.\n5. Once the answer is complete, write:\n   <think>(final reasoning with the <interaction_response> and question)</think>\n   <answer>(final answer for the question)</answer><|im_end|>\n<|im_start|>assistant\n<think>I should ask.</think>\n<interaction_prompt>{\"name\": \"prompt\", \"arguments\": {\"prompt\": \"Who wrote Hamlet? Explain.\"}}</interaction_prompt><|im_end|>\n<|im_start|>user\n<interaction_response>\n{\"results\": [\"Some upstream answer.\"]}\n</interaction_response><|im_end|>\n<|im_start|>assistant\n<think>\nI read the response; let me verify.</think>\n<interaction_prompt>Please double-check: who wrote Hamlet?</interaction_prompt><|im_end|>\n<|im_start|>user\n<interaction_response>\n{\"results\": [\"Some upstream answer.\"]}\n</interaction_response><|im_end|>\n<|im_start|>assistant\n<think>\nI read the response; let me verify.</think>\n<interaction_prompt>Please double-check: who wrote Hamlet?</interaction_prompt><|im_end|>\n<|im_start|>user\n<interaction_response>\n{\"results\": [\"Some upstream answer.\"]}\n</interaction_response><|im_end|>\n<|im_start|>assistant\n<think>\nI read the response; let me verify.</think>\n<interaction_prompt>Please double-check: who wrote Hamlet?</interaction_prompt><|im_end|>\n<|im_start|>user\n<interaction_response>\n{\"results\": [\"Some upstream answer.\"]}\n</interaction_response><|im_end|>\n<|im_start|>assistant\n<think>\nI read the response; let me verify.</think>\n<interaction_prompt>Please double-check: who wrote Hamlet?</interaction_prompt><|im_end|>\n<|im_start|>user\n<interaction_response>\n{\"results\": [\"Some upstream answer.\"]}\n</interaction_response><|im_end|>\n<|im_start|>assistant\n<think>\n<|im_end|>",
+       "references": [
+        "William Shakespeare",
+        "Shakespeare"
+       ],
+       "format": 1.0,
+       "f1": 0.0,
+       "em": 0.0,
+       "sm": 0.0,
+       "reward": 0.0,
+       "answer": null
+      },
+      {
+       "name": "one-bad-call-then-answer",
+       "text": "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a great assistant. \n\n# Tools\n\nYou can call one or more powerful Large Language Models to answer the user's questions. But you MUST provide the tool with an explanation and analysis of the problem, as well as your thought process.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>\n{\"type\": \"function\", \"function\": {\"name\": \"prompt\", \"description\": \"Give an explanation of the question in detail.\", \"parameters\": {\"type\": \"object\", \"properties\": {\"prompt\": {\"type\": \"string\", \"description\": \"Give question and its explanation\"}}, \"required\": [\"prompt\"]}}}\n</tools>\n\nFor each function call, return a json object with function name and arguments within <interaction_prompt></interaction_prompt> XML tags:\n<interaction_prompt>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</interaction_prompt><|im_end|>\n<|im_start|>user\nQuestion: Who wrote Hamlet?\nFirst, provide a simple explanation of the question and give it to the large language model for a more accurate answer. Focus on explaining the question without deep reasoning in the first step. After receiving the response, think about the large language model's response, and by interacting with the large language model again and again, arrive at the final answer. Proceed step by step with the following rules:\n1. Only in the first step, provide a brief explanation of the question and give it to the large language model:\n   <think>(Brief thinking must not be over 80 words)</think>\n   <interaction_prompt>(give the question and its explanation to the large language model)</interaction_prompt>\n2. After the first step, in each interaction with the large language model, write:\n   <think>(your reasoning for the receiving response and question)</think>\n   <interaction_prompt>(new request to refine or validate the answer)</interaction_prompt>\n3. Each <interaction_prompt> must build on what came before. Do not just repeat the same content. Let the content of the <interaction_prompt>...</interaction_prompt> evolve naturally (for example: outline \u2192 add details \u2192 refine \u2192 check). \n4. Continue producing think within <think></think> and call tool within <interaction_prompt></interaction_prompt> until the answer is ready.\n5. Once the answer is complete, write:\n   <think>(final reasoning with the <interaction_response> and question)</think>\n   <answer>(final answer for the question)</answer><|im_end|>\n<|im_start|>assistant\n<think>x</think>garbage<interaction_prompt>ask</interaction_prompt><|im_end|>\n<|im_start|>user\n<interaction_response>\n{\"results\": [\"Some upstream answer.\"]}\n</interaction_response><|im_end|>\n<|im_start|>assistant\n<think>\nThe LLM says Shakespeare.</think>\n<answer>William Shakespeare</answer><|im_end|>",
+       "references": [
+        "William Shakespeare",
+        "Shakespeare"
+       ],
+       "format": 0.6,
+       "f1": 1.0,
+       "em": 1.0,
+       "sm": 1.0,
+       "reward": -0.4,
+       "answer": "William Shakespeare"
+      },
+      {
+       "name": "wrong-answer",
+       "text": "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a great assistant. \n\n# Tools\n\nYou can call one or more powerful Large Language Models to answer the user's questions. But you MUST provide the tool with an explanation and analysis of the problem, as well as your thought process.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>\n{\"type\": \"function\", \"function\": {\"name\": \"prompt\", \"description\": \"Give an explanation of the question in detail.\", \"parameters\": {\"type\": \"object\", \"properties\": {\"prompt\": {\"type\": \"string\", \"description\": \"Give question and its explanation\"}}, \"required\": [\"prompt\"]}}}\n</tools>\n\nFor each function call, return a json object with function name and arguments within <interaction_prompt></interaction_prompt> XML tags:\n<interaction_prompt>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</interaction_prompt><|im_end|>\n<|im_start|>user\nQuestion: Who wrote Hamlet?\nFirst, provide a simple explanation of the question and give it to the large language model for a more accurate answer. Focus on explaining the question without deep reasoning in the first step. After receiving the response, think about the large language model's response, and by interacting with the large language model again and again, arrive at the final answer. Proceed step by step with the following rules:\n1. Only in the first step, provide a brief explanation of the question and give it to the large language model:\n   <think>(Brief thinking must not be over 80 words)</think>\n   <interaction_prompt>(give the question and its explanation to the large language model)</interaction_prompt>\n2. After the first step, in each interaction with the large language model, write:\n   <think>(your reasoning for the receiving response and question)</think>\n   <interaction_prompt>(new request to refine or validate the answer)</interaction_prompt>\n3. Each <interaction_prompt> must build on what came before. Do not just repeat the same content. Let the content of the <interaction_prompt>...</interaction_prompt> evolve naturally (for example: outline \u2192 add details \u2192 refine \u2192 check). \n4. Continue producing think within <think></think> and call tool within <interaction_prompt></interaction_prompt> until the answer is ready.\n5. Once the answer is complete, write:\n   <think>(final reasoning with the <interaction_response> and question)</think>\n   <answer>(final answer for the question)</answer><|im_end|>\n<|im_start|>assistant\n<think>I should ask.</think>\n<interaction_prompt>{\"name\": \"prompt\", \"arguments\": {\"prompt\": \"Who wrote Hamlet? Explain.\"}}</interaction_prompt><|im_end|>\n<|im_start|>user\n<interaction_response>\n{\"results\": [\"Some upstream answer.\"]}\n</interaction_response><|im_end|>\n<|im_start|>assistant\n<think>\nhmm</think>\n<answer>Christopher Marlowe</answer><|im_end|>",
+       "references": [
+        "William Shakespeare",
+        "Shakespeare"
+       ],
+       "format": 1.0,
+       "f1": 0.0,
+       "em": 0.0,
+       "sm": 0.0,
+       "reward": 0.0,
+       "answer": "Christopher Marlowe"
+      },
+      {
+       "name": "partial-answer",
+       "text": "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a great assistant. \n\n# Tools\n\nYou can call one or more powerful Large Language Models to answer the user's questions. But you MUST provide the tool with an explanation and analysis of the problem, as well as your thought process.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>\n{\"type\": \"function\", \"function\": {\"name\": \"prompt\", \"description\": \"Give an explanation of the question in detail.\", \"parameters\": {\"type\": \"object\", \"properties\": {\"prompt\": {\"type\": \"string\", \"description\": \"Give question and its explanation\"}}, \"required\": [\"prompt\"]}}}\n</tools>\n\nFor each function call, return a json object with function name and arguments within <interaction_prompt></interaction_prompt> XML tags:\n<interaction_prompt>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</interaction_prompt><|im_end|>\n<|im_start|>user\nQuestion: Who wrote Hamlet?\nFirst, provide a simple explanation of the question and give it to the large language model for a more accurate answer. Focus on explaining the question without deep reasoning in the first step. After receiving the response, think about the large language model's response, and by interacting with the large language model again and again, arrive at the final answer. Proceed step by step with the following rules:\n1. Only in the first step, provide a brief explanation of the question and give it to the large language model:\n   <think>(Brief thinking must not be over 80 words)</think>\n   <interaction_prompt>(give the question and its explanation to the large language model)</interaction_prompt>\n2. After the first step, in each interaction with the large language model, write:\n   <think>(your reasoning for the receiving response and question)</think>\n   <interaction_prompt>(new request to refine or validate the answer)</interaction_prompt>\n3. Each <interaction_prompt> must build on what came before. Do not just repeat the same content. Let the content of the <interaction_prompt>...</interaction_prompt> evolve naturally (for example: outline \u2192 add details \u2192 refine \u2192 check). \n4. Continue producing think within <think></think> and call tool within <interaction_prompt></interaction_prompt> until the answer is ready.\n5. Once the answer is complete, write:\n   <think>(final reasoning with the <interaction_response> and question)</think>\n   <answer>(final answer for the question)</answer><|im_end|>\n<|im_start|>assistant\n<think>I should ask.</think>\n<interaction_prompt>{\"name\": \"prompt\", \"arguments\": {\"prompt\": \"Who wrote Hamlet? Explain.\"}}</interaction_prompt><|im_end|>\n<|im_start|>user\n<interaction_response>\n{\"results\": [\"Some upstream answer.\"]}\n</interaction_response><|im_end|>\n<|im_start|>assistant\n<think>\nhmm</think>\n<answer>Shakespeare, the playwright William</answer><|im_end|>",
+       "references": [
+        "William Shakespeare",
+        "Shakespeare"
+       ],
+       "format": 1.0,
+       "f1": 0.8,
+       "em": 0.0,
+       "sm": 1.0,
+       "reward": 0.8,
+       "answer": "Shakespeare, the playwright William"
+      },
+      {
+       "name": "articles-and-punctuation",
+       "text": "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a great assistant. \n\n# Tools\n\nYou can call one or more powerful Large Language Models to answer the user's questions. But you MUST provide the tool with an explanation and analysis of the problem, as well as your thought process.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>\n{\"type\": \"function\", \"function\": {\"name\": \"prompt\", \"description\": \"Give an explanation of the question in detail.\", \"parameters\": {\"type\": \"object\", \"properties\": {\"prompt\": {\"type\": \"string\", \"description\": \"Give question and its explanation\"}}, \"required\": [\"prompt\"]}}}\n</tools>\n\nFor each function call, return a json object with function name and arguments within <interaction_prompt></interaction_prompt> XML tags:\n<interaction_prompt>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</interaction_prompt><|im_end|>\n<|im_start|>user\nQuestion: Who wrote Hamlet?\nFirst, provide a simple explanation of the question and give it to the large language model for a more accurate answer. Focus on explaining the question without deep reasoning in the first step. After receiving the response, think about the large language model's response, and by interacting with the large language model again and again, arrive at the final answer. Proceed step by step with the following rules:\n1. Only in the first step, provide a brief explanation of the question and give it to the large language model:\n   <think>(Brief thinking must not be over 80 words)</think>\n   <interaction_prompt>(give the question and its explanation to the large language model)</interaction_prompt>\n2. After the first step, in each interaction with the large language model, write:\n   <think>(your reasoning for the receiving response and question)</think>\n   <interaction_prompt>(new request to refine or validate the answer)</interaction_prompt>\n3. Each <interaction_prompt> must build on what came before. Do not just repeat the same content. Let the content of the <interaction_prompt>...</interaction_prompt> evolve naturally (for example: outline \u2192 add details \u2192 refine \u2192 check). \n4. Continue producing think within <think></think> and call tool within <interaction_prompt></interaction_prompt> until the answer is ready.\n5. Once the answer is complete, write:\n   <think>(final reasoning with the <interaction_response> and question)</think>\n   <answer>(final answer for the question)</answer><|im_end|>\n<|im_start|>assistant\n<think>I should ask.</think>\n<interaction_prompt>{\"name\": \"prompt\", \"arguments\": {\"prompt\": \"Who wrote Hamlet? Explain.\"}}</interaction_prompt><|im_end|>\n<|im_start|>user\n<interaction_response>\n{\"results\": [\"Some upstream answer.\"]}\n</interaction_response><|im_end|>\n<|im_start|>assistant\n<think>\nok</think><answer>The  William-Shakespeare!!</answer><|im_end|>",
+       "references": [
+        "the william shakespeare"
+       ],
+       "format": 1.0,
+       "f1": 0.0,
+       "em": 0.0,
+       "sm": 0.0,
+       "reward": 0.0,
+       "answer": "The  William-Shakespeare!!"
+      },
+      {
+       "name": "answer-only-articles",
+       "text": "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a great assistant. \n\n# Tools\n\nYou can call one or more powerful Large Language Models to answer the user's questions. But you MUST provide the tool with an explanation and analysis of the problem, as well as your thought process.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>\n{\"type\": \"function\", \"function\": {\"name\": \"prompt\", \"description\": \"Give an explanation of the question in detail.\", \"parameters\": {\"type\": \"object\", \"properties\": {\"prompt\": {\"type\": \"string\", \"description\": \"Give question and its explanation\"}}, \"required\": [\"prompt\"]}}}\n</tools>\n\nFor each function call, return a json object with function name and arguments within <interaction_prompt></interaction_prompt> XML tags:\n<interaction_prompt>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</interaction_prompt><|im_end|>\n<|im_start|>user\nQuestion: Who wrote Hamlet?\nFirst, provide a simple explanation of the question and give it to the large language model for a more accurate answer. Focus on explaining the question without deep reasoning in the first step. After receiving the response, think about the large language model's response, and by interacting with the large language model again and again, arrive at the final answer. Proceed step by step with the following rules:\n1. Only in the first step, provide a brief explanation of the question and give it to the large language model:\n   <think>(Brief thinking must not be over 80 words)</think>\n   <interaction_prompt>(give the question and its explanation to the large language model)</interaction_prompt>\n2. After the first step, in each interaction with the large language model, write:\n   <think>(your reasoning for the receiving response and question)</think>\n   <interaction_prompt>(new request to refine or validate the answer)</interaction_prompt>\n3. Each <interaction_prompt> must build on what came before. Do not just repeat the same content. Let the content of the <interaction_prompt>...</interaction_prompt> evolve naturally (for example: outline \u2192 add details \u2192 refine \u2192 check). \n4. Continue producing think within <think></think> and call tool within <interaction_prompt></interaction_prompt> until the answer is ready.\n5. Once the answer is complete, write:\n   <think>(final reasoning with the <interaction_response> and question)</think>\n   <answer>(final answer for the question)</answer><|im_end|>\n<|im_start|>assistant\n<think>I should ask.</think>\n<interaction_prompt>{\"name\": \"prompt\", \"arguments\": {\"prompt\": \"Who wrote Hamlet? Explain.\"}}</interaction_prompt><|im_end|>\n<|im_start|>user\n<interaction_response>\n{\"results\": [\"Some upstream answer.\"]}\n</interaction_response><|im_end|>\n<|im_start|>assistant\n<think>\nok</think><answer>The a an</answer><|im_end|>",
+       "references": [
+        "the"
+       ],
+       "format": 1.0,
+       "f1": 0.0,
+       "em": 1.0,
+       "sm": 1.0,
+       "reward": 0.0,
+       "answer": "The a an"
+      },
+      {
+       "name": "unicode-answer-accents",
+       "text": "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a great assistant. \n\n# Tools\n\nYou can call one or more powerful Large Language Models to answer the user's questions. But you MUST provide the tool with an explanation and analysis of the problem, as well as your thought process.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>\n{\"type\": \"function\", \"function\": {\"name\": \"prompt\", \"description\": \"Give an explanation of the question in detail.\", \"parameters\": {\"type\": \"object\", \"properties\": {\"prompt\": {\"type\": \"string\", \"description\": \"Give question and its explanation\"}}, \"required\": [\"prompt\"]}}}\n</tools>\n\nFor each function call, return a json object with function name and arguments within <interaction_prompt></interaction_prompt> XML tags:\n<interaction_prompt>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</interaction_prompt><|im_end|>\n<|im_start|>user\nQuestion: Capital?\nFirst, provide a simple explanation of the question and give it to the large language model for a more accurate answer. Focus on explaining the question without deep reasoning in the first step. After receiving the response, think about the large language model's response, and by interacting with the large language model again and again, arrive at the final answer. Proceed step by step with the following rules:\n1. Only in the first step, provide a brief explanation of the question and give it to the large language model:\n   <think>(Brief thinking must not be over 80 words)</think>\n   <interaction_prompt>(give the question and its explanation to the large language model)</interaction_prompt>\n2. After the first step, in each interaction with the large language model, write:\n   <think>(your reasoning for the receiving response and question)</think>\n   <interaction_prompt>(new request to refine or validate the answer)</interaction_prompt>\n3. Each <interaction_prompt> must build on what came before. Do not just repeat the same content. Let the content of the <interaction_prompt>...</interaction_prompt> evolve naturally (for example: outline \u2192 add details \u2192 refine \u2192 check). \n4. Continue producing think within <think></think> and call tool within <interaction_prompt></interaction_prompt> until the answer is ready.\n5. Once the answer is complete, write:\n   <think>(final reasoning with the <interaction_response> and question)</think>\n   <answer>(final answer for the question)</answer><|im_end|>\n<|im_start|>assistant\n<think>I should ask.</think>\n<interaction_prompt>{\"name\": \"prompt\", \"arguments\": {\"prompt\": \"Who wrote Hamlet? Explain.\"}}</interaction_prompt><|im_end|>\n<|im_start|>user\n<interaction_response>\n{\"results\": [\"Some upstream answer.\"]}\n</interaction_response><|im_end|>\n<|im_start|>assistant\n<think>\nok</think><answer>Bogot\u00e1, Colombia</answer><|im_end|>",
+       "references": [
+        "Bogot\u00e1"
+       ],
+       "format": 1.0,
+       "f1": 0.6666666666666666,
+       "em": 0.0,
+       "sm": 1.0,
+       "reward": 0.6666666666666666,
+       "answer": "Bogot\u00e1, Colombia"
+      },
+      {
+       "name": "unicode-nfd-vs-nfc",
+       "text": "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a great assistant. \n\n# Tools\n\nYou can call one or more powerful Large Language Models to answer the user's questions. But you MUST provide the tool with an explanation and analysis of the problem, as well as your thought process.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>\n{\"type\": \"function\", \"function\": {\"name\": \"prompt\", \"description\": \"Give an explanation of the question in detail.\", \"parameters\": {\"type\": \"object\", \"properties\": {\"prompt\": {\"type\": \"string\", \"description\": \"Give question and its explanation\"}}, \"required\": [\"prompt\"]}}}\n</tools>\n\nFor each function call, return a json object with function name and arguments within <interaction_prompt></interaction_prompt> XML tags:\n<interaction_prompt>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</interaction_prompt><|im_end|>\n<|im_start|>user\nQuestion: Capital?\nFirst, provide a simple explanation of the question and give it to the large language model for a more accurate answer. Focus on explaining the question without deep reasoning in the first step. After receiving the response, think about the large language model's response, and by interacting with the large language model again and again, arrive at the final answer. Proceed step by step with the following rules:\n1. Only in the first step, provide a brief explanation of the question and give it to the large language model:\n   <think>(Brief thinking must not be over 80 words)</think>\n   <interaction_prompt>(give the question and its explanation to the large language model)</interaction_prompt>\n2. After the first step, in each interaction with the large language model, write:\n   <think>(your reasoning for the receiving response and question)</think>\n   <interaction_prompt>(new request to refine or validate the answer)</interaction_prompt>\n3. Each <interaction_prompt> must build on what came before. Do not just repeat the same content. Let the content of the <interaction_prompt>...</interaction_prompt> evolve naturally (for example: outline \u2192 add details \u2192 refine \u2192 check). \n4. Continue producing think within <think></think> and call tool within <interaction_prompt></interaction_prompt> until the answer is ready.\n5. Once the answer is complete, write:\n   <think>(final reasoning with the <interaction_response> and question)</think>\n   <answer>(final answer for the question)</answer><|im_end|>\n<|im_start|>assistant\n<think>I should ask.</think>\n<interaction_prompt>{\"name\": \"prompt\", \"arguments\": {\"prompt\": \"Who wrote Hamlet? Explain.\"}}</interaction_prompt><|im_end|>\n<|im_start|>user\n<interaction_response>\n{\"results\": [\"Some upstream answer.\"]}\n</interaction_response><|im_end|>\n<|im_start|>assistant\n<think>\nok</think><answer>Bogota\u0301</answer><|im_end|>",
+       "references": [
+        "Bogot\u00e1"
+       ],
+       "format": 1.0,
+       "f1": 0.0,
+       "em": 0.0,
+       "sm": 0.0,
+       "reward": 0.0,
+       "answer": "Bogota\u0301"
+      },
+      {
+       "name": "unicode-nfd-article",
+       "text": "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a great assistant. \n\n# Tools\n\nYou can call one or more powerful Large Language Models to answer the user's questions. But you MUST provide the tool with an explanation and analysis of the problem, as well as your thought process.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>\n{\"type\": \"function\", \"function\": {\"name\": \"prompt\", \"description\": \"Give an explanation of the question in detail.\", \"parameters\": {\"type\": \"object\", \"properties\": {\"prompt\": {\"type\": \"string\", \"description\": \"Give question and its explanation\"}}, \"required\": [\"prompt\"]}}}\n</tools>\n\nFor each function call, return a json object with function name and arguments within <interaction_prompt></interaction_prompt> XML tags:\n<interaction_prompt>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</interaction_prompt><|im_end|>\n<|im_start|>user\nQuestion: Q?\nFirst, provide a simple explanation of the question and give it to the large language model for a more accurate answer. Focus on explaining the question without deep reasoning in the first step. After receiving the response, think about the large language model's response, and by interacting with the large language model again and again, arrive at the final answer. Proceed step by step with the following rules:\n1. Only in the first step, provide a brief explanation of the question and give it to the large language model:\n   <think>(Brief thinking must not be over 80 words)</think>\n   <interaction_prompt>(give the question and its explanation to the large language model)</interaction_prompt>\n2. After the first step, in each interaction with the large language model, write:\n   <think>(your reasoning for the receiving response and question)</think>\n   <interaction_prompt>(new request to refine or validate the answer)</interaction_prompt>\n3. Each <interaction_prompt> must build on what came before. Do not just repeat the same content. Let the content of the <interaction_prompt>...</interaction_prompt> evolve naturally (for example: outline \u2192 add details \u2192 refine \u2192 check). \n4. Continue producing think within <think></think> and call tool within <interaction_prompt></interaction_prompt> until the answer is ready.\n5. Once the answer is complete, write:\n   <think>(final reasoning with the <interaction_response> and question)</think>\n   <answer>(final answer for the question)</answer><|im_end|>\n<|im_start|>assistant\n<think>I should ask.</think>\n<interaction_prompt>{\"name\": \"prompt\", \"arguments\": {\"prompt\": \"Who wrote Hamlet? Explain.\"}}</interaction_prompt><|im_end|>\n<|im_start|>user\n<interaction_response>\n{\"results\": [\"Some upstream answer.\"]}\n</interaction_response><|im_end|>\n<|im_start|>assistant\n<think>\nok</think><answer>the\u0301 cafe</answer><|im_end|>",
+       "references": [
+        "cafe"
+       ],
+       "format": 1.0,
+       "f1": 0.6666666666666666,
+       "em": 0.0,
+       "sm": 1.0,
+       "reward": 0.6666666666666666,
+       "answer": "the\u0301 cafe"
+      },
+      {
+       "name": "greek-final-sigma",
+       "text": "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a great assistant. \n\n# Tools\n\nYou can call one or more powerful Large Language Models to answer the user's questions. But you MUST provide the tool with an explanation and analysis of the problem, as well as your thought process.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>\n{\"type\": \"function\", \"function\": {\"name\": \"prompt\", \"description\": \"Give an explanation of the question in detail.\", \"parameters\": {\"type\": \"object\", \"properties\": {\"prompt\": {\"type\": \"string\", \"description\": \"Give question and its explanation\"}}, \"required\": [\"prompt\"]}}}\n</tools>\n\nFor each function call, return a json object with function name and arguments within <interaction_prompt></interaction_prompt> XML tags:\n<interaction_prompt>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</interaction_prompt><|im_end|>\n<|im_start|>user\nQuestion: Q?\nFirst, provide a simple explanation of the question and give it to the large language model for a more accurate answer. Focus on explaining the question without deep reasoning in the first step. After receiving the response, think about the large language model's response, and by interacting with the large language model again and again, arrive at the final answer. Proceed step by step with the following rules:\n1. Only in the first step, provide a brief explanation of the question and give it to the large language model:\n   <think>(Brief thinking must not be over 80 words)</think>\n   <interaction_prompt>(give the question and its explanation to the large language model)</interaction_prompt>\n2. After the first step, in each interaction with the large language model, write:\n   <think>(your reasoning for the receiving response and question)</think>\n   <interaction_prompt>(new request to refine or validate the answer)</interaction_prompt>\n3. Each <interaction_prompt> must build on what came before. Do not just repeat the same content. Let the content of the <interaction_prompt>...</interaction_prompt> evolve naturally (for example: outline \u2192 add details \u2192 refine \u2192 check). \n4. Continue producing think within <think></think> and call tool within <interaction_prompt></interaction_prompt> until the answer is ready.\n5. Once the answer is complete, write:\n   <think>(final reasoning with the <interaction_response> and question)</think>\n   <answer>(final answer for the question)</answer><|im_end|>\n<|im_start|>assistant\n<think>I should ask.</think>\n<interaction_prompt>{\"name\": \"prompt\", \"arguments\": {\"prompt\": \"Who wrote Hamlet? Explain.\"}}</interaction_prompt><|im_end|>\n<|im_start|>user\n<interaction_response>\n{\"results\": [\"Some upstream answer.\"]}\n</interaction_response><|im_end|>\n<|im_start|>assistant\n<think>\nok</think><answer>\u039f\u0394\u03a5\u03a3\u03a3\u0395\u03a5\u03a3</answer><|im_end|>",
+       "references": [
+        "\u03bf\u03b4\u03c5\u03c3\u03c3\u03b5\u03c5\u03c2"
+       ],
+       "format": 1.0,
+       "f1": 1.0,
+       "em": 1.0,
+       "sm": 1.0,
+       "reward": 1.0,
+       "answer": "\u039f\u0394\u03a5\u03a3\u03a3\u0395\u03a5\u03a3"
+      },
+      {
+       "name": "turkish-dotted-i",
+       "text": "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a great assistant. \n\n# Tools\n\nYou can call one or more powerful Large Language Models to answer the user's questions. But you MUST provide the tool with an explanation and analysis of the problem, as well as your thought process.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>\n{\"type\": \"function\", \"function\": {\"name\": \"prompt\", \"description\": \"Give an explanation of the question in detail.\", \"parameters\": {\"type\": \"object\", \"properties\": {\"prompt\": {\"type\": \"string\", \"description\": \"Give question and its explanation\"}}, \"required\": [\"prompt\"]}}}\n</tools>\n\nFor each function call, return a json object with function name and arguments within <interaction_prompt></interaction_prompt> XML tags:\n<interaction_prompt>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</interaction_prompt><|im_end|>\n<|im_start|>user\nQuestion: Q?\nFirst, provide a simple explanation of the question and give it to the large language model for a more accurate answer. Focus on explaining the question without deep reasoning in the first step. After receiving the response, think about the large language model's response, and by interacting with the large language model again and again, arrive at the final answer. Proceed step by step with the following rules:\n1. Only in the first step, provide a brief explanation of the question and give it to the large language model:\n   <think>(Brief thinking must not be over 80 words)</think>\n   <interaction_prompt>(give the question and its explanation to the large language model)</interaction_prompt>\n2. After the first step, in each interaction with the large language model, write:\n   <think>(your reasoning for the receiving response and question)</think>\n   <interaction_prompt>(new request to refine or validate the answer)</interaction_prompt>\n3. Each <interaction_prompt> must build on what came before. Do not just repeat the same content. Let the content of the <interaction_prompt>...</interaction_prompt> evolve naturally (for example: outline \u2192 add details \u2192 refine \u2192 check). \n4. Continue producing think within <think></think> and call tool within <interaction_prompt></interaction_prompt> until the answer is ready.\n5. Once the answer is complete, write:\n   <think>(final reasoning with the <interaction_response> and question)</think>\n   <answer>(final answer for the question)</answer><|im_end|>\n<|im_start|>assistant\n<think>I should ask.</think>\n<interaction_prompt>{\"name\": \"prompt\", \"arguments\": {\"prompt\": \"Who wrote Hamlet? Explain.\"}}</interaction_prompt><|im_end|>\n<|im_start|>user\n<interaction_response>\n{\"results\": [\"Some upstream answer.\"]}\n</interaction_response><|im_end|>\n<|im_start|>assistant\n<think>\nok</think><answer>\u0130stanbul</answer><|im_end|>",
+       "references": [
+        "i\u0307stanbul"
+       ],
+       "format": 1.0,
+       "f1": 1.0,
+       "em": 1.0,
+       "sm": 1.0,
+       "reward": 1.0,
+       "answer": "\u0130stanbul"
+      },
+      {
+       "name": "cjk-answer",
+       "text": "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a great assistant. \n\n# Tools\n\nYou can call one or more powerful Large Language Models to answer the user's questions. But you MUST provide the tool with an explanation and analysis of the problem, as well as your thought process.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>\n{\"type\": \"function\", \"function\": {\"name\": \"prompt\", \"description\": \"Give an explanation of the question in detail.\", \"parameters\": {\"type\": \"object\", \"properties\": {\"prompt\": {\"type\": \"string\", \"description\": \"Give question and its explanation\"}}, \"required\": [\"prompt\"]}}}\n</tools>\n\nFor each function call, return a json object with function name and arguments within <interaction_prompt></interaction_prompt> XML tags:\n<interaction_prompt>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</interaction_prompt><|im_end|>\n<|im_start|>user\nQuestion: Q?\nFirst, provide a simple explanation of the question and give it to the large language model for a more accurate answer. Focus on explaining the question without deep reasoning in the first step. After receiving the response, think about the large language model's response, and by interacting with the large language model again and again, arrive at the final answer. Proceed step by step with the following rules:\n1. Only in the first step, provide a brief explanation of the question and give it to the large language model:\n   <think>(Brief thinking must not be over 80 words)</think>\n   <interaction_prompt>(give the question and its explanation to the large language model)</interaction_prompt>\n2. After the first step, in each interaction with the large language model, write:\n   <think>(your reasoning for the receiving response and question)</think>\n   <interaction_prompt>(new request to refine or validate the answer)</interaction_prompt>\n3. Each <interaction_prompt> must build on what came before. Do not just repeat the same content. Let the content of the <interaction_prompt>...</interaction_prompt> evolve naturally (for example: outline \u2192 add details \u2192 refine \u2192 check). \n4. Continue producing think within <think></think> and call tool within <interaction_prompt></interaction_prompt> until the answer is ready.\n5. Once the answer is complete, write:\n   <think>(final reasoning with the <interaction_response> and question)</think>\n   <answer>(final answer for the question)</answer><|im_end|>\n<|im_start|>assistant\n<think>I should ask.</think>\n<interaction_prompt>{\"name\": \"prompt\", \"arguments\": {\"prompt\": \"Who wrote Hamlet? Explain.\"}}</interaction_prompt><|im_end|>\n<|im_start|>user\n<interaction_response>\n{\"results\": [\"Some upstream answer.\"]}\n</interaction_response><|im_end|>\n<|im_start|>assistant\n<think>\nok</think><answer>\u5317\u4eac \u5e02</answer><|im_end|>",
+       "references": [
+        "\u5317\u4eac"
+       ],
+       "format": 1.0,
+       "f1": 0.6666666666666666,
+       "em": 0.0,
+       "sm": 1.0,
+       "reward": 0.6666666666666666,
+       "answer": "\u5317\u4eac \u5e02"
+      },
+      {
+       "name": "emoji-answer",
+       "text": "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a great assistant. \n\n# Tools\n\nYou can call one or more powerful Large Language Models to answer the user's questions. But you MUST provide the tool with an explanation and analysis of the problem, as well as your thought process.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>\n{\"type\": \"function\", \"function\": {\"name\": \"prompt\", \"description\": \"Give an explanation of the question in detail.\", \"parameters\": {\"type\": \"object\", \"properties\": {\"prompt\": {\"type\": \"string\", \"description\": \"Give question and its explanation\"}}, \"required\": [\"prompt\"]}}}\n</tools>\n\nFor each function call, return a json object with function name and arguments within <interaction_prompt></interaction_prompt> XML tags:\n<interaction_prompt>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</interaction_prompt><|im_end|>\n<|im_start|>user\nQuestion: Q?\nFirst, provide a simple explanation of the question and give it to the large language model for a more accurate answer. Focus on explaining the question without deep reasoning in the first step. After receiving the response, think about the large language model's response, and by interacting with the large language model again and again, arrive at the final answer. Proceed step by step with the following rules:\n1. Only in the first step, provide a brief explanation of the question and give it to the large language model:\n   <think>(Brief thinking must not be over 80 words)</think>\n   <interaction_prompt>(give the question and its explanation to the large language model)</interaction_prompt>\n2. After the first step, in each interaction with the large language model, write:\n   <think>(your reasoning for the receiving response and question)</think>\n   <interaction_prompt>(new request to refine or validate the answer)</interaction_prompt>\n3. Each <interaction_prompt> must build on what came before. Do not just repeat the same content. Let the content of the <interaction_prompt>...</interaction_prompt> evolve naturally (for example: outline \u2192 add details \u2192 refine \u2192 check). \n4. Continue producing think within <think></think> and call tool within <interaction_prompt></interaction_prompt> until the answer is ready.\n5. Once the answer is complete, write:\n   <think>(final reasoning with the <interaction_response> and question)</think>\n   <answer>(final answer for the question)</answer><|im_end|>\n<|im_start|>assistant\n<think>I should ask.</think>\n<interaction_prompt>{\"name\": \"prompt\", \"arguments\": {\"prompt\": \"Who wrote Hamlet? Explain.\"}}</interaction_prompt><|im_end|>\n<|im_start|>user\n<interaction_response>\n{\"results\": [\"Some upstream answer.\"]}\n</interaction_response><|im_end|>\n<|im_start|>assistant\n<think>\nok</think><answer>\ud83d\ude00 smile</answer><|im_end|>",
+       "references": [
+        "smile"
+       ],
+       "format": 1.0,
+       "f1": 0.6666666666666666,
+       "em": 0.0,
+       "sm": 1.0,
+       "reward": 0.6666666666666666,
+       "answer": "\ud83d\ude00 smile"
+      },
+      {
+       "name": "number-answer",
+       "text": "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a great assistant. \n\n# Tools\n\nYou can call one or more powerful Large Language Models to answer the user's questions. But you MUST provide the tool with an explanation and analysis of the problem, as well as your thought process.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>\n{\"type\": \"function\", \"function\": {\"name\": \"prompt\", \"description\": \"Give an explanation of the question in detail.\", \"parameters\": {\"type\": \"object\", \"properties\": {\"prompt\": {\"type\": \"string\", \"description\": \"Give question and its explanation\"}}, \"required\": [\"prompt\"]}}}\n</tools>\n\nFor each function call, return a json object with function name and arguments within <interaction_prompt></interaction_prompt> XML tags:\n<interaction_prompt>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</interaction_prompt><|im_end|>\n<|im_start|>user\nQuestion: Q?\nFirst, provide a simple explanation of the question and give it to the large language model for a more accurate answer. Focus on explaining the question without deep reasoning in the first step. After receiving the response, think about the large language model's response, and by interacting with the large language model again and again, arrive at the final answer. Proceed step by step with the following rules:\n1. Only in the first step, provide a brief explanation of the question and give it to the large language model:\n   <think>(Brief thinking must not be over 80 words)</think>\n   <interaction_prompt>(give the question and its explanation to the large language model)</interaction_prompt>\n2. After the first step, in each interaction with the large language model, write:\n   <think>(your reasoning for the receiving response and question)</think>\n   <interaction_prompt>(new request to refine or validate the answer)</interaction_prompt>\n3. Each <interaction_prompt> must build on what came before. Do not just repeat the same content. Let the content of the <interaction_prompt>...</interaction_prompt> evolve naturally (for example: outline \u2192 add details \u2192 refine \u2192 check). \n4. Continue producing think within <think></think> and call tool within <interaction_prompt></interaction_prompt> until the answer is ready.\n5. Once the answer is complete, write:\n   <think>(final reasoning with the <interaction_response> and question)</think>\n   <answer>(final answer for the question)</answer><|im_end|>\n<|im_start|>assistant\n<think>I should ask.</think>\n<interaction_prompt>{\"name\": \"prompt\", \"arguments\": {\"prompt\": \"Who wrote Hamlet? Explain.\"}}</interaction_prompt><|im_end|>\n<|im_start|>user\n<interaction_response>\n{\"results\": [\"Some upstream answer.\"]}\n</interaction_response><|im_end|>\n<|im_start|>assistant\n<think>\nok</think><answer>3,000 (approx.)</answer><|im_end|>",
+       "references": [
+        "3000"
+       ],
+       "format": 1.0,
+       "f1": 0.6666666666666666,
+       "em": 0.0,
+       "sm": 1.0,
+       "reward": 0.6666666666666666,
+       "answer": "3,000 (approx.)"
+      },
+      {
+       "name": "underscore-word",
+       "text": "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a great assistant. \n\n# Tools\n\nYou can call one or more powerful Large Language Models to answer the user's questions. But you MUST provide the tool with an explanation and analysis of the problem, as well as your thought process.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>\n{\"type\": \"function\", \"function\": {\"name\": \"prompt\", \"description\": \"Give an explanation of the question in detail.\", \"parameters\": {\"type\": \"object\", \"properties\": {\"prompt\": {\"type\": \"string\", \"description\": \"Give question and its explanation\"}}, \"required\": [\"prompt\"]}}}\n</tools>\n\nFor each function call, return a json object with function name and arguments within <interaction_prompt></interaction_prompt> XML tags:\n<interaction_prompt>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</interaction_prompt><|im_end|>\n<|im_start|>user\nQuestion: Q?\nFirst, provide a simple explanation of the question and give it to the large language model for a more accurate answer. Focus on explaining the question without deep reasoning in the first step. After receiving the response, think about the large language model's response, and by interacting with the large language model again and again, arrive at the final answer. Proceed step by step with the following rules:\n1. Only in the first step, provide a brief explanation of the question and give it to the large language model:\n   <think>(Brief thinking must not be over 80 words)</think>\n   <interaction_prompt>(give the question and its explanation to the large language model)</interaction_prompt>\n2. After the first step, in each interaction with the large language model, write:\n   <think>(your reasoning for the receiving response and question)</think>\n   <interaction_prompt>(new request to refine or validate the answer)</interaction_prompt>\n3. Each <interaction_prompt> must build on what came before. Do not just repeat the same content. Let the content of the <interaction_prompt>...</interaction_prompt> evolve naturally (for example: outline \u2192 add details \u2192 refine \u2192 check). \n4. Continue producing think within <think></think> and call tool within <interaction_prompt></interaction_prompt> until the answer is ready.\n5. Once the answer is complete, write:\n   <think>(final reasoning with the <interaction_response> and question)</think>\n   <answer>(final answer for the question)</answer><|im_end|>\n<|im_start|>assistant\n<think>I should ask.</think>\n<interaction_prompt>{\"name\": \"prompt\", \"arguments\": {\"prompt\": \"Who wrote Hamlet? Explain.\"}}</interaction_prompt><|im_end|>\n<|im_start|>user\n<interaction_response>\n{\"results\": [\"Some upstream answer.\"]}\n</interaction_response><|im_end|>\n<|im_start|>assistant\n<think>\nok</think><answer>the_a an_the</answer><|im_end|>",
+       "references": [
+        "thea anthe"
+       ],
+       "format": 1.0,
+       "f1": 1.0,
+       "em": 1.0,
+       "sm": 1.0,
+       "reward": 1.0,
+       "answer": "the_a an_the"
+      },
+      {
+       "name": "digits-next-to-article",
+       "text": "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a great assistant. \n\n# Tools\n\nYou can call one or more powerful Large Language Models to answer the user's questions. But you MUST provide the tool with an explanation and analysis of the problem, as well as your thought process.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>\n{\"type\": \"function\", \"function\": {\"name\": \"prompt\", \"description\": \"Give an explanation of the question in detail.\", \"parameters\": {\"type\": \"object\", \"properties\": {\"prompt\": {\"type\": \"string\", \"description\": \"Give question and its explanation\"}}, \"required\": [\"prompt\"]}}}\n</tools>\n\nFor each function call, return a json object with function name and arguments within <interaction_prompt></interaction_prompt> XML tags:\n<interaction_prompt>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</interaction_prompt><|im_end|>\n<|im_start|>user\nQuestion: Q?\nFirst, provide a simple explanation of the question and give it to the large language model for a more accurate answer. Focus on explaining the question without deep reasoning in the first step. After receiving the response, think about the large language model's response, and by interacting with the large language model again and again, arrive at the final answer. Proceed step by step with the following rules:\n1. Only in the first step, provide a brief explanation of the question and give it to the large language model:\n   <think>(Brief thinking must not be over 80 words)</think>\n   <interaction_prompt>(give the question and its explanation to the large language model)</interaction_prompt>\n2. After the first step, in each interaction with the large language model, write:\n   <think>(your reasoning for the receiving response and question)</think>\n   <interaction_prompt>(new request to refine or validate the answer)</interaction_prompt>\n3. Each <interaction_prompt> must build on what came before. Do not just repeat the same content. Let the content of the <interaction_prompt>...</interaction_prompt> evolve naturally (for example: outline \u2192 add details \u2192 refine \u2192 check). \n4. Continue producing think within <think></think> and call tool within <interaction_prompt></interaction_prompt> until the answer is ready.\n5. Once the answer is complete, write:\n   <think>(final reasoning with the <interaction_response> and question)</think>\n   <answer>(final answer for the question)</answer><|im_end|>\n<|im_start|>assistant\n<think>I should ask.</think>\n<interaction_prompt>{\"name\": \"prompt\", \"arguments\": {\"prompt\": \"Who wrote Hamlet? Explain.\"}}</interaction_prompt><|im_end|>\n<|im_start|>user\n<interaction_response>\n{\"results\": [\"Some upstream answer.\"]}\n</interaction_response><|im_end|>\n<|im_start|>assistant\n<think>\nok</think><answer>a1 the2 an</answer><|im_end|>",
+       "references": [
+        "a1 the2"
+       ],
+       "format": 1.0,
+       "f1": 1.0,
+       "em": 1.0,
+       "sm": 1.0,
+       "reward": 1.0,
+       "answer": "a1 the2 an"
+      },
+      {
+       "name": "multiple-answers-first-wins",
+       "text": "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a great assistant. \n\n# Tools\n\nYou can call one or more powerful Large Language Models to answer the user's questions. But you MUST provide the tool with an explanation and analysis of the problem, as well as your thought process.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>\n{\"type\": \"function\", \"function\": {\"name\": \"prompt\", \"description\": \"Give an explanation of the question in detail.\", \"parameters\": {\"type\": \"object\", \"properties\": {\"prompt\": {\"type\": \"string\", \"description\": \"Give question and its explanation\"}}, \"required\": [\"prompt\"]}}}\n</tools>\n\nFor each function call, return a json object with function name and arguments within <interaction_prompt></interaction_prompt> XML tags:\n<interaction_prompt>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</interaction_prompt><|im_end|>\n<|im_start|>user\nQuestion: Who wrote Hamlet?\nFirst, provide a simple explanation of the question and give it to the large language model for a more accurate answer. Focus on explaining the question without deep reasoning in the first step. After receiving the response, think about the large language model's response, and by interacting with the large language model again and again, arrive at the final answer. Proceed step by step with the following rules:\n1. Only in the first step, provide a brief explanation of the question and give it to the large language model:\n   <think>(Brief thinking must not be over 80 words)</think>\n   <interaction_prompt>(give the question and its explanation to the large language model)</interaction_prompt>\n2. After the first step, in each interaction with the large language model, write:\n   <think>(your reasoning for the receiving response and question)</think>\n   <interaction_prompt>(new request to refine or validate the answer)</interaction_prompt>\n3. Each <interaction_prompt> must build on what came before. Do not just repeat the same content. Let the content of the <interaction_prompt>...</interaction_prompt> evolve naturally (for example: outline \u2192 add details \u2192 refine \u2192 check). \n4. Continue producing think within <think></think> and call tool within <interaction_prompt></interaction_prompt> until the answer is ready.\n5. Once the answer is complete, write:\n   <think>(final reasoning with the <interaction_response> and question)</think>\n   <answer>(final answer for the question)</answer><|im_end|>\n<|im_start|>assistant\n<think>I should ask.</think>\n<interaction_prompt>{\"name\": \"prompt\", \"arguments\": {\"prompt\": \"Who wrote Hamlet? Explain.\"}}</interaction_prompt><|im_end|>\n<|im_start|>user\n<interaction_response>\n{\"results\": [\"Some upstream answer.\"]}\n</interaction_response><|im_end|>\n<|im_start|>assistant\n<think>\nok</think><answer>Marlowe</answer> <answer>Shakespeare</answer><|im_end|>",
+       "references": [
+        "William Shakespeare",
+        "Shakespeare"
+       ],
+       "format": 1.0,
+       "f1": 0.0,
+       "em": 0.0,
+       "sm": 0.0,
+       "reward": 0.0,
+       "answer": "Marlowe"
+      },
+      {
+       "name": "empty-first-answer-second-full",
+       "text": "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a great assistant. \n\n# Tools\n\nYou can call one or more powerful Large Language Models to answer the user's questions. But you MUST provide the tool with an explanation and analysis of the problem, as well as your thought process.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>\n{\"type\": \"function\", \"function\": {\"name\": \"prompt\", \"description\": \"Give an explanation of the question in detail.\", \"parameters\": {\"type\": \"object\", \"properties\": {\"prompt\": {\"type\": \"string\", \"description\": \"Give question and its explanation\"}}, \"required\": [\"prompt\"]}}}\n</tools>\n\nFor each function call, return a json object with function name and arguments within <interaction_prompt></interaction_prompt> XML tags:\n<interaction_prompt>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</interaction_prompt><|im_end|>\n<|im_start|>user\nQuestion: Who wrote Hamlet?\nFirst, provide a simple explanation of the question and give it to the large language model for a more accurate answer. Focus on explaining the question without deep reasoning in the first step. After receiving the response, think about the large language model's response, and by interacting with the large language model again and again, arrive at the final answer. Proceed step by step with the following rules:\n1. Only in the first step, provide a brief explanation of the question and give it to the large language model:\n   <think>(Brief thinking must not be over 80 words)</think>\n   <interaction_prompt>(give the question and its explanation to the large language model)</interaction_prompt>\n2. After the first step, in each interaction with the large language model, write:\n   <think>(your reasoning for the receiving response and question)</think>\n   <interaction_prompt>(new request to refine or validate the answer)</interaction_prompt>\n3. Each <interaction_prompt> must build on what came before. Do not just repeat the same content. Let the content of the <interaction_prompt>...</interaction_prompt> evolve naturally (for example: outline \u2192 add details \u2192 refine \u2192 check). \n4. Continue producing think within <think></think> and call tool within <interaction_prompt></interaction_prompt> until the answer is ready.\n5. Once the answer is complete, write:\n   <think>(final reasoning with the <interaction_response> and question)</think>\n   <answer>(final answer for the question)</answer><|im_end|>\n<|im_start|>assistant\n<think>I should ask.</think>\n<interaction_prompt>{\"name\": \"prompt\", \"arguments\": {\"prompt\": \"Who wrote Hamlet? Explain.\"}}</interaction_prompt><|im_end|>\n<|im_start|>user\n<interaction_response>\n{\"results\": [\"Some upstream answer.\"]}\n</interaction_response><|im_end|>\n<|im_start|>assistant\n<think>\nok</think><answer></answer><answer>Shakespeare</answer><|im_end|>",
+       "references": [
+        "William Shakespeare",
+        "Shakespeare"
+       ],
+       "format": 0.4,
+       "f1": 0.0,
+       "em": 0.0,
+       "sm": 0.0,
+       "reward": -0.6,
+       "answer": ""
+      },
+      {
+       "name": "no-references",
+       "text": "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a great assistant. \n\n# Tools\n\nYou can call one or more powerful Large Language Models to answer the user's questions. But you MUST provide the tool with an explanation and analysis of the problem, as well as your thought process.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>\n{\"type\": \"function\", \"function\": {\"name\": \"prompt\", \"description\": \"Give an explanation of the question in detail.\", \"parameters\": {\"type\": \"object\", \"properties\": {\"prompt\": {\"type\": \"string\", \"description\": \"Give question and its explanation\"}}, \"required\": [\"prompt\"]}}}\n</tools>\n\nFor each function call, return a json object with function name and arguments within <interaction_prompt></interaction_prompt> XML tags:\n<interaction_prompt>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</interaction_prompt><|im_end|>\n<|im_start|>user\nQuestion: Who wrote Hamlet?\nFirst, provide a simple explanation of the question and give it to the large language model for a more accurate answer. Focus on explaining the question without deep reasoning in the first step. After receiving the response, think about the large language model's response, and by interacting with the large language model again and again, arrive at the final answer. Proceed step by step with the following rules:\n1. Only in the first step, provide a brief explanation of the question and give it to the large language model:\n   <think>(Brief thinking must not be over 80 words)</think>\n   <interaction_prompt>(give the question and its explanation to the large language model)</interaction_prompt>\n2. After the first step, in each interaction with the large language model, write:\n   <think>(your reasoning for the receiving response and question)</think>\n   <interaction_prompt>(new request to refine or validate the answer)</interaction_prompt>\n3. Each <interaction_prompt> must build on what came before. Do not just repeat the same content. Let the content of the <interaction_prompt>...</interaction_prompt> evolve naturally (for example: outline \u2192 add details \u2192 refine \u2192 check). \n4. Continue producing think within <think></think> and call tool within <interaction_prompt></interaction_prompt> until the answer is ready.\n5. Once the answer is complete, write:\n   <think>(final reasoning with the <interaction_response> and question)</think>\n   <answer>(final answer for the question)</answer><|im_end|>\n<|im_start|>assistant\n<think>I should ask.</think>\n<interaction_prompt>{\"name\": \"prompt\", \"arguments\": {\"prompt\": \"Who wrote Hamlet? Explain.\"}}</interaction_prompt><|im_end|>\n<|im_start|>user\n<interaction_response>\n{\"results\": [\"Some upstream answer.\"]}\n</interaction_response><|im_end|>\n<|im_start|>assistant\n<think>\nThe LLM says Shakespeare.</think>\n<answer>William Shakespeare</answer><|im_end|>",
+       "references": [],
+       "format": 1.0,
+       "f1": 0.0,
+       "em": 0.0,
+       "sm": 0.0,
+       "reward": 0.0,
+       "answer": "William Shakespeare"
+      },
+      {
+       "name": "empty-reference-substring",
+       "text": "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a great assistant. \n\n# Tools\n\nYou can call one or more powerful Large Language Models to answer the user's questions. But you MUST provide the tool with an explanation and analysis of the problem, as well as your thought process.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>\n{\"type\": \"function\", \"function\": {\"name\": \"prompt\", \"description\": \"Give an explanation of the question in detail.\", \"parameters\": {\"type\": \"object\", \"properties\": {\"prompt\": {\"type\": \"string\", \"description\": \"Give question and its explanation\"}}, \"required\": [\"prompt\"]}}}\n</tools>\n\nFor each function call, return a json object with function name and arguments within <interaction_prompt></interaction_prompt> XML tags:\n<interaction_prompt>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</interaction_prompt><|im_end|>\n<|im_start|>user\nQuestion: Who wrote Hamlet?\nFirst, provide a simple explanation of the question and give it to the large language model for a more accurate answer. Focus on explaining the question without deep reasoning in the first step. After receiving the response, think about the large language model's response, and by interacting with the large language model again and again, arrive at the final answer. Proceed step by step with the following rules:\n1. Only in the first step, provide a brief explanation of the question and give it to the large language model:\n   <think>(Brief thinking must not be over 80 words)</think>\n   <interaction_prompt>(give the question and its explanation to the large language model)</interaction_prompt>\n2. After the first step, in each interaction with the large language model, write:\n   <think>(your reasoning for the receiving response and question)</think>\n   <interaction_prompt>(new request to refine or validate the answer)</interaction_prompt>\n3. Each <interaction_prompt> must build on what came before. Do not just repeat the same content. Let the content of the <interaction_prompt>...</interaction_prompt> evolve naturally (for example: outline \u2192 add details \u2192 refine \u2192 check). \n4. Continue producing think within <think></think> and call tool within <interaction_prompt></interaction_prompt> until the answer is ready.\n5. Once the answer is complete, write:\n   <think>(final reasoning with the <interaction_response> and question)</think>\n   <answer>(final answer for the question)</answer><|im_end|>\n<|im_start|>assistant\n<think>I should ask.</think>\n<interaction_prompt>{\"name\": \"prompt\", \"arguments\": {\"prompt\": \"Who wrote Hamlet? Explain.\"}}</interaction_prompt><|im_end|>\n<|im_start|>user\n<interaction_response>\n{\"results\": [\"Some upstream answer.\"]}\n</interaction_response><|im_end|>\n<|im_start|>assistant\n<think>\nThe LLM says Shakespeare.</think>\n<answer>William Shakespeare</answer><|im_end|>",
+       "references": [
+        ""
+       ],
+       "format": 1.0,
+       "f1": 0.0,
+       "em": 0.0,
+       "sm": 1.0,
+       "reward": 0.0,
+       "answer": "William Shakespeare"
+      },
+      {
+       "name": "no-eos-appended",
+       "text": "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a great assistant. \n\n# Tools\n\nYou can call one or more powerful Large Language Models to answer the user's questions. But you MUST provide the tool with an explanation and analysis of the problem, as well as your thought process.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>\n{\"type\": \"function\", \"function\": {\"name\": \"prompt\", \"description\": \"Give an explanation of the question in detail.\", \"parameters\": {\"type\": \"object\", \"properties\": {\"prompt\": {\"type\": \"string\", \"description\": \"Give question and its explanation\"}}, \"required\": [\"prompt\"]}}}\n</tools>\n\nFor each function call, return a json object with function name and arguments within <interaction_prompt></interaction_prompt> XML tags:\n<interaction_prompt>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</interaction_prompt><|im_end|>\n<|im_start|>user\nQuestion: Who wrote Hamlet?\nFirst, provide a simple explanation of the question and give it to the large language model for a more accurate answer. Focus on explaining the question without deep reasoning in the first step. After receiving the response, think about the large language model's response, and by interacting with the large language model again and again, arrive at the final answer. Proceed step by step with the following rules:\n1. Only in the first step, provide a brief explanation of the question and give it to the large language model:\n   <think>(Brief thinking must not be over 80 words)</think>\n   <interaction_prompt>(give the question and its explanation to the large language model)</interaction_prompt>\n2. After the first step, in each interaction with the large language model, write:\n   <think>(your reasoning for the receiving response and question)</think>\n   <interaction_prompt>(new request to refine or validate the answer)</interaction_prompt>\n3. Each <interaction_prompt> must build on what came before. Do not just repeat the same content. Let the content of the <interaction_prompt>...</interaction_prompt> evolve naturally (for example: outline \u2192 add details \u2192 refine \u2192 check). \n4. Continue producing think within <think></think> and call tool within <interaction_prompt></interaction_prompt> until the answer is ready.\n5. Once the answer is complete, write:\n   <think>(final reasoning with the <interaction_response> and question)</think>\n   <answer>(final answer for the question)</answer><|im_end|>\n<|im_start|>assistant\n<think>I should ask.</think>\n<interaction_prompt>{\"name\": \"prompt\", \"arguments\": {\"prompt\": \"Who wrote Hamlet? Explain.\"}}</interaction_prompt><|im_end|>\n<|im_start|>user\n<interaction_response>\n{\"results\": [\"Some upstream answer.\"]}\n</interaction_response><|im_end|>\n<|im_start|>assistant\n<think>\nThe LLM says Shakespeare.</think>\n<answer>William Shakespeare</answer>",
+       "references": [
+        "William Shakespeare",
+        "Shakespeare"
+       ],
+       "format": 0.0,
+       "f1": 0.0,
+       "em": 0.0,
+       "sm": 0.0,
+       "reward": -1.0,
+       "answer": null
+      },
+      {
+       "name": "no-assistant-block",
+       "text": "just some text without chat markers",
+       "references": [
+        "William Shakespeare",
+        "Shakespeare"
+       ],
+       "format": 0.0,
+       "f1": 0.0,
+       "em": 0.0,
+       "sm": 0.0,
+       "reward": -1.0,
+       "answer": null
+      },
+      {
+       "name": "error-injection-then-answer",
+       "text": "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a great assistant. \n\n# Tools\n\nYou can call one or more powerful Large Language Models to answer the user's questions. But you MUST provide the tool with an explanation and analysis of the problem, as well as your thought process.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>\n{\"type\": \"function\", \"function\": {\"name\": \"prompt\", \"description\": \"Give an explanation of the question in detail.\", \"parameters\": {\"type\": \"object\", \"properties\": {\"prompt\": {\"type\": \"string\", \"description\": \"Give question and its explanation\"}}, \"required\": [\"prompt\"]}}}\n</tools>\n\nFor each function call, return a json object with function name and arguments within <interaction_prompt></interaction_prompt> XML tags:\n<interaction_prompt>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</interaction_prompt><|im_end|>\n<|im_start|>user\nQuestion: Who wrote Hamlet?\nFirst, provide a simple explanation of the question and give it to the large language model for a more accurate answer. Focus on explaining the question without deep reasoning in the first step. After receiving the response, think about the large language model's response, and by interacting with the large language model again and again, arrive at the final answer. Proceed step by step with the following rules:\n1. Only in the first step, provide a brief explanation of the question and give it to the large language model:\n   <think>(Brief thinking must not be over 80 words)</think>\n   <interaction_prompt>(give the question and its explanation to the large language model)</interaction_prompt>\n2. After the first step, in each interaction with the large language model, write:\n   <think>(your reasoning for the receiving response and question)</think>\n   <interaction_prompt>(new request to refine or validate the answer)</interaction_prompt>\n3. Each <interaction_prompt> must build on what came before. Do not just repeat the same content. Let the content of the <interaction_prompt>...</interaction_prompt> evolve naturally (for example: outline \u2192 add details \u2192 refine \u2192 check). \n4. Continue producing think within <think></think> and call tool within <interaction_prompt></interaction_prompt> until the answer is ready.\n5. Once the answer is complete, write:\n   <think>(final reasoning with the <interaction_response> and question)</think>\n   <answer>(final answer for the question)</answer><|im_end|>\n<|im_start|>assistant\n<think>x</think><interaction_prompt>{\"name\": \"search\"}</interaction_prompt><|im_end|>\n<|im_start|>user\n<interaction_response>\nError: No tool arguments\n</interaction_response><|im_end|>\n<|im_start|>assistant\n<think>\nThe LLM says Shakespeare.</think>\n<answer>William Shakespeare</answer><|im_end|>",
+       "references": [
+        "William Shakespeare",
+        "Shakespeare"
+       ],
+       "format": 1.0,
+       "f1": 1.0,
+       "em": 1.0,
+       "sm": 1.0,
+       "reward": 1.0,
+       "answer": "William Shakespeare"
+      },
+      {
+       "name": "answer-whitespace-variants",
+       "text": "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a great assistant. \n\n# Tools\n\nYou can call one or more powerful Large Language Models to answer the user's questions. But you MUST provide the tool with an explanation and analysis of the problem, as well as your thought process.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>\n{\"type\": \"function\", \"function\": {\"name\": \"prompt\", \"description\": \"Give an explanation of the question in detail.\", \"parameters\": {\"type\": \"object\", \"properties\": {\"prompt\": {\"type\": \"string\", \"description\": \"Give question and its explanation\"}}, \"required\": [\"prompt\"]}}}\n</tools>\n\nFor each function call, return a json object with function name and arguments within <interaction_prompt></interaction_prompt> XML tags:\n<interaction_prompt>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</interaction_prompt><|im_end|>\n<|im_start|>user\nQuestion: Who wrote Hamlet?\nFirst, provide a simple explanation of the question and give it to the large language model for a more accurate answer. Focus on explaining the question without deep reasoning in the first step. After receiving the response, think about the large language model's response, and by interacting with the large language model again and again, arrive at the final answer. Proceed step by step with the following rules:\n1. Only in the first step, provide a brief explanation of the question and give it to the large language model:\n   <think>(Brief thinking must not be over 80 words)</think>\n   <interaction_prompt>(give the question and its explanation to the large language model)</interaction_prompt>\n2. After the first step, in each interaction with the large language model, write:\n   <think>(your reasoning for the receiving response and question)</think>\n   <interaction_prompt>(new request to refine or validate the answer)</interaction_prompt>\n3. Each <interaction_prompt> must build on what came before. Do not just repeat the same content. Let the content of the <interaction_prompt>...</interaction_prompt> evolve naturally (for example: outline \u2192 add details \u2192 refine \u2192 check). \n4. Continue producing think within <think></think> and call tool within <interaction_prompt></interaction_prompt> until the answer is ready.\n5. Once the answer is complete, write:\n   <think>(final reasoning with the <interaction_response> and question)</think>\n   <answer>(final answer for the question)</answer><|im_end|>\n<|im_start|>assistant\n<think>I should ask.</think>\n<interaction_prompt>{\"name\": \"prompt\", \"arguments\": {\"prompt\": \"Who wrote Hamlet? Explain.\"}}</interaction_prompt><|im_end|>\n<|im_start|>user\n<interaction_response>\n{\"results\": [\"Some upstream answer.\"]}\n</interaction_response><|im_end|>\n<|im_start|>assistant\n<think>\nok</think><answer>\tWilliam\u2003Shakespeare\n</answer><|im_end|>",
+       "references": [
+        "William Shakespeare",
+        "Shakespeare"
+       ],
+       "format": 1.0,
+       "f1": 1.0,
+       "em": 1.0,
+       "sm": 1.0,
+       "reward": 1.0,
+       "answer": "William\u2003Shakespeare"
+      },
+      {
+       "name": "repeated-tokens-f1",
+       "text": "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a great assistant. \n\n# Tools\n\nYou can call one or more powerful Large Language Models to answer the user's questions. But you MUST provide the tool with an explanation and analysis of the problem, as well as your thought process.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>\n{\"type\": \"function\", \"function\": {\"name\": \"prompt\", \"description\": \"Give an explanation of the question in detail.\", \"parameters\": {\"type\": \"object\", \"properties\": {\"prompt\": {\"type\": \"string\", \"description\": \"Give question and its explanation\"}}, \"required\": [\"prompt\"]}}}\n</tools>\n\nFor each function call, return a json object with function name and arguments within <interaction_prompt></interaction_prompt> XML tags:\n<interaction_prompt>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</interaction_prompt><|im_end|>\n<|im_start|>user\nQuestion: Who wrote Hamlet?\nFirst, provide a simple explanation of the question and give it to the large language model for a more accurate answer. Focus on explaining the question without deep reasoning in the first step. After receiving the response, think about the large language model's response, and by interacting with the large language model again and again, arrive at the final answer. Proceed step by step with the following rules:\n1. Only in the first step, provide a brief explanation of the question and give it to the large language model:\n   <think>(Brief thinking must not be over 80 words)</think>\n   <interaction_prompt>(give the question and its explanation to the large language model)</interaction_prompt>\n2. After the first step, in each interaction with the large language model, write:\n   <think>(your reasoning for the receiving response and question)</think>\n   <interaction_prompt>(new request to refine or validate the answer)</interaction_prompt>\n3. Each <interaction_prompt> must build on what came before. Do not just repeat the same content. Let the content of the <interaction_prompt>...</interaction_prompt> evolve naturally (for example: outline \u2192 add details \u2192 refine \u2192 check). \n4. Continue producing think within <think></think> and call tool within <interaction_prompt></interaction_prompt> until the answer is ready.\n5. Once the answer is complete, write:\n   <think>(final reasoning with the <interaction_response> and question)</think>\n   <answer>(final answer for the question)</answer><|im_end|>\n<|im_start|>assistant\n<think>I should ask.</think>\n<interaction_prompt>{\"name\": \"prompt\", \"arguments\": {\"prompt\": \"Who wrote Hamlet? Explain.\"}}</interaction_prompt><|im_end|>\n<|im_start|>user\n<interaction_response>\n{\"results\": [\"Some upstream answer.\"]}\n</interaction_response><|im_end|>\n<|im_start|>assistant\n<think>\nok</think><answer>shakespeare shakespeare shakespeare</answer><|im_end|>",
+       "references": [
+        "William Shakespeare",
+        "Shakespeare"
+       ],
+       "format": 1.0,
+       "f1": 0.5,
+       "em": 0.0,
+       "sm": 1.0,
+       "reward": 0.5,
+       "answer": "shakespeare shakespeare shakespeare"
+      },
+      {
+       "name": "nested-think-in-final",
+       "text": "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a great assistant. \n\n# Tools\n\nYou can call one or more powerful Large Language Models to answer the user's questions. But you MUST provide the tool with an explanation and analysis of the problem, as well as your thought process.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>\n{\"type\": \"function\", \"function\": {\"name\": \"prompt\", \"description\": \"Give an explanation of the question in detail.\", \"parameters\": {\"type\": \"object\", \"properties\": {\"prompt\": {\"type\": \"string\", \"description\": \"Give question and its explanation\"}}, \"required\": [\"prompt\"]}}}\n</tools>\n\nFor each function call, return a json object with function name and arguments within <interaction_prompt></interaction_prompt> XML tags:\n<interaction_prompt>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</interaction_prompt><|im_end|>\n<|im_start|>user\nQuestion: Who wrote Hamlet?\nFirst, provide a simple explanation of the question and give it to the large language model for a more accurate answer. Focus on explaining the question without deep reasoning in the first step. After receiving the response, think about the large language model's response, and by interacting with the large language model again and again, arrive at the final answer. Proceed step by step with the following rules:\n1. Only in the first step, provide a brief explanation of the question and give it to the large language model:\n   <think>(Brief thinking must not be over 80 words)</think>\n   <interaction_prompt>(give the question and its explanation to the large language model)</interaction_prompt>\n2. After the first step, in each interaction with the large language model, write:\n   <think>(your reasoning for the receiving response and question)</think>\n   <interaction_prompt>(new request to refine or validate the answer)</interaction_prompt>\n3. Each <interaction_prompt> must build on what came before. Do not just repeat the same content. Let the content of the <interaction_prompt>...</interaction_prompt> evolve naturally (for example: outline \u2192 add details \u2192 refine \u2192 check). \n4. Continue producing think within <think></think> and call tool within <interaction_prompt></interaction_prompt> until the answer is ready.\n5. Once the answer is complete, write:\n   <think>(final reasoning with the <interaction_response> and question)</think>\n   <answer>(final answer for the question)</answer><|im_end|>\n<|im_start|>assistant\n<think>I should ask.</think>\n<interaction_prompt>{\"name\": \"prompt\", \"arguments\": {\"prompt\": \"Who wrote Hamlet? Explain.\"}}</interaction_prompt><|im_end|>\n<|im_start|>user\n<interaction_response>\n{\"results\": [\"Some upstream answer.\"]}\n</interaction_response><|im_end|>\n<|im_start|>assistant\n<think>\na</think><think>b</think><answer>Shakespeare</answer><|im_end|>",
+       "references": [
+        "William Shakespeare",
+        "Shakespeare"
+       ],
+       "format": 1.0,
+       "f1": 1.0,
+       "em": 1.0,
+       "sm": 1.0,
+       "reward": 1.0,
+       "answer": "Shakespeare"
+      },
+      {
+       "name": "answer-before-think-close",
+       "text": "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a great assistant. \n\n# Tools\n\nYou can call one or more powerful Large Language Models to answer the user's questions. But you MUST provide the tool with an explanation and analysis of the problem, as well as your thought process.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>\n{\"type\": \"function\", \"function\": {\"name\": \"prompt\", \"description\": \"Give an explanation of the question in detail.\", \"parameters\": {\"type\": \"object\", \"properties\": {\"prompt\": {\"type\": \"string\", \"description\": \"Give question and its explanation\"}}, \"required\": [\"prompt\"]}}}\n</tools>\n\nFor each function call, return a json object with function name and arguments within <interaction_prompt></interaction_prompt> XML tags:\n<interaction_prompt>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</interaction_prompt><|im_end|>\n<|im_start|>user\nQuestion: Who wrote Hamlet?\nFirst, provide a simple explanation of the question and give it to the large language model for a more accurate answer. Focus on explaining the question without deep reasoning in the first step. After receiving the response, think about the large language model's response, and by interacting with the large language model again and again, arrive at the final answer. Proceed step by step with the following rules:\n1. Only in the first step, provide a brief explanation of the question and give it to the large language model:\n   <think>(Brief thinking must not be over 80 words)</think>\n   <interaction_prompt>(give the question and its explanation to the large language model)</interaction_prompt>\n2. After the first step, in each interaction with the large language model, write:\n   <think>(your reasoning for the receiving response and question)</think>\n   <interaction_prompt>(new request to refine or validate the answer)</interaction_prompt>\n3. Each <interaction_prompt> must build on what came before. Do not just repeat the same content. Let the content of the <interaction_prompt>...</interaction_prompt> evolve naturally (for example: outline \u2192 add details \u2192 refine \u2192 check). \n4. Continue producing think within <think></think> and call tool within <interaction_prompt></interaction_prompt> until the answer is ready.\n5. Once the answer is complete, write:\n   <think>(final reasoning with the <interaction_response> and question)</think>\n   <answer>(final answer for the question)</answer><|im_end|>\n<|im_start|>assistant\n<think>I should ask.</think>\n<interaction_prompt>{\"name\": \"prompt\", \"arguments\": {\"prompt\": \"Who wrote Hamlet? Explain.\"}}</interaction_prompt><|im_end|>\n<|im_start|>user\n<interaction_response>\n{\"results\": [\"Some upstream answer.\"]}\n</interaction_response><|im_end|>\n<|im_start|>assistant\n<think>\na<answer>x</answer></think><answer>Shakespeare</answer><|im_end|>",
+       "references": [
+        "William Shakespeare",
+        "Shakespeare"
+       ],
+       "format": 1.0,
+       "f1": 0.0,
+       "em": 0.0,
+       "sm": 0.0,
+       "reward": 0.0,
+       "answer": "x"
+      },
+      {
+       "name": "im-start-inside-block",
+       "text": "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a great assistant. \n\n# Tools\n\nYou can call one or more powerful Large Language Models to answer the user's questions. But you MUST provide the tool with an explanation and analysis of the problem, as well as your thought process.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>\n{\"type\": \"function\", \"function\": {\"name\": \"prompt\", \"description\": \"Give an explanation of the question in detail.\", \"parameters\": {\"type\": \"object\", \"properties\": {\"prompt\": {\"type\": \"string\", \"description\": \"Give question and its explanation\"}}, \"required\": [\"prompt\"]}}}\n</tools>\n\nFor each function call, return a json object with function name and arguments within <interaction_prompt></interaction_prompt> XML tags:\n<interaction_prompt>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</interaction_prompt><|im_end|>\n<|im_start|>user\nQuestion: Who wrote Hamlet?\nFirst, provide a simple explanation of the question and give it to the large language model for a more accurate answer. Focus on explaining the question without deep reasoning in the first step. After receiving the response, think about the large language model's response, and by interacting with the large language model again and again, arrive at the final answer. Proceed step by step with the following rules:\n1. Only in the first step, provide a brief explanation of the question and give it to the large language model:\n   <think>(Brief thinking must not be over 80 words)</think>\n   <interaction_prompt>(give the question and its explanation to the large language model)</interaction_prompt>\n2. After the first step, in each interaction with the large language model, write:\n   <think>(your reasoning for the receiving response and question)</think>\n   <interaction_prompt>(new request to refine or validate the answer)</interaction_prompt>\n3. Each <interaction_prompt> must build on what came before. Do not just repeat the same content. Let the content of the <interaction_prompt>...</interaction_prompt> evolve naturally (for example: outline \u2192 add details \u2192 refine \u2192 check). \n4. Continue producing think within <think></think> and call tool within <interaction_prompt></interaction_prompt> until the answer is ready.\n5. Once the answer is complete, write:\n   <think>(final reasoning with the <interaction_response> and question)</think>\n   <answer>(final answer for the question)</answer><|im_end|>\n<|im_start|>assistant\n<think>I should ask.</think>\n<interaction_prompt>{\"name\": \"prompt\", \"arguments\": {\"prompt\": \"Who wrote Hamlet? Explain.\"}}</interaction_prompt><|im_end|>\n<|im_start|>user\n<interaction_response>\n{\"results\": [\"Some upstream answer.\"]}\n</interaction_response><|im_end|>\n<|im_start|>assistant\n<think>\na</think><|im_start|>assistant\n<answer>Shakespeare</answer><|im_end|>",
+       "references": [
+        "William Shakespeare",
+        "Shakespeare"
+       ],
+       "format": 1.0,
+       "f1": 1.0,
+       "em": 1.0,
+       "sm": 1.0,
+       "reward": 1.0,
+       "answer": "Shakespeare"
+      }
+     ]
+    }
+    """#

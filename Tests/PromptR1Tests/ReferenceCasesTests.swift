@@ -1,23 +1,55 @@
 import Foundation
 import XCTest
+
 @testable import PromptR1
 
 /// Compares the Swift implementation with values computed in plain Python by
 /// scripts/reward_reference.py (embedded in ReferenceCases.swift).
 final class ReferenceCasesTests: XCTestCase {
     struct Cases: Decodable {
-        struct FirstPrompt: Decodable { var question: String; var rendered: String }
-        struct Dumps: Decodable { var s: String; var dumps: String; var results: String }
-        struct Injection: Decodable { var answer: String; var maxChars: Int; var mode: String; var injection: String }
-        struct Strip: Decodable { var s: String; var strip: String; var split: [String] }
-        struct Normalize: Decodable { var s: String; var normalized: String }
+        struct FirstPrompt: Decodable {
+            var question: String
+            var rendered: String
+        }
+        struct Dumps: Decodable {
+            var s: String
+            var dumps: String
+            var results: String
+        }
+        struct Injection: Decodable {
+            var answer: String
+            var maxChars: Int
+            var mode: String
+            var injection: String
+        }
+        struct Strip: Decodable {
+            var s: String
+            var strip: String
+            var split: [String]
+        }
+        struct Normalize: Decodable {
+            var s: String
+            var normalized: String
+        }
         struct Parse: Decodable {
-            var name: String; var text: String; var kind: String
-            var form: String?; var prompt: String?; var error: String?; var answer: String?
+            var name: String
+            var text: String
+            var kind: String
+            var form: String?
+            var prompt: String?
+            var error: String?
+            var answer: String?
         }
         struct Reward: Decodable {
-            var name: String; var text: String; var references: [String]
-            var format: Double; var f1: Double; var em: Double; var sm: Double; var reward: Double; var answer: String?
+            var name: String
+            var text: String
+            var references: [String]
+            var format: Double
+            var f1: Double
+            var em: Double
+            var sm: Double
+            var reward: Double
+            var answer: String?
         }
         var firstPrompt: [FirstPrompt]
         var toolJSON: String
@@ -70,8 +102,9 @@ final class ReferenceCasesTests: XCTestCase {
     func testInjection() {
         for c in Self.cases.injection {
             let mode = ResultCutMode(rawValue: c.mode)!
-            assertScalarsEqual(PromptR1Prompt.injection(upstreamAnswer: c.answer, maxChars: c.maxChars, cutMode: mode),
-                               c.injection, "answer \(c.answer.debugDescription) max \(c.maxChars) mode \(c.mode)")
+            assertScalarsEqual(
+                PromptR1Prompt.injection(upstreamAnswer: c.answer, maxChars: c.maxChars, cutMode: mode),
+                c.injection, "answer \(c.answer.debugDescription) max \(c.maxChars) mode \(c.mode)")
         }
     }
 
@@ -79,8 +112,9 @@ final class ReferenceCasesTests: XCTestCase {
         for c in Self.cases.strip {
             assertScalarsEqual(PythonString.strip(c.s), c.strip, "strip \(c.s.debugDescription)")
             let split = PythonString.split(c.s)
-            XCTAssertEqual(split.map { Array($0.unicodeScalars) }, c.split.map { Array($0.unicodeScalars) },
-                           "split \(c.s.debugDescription)")
+            XCTAssertEqual(
+                split.map { Array($0.unicodeScalars) }, c.split.map { Array($0.unicodeScalars) },
+                "split \(c.s.debugDescription)")
         }
     }
 
@@ -130,14 +164,18 @@ final class ReferenceCasesTests: XCTestCase {
             throw XCTSkip("Tests/Fixtures/reference/promptr1-first-prompt.json not generated yet")
         }
         struct File: Decodable {
-            struct Case: Decodable { var question: String; var rendered: String }
+            struct Case: Decodable {
+                var question: String
+                var rendered: String
+            }
             var cases: [Case]
         }
         let file = try JSONDecoder().decode(File.self, from: Data(contentsOf: url))
         XCTAssertFalse(file.cases.isEmpty)
         for c in file.cases {
-            assertScalarsEqual(PromptR1Prompt.firstPrompt(question: c.question), c.rendered,
-                               "question \(c.question.debugDescription)")
+            assertScalarsEqual(
+                PromptR1Prompt.firstPrompt(question: c.question), c.rendered,
+                "question \(c.question.debugDescription)")
         }
     }
 }

@@ -1,5 +1,6 @@
 import Foundation
 import XCTest
+
 @testable import PromptR1
 
 /// A character-level fake tokenizer: one id per Unicode scalar, plus one special id for
@@ -156,8 +157,10 @@ final class EventLog: @unchecked Sendable {
     var sink: @Sendable (CollaborationEvent) -> Void { { e in self.lock.withLock { self._events.append(e) } } }
 }
 
-func assertScalarsEqual(_ a: String?, _ b: String?, _ message: String = "", file: StaticString = #filePath,
-                        line: UInt = #line) {
+func assertScalarsEqual(
+    _ a: String?, _ b: String?, _ message: String = "", file: StaticString = #filePath,
+    line: UInt = #line
+) {
     let x = a.map { Array($0.unicodeScalars) }
     let y = b.map { Array($0.unicodeScalars) }
     if x != y {

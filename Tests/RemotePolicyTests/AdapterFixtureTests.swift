@@ -8,8 +8,9 @@
 import Foundation
 import PolicyEngine
 import PromptR1
-@testable import RemotePolicy
 import XCTest
+
+@testable import RemotePolicy
 
 final class AdapterFixtureTests: XCTestCase {
     struct Fixture {
@@ -25,10 +26,11 @@ final class AdapterFixtureTests: XCTestCase {
         let url = LlamaServerTests.fixtures.appendingPathComponent("engines/\(name).json")
         let obj = try JSONSerialization.jsonObject(with: Data(contentsOf: url)) as! [String: Any]
         let exp = obj["expected"] as! [String: Any]
-        return Fixture(path: obj["path"] as! String, request: obj["request"] as! NSDictionary,
-                       response: try JSONSerialization.data(withJSONObject: obj["response"]!),
-                       ids: (exp["ids"] as! [Int]).map(Int32.init), logprobs: (exp["logprobs"] as! [Double]).map(Float.init),
-                       text: exp["text"] as! String)
+        return Fixture(
+            path: obj["path"] as! String, request: obj["request"] as! NSDictionary,
+            response: try JSONSerialization.data(withJSONObject: obj["response"]!),
+            ids: (exp["ids"] as! [Int]).map(Int32.init), logprobs: (exp["logprobs"] as! [Double]).map(Float.init),
+            text: exp["text"] as! String)
     }
 
     static let tokenizer = try! Tokenizer(directory: LlamaServerTests.policyDir)
@@ -36,8 +38,9 @@ final class AdapterFixtureTests: XCTestCase {
     func check(_ adapter: any EngineAdapter, _ name: String, model: String?) throws {
         let f = try Self.fixture(name)
         let context = ((f.request["prompt"] ?? f.request["input_ids"]) as! [Int]).map(Int32.init)
-        let g = EngineGenerateRequest(context: context, maxTokens: 200, sampling: .greedy, stopStrings: [PromptR1Tag.callClose],
-                                      stopTokenIDs: [1000, 1002], model: model)
+        let g = EngineGenerateRequest(
+            context: context, maxTokens: 200, sampling: .greedy, stopStrings: [PromptR1Tag.callClose],
+            stopTokenIDs: [1000, 1002], model: model)
         let http = try adapter.generateRequest(g)
         XCTAssertEqual(http.path, f.path, name)
         let sent = try JSONSerialization.jsonObject(with: http.body) as! NSDictionary
@@ -46,8 +49,9 @@ final class AdapterFixtureTests: XCTestCase {
         let c = try adapter.parseGenerateResponse(f.response)
         XCTAssertEqual(c.tokens, f.ids, name)
         XCTAssertEqual(c.logprobs, f.logprobs, name)
-        let cut = TurnCut.cut(c, maxTokens: 200, endOfTurn: [1000, 1002], stopStrings: [PromptR1Tag.callClose],
-                              tokenBytes: { Self.tokenizer.tokenBytes($0) })
+        let cut = TurnCut.cut(
+            c, maxTokens: 200, endOfTurn: [1000, 1002], stopStrings: [PromptR1Tag.callClose],
+            tokenBytes: { Self.tokenizer.tokenBytes($0) })
         XCTAssertEqual(cut.tokens, f.ids, name)
         XCTAssertEqual(cut.text, f.text, name)
     }
@@ -55,8 +59,9 @@ final class AdapterFixtureTests: XCTestCase {
     func testVLLMCompletionsWithTokenIDs() throws {
         try check(VLLMAdapter(), "vllm-turn1", model: "agent")
         try check(VLLMAdapter(), "vllm-turn2", model: "agent")
-        XCTAssertEqual(VLLMAdapter().logprobKind(for: SamplingParameters(temperature: 0.7)), .model,
-                       "vLLM returns raw_logprobs unless --logprobs-mode says otherwise")
+        XCTAssertEqual(
+            VLLMAdapter().logprobKind(for: SamplingParameters(temperature: 0.7)), .model,
+            "vLLM returns raw_logprobs unless --logprobs-mode says otherwise")
     }
 
     func testSGLangGenerateWithInputIDs() throws {
@@ -68,11 +73,14 @@ final class AdapterFixtureTests: XCTestCase {
 
     func testMalformedResponsesAreErrors() throws {
         XCTAssertThrowsError(try VLLMAdapter().parseGenerateResponse(Data(#"{"choices": [{"text": "x", "finish_reason": "stop"}]}"#.utf8)))
-        XCTAssertThrowsError(try VLLMAdapter().parseGenerateResponse(Data(#"{"choices": [{"token_ids": [1, 2], "logprobs": {"token_logprobs": [-0.1]}, "finish_reason": "stop"}]}"#.utf8)))
+        XCTAssertThrowsError(
+            try VLLMAdapter().parseGenerateResponse(
+                Data(#"{"choices": [{"token_ids": [1, 2], "logprobs": {"token_logprobs": [-0.1]}, "finish_reason": "stop"}]}"#.utf8)))
         XCTAssertThrowsError(try SGLangAdapter().parseGenerateResponse(Data(#"{"text": "x", "meta_info": {}}"#.utf8)))
         XCTAssertThrowsError(try SGLangAdapter().parseGenerateResponse(Data("<html>".utf8)))
-        XCTAssertThrowsError(try LlamaCppAdapter().parseGenerateResponse(Data("data: {\"tokens\": [1], \"stop\": false}\n\n".utf8)),
-                             "a stream cut before its final event")
+        XCTAssertThrowsError(
+            try LlamaCppAdapter().parseGenerateResponse(Data("data: {\"tokens\": [1], \"stop\": false}\n\n".utf8)),
+            "a stream cut before its final event")
         XCTAssertThrowsError(try LlamaCppAdapter().parseGenerateResponse(Data("error: {\"code\": 500}\n\n".utf8)))
     }
 
@@ -88,13 +96,15 @@ final class AdapterFixtureTests: XCTestCase {
         XCTAssertEqual(cut.logprobs, [-1, -2])
         XCTAssertEqual(cut.text, "ab</x>")
         XCTAssertEqual(cut.stopString, "</x>")
-        let eot = TurnCut.cut(EngineCompletion(tokens: [3, 9, 3], logprobs: [-1, -2], stop: .endOfSequence), maxTokens: 10,
-                              endOfTurn: [9], stopStrings: ["</x>"], tokenBytes: tb)
+        let eot = TurnCut.cut(
+            EngineCompletion(tokens: [3, 9, 3], logprobs: [-1, -2], stop: .endOfSequence), maxTokens: 10,
+            endOfTurn: [9], stopStrings: ["</x>"], tokenBytes: tb)
         XCTAssertEqual(eot.tokens, [3, 9])
         XCTAssertEqual(eot.text, "z")
         XCTAssertEqual(eot.stopTokenID, 9)
-        let short = TurnCut.cut(EngineCompletion(tokens: [3, 3, 3], logprobs: [-1, -1, -1], stop: .length), maxTokens: 2,
-                                endOfTurn: [9], stopStrings: [], tokenBytes: tb)
+        let short = TurnCut.cut(
+            EngineCompletion(tokens: [3, 3, 3], logprobs: [-1, -1, -1], stop: .length), maxTokens: 2,
+            endOfTurn: [9], stopStrings: [], tokenBytes: tb)
         XCTAssertEqual(short.tokens, [3, 3])
     }
 }

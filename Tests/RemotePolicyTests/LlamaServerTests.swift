@@ -5,13 +5,14 @@
 // same token ids, and log-probs within `logprobTolerance`. A missing binary or fixture FAILS.
 
 import Foundation
-#if canImport(FoundationNetworking)
-import FoundationNetworking
-#endif
 import PolicyEngine
 import PromptR1
 import RemotePolicy
 import XCTest
+
+#if canImport(FoundationNetworking)
+    import FoundationNetworking
+#endif
 
 /// Largest |llama.cpp - embedded| log-prob difference accepted per token. Both engines compute in
 /// float32 (the server runs with an f32 KV cache and no flash attention) with different kernels
@@ -30,7 +31,11 @@ final class LlamaServerTests: XCTestCase {
 
     struct Reference: Decodable {
         struct Case: Decodable {
-            struct Turn: Decodable { var text: String; var ids: [Int32]; var logprobs: [Float] }
+            struct Turn: Decodable {
+                var text: String
+                var ids: [Int32]
+                var logprobs: [Float]
+            }
             var question: String
             var upstream_answers: [String]
             var upstream_prompts: [String]
@@ -60,8 +65,9 @@ final class LlamaServerTests: XCTestCase {
     func testGreedyEpisodesMatchTheEmbeddedEngine() async throws {
         let server = try LlamaServer.start(model: Self.gguf)
         defer { server.stop() }
-        let remote = try await RemotePolicy.connect(directory: Self.policyDir,
-                                                    backend: .init(kind: .llamacpp, baseURL: server.baseURL))
+        let remote = try await RemotePolicy.connect(
+            directory: Self.policyDir,
+            backend: .init(kind: .llamacpp, baseURL: server.baseURL))
         XCTAssertEqual(remote.version.count, 16, "the folder holds weights: the version is their id")
         let embedded = try EnginePolicy(directory: Self.policyDir)
         defer { embedded.shutdown() }
@@ -106,8 +112,9 @@ final class LlamaServerTests: XCTestCase {
     func testSampledTurnLogsTheSamplingDistribution() async throws {
         let server = try LlamaServer.start(model: Self.gguf)
         defer { server.stop() }
-        let remote = try await RemotePolicy.connect(directory: Self.policyDir,
-                                                    backend: .init(kind: .llamacpp, baseURL: server.baseURL))
+        let remote = try await RemotePolicy.connect(
+            directory: Self.policyDir,
+            backend: .init(kind: .llamacpp, baseURL: server.baseURL))
         let t: Float = 1.5
         let sampling = SamplingParameters(temperature: t, seed: 7)
         let session = try await remote.factory(sampling: sampling)(PromptR1Prompt.firstPrompt(question: "What is 2+2?"))
@@ -133,11 +140,14 @@ final class LlamaServerTests: XCTestCase {
     /// applies), and after `circuit_failure_threshold` failures the breaker answers at once.
     func testUnreachableEngineIsAPolicyErrorAndOpensTheCircuit() async throws {
         let server = try LlamaServer.start(model: Self.gguf)
-        let remote = try await RemotePolicy.connect(directory: Self.policyDir, backend: .init(
-            kind: .llamacpp, baseURL: server.baseURL, circuitFailureThreshold: 2, circuitCooldownSeconds: 60))
+        let remote = try await RemotePolicy.connect(
+            directory: Self.policyDir,
+            backend: .init(
+                kind: .llamacpp, baseURL: server.baseURL, circuitFailureThreshold: 2, circuitCooldownSeconds: 60))
         server.stop()
-        let loop = CollaborationLoop(options: Self.options, upstream: ReplayUpstream(answers: []),
-                                     makeSession: remote.factory(sampling: .greedy))
+        let loop = CollaborationLoop(
+            options: Self.options, upstream: ReplayUpstream(answers: []),
+            makeSession: remote.factory(sampling: .greedy))
         for _ in 0..<2 {
             let e = await loop.run(question: "What is 2+2?")
             guard case .error(.policy(let m)) = e.outcome else { return XCTFail("\(e.outcome)") }
@@ -162,7 +172,10 @@ final class ReplayUpstream: UpstreamAnswering, @unchecked Sendable {
     var received: [[UpstreamMessage]] { lock.withLock { calls } }
     struct Exhausted: Error {}
     func answer(messages: [UpstreamMessage], options: UpstreamCallOptions) async throws -> UpstreamAnswer {
-        let k: Int = lock.withLock { calls.append(messages); return calls.count - 1 }
+        let k: Int = lock.withLock {
+            calls.append(messages)
+            return calls.count - 1
+        }
         guard k < answers.count else { throw Exhausted() }
         return UpstreamAnswer(text: answers[k])
     }
@@ -210,9 +223,11 @@ final class LlamaServer: @unchecked Sendable {
         let port = try freePort()
         let p = Process()
         p.executableURL = bin
-        p.arguments = ["-m", model.path, "--host", "127.0.0.1", "--port", "\(port)", "-c", "4096", "-np", "1",
-                       "-t", "1", "--no-webui", "--log-disable",
-                       "--cache-type-k", "f32", "--cache-type-v", "f32", "--flash-attn", "off"]
+        p.arguments = [
+            "-m", model.path, "--host", "127.0.0.1", "--port", "\(port)", "-c", "4096", "-np", "1",
+            "-t", "1", "--no-webui", "--log-disable",
+            "--cache-type-k", "f32", "--cache-type-v", "f32", "--flash-attn", "off",
+        ]
         p.standardOutput = FileHandle.nullDevice
         p.standardError = FileHandle.nullDevice
         try p.run()

@@ -20,9 +20,11 @@ final class OutageTests: XCTestCase {
     func testOutageLongerThanTheQueueAppliesBackpressureAndLosesNothing() async throws {
         let url = try await TestPostgres.freshDatabase()
         let backend = try await PostgresLogBackend.open(url: url, logger: TestPostgres.quietLogger)
-        let capacity = 8, maxBatch = 4
-        let writer = LogWriter(backend: backend, capacity: capacity, maxBatch: maxBatch, logger: TestPostgres.quietLogger,
-                               retryBaseDelay: 0.01, maxRetryDelay: 0.25)
+        let capacity = 8
+        let maxBatch = 4
+        let writer = LogWriter(
+            backend: backend, capacity: capacity, maxBatch: maxBatch, logger: TestPostgres.quietLogger,
+            retryBaseDelay: 0.01, maxRetryDelay: 0.25)
         let run = Task { await writer.run() }
         var before: [String] = []
         for _ in 0..<40 {
@@ -91,7 +93,10 @@ final class OutageTests: XCTestCase {
         serverUp = true
         try await within(30, "ping after the restart") {
             while true {
-                do { try await backend.ping(timeout: .seconds(2)); return } catch { try await Task.sleep(for: .milliseconds(200)) }
+                do {
+                    try await backend.ping(timeout: .seconds(2))
+                    return
+                } catch { try await Task.sleep(for: .milliseconds(200)) }
             }
         }
         let names = try await backend.appliedMigrations()

@@ -21,18 +21,27 @@ final class PostgresBackendTests: XCTestCase {
         let t0 = Date(timeIntervalSince1970: 1_800_000_000.123456)
         var episodes: [EpisodeRecord] = []
         for i in 0..<40 {
-            var e = sampleEpisode(createdAt: t0.addingTimeInterval(Double(i) * 0.5), route: i % 3 == 0 ? "rollout" : "/v1/chat/completions",
-                                  mode: i % 2 == 0 ? "collaborate" : "passthrough", policyVersion: i % 4 == 0 ? "v-a" : "v-b",
-                                  turns: i % 5, question: i % 2 == 0 ? "q\(i % 6)" : nil)
-            if i == 7 { e.turns = [] ; e.requestJSON = nil; e.responseText = nil; e.promptTokens = nil; e.formatScore = nil }
+            var e = sampleEpisode(
+                createdAt: t0.addingTimeInterval(Double(i) * 0.5), route: i % 3 == 0 ? "rollout" : "/v1/chat/completions",
+                mode: i % 2 == 0 ? "collaborate" : "passthrough", policyVersion: i % 4 == 0 ? "v-a" : "v-b",
+                turns: i % 5, question: i % 2 == 0 ? "q\(i % 6)" : nil)
+            if i == 7 {
+                e.turns = []
+                e.requestJSON = nil
+                e.responseText = nil
+                e.promptTokens = nil
+                e.formatScore = nil
+            }
             episodes.append(e)
         }
         for backend in [pg, sqlite] as [any LogBackend] {
             try await backend.insertBatch(Array(episodes[0..<25]))
             try await backend.insertBatch(Array(episodes[25...]))
             for (i, e) in episodes.enumerated() where i % 3 == 0 {
-                try await backend.insertFeedback(FeedbackRecord(episodeID: e.id, kind: i % 2 == 0 ? "reference" : "score",
-                                                                value: i % 2 == 0 ? "Paris" : "0.75", source: "test", createdAt: t0))
+                try await backend.insertFeedback(
+                    FeedbackRecord(
+                        episodeID: e.id, kind: i % 2 == 0 ? "reference" : "score",
+                        value: i % 2 == 0 ? "Paris" : "0.75", source: "test", createdAt: t0))
             }
             try await backend.insertFeedback(FeedbackRecord(episodeID: episodes[1].id, kind: "label", value: "good", createdAt: t0))
         }
@@ -109,7 +118,9 @@ final class PostgresBackendTests: XCTestCase {
         XCTAssertEqual(counted?.feedbackCount, 1)
         let overviewPG = try await pg.consoleOverview(since: t0, bucketSeconds: 5, sampleSize: 100)
         let overviewSQLite = try await sqlite.consoleOverview(since: t0, bucketSeconds: 5, sampleSize: 100)
-        XCTAssertEqual(overviewPG.buckets.map { [$0.requests, $0.errors, $0.collaborations] }, overviewSQLite.buckets.map { [$0.requests, $0.errors, $0.collaborations] })
+        XCTAssertEqual(
+            overviewPG.buckets.map { [$0.requests, $0.errors, $0.collaborations] },
+            overviewSQLite.buckets.map { [$0.requests, $0.errors, $0.collaborations] })
         XCTAssertEqual(overviewPG.buckets.map(\.start), overviewSQLite.buckets.map(\.start))
         XCTAssertEqual(overviewPG.buckets.reduce(0) { $0 + $1.requests }, 40)
         for k in ["total", "upstream", "overhead", "policy"] {
@@ -117,9 +128,12 @@ final class PostgresBackendTests: XCTestCase {
             XCTAssertEqual(overviewPG.latency[k]?.p99, overviewSQLite.latency[k]?.p99, k)
             XCTAssertEqual(overviewPG.latency[k]?.count, overviewSQLite.latency[k]?.count, k)
         }
-        XCTAssertEqual(overviewPG.outcomes.map { "\($0.outcome)=\($0.count)" }.sorted(), overviewSQLite.outcomes.map { "\($0.outcome)=\($0.count)" }.sorted())
-        XCTAssertEqual(overviewPG.rewards.map { "\($0.policyVersion) \($0.start) \($0.meanScore) \($0.count)" },
-                       overviewSQLite.rewards.map { "\($0.policyVersion) \($0.start) \($0.meanScore) \($0.count)" })
+        XCTAssertEqual(
+            overviewPG.outcomes.map { "\($0.outcome)=\($0.count)" }.sorted(),
+            overviewSQLite.outcomes.map { "\($0.outcome)=\($0.count)" }.sorted())
+        XCTAssertEqual(
+            overviewPG.rewards.map { "\($0.policyVersion) \($0.start) \($0.meanScore) \($0.count)" },
+            overviewSQLite.rewards.map { "\($0.policyVersion) \($0.start) \($0.meanScore) \($0.count)" })
         XCTAssertFalse(overviewPG.rewards.isEmpty)
         let trainingPG = try await pg.consoleTrainingCounts()
         let trainingSQLite = try await sqlite.consoleTrainingCounts()
@@ -129,20 +143,25 @@ final class PostgresBackendTests: XCTestCase {
         XCTAssertEqual(usagePG, usageSQLite.sorted { $0.policyVersion < $1.policyVersion })
 
         // Policy versions and events.
-        let v = PolicyVersionRecord(id: "v-a", path: "/m/A", sha256: "aa", architecture: "qwen3", parameterCount: 123, loadedAt: t0, manifestJSON: "{}")
+        let v = PolicyVersionRecord(
+            id: "v-a", path: "/m/A", sha256: "aa", architecture: "qwen3", parameterCount: 123, loadedAt: t0, manifestJSON: "{}")
         for backend in [pg, sqlite] as [any LogBackend] {
             try await backend.insertPolicyVersion(v)
-            try await backend.insertPolicyVersion(v)   // a reload: same digest, fine
+            try await backend.insertPolicyVersion(v)  // a reload: same digest, fine
             do {
-                try await backend.insertPolicyVersion(PolicyVersionRecord(id: "v-a", path: "/m/A", sha256: "bb", architecture: "qwen3", parameterCount: 1))
+                try await backend.insertPolicyVersion(
+                    PolicyVersionRecord(id: "v-a", path: "/m/A", sha256: "bb", architecture: "qwen3", parameterCount: 1))
                 XCTFail("a different digest under the same id is refused")
             } catch let e as TrafficLogError {
                 XCTAssertEqual(e, .policyVersionConflict(id: "v-a", existingSHA256: "aa", newSHA256: "bb"))
             }
-            let first = try await backend.recordFirstPolicyEvent(PolicyEventRecord(versionID: "v-a", path: "A", action: .start, replica: "r1", createdAt: t0))
-            let notSecond = try await backend.recordFirstPolicyEvent(PolicyEventRecord(versionID: "v-z", path: "Z", action: .start, replica: "r2", createdAt: t0))
+            let first = try await backend.recordFirstPolicyEvent(
+                PolicyEventRecord(versionID: "v-a", path: "A", action: .start, replica: "r1", createdAt: t0))
+            let notSecond = try await backend.recordFirstPolicyEvent(
+                PolicyEventRecord(versionID: "v-z", path: "Z", action: .start, replica: "r2", createdAt: t0))
             XCTAssertEqual(notSecond, first, "only the first start is recorded")
-            let swap = try await backend.recordPolicyEvent(PolicyEventRecord(versionID: "v-b", path: "B", action: .swap, replica: "r2", createdAt: t0))
+            let swap = try await backend.recordPolicyEvent(
+                PolicyEventRecord(versionID: "v-b", path: "B", action: .swap, replica: "r2", createdAt: t0))
             XCTAssertGreaterThan(swap.seq ?? 0, first.seq ?? 0)
             let latest = try await backend.latestPolicyEvent()
             XCTAssertEqual(latest, swap)
@@ -254,7 +273,7 @@ final class PostgresBackendTests: XCTestCase {
         let received = Task { () -> [Int64] in
             var out: [Int64] = []
             for try await seq in stream {
-                if seq == 0 { continue }   // "listening"
+                if seq == 0 { continue }  // "listening"
                 out.append(seq)
                 if out.count == 2 { break }
             }
@@ -273,8 +292,9 @@ final class PostgresBackendTests: XCTestCase {
         XCTAssertEqual(LogLocation("postgres://u:pa%40ss@h:5/db").kind, .postgres)
         XCTAssertEqual(LogLocation("postgresql://h/db").kind, .postgres)
         XCTAssertEqual(LogLocation("/var/log/traffic.sqlite").kind, .sqlite)
-        XCTAssertEqual(LogLocation.redact("postgres://gw:s3cr@t@db.internal:5432/log?sslmode=require"),
-                       "postgres://gw:***@db.internal:5432/log?sslmode=require")
+        XCTAssertEqual(
+            LogLocation.redact("postgres://gw:s3cr@t@db.internal:5432/log?sslmode=require"),
+            "postgres://gw:***@db.internal:5432/log?sslmode=require")
         XCTAssertEqual(LogLocation.redact("postgres://db/log?user=gw&password=hunter2"), "postgres://db/log?user=gw&password=***")
         XCTAssertEqual(LogLocation.redact("postgres://gw@db/log"), "postgres://gw@db/log")
         XCTAssertEqual("\(LogLocation("postgres://a:SECRET@h/d"))", "postgres://a:***@h/d")

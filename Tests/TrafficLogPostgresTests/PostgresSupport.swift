@@ -1,20 +1,22 @@
 import Foundation
-import PromptR1
-#if canImport(Glibc)
-import Glibc
-#endif
 import Logging
+import PromptR1
 import TrafficLog
 import TrafficLogPostgres
 import XCTest
+
+#if canImport(Glibc)
+    import Glibc
+#endif
 
 /// The PostgreSQL server scripts/with-postgres.sh runs for the test command. Without it these
 /// tests FAIL (they never skip): CI's test command always provides one.
 enum TestPostgres {
     static func adminURL(file: StaticString = #filePath, line: UInt = #line) throws -> String {
         guard let url = ProcessInfo.processInfo.environment["GATEWAY_TEST_POSTGRES_URL"], !url.isEmpty else {
-            XCTFail("GATEWAY_TEST_POSTGRES_URL is not set: run the tests through scripts/test.sh (or scripts/with-postgres.sh swift test)",
-                    file: file, line: line)
+            XCTFail(
+                "GATEWAY_TEST_POSTGRES_URL is not set: run the tests through scripts/test.sh (or scripts/with-postgres.sh swift test)",
+                file: file, line: line)
             throw PostgresLogError.invalidURL(reason: "no test server")
         }
         return url
@@ -42,8 +44,10 @@ enum TestPostgres {
     }
 }
 
-func sampleEpisode(id: String = UUIDv7.generate(), createdAt: Date = Date(), route: String = "/v1/chat/completions",
-                   mode: String = "passthrough", policyVersion: String? = nil, turns: Int = 2, question: String? = nil) -> EpisodeRecord {
+func sampleEpisode(
+    id: String = UUIDv7.generate(), createdAt: Date = Date(), route: String = "/v1/chat/completions",
+    mode: String = "passthrough", policyVersion: String? = nil, turns: Int = 2, question: String? = nil
+) -> EpisodeRecord {
     var e = EpisodeRecord(
         id: id, createdAt: createdAt, route: route, mode: mode, keyID: "key-1", requestedModel: "gpt-x",
         upstreamModel: "gpt-x-upstream", policyVersion: policyVersion, stream: turns % 2 == 1,
@@ -52,12 +56,13 @@ func sampleEpisode(id: String = UUIDv7.generate(), createdAt: Date = Date(), rou
         policyTokens: turns > 0 ? 7 : nil, status: 200, outcome: "ok", error: nil, question: question,
         formatScore: 0.5, totalMs: 12.5, upstreamMs: 10, overheadMs: 2.5,
         turns: (0..<turns).map { i in
-            TurnRecord(index: i, kind: i % 2 == 0 ? "upstream" : "policy",
-                       inputIDs: [1, 2, 3, Int32(i), Int32.max, Int32.min], outputIDs: [4, 5],
-                       logprobs: [-0.5, -1.25, .leastNonzeroMagnitude, -.infinity], lossMask: [0, 1, 255],
-                       text: "turn \(i)", call: i % 2 == 1 ? "ask" : nil, upstreamRequest: "{}",
-                       upstreamResponse: "{\"x\":1}", latencyMs: 3, promptTokens: 1, completionTokens: 2,
-                       status: 200, error: nil)
+            TurnRecord(
+                index: i, kind: i % 2 == 0 ? "upstream" : "policy",
+                inputIDs: [1, 2, 3, Int32(i), Int32.max, Int32.min], outputIDs: [4, 5],
+                logprobs: [-0.5, -1.25, .leastNonzeroMagnitude, -.infinity], lossMask: [0, 1, 255],
+                text: "turn \(i)", call: i % 2 == 1 ? "ask" : nil, upstreamRequest: "{}",
+                upstreamResponse: "{\"x\":1}", latencyMs: 3, promptTokens: 1, completionTokens: 2,
+                status: 200, error: nil)
         })
     // Every value of the v4 columns, NULL included, across the sample shapes.
     e.policyLogprobs = turns == 0 ? nil : turns % 2 == 0 ? .model : .sampling

@@ -1,6 +1,7 @@
 import Foundation
 import GRDB
 import XCTest
+
 @testable import TrafficLog
 
 /// The console's read model on a real SQLite file: keyset pages, filters, FTS5 search.
@@ -14,12 +15,15 @@ final class ConsoleReadsTests: XCTestCase {
         var list: [EpisodeRecord] = []
         let t0 = Date(timeIntervalSince1970: 1_800_000_000)
         for i in 0..<n {
-            var e = EpisodeRecord(createdAt: t0.addingTimeInterval(Double(i / 3)),  // ties on created_at: the id breaks them
-                                  route: i % 2 == 0 ? "/v1/chat/completions" : "/v1/embeddings",
-                                  mode: i % 4 == 0 ? "collaborate" : "passthrough", keyID: "k\(i % 3)",
-                                  policyVersion: i % 4 == 0 ? "v\(i % 8 == 0 ? 1 : 2)" : nil,
-                                  status: i % 5 == 0 ? 502 : 200, outcome: i % 5 == 0 ? "upstream_error" : "ok", totalMs: Double(i))
-            if e.mode == "collaborate" { e.question = i % 8 == 0 ? "Which planet is the largest \"gas\" giant \(i)?" : "Who wrote Hamlet \(i)?" }
+            var e = EpisodeRecord(
+                createdAt: t0.addingTimeInterval(Double(i / 3)),  // ties on created_at: the id breaks them
+                route: i % 2 == 0 ? "/v1/chat/completions" : "/v1/embeddings",
+                mode: i % 4 == 0 ? "collaborate" : "passthrough", keyID: "k\(i % 3)",
+                policyVersion: i % 4 == 0 ? "v\(i % 8 == 0 ? 1 : 2)" : nil,
+                status: i % 5 == 0 ? 502 : 200, outcome: i % 5 == 0 ? "upstream_error" : "ok", totalMs: Double(i))
+            if e.mode == "collaborate" {
+                e.question = i % 8 == 0 ? "Which planet is the largest \"gas\" giant \(i)?" : "Who wrote Hamlet \(i)?"
+            }
             list.append(e)
         }
         try db.insert(episodes: list)
@@ -59,9 +63,15 @@ final class ConsoleReadsTests: XCTestCase {
             (ConsoleFilter(route: "/v1/embeddings", status: 502), { $0.route == "/v1/embeddings" && $0.status == 502 }),
             (ConsoleFilter(outcome: "ok", policyVersion: "v2"), { $0.outcome == "ok" && $0.policyVersion == "v2" }),
             (ConsoleFilter(keyID: "k1"), { $0.keyID == "k1" }),
-            (ConsoleFilter(since: list[30].createdAt, until: list[60].createdAt), { $0.createdAt >= list[30].createdAt && $0.createdAt < list[60].createdAt }),
+            (
+                ConsoleFilter(since: list[30].createdAt, until: list[60].createdAt),
+                { $0.createdAt >= list[30].createdAt && $0.createdAt < list[60].createdAt }
+            ),
             (ConsoleFilter(hasFeedback: true), { $0.id == list[4].id || $0.id == list[8].id }),
-            (ConsoleFilter(mode: "collaborate", hasFeedback: false), { $0.mode == "collaborate" && $0.id != list[4].id && $0.id != list[8].id }),
+            (
+                ConsoleFilter(mode: "collaborate", hasFeedback: false),
+                { $0.mode == "collaborate" && $0.id != list[4].id && $0.id != list[8].id }
+            ),
         ]
         for (f, keep) in cases {
             XCTAssertEqual(try allPages(db, f, limit: 7), newestFirst(list.filter(keep)), "\(f)")
@@ -81,13 +91,16 @@ final class ConsoleReadsTests: XCTestCase {
         // FTS syntax typed by a person is taken as words, not as a query.
         XCTAssertEqual(try allPages(db, ConsoleFilter(text: "\"gas\" OR NEAR("), limit: 50), [])
         XCTAssertEqual(try allPages(db, ConsoleFilter(text: "\"gas\""), limit: 50), newestFirst(planets))
-        XCTAssertEqual(try allPages(db, ConsoleFilter(mode: "collaborate", policyVersion: "v2", text: "hamlet"), limit: 50),
-                       newestFirst(list.filter { $0.policyVersion == "v2" && $0.question?.contains("Hamlet") == true }))
+        XCTAssertEqual(
+            try allPages(db, ConsoleFilter(mode: "collaborate", policyVersion: "v2", text: "hamlet"), limit: 50),
+            newestFirst(list.filter { $0.policyVersion == "v2" && $0.question?.contains("Hamlet") == true }))
         // Retention deletes take their rows out of the index too.
         _ = try db.deleteEpisodes(olderThan: list[40].createdAt)
         let kept = planets.filter { $0.createdAt >= list[40].createdAt }
         XCTAssertEqual(try allPages(db, ConsoleFilter(text: "planet"), limit: 50), newestFirst(kept))
-        XCTAssertEqual(try rawCount(db.path, "SELECT COUNT(*) FROM episodes_fts"), try rawCount(db.path, "SELECT COUNT(*) FROM episodes WHERE question IS NOT NULL"))
+        XCTAssertEqual(
+            try rawCount(db.path, "SELECT COUNT(*) FROM episodes_fts"),
+            try rawCount(db.path, "SELECT COUNT(*) FROM episodes WHERE question IS NOT NULL"))
     }
 
     /// The has-feedback list and a text search read about a page, not the log: their plans walk an
@@ -102,7 +115,9 @@ final class ConsoleReadsTests: XCTestCase {
         let queue = try DatabaseQueue(path: db.path)
         defer { try? queue.close() }
         let cursor = ConsoleCursor(createdAt: 1_900_000_000, id: "~", searchRow: 1_000)
-        for (filter, index) in [(ConsoleFilter(hasFeedback: true), "episodes_with_feedback"), (ConsoleFilter(text: "planet"), "episodes_fts")] {
+        for (filter, index) in [
+            (ConsoleFilter(hasFeedback: true), "episodes_with_feedback"), (ConsoleFilter(text: "planet"), "episodes_fts"),
+        ] {
             for after in [nil, cursor] {
                 let (sql, args) = TrafficDatabase.consoleListSQL(filter, after: after, limit: 50)
                 let plan = try queue.read { db in
@@ -122,7 +137,10 @@ final class ConsoleReadsTests: XCTestCase {
         try TrafficSchema.migrator().migrate(queue, upTo: "v4_policy_logprobs")
         try queue.write { db in
             for id in ["a", "b"] {
-                try db.execute(sql: "INSERT INTO episodes (id, created_at, route, mode, stream, status, total_ms) VALUES (?, 1, '/v1/chat/completions', 'collaborate', 0, 200, 1)", arguments: [id])
+                try db.execute(
+                    sql:
+                        "INSERT INTO episodes (id, created_at, route, mode, stream, status, total_ms) VALUES (?, 1, '/v1/chat/completions', 'collaborate', 0, 200, 1)",
+                    arguments: [id])
             }
             for kind in ["score", "label", "reference"] {
                 try db.execute(sql: "INSERT INTO feedback (episode_id, kind, value, created_at) VALUES ('a', ?, '1', 1)", arguments: [kind])
@@ -148,8 +166,9 @@ final class ConsoleReadsTests: XCTestCase {
         XCTAssertEqual(counts.reduce(0) { $0 + $1.withReference }, 1)
         XCTAssertEqual(counts.reduce(0) { $0 + $1.withScore }, 2)
         let usage = try db.consoleVersionUsage()
-        XCTAssertEqual(Dictionary(uniqueKeysWithValues: usage.map { ($0.policyVersion, $0.episodes) }),
-                       Dictionary(grouping: collab, by: { $0.policyVersion! }).mapValues(\.count))
+        XCTAssertEqual(
+            Dictionary(uniqueKeysWithValues: usage.map { ($0.policyVersion, $0.episodes) }),
+            Dictionary(grouping: collab, by: { $0.policyVersion! }).mapValues(\.count))
     }
 
     func testOverviewBucketsAndPercentiles() throws {
@@ -157,7 +176,7 @@ final class ConsoleReadsTests: XCTestCase {
         let o = try db.consoleOverview(since: list[0].createdAt, bucketSeconds: 5, sampleSize: 1000)
         XCTAssertEqual(o.buckets.reduce(0) { $0 + $1.requests }, 50)
         XCTAssertEqual(o.buckets.reduce(0) { $0 + $1.errors }, list.filter { $0.status >= 400 }.count)
-        XCTAssertEqual(o.buckets.first?.requests, 15)   // 3 episodes a second, 5 s buckets
+        XCTAssertEqual(o.buckets.first?.requests, 15)  // 3 episodes a second, 5 s buckets
         // Nearest rank over total_ms = 0...49.
         XCTAssertEqual(o.latency["total"]?.p50, 24)
         XCTAssertEqual(o.latency["total"]?.p99, 49)

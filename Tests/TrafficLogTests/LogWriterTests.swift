@@ -2,6 +2,7 @@ import Foundation
 import GRDB
 import Logging
 import XCTest
+
 @testable import TrafficLog
 
 final class LogWriterTests: XCTestCase {
@@ -142,8 +143,9 @@ final class LogWriterTests: XCTestCase {
         // Tiny busy timeout: the 400 ms lock makes several attempts fail with SQLITE_BUSY.
         let db = try TrafficDatabase(path: path, busyTimeout: 0.01)
         let capture = LogCapture()
-        let writer = LogWriter(database: db, capacity: 8, maxBatch: 4, logger: capture.logger(),
-                               retryBaseDelay: 0.01, maxRetryDelay: 0.05)
+        let writer = LogWriter(
+            database: db, capacity: 8, maxBatch: 4, logger: capture.logger(),
+            retryBaseDelay: 0.01, maxRetryDelay: 0.05)
         let runner = Task { await writer.run() }
         let holder = WriteLockHolder(path: path, seconds: 0.4)
         try await holder.waitAcquired()
@@ -166,8 +168,9 @@ final class LogWriterTests: XCTestCase {
         XCTAssertNotNil(stats.lastError)
         let logs = capture.all
         XCTAssertTrue(logs.contains { $0.level == .error && $0.message.contains("retrying") })
-        XCTAssertFalse(logs.contains { $0.message.contains(secret) || $0.metadata.contains(secret) },
-                       "request bodies must never be logged")
+        XCTAssertFalse(
+            logs.contains { $0.message.contains(secret) || $0.metadata.contains(secret) },
+            "request bodies must never be logged")
         await writer.shutdown()
         await runner.value
     }
@@ -200,7 +203,7 @@ final class LogWriterTests: XCTestCase {
             XCTAssertEqual(error as? LogWriterError, .closed)
         }
         try await writer.flush()  // nothing pending: returns
-        await writer.shutdown()   // idempotent
+        await writer.shutdown()  // idempotent
     }
 
     func testShutdownAdmitsAppendersSuspendedByBackpressure() async throws {
@@ -298,8 +301,9 @@ final class LogWriterTests: XCTestCase {
         let path = tmp.path("log.sqlite")
         let db = try TrafficDatabase(path: path, busyTimeout: 0.01)
         let capture = LogCapture()
-        let writer = LogWriter(database: db, logger: capture.logger(), retryBaseDelay: 0.01,
-                               maxRetryDelay: 0.02, shutdownRetryLimit: 2)
+        let writer = LogWriter(
+            database: db, logger: capture.logger(), retryBaseDelay: 0.01,
+            maxRetryDelay: 0.02, shutdownRetryLimit: 2)
         let runner = Task { await writer.run() }
         let holder = WriteLockHolder(path: path, seconds: 1.5)
         try await holder.waitAcquired()

@@ -1,5 +1,6 @@
 import Foundation
 import XCTest
+
 @testable import TrafficLog
 
 final class RetentionServiceTests: XCTestCase {

@@ -2,6 +2,7 @@ import Foundation
 import GRDB
 import Logging
 import XCTest
+
 @testable import TrafficLog
 
 /// A fresh temporary directory per test, removed afterwards.
@@ -18,12 +19,24 @@ final class TempDir {
 
 /// Captures log records so tests can assert what was (and was not) logged.
 final class LogCapture: @unchecked Sendable {  // @unchecked: `records` guarded by `lock`
-    struct Record { let level: Logger.Level; let message: String; let metadata: String }
+    struct Record {
+        let level: Logger.Level
+        let message: String
+        let metadata: String
+    }
     private let lock = NSLock()
     private var records: [Record] = []
 
-    func append(_ r: Record) { lock.lock(); records.append(r); lock.unlock() }
-    var all: [Record] { lock.lock(); defer { lock.unlock() }; return records }
+    func append(_ r: Record) {
+        lock.lock()
+        records.append(r)
+        lock.unlock()
+    }
+    var all: [Record] {
+        lock.lock()
+        defer { lock.unlock() }
+        return records
+    }
 
     func logger() -> Logger {
         Logger(label: "trafficlog-test") { _ in CaptureHandler(capture: self) }
@@ -53,9 +66,21 @@ final class WriteLockHolder: @unchecked Sendable {  // @unchecked: flags guarded
     private var _released = false
     private var _error: String?
 
-    var acquired: Bool { lock.lock(); defer { lock.unlock() }; return _acquired }
-    var released: Bool { lock.lock(); defer { lock.unlock() }; return _released }
-    var error: String? { lock.lock(); defer { lock.unlock() }; return _error }
+    var acquired: Bool {
+        lock.lock()
+        defer { lock.unlock() }
+        return _acquired
+    }
+    var released: Bool {
+        lock.lock()
+        defer { lock.unlock() }
+        return _released
+    }
+    var error: String? {
+        lock.lock()
+        defer { lock.unlock() }
+        return _error
+    }
 
     init(path: String, seconds: Double) {
         let thread = Thread { [self] in
@@ -63,15 +88,22 @@ final class WriteLockHolder: @unchecked Sendable {  // @unchecked: flags guarded
                 let queue = try DatabaseQueue(path: path)
                 try queue.writeWithoutTransaction { db in
                     try db.execute(sql: "BEGIN IMMEDIATE")
-                    self.lock.lock(); self._acquired = true; self.lock.unlock()
+                    self.lock.lock()
+                    self._acquired = true
+                    self.lock.unlock()
                     Thread.sleep(forTimeInterval: seconds)
                     try db.execute(sql: "COMMIT")
                 }
                 try queue.close()
             } catch {
-                self.lock.lock(); self._error = "\(error)"; self._acquired = true; self.lock.unlock()
+                self.lock.lock()
+                self._error = "\(error)"
+                self._acquired = true
+                self.lock.unlock()
             }
-            self.lock.lock(); self._released = true; self.lock.unlock()
+            self.lock.lock()
+            self._released = true
+            self.lock.unlock()
         }
         thread.start()
     }
@@ -86,18 +118,21 @@ final class WriteLockHolder: @unchecked Sendable {  // @unchecked: flags guarded
     }
 }
 
-func makeEpisode(id: String = UUIDv7.generate(), createdAt: Date = Date(), route: String = "/v1/chat/completions",
-                 mode: String = "passthrough", policyVersion: String? = nil, turns: Int = 2,
-                 requestJSON: String? = #"{"model":"m","messages":[]}"#) -> EpisodeRecord {
+func makeEpisode(
+    id: String = UUIDv7.generate(), createdAt: Date = Date(), route: String = "/v1/chat/completions",
+    mode: String = "passthrough", policyVersion: String? = nil, turns: Int = 2,
+    requestJSON: String? = #"{"model":"m","messages":[]}"#
+) -> EpisodeRecord {
     EpisodeRecord(
         id: id, createdAt: createdAt, route: route, mode: mode, keyID: "key-1", requestedModel: "gpt-x",
         upstreamModel: "gpt-x-upstream", policyVersion: policyVersion, stream: false, requestJSON: requestJSON,
         responseText: "hello", finishReason: "stop", promptTokens: 10, completionTokens: 5, totalTokens: 15,
         status: 200, outcome: "ok", totalMs: 12.5, upstreamMs: 10, overheadMs: 2.5,
         turns: (0..<turns).map { i in
-            TurnRecord(index: i, kind: i % 2 == 0 ? "upstream" : "policy",
-                       inputIDs: [1, 2, 3, Int32(i)], outputIDs: [4, 5], logprobs: [-0.5, -1.25],
-                       lossMask: [0, 1], text: "turn \(i)", latencyMs: 3)
+            TurnRecord(
+                index: i, kind: i % 2 == 0 ? "upstream" : "policy",
+                inputIDs: [1, 2, 3, Int32(i)], outputIDs: [4, 5], logprobs: [-0.5, -1.25],
+                lossMask: [0, 1], text: "turn \(i)", latencyMs: 3)
         })
 }
 
@@ -116,8 +151,10 @@ struct TimeoutError: Error, CustomStringConvertible {
 
 /// Runs `body` in its own task and throws `TimeoutError` if it has not finished
 /// within `seconds` (so a deadlock fails the test instead of hanging it).
-func within<T: Sendable>(seconds: Double, _ what: String,
-                         _ body: @escaping @Sendable () async throws -> T) async throws -> T {
+func within<T: Sendable>(
+    seconds: Double, _ what: String,
+    _ body: @escaping @Sendable () async throws -> T
+) async throws -> T {
     let once = OnceBox()
     return try await withCheckedThrowingContinuation { (cont: CheckedContinuation<T, any Error>) in
         Task {
@@ -139,7 +176,8 @@ final class OnceBox: @unchecked Sendable {  // @unchecked: `done` guarded by `lo
     private let lock = NSLock()
     private var done = false
     func claim() -> Bool {
-        lock.lock(); defer { lock.unlock() }
+        lock.lock()
+        defer { lock.unlock() }
         if done { return false }
         done = true
         return true

@@ -2,6 +2,7 @@ import Foundation
 import GRDB
 import PromptR1
 import XCTest
+
 @testable import TrafficLog
 
 final class TrafficDatabaseTests: XCTestCase {
@@ -15,14 +16,16 @@ final class TrafficDatabaseTests: XCTestCase {
         e.formatScore = 0.75
         e.error = nil
         e.turns = [
-            TurnRecord(index: 1, kind: "policy",
-                       inputIDs: [Int32.min, -1, 0, 1, Int32.max], outputIDs: [151_643, 7],
-                       logprobs: [-Float.infinity, -0.0, Float.leastNonzeroMagnitude, -12.5, Float.greatestFiniteMagnitude],
-                       lossMask: [0, 1, 255], text: "<call>ask</call>", call: "ask", latencyMs: 1.5,
-                       promptTokens: 5, completionTokens: 2, status: nil, error: nil),
-            TurnRecord(index: 0, kind: "upstream", inputIDs: [], outputIDs: nil, logprobs: [], lossMask: [],
-                       upstreamRequest: #"{"a":1}"#, upstreamResponse: #"{"b":2}"#, latencyMs: 9,
-                       status: 200, error: "none"),
+            TurnRecord(
+                index: 1, kind: "policy",
+                inputIDs: [Int32.min, -1, 0, 1, Int32.max], outputIDs: [151_643, 7],
+                logprobs: [-Float.infinity, -0.0, Float.leastNonzeroMagnitude, -12.5, Float.greatestFiniteMagnitude],
+                lossMask: [0, 1, 255], text: "<call>ask</call>", call: "ask", latencyMs: 1.5,
+                promptTokens: 5, completionTokens: 2, status: nil, error: nil),
+            TurnRecord(
+                index: 0, kind: "upstream", inputIDs: [], outputIDs: nil, logprobs: [], lossMask: [],
+                upstreamRequest: #"{"a":1}"#, upstreamResponse: #"{"b":2}"#, latencyMs: 9,
+                status: 200, error: "none"),
         ]
         try db.insert(episodes: [e])
         let back = try XCTUnwrap(try db.episode(id: e.id))
@@ -36,10 +39,13 @@ final class TrafficDatabaseTests: XCTestCase {
         // On disk: little-endian int32 / float32 blobs.
         let raw = try DatabaseQueue(path: tmp.path("log.sqlite"))
         let (ids, probs, created) = try raw.read { dbc -> (Data, Data, Double) in
-            let row = try XCTUnwrap(try Row.fetchOne(dbc, sql: """
-                SELECT t.input_ids, t.logprobs, e.created_at FROM turns t JOIN episodes e ON e.id = t.episode_id
-                WHERE t.episode_id = ? AND t.idx = 1
-                """, arguments: [e.id]))
+            let row = try XCTUnwrap(
+                try Row.fetchOne(
+                    dbc,
+                    sql: """
+                        SELECT t.input_ids, t.logprobs, e.created_at FROM turns t JOIN episodes e ON e.id = t.episode_id
+                        WHERE t.episode_id = ? AND t.idx = 1
+                        """, arguments: [e.id]))
             return (row[0], row[1], row[2])
         }
         XCTAssertEqual([UInt8](ids.prefix(8)), [0x00, 0x00, 0x00, 0x80, 0xff, 0xff, 0xff, 0xff])
@@ -84,11 +90,12 @@ final class TrafficDatabaseTests: XCTestCase {
         let t0 = Date(timeIntervalSince1970: 1_800_000_000)
         var all: [EpisodeRecord] = []
         for i in 0..<10 {
-            all.append(makeEpisode(
-                createdAt: t0.addingTimeInterval(Double(i)),
-                route: i % 2 == 0 ? "/v1/chat/completions" : "/v1/completions",
-                mode: i < 5 ? "passthrough" : "collaborate",
-                policyVersion: i < 5 ? nil : (i < 8 ? "pv-a" : "pv-b"), turns: 1))
+            all.append(
+                makeEpisode(
+                    createdAt: t0.addingTimeInterval(Double(i)),
+                    route: i % 2 == 0 ? "/v1/chat/completions" : "/v1/completions",
+                    mode: i < 5 ? "passthrough" : "collaborate",
+                    policyVersion: i < 5 ? nil : (i < 8 ? "pv-a" : "pv-b"), turns: 1))
         }
         // Two episodes share a timestamp: order falls back to id.
         let tieA = makeEpisode(id: "zzz-tie", createdAt: t0.addingTimeInterval(3), turns: 0)
@@ -106,8 +113,9 @@ final class TrafficDatabaseTests: XCTestCase {
         let window = try db.episodes(EpisodeQuery(since: t0.addingTimeInterval(2), until: t0.addingTimeInterval(5)))
         XCTAssertEqual(window.count, 5)  // 2, 3, 3, 3, 4 (until is exclusive)
         XCTAssertEqual(try db.episodes(EpisodeQuery(route: "/v1/completions")).count, 5)
-        XCTAssertEqual(try db.episodes(EpisodeQuery(mode: "collaborate")).map(\.createdAt),
-                       all[5...].map(\.createdAt))
+        XCTAssertEqual(
+            try db.episodes(EpisodeQuery(mode: "collaborate")).map(\.createdAt),
+            all[5...].map(\.createdAt))
         XCTAssertEqual(try db.episodes(EpisodeQuery(policyVersion: "pv-a")).map(\.id), all[5..<8].map(\.id))
 
         try db.insertFeedback(FeedbackRecord(episodeID: all[1].id, kind: "score", value: "0.5"))
@@ -167,8 +175,10 @@ final class TrafficDatabaseTests: XCTestCase {
         let id1 = try db.insertFeedback(f1)
         let id2 = try db.insertFeedback(f2)
         XCTAssertLessThan(id1, id2)
-        var e1 = f1; e1.id = id1
-        var e2 = f2; e2.id = id2
+        var e1 = f1
+        e1.id = id1
+        var e2 = f2
+        e2.id = id2
         XCTAssertEqual(try db.feedback(episodeID: e.id), [e1, e2])
         XCTAssertEqual(try db.feedback(episodeID: "other"), [])
     }
@@ -211,19 +221,22 @@ final class TrafficDatabaseTests: XCTestCase {
         try raw.write { try $0.execute(sql: "UPDATE turns SET logprobs = x'0102030405' WHERE episode_id = ?", arguments: [e.id]) }
         try raw.close()
         XCTAssertThrowsError(try db.episode(id: e.id)) {
-            XCTAssertEqual($0 as? TrafficLogError,
-                           .corruptBlob(episodeID: e.id, turnIndex: 0, column: "logprobs", byteCount: 5, elementSize: 4))
+            XCTAssertEqual(
+                $0 as? TrafficLogError,
+                .corruptBlob(episodeID: e.id, turnIndex: 0, column: "logprobs", byteCount: 5, elementSize: 4))
         }
     }
 
     func testPolicyVersions() throws {
         let db = try TrafficDatabase.inMemory()
         let t = Date(timeIntervalSince1970: 1_800_000_000)
-        let a = PolicyVersionRecord(id: "pv-a", path: "/m/a", sha256: "aa", architecture: "qwen2",
-                                    parameterCount: 494_032_768, loadedAt: t)
-        let b = PolicyVersionRecord(id: "pv-b", path: "/m/b", sha256: "bb", architecture: "qwen2",
-                                    parameterCount: 494_032_768, loadedAt: t.addingTimeInterval(10),
-                                    parentID: "pv-a", manifestJSON: #"{"step":100}"#)
+        let a = PolicyVersionRecord(
+            id: "pv-a", path: "/m/a", sha256: "aa", architecture: "qwen2",
+            parameterCount: 494_032_768, loadedAt: t)
+        let b = PolicyVersionRecord(
+            id: "pv-b", path: "/m/b", sha256: "bb", architecture: "qwen2",
+            parameterCount: 494_032_768, loadedAt: t.addingTimeInterval(10),
+            parentID: "pv-a", manifestJSON: #"{"step":100}"#)
         try db.insertPolicyVersion(b)
         try db.insertPolicyVersion(a)
         XCTAssertEqual(try db.policyVersions(), [a, b])
@@ -268,9 +281,11 @@ final class TrafficDatabaseTests: XCTestCase {
         let tmp = try TempDir()
         let db = try TrafficDatabase(path: tmp.path("log.sqlite"))
         let (journal, sync, fk) = try db.writer.read { dbc in
-            (try String.fetchOne(dbc, sql: "PRAGMA journal_mode"),
-             try Int.fetchOne(dbc, sql: "PRAGMA synchronous"),
-             try Int.fetchOne(dbc, sql: "PRAGMA foreign_keys"))
+            (
+                try String.fetchOne(dbc, sql: "PRAGMA journal_mode"),
+                try Int.fetchOne(dbc, sql: "PRAGMA synchronous"),
+                try Int.fetchOne(dbc, sql: "PRAGMA foreign_keys")
+            )
         }
         XCTAssertEqual(journal, "wal")
         XCTAssertEqual(sync, 1)  // NORMAL
@@ -290,7 +305,10 @@ final class TrafficDatabaseTests: XCTestCase {
             let queue = try DatabaseQueue(path: path)
             try TrafficSchema.migrator().migrate(queue, upTo: "v3_trainable")
             try queue.write { db in
-                try db.execute(sql: "INSERT INTO episodes (id, created_at, route, mode, stream, status, total_ms) VALUES ('old', 1, '/v1/chat/completions', 'collaborate', 0, 200, 1)")
+                try db.execute(
+                    sql:
+                        "INSERT INTO episodes (id, created_at, route, mode, stream, status, total_ms) VALUES ('old', 1, '/v1/chat/completions', 'collaborate', 0, 200, 1)"
+                )
             }
             try queue.close()
         }
@@ -311,11 +329,14 @@ final class TrafficDatabaseTests: XCTestCase {
         try db.close()
         let raw = try DatabaseQueue(path: path)
         defer { try? raw.close() }
-        let stored = try raw.read { try Row.fetchAll($0, sql: "SELECT policy_logprobs, policy_sampled FROM episodes WHERE id != 'old' ORDER BY rowid") }
+        let stored = try raw.read {
+            try Row.fetchAll($0, sql: "SELECT policy_logprobs, policy_sampled FROM episodes WHERE id != 'old' ORDER BY rowid")
+        }
         XCTAssertEqual(stored.map { $0[0] as String? }, ["model", "sampling", "model"])
         XCTAssertEqual(stored.map { $0[1] as Int? }, [1, 1, 0])
-        XCTAssertThrowsError(try raw.write { try $0.execute(sql: "UPDATE episodes SET policy_logprobs = 'raw' WHERE id = 'old'") },
-                             "only the enum's values")
+        XCTAssertThrowsError(
+            try raw.write { try $0.execute(sql: "UPDATE episodes SET policy_logprobs = 'raw' WHERE id = 'old'") },
+            "only the enum's values")
     }
 
     func testReopenKeepsDataAndMigrationsAreIdempotent() throws {

@@ -1,5 +1,6 @@
 import Foundation
 import XCTest
+
 @testable import TrafficLog
 
 final class UUIDv7Tests: XCTestCase {
@@ -12,8 +13,8 @@ final class UUIDv7Tests: XCTestCase {
         XCTAssertEqual(id, id.lowercased())
         let parts = id.split(separator: "-").map(\.count)
         XCTAssertEqual(parts, [8, 4, 4, 4, 12])
-        XCTAssertEqual(Array(id)[14], "7")                       // version
-        XCTAssertTrue("89ab".contains(Array(id)[19]), id)        // variant 0b10
+        XCTAssertEqual(Array(id)[14], "7")  // version
+        XCTAssertTrue("89ab".contains(Array(id)[19]), id)  // variant 0b10
         XCTAssertNotNil(UUID(uuidString: id), "parses as a UUID")
         let ts = try XCTUnwrap(UUIDv7.timestamp(of: id))
         XCTAssertGreaterThanOrEqual(ts.timeIntervalSince1970, (before.timeIntervalSince1970 * 1000).rounded(.down) / 1000)
@@ -66,4 +67,3 @@ final class UUIDv7Tests: XCTestCase {
         XCTAssertEqual(Set(all).count, 8_000)
     }
 }
-

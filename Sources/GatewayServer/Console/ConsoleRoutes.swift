@@ -76,7 +76,8 @@ struct ConsoleRoutes: Sendable {
 
     static func html(_ s: String, status: HTTPResponse.Status = .ok, headers extra: HTTPFields = [:]) -> Response {
         var h: HTTPFields = [.contentType: "text/html; charset=utf-8", .cacheControl: "no-store"]
-        h[HTTPField.Name("Content-Security-Policy")!] = "default-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; frame-ancestors 'none'; form-action 'self'"
+        h[HTTPField.Name("Content-Security-Policy")!] =
+            "default-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; frame-ancestors 'none'; form-action 'self'"
         h[HTTPField.Name("X-Frame-Options")!] = "DENY"
         h[HTTPField.Name("Referrer-Policy")!] = "same-origin"
         h.append(contentsOf: extra)
@@ -92,8 +93,11 @@ struct ConsoleRoutes: Sendable {
     }
 
     static func refused(_ why: String) -> Response {
-        html(HTML.page(title: "Refused", active: "", csrf: nil, body: "<p class=\"error\" id=\"refused\">\(HTML.esc(why))</p><p><a href=\"/console/login\">Log in</a></p>"),
-             status: .forbidden)
+        html(
+            HTML.page(
+                title: "Refused", active: "", csrf: nil,
+                body: "<p class=\"error\" id=\"refused\">\(HTML.esc(why))</p><p><a href=\"/console/login\">Log in</a></p>"),
+            status: .forbidden)
     }
 
     static func query(_ req: Request) -> [String: String] { FormData.parse(req.uri.query ?? "") }
@@ -128,7 +132,9 @@ struct ConsoleRoutes: Sendable {
     }
 
     /// Actions: a session and its CSRF token, or 403.
-    func withPost(_ req: Request, _ body: (String, ConsoleSessions.Session, [String: String]) async throws -> Response) async throws -> Response {
+    func withPost(_ req: Request, _ body: (String, ConsoleSessions.Session, [String: String]) async throws -> Response) async throws
+        -> Response
+    {
         guard Self.sameOrigin(req) else { return Self.refused("Cross-site request refused.") }
         guard let found = session(req) else { return Self.refused("Not logged in.") }
         let form = try await Self.readForm(req)
@@ -142,18 +148,19 @@ struct ConsoleRoutes: Sendable {
         let token = ConsoleSessions.randomToken()
         let next = next ?? Self.query(req)["next"] ?? ""
         let body = """
-        <form method="post" action="/console/login" class="login" id="login-form">
-        <p>Log in with the gateway's admin token (the value of <code>admin.token_env</code>, or the generated
-        <code>admin-token</code> file next to the traffic log).</p>
-        \(error.map { "<p class=\"error\" id=\"login-error\">\(HTML.esc($0))</p>" } ?? "")
-        \(HTML.hidden("login_csrf", token))\(HTML.hidden("next", next))
-        <label>Admin token<input type="password" name="token" id="token" autocomplete="current-password" autofocus></label>
-        <button type="submit" id="login">Log in</button></form>
-        """
+            <form method="post" action="/console/login" class="login" id="login-form">
+            <p>Log in with the gateway's admin token (the value of <code>admin.token_env</code>, or the generated
+            <code>admin-token</code> file next to the traffic log).</p>
+            \(error.map { "<p class=\"error\" id=\"login-error\">\(HTML.esc($0))</p>" } ?? "")
+            \(HTML.hidden("login_csrf", token))\(HTML.hidden("next", next))
+            <label>Admin token<input type="password" name="token" id="token" autocomplete="current-password" autofocus></label>
+            <button type="submit" id="login">Log in</button></form>
+            """
         var h = HTTPFields()
         h[.setCookie] = ConsoleSessions.setCookie(ConsoleSessions.loginCookieName, token, maxAge: 3600)
-        return Self.html(HTML.page(title: "Console log-in", active: "", csrf: nil, body: body),
-                         status: error == nil ? .ok : .unauthorized, headers: h)
+        return Self.html(
+            HTML.page(title: "Console log-in", active: "", csrf: nil, body: body),
+            status: error == nil ? .ok : .unauthorized, headers: h)
     }
 
     func login(_ req: Request) async throws -> Response {
@@ -164,7 +171,8 @@ struct ConsoleRoutes: Sendable {
             return Self.refused("Missing or wrong CSRF token on the log-in form: reload it and try again.")
         }
         guard let token = form["token"], !token.isEmpty,
-              ClientAuth.sameDigest(ClientAuth.digest(token), admin.tokenDigest) else {
+            ClientAuth.sameDigest(ClientAuth.digest(token), admin.tokenDigest)
+        else {
             state.logger.notice("console log-in refused")
             return loginPage(req, error: "Wrong admin token.", next: form["next"])
         }

@@ -42,7 +42,10 @@ final class ConsoleSessions: Sendable {
         guard let id, id.count == 64 else { return nil }
         return sessions.withLockedValue { all in
             guard let s = all[id] else { return nil }
-            if s.expires <= now { all.removeValue(forKey: id); return nil }
+            if s.expires <= now {
+                all.removeValue(forKey: id)
+                return nil
+            }
             return s
         }
     }
@@ -55,7 +58,8 @@ final class ConsoleSessions: Sendable {
     /// Constant-time comparison of two tokens.
     static func same(_ a: String?, _ b: String) -> Bool {
         guard let a else { return false }
-        let x = Array(a.utf8), y = Array(b.utf8)
+        let x = Array(a.utf8)
+        let y = Array(b.utf8)
         guard x.count == y.count, !y.isEmpty else { return false }
         var diff: UInt8 = 0
         for i in 0..<x.count { diff |= x[i] ^ y[i] }

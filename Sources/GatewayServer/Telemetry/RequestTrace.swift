@@ -6,8 +6,8 @@ import NIOConcurrencyHelpers
 import NIOHTTP1
 import OpenAIWire
 import PromptR1
-import TrafficLog
 import Tracing
+import TrafficLog
 
 /// The spans of one request. The server span starts when the request arrives (its parent is the
 /// client's `traceparent`, if any) and ends when the response's last byte was written. Upstream
@@ -31,8 +31,9 @@ final class RequestTrace: Sendable {
         self.telemetry = telemetry
         var parent = ServiceContext.topLevel
         telemetry.tracer.extract(request.headers, into: &parent, using: HTTPFieldsExtractor())
-        root = telemetry.tracer.startSpan("\(request.method.rawValue) \(request.uri.path)", context: parent, ofKind: .server,
-                                          at: DefaultTracerClock.now, function: #function, file: #fileID, line: #line)
+        root = telemetry.tracer.startSpan(
+            "\(request.method.rawValue) \(request.uri.path)", context: parent, ofKind: .server,
+            at: DefaultTracerClock.now, function: #function, file: #fileID, line: #line)
         root.attributes["http.request.method"] = request.method.rawValue
         root.attributes["url.path"] = request.uri.path
         root.attributes["gateway.episode_id"] = episodeID
@@ -42,8 +43,9 @@ final class RequestTrace: Sendable {
 
     /// A client span for one upstream call, and the headers that carry it upstream.
     func startUpstreamSpan(model: String?) -> (any Span, HTTPHeaders) {
-        let span = telemetry.tracer.startSpan("chat \(model ?? "")", context: root.context, ofKind: .client,
-                                              at: DefaultTracerClock.now, function: #function, file: #fileID, line: #line)
+        let span = telemetry.tracer.startSpan(
+            "chat \(model ?? "")", context: root.context, ofKind: .client,
+            at: DefaultTracerClock.now, function: #function, file: #fileID, line: #line)
         span.attributes["gen_ai.operation.name"] = "chat"
         span.attributes["gen_ai.provider.name"] = "openai"
         if let model { span.attributes["gen_ai.request.model"] = model }
@@ -61,9 +63,13 @@ final class RequestTrace: Sendable {
     }
 
     /// One collaboration upstream call, traced around `call`.
-    func tracedUpstream(model: String?, messages: [UpstreamMessage], _ call: (HTTPHeaders) async throws -> UpstreamClient.ChatAnswer) async throws -> UpstreamClient.ChatAnswer {
+    func tracedUpstream(model: String?, messages: [UpstreamMessage], _ call: (HTTPHeaders) async throws -> UpstreamClient.ChatAnswer)
+        async throws -> UpstreamClient.ChatAnswer
+    {
         let (span, headers) = startUpstreamSpan(model: model)
-        if telemetry.includeContent { span.attributes["gen_ai.input.messages"] = Self.json(messages.map { ["role": $0.role, "content": $0.content] }) }
+        if telemetry.includeContent {
+            span.attributes["gen_ai.input.messages"] = Self.json(messages.map { ["role": $0.role, "content": $0.content] })
+        }
         do {
             let answer = try await call(headers)
             span.attributes["http.response.status_code"] = answer.status
@@ -72,7 +78,9 @@ final class RequestTrace: Sendable {
                 span.attributes["gen_ai.usage.output_tokens"] = u.completionTokens
             }
             if let f = answer.finishReason { span.attributes["gen_ai.response.finish_reasons"] = [f] }
-            if telemetry.includeContent { span.attributes["gen_ai.output.messages"] = Self.json([["role": "assistant", "content": answer.text]]) }
+            if telemetry.includeContent {
+                span.attributes["gen_ai.output.messages"] = Self.json([["role": "assistant", "content": answer.text]])
+            }
             span.end()
             return answer
         } catch {
@@ -94,11 +102,15 @@ final class RequestTrace: Sendable {
     func noteEpisode(_ e: EpisodeRecord) {
         let (upstream, policyTurns) = open.withLockedValue { o -> ((span: any Span, start: EpochInstant)?, [PolicyTurnClock.Turn]) in
             o.episode = e
-            defer { o.upstream = nil; o.policyTurns = [] }
+            defer {
+                o.upstream = nil
+                o.policyTurns = []
+            }
             return (o.upstream, o.policyTurns)
         }
         if let upstream {
-            let span = upstream.span, start = upstream.start
+            let span = upstream.span
+            let start = upstream.start
             if let m = e.upstreamModel { span.attributes["gen_ai.request.model"] = m }
             span.attributes["http.response.status_code"] = e.status
             if let p = e.promptTokens { span.attributes["gen_ai.usage.input_tokens"] = p }
@@ -108,8 +120,9 @@ final class RequestTrace: Sendable {
         }
         let policyRows = e.turns.filter { $0.kind == "policy" }
         for (i, t) in policyTurns.enumerated() {
-            let span = telemetry.tracer.startSpan("policy turn \(t.turn)", context: root.context, ofKind: .internal,
-                                                  at: t.start, function: #function, file: #fileID, line: #line)
+            let span = telemetry.tracer.startSpan(
+                "policy turn \(t.turn)", context: root.context, ofKind: .internal,
+                at: t.start, function: #function, file: #fileID, line: #line)
             span.attributes["gen_ai.operation.name"] = "text_completion"
             span.attributes["gen_ai.provider.name"] = "prompt-r1-gateway"
             if let v = e.policyVersion { span.attributes["gen_ai.request.model"] = v }
@@ -121,7 +134,9 @@ final class RequestTrace: Sendable {
                 span.attributes["gen_ai.usage.input_tokens"] = row.inputIDs?.count ?? 0
                 span.attributes["gen_ai.usage.output_tokens"] = row.outputIDs?.count ?? 0
                 if telemetry.includeContent {
-                    if let text = row.text { span.attributes["gen_ai.output.messages"] = Self.json([["role": "assistant", "content": text]]) }
+                    if let text = row.text {
+                        span.attributes["gen_ai.output.messages"] = Self.json([["role": "assistant", "content": text]])
+                    }
                     if let call = row.call { span.attributes["gateway.policy.prompt"] = call }
                 }
             }
@@ -154,7 +169,9 @@ final class RequestTrace: Sendable {
             if let f = episode.finishReason { root.attributes["gen_ai.response.finish_reasons"] = [f] }
             if telemetry.includeContent {
                 if let r = episode.requestJSON { root.attributes["gen_ai.input.messages"] = Self.messagesJSON(r) ?? r }
-                if let t = episode.responseText { root.attributes["gen_ai.output.messages"] = Self.json([["role": "assistant", "content": t]]) }
+                if let t = episode.responseText {
+                    root.attributes["gen_ai.output.messages"] = Self.json([["role": "assistant", "content": t]])
+                }
             }
         }
         if let error {
@@ -167,12 +184,16 @@ final class RequestTrace: Sendable {
     }
 
     static func json(_ v: Any) -> String {
-        (try? JSONSerialization.data(withJSONObject: v, options: [.sortedKeys, .withoutEscapingSlashes])).map { String(decoding: $0, as: UTF8.self) } ?? ""
+        (try? JSONSerialization.data(withJSONObject: v, options: [.sortedKeys, .withoutEscapingSlashes])).map {
+            String(decoding: $0, as: UTF8.self)
+        } ?? ""
     }
 
     /// The `messages` array of a logged request, as JSON.
     static func messagesJSON(_ request: String) -> String? {
-        guard let obj = try? JSONSerialization.jsonObject(with: Data(request.utf8)) as? [String: Any], let m = obj["messages"] else { return nil }
+        guard let obj = try? JSONSerialization.jsonObject(with: Data(request.utf8)) as? [String: Any], let m = obj["messages"] else {
+            return nil
+        }
         return json(m)
     }
 }
@@ -284,8 +305,11 @@ struct TracedUpstream: UpstreamAnswering {
         let a = try await trace.tracedUpstream(model: options.model, messages: messages) { headers in
             try await adapter.chat(messages: messages, options: options, extraHeaders: headers.map { ($0.name, $0.value) })
         }
-        return UpstreamAnswer(text: a.text,
-                              usage: a.usage.map { UpstreamUsage(promptTokens: $0.promptTokens, completionTokens: $0.completionTokens, totalTokens: $0.totalTokens) },
-                              model: options.model, latency: a.latency)
+        return UpstreamAnswer(
+            text: a.text,
+            usage: a.usage.map {
+                UpstreamUsage(promptTokens: $0.promptTokens, completionTokens: $0.completionTokens, totalTokens: $0.totalTokens)
+            },
+            model: options.model, latency: a.latency)
     }
 }

@@ -211,13 +211,15 @@ public struct ChatTemplate: Sendable {
                 if let r = m.reasoningContent {
                     reasoning = r
                 } else if let before = beforeFirst("</think>", in: content) {
-                    reasoning = stripScalars(String(afterLast("<think>", in: stripScalars(before, leading: false, trailing: true, { $0 == "\n" }))),
-                                             leading: true, trailing: false, { $0 == "\n" })
+                    reasoning = stripScalars(
+                        String(afterLast("<think>", in: stripScalars(before, leading: false, trailing: true, { $0 == "\n" }))),
+                        leading: true, trailing: false, { $0 == "\n" })
                     content = stripScalars(afterLast("</think>", in: content), leading: true, trailing: false, { $0 == "\n" })
                 }
                 let isLast = i == messages.count - 1
                 if i > lastQuery && (isLast || !reasoning.isEmpty) {
-                    out += "<|im_start|>assistant\n<think>\n" + stripScalars(reasoning, leading: true, trailing: true, { $0 == "\n" })
+                    out +=
+                        "<|im_start|>assistant\n<think>\n" + stripScalars(reasoning, leading: true, trailing: true, { $0 == "\n" })
                         + "\n</think>\n\n" + stripScalars(content, leading: true, trailing: false, { $0 == "\n" })
                 } else {
                     out += "<|im_start|>assistant\n" + content

@@ -33,8 +33,10 @@ public struct RopeParameters: Codable, Sendable, Equatable {
     public var highFreqFactor: Double?
     public var originalMaxPositionEmbeddings: Int?
 
-    public init(ropeType: String = "default", theta: Double, factor: Double? = nil, lowFreqFactor: Double? = nil,
-                highFreqFactor: Double? = nil, originalMaxPositionEmbeddings: Int? = nil) {
+    public init(
+        ropeType: String = "default", theta: Double, factor: Double? = nil, lowFreqFactor: Double? = nil,
+        highFreqFactor: Double? = nil, originalMaxPositionEmbeddings: Int? = nil
+    ) {
         self.ropeType = ropeType
         self.theta = theta
         self.factor = factor
@@ -44,8 +46,11 @@ public struct RopeParameters: Codable, Sendable, Equatable {
     }
 
     enum CodingKeys: String, CodingKey {
-        case ropeType = "rope_type", theta = "rope_theta", factor
-        case lowFreqFactor = "low_freq_factor", highFreqFactor = "high_freq_factor"
+        case ropeType = "rope_type"
+        case theta = "rope_theta"
+        case factor
+        case lowFreqFactor = "low_freq_factor"
+        case highFreqFactor = "high_freq_factor"
         case originalMaxPositionEmbeddings = "original_max_position_embeddings"
     }
 }
@@ -74,11 +79,13 @@ public struct ModelConfig: Codable, Sendable, Equatable {
     public var qDim: Int { numAttentionHeads * headDim }
     public var kvDim: Int { numKeyValueHeads * headDim }
 
-    public init(modelType: ModelFamily, hiddenSize: Int, numHiddenLayers: Int, numAttentionHeads: Int,
-                numKeyValueHeads: Int, headDim: Int? = nil, intermediateSize: Int, vocabSize: Int,
-                rmsNormEps: Float = 1e-6, maxPositionEmbeddings: Int = 4096, tieWordEmbeddings: Bool,
-                attentionBias: Bool? = nil, rope: RopeParameters = RopeParameters(theta: 10000),
-                dtype: String? = nil, bosTokenIds: [Int] = [], eosTokenIds: [Int] = []) throws {
+    public init(
+        modelType: ModelFamily, hiddenSize: Int, numHiddenLayers: Int, numAttentionHeads: Int,
+        numKeyValueHeads: Int, headDim: Int? = nil, intermediateSize: Int, vocabSize: Int,
+        rmsNormEps: Float = 1e-6, maxPositionEmbeddings: Int = 4096, tieWordEmbeddings: Bool,
+        attentionBias: Bool? = nil, rope: RopeParameters = RopeParameters(theta: 10000),
+        dtype: String? = nil, bosTokenIds: [Int] = [], eosTokenIds: [Int] = []
+    ) throws {
         self.modelType = modelType
         self.hiddenSize = hiddenSize
         self.numHiddenLayers = numHiddenLayers
@@ -99,14 +106,26 @@ public struct ModelConfig: Codable, Sendable, Equatable {
     }
 
     enum Keys: String, CodingKey {
-        case modelType = "model_type", hiddenSize = "hidden_size", numHiddenLayers = "num_hidden_layers"
-        case numAttentionHeads = "num_attention_heads", numKeyValueHeads = "num_key_value_heads"
-        case headDim = "head_dim", intermediateSize = "intermediate_size", vocabSize = "vocab_size"
-        case rmsNormEps = "rms_norm_eps", maxPositionEmbeddings = "max_position_embeddings"
-        case tieWordEmbeddings = "tie_word_embeddings", attentionBias = "attention_bias"
-        case ropeTheta = "rope_theta", ropeScaling = "rope_scaling", ropeParameters = "rope_parameters"
-        case torchDtype = "torch_dtype", dtype
-        case bosTokenId = "bos_token_id", eosTokenId = "eos_token_id", mlpBias = "mlp_bias"
+        case modelType = "model_type"
+        case hiddenSize = "hidden_size"
+        case numHiddenLayers = "num_hidden_layers"
+        case numAttentionHeads = "num_attention_heads"
+        case numKeyValueHeads = "num_key_value_heads"
+        case headDim = "head_dim"
+        case intermediateSize = "intermediate_size"
+        case vocabSize = "vocab_size"
+        case rmsNormEps = "rms_norm_eps"
+        case maxPositionEmbeddings = "max_position_embeddings"
+        case tieWordEmbeddings = "tie_word_embeddings"
+        case attentionBias = "attention_bias"
+        case ropeTheta = "rope_theta"
+        case ropeScaling = "rope_scaling"
+        case ropeParameters = "rope_parameters"
+        case torchDtype = "torch_dtype"
+        case dtype
+        case bosTokenId = "bos_token_id"
+        case eosTokenId = "eos_token_id"
+        case mlpBias = "mlp_bias"
         case textConfig = "text_config"
     }
 
@@ -137,9 +156,10 @@ public struct ModelConfig: Codable, Sendable, Equatable {
         var rope: RopeParameters
         if let rp = try opt(.ropeParameters, RopeParametersJSON.self) {
             let theta = try rp.ropeTheta ?? opt(.ropeTheta, Double.self) ?? 10000
-            rope = RopeParameters(ropeType: rp.ropeType ?? rp.type ?? "default", theta: theta, factor: rp.factor,
-                                  lowFreqFactor: rp.lowFreqFactor, highFreqFactor: rp.highFreqFactor,
-                                  originalMaxPositionEmbeddings: rp.originalMaxPositionEmbeddings)
+            rope = RopeParameters(
+                ropeType: rp.ropeType ?? rp.type ?? "default", theta: theta, factor: rp.factor,
+                lowFreqFactor: rp.lowFreqFactor, highFreqFactor: rp.highFreqFactor,
+                originalMaxPositionEmbeddings: rp.originalMaxPositionEmbeddings)
         } else {
             let theta = try opt(.ropeTheta, Double.self) ?? 10000
             rope = RopeParameters(theta: theta)
@@ -205,7 +225,8 @@ public struct ModelConfig: Codable, Sendable, Equatable {
         try positive(maxPositionEmbeddings, "max_position_embeddings")
         if headDim % 2 != 0 { throw ModelConfigError.invalidValue(key: "head_dim", reason: "must be even for RoPE, got \(headDim)") }
         if numAttentionHeads % numKeyValueHeads != 0 {
-            throw ModelConfigError.invalidValue(key: "num_key_value_heads",
+            throw ModelConfigError.invalidValue(
+                key: "num_key_value_heads",
                 reason: "\(numKeyValueHeads) does not divide num_attention_heads \(numAttentionHeads)")
         }
         if !(rmsNormEps > 0) { throw ModelConfigError.invalidValue(key: "rms_norm_eps", reason: "must be > 0") }
@@ -222,11 +243,13 @@ public struct ModelConfig: Codable, Sendable, Equatable {
                 throw ModelConfigError.invalidValue(key: "rope_scaling.factor", reason: "llama3 scaling needs factor > 0")
             }
             guard let lo = rope.lowFreqFactor, let hi = rope.highFreqFactor, hi != lo else {
-                throw ModelConfigError.invalidValue(key: "rope_scaling.low_freq_factor",
+                throw ModelConfigError.invalidValue(
+                    key: "rope_scaling.low_freq_factor",
                     reason: "llama3 scaling needs low_freq_factor and high_freq_factor (different)")
             }
             guard let o = rope.originalMaxPositionEmbeddings, o > 0 else {
-                throw ModelConfigError.invalidValue(key: "rope_scaling.original_max_position_embeddings",
+                throw ModelConfigError.invalidValue(
+                    key: "rope_scaling.original_max_position_embeddings",
                     reason: "llama3 scaling needs original_max_position_embeddings > 0")
             }
         default:
@@ -245,9 +268,9 @@ public struct ModelConfig: Codable, Sendable, Equatable {
     }
 
     public static func decode(_ data: Data) throws -> ModelConfig {
-        do { return try JSONDecoder().decode(ModelConfig.self, from: data) }
-        catch let e as ModelConfigError { throw e }
-        catch { throw ModelConfigError.unreadable(file: "config.json", reason: "not a JSON object: \(error)") }
+        do { return try JSONDecoder().decode(ModelConfig.self, from: data) } catch let e as ModelConfigError { throw e } catch {
+            throw ModelConfigError.unreadable(file: "config.json", reason: "not a JSON object: \(error)")
+        }
     }
 }
 
@@ -260,8 +283,10 @@ public struct GenerationDefaults: Codable, Sendable, Equatable {
     public var eosTokenIds: [Int]
     public var bosTokenIds: [Int]
 
-    public init(temperature: Float? = nil, topP: Float? = nil, topK: Int? = nil, doSample: Bool? = nil,
-                eosTokenIds: [Int] = [], bosTokenIds: [Int] = []) {
+    public init(
+        temperature: Float? = nil, topP: Float? = nil, topK: Int? = nil, doSample: Bool? = nil,
+        eosTokenIds: [Int] = [], bosTokenIds: [Int] = []
+    ) {
         self.temperature = temperature
         self.topP = topP
         self.topK = topK
@@ -271,8 +296,12 @@ public struct GenerationDefaults: Codable, Sendable, Equatable {
     }
 
     enum Keys: String, CodingKey {
-        case temperature, topP = "top_p", topK = "top_k", doSample = "do_sample"
-        case eosTokenId = "eos_token_id", bosTokenId = "bos_token_id"
+        case temperature
+        case topP = "top_p"
+        case topK = "top_k"
+        case doSample = "do_sample"
+        case eosTokenId = "eos_token_id"
+        case bosTokenId = "bos_token_id"
     }
 
     public init(from decoder: Decoder) throws {
@@ -306,9 +335,9 @@ public struct GenerationDefaults: Codable, Sendable, Equatable {
         let file = directory.appendingPathComponent("generation_config.json")
         guard FileManager.default.fileExists(atPath: file.path) else { return GenerationDefaults() }
         let data = try Data(contentsOf: file)
-        do { return try JSONDecoder().decode(GenerationDefaults.self, from: data) }
-        catch let e as ModelConfigError { throw e }
-        catch { throw ModelConfigError.unreadable(file: file.path, reason: "not a JSON object: \(error)") }
+        do { return try JSONDecoder().decode(GenerationDefaults.self, from: data) } catch let e as ModelConfigError { throw e } catch {
+            throw ModelConfigError.unreadable(file: file.path, reason: "not a JSON object: \(error)")
+        }
     }
 }
 
@@ -322,8 +351,12 @@ struct RopeParametersJSON: Decodable {
     var highFreqFactor: Double?
     var originalMaxPositionEmbeddings: Int?
     enum CodingKeys: String, CodingKey {
-        case ropeType = "rope_type", type, ropeTheta = "rope_theta", factor
-        case lowFreqFactor = "low_freq_factor", highFreqFactor = "high_freq_factor"
+        case ropeType = "rope_type"
+        case type
+        case ropeTheta = "rope_theta"
+        case factor
+        case lowFreqFactor = "low_freq_factor"
+        case highFreqFactor = "high_freq_factor"
         case originalMaxPositionEmbeddings = "original_max_position_embeddings"
     }
 }
@@ -336,4 +369,3 @@ struct IntOrList: Decodable {
         if let v = try? c.decode(Int.self) { values = [v] } else { values = try c.decode([Int].self) }
     }
 }
-

@@ -8,8 +8,10 @@ public struct GenerationRequest: Sendable {
     public var sampling: SamplingParameters
     public var stop: StopConditions
 
-    public init(prompt: [Int32], maxTokens: Int, sampling: SamplingParameters = .greedy,
-                stop: StopConditions = StopConditions()) {
+    public init(
+        prompt: [Int32], maxTokens: Int, sampling: SamplingParameters = .greedy,
+        stop: StopConditions = StopConditions()
+    ) {
         self.prompt = prompt
         self.maxTokens = maxTokens
         self.sampling = sampling
@@ -103,8 +105,10 @@ public final class BatchScheduler: @unchecked Sendable {  // mutable state guard
         let freshPrompt: [Int32]?
         /// The prefix cache has been consulted (always true without one or for a continued cache).
         var resolved: Bool
-        init(id: Int, cache: KVCache, sampler: Sampler, tracker: GenerationTracker, pending: [Int32],
-             continuation: AsyncStream<GenerationEvent>.Continuation, freshPrompt: [Int32]?) {
+        init(
+            id: Int, cache: KVCache, sampler: Sampler, tracker: GenerationTracker, pending: [Int32],
+            continuation: AsyncStream<GenerationEvent>.Continuation, freshPrompt: [Int32]?
+        ) {
             self.id = id
             self.cache = cache
             self.sampler = sampler
@@ -123,21 +127,35 @@ public final class BatchScheduler: @unchecked Sendable {  // mutable state guard
     /// Called on the worker thread once per sequence whose prompt has been scheduled: prompt tokens copied
     /// from the prefix cache and prompt tokens computed (e.g. for a metric).
     public var onPrefill: (@Sendable (_ cached: Int, _ computed: Int) -> Void)? {
-        get { cond.lock(); defer { cond.unlock() }; return prefillObserver }
-        set { cond.lock(); prefillObserver = newValue; cond.unlock() }
+        get {
+            cond.lock()
+            defer { cond.unlock() }
+            return prefillObserver
+        }
+        set {
+            cond.lock()
+            prefillObserver = newValue
+            cond.unlock()
+        }
     }
     private var prefillObserver: (@Sendable (Int, Int) -> Void)?
     private var prefillCounts = (cached: 0, computed: 0)
     /// Prompt tokens so far: copied from the prefix cache, and computed by the model.
-    public var prefillTokens: (cached: Int, computed: Int) { cond.lock(); defer { cond.unlock() }; return prefillCounts }
+    public var prefillTokens: (cached: Int, computed: Int) {
+        cond.lock()
+        defer { cond.unlock() }
+        return prefillCounts
+    }
 
     /// A sequence whose prompt shares at least this many more tokens with a prompt still being computed than
     /// with any cached prefix waits for that prompt to be cached instead of computing the same positions
     /// (the n episodes of one request, a rollout group).
     public static let waitForSharedPrefix = 32
 
-    public init(model: TransformerModel, tokenBytes: (@Sendable (Int32) -> [UInt8])? = nil, maxStepTokens: Int = 256,
-                prefixCache: PrefixCache? = nil) {
+    public init(
+        model: TransformerModel, tokenBytes: (@Sendable (Int32) -> [UInt8])? = nil, maxStepTokens: Int = 256,
+        prefixCache: PrefixCache? = nil
+    ) {
         precondition(prefixCache.map { $0.model === model } ?? true, "a prefix cache belongs to one model")
         self.model = model
         self.tokenBytes = tokenBytes
@@ -151,9 +169,17 @@ public final class BatchScheduler: @unchecked Sendable {  // mutable state guard
     }
 
     /// Number of sequences submitted and not yet finished.
-    public var runningCount: Int { cond.lock(); defer { cond.unlock() }; return activeCount }
+    public var runningCount: Int {
+        cond.lock()
+        defer { cond.unlock() }
+        return activeCount
+    }
     /// Forward steps run so far.
-    public var steps: Int { cond.lock(); defer { cond.unlock() }; return stepCount }
+    public var steps: Int {
+        cond.lock()
+        defer { cond.unlock() }
+        return stepCount
+    }
 
     /// Starts a sequence. With `cache`, the prompt continues that sequence (e.g. pass the previous result's
     /// `uncachedTokens` followed by new tokens); otherwise a new cache is made.
@@ -187,8 +213,9 @@ public final class BatchScheduler: @unchecked Sendable {  // mutable state guard
             cache.truncate(to: cache.count - 1)
             pending = [last]
         }
-        let seq = Sequence(id: id, cache: cache, sampler: Sampler(request.sampling), tracker: tracker,
-                           pending: pending, continuation: continuation, freshPrompt: fresh ? pending : nil)
+        let seq = Sequence(
+            id: id, cache: cache, sampler: Sampler(request.sampling), tracker: tracker,
+            pending: pending, continuation: continuation, freshPrompt: fresh ? pending : nil)
         cond.lock()
         if isShutdown {
             cond.unlock()
@@ -304,8 +331,10 @@ public final class BatchScheduler: @unchecked Sendable {  // mutable state guard
             let n = remaining == 1 ? 1 : max(1, min(remaining, budget))
             if remaining > 1 { budget = max(0, budget - n) }
             let done = s.fed + n == s.pending.count
-            requests.append(ForwardRequest(tokens: s.pending[s.fed..<(s.fed + n)], cache: s.cache,
-                                           logits: done ? .last : .none))
+            requests.append(
+                ForwardRequest(
+                    tokens: s.pending[s.fed..<(s.fed + n)], cache: s.cache,
+                    logits: done ? .last : .none))
             members.append(s)
         }
         var finished = Set<Int>()
@@ -313,7 +342,8 @@ public final class BatchScheduler: @unchecked Sendable {  // mutable state guard
             if s.generated > 0 {
                 finish(s, .length)
             } else {
-                s.continuation.yield(.failed("\(ModelError.contextOverflow(needed: s.cache.count + s.pending.count, maxPositions: maxPos))"))
+                s.continuation.yield(
+                    .failed("\(ModelError.contextOverflow(needed: s.cache.count + s.pending.count, maxPositions: maxPos))"))
                 s.continuation.finish()
                 markDone()
             }

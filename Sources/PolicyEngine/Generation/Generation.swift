@@ -128,14 +128,21 @@ struct GenerationTracker {
             for pat in stopStrings {
                 var k = min(pat.count - 1, bytes.count)
                 while k > hold {
-                    if bytes[(bytes.count - k)...].elementsEqual(pat[..<k]) { hold = k; break }
+                    if bytes[(bytes.count - k)...].elementsEqual(pat[..<k]) {
+                        hold = k
+                        break
+                    }
                     k -= 1
                 }
             }
             end -= hold
             // Hold back an incomplete trailing UTF-8 sequence.
-            var i = end - 1, back = 0
-            while i >= emitted, back < 4, bytes[i] & 0xC0 == 0x80 { i -= 1; back += 1 }
+            var i = end - 1
+            var back = 0
+            while i >= emitted, back < 4, bytes[i] & 0xC0 == 0x80 {
+                i -= 1
+                back += 1
+            }
             if i >= emitted {
                 let lead = bytes[i]
                 let need = lead >= 0xF0 ? 4 : lead >= 0xE0 ? 3 : lead >= 0xC0 ? 2 : 1
@@ -155,8 +162,14 @@ struct GenerationTracker {
             while p + pat.count <= bytes.count {
                 if let b = best, p >= b.1.lowerBound { break }
                 var ok = true
-                for j in 0..<pat.count where bytes[p + j] != pat[j] { ok = false; break }
-                if ok { best = (si, p..<(p + pat.count)); break }
+                for j in 0..<pat.count where bytes[p + j] != pat[j] {
+                    ok = false
+                    break
+                }
+                if ok {
+                    best = (si, p..<(p + pat.count))
+                    break
+                }
                 p += 1
             }
         }
@@ -164,9 +177,10 @@ struct GenerationTracker {
     }
 
     func result(_ reason: FinishReason, uncached: [Int32]) -> GenerationResult {
-        GenerationResult(tokens: tokens, logprobs: logprobs, rawLogprobs: rawLogprobs, finishReason: reason,
-                         stopTokenId: stopTokenId, stopString: stopString, bytes: bytes, stopStringRange: stopRange,
-                         uncachedTokens: uncached)
+        GenerationResult(
+            tokens: tokens, logprobs: logprobs, rawLogprobs: rawLogprobs, finishReason: reason,
+            stopTokenId: stopTokenId, stopString: stopString, bytes: bytes, stopStringRange: stopRange,
+            uncachedTokens: uncached)
     }
 }
 
@@ -175,8 +189,16 @@ public final class CancellationFlag: @unchecked Sendable {  // guarded by `lock`
     private let lock = NSLock()
     private var value = false
     public init() {}
-    public func cancel() { lock.lock(); value = true; lock.unlock() }
-    public var isCancelled: Bool { lock.lock(); defer { lock.unlock() }; return value }
+    public func cancel() {
+        lock.lock()
+        value = true
+        lock.unlock()
+    }
+    public var isCancelled: Bool {
+        lock.lock()
+        defer { lock.unlock() }
+        return value
+    }
 }
 
 /// One sequence owned by the caller: append token ids (prefilled incrementally into its KV cache) and
@@ -235,9 +257,11 @@ public final class Session {
     /// `GenerationResult.uncachedTokens`) and is fed automatically by the next `append`/`generate`.
     /// `onToken` receives each sampled token and the text bytes that became safe to stream with it (see
     /// `GenerationEvent.token`).
-    public func generate(maxTokens: Int, sampling: SamplingParameters = .greedy, stop: StopConditions = StopConditions(),
-                         tokenBytes: ((Int32) -> [UInt8])? = nil, cancellation: CancellationFlag? = nil,
-                         onToken: ((SampledToken, [UInt8]) -> Void)? = nil) throws -> GenerationResult {
+    public func generate(
+        maxTokens: Int, sampling: SamplingParameters = .greedy, stop: StopConditions = StopConditions(),
+        tokenBytes: ((Int32) -> [UInt8])? = nil, cancellation: CancellationFlag? = nil,
+        onToken: ((SampledToken, [UInt8]) -> Void)? = nil
+    ) throws -> GenerationResult {
         var tracker = try GenerationTracker(maxTokens: maxTokens, stop: stop, tokenBytes: tokenBytes)
         let sampler = Sampler(sampling)
         func uncached() -> [Int32] { Array(tokens[cache.count...]) }

@@ -94,14 +94,16 @@ public final class PrefixCache: @unchecked Sendable {  // mutable state guarded 
     /// prefix of `tokens` is replaced (the new one serves everything it served).
     public func insert(_ tokens: [Int32], from source: KVCache, pinned: Bool = false) throws {
         guard capacityBytes > 0, tokens.count >= Self.minimumReuse, tokens.count <= source.count,
-              source.tokens.starts(with: tokens) else { return }
+            source.tokens.starts(with: tokens)
+        else { return }
         let bytes = tokens.count * bytesPerPosition
         guard bytes <= capacityBytes else { return }
         lock.lock()
         defer { lock.unlock() }
         if best(for: tokens).length == tokens.count { return }
-        let copy = KVCache(numLayers: source.numLayers, kvDim: source.kvDim, maxPositions: source.maxPositions,
-                           initialCapacity: tokens.count)
+        let copy = KVCache(
+            numLayers: source.numLayers, kvDim: source.kvDim, maxPositions: source.maxPositions,
+            initialCapacity: tokens.count)
         try copy.load(prefix: tokens.count, of: source)
         entries.removeAll { !$0.pinned && $0.tokens.count < tokens.count && tokens.starts(with: $0.tokens) }
         clock += 1
@@ -139,7 +141,10 @@ public final class PrefixCache: @unchecked Sendable {  // mutable state guarded 
                     while i < limit, a[i] == b[i] { i += 1 }
                 }
             }
-            if i > bestLength { bestLength = i; bestEntry = e }
+            if i > bestLength {
+                bestLength = i
+                bestEntry = e
+            }
         }
         return (bestEntry, bestLength)
     }

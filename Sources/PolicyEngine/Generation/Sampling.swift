@@ -142,8 +142,9 @@ public final class Sampler {
         let useTopP = p.topP < 1
         if !useTopK && !useTopP {
             let id = drawFromAll(n)
-            return SampledToken(id: Int32(id), logprob: Foundation.log(max(probs[id], .leastNonzeroMagnitude)),
-                                rawLogprob: raw(id))
+            return SampledToken(
+                id: Int32(id), logprob: Foundation.log(max(probs[id], .leastNonzeroMagnitude)),
+                rawLogprob: raw(id))
         }
         // Candidate set: the smallest set of top tokens that can contain the top-k / nucleus. Start with a
         // probability threshold and lower it until enough mass (or count) is covered, then sort only those.
@@ -180,7 +181,10 @@ public final class Sampler {
         var chosen = Int(candidates[keep - 1])
         for j in 0..<keep {
             acc += Double(probs[Int(candidates[j])])
-            if u < acc { chosen = Int(candidates[j]); break }
+            if u < acc {
+                chosen = Int(candidates[j])
+                break
+            }
         }
         let lp = Float(Foundation.log(Double(probs[chosen])) - Foundation.log(total))
         return SampledToken(id: Int32(chosen), logprob: lp, rawLogprob: raw(chosen))

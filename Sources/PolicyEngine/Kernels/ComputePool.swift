@@ -63,7 +63,7 @@ final class ComputePool: @unchecked Sendable {  // shared state is atomics and t
         // `body` is escaping (one small allocation per call) because a worker may still hold its reference for
         // a moment after its last part has been counted as finished.
         guard parts > 1, workerCount > 0,
-              busy.compareExchange(expected: false, desired: true, ordering: .acquiring).exchanged
+            busy.compareExchange(expected: false, desired: true, ordering: .acquiring).exchanged
         else {
             for p in 0..<parts { body(p) }
             return
@@ -78,7 +78,7 @@ final class ComputePool: @unchecked Sendable {  // shared state is atomics and t
             wake.broadcast()
             wake.unlock()
         }
-        while claim(generation) { }
+        while claim(generation) {}
         while finished.load(ordering: .acquiring) < parts { cq8_cpu_relax() }
         job = nil
         busy.store(false, ordering: .releasing)
@@ -134,7 +134,7 @@ final class ComputePool: @unchecked Sendable {  // shared state is atomics and t
             }
             if stopping.load(ordering: .sequentiallyConsistent) { return }
             seen = state.load(ordering: .acquiring) >> 32
-            while claim(seen) { }
+            while claim(seen) {}
         }
     }
 }

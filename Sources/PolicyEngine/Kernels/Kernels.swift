@@ -26,8 +26,10 @@ public enum BLASCore {
         return fn().map { String(cString: $0) }
     }
 
-    private static let generic: Set<String> = ["prescott", "core2", "penryn", "dunnington", "nehalem", "sandybridge",
-                                                "atom", "banias", "katmai", "coppermine", "northwood", "unknown"]
+    private static let generic: Set<String> = [
+        "prescott", "core2", "penryn", "dunnington", "nehalem", "sandybridge",
+        "atom", "banias", "katmai", "coppermine", "northwood", "unknown",
+    ]
 
     nonisolated(unsafe) private static var done = false
     private static let lock = NSLock()
@@ -41,35 +43,35 @@ public enum BLASCore {
         if done { return name }
         done = true
         #if os(Linux)
-        guard ProcessInfo.processInfo.environment["OPENBLAS_CORETYPE"] == nil,
-              ProcessInfo.processInfo.environment["POLICYENGINE_KEEP_BLAS_CORE"] == nil,
-              let current = name, generic.contains(current.lowercased()),
-              let quit = symbol("gotoblas_dynamic_quit"), let initialise = symbol("gotoblas_dynamic_init"),
-              let cpuinfo = try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8),
-              let flagsLine = cpuinfo.split(separator: "\n").first(where: { $0.hasPrefix("flags") })
-        else { return name }
-        let flags = Set(flagsLine.split(separator: " ").map(String.init))
-        let target: String
-        if ["avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512cd"].allSatisfy(flags.contains) {
-            target = "SkylakeX"
-        } else if ["avx2", "fma"].allSatisfy(flags.contains) {
-            target = "Haswell"
-        } else {
-            return name
-        }
-        setenv("OPENBLAS_CORETYPE", target, 1)
-        unsafeBitCast(quit, to: (@convention(c) () -> Void).self)()
-        unsafeBitCast(initialise, to: (@convention(c) () -> Void).self)()
-        unsetenv("OPENBLAS_CORETYPE")
+            guard ProcessInfo.processInfo.environment["OPENBLAS_CORETYPE"] == nil,
+                ProcessInfo.processInfo.environment["POLICYENGINE_KEEP_BLAS_CORE"] == nil,
+                let current = name, generic.contains(current.lowercased()),
+                let quit = symbol("gotoblas_dynamic_quit"), let initialise = symbol("gotoblas_dynamic_init"),
+                let cpuinfo = try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8),
+                let flagsLine = cpuinfo.split(separator: "\n").first(where: { $0.hasPrefix("flags") })
+            else { return name }
+            let flags = Set(flagsLine.split(separator: " ").map(String.init))
+            let target: String
+            if ["avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512cd"].allSatisfy(flags.contains) {
+                target = "SkylakeX"
+            } else if ["avx2", "fma"].allSatisfy(flags.contains) {
+                target = "Haswell"
+            } else {
+                return name
+            }
+            setenv("OPENBLAS_CORETYPE", target, 1)
+            unsafeBitCast(quit, to: (@convention(c) () -> Void).self)()
+            unsafeBitCast(initialise, to: (@convention(c) () -> Void).self)()
+            unsetenv("OPENBLAS_CORETYPE")
         #endif
         return name
     }
 
     private static func symbol(_ s: String) -> UnsafeMutableRawPointer? {
         #if os(Linux)
-        return dlsym(UnsafeMutableRawPointer(bitPattern: 0), s)  // RTLD_DEFAULT
+            return dlsym(UnsafeMutableRawPointer(bitPattern: 0), s)  // RTLD_DEFAULT
         #else
-        return dlsym(UnsafeMutableRawPointer(bitPattern: -2), s)  // RTLD_DEFAULT on Darwin
+            return dlsym(UnsafeMutableRawPointer(bitPattern: -2), s)  // RTLD_DEFAULT on Darwin
         #endif
     }
 }
@@ -82,17 +84,21 @@ enum Kernels {
     /// straight from the inputs, the slices split over the BLAS thread count. One large sgemm instead packs
     /// the whole weight matrix first and, at 16 rows, runs at about half the speed. Many rows (prefill): one sgemm.
     @inline(__always)
-    static func linear(_ x: UnsafePointer<Float>, rows: Int, inDim: Int, weight: UnsafePointer<Float>, outDim: Int,
-                       bias: UnsafePointer<Float>?, into y: UnsafeMutablePointer<Float>, accumulate: Bool = false) {
+    static func linear(
+        _ x: UnsafePointer<Float>, rows: Int, inDim: Int, weight: UnsafePointer<Float>, outDim: Int,
+        bias: UnsafePointer<Float>?, into y: UnsafeMutablePointer<Float>, accumulate: Bool = false
+    ) {
         let beta: Float = accumulate ? 1 : 0
         if rows == 1 {
-            cblas_sgemv(CblasRowMajor, CblasNoTrans, Int32(outDim), Int32(inDim), 1, weight, Int32(inDim),
-                        x, 1, beta, y, 1)
+            cblas_sgemv(
+                CblasRowMajor, CblasNoTrans, Int32(outDim), Int32(inDim), 1, weight, Int32(inDim),
+                x, 1, beta, y, 1)
         } else if rows <= slicedMaxRows && outDim >= 2 * maxSliceRows {
             slicedGemm(x, rows: rows, inDim: inDim, weight: weight, outDim: outDim, beta: beta, into: y)
         } else {
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(rows), Int32(outDim), Int32(inDim), 1,
-                        x, Int32(inDim), weight, Int32(inDim), beta, y, Int32(outDim))
+            cblas_sgemm(
+                CblasRowMajor, CblasNoTrans, CblasTrans, Int32(rows), Int32(outDim), Int32(inDim), 1,
+                x, Int32(inDim), weight, Int32(inDim), beta, y, Int32(outDim))
         }
         if let bias {
             for r in 0..<rows {
@@ -123,8 +129,10 @@ enum Kernels {
         let rows: Int, inDim: Int, outDim: Int, beta: Float
     }
 
-    private static func slicedGemm(_ x: UnsafePointer<Float>, rows: Int, inDim: Int, weight: UnsafePointer<Float>,
-                                   outDim: Int, beta: Float, into y: UnsafeMutablePointer<Float>) {
+    private static func slicedGemm(
+        _ x: UnsafePointer<Float>, rows: Int, inDim: Int, weight: UnsafePointer<Float>,
+        outDim: Int, beta: Float, into y: UnsafeMutablePointer<Float>
+    ) {
         let a = GemmArgs(x: x, w: weight, y: y, rows: rows, inDim: inDim, outDim: outDim, beta: beta)
         let slice = sliceRows(rows: rows, inDim: inDim)
         // Parts of a few slices each, claimed dynamically: a thread that starts late (a parked worker waking up)
@@ -136,8 +144,9 @@ enum Kernels {
             let end = min(a.outDim, range.upperBound * slice)
             while n0 < end {
                 let n = min(slice, end - n0)
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(a.rows), Int32(n), Int32(a.inDim), 1,
-                            a.x, Int32(a.inDim), a.w + n0 * a.inDim, Int32(a.inDim), a.beta, a.y + n0, Int32(a.outDim))
+                cblas_sgemm(
+                    CblasRowMajor, CblasNoTrans, CblasTrans, Int32(a.rows), Int32(n), Int32(a.inDim), 1,
+                    a.x, Int32(a.inDim), a.w + n0 * a.inDim, Int32(a.inDim), a.beta, a.y + n0, Int32(a.outDim))
                 n0 += n
             }
         }
@@ -146,10 +155,13 @@ enum Kernels {
     /// RMSNorm over `rows` vectors of length `dim`: out = x / sqrt(mean(x^2) + eps) * weight.
     /// `out` may alias `x`.
     @inline(__always)
-    static func rmsNorm(_ x: UnsafePointer<Float>, weight: UnsafePointer<Float>, rows: Int, dim: Int, eps: Float,
-                        into out: UnsafeMutablePointer<Float>) {
+    static func rmsNorm(
+        _ x: UnsafePointer<Float>, weight: UnsafePointer<Float>, rows: Int, dim: Int, eps: Float,
+        into out: UnsafeMutablePointer<Float>
+    ) {
         for r in 0..<rows {
-            let xr = x + r * dim, o = out + r * dim
+            let xr = x + r * dim
+            let o = out + r * dim
             let ss = VectorMath.sumOfSquares(xr, dim)
             let inv = 1 / (ss / Float(dim) + eps).squareRoot()
             for i in 0..<dim { o[i] = weight[i] * (xr[i] * inv) }
@@ -159,13 +171,16 @@ enum Kernels {
     /// HF rotate_half RoPE on `heads` vectors of length `headDim` starting at `x` with stride `headDim`:
     /// x1 = x[:d/2], x2 = x[d/2:]; out = [x1*cos - x2*sin, x2*cos + x1*sin].
     @inline(__always)
-    static func rope(_ x: UnsafeMutablePointer<Float>, heads: Int, headDim: Int,
-                     cos: UnsafePointer<Float>, sin: UnsafePointer<Float>) {
+    static func rope(
+        _ x: UnsafeMutablePointer<Float>, heads: Int, headDim: Int,
+        cos: UnsafePointer<Float>, sin: UnsafePointer<Float>
+    ) {
         let half = headDim / 2
         for h in 0..<heads {
             let v = x + h * headDim
             for i in 0..<half {
-                let a = v[i], b = v[i + half]
+                let a = v[i]
+                let b = v[i + half]
                 v[i] = a * cos[i] - b * sin[i]
                 v[i + half] = b * cos[i] + a * sin[i]
             }

@@ -48,7 +48,10 @@ enum VectorMath {
             i += 8
         }
         var s = acc.sum()
-        while i < n { s += x[i] * x[i]; i += 1 }
+        while i < n {
+            s += x[i] * x[i]
+            i += 1
+        }
         return s
     }
 
@@ -56,18 +59,27 @@ enum VectorMath {
     static func max(_ x: UnsafePointer<Float>, _ n: Int) -> Float {
         var acc = V(repeating: -.infinity)
         var i = 0
-        while i + 8 <= n { acc = pointwiseMax(acc, load(x + i)); i += 8 }
+        while i + 8 <= n {
+            acc = pointwiseMax(acc, load(x + i))
+            i += 8
+        }
         var m = acc.max()
-        while i < n { m = Swift.max(m, x[i]); i += 1 }
+        while i < n {
+            m = Swift.max(m, x[i])
+            i += 1
+        }
         return m
     }
 
     /// sum(exp((x[i] - shift) * scale)); when `out` is given the terms are also stored there.
     /// Accumulates 8 float lanes per block of 1024 elements, blocks in double.
-    static func sumExp(_ x: UnsafePointer<Float>, _ n: Int, shift: Float, scale: Float = 1,
-                       out: UnsafeMutablePointer<Float>? = nil) -> Double {
+    static func sumExp(
+        _ x: UnsafePointer<Float>, _ n: Int, shift: Float, scale: Float = 1,
+        out: UnsafeMutablePointer<Float>? = nil
+    ) -> Double {
         var total: Double = 0
-        let sv = V(repeating: shift), kv = V(repeating: scale)
+        let sv = V(repeating: shift)
+        let kv = V(repeating: scale)
         var i = 0
         while i < n {
             let end = Swift.min(n, i + 1024)

@@ -97,8 +97,9 @@ public final class KVCache: @unchecked Sendable {
     /// Replaces the contents with the first `n` positions of `source` (keys, values and token ids copied,
     /// so the two caches stay independent).
     func load(prefix n: Int, of source: KVCache) throws {
-        precondition(n <= source.count && source.numLayers == numLayers && source.kvDim == kvDim,
-                     "KVCache.load: \(n) positions of a \(source.numLayers)x\(source.kvDim) cache holding \(source.count)")
+        precondition(
+            n <= source.count && source.numLayers == numLayers && source.kvDim == kvDim,
+            "KVCache.load: \(n) positions of a \(source.numLayers)x\(source.kvDim) cache holding \(source.count)")
         count = 0
         tokens.removeAll(keepingCapacity: true)
         try reserve(n)

@@ -16,9 +16,11 @@ struct RotaryEmbedding: Sendable {
             inv = inv.map { $0 / f }
         case "llama3":
             let factor = Float(r.factor ?? 1)
-            let lo = Float(r.lowFreqFactor ?? 1), hi = Float(r.highFreqFactor ?? 4)
+            let lo = Float(r.lowFreqFactor ?? 1)
+            let hi = Float(r.highFreqFactor ?? 4)
             let old = Float(r.originalMaxPositionEmbeddings ?? 8192)
-            let lowWavelen = old / lo, highWavelen = old / hi
+            let lowWavelen = old / lo
+            let highWavelen = old / hi
             inv = inv.map { f in
                 let wavelen = 2 * Float.pi / f
                 let scaled = wavelen > lowWavelen ? f / factor : f

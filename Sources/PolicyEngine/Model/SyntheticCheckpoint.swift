@@ -6,7 +6,12 @@ public enum SyntheticCheckpoint {
     /// The tensor names and shapes a config expects, in file order.
     public static func tensorShapes(for c: ModelConfig) -> [(name: String, shape: [Int])] {
         let t = c.traits
-        let H = c.hiddenSize, Q = c.qDim, KV = c.kvDim, I = c.intermediateSize, V = c.vocabSize, D = c.headDim
+        let H = c.hiddenSize
+        let Q = c.qDim
+        let KV = c.kvDim
+        let I = c.intermediateSize
+        let V = c.vocabSize
+        let D = c.headDim
         var e: [(name: String, shape: [Int])] = [("model.embed_tokens.weight", [V, H])]
         for l in 0..<c.numHiddenLayers {
             let p = "model.layers.\(l)."

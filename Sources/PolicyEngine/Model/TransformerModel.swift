@@ -46,8 +46,10 @@ public final class TransformerModel: @unchecked Sendable {
     /// Per-section timing of forward steps; enable with `profiler.enabled = true`.
     public let profiler = ForwardProfiler()
 
-    public init(config: ModelConfig, checkpoint: SafetensorsCheckpoint,
-                generationDefaults: GenerationDefaults = GenerationDefaults(), weightFormat: WeightFormat = .f32) throws {
+    public init(
+        config: ModelConfig, checkpoint: SafetensorsCheckpoint,
+        generationDefaults: GenerationDefaults = GenerationDefaults(), weightFormat: WeightFormat = .f32
+    ) throws {
         try config.validate()
         BLASCore.selectOptimizedCore()
         self.config = config
@@ -81,8 +83,9 @@ public final class TransformerModel: @unchecked Sendable {
     public var mappedWeightFraction: Double { weights.mappedFraction }
 
     public func makeCache(initialCapacity: Int = 256) -> KVCache {
-        KVCache(numLayers: config.numHiddenLayers, kvDim: config.kvDim, maxPositions: config.maxPositionEmbeddings,
-                initialCapacity: initialCapacity)
+        KVCache(
+            numLayers: config.numHiddenLayers, kvDim: config.kvDim, maxPositions: config.maxPositionEmbeddings,
+            initialCapacity: initialCapacity)
     }
 
     // MARK: convenience API
@@ -109,8 +112,10 @@ public final class TransformerModel: @unchecked Sendable {
     }
 
     /// Appends `tokens` to `cache` and returns the logits of every new position.
-    public func prefillAllLogits(tokens: [Int32], cache: KVCache,
-                                 chunkSize: Int = TransformerModel.prefillChunk) throws -> [[Float]] {
+    public func prefillAllLogits(
+        tokens: [Int32], cache: KVCache,
+        chunkSize: Int = TransformerModel.prefillChunk
+    ) throws -> [[Float]] {
         guard !tokens.isEmpty else { throw ModelError.emptyInput }
         var out: [[Float]] = []
         out.reserveCapacity(tokens.count)
@@ -165,21 +170,26 @@ public final class TransformerModel: @unchecked Sendable {
     /// Runs one forward step over all requests and hands the requested logits rows to `body`
     /// as (request index, row index within that request's selection, logits). The buffer is only valid
     /// during the call. No allocation happens here once the workspace has grown to the batch size.
-    public func forward(_ requests: [ForwardRequest],
-                        body: (Int, Int, UnsafeBufferPointer<Float>) throws -> Void) throws {
+    public func forward(
+        _ requests: [ForwardRequest],
+        body: (Int, Int, UnsafeBufferPointer<Float>) throws -> Void
+    ) throws {
         lock.lock()
         defer { lock.unlock() }
         let c = config
         guard !requests.isEmpty else { throw ModelError.emptyInput }
         var seen = Set<ObjectIdentifier>()
-        var rows = 0, logitRows = 0, scoreSize = 0
+        var rows = 0
+        var logitRows = 0
+        var scoreSize = 0
         let nRep = c.numAttentionHeads / c.numKeyValueHeads
         for r in requests {
             guard !r.tokens.isEmpty else { throw ModelError.emptyInput }
             guard seen.insert(ObjectIdentifier(r.cache)).inserted else { throw ModelError.duplicateCache }
             guard r.cache.numLayers == c.numHiddenLayers, r.cache.kvDim == c.kvDim else {
-                throw ModelError.cacheMismatch(reason: "cache has \(r.cache.numLayers) layers x kvDim \(r.cache.kvDim), "
-                    + "model has \(c.numHiddenLayers) x \(c.kvDim)")
+                throw ModelError.cacheMismatch(
+                    reason: "cache has \(r.cache.numLayers) layers x kvDim \(r.cache.kvDim), "
+                        + "model has \(c.numHiddenLayers) x \(c.kvDim)")
             }
             for t in r.tokens where t < 0 || Int(t) >= c.vocabSize {
                 throw ModelError.tokenOutOfRange(token: t, vocabSize: c.vocabSize)
@@ -196,7 +206,9 @@ public final class TransformerModel: @unchecked Sendable {
         for r in requests { try r.cache.reserve(r.cache.count + r.tokens.count) }
         ws.ensure(config: c, rows: rows, logitRows: logitRows, scoreSize: scoreSize)
 
-        let H = c.hiddenSize, hd = c.headDim, half = hd / 2
+        let H = c.hiddenSize
+        let hd = c.headDim
+        let half = hd / 2
         let prof = profiler
         prof.start()
         // Embedding lookup, positions and RoPE tables per row; which rows are single-token decodes (the same
@@ -213,10 +225,13 @@ public final class TransformerModel: @unchecked Sendable {
             }
         }
         prof.mark(.embed)
-        let decode = decodeRows.isEmpty ? nil
-            : DecodeAttention(q: ws.q, att: ws.att, scores: ws.scores, scoreStride: ws.scoreSize, rows: decodeRows,
-                              caches: requests.map(\.cache), Q: c.qDim, KV: c.kvDim, hd: hd, nKV: c.numKeyValueHeads,
-                              nRep: c.numAttentionHeads / c.numKeyValueHeads, scale: 1 / Float(hd).squareRoot())
+        let decode =
+            decodeRows.isEmpty
+            ? nil
+            : DecodeAttention(
+                q: ws.q, att: ws.att, scores: ws.scores, scoreStride: ws.scoreSize, rows: decodeRows,
+                caches: requests.map(\.cache), Q: c.qDim, KV: c.kvDim, hd: hd, nKV: c.numKeyValueHeads,
+                nRep: c.numAttentionHeads / c.numKeyValueHeads, scale: 1 / Float(hd).squareRoot())
         for l in 0..<c.numHiddenLayers {
             layer(l, requests: requests, rows: rows, decode: decode)
         }
@@ -229,20 +244,23 @@ public final class TransformerModel: @unchecked Sendable {
                 switch r.logits {
                 case .none: break
                 case .last:
-                    Kernels.rmsNorm(ws.x + (row + n - 1) * H, weight: weights.finalNorm.pointer, rows: 1, dim: H,
-                                    eps: c.rmsNormEps, into: ws.hsel + sel * H)
+                    Kernels.rmsNorm(
+                        ws.x + (row + n - 1) * H, weight: weights.finalNorm.pointer, rows: 1, dim: H,
+                        eps: c.rmsNormEps, into: ws.hsel + sel * H)
                     sel += 1
                 case .all:
-                    Kernels.rmsNorm(ws.x + row * H, weight: weights.finalNorm.pointer, rows: n, dim: H,
-                                    eps: c.rmsNormEps, into: ws.hsel + sel * H)
+                    Kernels.rmsNorm(
+                        ws.x + row * H, weight: weights.finalNorm.pointer, rows: n, dim: H,
+                        eps: c.rmsNormEps, into: ws.hsel + sel * H)
                     sel += n
                 }
                 row += n
             }
             let V = c.vocabSize
             prof.mark(.norms)
-            project(ws.hsel, rows: logitRows, inDim: H, weights.lmHead, quantized?.lmHead, outDim: V,
-                    bias: nil, into: ws.logits)
+            project(
+                ws.hsel, rows: logitRows, inDim: H, weights.lmHead, quantized?.lmHead, outDim: V,
+                bias: nil, into: ws.logits)
             prof.mark(.lmHead)
             sel = 0
             for (i, r) in requests.enumerated() {
@@ -259,9 +277,17 @@ public final class TransformerModel: @unchecked Sendable {
 
     /// One decoder block over all rows of the step.
     private func layer(_ l: Int, requests: [ForwardRequest], rows: Int, decode: DecodeAttention?) {
-        let c = config, w = weights.layers[l]
-        let H = c.hiddenSize, Q = c.qDim, KV = c.kvDim, I = c.intermediateSize, hd = c.headDim, half = hd / 2
-        let nH = c.numAttentionHeads, nKV = c.numKeyValueHeads, nRep = nH / nKV
+        let c = config
+        let w = weights.layers[l]
+        let H = c.hiddenSize
+        let Q = c.qDim
+        let KV = c.kvDim
+        let I = c.intermediateSize
+        let hd = c.headDim
+        let half = hd / 2
+        let nH = c.numAttentionHeads
+        let nKV = c.numKeyValueHeads
+        let nRep = nH / nKV
         let eps = c.rmsNormEps
         let prof = profiler
         let q8 = quantized?.layers[l]
@@ -287,8 +313,10 @@ public final class TransformerModel: @unchecked Sendable {
         // below, prefill chunks here.
         var row0 = 0
         for req in requests {
-            let T = req.tokens.count, p0 = req.cache.count
-            let K = req.cache.keys[l], V = req.cache.values[l]
+            let T = req.tokens.count
+            let p0 = req.cache.count
+            let K = req.cache.keys[l]
+            let V = req.cache.values[l]
             (K + p0 * KV).update(from: ws.k + row0 * KV, count: T * KV)
             (V + p0 * KV).update(from: ws.v + row0 * KV, count: T * KV)
             if T > 1 {
@@ -301,13 +329,15 @@ public final class TransformerModel: @unchecked Sendable {
                         let bt = min(Self.attentionBlock, T - t0)
                         let keys = p0 + t0 + bt
                         let qRow = row0 + t0
-                        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(bt), Int32(keys), Int32(hd), scale,
-                                    ws.q + qRow * Q + h * hd, Int32(Q), K + g * hd, Int32(KV), 0, ws.scores, Int32(keys))
+                        cblas_sgemm(
+                            CblasRowMajor, CblasNoTrans, CblasTrans, Int32(bt), Int32(keys), Int32(hd), scale,
+                            ws.q + qRow * Q + h * hd, Int32(Q), K + g * hd, Int32(KV), 0, ws.scores, Int32(keys))
                         for t in 0..<bt {
                             Kernels.maskedSoftmax(ws.scores + t * keys, valid: p0 + t0 + t + 1, width: keys)
                         }
-                        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(bt), Int32(hd), Int32(keys), 1,
-                                    ws.scores, Int32(keys), V + g * hd, Int32(KV), 0, ws.att + qRow * Q + h * hd, Int32(Q))
+                        cblas_sgemm(
+                            CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(bt), Int32(hd), Int32(keys), 1,
+                            ws.scores, Int32(keys), V + g * hd, Int32(KV), 0, ws.att + qRow * Q + h * hd, Int32(Q))
                         t0 += bt
                     }
                 }
@@ -323,8 +353,9 @@ public final class TransformerModel: @unchecked Sendable {
         }
         prof.mark(.attention)
         // x += att * Wo^T (+ bo)
-        project(ws.att, rows: rows, inDim: Q, w.oProj, q8?.o, outDim: H, bias: w.oBias?.pointer,
-                into: ws.x, accumulate: true)
+        project(
+            ws.att, rows: rows, inDim: Q, w.oProj, q8?.o, outDim: H, bias: w.oBias?.pointer,
+            into: ws.x, accumulate: true)
         prof.mark(.outProj)
 
         // MLP block.
@@ -335,8 +366,9 @@ public final class TransformerModel: @unchecked Sendable {
         prof.mark(.gateUp)
         Kernels.swiglu(ws.gate, ws.up, count: rows * I)
         prof.mark(.swiglu)
-        project(ws.gate, rows: rows, inDim: I, w.downProj, q8?.down, outDim: H, bias: nil,
-                into: ws.x, accumulate: true)
+        project(
+            ws.gate, rows: rows, inDim: I, w.downProj, q8?.down, outDim: H, bias: nil,
+            into: ws.x, accumulate: true)
         prof.mark(.down)
     }
 }
@@ -344,13 +376,16 @@ public final class TransformerModel: @unchecked Sendable {
 extension TransformerModel {
     /// A projection through the 8-bit copy when there is one, else the float32 weights.
     @inline(__always)
-    fileprivate func project(_ x: UnsafePointer<Float>, rows: Int, inDim: Int, _ f32: FloatTensor, _ q8: Q8Matrix?, outDim: Int,
-                             bias: UnsafePointer<Float>?, into y: UnsafeMutablePointer<Float>, accumulate: Bool = false) {
+    fileprivate func project(
+        _ x: UnsafePointer<Float>, rows: Int, inDim: Int, _ f32: FloatTensor, _ q8: Q8Matrix?, outDim: Int,
+        bias: UnsafePointer<Float>?, into y: UnsafeMutablePointer<Float>, accumulate: Bool = false
+    ) {
         if let q8 {
             Q8Kernels.linear(x, rows: rows, weight: q8, bias: bias, into: y, accumulate: accumulate, scratch: q8Scratch)
         } else {
-            Kernels.linear(x, rows: rows, inDim: inDim, weight: f32.pointer, outDim: outDim, bias: bias, into: y,
-                           accumulate: accumulate)
+            Kernels.linear(
+                x, rows: rows, inDim: inDim, weight: f32.pointer, outDim: outDim, bias: bias, into: y,
+                accumulate: accumulate)
         }
     }
 }
@@ -430,14 +465,17 @@ private struct DecodeAttention: @unchecked Sendable {
         for (row, request) in rows[range] {
             let cache = caches[request]
             let S = cache.count + 1
-            let K = cache.keys[layer], V = cache.values[layer]
+            let K = cache.keys[layer]
+            let V = cache.values[layer]
             for g in 0..<nKV {
                 let qg = q + row * Q + g * nRep * hd
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(nRep), Int32(S), Int32(hd), scale,
-                            qg, Int32(hd), K + g * hd, Int32(KV), 0, sc, Int32(S))
+                cblas_sgemm(
+                    CblasRowMajor, CblasNoTrans, CblasTrans, Int32(nRep), Int32(S), Int32(hd), scale,
+                    qg, Int32(hd), K + g * hd, Int32(KV), 0, sc, Int32(S))
                 for r in 0..<nRep { Kernels.maskedSoftmax(sc + r * S, valid: S, width: S) }
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(nRep), Int32(hd), Int32(S), 1,
-                            sc, Int32(S), V + g * hd, Int32(KV), 0, att + row * Q + g * nRep * hd, Int32(hd))
+                cblas_sgemm(
+                    CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(nRep), Int32(hd), Int32(S), 1,
+                    sc, Int32(S), V + g * hd, Int32(KV), 0, att + row * Q + g * nRep * hd, Int32(hd))
             }
         }
     }

@@ -47,7 +47,8 @@ final class Q8Matrix: @unchecked Sendable {  // immutable after init; owns its b
         self.cols = cols
         block = cols % 64 == 0 ? 64 : 32
         groups = Int(cq8_packed_groups(Int32(rows)))
-        let nb = cols / block, block = self.block
+        let nb = cols / block
+        let block = self.block
         values = AlignedMemory.allocate(Int8.self, capacity: groups * 8 * cols)
         values.initialize(repeating: 0, count: groups * 8 * cols)
         scales = AlignedMemory.allocate(Float.self, capacity: groups * nb * 8)
@@ -57,7 +58,8 @@ final class Q8Matrix: @unchecked Sendable {  // immutable after init; owns its b
         let job = QuantJob(w: w, q: values, s: scales, sums: blockSums)
         ComputePool.shared.run(count: rows, maxParts: min(BLASThreads.current, rows / 64)) { _, range in
             for r in range {
-                let g = r / 8, lane = r % 8
+                let g = r / 8
+                let lane = r % 8
                 let dst = job.q + g * 8 * cols + lane * 4
                 for b in 0..<nb {
                     let src = job.w + r * cols + b * block
@@ -117,7 +119,10 @@ final class Q8Scratch {
         let n = Int(cq8_padded_rows(Int32(rows))) * cols
         guard n > capacity else { return }
         capacity = n
-        q.deallocate(); a.deallocate(); u.deallocate(); scales.deallocate()
+        q.deallocate()
+        a.deallocate()
+        u.deallocate()
+        scales.deallocate()
         q = AlignedMemory.allocate(Int8.self, capacity: n)
         a = AlignedMemory.allocate(UInt8.self, capacity: n)
         u = AlignedMemory.allocate(UInt8.self, capacity: n)
@@ -125,13 +130,18 @@ final class Q8Scratch {
     }
 
     deinit {
-        q.deallocate(); a.deallocate(); u.deallocate(); scales.deallocate()
+        q.deallocate()
+        a.deallocate()
+        u.deallocate()
+        scales.deallocate()
     }
 }
 
 /// The integer kernels' instruction set (C, chosen at run time from the CPU's features; see CQ8).
 public enum Q8KernelLevel: Int32, Sendable, CaseIterable, CustomStringConvertible {
-    case portable = 0, avx2 = 1, avx512vnni = 2
+    case portable = 0
+    case avx2 = 1
+    case avx512vnni = 2
 
     /// The best level this CPU runs.
     public static var best: Q8KernelLevel { Q8KernelLevel(rawValue: cq8_best_level()) ?? .portable }
@@ -151,8 +161,10 @@ enum Q8Kernels {
     /// Every row count, decode or prefill, goes through the int8 GEMM on activations quantised per row and
     /// block: one numeric path, so a row's result does not depend on the rows computed with it (a prompt
     /// continued from the prefix cache gets the logits of a full prefill).
-    static func linear(_ x: UnsafePointer<Float>, rows: Int, weight w: Q8Matrix, bias: UnsafePointer<Float>?,
-                       into y: UnsafeMutablePointer<Float>, accumulate: Bool, scratch: Q8Scratch) {
+    static func linear(
+        _ x: UnsafePointer<Float>, rows: Int, weight w: Q8Matrix, bias: UnsafePointer<Float>?,
+        into y: UnsafeMutablePointer<Float>, accumulate: Bool, scratch: Q8Scratch
+    ) {
         quantizeActivations(x, rows: rows, cols: w.cols, block: w.block, into: scratch)
         integerProduct(rows: rows, weight: w, scratch: scratch, into: y, accumulate: accumulate)
         if let bias {
@@ -175,8 +187,10 @@ enum Q8Kernels {
 
     /// The int8 x int8 products, output rows split into parts (whole pairs of 8-row groups) that the compute
     /// threads claim as they go (a thread that starts late takes fewer parts).
-    static func integerProduct(rows: Int, weight w: Q8Matrix, scratch s: Q8Scratch, into y: UnsafeMutablePointer<Float>,
-                               accumulate: Bool) {
+    static func integerProduct(
+        rows: Int, weight w: Q8Matrix, scratch s: Q8Scratch, into y: UnsafeMutablePointer<Float>,
+        accumulate: Bool
+    ) {
         let job = Job(w: w, s: s, y: y, rows: rows, accumulate: accumulate)
         let threads = Kernels.computeThreads
         let pairs = w.groups / 2
@@ -195,8 +209,10 @@ enum Q8Kernels {
 
     private static func integerGroups(_ job: Job, _ p0: Int, _ p1: Int) {
         guard p0 < p1 else { return }
-        let w = job.w, s = job.s
-        cq8_gemm(w.values, w.scales, w.blockSums, Int32(w.cols), Int32(w.block), Int32(w.rows), Int32(2 * p0), Int32(2 * p1),
-                 s.q, s.a, s.u, s.scales, Int32(job.rows), job.y, Int32(w.rows), job.accumulate ? 1 : 0)
+        let w = job.w
+        let s = job.s
+        cq8_gemm(
+            w.values, w.scales, w.blockSums, Int32(w.cols), Int32(w.block), Int32(w.rows), Int32(2 * p0), Int32(2 * p1),
+            s.q, s.a, s.u, s.scales, Int32(job.rows), job.y, Int32(w.rows), job.accumulate ? 1 : 0)
     }
 }

@@ -1,6 +1,7 @@
 import Foundation
+
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// The 8-bit copies of one decoder block's projections (nil: the input dimension is not a multiple of 32,
@@ -26,10 +27,12 @@ struct QuantizedWeights: Sendable {
         var layers: [Q8Layer] = []
         for (l, lw) in w.layers.enumerated() {
             let p = "model.layers.\(l)."
-            layers.append(Q8Layer(q: try q(lw.qProj, p + "self_attn.q_proj.weight"), k: try q(lw.kProj, p + "self_attn.k_proj.weight"),
-                                  v: try q(lw.vProj, p + "self_attn.v_proj.weight"), o: try q(lw.oProj, p + "self_attn.o_proj.weight"),
-                                  gate: try q(lw.gateProj, p + "mlp.gate_proj.weight"), up: try q(lw.upProj, p + "mlp.up_proj.weight"),
-                                  down: try q(lw.downProj, p + "mlp.down_proj.weight")))
+            layers.append(
+                Q8Layer(
+                    q: try q(lw.qProj, p + "self_attn.q_proj.weight"), k: try q(lw.kProj, p + "self_attn.k_proj.weight"),
+                    v: try q(lw.vProj, p + "self_attn.v_proj.weight"), o: try q(lw.oProj, p + "self_attn.o_proj.weight"),
+                    gate: try q(lw.gateProj, p + "mlp.gate_proj.weight"), up: try q(lw.upProj, p + "mlp.up_proj.weight"),
+                    down: try q(lw.downProj, p + "mlp.down_proj.weight")))
         }
         self.layers = layers
         lmHead = try q(w.lmHead, c.tieWordEmbeddings ? "model.embed_tokens.weight (tied lm_head)" : "lm_head.weight")
@@ -45,11 +48,13 @@ struct QuantizedWeights: Sendable {
     /// from the file if touched again). Copied tensors are left alone.
     private static func releasePages(of t: FloatTensor) {
         #if os(Linux)
-        guard t.isMapped else { return }
-        let page = Int(sysconf(Int32(_SC_PAGESIZE)))
-        let start = Int(bitPattern: t.pointer), end = start + t.count * MemoryLayout<Float>.size
-        let a = (start + page - 1) / page * page, b = end / page * page
-        if b > a { _ = madvise(UnsafeMutableRawPointer(bitPattern: a), b - a, Int32(MADV_DONTNEED)) }
+            guard t.isMapped else { return }
+            let page = Int(sysconf(Int32(_SC_PAGESIZE)))
+            let start = Int(bitPattern: t.pointer)
+            let end = start + t.count * MemoryLayout<Float>.size
+            let a = (start + page - 1) / page * page
+            let b = end / page * page
+            if b > a { _ = madvise(UnsafeMutableRawPointer(bitPattern: a), b - a, Int32(MADV_DONTNEED)) }
         #endif
     }
 }

@@ -75,8 +75,14 @@ struct AddedTokenMatcher: Sendable {
         var i = 0
         let n = s.count
         while i < n {
-            if !firstByte[Int(s[i])] { i += 1; continue }
-            guard let (ti, matchEnd) = longest(s, i) else { i += 1; continue }
+            if !firstByte[Int(s[i])] {
+                i += 1
+                continue
+            }
+            guard let (ti, matchEnd) = longest(s, i) else {
+                i += 1
+                continue
+            }
             let tok = tokens[ti]
             var start = i
             var stop = matchEnd

@@ -224,7 +224,8 @@ struct BPEModel: Sendable {
                 a = x
                 b = y
             } else {
-                throw TokenizerError.invalidField(field: "model.merges[\(rank)]", reason: "expected a string \"a b\" or a pair [\"a\", \"b\"]")
+                throw TokenizerError.invalidField(
+                    field: "model.merges[\(rank)]", reason: "expected a string \"a b\" or a pair [\"a\", \"b\"]")
             }
             let ab = Array(a.utf8)
             let bb = Array(b.utf8)
@@ -235,13 +236,15 @@ struct BPEModel: Sendable {
                 throw TokenizerError.invalidField(field: "model.merges[\(rank)]", reason: "token \(b.debugDescription) is not in the vocab")
             }
             guard let inew = byString[ab + bb] else {
-                throw TokenizerError.invalidField(field: "model.merges[\(rank)]", reason: "merged token \((a + b).debugDescription) is not in the vocab")
+                throw TokenizerError.invalidField(
+                    field: "model.merges[\(rank)]", reason: "merged token \((a + b).debugDescription) is not in the vocab")
             }
             table.set(pairKey(ia, ib), UInt64(rank) << 32 | UInt64(UInt32(bitPattern: inew)))
         }
         let ignoreMerges = model["ignore_merges"]?.boolValue ?? false
-        let bpe = BPEModel(vocab: vocab, byteIds: byteIds, merges: table, ignoreMerges: ignoreMerges,
-                           unkId: unkId, cache: BPECache(maxEntries: 1 << 17))
+        let bpe = BPEModel(
+            vocab: vocab, byteIds: byteIds, merges: table, ignoreMerges: ignoreMerges,
+            unkId: unkId, cache: BPECache(maxEntries: 1 << 17))
         return (bpe, strings)
     }
 

@@ -57,7 +57,10 @@ struct Normalizer: Sendable {
             return nfcLikeHF(bytes)
         case .nfd, .nfkc, .nfkd, .lowercase:
             var ascii = true
-            for b in bytes where b >= 0x80 { ascii = false; break }
+            for b in bytes where b >= 0x80 {
+                ascii = false
+                break
+            }
             if ascii && step != .lowercase { return nil }
             let s = String(decoding: bytes, as: UTF8.self)
             switch step {
@@ -91,7 +94,10 @@ struct Normalizer: Sendable {
         }
         while i < bytes.count {
             let b = bytes[i]
-            if b < 0xCC { i += b < 0x80 ? 1 : 2; continue }
+            if b < 0xCC {
+                i += b < 0x80 ? 1 : 2
+                continue
+            }
             let (cp, len) = decodeScalar(bytes, i)
             if CharClass.of(cp) & CharClass.newerThanUnicode9 != 0 {
                 flushRun(i)
@@ -112,19 +118,22 @@ struct Normalizer: Sendable {
         let n = b.count
         while i < n {
             let c = b[i]
-            if c < 0xCC { i += c < 0x80 ? 1 : 2; continue }  // scalars below U+0300
+            if c < 0xCC {
+                i += c < 0x80 ? 1 : 2
+                continue
+            }  // scalars below U+0300
             let (cp, len) = decodeScalar(b, i)
             switch cp {
             case 0x0388...0x03FF,  // Greek letters (the NFC_QC=No singletons are below U+0388)
-                 0x0400...0x0482,  // Cyrillic letters (combining marks start at U+0483)
-                 0x0621...0x064A,  // Arabic letters (harakat start at U+064B)
-                 0x1E00...0x1EFF,  // Latin Extended Additional (precomposed, NFC_QC=Yes)
-                 0x2010...0x2027, 0x2030...0x205E,  // general punctuation (U+2000/2001 are singletons)
-                 0x3040...0x3098, 0x309B...0x30FF,  // kana without the combining sound marks
-                 0x4E00...0x9FFF,  // CJK unified ideographs
-                 0xAC00...0xD7A3,  // Hangul syllables (trailing jamo are not in this set)
-                 0x200D, 0xFE0F,  // ZWJ, emoji presentation selector
-                 0x1F300...0x1FAFF:  // emoji
+                0x0400...0x0482,  // Cyrillic letters (combining marks start at U+0483)
+                0x0621...0x064A,  // Arabic letters (harakat start at U+064B)
+                0x1E00...0x1EFF,  // Latin Extended Additional (precomposed, NFC_QC=Yes)
+                0x2010...0x2027, 0x2030...0x205E,  // general punctuation (U+2000/2001 are singletons)
+                0x3040...0x3098, 0x309B...0x30FF,  // kana without the combining sound marks
+                0x4E00...0x9FFF,  // CJK unified ideographs
+                0xAC00...0xD7A3,  // Hangul syllables (trailing jamo are not in this set)
+                0x200D, 0xFE0F,  // ZWJ, emoji presentation selector
+                0x1F300...0x1FAFF:  // emoji
                 i += len
             default:
                 return false

@@ -127,8 +127,10 @@ extension SplitPattern {
         }
     }
 
-    private func findLiteral(_ buf: UnsafeBufferPointer<UInt8>, _ range: Range<Int>, _ lit: [UInt8],
-                             _ out: inout [(Range<Int>, Bool)]) {
+    private func findLiteral(
+        _ buf: UnsafeBufferPointer<UInt8>, _ range: Range<Int>, _ lit: [UInt8],
+        _ out: inout [(Range<Int>, Bool)]
+    ) {
         if lit.isEmpty {
             out.append((range, false))
             return
@@ -138,7 +140,10 @@ extension SplitPattern {
         let m = lit.count
         while i + m <= range.upperBound {
             var ok = true
-            for k in 0..<m where buf[i + k] != lit[k] { ok = false; break }
+            for k in 0..<m where buf[i + k] != lit[k] {
+                ok = false
+                break
+            }
             if ok {
                 if prev != i { out.append((prev..<i, false)) }
                 out.append((i..<(i + m), true))
@@ -151,8 +156,10 @@ extension SplitPattern {
         if prev != range.upperBound { out.append((prev..<range.upperBound, false)) }
     }
 
-    private func findRegex(_ buf: UnsafeBufferPointer<UInt8>, _ range: Range<Int>, _ re: NSRegularExpression,
-                           _ out: inout [(Range<Int>, Bool)]) {
+    private func findRegex(
+        _ buf: UnsafeBufferPointer<UInt8>, _ range: Range<Int>, _ re: NSRegularExpression,
+        _ out: inout [(Range<Int>, Bool)]
+    ) {
         let text = String(decoding: UnsafeBufferPointer(rebasing: buf[range]), as: UTF8.self)
         let ns = text as NSString
         // Map UTF-16 offsets to UTF-8 offsets.
@@ -295,9 +302,13 @@ private func matchGPT2(_ r: ScalarReader, _ i: Int, _ end: Int) -> Int {
         let ks = r.at(s).cls
         var stopMask: UInt8 = 0  // classes that end the run
         var wantMask: UInt8 = 0  // classes that continue it
-        if ks & cLetter != 0 { wantMask = cLetter }
-        else if ks & cNumber != 0 { wantMask = cNumber }
-        else if ks & cSpace == 0 { stopMask = cLetter | cNumber | cSpace }
+        if ks & cLetter != 0 {
+            wantMask = cLetter
+        } else if ks & cNumber != 0 {
+            wantMask = cNumber
+        } else if ks & cSpace == 0 {
+            stopMask = cLetter | cNumber | cSpace
+        }
         if wantMask != 0 || stopMask != 0 {
             var j = s
             while j < end {
@@ -391,8 +402,11 @@ struct PreTokenizer: Sendable {
             }
             return PreTokenizer(steps: [.split(pattern, behavior, invert: json["invert"]?.boolValue ?? false)])
         case "ByteLevel":
-            return PreTokenizer(steps: [.byteLevel(addPrefixSpace: json["add_prefix_space"]?.boolValue ?? true,
-                                                   useRegex: json["use_regex"]?.boolValue ?? true)])
+            return PreTokenizer(steps: [
+                .byteLevel(
+                    addPrefixSpace: json["add_prefix_space"]?.boolValue ?? true,
+                    useRegex: json["use_regex"]?.boolValue ?? true)
+            ])
         case "Digits":
             return PreTokenizer(steps: [.digits(individual: json["individual_digits"]?.boolValue ?? false)])
         default:
@@ -407,11 +421,15 @@ struct PreTokenizer: Sendable {
             case .split(let pattern, let behavior, let invert):
                 ranges = applySplit(buffer, ranges, scratch: &scratch) { buf, r, scratch in
                     pattern.findMatches(buf, r, &scratch)
-                } behavior: { (behavior, invert) }
+                } behavior: {
+                    (behavior, invert)
+                }
             case .digits(let individual):
                 ranges = applySplit(buffer, ranges, scratch: &scratch) { buf, r, scratch in
                     findDigits(buf, r, individual: individual, &scratch.matches)
-                } behavior: { (.isolated, false) }
+                } behavior: {
+                    (.isolated, false)
+                }
             case .byteLevel(let addPrefixSpace, let useRegex):
                 if addPrefixSpace {
                     var nb: [UInt8] = []
@@ -430,15 +448,19 @@ struct PreTokenizer: Sendable {
                 if useRegex {
                     ranges = applySplit(buffer, ranges, scratch: &scratch) { buf, r, scratch in
                         SplitPattern.gpt2.findMatches(buf, r, &scratch)
-                    } behavior: { (.isolated, false) }
+                    } behavior: {
+                        (.isolated, false)
+                    }
                 }
             }
         }
     }
 
-    private func applySplit(_ buffer: [UInt8], _ ranges: [Range<Int>], scratch: inout ScanScratch,
-                            find: (UnsafeBufferPointer<UInt8>, Range<Int>, inout ScanScratch) -> Void,
-                            behavior: () -> (SplitBehavior, Bool)) -> [Range<Int>] {
+    private func applySplit(
+        _ buffer: [UInt8], _ ranges: [Range<Int>], scratch: inout ScanScratch,
+        find: (UnsafeBufferPointer<UInt8>, Range<Int>, inout ScanScratch) -> Void,
+        behavior: () -> (SplitBehavior, Bool)
+    ) -> [Range<Int>] {
         let (behavior, invert) = behavior()
         var out: [Range<Int>] = []
         out.reserveCapacity(ranges.count * 4)
@@ -490,8 +512,10 @@ struct PreTokenizer: Sendable {
     }
 
     /// HF Digits pre-tokenizer: `\p{N}` runs (or single digits) isolated.
-    private func findDigits(_ buf: UnsafeBufferPointer<UInt8>, _ range: Range<Int>, individual: Bool,
-                            _ out: inout [(Range<Int>, Bool)]) {
+    private func findDigits(
+        _ buf: UnsafeBufferPointer<UInt8>, _ range: Range<Int>, individual: Bool,
+        _ out: inout [(Range<Int>, Bool)]
+    ) {
         out.removeAll(keepingCapacity: true)
         var i = range.lowerBound
         var runStart = i

@@ -95,8 +95,9 @@ public final class Tokenizer: Sendable {
         preTokenizer = try PreTokenizer.parse(root["pre_tokenizer"])
         fastPattern = preTokenizer.fastPattern
         guard preTokenizer.hasByteLevel else {
-            throw TokenizerError.unsupported(field: "pre_tokenizer",
-                                             value: "no ByteLevel step (only byte-level BPE tokenizers are supported)")
+            throw TokenizerError.unsupported(
+                field: "pre_tokenizer",
+                value: "no ByteLevel step (only byte-level BPE tokenizers are supported)")
         }
         try Tokenizer.checkDecoder(root["decoder"], path: "decoder")
 
@@ -110,13 +111,14 @@ public final class Tokenizer: Sendable {
                 throw TokenizerError.invalidField(field: "added_tokens[\(i)].content", reason: "missing or not a string")
             }
             let special = t["special"]?.boolValue ?? false
-            added.append(AddedToken(
-                id: Int32(idInt), content: content, bytes: Array(content.utf8),
-                singleWord: t["single_word"]?.boolValue ?? false,
-                lstrip: t["lstrip"]?.boolValue ?? false,
-                rstrip: t["rstrip"]?.boolValue ?? false,
-                normalized: t["normalized"]?.boolValue ?? !special,
-                special: special))
+            added.append(
+                AddedToken(
+                    id: Int32(idInt), content: content, bytes: Array(content.utf8),
+                    singleWord: t["single_word"]?.boolValue ?? false,
+                    lstrip: t["lstrip"]?.boolValue ?? false,
+                    rstrip: t["rstrip"]?.boolValue ?? false,
+                    normalized: t["normalized"]?.boolValue ?? !special,
+                    special: special))
         }
         addedTokens = added
         var addedIndex: [Int32: Int] = [:]
@@ -126,9 +128,11 @@ public final class Tokenizer: Sendable {
         rawMatcher = AddedTokenMatcher(tokens: rawTokens, patterns: rawTokens.map { $0.bytes })
         let normTokens = added.filter { $0.normalized }
         let norm = normalizer
-        normalizedMatcher = AddedTokenMatcher(tokens: normTokens, patterns: normTokens.map { t in
-            t.bytes.withUnsafeBufferPointer { norm.apply($0) } ?? t.bytes
-        })
+        normalizedMatcher = AddedTokenMatcher(
+            tokens: normTokens,
+            patterns: normTokens.map { t in
+                t.bytes.withUnsafeBufferPointer { norm.apply($0) } ?? t.bytes
+            })
 
         // Id tables.
         var maxId: Int32 = -1
@@ -168,8 +172,9 @@ public final class Tokenizer: Sendable {
         specialTokenIds = Set(added.filter { $0.special }.map { $0.id })
 
         // Post-processor.
-        let (prefix, suffix) = try Tokenizer.parsePostProcessor(root["post_processor"], path: "post_processor",
-                                                                  idOf: { byString[Array($0.utf8)] })
+        let (prefix, suffix) = try Tokenizer.parsePostProcessor(
+            root["post_processor"], path: "post_processor",
+            idOf: { byString[Array($0.utf8)] })
         postPrefix = prefix
         postSuffix = suffix
 
@@ -190,12 +195,14 @@ public final class Tokenizer: Sendable {
             } else if let s = v["content"]?.stringValue {
                 content = s
             } else {
-                throw TokenizerError.invalidField(field: "tokenizer_config.json \(key)",
-                                                  reason: "expected a string or an object with \"content\", got \(v.typeName)")
+                throw TokenizerError.invalidField(
+                    field: "tokenizer_config.json \(key)",
+                    reason: "expected a string or an object with \"content\", got \(v.typeName)")
             }
             guard let id = byString[Array(content.utf8)] else {
-                throw TokenizerError.invalidField(field: "tokenizer_config.json \(key)",
-                                                  reason: "token \(content.debugDescription) is not in the vocabulary")
+                throw TokenizerError.invalidField(
+                    field: "tokenizer_config.json \(key)",
+                    reason: "token \(content.debugDescription) is not in the vocabulary")
             }
             return (content, id)
         }
@@ -241,8 +248,10 @@ public final class Tokenizer: Sendable {
     }
 
     /// Returns the ids added before and after a single sequence.
-    private static func parsePostProcessor(_ json: JSONValue?, path: String,
-                                           idOf: (String) -> Int32?) throws -> ([Int32], [Int32]) {
+    private static func parsePostProcessor(
+        _ json: JSONValue?, path: String,
+        idOf: (String) -> Int32?
+    ) throws -> ([Int32], [Int32]) {
         guard let json, !json.isNull else { return ([], []) }
         let type = json["type"]?.stringValue ?? ""
         func tokenId(_ s: String, _ field: String) throws -> Int32 {
@@ -285,8 +294,9 @@ public final class Tokenizer: Sendable {
                     if let entry = specials.first(where: { $0.0 == name }) {
                         ids = entry.1
                     } else {
-                        throw TokenizerError.invalidField(field: "\(path).single[\(i)]",
-                                                          reason: "special token \(name.debugDescription) missing from special_tokens")
+                        throw TokenizerError.invalidField(
+                            field: "\(path).single[\(i)]",
+                            reason: "special token \(name.debugDescription) missing from special_tokens")
                     }
                     if seenSequence { suffix += ids } else { prefix += ids }
                 } else {
@@ -296,7 +306,8 @@ public final class Tokenizer: Sendable {
             return (prefix, suffix)
         case "RobertaProcessing", "BertProcessing":
             guard let cls = json["cls"]?.arrayValue?.first?.stringValue,
-                  let sep = json["sep"]?.arrayValue?.first?.stringValue else {
+                let sep = json["sep"]?.arrayValue?.first?.stringValue
+            else {
                 throw TokenizerError.invalidField(field: "\(path).cls/sep", reason: "missing")
             }
             return ([try tokenId(cls, "\(path).cls")], [try tokenId(sep, "\(path).sep")])
@@ -373,12 +384,18 @@ public final class Tokenizer: Sendable {
         text.withUTF8 { buf in
             var scratch = ScanScratch()
             for (r, id) in rawMatcher.split(buf) {
-                if let id { words.append(tokenStrings[Int(id)] ?? ""); continue }
+                if let id {
+                    words.append(tokenStrings[Int(id)] ?? "")
+                    continue
+                }
                 let seg = UnsafeBufferPointer(rebasing: buf[r])
                 let normalized = normalizer.apply(seg) ?? Array(seg)
                 normalized.withUnsafeBufferPointer { nbuf in
                     for (r2, id2) in normalizedMatcher.split(nbuf) {
-                        if let id2 { words.append(tokenStrings[Int(id2)] ?? ""); continue }
+                        if let id2 {
+                            words.append(tokenStrings[Int(id2)] ?? "")
+                            continue
+                        }
                         var buffer = Array(UnsafeBufferPointer(rebasing: nbuf[r2]))
                         var ranges = [0..<buffer.count]
                         preTokenizer.run(buffer: &buffer, ranges: &ranges, scratch: &scratch)

@@ -31,8 +31,16 @@ public final class AdamW: @unchecked Sendable {  // serialised by the model's lo
         self.model = model
         self.config = config
         params = model.trainableParams
-        m = params.map { p in let b = UnsafeMutablePointer<Float>.allocate(capacity: max(p.count, 1)); b.initialize(repeating: 0, count: p.count); return b }
-        v = params.map { p in let b = UnsafeMutablePointer<Float>.allocate(capacity: max(p.count, 1)); b.initialize(repeating: 0, count: p.count); return b }
+        m = params.map { p in
+            let b = UnsafeMutablePointer<Float>.allocate(capacity: max(p.count, 1))
+            b.initialize(repeating: 0, count: p.count)
+            return b
+        }
+        v = params.map { p in
+            let b = UnsafeMutablePointer<Float>.allocate(capacity: max(p.count, 1))
+            b.initialize(repeating: 0, count: p.count)
+            return b
+        }
     }
 
     deinit {
@@ -42,7 +50,8 @@ public final class AdamW: @unchecked Sendable {  // serialised by the model's lo
 
     /// One optimiser step with the gradients currently accumulated in the model (not zeroed here).
     public func update(learningRate lr: Float) {
-        model.lock.lock(); defer { model.lock.unlock() }
+        model.lock.lock()
+        defer { model.lock.unlock() }
         step += 1
         model.weightsVersion &+= 1
         let c = config
@@ -53,18 +62,27 @@ public final class AdamW: @unchecked Sendable {  // serialised by the model's lo
     }
 
     /// The AdamW update of one tensor at step `step` (1-based), in place.
-    static func apply(param w: UnsafeMutablePointer<Float>, grad g: UnsafePointer<Float>, m mi: UnsafeMutablePointer<Float>,
-                      v vi: UnsafeMutablePointer<Float>, count: Int, step: Int, learningRate lr: Float, config c: AdamWConfig) {
+    static func apply(
+        param w: UnsafeMutablePointer<Float>, grad g: UnsafePointer<Float>, m mi: UnsafeMutablePointer<Float>,
+        v vi: UnsafeMutablePointer<Float>, count: Int, step: Int, learningRate lr: Float, config c: AdamWConfig
+    ) {
         let t = Double(step)
         let bc1 = Float(1 - pow(Double(c.beta1), t))
         let bc2Sqrt = Float((1 - pow(Double(c.beta2), t)).squareRoot())
         let stepSize = lr / bc1
         let decay = 1 - lr * c.weightDecay
-        let b1 = c.beta1, b2 = c.beta2, eps = c.eps
+        let b1 = c.beta1
+        let b2 = c.beta2
+        let eps = c.eps
         typealias V = SIMD8<Float>
-        let decayV = V(repeating: decay), b1V = V(repeating: b1), b2V = V(repeating: b2)
-        let c1V = V(repeating: 1 - b1), c2V = V(repeating: 1 - b2), stepV = V(repeating: stepSize)
-        let bcV = V(repeating: bc2Sqrt), epsV = V(repeating: eps)
+        let decayV = V(repeating: decay)
+        let b1V = V(repeating: b1)
+        let b2V = V(repeating: b2)
+        let c1V = V(repeating: 1 - b1)
+        let c2V = V(repeating: 1 - b2)
+        let stepV = V(repeating: stepSize)
+        let bcV = V(repeating: bc2Sqrt)
+        let epsV = V(repeating: eps)
         var j = 0
         while j + 8 <= count {  // the same operations as the scalar loop below, 8 lanes at a time
             let gj = VectorMath.load(g + j)
@@ -91,18 +109,23 @@ public final class AdamW: @unchecked Sendable {  // serialised by the model's lo
 
     /// Moments as safetensors ("<param>.exp_avg", "<param>.exp_avg_sq"), step and config in the metadata.
     public func save(to file: URL) throws {
-        model.lock.lock(); defer { model.lock.unlock() }
+        model.lock.lock()
+        defer { model.lock.unlock() }
         // Streamed tensor by tensor: the moments of a full fine-tuning are GBs.
         var entries: [(name: String, shape: [Int])] = []
         var sources: [(UnsafeMutablePointer<Float>, Int)] = []
         for (i, p) in params.enumerated() {
-            entries.append((p.name + ".exp_avg", p.shape)); sources.append((m[i], p.count))
-            entries.append((p.name + ".exp_avg_sq", p.shape)); sources.append((v[i], p.count))
+            entries.append((p.name + ".exp_avg", p.shape))
+            sources.append((m[i], p.count))
+            entries.append((p.name + ".exp_avg_sq", p.shape))
+            sources.append((v[i], p.count))
         }
         let cfg = String(decoding: try JSONEncoder().encode(config), as: UTF8.self)
         try replaceAtomically(file) { tmp in
-            try SafetensorsWriter.write(entries: entries, metadata: ["format": "gateway-adamw", "step": String(step), "config": cfg],
-                                        to: tmp) { i, buf in buf.baseAddress!.update(from: sources[i].0, count: sources[i].1) }
+            try SafetensorsWriter.write(
+                entries: entries, metadata: ["format": "gateway-adamw", "step": String(step), "config": cfg],
+                to: tmp
+            ) { i, buf in buf.baseAddress!.update(from: sources[i].0, count: sources[i].1) }
         }
     }
 
@@ -114,7 +137,8 @@ public final class AdamW: @unchecked Sendable {  // serialised by the model's lo
             throw TrainingError.badState(file: file.lastPathComponent, reason: "not an AdamW state (metadata format/step)")
         }
         let ckpt = try SafetensorsCheckpoint(files: [f])
-        model.lock.lock(); defer { model.lock.unlock() }
+        model.lock.lock()
+        defer { model.lock.unlock() }
         for (i, p) in params.enumerated() {
             for (suffix, buf) in [(".exp_avg", m[i]), (".exp_avg_sq", v[i])] {
                 let t = try ckpt.floatTensor(p.name + suffix, shape: p.shape)

@@ -37,10 +37,10 @@ final class TrainParam: @unchecked Sendable {  // guarded by TrainableModel's lo
 
 /// A linear layer y = x W^T (+ b) (+ scale (x A^T) B^T).
 struct TrainLinear {
-    let weight: TrainParam      // [out, in]
-    let bias: TrainParam?       // [out]
-    var loraA: TrainParam?      // [r, in]
-    var loraB: TrainParam?      // [out, r]
+    let weight: TrainParam  // [out, in]
+    let bias: TrainParam?  // [out]
+    var loraA: TrainParam?  // [r, in]
+    var loraB: TrainParam?  // [out, r]
     let inDim: Int, outDim: Int
 }
 
@@ -147,7 +147,12 @@ public final class TrainableModel: @unchecked Sendable {
         self.mode = mode
         sourceDType = checkpoint.info("model.embed_tokens.weight")?.dtype.rawValue ?? "F32"
         let t = c.traits
-        let H = c.hiddenSize, Q = c.qDim, KV = c.kvDim, I = c.intermediateSize, V = c.vocabSize, D = c.headDim
+        let H = c.hiddenSize
+        let Q = c.qDim
+        let KV = c.kvDim
+        let I = c.intermediateSize
+        let V = c.vocabSize
+        let D = c.headDim
         var params: [TrainParam] = []
         func load(_ name: String, _ shape: [Int]) throws -> TrainParam {
             let p = TrainParam(name: name, shape: shape, from: try checkpoint.floatTensor(name, shape: shape))
@@ -174,8 +179,10 @@ public final class TrainableModel: @unchecked Sendable {
             let gate = try linear(p + "mlp.gate_proj", out: I, inDim: H, bias: false)
             let up = try linear(p + "mlp.up_proj", out: I, inDim: H, bias: false)
             let down = try linear(p + "mlp.down_proj", out: H, inDim: I, bias: false)
-            layers.append(TrainLayer(inputNorm: inputNorm, q: q, k: k, v: v, o: o, qNorm: qn, kNorm: kn, postNorm: post,
-                                     gate: gate, up: up, down: down))
+            layers.append(
+                TrainLayer(
+                    inputNorm: inputNorm, q: q, k: k, v: v, o: o, qNorm: qn, kNorm: kn, postNorm: post,
+                    gate: gate, up: up, down: down))
         }
         finalNorm = try load("model.norm.weight", [H])
         lmHead = c.tieWordEmbeddings ? embed : try load("lm_head.weight", [V, H])
@@ -193,8 +200,10 @@ public final class TrainableModel: @unchecked Sendable {
             // PEFT: A ~ kaiming_uniform(a = sqrt(5)) = U(-1/sqrt(in), 1/sqrt(in)), B = 0. Layers in order,
             // modules in LoRAConfig.allModules order, one generator seeded with `seed`.
             var rng = Xoshiro256(seed: seed)
-            let names = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
-                         "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]
+            let names = [
+                "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+                "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj",
+            ]
             for l in 0..<layers.count {
                 for (mi, module) in LoRAConfig.allModules.enumerated() where lc.targetModules.contains(module) {
                     let base = layers[l].linears[mi]
@@ -243,7 +252,8 @@ public final class TrainableModel: @unchecked Sendable {
 
     /// Values of any parameter (trainable or frozen) by name.
     public func parameter(_ name: String) -> [Float]? {
-        lock.lock(); defer { lock.unlock() }
+        lock.lock()
+        defer { lock.unlock() }
         return byName[name]?.values
     }
 
@@ -251,14 +261,16 @@ public final class TrainableModel: @unchecked Sendable {
 
     /// Gradient of a trainable parameter (nil for unknown or frozen ones).
     public func gradient(_ name: String) -> [Float]? {
-        lock.lock(); defer { lock.unlock() }
+        lock.lock()
+        defer { lock.unlock() }
         guard let p = byName[name], let g = p.grad else { return nil }
         return Array(UnsafeBufferPointer(start: g, count: p.count))
     }
 
     /// Overwrites a parameter's values (trainable or frozen); the count must match.
     public func setParameter(_ name: String, _ values: [Float]) {
-        lock.lock(); defer { lock.unlock() }
+        lock.lock()
+        defer { lock.unlock() }
         guard let p = byName[name] else { preconditionFailure("TrainableModel.setParameter: unknown parameter '\(name)'") }
         precondition(values.count == p.count, "setParameter(\(name)): \(values.count) values, expected \(p.count)")
         values.withUnsafeBufferPointer { p.value.update(from: $0.baseAddress!, count: p.count) }
@@ -266,18 +278,21 @@ public final class TrainableModel: @unchecked Sendable {
     }
 
     public func zeroGradients() {
-        lock.lock(); defer { lock.unlock() }
+        lock.lock()
+        defer { lock.unlock() }
         for p in allParams { p.grad?.update(repeating: 0, count: p.count) }
     }
 
     public func scaleGradients(by s: Float) {
-        lock.lock(); defer { lock.unlock() }
+        lock.lock()
+        defer { lock.unlock() }
         for p in allParams { if let g = p.grad { cblas_sscal(Int32(p.count), s, g, 1) } }
     }
 
     /// Global L2 norm of all gradients (accumulated in double).
     public func gradientNorm() -> Float {
-        lock.lock(); defer { lock.unlock() }
+        lock.lock()
+        defer { lock.unlock() }
         return unlockedGradientNorm()
     }
 
@@ -286,7 +301,10 @@ public final class TrainableModel: @unchecked Sendable {
         for p in allParams {
             guard let g = p.grad else { continue }
             var s: Double = 0
-            for i in 0..<p.count { let v = Double(g[i]); s += v * v }
+            for i in 0..<p.count {
+                let v = Double(g[i])
+                s += v * v
+            }
             total += s
         }
         return Float(total.squareRoot())
@@ -296,7 +314,8 @@ public final class TrainableModel: @unchecked Sendable {
     /// factor maxNorm / (norm + 1e-6), only when below 1). Returns the norm before clipping.
     @discardableResult
     public func clipGradients(maxNorm: Float) -> Float {
-        lock.lock(); defer { lock.unlock() }
+        lock.lock()
+        defer { lock.unlock() }
         let norm = unlockedGradientNorm()
         let coef = maxNorm / (norm + 1e-6)
         if coef < 1 {
@@ -309,12 +328,14 @@ public final class TrainableModel: @unchecked Sendable {
 
     /// Full-sequence forward keeping a tape for `backward`.
     public func forward(_ tokens: [Int32]) -> ForwardTape {
-        lock.lock(); defer { lock.unlock() }
+        lock.lock()
+        defer { lock.unlock() }
         check(tokens)
         let perLayer = 2 * tokens.count * config.intermediateSize * 4
         let mlpLayers = trainableParams.isEmpty ? 0 : min(config.numHiddenLayers, _activationBudgetBytes / max(perLayer, 1))
-        let tape = ForwardTape(tokens: tokens, layers: config.numHiddenLayers, hiddenSize: config.hiddenSize,
-                               owner: ObjectIdentifier(self), mlpLayers: mlpLayers, intermediateSize: config.intermediateSize)
+        let tape = ForwardTape(
+            tokens: tokens, layers: config.numHiddenLayers, hiddenSize: config.hiddenSize,
+            owner: ObjectIdentifier(self), mlpLayers: mlpLayers, intermediateSize: config.intermediateSize)
         tape.logprobs = run(tokens, adapters: true, tape: tape)
         tape.weightsVersion = weightsVersion
         return tape
@@ -322,7 +343,8 @@ public final class TrainableModel: @unchecked Sendable {
 
     /// Forward only (no tape kept).
     public func tokenLogprobs(_ tokens: [Int32]) -> [Float] {
-        lock.lock(); defer { lock.unlock() }
+        lock.lock()
+        defer { lock.unlock() }
         check(tokens)
         return run(tokens, adapters: true, tape: nil)
     }
@@ -330,15 +352,17 @@ public final class TrainableModel: @unchecked Sendable {
     /// The base model's log-probabilities: with LoRA, adapters off (the KL reference); otherwise the same as
     /// `tokenLogprobs` (the current weights; keep a `.frozen` copy for a full fine-tuning reference).
     public func baseLogprobs(_ tokens: [Int32]) -> [Float] {
-        lock.lock(); defer { lock.unlock() }
+        lock.lock()
+        defer { lock.unlock() }
         check(tokens)
         return run(tokens, adapters: false, tape: nil)
     }
 
     private func check(_ tokens: [Int32]) {
         precondition(!tokens.isEmpty, "\(TrainingError.emptyInput)")
-        precondition(tokens.count <= config.maxPositionEmbeddings,
-                     "\(TrainingError.contextOverflow(needed: tokens.count, maxPositions: config.maxPositionEmbeddings))")
+        precondition(
+            tokens.count <= config.maxPositionEmbeddings,
+            "\(TrainingError.contextOverflow(needed: tokens.count, maxPositions: config.maxPositionEmbeddings))")
         for t in tokens {
             precondition(t >= 0 && Int(t) < config.vocabSize, "\(TrainingError.tokenOutOfRange(token: t, vocabSize: config.vocabSize))")
         }
@@ -352,13 +376,24 @@ public final class TrainableModel: @unchecked Sendable {
     /// Layers whose activations fit skip the two largest products of their backward recompute
     /// (about a third of a forward's FLOPs when all fit). Qwen2.5-0.5B: 10 MB per layer per 256 tokens.
     public var activationBudgetBytes: Int {
-        get { lock.lock(); defer { lock.unlock() }; return _activationBudgetBytes }
-        set { lock.lock(); _activationBudgetBytes = max(0, newValue); lock.unlock() }
+        get {
+            lock.lock()
+            defer { lock.unlock() }
+            return _activationBudgetBytes
+        }
+        set {
+            lock.lock()
+            _activationBudgetBytes = max(0, newValue)
+            lock.unlock()
+        }
     }
     private var _activationBudgetBytes = 0
 
     private func run(_ tokens: [Int32], adapters: Bool, tape: ForwardTape?) -> [Float] {
-        let c = config, T = tokens.count, H = c.hiddenSize, L = c.numHiddenLayers
+        let c = config
+        let T = tokens.count
+        let H = c.hiddenSize
+        let L = c.numHiddenLayers
         ws.ensure(config: c, rows: T, rank: loraRank, vocabSlice: vocabSlice)
         fillRope(T)
         // Hidden states: the tape's storage, or two ping-pong buffers.
@@ -370,16 +405,20 @@ public final class TrainableModel: @unchecked Sendable {
         profiler.start()
         for (t, tok) in tokens.enumerated() { (x0 + t * H).update(from: embed.value + Int(tok) * H, count: H) }
         for l in 0..<L {
-            layerForward(l, x: hidden(l), out: hidden(l + 1), T: T, adapters: adapters, section: "fwd.",
-                         mlp: tape?.mlpStore(l), mlpStored: false)
+            layerForward(
+                l, x: hidden(l), out: hidden(l + 1), T: T, adapters: adapters, section: "fwd.",
+                mlp: tape?.mlpStore(l), mlpStored: false)
         }
         // Head: log p(next token) per row. The vocabulary is processed in slices of lm_head rows so each weight is
         // read once: logits [rows, slice], with an online logsumexp (running max, double sum) per row.
-        let xf = hidden(L), V = c.vocabSize, n = T - 1
+        let xf = hidden(L)
+        let V = c.vocabSize
+        let n = T - 1
         var out = [Float](repeating: 0, count: n)
         if n > 0 {
-            TrainKernels.rmsNormForward(xf, weight: finalNorm.value, rows: n, dim: H, eps: c.rmsNormEps,
-                                        out: ws.hn.p, rstd: ws.rstdF.p)
+            TrainKernels.rmsNormForward(
+                xf, weight: finalNorm.value, rows: n, dim: H, eps: c.rmsNormEps,
+                out: ws.hn.p, rstd: ws.rstdF.p)
             var runMax = [Float](repeating: -.infinity, count: n)
             var runSum = [Double](repeating: 0, count: n)
             var v0 = 0
@@ -426,9 +465,12 @@ public final class TrainableModel: @unchecked Sendable {
 
     /// y (+)= x W^T + b (+ scale (x A^T) B^T); the LoRA intermediate x A^T goes to `u` [T, r].
     @inline(__always)
-    private func linearForward(_ lin: TrainLinear, x: UnsafePointer<Float>, T: Int, y: UnsafeMutablePointer<Float>,
-                               accumulate: Bool, adapters: Bool, u: UnsafeMutablePointer<Float>) {
-        let n = lin.outDim, k = lin.inDim
+    private func linearForward(
+        _ lin: TrainLinear, x: UnsafePointer<Float>, T: Int, y: UnsafeMutablePointer<Float>,
+        accumulate: Bool, adapters: Bool, u: UnsafeMutablePointer<Float>
+    ) {
+        let n = lin.outDim
+        let k = lin.inDim
         TrainKernels.gemmNT(T, n, k, x, lda: k, lin.weight.value, ldb: k, y, ldc: n, beta: accumulate ? 1 : 0)
         if let b = lin.bias {
             for r in 0..<T {
@@ -445,15 +487,19 @@ public final class TrainableModel: @unchecked Sendable {
 
     /// Parameter gradients of the linear from dy, and dx (+)= dy W (+ scale dy B A) when `dx` is given.
     @inline(__always)
-    private func linearBackward(_ lin: TrainLinear, x: UnsafePointer<Float>, T: Int, dy: UnsafePointer<Float>,
-                                dx: UnsafeMutablePointer<Float>?, accumulate: Bool, adapters: Bool,
-                                u: UnsafePointer<Float>, du: UnsafeMutablePointer<Float>) {
-        let n = lin.outDim, k = lin.inDim
+    private func linearBackward(
+        _ lin: TrainLinear, x: UnsafePointer<Float>, T: Int, dy: UnsafePointer<Float>,
+        dx: UnsafeMutablePointer<Float>?, accumulate: Bool, adapters: Bool,
+        u: UnsafePointer<Float>, du: UnsafeMutablePointer<Float>
+    ) {
+        let n = lin.outDim
+        let k = lin.inDim
         if let gW = lin.weight.grad { TrainKernels.gemmTN(n, k, T, dy, lda: n, x, ldb: k, gW, ldc: k, beta: 1) }
         if let b = lin.bias, let gb = b.grad { TrainKernels.biasBackward(dy, rows: T, dim: n, db: gb) }
         if let dx { TrainKernels.gemmNN(T, k, n, dy, lda: n, lin.weight.value, ldb: k, dx, ldc: k, beta: accumulate ? 1 : 0) }
         if adapters, let a = lin.loraA, let bm = lin.loraB {
-            let r = a.shape[0], s = loraScale
+            let r = a.shape[0]
+            let s = loraScale
             if let gB = bm.grad { TrainKernels.gemmTN(n, r, T, dy, lda: n, u, ldb: r, gB, ldc: r, alpha: s, beta: 1) }
             // du = s * dy B  [T, r]
             TrainKernels.gemmNN(T, r, n, dy, lda: n, bm.value, ldb: r, du, ldc: r, alpha: s, beta: 0)
@@ -468,13 +514,22 @@ public final class TrainableModel: @unchecked Sendable {
     /// With `out` nil (the recompute in backward) the down projection, whose output backward never needs, is skipped.
     /// `mlp`: where the gate/up outputs go (default: the workspace); with `mlpStored` they already hold this
     /// layer's values (kept by the tape) and the two products are skipped.
-    private func layerForward(_ l: Int, x: UnsafePointer<Float>, out: UnsafeMutablePointer<Float>?, T: Int, adapters: Bool,
-                              section: String, mlp: (g: UnsafeMutablePointer<Float>, u: UnsafeMutablePointer<Float>)?,
-                              mlpStored: Bool) {
+    private func layerForward(
+        _ l: Int, x: UnsafePointer<Float>, out: UnsafeMutablePointer<Float>?, T: Int, adapters: Bool,
+        section: String, mlp: (g: UnsafeMutablePointer<Float>, u: UnsafeMutablePointer<Float>)?,
+        mlpStored: Bool
+    ) {
         let prof = profiler
-        let c = config, w = layers[l]
-        let H = c.hiddenSize, Q = c.qDim, KV = c.kvDim, I = c.intermediateSize, hd = c.headDim
-        let nH = c.numAttentionHeads, nKV = c.numKeyValueHeads, nRep = nH / nKV
+        let c = config
+        let w = layers[l]
+        let H = c.hiddenSize
+        let Q = c.qDim
+        let KV = c.kvDim
+        let I = c.intermediateSize
+        let hd = c.headDim
+        let nH = c.numAttentionHeads
+        let nKV = c.numKeyValueHeads
+        let nRep = nH / nKV
         let eps = c.rmsNormEps
         let s = ws
         TrainKernels.rmsNormForward(x, weight: w.inputNorm.value, rows: T, dim: H, eps: eps, out: s.xn1.p, rstd: s.rstd1.p)
@@ -494,8 +549,9 @@ public final class TrainableModel: @unchecked Sendable {
         let scale = 1 / Float(hd).squareRoot()
         for h in 0..<nH {
             let g = h / nRep
-            TrainKernels.attentionForward(q: s.q.p + h * hd, ldq: Q, k: s.k.p + g * hd, v: s.v.p + g * hd, ldk: KV,
-                                          out: s.att.p + h * hd, ldo: Q, T: T, headDim: hd, scale: scale, p: s.probs.p)
+            TrainKernels.attentionForward(
+                q: s.q.p + h * hd, ldq: Q, k: s.k.p + g * hd, v: s.v.p + g * hd, ldk: KV,
+                out: s.att.p + h * hd, ldo: Q, T: T, headDim: hd, scale: scale, p: s.probs.p)
         }
         prof.mark(section + "attention")
         // x2 = x + att Wo^T (+ bo)
@@ -503,7 +559,8 @@ public final class TrainableModel: @unchecked Sendable {
         linearForward(w.o, x: s.att.p, T: T, y: s.x2.p, accumulate: true, adapters: adapters, u: s.loraU(3, T))
         // MLP
         TrainKernels.rmsNormForward(s.x2.p, weight: w.postNorm.value, rows: T, dim: H, eps: eps, out: s.xn2.p, rstd: s.rstd2.p)
-        let g = mlp?.g ?? s.g.p, u = mlp?.u ?? s.u.p
+        let g = mlp?.g ?? s.g.p
+        let u = mlp?.u ?? s.u.p
         if mlpStored {
             // Only the LoRA intermediates x A^T are needed again.
             for (lin, slot) in [(w.gate, 4), (w.up, 5)] where adapters && lin.loraA != nil {
@@ -528,12 +585,21 @@ public final class TrainableModel: @unchecked Sendable {
 
     /// Backward of layer `l` after `layerForward` recomputed its internals for the same input `x`:
     /// d(in) = dOut + contributions; written into `dIn` (may not alias dOut).
-    private func layerBackward(_ l: Int, x: UnsafePointer<Float>, dOut: UnsafePointer<Float>, dIn: UnsafeMutablePointer<Float>,
-                               T: Int, needInputGradient: Bool,
-                               mlp: (g: UnsafeMutablePointer<Float>, u: UnsafeMutablePointer<Float>)?) {
-        let c = config, w = layers[l]
-        let H = c.hiddenSize, Q = c.qDim, KV = c.kvDim, I = c.intermediateSize, hd = c.headDim
-        let nH = c.numAttentionHeads, nKV = c.numKeyValueHeads, nRep = nH / nKV
+    private func layerBackward(
+        _ l: Int, x: UnsafePointer<Float>, dOut: UnsafePointer<Float>, dIn: UnsafeMutablePointer<Float>,
+        T: Int, needInputGradient: Bool,
+        mlp: (g: UnsafeMutablePointer<Float>, u: UnsafeMutablePointer<Float>)?
+    ) {
+        let c = config
+        let w = layers[l]
+        let H = c.hiddenSize
+        let Q = c.qDim
+        let KV = c.kvDim
+        let I = c.intermediateSize
+        let hd = c.headDim
+        let nH = c.numAttentionHeads
+        let nKV = c.numKeyValueHeads
+        let nRep = nH / nKV
         let s = ws
         let prof = profiler
         let du = s.loraDU.p
@@ -545,8 +611,9 @@ public final class TrainableModel: @unchecked Sendable {
         TrainKernels.swigluBackward(s.da.p, mlp?.g ?? s.g.p, mlp?.u ?? s.u.p, dg: s.dg.p, du: s.du.p, count: T * I)
         linearBackward(w.gate, x: s.xn2.p, T: T, dy: s.dg.p, dx: s.dxn.p, accumulate: false, adapters: true, u: s.loraU(4, T), du: du)
         linearBackward(w.up, x: s.xn2.p, T: T, dy: s.du.p, dx: s.dxn.p, accumulate: true, adapters: true, u: s.loraU(5, T), du: du)
-        TrainKernels.rmsNormBackward(s.dxn.p, x: s.x2.p, weight: w.postNorm.value, rstd: s.rstd2.p, rows: T, dim: H,
-                                     dx: dx2, dw: w.postNorm.grad)
+        TrainKernels.rmsNormBackward(
+            s.dxn.p, x: s.x2.p, weight: w.postNorm.value, rstd: s.rstd2.p, rows: T, dim: H,
+            dx: dx2, dw: w.postNorm.grad)
         prof.mark("bwd.mlp")
         // o_proj: datt = dx2 Wo
         linearBackward(w.o, x: s.att.p, T: T, dy: dx2, dx: s.datt.p, accumulate: false, adapters: true, u: s.loraU(3, T), du: du)
@@ -560,34 +627,42 @@ public final class TrainableModel: @unchecked Sendable {
             // Recompute this head's probabilities (the forward kept only its output).
             TrainKernels.gemmNT(T, T, hd, s.q.p + h * hd, lda: Q, s.k.p + g * hd, ldb: KV, s.probs.p, ldc: T, alpha: scale, beta: 0)
             for t in 0..<T { Kernels.maskedSoftmax(s.probs.p + t * T, valid: t + 1, width: T) }
-            TrainKernels.attentionBackward(dOut: s.datt.p + h * hd, ldo: Q, q: s.q.p + h * hd, ldq: Q,
-                                           k: s.k.p + g * hd, v: s.v.p + g * hd, ldk: KV,
-                                           dq: s.dq.p + h * hd, dk: s.dk.p + g * hd, dv: s.dv.p + g * hd,
-                                           T: T, headDim: hd, scale: scale, p: s.probs.p, dp: s.dprobs.p)
+            TrainKernels.attentionBackward(
+                dOut: s.datt.p + h * hd, ldo: Q, q: s.q.p + h * hd, ldq: Q,
+                k: s.k.p + g * hd, v: s.v.p + g * hd, ldk: KV,
+                dq: s.dq.p + h * hd, dk: s.dk.p + g * hd, dv: s.dv.p + g * hd,
+                T: T, headDim: hd, scale: scale, p: s.probs.p, dp: s.dprobs.p)
         }
         prof.mark("bwd.o+attention")
         TrainKernels.ropeBackward(s.dq.p, rows: T, heads: nH, headDim: hd, cos: s.cos.p, sin: s.sin.p)
         TrainKernels.ropeBackward(s.dk.p, rows: T, heads: nKV, headDim: hd, cos: s.cos.p, sin: s.sin.p)
-        var dqRaw = s.dq.p, dkRaw = s.dk.p
+        var dqRaw = s.dq.p
+        var dkRaw = s.dk.p
         if let qn = w.qNorm, let kn = w.kNorm {
             s.dqRaw.p.update(repeating: 0, count: T * Q)
             s.dkRaw.p.update(repeating: 0, count: T * KV)
-            TrainKernels.rmsNormBackward(s.dq.p, x: s.qRaw.p, weight: qn.value, rstd: s.rstdQ.p, rows: T * nH, dim: hd,
-                                         dx: s.dqRaw.p, dw: qn.grad)
-            TrainKernels.rmsNormBackward(s.dk.p, x: s.kRaw.p, weight: kn.value, rstd: s.rstdK.p, rows: T * nKV, dim: hd,
-                                         dx: s.dkRaw.p, dw: kn.grad)
+            TrainKernels.rmsNormBackward(
+                s.dq.p, x: s.qRaw.p, weight: qn.value, rstd: s.rstdQ.p, rows: T * nH, dim: hd,
+                dx: s.dqRaw.p, dw: qn.grad)
+            TrainKernels.rmsNormBackward(
+                s.dk.p, x: s.kRaw.p, weight: kn.value, rstd: s.rstdK.p, rows: T * nKV, dim: hd,
+                dx: s.dkRaw.p, dw: kn.grad)
             dqRaw = s.dqRaw.p
             dkRaw = s.dkRaw.p
         }
-        linearBackward(w.q, x: s.xn1.p, T: T, dy: dqRaw, dx: needInputGradient ? s.dxn.p : nil, accumulate: false,
-                       adapters: true, u: s.loraU(0, T), du: du)
-        linearBackward(w.k, x: s.xn1.p, T: T, dy: dkRaw, dx: needInputGradient ? s.dxn.p : nil, accumulate: true,
-                       adapters: true, u: s.loraU(1, T), du: du)
-        linearBackward(w.v, x: s.xn1.p, T: T, dy: s.dv.p, dx: needInputGradient ? s.dxn.p : nil, accumulate: true,
-                       adapters: true, u: s.loraU(2, T), du: du)
+        linearBackward(
+            w.q, x: s.xn1.p, T: T, dy: dqRaw, dx: needInputGradient ? s.dxn.p : nil, accumulate: false,
+            adapters: true, u: s.loraU(0, T), du: du)
+        linearBackward(
+            w.k, x: s.xn1.p, T: T, dy: dkRaw, dx: needInputGradient ? s.dxn.p : nil, accumulate: true,
+            adapters: true, u: s.loraU(1, T), du: du)
+        linearBackward(
+            w.v, x: s.xn1.p, T: T, dy: s.dv.p, dx: needInputGradient ? s.dxn.p : nil, accumulate: true,
+            adapters: true, u: s.loraU(2, T), du: du)
         if needInputGradient {
-            TrainKernels.rmsNormBackward(s.dxn.p, x: x, weight: w.inputNorm.value, rstd: s.rstd1.p, rows: T, dim: H,
-                                         dx: dx2, dw: w.inputNorm.grad)
+            TrainKernels.rmsNormBackward(
+                s.dxn.p, x: x, weight: w.inputNorm.value, rstd: s.rstd1.p, rows: T, dim: H,
+                dx: dx2, dw: w.inputNorm.grad)
         }
         prof.mark("bwd.qkv")
     }
@@ -598,15 +673,21 @@ public final class TrainableModel: @unchecked Sendable {
     /// last non-zero weight do not influence the loss (causal attention) and are skipped, as are lm_head
     /// rows with zero weight.
     public func backward(_ tape: ForwardTape, dLogprobs: [Float]) {
-        lock.lock(); defer { lock.unlock() }
+        lock.lock()
+        defer { lock.unlock() }
         precondition(tape.owner == ObjectIdentifier(self), "backward: the tape comes from another model")
-        precondition(tape.weightsVersion == weightsVersion,
-                     "backward: the weights changed since this tape's forward (optimiser step?); run forward again")
-        precondition(dLogprobs.count == tape.tokens.count - 1,
-                     "backward: \(dLogprobs.count) weights for \(tape.tokens.count - 1) logprobs")
+        precondition(
+            tape.weightsVersion == weightsVersion,
+            "backward: the weights changed since this tape's forward (optimiser step?); run forward again")
+        precondition(
+            dLogprobs.count == tape.tokens.count - 1,
+            "backward: \(dLogprobs.count) weights for \(tape.tokens.count - 1) logprobs")
         if case .frozen = mode { return }
         guard let last = dLogprobs.lastIndex(where: { $0 != 0 }) else { return }
-        let c = config, H = c.hiddenSize, L = c.numHiddenLayers, V = c.vocabSize
+        let c = config
+        let H = c.hiddenSize
+        let L = c.numHiddenLayers
+        let V = c.vocabSize
         let Tfull = tape.tokens.count
         let T = last + 1  // rows that influence the loss
         ws.ensure(config: c, rows: Tfull, rank: loraRank, vocabSlice: vocabSlice)
@@ -614,7 +695,8 @@ public final class TrainableModel: @unchecked Sendable {
         let tokens = tape.tokens
         let xL = tape.hidden + L * Tfull * H
         // dX: gradient w.r.t. the current layer's output, [T, H]
-        var dX = ws.dh0.p, dNext = ws.dh1.p
+        var dX = ws.dh0.p
+        var dNext = ws.dh1.p
         dX.update(repeating: 0, count: T * H)
 
         profiler.start()
@@ -624,8 +706,9 @@ public final class TrainableModel: @unchecked Sendable {
         let rows = (0..<T).filter { dLogprobs[$0] != 0 }
         let n = rows.count
         for (j, r) in rows.enumerated() { (ws.hx.p + j * H).update(from: xL + r * H, count: H) }
-        TrainKernels.rmsNormForward(ws.hx.p, weight: finalNorm.value, rows: n, dim: H, eps: c.rmsNormEps,
-                                    out: ws.hn.p, rstd: ws.rstdF.p)
+        TrainKernels.rmsNormForward(
+            ws.hx.p, weight: finalNorm.value, rows: n, dim: H, eps: c.rmsNormEps,
+            out: ws.hn.p, rstd: ws.rstdF.p)
         ws.dhn.p.update(repeating: 0, count: n * H)
         var v0 = 0
         while v0 < V {
@@ -633,8 +716,9 @@ public final class TrainableModel: @unchecked Sendable {
             let W = lmHead.value + v0 * H
             TrainKernels.gemmNT(n, vc, H, ws.hn.p, lda: H, W, ldb: H, ws.logits.p, ldc: vc, beta: 0)
             for (j, r) in rows.enumerated() {
-                TrainKernels.logprobBackward(ws.logits.p + j * vc, count: vc, lse: tape.lse[r], weight: dLogprobs[r],
-                                             target: Int(tokens[r + 1]) - v0)
+                TrainKernels.logprobBackward(
+                    ws.logits.p + j * vc, count: vc, lse: tape.lse[r], weight: dLogprobs[r],
+                    target: Int(tokens[r + 1]) - v0)
             }
             TrainKernels.gemmNN(n, H, vc, ws.logits.p, lda: vc, W, ldb: H, ws.dhn.p, ldc: H, beta: 1)
             if let gW = lmHead.grad {
@@ -643,8 +727,9 @@ public final class TrainableModel: @unchecked Sendable {
             v0 += vc
         }
         ws.dhx.p.update(repeating: 0, count: n * H)
-        TrainKernels.rmsNormBackward(ws.dhn.p, x: ws.hx.p, weight: finalNorm.value, rstd: ws.rstdF.p, rows: n, dim: H,
-                                     dx: ws.dhx.p, dw: finalNorm.grad)
+        TrainKernels.rmsNormBackward(
+            ws.dhn.p, x: ws.hx.p, weight: finalNorm.value, rstd: ws.rstdF.p, rows: n, dim: H,
+            dx: ws.dhx.p, dw: finalNorm.grad)
         for (j, r) in rows.enumerated() { Kernels.add(dX + r * H, ws.dhx.p + j * H, count: H) }
         profiler.mark("bwd.head")
         // Layers, last to first: recompute the layer from its stored input, then backpropagate.
@@ -654,8 +739,9 @@ public final class TrainableModel: @unchecked Sendable {
             // Stored gate/up rows have stride T (the tape's length): the first T rows are this backward's rows.
             let gu = tape.mlpStore(l)
             layerForward(l, x: x, out: nil, T: T, adapters: true, section: "bwd.recompute.", mlp: gu, mlpStored: gu != nil)
-            layerBackward(l, x: x, dOut: dX, dIn: dNext, T: T, needInputGradient: l > 0 || needEmbedGrad || layers[l].inputNorm.grad != nil,
-                          mlp: gu)
+            layerBackward(
+                l, x: x, dOut: dX, dIn: dNext, T: T, needInputGradient: l > 0 || needEmbedGrad || layers[l].inputNorm.grad != nil,
+                mlp: gu)
             swap(&dX, &dNext)
         }
         if let gE = embed.grad {
@@ -718,17 +804,27 @@ final class TrainWorkspace {
     func ensure(config c: ModelConfig, rows n: Int, rank r: Int, vocabSlice: Int) {
         logits.ensure(max(n, rows) * min(c.vocabSize, vocabSlice))
         if n <= rows && r == rank { return }
-        let T = max(n, rows), H = c.hiddenSize, Q = c.qDim, KV = c.kvDim, I = c.intermediateSize
-        let nH = c.numAttentionHeads, nKV = c.numKeyValueHeads, half = c.headDim / 2
+        let T = max(n, rows)
+        let H = c.hiddenSize
+        let Q = c.qDim
+        let KV = c.kvDim
+        let I = c.intermediateSize
+        let nH = c.numAttentionHeads
+        let nKV = c.numKeyValueHeads
+        let half = c.headDim / 2
         for b in [xn1, x2, xn2, h0, h1, dh0, dh1, dxn] { b.ensure(T * H) }
         for b in [rstd1, rstd2] { b.ensure(T) }
-        rstdQ.ensure(T * nH); rstdK.ensure(T * nKV)
+        rstdQ.ensure(T * nH)
+        rstdK.ensure(T * nKV)
         for b in [qRaw, q, att, datt, dq, dqRaw] { b.ensure(T * Q) }
         for b in [kRaw, k, v, dk, dv, dkRaw] { b.ensure(T * KV) }
         for b in [g, u, a, da, dg, du] { b.ensure(T * I) }
-        probs.ensure(T * T); dprobs.ensure(T * T)
-        cos.ensure(T * half); sin.ensure(T * half)
-        lora.ensure(7 * T * max(r, 1)); loraDU.ensure(T * max(r, 1))
+        probs.ensure(T * T)
+        dprobs.ensure(T * T)
+        cos.ensure(T * half)
+        sin.ensure(T * half)
+        lora.ensure(7 * T * max(r, 1))
+        loraDU.ensure(T * max(r, 1))
         for b in [hn, hx, dhn, dhx] { b.ensure(T * H) }
         rstdF.ensure(T)
         rows = T

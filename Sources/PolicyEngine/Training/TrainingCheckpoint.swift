@@ -2,9 +2,11 @@ import Foundation
 
 extension TrainableModel {
     /// The files copied unchanged from the source folder by `exportCheckpoint` (when present).
-    public static let checkpointSideFiles = ["config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
-                                             "special_tokens_map.json", "vocab.json", "merges.txt", "added_tokens.json",
-                                             "chat_template.jinja", "chat_template.json"]
+    public static let checkpointSideFiles = [
+        "config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+        "special_tokens_map.json", "vocab.json", "merges.txt", "added_tokens.json",
+        "chat_template.jinja", "chat_template.json",
+    ]
 
     /// Writes a complete Hugging Face checkpoint folder: the side files above copied from `sourceDirectory`
     /// and `model.safetensors` with every weight in float32, LoRA adapters merged (W + scale * B A).
@@ -23,7 +25,8 @@ extension TrainableModel {
         let index = dir.appendingPathComponent("model.safetensors.index.json")
         if fm.fileExists(atPath: index.path) { try fm.removeItem(at: index) }
 
-        lock.lock(); defer { lock.unlock() }
+        lock.lock()
+        defer { lock.unlock() }
         let entries = SyntheticCheckpoint.tensorShapes(for: config)
         var merged: [String: TrainLinear] = [:]
         for layer in layers { for lin in layer.linears where lin.loraA != nil { merged[lin.weight.name] = lin } }
@@ -36,8 +39,9 @@ extension TrainableModel {
             if let lin = merged[name], let a = lin.loraA, let b = lin.loraB {
                 // W[out, in] += scale * B[out, r] A[r, in]
                 let r = a.shape[0]
-                TrainKernels.gemmNN(lin.outDim, lin.inDim, r, b.value, lda: r, a.value, ldb: lin.inDim,
-                                    buf.baseAddress!, ldc: lin.inDim, alpha: loraScale, beta: 1)
+                TrainKernels.gemmNN(
+                    lin.outDim, lin.inDim, r, b.value, lda: r, a.value, ldb: lin.inDim,
+                    buf.baseAddress!, ldc: lin.inDim, alpha: loraScale, beta: 1)
             }
         }
         let final = dir.appendingPathComponent("model.safetensors")
@@ -47,7 +51,8 @@ extension TrainableModel {
 
     /// Trainable parameters (LoRA adapters, or every weight for full fine-tuning) as float32 safetensors.
     public func saveTrainableState(to file: URL) throws {
-        lock.lock(); defer { lock.unlock() }
+        lock.lock()
+        defer { lock.unlock() }
         let ps = trainableParams
         var meta = ["format": "gateway-trainable-state"]
         if case .lora(let lc) = mode { meta["lora"] = String(decoding: try JSONEncoder().encode(lc), as: UTF8.self) }
@@ -66,11 +71,13 @@ extension TrainableModel {
             throw TrainingError.badState(file: file.lastPathComponent, reason: "not a trainable-state file")
         }
         let ckpt = try SafetensorsCheckpoint(files: [f])
-        lock.lock(); defer { lock.unlock() }
+        lock.lock()
+        defer { lock.unlock() }
         let ps = trainableParams
         let expected = Set(ps.map(\.name))
         if let extra = f.tensors.keys.first(where: { !expected.contains($0) }) {
-            throw TrainingError.badState(file: file.lastPathComponent, reason: "unexpected tensor '\(extra)' (different mode or LoRA targets?)")
+            throw TrainingError.badState(
+                file: file.lastPathComponent, reason: "unexpected tensor '\(extra)' (different mode or LoRA targets?)")
         }
         var loaded: [(TrainParam, FloatTensor)] = []
         for p in ps { loaded.append((p, try ckpt.floatTensor(p.name, shape: p.shape))) }

@@ -11,26 +11,35 @@ enum TrainKernels {
 
     /// C[m, n] (+)= alpha * A[m, k] * B[n, k]^T   (nn.Linear forward: y = x W^T)
     @inline(__always)
-    static func gemmNT(_ m: Int, _ n: Int, _ k: Int, _ a: UnsafePointer<Float>, lda: Int, _ b: UnsafePointer<Float>, ldb: Int,
-                       _ c: UnsafeMutablePointer<Float>, ldc: Int, alpha: Float = 1, beta: Float) {
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(m), Int32(n), Int32(k), alpha,
-                    a, Int32(lda), b, Int32(ldb), beta, c, Int32(ldc))
+    static func gemmNT(
+        _ m: Int, _ n: Int, _ k: Int, _ a: UnsafePointer<Float>, lda: Int, _ b: UnsafePointer<Float>, ldb: Int,
+        _ c: UnsafeMutablePointer<Float>, ldc: Int, alpha: Float = 1, beta: Float
+    ) {
+        cblas_sgemm(
+            CblasRowMajor, CblasNoTrans, CblasTrans, Int32(m), Int32(n), Int32(k), alpha,
+            a, Int32(lda), b, Int32(ldb), beta, c, Int32(ldc))
     }
 
     /// C[m, n] (+)= alpha * A[m, k] * B[k, n]   (input gradient: dx = dy W)
     @inline(__always)
-    static func gemmNN(_ m: Int, _ n: Int, _ k: Int, _ a: UnsafePointer<Float>, lda: Int, _ b: UnsafePointer<Float>, ldb: Int,
-                       _ c: UnsafeMutablePointer<Float>, ldc: Int, alpha: Float = 1, beta: Float) {
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(m), Int32(n), Int32(k), alpha,
-                    a, Int32(lda), b, Int32(ldb), beta, c, Int32(ldc))
+    static func gemmNN(
+        _ m: Int, _ n: Int, _ k: Int, _ a: UnsafePointer<Float>, lda: Int, _ b: UnsafePointer<Float>, ldb: Int,
+        _ c: UnsafeMutablePointer<Float>, ldc: Int, alpha: Float = 1, beta: Float
+    ) {
+        cblas_sgemm(
+            CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(m), Int32(n), Int32(k), alpha,
+            a, Int32(lda), b, Int32(ldb), beta, c, Int32(ldc))
     }
 
     /// C[m, n] (+)= alpha * A[k, m]^T * B[k, n]   (weight gradient: dW = dy^T x)
     @inline(__always)
-    static func gemmTN(_ m: Int, _ n: Int, _ k: Int, _ a: UnsafePointer<Float>, lda: Int, _ b: UnsafePointer<Float>, ldb: Int,
-                       _ c: UnsafeMutablePointer<Float>, ldc: Int, alpha: Float = 1, beta: Float) {
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, Int32(m), Int32(n), Int32(k), alpha,
-                    a, Int32(lda), b, Int32(ldb), beta, c, Int32(ldc))
+    static func gemmTN(
+        _ m: Int, _ n: Int, _ k: Int, _ a: UnsafePointer<Float>, lda: Int, _ b: UnsafePointer<Float>, ldb: Int,
+        _ c: UnsafeMutablePointer<Float>, ldc: Int, alpha: Float = 1, beta: Float
+    ) {
+        cblas_sgemm(
+            CblasRowMajor, CblasTrans, CblasNoTrans, Int32(m), Int32(n), Int32(k), alpha,
+            a, Int32(lda), b, Int32(ldb), beta, c, Int32(ldc))
     }
 
     /// db[j] += sum_r dy[r, j]
@@ -46,10 +55,13 @@ enum TrainKernels {
 
     /// Also stores rstd per row (needed by the backward).
     @inline(__always)
-    static func rmsNormForward(_ x: UnsafePointer<Float>, weight w: UnsafePointer<Float>, rows: Int, dim: Int, eps: Float,
-                               out: UnsafeMutablePointer<Float>, rstd: UnsafeMutablePointer<Float>) {
+    static func rmsNormForward(
+        _ x: UnsafePointer<Float>, weight w: UnsafePointer<Float>, rows: Int, dim: Int, eps: Float,
+        out: UnsafeMutablePointer<Float>, rstd: UnsafeMutablePointer<Float>
+    ) {
         for r in 0..<rows {
-            let xr = x + r * dim, o = out + r * dim
+            let xr = x + r * dim
+            let o = out + r * dim
             let inv = 1 / (VectorMath.sumOfSquares(xr, dim) / Float(dim) + eps).squareRoot()
             rstd[r] = inv
             for i in 0..<dim { o[i] = w[i] * (xr[i] * inv) }
@@ -59,11 +71,15 @@ enum TrainKernels {
     /// dx += rstd * (w*dy) - rstd^3 / dim * x * sum(w*dy*x);  dw += sum_rows dy * x * rstd.
     /// `dx` may not alias `dy`.
     @inline(__always)
-    static func rmsNormBackward(_ dy: UnsafePointer<Float>, x: UnsafePointer<Float>, weight w: UnsafePointer<Float>,
-                                rstd: UnsafePointer<Float>, rows: Int, dim: Int,
-                                dx: UnsafeMutablePointer<Float>, dw: UnsafeMutablePointer<Float>?) {
+    static func rmsNormBackward(
+        _ dy: UnsafePointer<Float>, x: UnsafePointer<Float>, weight w: UnsafePointer<Float>,
+        rstd: UnsafePointer<Float>, rows: Int, dim: Int,
+        dx: UnsafeMutablePointer<Float>, dw: UnsafeMutablePointer<Float>?
+    ) {
         for r in 0..<rows {
-            let d = dy + r * dim, xr = x + r * dim, o = dx + r * dim
+            let d = dy + r * dim
+            let xr = x + r * dim
+            let o = dx + r * dim
             let inv = rstd[r]
             var dot: Float = 0
             for i in 0..<dim { dot += w[i] * d[i] * xr[i] }
@@ -76,8 +92,10 @@ enum TrainKernels {
     // MARK: RoPE (rotate_half): [a, b] -> [a cos - b sin, b cos + a sin]; backward rotates by -angle.
 
     @inline(__always)
-    static func ropeForward(_ x: UnsafeMutablePointer<Float>, rows: Int, heads: Int, headDim: Int,
-                            cos: UnsafePointer<Float>, sin: UnsafePointer<Float>) {
+    static func ropeForward(
+        _ x: UnsafeMutablePointer<Float>, rows: Int, heads: Int, headDim: Int,
+        cos: UnsafePointer<Float>, sin: UnsafePointer<Float>
+    ) {
         let half = headDim / 2
         for r in 0..<rows {
             Kernels.rope(x + r * heads * headDim, heads: heads, headDim: headDim, cos: cos + r * half, sin: sin + r * half)
@@ -86,15 +104,19 @@ enum TrainKernels {
 
     /// In place: the transpose of the rotation (rotation by -angle) applied to the gradient.
     @inline(__always)
-    static func ropeBackward(_ dx: UnsafeMutablePointer<Float>, rows: Int, heads: Int, headDim: Int,
-                             cos: UnsafePointer<Float>, sin: UnsafePointer<Float>) {
+    static func ropeBackward(
+        _ dx: UnsafeMutablePointer<Float>, rows: Int, heads: Int, headDim: Int,
+        cos: UnsafePointer<Float>, sin: UnsafePointer<Float>
+    ) {
         let half = headDim / 2
         for r in 0..<rows {
-            let c = cos + r * half, s = sin + r * half
+            let c = cos + r * half
+            let s = sin + r * half
             for h in 0..<heads {
                 let v = dx + (r * heads + h) * headDim
                 for i in 0..<half {
-                    let a = v[i], b = v[i + half]
+                    let a = v[i]
+                    let b = v[i + half]
                     v[i] = a * c[i] + b * s[i]
                     v[i + half] = b * c[i] - a * s[i]
                 }
@@ -111,11 +133,14 @@ enum TrainKernels {
 
     /// dg = da * u * silu'(g), du = da * silu(g)   (written, not added)
     @inline(__always)
-    static func swigluBackward(_ da: UnsafePointer<Float>, _ g: UnsafePointer<Float>, _ u: UnsafePointer<Float>,
-                               dg: UnsafeMutablePointer<Float>, du: UnsafeMutablePointer<Float>, count: Int) {
+    static func swigluBackward(
+        _ da: UnsafePointer<Float>, _ g: UnsafePointer<Float>, _ u: UnsafePointer<Float>,
+        dg: UnsafeMutablePointer<Float>, du: UnsafeMutablePointer<Float>, count: Int
+    ) {
         var i = 0
         while i + 8 <= count {
-            let x = VectorMath.load(g + i), d = VectorMath.load(da + i)
+            let x = VectorMath.load(g + i)
+            let d = VectorMath.load(da + i)
             let s = 1 / (1 + VectorMath.exp(-x))
             VectorMath.store(d * x * s, du + i)
             VectorMath.store(d * VectorMath.load(u + i) * s * (1 + x * (1 - s)), dg + i)
@@ -134,9 +159,11 @@ enum TrainKernels {
 
     /// out_h[T, hd] = softmax(scale * q_h k_g^T + causal mask) v_g. q/k/v/out rows have strides ldq/ldk/ldo.
     /// `p` ([T, T] scratch) receives the probabilities (upper triangle zero).
-    static func attentionForward(q: UnsafePointer<Float>, ldq: Int, k: UnsafePointer<Float>, v: UnsafePointer<Float>, ldk: Int,
-                                 out: UnsafeMutablePointer<Float>, ldo: Int, T: Int, headDim hd: Int, scale: Float,
-                                 p: UnsafeMutablePointer<Float>) {
+    static func attentionForward(
+        q: UnsafePointer<Float>, ldq: Int, k: UnsafePointer<Float>, v: UnsafePointer<Float>, ldk: Int,
+        out: UnsafeMutablePointer<Float>, ldo: Int, T: Int, headDim hd: Int, scale: Float,
+        p: UnsafeMutablePointer<Float>
+    ) {
         gemmNT(T, T, hd, q, lda: ldq, k, ldb: ldk, p, ldc: T, alpha: scale, beta: 0)
         for t in 0..<T { Kernels.maskedSoftmax(p + t * T, valid: t + 1, width: T) }
         gemmNN(T, hd, T, p, lda: T, v, ldb: ldk, out, ldc: ldo, beta: 0)
@@ -144,15 +171,18 @@ enum TrainKernels {
 
     /// Given P (from the forward) and dOut: dq_h += scale dS k_g, dk_g += scale dS^T q_h, dv_g += P^T dOut,
     /// with dP = dOut v^T and dS = P * (dP - rowsum(dP * P)). `dp` is [T, T] scratch.
-    static func attentionBackward(dOut: UnsafePointer<Float>, ldo: Int, q: UnsafePointer<Float>, ldq: Int,
-                                  k: UnsafePointer<Float>, v: UnsafePointer<Float>, ldk: Int,
-                                  dq: UnsafeMutablePointer<Float>, dk: UnsafeMutablePointer<Float>, dv: UnsafeMutablePointer<Float>,
-                                  T: Int, headDim hd: Int, scale: Float,
-                                  p: UnsafePointer<Float>, dp: UnsafeMutablePointer<Float>) {
+    static func attentionBackward(
+        dOut: UnsafePointer<Float>, ldo: Int, q: UnsafePointer<Float>, ldq: Int,
+        k: UnsafePointer<Float>, v: UnsafePointer<Float>, ldk: Int,
+        dq: UnsafeMutablePointer<Float>, dk: UnsafeMutablePointer<Float>, dv: UnsafeMutablePointer<Float>,
+        T: Int, headDim hd: Int, scale: Float,
+        p: UnsafePointer<Float>, dp: UnsafeMutablePointer<Float>
+    ) {
         gemmTN(T, hd, T, p, lda: T, dOut, ldb: ldo, dv, ldc: ldk, beta: 1)
         gemmNT(T, T, hd, dOut, lda: ldo, v, ldb: ldk, dp, ldc: T, beta: 0)
         for t in 0..<T {
-            let pr = p + t * T, dr = dp + t * T
+            let pr = p + t * T
+            let dr = dp + t * T
             var dot: Float = 0
             for j in 0...t { dot += pr[j] * dr[j] }
             for j in 0...t { dr[j] = pr[j] * (dr[j] - dot) }
@@ -175,13 +205,17 @@ enum TrainKernels {
     /// = w * (onehot(target) - exp(logits - lse)). `target` is relative to the slice (may fall outside it).
     @inline(__always)
     static func logprobBackward(_ row: UnsafeMutablePointer<Float>, count: Int, lse: Float, weight w: Float, target: Int) {
-        let lv = VectorMath.V(repeating: lse), wv = VectorMath.V(repeating: -w)
+        let lv = VectorMath.V(repeating: lse)
+        let wv = VectorMath.V(repeating: -w)
         var j = 0
         while j + 8 <= count {
             VectorMath.store(wv * VectorMath.exp(VectorMath.load(row + j) - lv), row + j)
             j += 8
         }
-        while j < count { row[j] = -w * VectorMath.exp(row[j] - lse); j += 1 }
+        while j < count {
+            row[j] = -w * VectorMath.exp(row[j] - lse)
+            j += 1
+        }
         if target >= 0 && target < count { row[target] += w }
     }
 }

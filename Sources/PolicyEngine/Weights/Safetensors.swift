@@ -1,8 +1,9 @@
 import Foundation
+
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #elseif canImport(Darwin)
-import Darwin
+    import Darwin
 #endif
 
 /// Errors from reading `.safetensors` files. Every case names the file and/or tensor at fault.
@@ -73,7 +74,10 @@ final class MappedFile: @unchecked Sendable {
         var st = stat()
         guard fstat(fd, &st) == 0 else { throw SafetensorsError.io(file: path, reason: String(cString: strerror(errno))) }
         size = Int(st.st_size)
-        if size == 0 { base = nil; return }
+        if size == 0 {
+            base = nil
+            return
+        }
         let p = mmap(nil, size, PROT_READ, MAP_PRIVATE, fd, 0)
         guard let p, p != MAP_FAILED else {
             throw SafetensorsError.io(file: path, reason: "mmap failed: \(String(cString: strerror(errno)))")
@@ -157,16 +161,19 @@ public final class SafetensorsFile: @unchecked Sendable {  // immutable after in
                 count = m
             }
             guard let offs = entry["data_offsets"] as? [Any], offs.count == 2,
-                  let begin = Self.exactInt(offs[0]), let end = Self.exactInt(offs[1]) else {
+                let begin = Self.exactInt(offs[0]), let end = Self.exactInt(offs[1])
+            else {
                 throw SafetensorsError.badEntry(file: file, tensor: name, reason: "'data_offsets' must be two integers")
             }
             guard begin >= 0, begin <= end, end <= dataSize else {
-                throw SafetensorsError.badEntry(file: file, tensor: name,
+                throw SafetensorsError.badEntry(
+                    file: file, tensor: name,
                     reason: "data_offsets [\(begin), \(end)] outside the data region of \(dataSize) bytes")
             }
             let (bytes, o) = count.multipliedReportingOverflow(by: dtype.byteSize)
             guard !o, bytes == end - begin else {
-                throw SafetensorsError.badEntry(file: file, tensor: name,
+                throw SafetensorsError.badEntry(
+                    file: file, tensor: name,
                     reason: "byte length \(end - begin) != \(count) elements x \(dtype.byteSize) bytes for shape \(shape)")
             }
             tensors[name] = SafetensorsTensorInfo(name: name, dtype: dtype, shape: shape, dataOffsets: begin..<end)
@@ -250,7 +257,8 @@ public final class SafetensorsCheckpoint: @unchecked Sendable {  // immutable af
         if let weightMap {
             for (name, i) in weightMap {
                 guard files[i].tensors[name] != nil else {
-                    throw SafetensorsError.badIndex(file: files[i].url.lastPathComponent,
+                    throw SafetensorsError.badIndex(
+                        file: files[i].url.lastPathComponent,
                         reason: "tensor '\(name)' is listed for this shard but not present in it")
                 }
                 loc[name] = i
@@ -278,7 +286,8 @@ public final class SafetensorsCheckpoint: @unchecked Sendable {  // immutable af
                 throw SafetensorsError.io(file: index.lastPathComponent, reason: error.localizedDescription)
             }
             guard let obj = try? JSONSerialization.jsonObject(with: data) as? [String: Any],
-                  let map = obj["weight_map"] as? [String: Any] else {
+                let map = obj["weight_map"] as? [String: Any]
+            else {
                 throw SafetensorsError.badIndex(file: index.lastPathComponent, reason: "no 'weight_map' object")
             }
             var shardIndex: [String: Int] = [:]
@@ -332,7 +341,8 @@ public final class SafetensorsCheckpoint: @unchecked Sendable {  // immutable af
         case .BF16:
             let out = UnsafeMutablePointer<Float>.allocate(capacity: max(n, 1))
             for i in 0..<n {
-                let b = UInt16(raw.load(fromByteOffset: 2 * i, as: UInt8.self))
+                let b =
+                    UInt16(raw.load(fromByteOffset: 2 * i, as: UInt8.self))
                     | UInt16(raw.load(fromByteOffset: 2 * i + 1, as: UInt8.self)) << 8
                 out[i] = Float(bitPattern: UInt32(b) << 16)
             }
@@ -340,7 +350,8 @@ public final class SafetensorsCheckpoint: @unchecked Sendable {  // immutable af
         case .F16:
             let out = UnsafeMutablePointer<Float>.allocate(capacity: max(n, 1))
             for i in 0..<n {
-                let h = UInt16(raw.load(fromByteOffset: 2 * i, as: UInt8.self))
+                let h =
+                    UInt16(raw.load(fromByteOffset: 2 * i, as: UInt8.self))
                     | UInt16(raw.load(fromByteOffset: 2 * i + 1, as: UInt8.self)) << 8
                 out[i] = halfToFloat(h)
             }

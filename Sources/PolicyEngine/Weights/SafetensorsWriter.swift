@@ -18,7 +18,8 @@ public enum SafetensorsWriter {
         var out = try header(tensors.map { ($0.name, $0.shape) }, metadata: metadata)
         for t in tensors {
             guard t.values.count == t.shape.reduce(1, *) else {
-                throw SafetensorsError.badEntry(file: "<write>", tensor: t.name,
+                throw SafetensorsError.badEntry(
+                    file: "<write>", tensor: t.name,
                     reason: "\(t.values.count) values for shape \(t.shape)")
             }
             t.values.withUnsafeBytes { out.append(contentsOf: $0) }
@@ -53,8 +54,10 @@ public enum SafetensorsWriter {
     }
 
     /// Streams a large file: `fill(index, buffer)` writes tensor `index`'s values into `buffer`.
-    public static func write(entries: [(name: String, shape: [Int])], metadata: [String: String] = [:], to url: URL,
-                             fill: (Int, UnsafeMutableBufferPointer<Float>) -> Void) throws {
+    public static func write(
+        entries: [(name: String, shape: [Int])], metadata: [String: String] = [:], to url: URL,
+        fill: (Int, UnsafeMutableBufferPointer<Float>) -> Void
+    ) throws {
         let head = try header(entries, metadata: metadata)
         guard FileManager.default.createFile(atPath: url.path, contents: head) else {
             throw SafetensorsError.io(file: url.path, reason: "cannot create file")
