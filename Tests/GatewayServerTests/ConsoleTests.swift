@@ -56,6 +56,14 @@ final class ConsoleTests: XCTestCase {
         }
     }
 
+    /// The trace shows the thinking of every policy turn: the first opens with `<think>`, later
+    /// ones start inside it (the gateway injected their `<think>\n`).
+    func testThinkingOfEveryTurn() {
+        XCTAssertEqual(ConsoleRoutes.think("<think>Two parts.</think>\n<interaction_prompt>{}</interaction_prompt>"), "Two parts.")
+        XCTAssertEqual(ConsoleRoutes.think("The answer says Paris.\n</think>\n<answer>Paris</answer>"), "The answer says Paris.")
+        XCTAssertNil(ConsoleRoutes.think("<answer>Paris</answer>"))
+    }
+
     func testLogInSessionsAndCSRF() async throws {
         let models = try AdminTests.modelsDir()
         let h = try await AdminTests.start(models: models)

@@ -190,10 +190,18 @@ extension ConsoleRoutes {
         return String(decoding: d, as: UTF8.self)
     }
 
-    /// `<think>` body of a policy turn, if any.
+    /// `<think>` body of a policy turn, if any. Turns after the first start inside the thinking:
+    /// the gateway injected their `<think>\n` (protocol.md), so their text opens with the
+    /// thinking itself and only `</think>` marks its end.
     static func think(_ text: String) -> String? {
-        guard let a = text.range(of: "<think>") else { return nil }
-        let rest = text[a.upperBound...]
+        let rest: Substring
+        if let a = text.range(of: "<think>") {
+            rest = text[a.upperBound...]
+        } else if text.contains("</think>") {
+            rest = text[...]
+        } else {
+            return nil
+        }
         let end = rest.range(of: "</think>")?.lowerBound ?? rest.endIndex
         return String(rest[..<end]).trimmingCharacters(in: .whitespacesAndNewlines)
     }
