@@ -228,7 +228,14 @@ public final class RemotePolicy: Sendable {
     private func send(_ r: HTTPClientRequest, timeout: Double) async throws -> Data {
         let response: HTTPClientResponse
         do {
-            response = try await client.execute(r, timeout: .milliseconds(Int64(timeout * 1000)))
+            do {
+                response = try await client.execute(r, timeout: .milliseconds(Int64(timeout * 1000)))
+            } catch  where Self.isStaleConnection(error) && !Task.isCancelled {
+                // A pooled keep-alive connection the engine had closed (llama-server closes idle
+                // ones): the request never reached it. One retry on a fresh connection; a
+                // generation has no side effects, so even a repeat would be harmless.
+                response = try await client.execute(r, timeout: .milliseconds(Int64(timeout * 1000)))
+            }
         } catch let e as HTTPClientError where e == .deadlineExceeded || e == .readTimeout || e == .connectTimeout {
             throw RemotePolicyError.timeout(seconds: timeout)
         } catch is CancellationError {
@@ -247,6 +254,13 @@ public final class RemotePolicy: Sendable {
             throw RemotePolicyError.status(Int(response.status.code), String(decoding: data.prefix(500), as: UTF8.self))
         }
         return data
+    }
+
+    /// The error of a request sent on a connection that was already closed.
+    static func isStaleConnection(_ error: any Error) -> Bool {
+        if let e = error as? HTTPClientError, e == .remoteConnectionClosed { return true }
+        if let e = error as? ChannelError, e == .ioOnClosedChannel || e == .alreadyClosed { return true }
+        return false
     }
 
     func get(_ path: String) async throws -> Data {
