@@ -29,11 +29,7 @@ struct SFTCommand: AsyncParsableCommand {
     @Option(help: "Demonstrations JSONL file (repeatable).") var demonstrations: [String] = []
     @Option(help: "Starting checkpoint folder.") var base: String
     @Option(help: "Output checkpoint folder.") var out: String
-    @Flag(help: "Full fine-tuning instead of LoRA.") var full = false
-    @Option(name: .customLong("lora-rank")) var loraRank: Int = 8
-    @Option(name: .customLong("lora-alpha")) var loraAlpha: Float = 16
-    @Option(name: .customLong("lora-targets"), help: "Comma-separated modules (q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj).")
-    var loraTargets: String = "q_proj,v_proj"
+    @OptionGroup var adapter: AdapterOptions
     @Option(help: "Peak learning rate.") var lr: Double = 1e-5
     @Option(name: .customLong("weight-decay")) var weightDecay: Double = 0.0
     @Option var epochs: Int = 1
@@ -64,13 +60,7 @@ struct SFTCommand: AsyncParsableCommand {
 
     func run() async throws {
         var c = SFTJobConfig(base: URL(fileURLWithPath: base), out: URL(fileURLWithPath: out))
-        if !full {
-            let lc = LoRAConfig(
-                rank: loraRank, alpha: loraAlpha,
-                targetModules: loraTargets.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) })
-            try lc.validate()
-            c.lora = lc
-        }
+        c.lora = try adapter.lora()
         c.hyper.learningRate = lr
         c.hyper.epochs = epochs
         c.hyper.gradAccum = gradAccum

@@ -186,11 +186,7 @@ struct TrainRLCommand: AsyncParsableCommand {
     @Option(help: "Traffic log: a SQLite path or a postgres:// URL.") var db: String = "traffic.sqlite"
     @Option(help: "Starting checkpoint folder (also the KL reference).") var base: String
     @Option(help: "Output checkpoint folder.") var out: String
-    @Flag(help: "Full fine-tuning instead of LoRA.") var full = false
-    @Option(name: .customLong("lora-rank")) var loraRank: Int = 8
-    @Option(name: .customLong("lora-alpha")) var loraAlpha: Float = 16
-    @Option(name: .customLong("lora-targets"), help: "Comma-separated modules (q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj).")
-    var loraTargets: String = "q_proj,v_proj"
+    @OptionGroup var adapter: AdapterOptions
     @Option(help: "Peak learning rate.") var lr: Double = 1e-6
     @Option(name: .customLong("weight-decay")) var weightDecay: Double = 0.01
     @Option var epochs: Int = 1
@@ -235,13 +231,7 @@ struct TrainRLCommand: AsyncParsableCommand {
     func run() async throws {
         let baseURL = URL(fileURLWithPath: base)
         var c = TrainJobConfig(base: baseURL, out: URL(fileURLWithPath: out))
-        if !full {
-            let lc = LoRAConfig(
-                rank: loraRank, alpha: loraAlpha,
-                targetModules: loraTargets.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) })
-            try lc.validate()
-            c.lora = lc
-        }
+        c.lora = try adapter.lora()
         c.hyper.learningRate = lr
         c.hyper.epochs = epochs
         c.hyper.gradAccum = gradAccum
@@ -418,5 +408,24 @@ struct ExportCommand: AsyncParsableCommand {
         }
         rows += [["output", out], ["chat template", s.chatTemplate.path]]
         print(Table.render(["export", "value"], rows), terminator: "")
+    }
+}
+
+/// `--full` or a LoRA adapter: the flags `train` and `sft` share.
+struct AdapterOptions: ParsableArguments {
+    @Flag(help: "Full fine-tuning instead of LoRA.") var full = false
+    @Option(name: .customLong("lora-rank")) var loraRank: Int = 8
+    @Option(name: .customLong("lora-alpha")) var loraAlpha: Float = 16
+    @Option(name: .customLong("lora-targets"), help: "Comma-separated modules (q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj).")
+    var loraTargets: String = "q_proj,v_proj"
+
+    /// The validated LoRA configuration; nil with `--full`.
+    func lora() throws -> LoRAConfig? {
+        if full { return nil }
+        let lc = LoRAConfig(
+            rank: loraRank, alpha: loraAlpha,
+            targetModules: loraTargets.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) })
+        try lc.validate()
+        return lc
     }
 }
