@@ -153,17 +153,18 @@ enum Kernels {
     }
 
     /// RMSNorm over `rows` vectors of length `dim`: out = x / sqrt(mean(x^2) + eps) * weight.
-    /// `out` may alias `x`.
+    /// `out` may alias `x`. `rstd` (training) receives each row's 1 / sqrt(mean(x^2) + eps) for the backward.
     @inline(__always)
     static func rmsNorm(
         _ x: UnsafePointer<Float>, weight: UnsafePointer<Float>, rows: Int, dim: Int, eps: Float,
-        into out: UnsafeMutablePointer<Float>
+        into out: UnsafeMutablePointer<Float>, rstd: UnsafeMutablePointer<Float>? = nil
     ) {
         for r in 0..<rows {
             let xr = x + r * dim
             let o = out + r * dim
             let ss = VectorMath.sumOfSquares(xr, dim)
             let inv = 1 / (ss / Float(dim) + eps).squareRoot()
+            rstd?[r] = inv
             for i in 0..<dim { o[i] = weight[i] * (xr[i] * inv) }
         }
     }
