@@ -173,6 +173,15 @@ public final class TransformerModel: @unchecked Sendable {
     ) throws {
         lock.lock()
         defer { lock.unlock() }
+        // 8-bit steps run their products on the ComputePool: keep OpenBLAS's spinning workers out of the way.
+        if weights.format == .q8 { return try BLASThreads.withSingleThreadedBLAS { try forwardLocked(requests, body: body) } }
+        try forwardLocked(requests, body: body)
+    }
+
+    private func forwardLocked(
+        _ requests: [ForwardRequest],
+        body: (Int, Int, UnsafeBufferPointer<Float>) throws -> Void
+    ) throws {
         let c = config
         guard !requests.isEmpty else { throw ModelError.emptyInput }
         var seen = Set<ObjectIdentifier>()

@@ -73,6 +73,7 @@ struct TransformerWeights: @unchecked Sendable {
             // Tied: the embedding stays float32 for the lookups, the head gets an 8-bit copy of it.
             let q = try Q8Matrix(
                 quantizing: embed.pointer, rows: c.vocabSize, cols: c.hiddenSize, name: "model.embed_tokens.weight (tied lm_head)")
+            checkpoint.releaseSourcePages(of: spec.embed.name)  // lookups read single rows back from the file
             lmHead = Projection(spec: headSpec, f32: nil, q8: q, bias: nil)
         } else {
             lmHead = Projection(spec: headSpec, f32: embed, q8: nil, bias: nil)
