@@ -271,6 +271,7 @@ struct EngineBench: AsyncParsableCommand {
             table.row(
                 "prefill 512-token prompt (int8 GEMM)", "\(f1(q.prefill512)) tok/s",
                 "F32 \(f1(prefill[512]!)) (\(f2(q.prefill512 / prefill[512]!))x); target >= 330", verdict(q.prefill512 >= 330))
+            table.row("  time by section", "", q.profile, "")
             table.row(
                 "decode x1 (median step)", "\(f2(q.decodeMedian)) tok/s",
                 "target >= 40; F32 \(f2(decodeMedian)); int8 bandwidth limit \(f1(q.limit))", verdict(q.decodeMedian >= 40))
@@ -307,6 +308,7 @@ struct EngineBench: AsyncParsableCommand {
     // MARK: measurements
 
     struct Q8Result {
+        var profile: String
         var bytes: Int, rssAdded: Int, loadSeconds: Double, prefill128: Double, prefill512: Double, decodeMedian: Double, limit: Double
         var x16: Double, maxError: Double, meanError: Double, span: Double, agree: Int, prefix: Int, steps: Int
     }
@@ -328,6 +330,12 @@ struct EngineBench: AsyncParsableCommand {
             }
             pre[len] = Double(len) / median(times)
         }
+        // Where a 512-token 8-bit prefill spends its time (the engine's section profiler, one more run).
+        m.profiler.reset()
+        m.profiler.enabled = true
+        _ = try m.prefill(tokens: randomTokens(512, seed: 4242), cache: m.makeCache(initialCapacity: 512))
+        m.profiler.enabled = false
+        let profile = m.profiler.report
         // Accuracy: both models fed the F32 greedy continuation (teacher forcing), logits compared at each position.
         let steps = 64
         let cf = f32.makeCache(initialCapacity: prompt.count + steps + 1)
@@ -376,7 +384,8 @@ struct EngineBench: AsyncParsableCommand {
         ).rate
         let bytesPerToken = m.quantizedWeightBytes
         return Q8Result(
-            bytes: m.quantizedWeightBytes, rssAdded: rssAdded, loadSeconds: loadSeconds, prefill128: pre[128]!, prefill512: pre[512]!,
+            profile: profile, bytes: m.quantizedWeightBytes, rssAdded: rssAdded, loadSeconds: loadSeconds, prefill128: pre[128]!,
+            prefill512: pre[512]!,
             decodeMedian: decodeMedian, limit: bandwidth * 1e9 / Double(bytesPerToken), x16: x16,
             maxError: Double(maxErr), meanError: sumErr / Double((steps + 1) * lf.count), span: Double(span),
             agree: agree, prefix: prefix, steps: steps)

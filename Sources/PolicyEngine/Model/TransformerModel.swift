@@ -298,9 +298,7 @@ public final class TransformerModel: @unchecked Sendable {
         // Attention block.
         Kernels.rmsNorm(ws.x, weight: w.inputNorm.pointer, rows: rows, dim: H, eps: eps, into: ws.xn)
         prof.mark(.norms)
-        project(ws.xn, rows: rows, w.q, into: ws.q)
-        project(ws.xn, rows: rows, w.k, into: ws.k)
-        project(ws.xn, rows: rows, w.v, into: ws.v)
+        project(ws.xn, rows: rows, [(w.q, ws.q), (w.k, ws.k), (w.v, ws.v)])
         prof.mark(.qkv)
         if let qn = w.qNorm, let kn = w.kNorm {
             Kernels.rmsNorm(ws.q, weight: qn.pointer, rows: rows * nH, dim: hd, eps: eps, into: ws.q)
@@ -362,8 +360,7 @@ public final class TransformerModel: @unchecked Sendable {
         // MLP block.
         Kernels.rmsNorm(ws.x, weight: w.postNorm.pointer, rows: rows, dim: H, eps: eps, into: ws.xn)
         prof.mark(.norms)
-        project(ws.xn, rows: rows, w.gate, into: ws.gate)
-        project(ws.xn, rows: rows, w.up, into: ws.up)
+        project(ws.xn, rows: rows, [(w.gate, ws.gate), (w.up, ws.up)])
         prof.mark(.gateUp)
         Kernels.swiglu(ws.gate, ws.up, count: rows * I)
         prof.mark(.swiglu)
@@ -373,6 +370,23 @@ public final class TransformerModel: @unchecked Sendable {
 }
 
 extension TransformerModel {
+    /// Several projections of the same input (q, k, v; gate, up): in 8 bits the activations are quantised
+    /// once for all of them.
+    @inline(__always)
+    fileprivate func project(_ x: UnsafePointer<Float>, rows: Int, _ targets: [(Projection, UnsafeMutablePointer<Float>)]) {
+        guard let first = targets.first?.0.q8,
+            targets.allSatisfy({ $0.0.q8?.cols == first.cols && $0.0.q8?.block == first.block })
+        else {
+            for (p, y) in targets { project(x, rows: rows, p, into: y) }
+            return
+        }
+        Q8Kernels.quantizeActivations(x, rows: rows, cols: first.cols, block: first.block, into: q8Scratch)
+        for (p, y) in targets {
+            Q8Kernels.integerProduct(rows: rows, weight: p.q8!, scratch: q8Scratch, into: y, accumulate: false)
+            if let bias = p.bias?.pointer { Q8Kernels.addBias(bias, rows: rows, dim: p.spec.outDim, into: y) }
+        }
+    }
+
     /// A projection through the 8-bit copy when there is one, else the float32 weights.
     @inline(__always)
     fileprivate func project(
