@@ -32,9 +32,10 @@ void cq8_quantize_rows(const float *x, int rows, int cols, int block, int8_t *q,
             const float inv = scale > 0 ? 1.0f / scale : 0.0f;
             const long o = (long)i * cols + b * block;
             for (int j = 0; j < block; j++) {
-                float v = roundf(src[j] * inv);
-                v = v > 127 ? 127 : (v < -127 ? -127 : v);
-                const int iv = (int)v;
+                // Round half away from zero, as roundf, but inline (the libm call took ~5% of a q8 episode).
+                float v = src[j] * inv;
+                v = v > 127.0f ? 127.0f : (v < -127.0f ? -127.0f : v);
+                const int iv = (int)(v + (v >= 0.0f ? 0.5f : -0.5f));
                 q[o + j] = (int8_t)iv;
                 a[o + j] = (uint8_t)(iv < 0 ? -iv : iv);
                 u[o + j] = (uint8_t)(iv + 128);

@@ -28,9 +28,28 @@ struct EngineBench: AsyncParsableCommand {
     @Option(name: .customLong("python"), help: "Python for the optional PyTorch / HF tokenizers comparisons.") var python = "python3"
     @Flag(name: .customLong("no-python"), help: "Skip the PyTorch and HF tokenizers comparisons.") var noPython = false
     @Flag(help: "Also load the model with 8-bit weights (WeightFormat.q8): speed, and accuracy against F32.") var q8 = false
+    @Option(
+        help: """
+            Model shape when --model is not given: qwen2.5-0.5b (F32, every figure), or qwen3-4b (the paper's \
+            published policy: random BF16 weights, 8 GB, written once; needs --q8, loaded in 8 bits only).
+            """) var shape: BenchShape = .qwen05
+
+    enum BenchShape: String, ExpressibleByArgument, CaseIterable {
+        case qwen05 = "qwen2.5-0.5b"
+        case qwen34b = "qwen3-4b"
+    }
+
+    func validate() throws {
+        if shape == .qwen34b && !q8 {
+            throw ValidationError(
+                "--shape qwen3-4b runs with --q8 only: its float32 weights (16 GB) do not fit beside the OS on this class of machine")
+        }
+        if shape == .qwen34b && model != nil { throw ValidationError("--shape and --model are exclusive") }
+    }
 
     func run() async throws {
         BLASThreads.set(threads)
+        if shape == .qwen34b { return try await runQwen3_4B() }
         let core = BLASCore.selectOptimizedCore() ?? "?"
         let load0 = loadAverage()
         var table = ResultTable()
@@ -252,6 +271,7 @@ struct EngineBench: AsyncParsableCommand {
             table.row(
                 "prefill 512-token prompt (int8 GEMM)", "\(f1(q.prefill512)) tok/s",
                 "F32 \(f1(prefill[512]!)) (\(f2(q.prefill512 / prefill[512]!))x); target >= 330", verdict(q.prefill512 >= 330))
+            table.row("  time by section", "", q.profile, "")
             table.row(
                 "decode x1 (median step)", "\(f2(q.decodeMedian)) tok/s",
                 "target >= 40; F32 \(f2(decodeMedian)); int8 bandwidth limit \(f1(q.limit))", verdict(q.decodeMedian >= 40))
@@ -288,6 +308,7 @@ struct EngineBench: AsyncParsableCommand {
     // MARK: measurements
 
     struct Q8Result {
+        var profile: String
         var bytes: Int, rssAdded: Int, loadSeconds: Double, prefill128: Double, prefill512: Double, decodeMedian: Double, limit: Double
         var x16: Double, maxError: Double, meanError: Double, span: Double, agree: Int, prefix: Int, steps: Int
     }
@@ -309,6 +330,12 @@ struct EngineBench: AsyncParsableCommand {
             }
             pre[len] = Double(len) / median(times)
         }
+        // Where a 512-token 8-bit prefill spends its time (the engine's section profiler, one more run).
+        m.profiler.reset()
+        m.profiler.enabled = true
+        _ = try m.prefill(tokens: randomTokens(512, seed: 4242), cache: m.makeCache(initialCapacity: 512))
+        m.profiler.enabled = false
+        let profile = m.profiler.report
         // Accuracy: both models fed the F32 greedy continuation (teacher forcing), logits compared at each position.
         let steps = 64
         let cf = f32.makeCache(initialCapacity: prompt.count + steps + 1)
@@ -357,7 +384,8 @@ struct EngineBench: AsyncParsableCommand {
         ).rate
         let bytesPerToken = m.quantizedWeightBytes
         return Q8Result(
-            bytes: m.quantizedWeightBytes, rssAdded: rssAdded, loadSeconds: loadSeconds, prefill128: pre[128]!, prefill512: pre[512]!,
+            profile: profile, bytes: m.quantizedWeightBytes, rssAdded: rssAdded, loadSeconds: loadSeconds, prefill128: pre[128]!,
+            prefill512: pre[512]!,
             decodeMedian: decodeMedian, limit: bandwidth * 1e9 / Double(bytesPerToken), x16: x16,
             maxError: Double(maxErr), meanError: sumErr / Double((steps + 1) * lf.count), span: Double(span),
             agree: agree, prefix: prefix, steps: steps)
@@ -427,6 +455,100 @@ struct EngineBench: AsyncParsableCommand {
     /// Runs `script` with `python`; the script prints `key=value` lines.
     private func runPython(_ script: String, args: [String], work: URL) -> PythonResult {
         PythonRunner.run(python: python, script: script, name: "script-\(abs(script.hashValue)).py", args: args, work: work)
+    }
+}
+
+// MARK: the Qwen3-4B shape
+
+extension EngineBench {
+    static func qwen3_4BConfig() throws -> ModelConfig {
+        // Qwen/Qwen3-4B's config.json: 36 layers, hidden 2560, 32 query / 8 KV heads of 128, FFN 9728, tied.
+        try ModelConfig(
+            modelType: .qwen3, hiddenSize: 2560, numHiddenLayers: 36, numAttentionHeads: 32, numKeyValueHeads: 8,
+            headDim: 128, intermediateSize: 9728, vocabSize: 151_936, rmsNormEps: 1e-6, maxPositionEmbeddings: 40_960,
+            tieWordEmbeddings: true, rope: RopeParameters(theta: 1_000_000), dtype: "bfloat16", eosTokenIds: [1002])
+    }
+
+    /// What the paper's published policy costs on this CPU: the Qwen3-4B shape with random BF16 weights, loaded
+    /// in 8 bits (streamed: each tensor is widened, quantised and dropped, so the model is never whole in
+    /// float32), against the same-run sgemv bandwidth.
+    func runQwen3_4B() async throws {
+        let load0 = loadAverage()
+        let core = BLASCore.selectOptimizedCore() ?? "?"
+        let bw = sgemvBandwidth(rows: 151_936, cols: 896, seconds: max(1, seconds / 2))
+        let dir = URL(fileURLWithPath: "/tmp/prompt-r1-bench/qwen3-4b-shape")
+        let cfg = try Self.qwen3_4BConfig()
+        if !FileManager.default.fileExists(atPath: dir.appendingPathComponent("model.safetensors").path) {
+            FileHandle.standardError.write(
+                "writing a Qwen3-4B-shaped random BF16 checkpoint to \(dir.path) (once, 8 GB)...\n".data(using: .utf8)!)
+            let (_, t) = try Stopwatch.measure { try SyntheticCheckpoint.write(config: cfg, to: dir, seed: 11, dtype: .BF16) }
+            FileHandle.standardError.write("written in \(f1(t)) s\n".data(using: .utf8)!)
+        }
+        let rss0 = ProcStatus.bytes("VmRSS") ?? 0
+        let (m, loadSeconds) = try Stopwatch.measure { try TransformerModel.load(from: dir, weightFormat: .q8) }
+        let rssLoad = ProcStatus.bytes("VmRSS") ?? 0
+        let hwmLoad = ProcStatus.bytes("VmHWM") ?? 0
+        print("engine bench, Qwen3-4B shape: \(dir.path)")
+        print(
+            "  qwen3 hidden 2560, 36 layers, 32/8 heads of 128, FFN 9728, vocab 151936, tied; \(m.parameterCount) parameters "
+                + "(\(gb(m.parameterCount * 2)) GB BF16 on disk), loaded in 8 bits in \(f1(loadSeconds)) s")
+        print("  OpenBLAS core \(core), \(threads) threads; load average at start \(load0)")
+        _ = try m.prefill(tokens: randomTokens(128, seed: 98), cache: m.makeCache(initialCapacity: 128))  // warm-up
+        var pre: [Int: Double] = [:]
+        for len in [128, 512] {
+            var times: [Double] = []
+            let clock = Stopwatch()
+            while times.isEmpty || (times.count < 3 && clock.seconds < seconds) {
+                let cache = m.makeCache(initialCapacity: len)
+                let toks = randomTokens(len, seed: UInt64(2000 + times.count))
+                times.append(try Stopwatch.measure { try m.prefill(tokens: toks, cache: cache) }.1)
+            }
+            pre[len] = Double(len) / median(times)
+        }
+        let prompt = randomTokens(64, seed: 7)
+        let cache = m.makeCache(initialCapacity: 64 + 64)
+        var logits = try m.prefill(tokens: prompt, cache: cache)
+        var steps: [Double] = []
+        let clock = Stopwatch()
+        while steps.count < 8 || (clock.seconds < seconds && steps.count < 64) {
+            let next = Int32(Sampler.argmax(logits))
+            let (l, t) = try Stopwatch.measure { try m.decode([(token: next, cache: cache)])[0] }
+            logits = l
+            steps.append(t)
+        }
+        let decode = 1 / median(steps)
+        let x16 = await schedulerRun(m, sequences: 16, promptLen: 64, maxTokens: 12)
+        let hwm = ProcStatus.bytes("VmHWM") ?? 0
+        let q8Bytes = m.quantizedWeightBytes
+        // Per decode token: the int8 projections and head, plus the float32 norms and one embedding row.
+        let limit = bw.gbps * 1e9 / Double(q8Bytes)
+        // The collab benchmark's episode (gateway-bench collab): a 662-token first prompt, of which the protocol
+        // prefix (about 40%) comes from the prefix cache, 2 turns of 32 tokens, one injected answer of ~60 tokens.
+        let prefillTokens = 662 * 6 / 10 + 60
+        let episode = Double(prefillTokens) / pre[512]! + 64 / decode
+        var table = ResultTable()
+        table.section("memory bandwidth baseline")
+        table.row("sgemv 151936x896 F32 (545 MB)", "\(f1(bw.gbps)) GB/s", "median of \(bw.runs); best \(f1(bw.best)) GB/s", "")
+        table.row("int8 bytes read per decode token", "\(gb(q8Bytes)) GB", "values + scales of every projection and lm_head", "")
+        table.row("bandwidth-limited 8-bit decode", "\(f2(limit)) tok/s", "sgemv GB/s / bytes per token", "")
+        table.section("8-bit weights (int8 GEMM, \(Q8KernelLevel.current))")
+        table.row("quantised at load", "\(mb(q8Bytes)) MB", "in \(f1(loadSeconds)) s from BF16", "")
+        table.row(
+            "RSS after load / peak during load", "\(mb(rssLoad - rss0)) / \(mb(hwmLoad)) MB",
+            "8-bit copy \(mb(q8Bytes)) + F32 embedding \(mb(cfg.vocabSize * cfg.hiddenSize * 4)) MB", "")
+        table.row("prefill 128-token prompt", "\(f1(pre[128]!)) tok/s", "", "")
+        table.row("prefill 512-token prompt", "\(f1(pre[512]!)) tok/s", "", "")
+        table.row("decode x1 (median step)", "\(f2(decode)) tok/s", "\(pct(decode / limit)) of the 8-bit bandwidth limit", "")
+        table.row("decode x16 aggregate (scheduler)", "\(f2(x16.rate)) tok/s", "\(f2(x16.rate / decode))x decode x1", "")
+        table.row("peak RSS (VmHWM)", "\(mb(hwm)) MB", "", "")
+        table.section("what an episode costs (estimate from the rates above)")
+        table.row(
+            "collab episode, concurrency 1", "\(f1(episode)) s",
+            "\(prefillTokens) prefill tokens at the 512-token rate + 64 decoded tokens", "")
+        print("")
+        table.print()
+        print("")
+        print("load average at end \(loadAverage())")
     }
 }
 

@@ -1,14 +1,42 @@
 import CBLAS
 import Foundation
+import Synchronization
 
 // Plain, checkable loops for everything that is not a matrix product (llm.c style). Matrix products go
 // through CBLAS. All buffers are row-major Float arrays owned by the caller; nothing here allocates.
 
-/// Controls OpenBLAS's thread pool (process wide).
+/// Controls OpenBLAS's thread pool (process wide) and the engine's own compute threads (`ComputePool`).
 public enum BLASThreads {
-    /// Sets the number of OpenBLAS threads used by every later BLAS call.
-    public static func set(_ n: Int) { openblas_set_num_threads(Int32(max(1, n))) }
-    public static var current: Int { Int(openblas_get_num_threads()) }
+    private static let configured = Mutex<Int>(0)
+
+    /// Sets the number of threads of every later BLAS call and of the engine's parallel kernels.
+    public static func set(_ n: Int) {
+        configured.withLock { $0 = max(1, n) }
+        openblas_set_num_threads(Int32(max(1, n)))
+    }
+
+    /// The configured thread count (OpenBLAS's own count at first use, until `set`). It stays the same while
+    /// `withSingleThreadedBLAS` runs.
+    public static var current: Int {
+        configured.withLock {
+            if $0 == 0 { $0 = Int(openblas_get_num_threads()) }
+            return $0
+        }
+    }
+
+    /// Runs `body` with OpenBLAS limited to one thread; the engine's `ComputePool` keeps `current` threads.
+    ///
+    /// An 8-bit forward step does its large products on the `ComputePool`; its few BLAS calls (attention) would
+    /// otherwise wake OpenBLAS's workers, which then spin in `sched_yield` for up to 2^28 cycles after each call
+    /// (OPENBLAS_THREAD_TIMEOUT) and take a core from the int8 products running next (measured with perf: about
+    /// 16% of a collaboration benchmark's samples in OpenBLAS's idle loop).
+    static func withSingleThreadedBLAS<T>(_ body: () throws -> T) rethrows -> T {
+        let n = current
+        guard n > 1 else { return try body() }
+        openblas_set_num_threads(1)
+        defer { openblas_set_num_threads(Int32(n)) }
+        return try body()
+    }
 }
 
 /// OpenBLAS kernel selection.
@@ -153,17 +181,18 @@ enum Kernels {
     }
 
     /// RMSNorm over `rows` vectors of length `dim`: out = x / sqrt(mean(x^2) + eps) * weight.
-    /// `out` may alias `x`.
+    /// `out` may alias `x`. `rstd` (training) receives each row's 1 / sqrt(mean(x^2) + eps) for the backward.
     @inline(__always)
     static func rmsNorm(
         _ x: UnsafePointer<Float>, weight: UnsafePointer<Float>, rows: Int, dim: Int, eps: Float,
-        into out: UnsafeMutablePointer<Float>
+        into out: UnsafeMutablePointer<Float>, rstd: UnsafeMutablePointer<Float>? = nil
     ) {
         for r in 0..<rows {
             let xr = x + r * dim
             let o = out + r * dim
             let ss = VectorMath.sumOfSquares(xr, dim)
             let inv = 1 / (ss / Float(dim) + eps).squareRoot()
+            rstd?[r] = inv
             for i in 0..<dim { o[i] = weight[i] * (xr[i] * inv) }
         }
     }

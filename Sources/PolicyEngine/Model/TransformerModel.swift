@@ -38,8 +38,6 @@ public final class TransformerModel: @unchecked Sendable {
     public let generationDefaults: GenerationDefaults
     let weights: TransformerWeights
     let rope: RotaryEmbedding
-    /// 8-bit projections when loaded with `WeightFormat.q8`.
-    let quantized: QuantizedWeights?
     private let lock = NSLock()
     private let ws = Workspace()
     private let q8Scratch = Q8Scratch()
@@ -54,8 +52,7 @@ public final class TransformerModel: @unchecked Sendable {
         BLASCore.selectOptimizedCore()
         self.config = config
         self.generationDefaults = generationDefaults
-        weights = try TransformerWeights(config: config, checkpoint: checkpoint)
-        quantized = weightFormat == .q8 ? try QuantizedWeights(config: config, weights: weights) : nil
+        weights = try TransformerWeights(config: config, checkpoint: checkpoint, format: weightFormat)
         rope = RotaryEmbedding(config: config)
     }
 
@@ -76,9 +73,9 @@ public final class TransformerModel: @unchecked Sendable {
     }
 
     public var parameterCount: Int { weights.parameterCount }
-    public var weightFormat: WeightFormat { quantized == nil ? .f32 : .q8 }
+    public var weightFormat: WeightFormat { weights.format }
     /// Bytes of the 8-bit weight copies (values + scales); 0 for `.f32`.
-    public var quantizedWeightBytes: Int { quantized?.byteCount ?? 0 }
+    public var quantizedWeightBytes: Int { weights.quantizedByteCount }
     /// Fraction of the weights used in place from the mmap'ed files.
     public var mappedWeightFraction: Double { weights.mappedFraction }
 
@@ -176,6 +173,15 @@ public final class TransformerModel: @unchecked Sendable {
     ) throws {
         lock.lock()
         defer { lock.unlock() }
+        // 8-bit steps run their products on the ComputePool: keep OpenBLAS's spinning workers out of the way.
+        if weights.format == .q8 { return try BLASThreads.withSingleThreadedBLAS { try forwardLocked(requests, body: body) } }
+        try forwardLocked(requests, body: body)
+    }
+
+    private func forwardLocked(
+        _ requests: [ForwardRequest],
+        body: (Int, Int, UnsafeBufferPointer<Float>) throws -> Void
+    ) throws {
         let c = config
         guard !requests.isEmpty else { throw ModelError.emptyInput }
         var seen = Set<ObjectIdentifier>()
@@ -258,9 +264,7 @@ public final class TransformerModel: @unchecked Sendable {
             }
             let V = c.vocabSize
             prof.mark(.norms)
-            project(
-                ws.hsel, rows: logitRows, inDim: H, weights.lmHead, quantized?.lmHead, outDim: V,
-                bias: nil, into: ws.logits)
+            project(ws.hsel, rows: logitRows, weights.lmHead, into: ws.logits)
             prof.mark(.lmHead)
             sel = 0
             for (i, r) in requests.enumerated() {
@@ -290,14 +294,11 @@ public final class TransformerModel: @unchecked Sendable {
         let nRep = nH / nKV
         let eps = c.rmsNormEps
         let prof = profiler
-        let q8 = quantized?.layers[l]
 
         // Attention block.
         Kernels.rmsNorm(ws.x, weight: w.inputNorm.pointer, rows: rows, dim: H, eps: eps, into: ws.xn)
         prof.mark(.norms)
-        project(ws.xn, rows: rows, inDim: H, w.qProj, q8?.q, outDim: Q, bias: w.qBias?.pointer, into: ws.q)
-        project(ws.xn, rows: rows, inDim: H, w.kProj, q8?.k, outDim: KV, bias: w.kBias?.pointer, into: ws.k)
-        project(ws.xn, rows: rows, inDim: H, w.vProj, q8?.v, outDim: KV, bias: w.vBias?.pointer, into: ws.v)
+        project(ws.xn, rows: rows, [(w.q, ws.q), (w.k, ws.k), (w.v, ws.v)])
         prof.mark(.qkv)
         if let qn = w.qNorm, let kn = w.kNorm {
             Kernels.rmsNorm(ws.q, weight: qn.pointer, rows: rows * nH, dim: hd, eps: eps, into: ws.q)
@@ -353,38 +354,50 @@ public final class TransformerModel: @unchecked Sendable {
         }
         prof.mark(.attention)
         // x += att * Wo^T (+ bo)
-        project(
-            ws.att, rows: rows, inDim: Q, w.oProj, q8?.o, outDim: H, bias: w.oBias?.pointer,
-            into: ws.x, accumulate: true)
+        project(ws.att, rows: rows, w.o, into: ws.x, accumulate: true)
         prof.mark(.outProj)
 
         // MLP block.
         Kernels.rmsNorm(ws.x, weight: w.postNorm.pointer, rows: rows, dim: H, eps: eps, into: ws.xn)
         prof.mark(.norms)
-        project(ws.xn, rows: rows, inDim: H, w.gateProj, q8?.gate, outDim: I, bias: nil, into: ws.gate)
-        project(ws.xn, rows: rows, inDim: H, w.upProj, q8?.up, outDim: I, bias: nil, into: ws.up)
+        project(ws.xn, rows: rows, [(w.gate, ws.gate), (w.up, ws.up)])
         prof.mark(.gateUp)
         Kernels.swiglu(ws.gate, ws.up, count: rows * I)
         prof.mark(.swiglu)
-        project(
-            ws.gate, rows: rows, inDim: I, w.downProj, q8?.down, outDim: H, bias: nil,
-            into: ws.x, accumulate: true)
+        project(ws.gate, rows: rows, w.down, into: ws.x, accumulate: true)
         prof.mark(.down)
     }
 }
 
 extension TransformerModel {
+    /// Several projections of the same input (q, k, v; gate, up): in 8 bits the activations are quantised
+    /// once for all of them.
+    @inline(__always)
+    fileprivate func project(_ x: UnsafePointer<Float>, rows: Int, _ targets: [(Projection, UnsafeMutablePointer<Float>)]) {
+        guard let first = targets.first?.0.q8,
+            targets.allSatisfy({ $0.0.q8?.cols == first.cols && $0.0.q8?.block == first.block })
+        else {
+            for (p, y) in targets { project(x, rows: rows, p, into: y) }
+            return
+        }
+        Q8Kernels.quantizeActivations(x, rows: rows, cols: first.cols, block: first.block, into: q8Scratch)
+        for (p, y) in targets {
+            Q8Kernels.integerProduct(rows: rows, weight: p.q8!, scratch: q8Scratch, into: y, accumulate: false)
+            if let bias = p.bias?.pointer { Q8Kernels.addBias(bias, rows: rows, dim: p.spec.outDim, into: y) }
+        }
+    }
+
     /// A projection through the 8-bit copy when there is one, else the float32 weights.
     @inline(__always)
     fileprivate func project(
-        _ x: UnsafePointer<Float>, rows: Int, inDim: Int, _ f32: FloatTensor, _ q8: Q8Matrix?, outDim: Int,
-        bias: UnsafePointer<Float>?, into y: UnsafeMutablePointer<Float>, accumulate: Bool = false
+        _ x: UnsafePointer<Float>, rows: Int, _ p: Projection, into y: UnsafeMutablePointer<Float>, accumulate: Bool = false
     ) {
-        if let q8 {
+        let bias = p.bias?.pointer
+        if let q8 = p.q8 {
             Q8Kernels.linear(x, rows: rows, weight: q8, bias: bias, into: y, accumulate: accumulate, scratch: q8Scratch)
         } else {
             Kernels.linear(
-                x, rows: rows, inDim: inDim, weight: f32.pointer, outDim: outDim, bias: bias, into: y,
+                x, rows: rows, inDim: p.spec.inDim, weight: p.f32!.pointer, outDim: p.spec.outDim, bias: bias, into: y,
                 accumulate: accumulate)
         }
     }

@@ -167,11 +167,14 @@ enum Q8Kernels {
     ) {
         quantizeActivations(x, rows: rows, cols: w.cols, block: w.block, into: scratch)
         integerProduct(rows: rows, weight: w, scratch: scratch, into: y, accumulate: accumulate)
-        if let bias {
-            for r in 0..<rows {
-                let yr = y + r * w.rows
-                for j in 0..<w.rows { yr[j] += bias[j] }
-            }
+        if let bias { addBias(bias, rows: rows, dim: w.rows, into: y) }
+    }
+
+    @inline(__always)
+    static func addBias(_ bias: UnsafePointer<Float>, rows: Int, dim: Int, into y: UnsafeMutablePointer<Float>) {
+        for r in 0..<rows {
+            let yr = y + r * dim
+            for j in 0..<dim { yr[j] += bias[j] }
         }
     }
 

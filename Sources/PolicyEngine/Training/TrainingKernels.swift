@@ -53,20 +53,7 @@ enum TrainKernels {
 
     // MARK: RMSNorm  y = w * x * rstd,  rstd = 1 / sqrt(mean(x^2) + eps)
 
-    /// Also stores rstd per row (needed by the backward).
-    @inline(__always)
-    static func rmsNormForward(
-        _ x: UnsafePointer<Float>, weight w: UnsafePointer<Float>, rows: Int, dim: Int, eps: Float,
-        out: UnsafeMutablePointer<Float>, rstd: UnsafeMutablePointer<Float>
-    ) {
-        for r in 0..<rows {
-            let xr = x + r * dim
-            let o = out + r * dim
-            let inv = 1 / (VectorMath.sumOfSquares(xr, dim) / Float(dim) + eps).squareRoot()
-            rstd[r] = inv
-            for i in 0..<dim { o[i] = w[i] * (xr[i] * inv) }
-        }
-    }
+    // Forward: Kernels.rmsNorm(x, weight:, rows:, dim:, eps:, into:, rstd:), which also stores rstd per row.
 
     /// dx += rstd * (w*dy) - rstd^3 / dim * x * sum(w*dy*x);  dw += sum_rows dy * x * rstd.
     /// `dx` may not alias `dy`.

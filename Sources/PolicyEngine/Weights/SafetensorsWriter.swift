@@ -1,6 +1,7 @@
 import Foundation
 
-/// Writes float32 `.safetensors` files (used for checkpoints, tests and synthetic benchmark models).
+/// Writes `.safetensors` files (used for checkpoints, tests and synthetic benchmark models): float32, or bf16
+/// for the streamed writer (large synthetic models).
 public enum SafetensorsWriter {
     public struct Tensor: Sendable {
         public var name: String
@@ -27,8 +28,13 @@ public enum SafetensorsWriter {
         return out
     }
 
-    /// The 8-byte length prefix plus JSON header for F32 tensors stored back to back in this order.
-    public static func header(_ entries: [(name: String, shape: [Int])], metadata: [String: String] = [:]) throws -> Data {
+    /// The 8-byte length prefix plus JSON header for tensors of one dtype (F32 or BF16) stored back to back in
+    /// this order.
+    public static func header(
+        _ entries: [(name: String, shape: [Int])], metadata: [String: String] = [:], dtype: SafetensorsDType = .F32
+    ) throws -> Data {
+        precondition(dtype == .F32 || dtype == .BF16, "SafetensorsWriter writes F32 or BF16")
+        let width = dtype == .F32 ? 4 : 2
         var header: [String: Any] = [:]
         if !metadata.isEmpty { header["__metadata__"] = metadata }
         var offset = 0
@@ -36,8 +42,8 @@ public enum SafetensorsWriter {
             guard name != "__metadata__", header[name] == nil else {
                 throw SafetensorsError.badEntry(file: "<write>", tensor: name, reason: "duplicate or reserved name")
             }
-            let bytes = shape.reduce(1, *) * 4
-            header[name] = ["dtype": "F32", "shape": shape, "data_offsets": [offset, offset + bytes]] as [String: Any]
+            let bytes = shape.reduce(1, *) * width
+            header[name] = ["dtype": dtype.rawValue, "shape": shape, "data_offsets": [offset, offset + bytes]] as [String: Any]
             offset += bytes
         }
         var json = try JSONSerialization.data(withJSONObject: header, options: [.sortedKeys])
@@ -53,12 +59,13 @@ public enum SafetensorsWriter {
         try encode(tensors, metadata: metadata).write(to: url)
     }
 
-    /// Streams a large file: `fill(index, buffer)` writes tensor `index`'s values into `buffer`.
+    /// Streams a large file: `fill(index, buffer)` writes tensor `index`'s values into `buffer`. With
+    /// `dtype: .BF16` each value is rounded to bfloat16 (to nearest even) as it is written.
     public static func write(
-        entries: [(name: String, shape: [Int])], metadata: [String: String] = [:], to url: URL,
-        fill: (Int, UnsafeMutableBufferPointer<Float>) -> Void
+        entries: [(name: String, shape: [Int])], metadata: [String: String] = [:], dtype: SafetensorsDType = .F32,
+        to url: URL, fill: (Int, UnsafeMutableBufferPointer<Float>) -> Void
     ) throws {
-        let head = try header(entries, metadata: metadata)
+        let head = try header(entries, metadata: metadata, dtype: dtype)
         guard FileManager.default.createFile(atPath: url.path, contents: head) else {
             throw SafetensorsError.io(file: url.path, reason: "cannot create file")
         }
@@ -68,7 +75,20 @@ public enum SafetensorsWriter {
         for (i, e) in entries.enumerated() {
             var buf = [Float](repeating: 0, count: e.shape.reduce(1, *))
             buf.withUnsafeMutableBufferPointer { fill(i, $0) }
-            try buf.withUnsafeBytes { try fh.write(contentsOf: Data($0)) }
+            if dtype == .BF16 {
+                let half = buf.map(bfloat16)
+                try half.withUnsafeBytes { try fh.write(contentsOf: Data($0)) }
+            } else {
+                try buf.withUnsafeBytes { try fh.write(contentsOf: Data($0)) }
+            }
         }
     }
+}
+
+/// float32 -> bfloat16 bits, rounded to nearest even (NaN stays NaN).
+@inline(__always)
+func bfloat16(_ f: Float) -> UInt16 {
+    let b = f.bitPattern
+    if f.isNaN { return UInt16(b >> 16) | 0x40 }
+    return UInt16((b &+ 0x7FFF &+ ((b >> 16) & 1)) >> 16)
 }
