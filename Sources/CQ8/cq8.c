@@ -77,10 +77,7 @@ static void gemm_portable(const int8_t *w, const float *wscales, int cols, int b
 
 #ifdef CQ8_X86
 
-#ifndef CQ8_MC
-#define CQ8_MC (16 * CQ8_MR)  // a multiple of CQ8_MR
-#endif
-
+#define CQ8_TILE CQ8_MR
 #define CQ8_GEMM_NAME gemm_avx2
 #define CQ8_GEMM_TARGET "avx2,fma"
 #define CQ8_GEMM_VNNI 0
@@ -96,6 +93,26 @@ static void gemm_portable(const int8_t *w, const float *wscales, int cols, int b
 #undef CQ8_GEMM_NAME
 #undef CQ8_GEMM_TARGET
 #undef CQ8_GEMM_VNNI
+#undef CQ8_TILE
+
+// One activation row (single-sequence decode): the same per-row float operations, so the same results.
+#define CQ8_TILE 1
+#define CQ8_GEMM_NAME gemm_avx2_row
+#define CQ8_GEMM_TARGET "avx2,fma"
+#define CQ8_GEMM_VNNI 0
+#include "gemm_kernel.h"
+#undef CQ8_GEMM_NAME
+#undef CQ8_GEMM_TARGET
+#undef CQ8_GEMM_VNNI
+
+#define CQ8_GEMM_NAME gemm_vnni_row
+#define CQ8_GEMM_TARGET "avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni"
+#define CQ8_GEMM_VNNI 1
+#include "gemm_kernel.h"
+#undef CQ8_GEMM_NAME
+#undef CQ8_GEMM_TARGET
+#undef CQ8_GEMM_VNNI
+#undef CQ8_TILE
 
 #endif  // CQ8_X86
 
@@ -153,10 +170,18 @@ void cq8_gemm(const int8_t *w, const float *wscales, const int32_t *wsums, int c
     switch (cq8_level()) {
 #ifdef CQ8_X86
     case CQ8_LEVEL_VNNI:
+        if (nx == 1) {
+            gemm_vnni_row(w, wscales, wsums, cols, block, nrows, g0, g1, xq, xa, xu, xscales, 1, 1, y, ldy, accumulate);
+            return;
+        }
         gemm_vnni(w, wscales, wsums, cols, block, nrows, g0, g1, xq, xa, xu, xscales, nx, cq8_padded_rows(nx), y, ldy,
                   accumulate);
         return;
     case CQ8_LEVEL_AVX2:
+        if (nx == 1) {
+            gemm_avx2_row(w, wscales, wsums, cols, block, nrows, g0, g1, xq, xa, xu, xscales, 1, 1, y, ldy, accumulate);
+            return;
+        }
         gemm_avx2(w, wscales, wsums, cols, block, nrows, g0, g1, xq, xa, xu, xscales, nx, cq8_padded_rows(nx), y, ldy,
                   accumulate);
         return;

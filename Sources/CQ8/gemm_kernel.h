@@ -1,5 +1,7 @@
-// The body of the packed int8 GEMM, included once per instruction set by cq8.c with
+// The body of the packed int8 GEMM, included once per instruction set and tile height by cq8.c with
 //   CQ8_GEMM_NAME    function name
+//   CQ8_TILE         activation rows per register tile (CQ8_MR for prefill and batches; 1 for one decode row,
+//                    which would otherwise multiply CQ8_MR - 1 rows of zero padding)
 //   CQ8_GEMM_TARGET  __attribute__((target(...))) string
 //   CQ8_GEMM_VNNI    1: vpdpbusd on (x + 128) and a correction by the weights' block sums;
 //                    0: AVX2, maddubs on |x| and the weights with the sign of x.
@@ -7,9 +9,9 @@
 // Blocking (see cq8.h for the layout): the weights are packed in groups of 8 rows, 4 inputs of each row
 // side by side, so one 32-byte load holds 8 rows x 4 inputs and one dot-product instruction against 4
 // broadcast activation bytes gives 8 partial sums of 8 output rows. A register tile is 2 groups (16 output
-// rows) x CQ8_MR activation rows: per step 2 weight loads and CQ8_MR broadcasts feed 2 * CQ8_MR dot
+// rows) x CQ8_TILE activation rows: per step 2 weight loads and CQ8_TILE broadcasts feed 2 * CQ8_TILE dot
 // instructions, and the int32 sums of a block are scaled into float accumulators once per block. Activation
-// rows are walked in chunks of CQ8_MC (they stay in L2) and, within a chunk, every 16-row weight panel is
+// rows are walked in chunks of (16 * CQ8_TILE) (they stay in L2) and, within a chunk, every 16-row weight panel is
 // read once from memory and reused from L1/L2 for all the chunk's rows. Every (output, activation) pair sees
 // the same sequence of float operations whatever the tile it falls in, so a row's result does not depend on
 // how many rows are computed with it.
@@ -23,22 +25,22 @@ __attribute__((target(CQ8_GEMM_TARGET))) static void CQ8_GEMM_NAME(
 #if !CQ8_GEMM_VNNI
     const __m256i ones = _mm256_set1_epi16(1);
 #endif
-    for (int mc = 0; mc < nxPadded; mc += CQ8_MC) {
-        const int mce = mc + CQ8_MC < nxPadded ? mc + CQ8_MC : nxPadded;
+    for (int mc = 0; mc < nxPadded; mc += (16 * CQ8_TILE)) {
+        const int mce = mc + (16 * CQ8_TILE) < nxPadded ? mc + (16 * CQ8_TILE) : nxPadded;
         for (int g = g0; g < g1; g += 2) {
             const int8_t *wg0 = w + (long)g * 8 * cols, *wg1 = wg0 + 8L * cols;
-            for (int i = mc; i < mce; i += CQ8_MR) {
-                __m256 facc[2][CQ8_MR];
-                for (int r = 0; r < CQ8_MR; r++) facc[0][r] = facc[1][r] = _mm256_setzero_ps();
+            for (int i = mc; i < mce; i += CQ8_TILE) {
+                __m256 facc[2][CQ8_TILE];
+                for (int r = 0; r < CQ8_TILE; r++) facc[0][r] = facc[1][r] = _mm256_setzero_ps();
                 for (int b = 0; b < nb; b++) {
-                    __m256i acc[2][CQ8_MR];
-                    for (int r = 0; r < CQ8_MR; r++) acc[0][r] = acc[1][r] = _mm256_setzero_si256();
+                    __m256i acc[2][CQ8_TILE];
+                    for (int r = 0; r < CQ8_TILE; r++) acc[0][r] = acc[1][r] = _mm256_setzero_si256();
                     const int8_t *p0 = wg0 + (long)b * block * 8, *p1 = wg1 + (long)b * block * 8;
                     for (int q = 0; q < quads; q++) {
                         const __m256i W0 = _mm256_loadu_si256((const __m256i *)(p0 + q * 32));
                         const __m256i W1 = _mm256_loadu_si256((const __m256i *)(p1 + q * 32));
                         const long k = (long)b * block + q * 4;
-                        for (int r = 0; r < CQ8_MR; r++) {
+                        for (int r = 0; r < CQ8_TILE; r++) {
                             int32_t v;
 #if CQ8_GEMM_VNNI
                             memcpy(&v, xu + (long)(i + r) * cols + k, 4);
@@ -63,7 +65,7 @@ __attribute__((target(CQ8_GEMM_TARGET))) static void CQ8_GEMM_NAME(
                     const __m256i c0 = _mm256_loadu_si256((const __m256i *)(wsums + ((long)g * nb + b) * 8));
                     const __m256i c1 = _mm256_loadu_si256((const __m256i *)(wsums + ((long)(g + 1) * nb + b) * 8));
 #endif
-                    for (int r = 0; r < CQ8_MR; r++) {
+                    for (int r = 0; r < CQ8_TILE; r++) {
                         const __m256 xs = _mm256_set1_ps(xscales[(long)(i + r) * nb + b]);
 #if CQ8_GEMM_VNNI
                         acc[0][r] = _mm256_sub_epi32(acc[0][r], c0);
@@ -73,7 +75,7 @@ __attribute__((target(CQ8_GEMM_TARGET))) static void CQ8_GEMM_NAME(
                         facc[1][r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc[1][r]), _mm256_mul_ps(s1, xs), facc[1][r]);
                     }
                 }
-                for (int r = 0; r < CQ8_MR && i + r < nx; r++) {
+                for (int r = 0; r < CQ8_TILE && i + r < nx; r++) {
                     for (int j = 0; j < 2; j++) {
                         const int base = (g + j) * 8;
                         if (base >= nrows) break;

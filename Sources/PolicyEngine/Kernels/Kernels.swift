@@ -34,9 +34,18 @@ public enum BLASThreads {
         let n = current
         guard n > 1 else { return try body() }
         openblas_set_num_threads(1)
-        defer { openblas_set_num_threads(Int32(n)) }
+        singleThreaded.store(true, ordering: .relaxed)
+        defer {
+            singleThreaded.store(false, ordering: .relaxed)
+            openblas_set_num_threads(Int32(n))
+        }
         return try body()
     }
+
+    private static let singleThreaded = Atomic<Bool>(false)
+
+    /// Inside `withSingleThreadedBLAS`: kernels split their BLAS calls over the `ComputePool` themselves.
+    static var blasIsSingleThreaded: Bool { singleThreaded.load(ordering: .relaxed) }
 }
 
 /// OpenBLAS kernel selection.

@@ -323,24 +323,17 @@ public final class TransformerModel: @unchecked Sendable {
             if T > 1 {
                 // Prefill chunk: per head and block of query rows, scores [rows, keys] with the causal mask
                 // offset by p0. A block only looks at the keys it can see, which skips most of the masked half.
-                for h in 0..<nH {
-                    let g = h / nRep
-                    var t0 = 0
-                    while t0 < T {
-                        let bt = min(Self.attentionBlock, T - t0)
-                        let keys = p0 + t0 + bt
-                        let qRow = row0 + t0
-                        cblas_sgemm(
-                            CblasRowMajor, CblasNoTrans, CblasTrans, Int32(bt), Int32(keys), Int32(hd), scale,
-                            ws.q + qRow * Q + h * hd, Int32(Q), K + g * hd, Int32(KV), 0, ws.scores, Int32(keys))
-                        for t in 0..<bt {
-                            Kernels.maskedSoftmax(ws.scores + t * keys, valid: p0 + t0 + t + 1, width: keys)
-                        }
-                        cblas_sgemm(
-                            CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(bt), Int32(hd), Int32(keys), 1,
-                            ws.scores, Int32(keys), V + g * hd, Int32(KV), 0, ws.att + qRow * Q + h * hd, Int32(Q))
-                        t0 += bt
+                let job = PrefillAttention(
+                    q: ws.q, att: ws.att, scores: ws.scores, scoreStride: ws.scoreSize, K: K, V: V, row0: row0, T: T,
+                    p0: p0, Q: Q, KV: KV, hd: hd, nRep: nRep, scale: scale)
+                if BLASThreads.blasIsSingleThreaded && Kernels.computeThreads > 1 {
+                    // 8-bit steps (OpenBLAS at one thread): heads split over the compute threads, each part
+                    // with its own slice of the scores scratch.
+                    ComputePool.shared.run(count: nH, maxParts: min(Kernels.computeThreads, ws.scoreParts)) { part, range in
+                        job.run(heads: range, part: part)
                     }
+                } else {
+                    job.run(heads: 0..<nH, part: 0)  // OpenBLAS threads each product
                 }
             }
             row0 += T
@@ -362,7 +355,14 @@ public final class TransformerModel: @unchecked Sendable {
         prof.mark(.norms)
         project(ws.xn, rows: rows, [(w.gate, ws.gate), (w.up, ws.up)])
         prof.mark(.gateUp)
-        Kernels.swiglu(ws.gate, ws.up, count: rows * I)
+        if rows > 16 && BLASThreads.blasIsSingleThreaded && Kernels.computeThreads > 1 {
+            let job = SwigluJob(gate: ws.gate, up: ws.up)
+            ComputePool.shared.run(count: rows, maxParts: Kernels.computeThreads) { _, range in
+                Kernels.swiglu(job.gate + range.lowerBound * I, job.up + range.lowerBound * I, count: range.count * I)
+            }
+        } else {
+            Kernels.swiglu(ws.gate, ws.up, count: rows * I)
+        }
         prof.mark(.swiglu)
         project(ws.gate, rows: rows, w.down, into: ws.x, accumulate: true)
         prof.mark(.down)
@@ -459,6 +459,41 @@ final class Workspace {
 
     deinit {
         for p in [x, xn, q, k, v, att, gate, up, cos, sin, scores, hsel, logits] { p.deallocate() }
+    }
+}
+
+private struct SwigluJob: @unchecked Sendable {  // raw pointers for the compute threads; the caller waits
+    let gate: UnsafeMutablePointer<Float>, up: UnsafeMutablePointer<Float>
+}
+
+/// Prefill attention of one request's chunk, for a range of query heads (raw pointers for the compute threads;
+/// the caller waits for them). Part `p` uses scores[p * scoreStride ..< (p + 1) * scoreStride].
+private struct PrefillAttention: @unchecked Sendable {
+    let q: UnsafeMutablePointer<Float>, att: UnsafeMutablePointer<Float>, scores: UnsafeMutablePointer<Float>
+    let scoreStride: Int
+    let K: UnsafeMutablePointer<Float>, V: UnsafeMutablePointer<Float>
+    let row0: Int, T: Int, p0: Int, Q: Int, KV: Int, hd: Int, nRep: Int
+    let scale: Float
+
+    func run(heads: Range<Int>, part: Int) {
+        let sc = scores + part * scoreStride
+        for h in heads {
+            let g = h / nRep
+            var t0 = 0
+            while t0 < T {
+                let bt = min(TransformerModel.attentionBlock, T - t0)
+                let keys = p0 + t0 + bt
+                let qRow = row0 + t0
+                cblas_sgemm(
+                    CblasRowMajor, CblasNoTrans, CblasTrans, Int32(bt), Int32(keys), Int32(hd), scale,
+                    q + qRow * Q + h * hd, Int32(Q), K + g * hd, Int32(KV), 0, sc, Int32(keys))
+                for t in 0..<bt { Kernels.maskedSoftmax(sc + t * keys, valid: p0 + t0 + t + 1, width: keys) }
+                cblas_sgemm(
+                    CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(bt), Int32(hd), Int32(keys), 1,
+                    sc, Int32(keys), V + g * hd, Int32(KV), 0, att + qRow * Q + h * hd, Int32(Q))
+                t0 += bt
+            }
+        }
     }
 }
 
