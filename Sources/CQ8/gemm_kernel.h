@@ -11,7 +11,7 @@
 // broadcast activation bytes gives 8 partial sums of 8 output rows. A register tile is 2 groups (16 output
 // rows) x CQ8_TILE activation rows: per step 2 weight loads and CQ8_TILE broadcasts feed 2 * CQ8_TILE dot
 // instructions, and the int32 sums of a block are scaled into float accumulators once per block. Activation
-// rows are walked in chunks of (16 * CQ8_TILE) (they stay in L2) and, within a chunk, every 16-row weight panel is
+// rows are walked in chunks of up to 16 tiles (they stay in L2) and, within a chunk, every 16-row weight panel is
 // read once from memory and reused from L1/L2 for all the chunk's rows. Every (output, activation) pair sees
 // the same sequence of float operations whatever the tile it falls in, so a row's result does not depend on
 // how many rows are computed with it.
@@ -25,8 +25,12 @@ __attribute__((target(CQ8_GEMM_TARGET))) static void CQ8_GEMM_NAME(
 #if !CQ8_GEMM_VNNI
     const __m256i ones = _mm256_set1_epi16(1);
 #endif
-    for (int mc = 0; mc < nxPadded; mc += (16 * CQ8_TILE)) {
-        const int mce = mc + (16 * CQ8_TILE) < nxPadded ? mc + (16 * CQ8_TILE) : nxPadded;
+    // Activation rows per chunk: up to 16 tiles, fewer when a chunk of long rows would not leave room in L2
+    // (1.25 MB per core here) for the 16-row weight panel: at most ~512 KB of activation bytes.
+    int chunk = (512 * 1024 / cols) / CQ8_TILE * CQ8_TILE;
+    chunk = chunk < CQ8_TILE ? CQ8_TILE : (chunk > 16 * CQ8_TILE ? 16 * CQ8_TILE : chunk);
+    for (int mc = 0; mc < nxPadded; mc += chunk) {
+        const int mce = mc + chunk < nxPadded ? mc + chunk : nxPadded;
         for (int g = g0; g < g1; g += 2) {
             const int8_t *wg0 = w + (long)g * 8 * cols, *wg1 = wg0 + 8L * cols;
             for (int i = mc; i < mce; i += CQ8_TILE) {

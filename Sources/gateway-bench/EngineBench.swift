@@ -505,6 +505,11 @@ extension EngineBench {
             }
             pre[len] = Double(len) / median(times)
         }
+        m.profiler.reset()
+        m.profiler.enabled = true
+        _ = try m.prefill(tokens: randomTokens(512, seed: 4242), cache: m.makeCache(initialCapacity: 512))
+        m.profiler.enabled = false
+        let profile = m.profiler.report
         let prompt = randomTokens(64, seed: 7)
         let cache = m.makeCache(initialCapacity: 64 + 64)
         var logits = try m.prefill(tokens: prompt, cache: cache)
@@ -538,6 +543,7 @@ extension EngineBench {
             "8-bit copy \(mb(q8Bytes)) + F32 embedding \(mb(cfg.vocabSize * cfg.hiddenSize * 4)) MB", "")
         table.row("prefill 128-token prompt", "\(f1(pre[128]!)) tok/s", "", "")
         table.row("prefill 512-token prompt", "\(f1(pre[512]!)) tok/s", "", "")
+        table.row("  time by section", "", profile, "")
         table.row("decode x1 (median step)", "\(f2(decode)) tok/s", "\(pct(decode / limit)) of the 8-bit bandwidth limit", "")
         table.row("decode x16 aggregate (scheduler)", "\(f2(x16.rate)) tok/s", "\(f2(x16.rate / decode))x decode x1", "")
         table.row("peak RSS (VmHWM)", "\(mb(hwm)) MB", "", "")

@@ -172,6 +172,32 @@ final class CollaborationTests: XCTestCase {
         try await h.stop()
     }
 
+    /// The accuracy `policy.weights: q8` is recommended on (README, docs/performance.md): every greedy episode of
+    /// the trained fixture policy, served in 8 bits, sends the upstream the same prompts and answers the same as
+    /// the float32 reference episodes (recorded from PyTorch).
+    func testEightBitGreedyEpisodesMatchTheFloat32Reference() async throws {
+        let cases = try Self.cases()
+        let h = try await Self.start(cases, configure: { c in c.policy.weights = .q8 })
+        XCTAssertEqual(h.gateway.policies.current?.embedded?.model.weightFormat, .q8)
+        var same = 0
+        for c in cases {
+            let before = h.upstream.received.count
+            let body = try JSONSerialization.data(withJSONObject: [
+                "model": "prompt-r1/gpt-4o-mini", "messages": [["role": "user", "content": c.question]],
+            ])
+            let reply = try await h.chat(String(decoding: body, as: UTF8.self))
+            XCTAssertEqual(reply.status, 200, reply.body)
+            let message = ((reply.json?["choices"] as? [[String: Any]])?.first)?["message"] as? [String: Any]
+            let prompts = h.upstream.received.dropFirst(before).filter { $0.path == "/v1/chat/completions" }
+                .compactMap { ($0.json?["messages"] as? [[String: String]])?.last?["content"] }
+            XCTAssertEqual(prompts, c.upstream_prompts, c.question)
+            XCTAssertEqual(message?["content"] as? String, c.final_answer, c.question)
+            if prompts == c.upstream_prompts && message?["content"] as? String == c.final_answer { same += 1 }
+        }
+        print("8-bit greedy episodes identical to the float32 reference: \(same) of \(cases.count)")
+        try await h.stop()
+    }
+
     func testStreamShowsTraceAndAnswer() async throws {
         let cases = try Self.cases()
         let c = try XCTUnwrap(cases.first { $0.upstream_answers.count == 2 })
