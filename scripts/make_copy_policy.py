@@ -26,7 +26,7 @@ when the prompt states "the P of the S", else "I am not sure what you are asking
 final turn whose answer is V or "unknown". The thoughts are the ones LookupWorld's demonstrations
 use. Loss: cross-entropy on the policy's tokens only. Fresh random episodes every step.
 
-STATUS (2026-12-01): NOT YET A WORKING BASE. Within the 250-500 steps this machine allowed, the
+STATUS (2026-12-01): NOT YET A WORKING BASE. Within the 250-1050 steps this machine allowed, the
 copy accuracy stayed near chance (docs/learning.md, "A copy-pre-trained base"); no weights made by
 it are committed and no config uses them. Copying likely needs a few thousand steps.
 
