@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""Writes Tests/Fixtures/engines/{vllm,sglang}-*.json: request/response pairs for the vLLM and
-SGLang adapters, which CI cannot run (they need a GPU).
+"""Writes Tests/Fixtures/engines/{vllm,sglang}-*.json and reload.json: request/response pairs for
+the vLLM and SGLang adapters, which CI cannot run (they need a GPU).
 
 Each pair has the shape the engine's documentation gives (field names, nesting, types):
   vLLM   POST /v1/completions: OpenAI completions with a token-id `prompt`, `logprobs`,
@@ -69,4 +69,57 @@ for k, turn in enumerate(case["turns"][:2]):
                           "e2e_latency": 0.118}}
     dump(f"sglang-turn{k + 1}.json", {"engine": "sglang", "path": "/generate", "request": req, "response": resp,
                                       "expected": {"ids": ids, "logprobs": lps, "text": text}})
+
+# In-place reloads: the engines' documented examples, verbatim where the documentation gives
+# them (request bodies, success bodies), in the documented shape where it names only the fields.
+VLLM_LORA_DOC = "https://docs.vllm.ai/en/latest/features/lora/"
+SGLANG_RL_DOC = "https://docs.sglang.io/advanced_features/sglang_for_rl.html"
+SGLANG_NATIVE_DOC = "https://docs.sglang.io/basic_usage/native_api.html"
+reload = {
+    "vllm": {
+        "load": {"source": VLLM_LORA_DOC, "method": "POST", "path": "/v1/load_lora_adapter",
+                 "request": {"lora_name": "sql_adapter", "lora_path": "/path/to/sql-lora-adapter"},
+                 "status": 200, "content_type": "text/plain",
+                 "response": "Success: LoRA adapter 'sql_adapter' added successfully"},
+        "unload": {"source": VLLM_LORA_DOC, "method": "POST", "path": "/v1/unload_lora_adapter",
+                   "request": {"lora_name": "sql_adapter"},
+                   "status": 200, "content_type": "text/plain",
+                   "response": "Success: LoRA adapter 'sql_adapter' removed successfully"},
+        # "If an error occurs, such as if the adapter cannot be found or loaded, an appropriate
+        # error message will be returned": vLLM's ErrorResponse object with the HTTP status.
+        "load_failed": {"source": VLLM_LORA_DOC, "method": "POST", "path": "/v1/load_lora_adapter",
+                        "request": {"lora_name": "sql_adapter", "lora_path": "/path/to/missing-adapter"},
+                        "status": 404, "content_type": "application/json",
+                        "response": {"error": {"message": "Loading lora sql_adapter failed: No adapter found for /path/to/missing-adapter",
+                                               "type": "NotFoundError", "param": None, "code": 404}}},
+        # "Upon querying the /models endpoint, we should see our LoRA along with its base model".
+        "models": {"source": VLLM_LORA_DOC, "method": "GET", "path": "/v1/models", "status": 200,
+                   "content_type": "application/json",
+                   "response": {"object": "list", "data": [
+                       {"id": "meta-llama/Llama-2-7b-hf", "object": "model", "created": 1715644056, "owned_by": "vllm",
+                        "root": "~/.cache/huggingface/hub/models--meta-llama--Llama-2-7b-hf/snapshots/01c7f73d771dfac7d292323805ebc428287df4f9/",
+                        "parent": None},
+                       {"id": "sql-lora", "object": "model", "created": 1715644056, "owned_by": "vllm",
+                        "root": "~/.cache/huggingface/hub/models--yard1--llama-2-7b-sql-lora-test/snapshots/0dfa347e8877a4d4ed19ee56c140fa518470028c/",
+                        "parent": "meta-llama/Llama-2-7b-hf"}]}},
+    },
+    "sglang": {
+        "update": {"source": SGLANG_NATIVE_DOC, "method": "POST", "path": "/update_weights_from_disk",
+                   "request": {"model_path": "qwen/qwen2.5-0.5b-instruct"},
+                   "status": 200, "content_type": "application/json",
+                   "response": {"success": True, "message": "Succeeded to update model weights.", "num_paused_requests": 0}},
+        "update_failed": {"source": SGLANG_NATIVE_DOC, "method": "POST", "path": "/update_weights_from_disk",
+                          "request": {"model_path": "qwen/qwen2.5-0.5b-instruct-wrong"},
+                          "status": 400, "content_type": "application/json",
+                          "response": {"success": False,
+                                       "message": "Failed to get weights iterator: qwen/qwen2.5-0.5b-instruct-wrong (repository not found).",
+                                       "num_paused_requests": 0}},
+        "model_info": {"source": SGLANG_NATIVE_DOC, "method": "GET", "path": "/get_model_info", "status": 200,
+                       "content_type": "application/json",
+                       "response": {"model_path": "qwen/qwen2.5-0.5b-instruct", "tokenizer_path": "qwen/qwen2.5-0.5b-instruct",
+                                    "is_generation": True, "preferred_sampling_params": None, "weight_version": "default",
+                                    "has_image_understanding": False, "has_audio_understanding": False}},
+    },
+}
+dump("reload.json", reload)
 print("wrote", sorted(p.name for p in out.iterdir()))

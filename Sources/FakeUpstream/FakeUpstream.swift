@@ -41,17 +41,20 @@ public final class FakeUpstream: Sendable {
     public let port: Int
     public var baseURL: String { "http://127.0.0.1:\(port)/v1" }
 
-    /// Starts the server and returns once it listens.
-    public init(script: Script? = nil, recordRequests: Bool = true) async throws {
+    /// Starts the server and returns once it listens. `routes`: the paths it answers (GET and
+    /// POST); a fake inference engine answers `/**` (SGLang's `/generate`, `/health`, ...).
+    public init(script: Script? = nil, recordRequests: Bool = true, routes: [String] = ["/v1/**"]) async throws {
         self.script = script
         let state = self.state
         let router = Router()
         let (portStream, portCont) = AsyncStream<Int>.makeStream()
-        router.on("/v1/**", method: .post) { req, ctx in
-            try await FakeUpstream.handle(req, ctx, state: state, script: script, record: recordRequests)
-        }
-        router.on("/v1/**", method: .get) { req, ctx in
-            try await FakeUpstream.handle(req, ctx, state: state, script: script, record: recordRequests)
+        for route in routes {
+            router.on(RouterPath(route), method: .post) { req, ctx in
+                try await FakeUpstream.handle(req, ctx, state: state, script: script, record: recordRequests)
+            }
+            router.on(RouterPath(route), method: .get) { req, ctx in
+                try await FakeUpstream.handle(req, ctx, state: state, script: script, record: recordRequests)
+            }
         }
         var logger = Logger(label: "fake-upstream")
         logger.logLevel = .critical

@@ -42,8 +42,11 @@ struct AdminRoutes: Sendable {
             try self.authorize(req)
             var req = req
             let body = try await Replies.collectBody(&req, limit: 64 << 10)
-            let (path, backend) = try Self.parseSwap(Data(buffer: body), current: self.state.config.policy.backend)
-            return try await self.swap(to: path, backend: backend)
+            let swap = try Self.parseSwap(Data(buffer: body), current: self.state.config.policy.backend)
+            switch swap.reload {
+            case .blueGreen: return try await self.swap(to: swap.path, backend: swap.backend)
+            case .inPlace: return try await self.reloadInPlace(to: swap.path, enginePath: swap.enginePath)
+            }
         }
         router.post("/admin/policy/rollback") { req, _ in
             try self.authorize(req)
@@ -67,6 +70,12 @@ struct AdminRoutes: Sendable {
             throw GatewayError(
                 status: 409, message: "There is no earlier policy version to roll back to.", type: "invalid_request_error",
                 code: "no_previous_version")
+        }
+        // A version reloaded in place goes back the same way, on the same engine.
+        if let current = holder.current, current.reload == .inPlace, let remote = current.remote,
+            let back = previous.backend, back.kind == remote.backend.kind, back.baseURL == remote.backend.baseURL
+        {
+            return try await reloadInPlace(to: previous.path, enginePath: nil, rollbackTo: previous)
         }
         return try await swap(to: previous.path, backend: previous.backend, rollbackOf: previous.id)
     }

@@ -52,7 +52,7 @@ struct CollaborationRoute: Sendable {
     func respond(_ incoming: Incoming, _ context: GatewayContext) async -> Response {
         var episode = incoming.episode
         let config = state.config
-        guard let loaded = holder.acquireForRequest() else {
+        guard let loaded = await holder.acquireForRequest() else {
             return await state.fail(.policyUnavailable(model: incoming.model), episode: &episode, context: context)
         }
         // An episode needs the upstream: while its circuit is open, fail fast instead of

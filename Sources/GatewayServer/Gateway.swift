@@ -120,7 +120,8 @@ public final class Gateway: Sendable {
         }
         let policySync = PolicySync(
             backend: database, holder: holder, modelsDir: config.admin.modelsDir,
-            weights: config.policy.weights, pollInterval: .milliseconds(Int64(config.log.policyPollSeconds * 1000)),
+            weights: config.policy.weights, policyBackend: { state.config.policy.backend },
+            pollInterval: .milliseconds(Int64(config.log.policyPollSeconds * 1000)),
             logger: logger, onSwitch: { state.metrics.swapped() })
         self.policySync = policySync
         let admin = AdminRoutes(

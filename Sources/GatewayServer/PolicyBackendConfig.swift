@@ -112,24 +112,55 @@ extension Gateway {
 }
 
 extension AdminRoutes {
-    /// `POST /admin/policy` body: `{"path": ..., "backend": {...}}`. Without `backend` the
-    /// configured `policy.backend` is used; `{"kind": "embedded"}` loads into the gateway's own
-    /// engine. Unknown keys and bad values are 400s naming the key.
-    static func parseSwap(_ body: Data, current: RemotePolicyBackend?) throws -> (String, RemotePolicyBackend?) {
-        let usage = "Send {\"path\": \"<checkpoint folder inside the models directory>\", \"backend\": {\"kind\": ..., \"base_url\": ...}}."
+    /// What `POST /admin/policy` asks for.
+    struct SwapRequest: Equatable {
+        var path: String
+        /// The engine of the new version (blue/green); nil: the embedded engine.
+        var backend: RemotePolicyBackend?
+        var reload: PolicyReloadMode
+        /// In place: the checkpoint's path as the engine sees it (nil: the gateway's own path).
+        var enginePath: String?
+    }
+
+    /// `POST /admin/policy` body: `{"path": ..., "backend": {...}, "reload": "blue_green" |
+    /// "in_place", "engine_path": ...}`. Blue/green (the default): without `backend` the configured
+    /// `policy.backend` is used; `{"kind": "embedded"}` loads into the gateway's own engine. In
+    /// place: the serving engine reloads, so `backend` is refused, and `engine_path` (only there)
+    /// names the checkpoint on the engine's side. Unknown keys and bad values are 400s naming the key.
+    static func parseSwap(_ body: Data, current: RemotePolicyBackend?) throws -> SwapRequest {
+        let usage =
+            "Send {\"path\": \"<checkpoint folder inside the models directory>\", \"backend\": {\"kind\": ..., \"base_url\": ...}} (blue/green) or {\"path\": ..., \"reload\": \"in_place\", \"engine_path\": ...}."
         guard let v = try? JSONDecoder().decode(JSONValue.self, from: body), case .object(let d) = v else {
             throw GatewayError.invalidField("path", usage)
         }
         do {
             var o = try ConfigObject(.object(d), path: "")
             guard let path = try o.string("path") else { throw GatewayError.invalidField("path", usage) }
+            let reload = try o.oneOf("reload", default: PolicyReloadMode.blueGreen)
             var backend = current
             if o.dict["backend"] != nil {
+                guard reload == .blueGreen else {
+                    throw GatewayError.invalidField(
+                        "backend",
+                        "\"reload\": \"in_place\" reloads the weights of the engine serving now; 'backend' names another engine instance, which is a blue/green switch (\"reload\": \"blue_green\")."
+                    )
+                }
                 var b = try o.object("backend")
                 backend = try GatewayConfig.policyBackend(&b)
             }
+            let enginePath = try o.string("engine_path")
+            if let enginePath {
+                guard reload == .inPlace else {
+                    throw GatewayError.invalidField(
+                        "engine_path",
+                        "'engine_path' names the checkpoint for an engine reloading in place; it needs \"reload\": \"in_place\".")
+                }
+                guard !enginePath.isEmpty, !enginePath.contains("\0") else {
+                    throw GatewayError.invalidField("engine_path", "'engine_path' is empty.")
+                }
+            }
             try o.finish()
-            return (path, backend)
+            return SwapRequest(path: path, backend: backend, reload: reload, enginePath: enginePath)
         } catch let e as ConfigError {
             throw GatewayError.invalidField(e.path, e.description)
         }

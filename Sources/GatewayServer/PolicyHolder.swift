@@ -18,6 +18,9 @@ public final class LoadedPolicy: Sendable {
     public let loadedAt: Date
     public let architecture: String
     public let parameterCount: Int
+    /// How this version came to serve: `inPlace` on the engine of the version before it (a
+    /// rollback from it reloads in place too).
+    public let reload: PolicyReloadMode
     private let served = ServedCounter()
     /// Requests that started on this version.
     public var requestsServed: Int { served.value }
@@ -30,6 +33,7 @@ public final class LoadedPolicy: Sendable {
     init(policy: EnginePolicy, sha256: String, path: String) {
         self.embedded = policy
         self.remote = nil
+        reload = .blueGreen
         self.sha256 = sha256
         version = CheckpointHash.versionID(sha256: sha256)
         self.path = path
@@ -40,9 +44,10 @@ public final class LoadedPolicy: Sendable {
 
     /// A policy on an inference engine. Its version is the folder's weights' id, or the engine's
     /// model id when the folder holds only the tokenizer and config.
-    init(remote: RemotePolicy, path: String) {
+    init(remote: RemotePolicy, path: String, reload: PolicyReloadMode = .blueGreen) {
         self.embedded = nil
         self.remote = remote
+        self.reload = reload
         sha256 = remote.weightsSHA256 ?? remote.version
         version = remote.version
         self.path = path
@@ -142,9 +147,14 @@ public struct PolicyVersionInfo: Codable, Sendable, Equatable {
     public var requestsServed: Int
     /// The inference engine it ran on (absent: the embedded engine); rollback returns to it.
     public var backend: RemotePolicyBackend?
+    /// How it came to serve (see `LoadedPolicy.reload`).
+    public var reload: PolicyReloadMode
+    /// Where the engine read its weights (an in-place rollback reloads them from there).
+    public var enginePath: String?
 
     enum CodingKeys: String, CodingKey {
-        case id, path, sha256, architecture, backend
+        case id, path, sha256, architecture, backend, reload
+        case enginePath = "engine_path"
         case parameterCount = "parameter_count"
         case loadedAt = "loaded_at"
         case requestsServed = "requests_served"
@@ -159,6 +169,8 @@ public struct PolicyVersionInfo: Codable, Sendable, Equatable {
         loadedAt = p.loadedAt
         requestsServed = p.requestsServed
         backend = p.remote?.backend
+        reload = p.reload
+        enginePath = p.remote?.enginePath
     }
 }
 
@@ -172,16 +184,39 @@ public final class PolicyHolder: @unchecked Sendable {
     private var _current: LoadedPolicy?
     private var _history: [PolicyVersionInfo] = []
     private var _loading = false
+    /// Non-nil while new episodes wait (an in-place reload drains the serving version's).
+    private var _waiting: [CheckedContinuation<Void, Never>]?
 
     public init(_ initial: LoadedPolicy? = nil) { _current = initial }
 
     public var current: LoadedPolicy? { lock.withLock { _current } }
 
-    /// Takes the current version for one request (and counts it).
-    func acquireForRequest() -> LoadedPolicy? {
+    /// Takes the current version for one request (and counts it); waits while new episodes are
+    /// held back.
+    func acquireForRequest() async -> LoadedPolicy? {
+        await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+            let wait = lock.withLock { () -> Bool in
+                guard _waiting != nil else { return false }
+                _waiting!.append(c)
+                return true
+            }
+            if !wait { c.resume() }
+        }
         let p = lock.withLock { _current }
         p?.countRequest()
         return p
+    }
+
+    /// Holds new episodes back (they wait in `acquireForRequest`) until `releaseEpisodes()`.
+    func holdNewEpisodes() { lock.withLock { if _waiting == nil { _waiting = [] } } }
+
+    /// Lets the held episodes go, onto the version serving now.
+    func releaseEpisodes() {
+        let waiting = lock.withLock { () -> [CheckedContinuation<Void, Never>] in
+            defer { _waiting = nil }
+            return _waiting ?? []
+        }
+        for c in waiting { c.resume() }
     }
 
     /// Earlier versions, most recent first.

@@ -2,6 +2,7 @@ import Foundation
 import Logging
 import NIOPosix
 import PolicyEngine
+import RemotePolicy
 import Synchronization
 import TrafficLog
 
@@ -13,7 +14,8 @@ import TrafficLog
 /// every `pollInterval` each replica looks anyway (the fallback, and the only way on SQLite).
 /// A replica whose version differs loads the recorded checkpoint from the path resolved under
 /// its own `admin.models_dir`, checks its weights digest is the recorded version, and
-/// switches. When that fails it keeps serving the old version, says so in `/ready` and
+/// switches. With `policy.backend` set it loads no weights: it connects its engine to the
+/// recorded folder (tokenizer, version; on vLLM the folder's LoRA adapter if the engine lists it). When that fails it keeps serving the old version, says so in `/ready` and
 /// `GET /admin/policy`, and tries again at the next check.
 public final class PolicySync: Sendable {
     /// What `GET /admin/policy` shows under `fleet`.
@@ -39,6 +41,8 @@ public final class PolicySync: Sendable {
     let holder: PolicyHolder
     let modelsDir: String
     let weights: WeightFormat
+    /// The configured `policy.backend` (read at each switch: a config reload may change it).
+    let policyBackend: @Sendable () -> RemotePolicyBackend?
     let replica: String
     let pollInterval: Duration
     let logger: Logger
@@ -47,12 +51,14 @@ public final class PolicySync: Sendable {
 
     init(
         backend: any LogBackend, holder: PolicyHolder, modelsDir: String, weights: WeightFormat,
+        policyBackend: @escaping @Sendable () -> RemotePolicyBackend? = { nil },
         pollInterval: Duration, logger: Logger, onSwitch: @escaping @Sendable () -> Void = {}
     ) {
         self.backend = backend
         self.holder = holder
         self.modelsDir = modelsDir
         self.weights = weights
+        self.policyBackend = policyBackend
         self.pollInterval = pollInterval
         self.logger = logger
         self.onSwitch = onSwitch
@@ -154,8 +160,12 @@ public final class PolicySync: Sendable {
         let loaded: LoadedPolicy
         do {
             let path = try AdminRoutes.confine(latest.path, modelsDir: modelsDir)
-            let weights = self.weights
-            loaded = try await NIOThreadPool.singleton.runIfActive { try LoadedPolicy.load(path: path, weights: weights) }
+            if let remote = policyBackend() {
+                loaded = try await LoadedPolicy.connect(path: path, backend: remote)
+            } else {
+                let weights = self.weights
+                loaded = try await NIOThreadPool.singleton.runIfActive { try LoadedPolicy.load(path: path, weights: weights) }
+            }
         } catch {
             fail(
                 "policy version \(latest.versionID) (recorded by \(latest.replica ?? "another replica") at '\(latest.path)') could not be loaded; still serving \(holder.current?.version ?? "none"): \(error)"

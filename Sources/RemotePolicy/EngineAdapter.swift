@@ -90,6 +90,19 @@ public protocol EngineAdapter: Sendable {
     /// A GET that names the served model.
     var modelInfoPath: String { get }
     func parseModelID(_ body: Data) -> String?
+    /// What the engine offers to bring new weights into a running server.
+    var inPlaceReload: InPlaceReload { get }
+}
+
+/// How an engine reloads weights in place (`"reload": "in_place"` of `POST /admin/policy`).
+public enum InPlaceReload: Sendable, Equatable {
+    /// vLLM: `POST /v1/load_lora_adapter` registers the new weights as a LoRA adapter under its
+    /// own name; requests then name the adapter as `model`. The old adapter stays loaded.
+    case loraAdapter
+    /// SGLang: `POST /update_weights_from_disk` replaces the served weights.
+    case weightsFromDisk
+    /// None: the reason, for the 400 an in-place reload gets.
+    case unsupported(String)
 }
 
 /// The client side of the protocol's stop rules, applied to what the engine returned, so a turn

@@ -138,6 +138,15 @@ public struct LlamaCppAdapter: EngineAdapter {
 
     public var healthPath: String { "/health" }
     public var modelInfoPath: String { "/v1/models" }
+
+    /// llama-server has no call that loads new weights into a running server: `POST /lora-adapters`
+    /// only sets the scales of the adapters it was started with (`--lora`).
+    public var inPlaceReload: InPlaceReload {
+        .unsupported(
+            "llama.cpp's llama-server cannot load new weights into a running server (its /lora-adapters endpoint only rescales the adapters loaded at start with --lora); start a second llama-server on the new weights and switch to it with \"reload\": \"blue_green\" and its \"backend\""
+        )
+    }
+
     public func parseModelID(_ body: Data) -> String? {
         (try? JSONDecoder().decode(ModelList.self, from: body))?.data.first?.id
     }

@@ -63,3 +63,13 @@ public struct RemotePolicyBackend: Sendable, Equatable, Codable {
         }
     }
 }
+
+/// How `POST /admin/policy` brings a checkpoint to serve (`"reload"`).
+public enum PolicyReloadMode: String, Sendable, CaseIterable, Codable {
+    /// Load it into a new engine (the embedded one, or the engine instance `backend` names, already
+    /// serving it), check it, switch atomically; episodes in flight finish on the old one.
+    case blueGreen = "blue_green"
+    /// Load it into the inference engine that serves now, with the engine's own documented call
+    /// (vLLM: a LoRA adapter; SGLang: `/update_weights_from_disk`), check it, switch.
+    case inPlace = "in_place"
+}

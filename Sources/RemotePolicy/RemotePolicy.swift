@@ -14,6 +14,7 @@ import NIOHTTP1
 import OpenAIWire
 import PolicyEngine
 import PromptR1
+import Synchronization
 
 /// Why a remote policy call failed. Each case is a policy error to the collaboration loop
 /// (`on_policy_error` applies).
@@ -25,6 +26,8 @@ public enum RemotePolicyError: Error, CustomStringConvertible, Sendable, Equatab
     case circuitOpen(retryAfterSeconds: Int)
     case contextFull(limit: Int)
     case checkpoint(String)
+    /// The engine's weights were reloaded in place under this episode (it would mix versions).
+    case reloaded(String)
 
     public var description: String {
         switch self {
@@ -35,6 +38,7 @@ public enum RemotePolicyError: Error, CustomStringConvertible, Sendable, Equatab
         case .circuitOpen(let s): return "policy engine circuit open (retry in \(s) s)"
         case .contextFull(let limit): return "the policy's context window (\(limit) tokens) is full"
         case .checkpoint(let m): return "policy checkpoint: \(m)"
+        case .reloaded(let m): return "policy engine reloaded in place: \(m)"
         }
     }
 
@@ -43,7 +47,7 @@ public enum RemotePolicyError: Error, CustomStringConvertible, Sendable, Equatab
         switch self {
         case .unreachable, .timeout, .malformed: return true
         case .status(let code, _): return code >= 500
-        case .circuitOpen, .contextFull, .checkpoint: return false
+        case .circuitOpen, .contextFull, .checkpoint, .reloaded: return false
         }
     }
 }
@@ -102,8 +106,22 @@ public final class RemotePolicy: Sendable {
     public let weightsSHA256: String?
     /// The model id the engine reports (`GET /v1/models`, SGLang `/get_model_info`).
     public let engineModelID: String?
-    private let apiKey: String?
-    private let client: HTTPClient
+    /// Where the engine reads these weights (SGLang `model_path`, vLLM `lora_path`), for an
+    /// in-place rollback to them; nil for weights the engine was started with and cannot name.
+    public let enginePath: String?
+    let apiKey: String?
+    let client: HTTPClient
+
+    struct Live {
+        /// Episodes (sessions) running on this policy.
+        var sessions = 0
+        /// Set while the engine's weights are no longer this policy's (an in-place reload).
+        var retired: String?
+    }
+    let live = Mutex(Live())
+
+    /// Episodes running on this policy now.
+    public var activeSessions: Int { live.withLock { $0.sessions } }
 
     /// The policy version an episode records: the weights' id, or the engine's model id.
     public var version: String {
@@ -113,7 +131,8 @@ public final class RemotePolicy: Sendable {
 
     init(
         directory: URL, backend: RemotePolicyBackend, tokenizer: Tokenizer, config: ModelConfig,
-        endOfTurnIDs: Set<Int32>, weightsSHA256: String?, engineModelID: String?, apiKey: String?, client: HTTPClient
+        endOfTurnIDs: Set<Int32>, weightsSHA256: String?, engineModelID: String?, enginePath: String? = nil,
+        apiKey: String?, client: HTTPClient
     ) {
         self.directory = directory
         self.backend = backend
@@ -126,18 +145,22 @@ public final class RemotePolicy: Sendable {
             cooldown: .milliseconds(Int64(backend.circuitCooldownSeconds * 1000)))
         self.weightsSHA256 = weightsSHA256
         self.engineModelID = engineModelID
+        self.enginePath = enginePath
         self.apiKey = apiKey
         self.client = client
     }
 
-    /// Loads the checkpoint folder's tokenizer and config, checks the engine is healthy, reads
-    /// its model id, and runs one smoke generation (one token from a short chat prompt). Throws
-    /// if any of it fails, so a swap never switches to an engine that cannot serve.
-    public static func connect(
-        directory: URL, backend: RemotePolicyBackend,
-        environment: [String: String] = ProcessInfo.processInfo.environment,
-        client: HTTPClient = RemotePolicy.engineClient
-    ) async throws -> RemotePolicy {
+    /// What the gateway reads from a checkpoint folder whichever engine holds the weights.
+    struct CheckpointFiles {
+        var tokenizer: Tokenizer
+        var config: ModelConfig
+        var endOfTurnIDs: Set<Int32>
+        var weightsSHA256: String?
+        /// The version id of the folder's weights (nil: the folder holds none).
+        var versionID: String? { weightsSHA256.map { CheckpointHash.versionID(sha256: $0) } }
+    }
+
+    static func readCheckpoint(_ directory: URL) throws -> CheckpointFiles {
         let tokenizer: Tokenizer
         let config: ModelConfig
         do {
@@ -156,6 +179,20 @@ public final class RemotePolicy: Sendable {
         let hasWeights = ((try? FileManager.default.contentsOfDirectory(atPath: directory.path)) ?? [])
             .contains { $0.hasSuffix(".safetensors") }
         let sha = hasWeights ? try CheckpointHash.weightsSHA256(directory: directory) : nil
+        return CheckpointFiles(tokenizer: tokenizer, config: config, endOfTurnIDs: stops, weightsSHA256: sha)
+    }
+
+    /// Loads the checkpoint folder's tokenizer and config, checks the engine is healthy, reads
+    /// its model id, and runs one smoke generation (one token from a short chat prompt). Throws
+    /// if any of it fails, so a swap never switches to an engine that cannot serve. On vLLM, when
+    /// the engine lists the folder's LoRA adapter (`policy-<version>`, loaded by an in-place
+    /// reload, perhaps through another replica), requests name that adapter.
+    public static func connect(
+        directory: URL, backend: RemotePolicyBackend,
+        environment: [String: String] = ProcessInfo.processInfo.environment,
+        client: HTTPClient = RemotePolicy.engineClient
+    ) async throws -> RemotePolicy {
+        let files = try readCheckpoint(directory)
         var apiKey: String?
         if let name = backend.apiKeyEnv {
             guard let v = environment[name], !v.isEmpty else {
@@ -164,15 +201,24 @@ public final class RemotePolicy: Sendable {
             apiKey = v
         }
         let probe = RemotePolicy(
-            directory: directory, backend: backend, tokenizer: tokenizer, config: config,
-            endOfTurnIDs: stops, weightsSHA256: sha, engineModelID: nil, apiKey: apiKey, client: client)
+            directory: directory, backend: backend, tokenizer: files.tokenizer, config: files.config,
+            endOfTurnIDs: files.endOfTurnIDs, weightsSHA256: files.weightsSHA256, engineModelID: nil, apiKey: apiKey,
+            client: client)
         let health = await probe.health()
         guard health.ok else { throw RemotePolicyError.unreachable(health.detail ?? "health check failed") }
         let info: Data? = try? await probe.get(backend.adapter.modelInfoPath)
-        let modelID = info.flatMap { backend.adapter.parseModelID($0) }
+        var modelID = info.flatMap { backend.adapter.parseModelID($0) }
+        var served = backend
+        if backend.kind == .vllm, let info, let version = files.versionID,
+            let ids = try? VLLMAdapter().servedModelIDs(info), ids.contains(adapterName(version: version, enginePath: nil))
+        {
+            served.model = adapterName(version: version, enginePath: nil)
+            modelID = served.model
+        }
         let policy = RemotePolicy(
-            directory: directory, backend: backend, tokenizer: tokenizer, config: config,
-            endOfTurnIDs: stops, weightsSHA256: sha, engineModelID: modelID, apiKey: apiKey, client: client)
+            directory: directory, backend: served, tokenizer: files.tokenizer, config: files.config,
+            endOfTurnIDs: files.endOfTurnIDs, weightsSHA256: files.weightsSHA256, engineModelID: modelID,
+            enginePath: backend.kind == .sglang ? modelID : nil, apiKey: apiKey, client: client)
         try await policy.smokeGeneration()
         return policy
     }
@@ -267,8 +313,15 @@ public final class RemotePolicy: Sendable {
         try await send(request(path, method: .GET, body: nil), timeout: min(backend.timeoutSeconds, 10))
     }
 
+    /// A control call (an in-place reload): no circuit breaker, a deadline long enough to read
+    /// a checkpoint (10 minutes, or `timeout_seconds` if longer).
+    func post(_ r: EngineHTTPRequest) async throws -> Data {
+        try await send(request(r.path, method: .POST, body: r.body), timeout: max(backend.timeoutSeconds, 600))
+    }
+
     /// One generation through the circuit breaker, counted in `stats`.
     public func generate(_ g: EngineGenerateRequest) async throws -> EngineCompletion {
+        if let why = live.withLock({ $0.retired }) { throw RemotePolicyError.reloaded(why) }
         if let wait = breaker.acquire() { throw RemotePolicyError.circuitOpen(retryAfterSeconds: wait) }
         let t0 = ContinuousClock.now
         do {
@@ -322,7 +375,10 @@ public final class RemotePolicySession: PolicySession, @unchecked Sendable {
         self.sampling = sampling
         promptTokenIDs = promptIDs
         context = promptIDs
+        policy.live.withLock { $0.sessions += 1 }
     }
+
+    deinit { policy.live.withLock { $0.sessions -= 1 } }
 
     public var logprobKind: PolicyLogprobKind { policy.logprobKind(for: sampling) }
 

@@ -10,6 +10,12 @@
 // Log-probs: SGLang's sampler returns the log-probs of the distribution it sampled from (after
 // temperature) unless the server runs with SGLANG_RETURN_ORIGINAL_LOGPROB=1; greedy requests
 // return the plain log-softmax. Logged as `sampling` when sampled, `model` when greedy.
+// In-place reload (docs: "SGLang for RL Systems", "Update Weights from Disk"; "SGLang Native
+// APIs"): `POST /update_weights_from_disk` with `model_path` (and the optional `weight_version`
+// label) answers `{"success": true, "message": "Succeeded to update model weights.", ...}`, or
+// `success: false` with the reason (HTTP 400). The server takes its model-update lock as a
+// writer: the requests running finish first, new ones wait until the new weights serve.
+// Afterwards `GET /get_model_info` reports the new `model_path` and `weight_version`.
 
 import Foundation
 import PolicyEngine
@@ -98,8 +104,39 @@ public struct SGLangAdapter: EngineAdapter {
 
     public var healthPath: String { "/health" }
     public var modelInfoPath: String { "/get_model_info" }
-    struct ModelInfo: Decodable { var model_path: String }
+    public struct ModelInfo: Decodable, Sendable, Equatable {
+        public var model_path: String
+        public var weight_version: String?
+    }
     public func parseModelID(_ body: Data) -> String? {
         (try? JSONDecoder().decode(ModelInfo.self, from: body))?.model_path
+    }
+    public func parseModelInfo(_ body: Data) throws -> ModelInfo {
+        try decode(ModelInfo.self, body, what: "model info")
+    }
+
+    public var inPlaceReload: InPlaceReload { .weightsFromDisk }
+
+    struct UpdateWeights: Encodable {
+        var model_path: String
+        var weight_version: String?
+    }
+
+    /// `POST /update_weights_from_disk`: the checkpoint at `modelPath` (on the engine's side),
+    /// labelled `weightVersion` (the gateway's version id) when there is one.
+    public func updateWeightsRequest(modelPath: String, weightVersion: String?) throws -> EngineHTTPRequest {
+        EngineHTTPRequest(
+            path: "/update_weights_from_disk", body: try encode(UpdateWeights(model_path: modelPath, weight_version: weightVersion)))
+    }
+
+    struct UpdateWeightsResponse: Decodable {
+        var success: Bool
+        var message: String?
+    }
+
+    /// Throws unless the engine says the update succeeded.
+    public func parseUpdateWeightsResponse(_ body: Data) throws {
+        let r = try decode(UpdateWeightsResponse.self, body, what: "update_weights_from_disk response")
+        guard r.success else { throw EngineResponseError("sglang: \(r.message ?? "update_weights_from_disk failed")") }
     }
 }

@@ -9,6 +9,11 @@
 // Prefix caching (`--enable-prefix-caching`, on by default in V1) makes the re-sent prefix cheap.
 // Log-probs: vLLM's sampler returns `raw_logprobs` by default, the model's log-softmax before
 // temperature, penalties, top-k and top-p (`--logprobs-mode`), so they are logged as `model`.
+// In-place reload (docs: "LoRA Adapters", "Dynamically serving LoRA Adapters"; the server runs
+// with `--enable-lora` and VLLM_ALLOW_RUNTIME_LORA_UPDATING=True): `POST /v1/load_lora_adapter`
+// with `lora_name` and `lora_path` answers 200 and a plain-text "Success: ..." body, an error
+// object otherwise; the adapter is then listed by `GET /v1/models` and served to requests that
+// name it as `model`. `POST /v1/unload_lora_adapter` with `lora_name` removes it.
 
 import Foundation
 import PolicyEngine
@@ -89,5 +94,27 @@ public struct VLLMAdapter: EngineAdapter {
     public var modelInfoPath: String { "/v1/models" }
     public func parseModelID(_ body: Data) -> String? {
         (try? JSONDecoder().decode(ModelList.self, from: body))?.data.first?.id
+    }
+
+    public var inPlaceReload: InPlaceReload { .loraAdapter }
+
+    /// Every model id `GET /v1/models` lists: the base model and each loaded adapter.
+    public func servedModelIDs(_ body: Data) throws -> [String] {
+        try decode(ModelList.self, body, what: "model list").data.map(\.id)
+    }
+
+    struct LoRAAdapter: Encodable {
+        var lora_name: String
+        var lora_path: String?
+    }
+
+    /// `POST /v1/load_lora_adapter`: the weights at `path` (on the engine's side) as adapter `name`.
+    public func loadLoRARequest(name: String, path: String) throws -> EngineHTTPRequest {
+        EngineHTTPRequest(path: "/v1/load_lora_adapter", body: try encode(LoRAAdapter(lora_name: name, lora_path: path)))
+    }
+
+    /// `POST /v1/unload_lora_adapter`.
+    public func unloadLoRARequest(name: String) throws -> EngineHTTPRequest {
+        EngineHTTPRequest(path: "/v1/unload_lora_adapter", body: try encode(LoRAAdapter(lora_name: name)))
     }
 }

@@ -105,6 +105,13 @@ final class RemotePolicyGatewayTests: XCTestCase {
         let badKey = try await h.admin(
             .POST, "/admin/policy", body: #"{"path": "x", "backend": {"kind": "llamacpp", "url": "\#(dead)"}}"#, token: token)
         XCTAssertEqual(badKey.status, 400, badKey.body)
+        // llama-server cannot load new weights into a running server: in place is a clear 400.
+        let inPlace = try await h.admin(
+            .POST, "/admin/policy", body: #"{"path": "\#(link.lastPathComponent)", "reload": "in_place"}"#, token: token)
+        XCTAssertEqual(inPlace.status, 400, inPlace.body)
+        XCTAssertEqual(inPlace.error?["code"] as? String, "reload_unsupported", inPlace.body)
+        XCTAssertTrue((inPlace.error?["message"] as? String ?? "").contains("/lora-adapters"), inPlace.body)
+        XCTAssertEqual(h.gateway.policies.current?.remote?.backend.baseURL, engine.baseURL)
         let swapped = try await h.admin(
             .POST, "/admin/policy",
             body: #"{"path": "\#(link.lastPathComponent)", "backend": {"kind": "llamacpp", "base_url": "\#(green.baseURL)"}}"#, token: token

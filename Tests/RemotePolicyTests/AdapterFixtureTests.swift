@@ -71,6 +71,57 @@ final class AdapterFixtureTests: XCTestCase {
         XCTAssertEqual(SGLangAdapter().logprobKind(for: .greedy), .model)
     }
 
+    /// The reload calls against the engines' documented examples (Tests/Fixtures/engines/reload.json).
+    func testReloadCallsMatchTheDocumentedOnes() throws {
+        let url = LlamaServerTests.fixtures.appendingPathComponent("engines/reload.json")
+        let doc = try JSONSerialization.jsonObject(with: Data(contentsOf: url)) as! [String: [String: [String: Any]]]
+        func body(_ r: EngineHTTPRequest) throws -> NSDictionary { try JSONSerialization.jsonObject(with: r.body) as! NSDictionary }
+        func data(_ v: Any) throws -> Data {
+            if let s = v as? String { return Data(s.utf8) }
+            return try JSONSerialization.data(withJSONObject: v)
+        }
+
+        let vllm = VLLMAdapter()
+        let v = doc["vllm"]!
+        XCTAssertEqual(vllm.inPlaceReload, .loraAdapter)
+        let load = try vllm.loadLoRARequest(name: "sql_adapter", path: "/path/to/sql-lora-adapter")
+        XCTAssertEqual(load.path, v["load"]!["path"] as? String)
+        XCTAssertEqual(try body(load), v["load"]!["request"] as? NSDictionary)
+        let unload = try vllm.unloadLoRARequest(name: "sql_adapter")
+        XCTAssertEqual(unload.path, v["unload"]!["path"] as? String)
+        XCTAssertEqual(try body(unload), v["unload"]!["request"] as? NSDictionary)
+        XCTAssertEqual(
+            try vllm.servedModelIDs(try data(v["models"]!["response"]!)), ["meta-llama/Llama-2-7b-hf", "sql-lora"],
+            "the base model and the adapter, as /v1/models lists them")
+        let failure = String(decoding: try data(v["load_failed"]!["response"]!), as: UTF8.self)
+        XCTAssertEqual(
+            RemotePolicy.engineMessage(failure), "Loading lora sql_adapter failed: No adapter found for /path/to/missing-adapter")
+        XCTAssertEqual(RemotePolicy.adapterName(version: "0123456789abcdef", enginePath: "/x/y"), "policy-0123456789abcdef")
+        XCTAssertEqual(RemotePolicy.adapterName(version: nil, enginePath: "/ckpt/step 7"), "policy-step7")
+
+        let sglang = SGLangAdapter()
+        let g = doc["sglang"]!
+        XCTAssertEqual(sglang.inPlaceReload, .weightsFromDisk)
+        let update = try sglang.updateWeightsRequest(modelPath: "qwen/qwen2.5-0.5b-instruct", weightVersion: nil)
+        XCTAssertEqual(update.path, g["update"]!["path"] as? String)
+        XCTAssertEqual(try body(update), g["update"]!["request"] as? NSDictionary)
+        XCTAssertEqual(
+            try body(try sglang.updateWeightsRequest(modelPath: "/m", weightVersion: "0123456789abcdef")),
+            NSDictionary(dictionary: ["model_path": "/m", "weight_version": "0123456789abcdef"]), "the documented weight_version label")
+        XCTAssertNoThrow(try sglang.parseUpdateWeightsResponse(try data(g["update"]!["response"]!)))
+        XCTAssertThrowsError(try sglang.parseUpdateWeightsResponse(try data(g["update_failed"]!["response"]!))) { e in
+            XCTAssertTrue("\(e)".contains("Failed to get weights iterator"), "\(e)")
+        }
+        let info = try sglang.parseModelInfo(try data(g["model_info"]!["response"]!))
+        XCTAssertEqual(info, SGLangAdapter.ModelInfo(model_path: "qwen/qwen2.5-0.5b-instruct", weight_version: "default"))
+        XCTAssertEqual(
+            RemotePolicy.engineMessage(String(decoding: try data(g["update_failed"]!["response"]!), as: UTF8.self)),
+            "Failed to get weights iterator: qwen/qwen2.5-0.5b-instruct-wrong (repository not found).")
+
+        guard case .unsupported(let why) = LlamaCppAdapter().inPlaceReload else { return XCTFail("llama.cpp has no in-place reload") }
+        XCTAssertTrue(why.contains("/lora-adapters"), why)
+    }
+
     func testMalformedResponsesAreErrors() throws {
         XCTAssertThrowsError(try VLLMAdapter().parseGenerateResponse(Data(#"{"choices": [{"text": "x", "finish_reason": "stop"}]}"#.utf8)))
         XCTAssertThrowsError(
