@@ -224,6 +224,12 @@ public struct ExperimentPoint: Codable, Sendable {
     public var train_mean_reward: Double?
     public var train_em: Double?
     public var train_steps: Int?
+    /// Of that rollout's episodes, the fraction whose first prompt states the question's needed
+    /// phrase ("the <property> of the <subject>", the style the upstream answers), and the
+    /// fraction whose first prompt names the question's subject at all: what the policy reads
+    /// from its question, and which style RL selects.
+    public var train_restating: Double?
+    public var train_naming_subject: Double?
     public var upstream_alone_em: Double?
     public var policy_version: String
 }
@@ -341,9 +347,11 @@ public enum Experiment {
             let policy = try EnginePolicy(directory: current)
             let version = CheckpointVersion.id(current)
             let summary: RolloutSummary
+            let styles = PromptStyleTally(world: config.world)
             do {
                 summary = try await Rollout.run(
-                    items: train, policy: policy, policyVersion: version, upstream: upstream, database: database, config: rc)
+                    items: train, policy: policy, policyVersion: version, upstream: upstream, database: database, config: rc,
+                    progress: { _, _, r in if let r { styles.add(r.episode) } })
             } catch {
                 policy.shutdown()
                 throw error
@@ -384,12 +392,13 @@ public enum Experiment {
                 }
             }
             let extra = (episodes: summary.episodesLogged, reward: summary.meanReward, em: summary.exactMatch, steps: job.manifest.steps)
-            let p = try await evaluate(
+            var p = try await evaluate(
                 policy: current, iteration: k + 1, config: config, heldout: heldout, seed: seed, upstream: upstream,
                 kl: n == 0 ? 0 : klSum / Double(n), since: t0, extra: extra)
+            (p.train_restating, p.train_naming_subject) = styles.fractions
             points.append(p)
             log(
-                "\(name) iteration \(k + 1): rollout reward \(Table.num(summary.meanReward, 3)) EM \(Table.num(summary.exactMatch, 3)); held-out EM \(Table.num(p.heldout_em, 3)) reward \(Table.num(p.mean_reward, 3)) kl \(Table.num(p.kl, 5)) (\(Table.num(p.wall_seconds, 1)) s)"
+                "\(name) iteration \(k + 1): rollout reward \(Table.num(summary.meanReward, 3)) EM \(Table.num(summary.exactMatch, 3)) restating \(Table.num(p.train_restating ?? 0, 3)) naming the subject \(Table.num(p.train_naming_subject ?? 0, 3)); held-out EM \(Table.num(p.heldout_em, 3)) reward \(Table.num(p.mean_reward, 3)) kl \(Table.num(p.kl, 5)) (\(Table.num(p.wall_seconds, 1)) s)"
             )
         }
         return points
@@ -434,6 +443,34 @@ public enum Experiment {
             kl: kl, wall_seconds: seconds(ContinuousClock.now - t0), train_episodes: extra?.episodes,
             train_mean_reward: extra?.reward, train_em: extra?.em, train_steps: extra?.steps,
             upstream_alone_em: alone, policy_version: version)
+    }
+}
+
+/// Counts, over a rollout's episodes, the first prompts that restate the question's needed phrase
+/// and those that name its subject.
+final class PromptStyleTally: @unchecked Sendable {  // mutable state guarded by `lock`
+    let world: LookupWorld
+    private let lock = NSLock()
+    private var episodes = 0
+    private var restating = 0
+    private var naming = 0
+    init(world: LookupWorld) { self.world = world }
+
+    func add(_ e: Episode) {
+        let prompt = e.turns.lazy.compactMap { $0.upstream?.messages.last?.content }.first ?? ""
+        let pair = world.pair(question: e.question)
+        lock.lock()
+        defer { lock.unlock() }
+        episodes += 1
+        if let pair, world.restates(prompt, pair) { restating += 1 }
+        if let pair, world.names(prompt, subject: pair.subject) { naming += 1 }
+    }
+
+    var fractions: (Double?, Double?) {
+        lock.lock()
+        defer { lock.unlock() }
+        guard episodes > 0 else { return (nil, nil) }
+        return (Double(restating) / Double(episodes), Double(naming) / Double(episodes))
     }
 }
 

@@ -87,6 +87,10 @@ public struct LookupWorld: Codable, Sendable, Equatable {
     public struct Pair: Sendable, Equatable {
         public var subject: String
         public var property: String
+        public init(subject: String, property: String) {
+            self.subject = subject
+            self.property = property
+        }
     }
 
     public func pairs(heldout: Bool) -> [Pair] {
@@ -97,6 +101,24 @@ public struct LookupWorld: Codable, Sendable, Equatable {
             }
         }
         return out
+    }
+
+    /// The pair a question of this world asks about.
+    public func pair(question q: String) -> Pair? {
+        for s in subjects {
+            for p in propertyNames where question(subject: s, property: p) == q { return Pair(subject: s, property: p) }
+        }
+        return nil
+    }
+
+    /// Whether `prompt` states the phrase this upstream needs for `pair` (so it answers it).
+    public func restates(_ prompt: String, _ pair: Pair) -> Bool {
+        prompt.lowercased().contains(key(subject: pair.subject, property: pair.property))
+    }
+
+    /// Whether `prompt` names `subject` as a whole word.
+    public func names(_ prompt: String, subject: String) -> Bool {
+        prompt.lowercased().split { !$0.isLetter && !$0.isNumber }.contains { $0 == subject.lowercased()[...] }
     }
 
     public func items(heldout: Bool) -> [DatasetItem] {

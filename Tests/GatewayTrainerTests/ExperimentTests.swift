@@ -23,11 +23,17 @@ final class ExperimentTests: XCTestCase {
             // The bare question (what the upstream alone gets, and what a verbatim prompt sends) is not answered.
             XCTAssertEqual(w.answer(prompt: item.question), LookupWorld.notSure, item.question)
         }
-        let apple = w.value(subject: "apple", property: "color")
-        XCTAssertEqual(w.answer(prompt: "What is the color of the apple?"), "The color of the apple is \(apple).")
-        XCTAssertEqual(w.answer(prompt: "tell me THE COLOR OF THE APPLE"), "The color of the apple is \(apple).")
-        XCTAssertEqual(w.answer(prompt: "Please answer my question about the apple."), LookupWorld.notSure)
-        XCTAssertEqual(w.answer(prompt: "What is the colour of the apple?"), LookupWorld.notSure)
+        let s = w.subjects[0]
+        let p = w.propertyNames[0]
+        let v = w.value(subject: s, property: p)
+        XCTAssertEqual(w.answer(prompt: "What is the \(p) of the \(s)?"), "The \(p) of the \(s) is \(v).")
+        XCTAssertEqual(w.answer(prompt: "tell me THE \(p.uppercased()) OF THE \(s.uppercased())"), "The \(p) of the \(s) is \(v).")
+        XCTAssertEqual(w.answer(prompt: "Please answer my question about the \(s)."), LookupWorld.notSure)
+        XCTAssertEqual(w.answer(prompt: "What is the \(p)s of the \(s)?"), LookupWorld.notSure)
+        XCTAssertTrue(w.restates("What is the \(p) of the \(s)?", .init(subject: s, property: p)))
+        XCTAssertTrue(w.names("Please answer my question about the \(s).", subject: s))
+        XCTAssertFalse(w.names("Please answer my question about the \(s)x.", subject: s))
+        XCTAssertEqual(w.pair(question: w.question(subject: s, property: p)), .init(subject: s, property: p))
         // The table is not constant: answers differ between pairs, so guessing one value fails.
         XCTAssertGreaterThan(Set(held.map { $0.answers[0] }).count, 3)
         // Demonstrations: only the restating style gets an answer from the upstream.
@@ -65,6 +71,12 @@ final class ExperimentTests: XCTestCase {
         XCTAssertEqual(learn[0].mean_reward, control[0].mean_reward, "same policy, same evaluation seeds")
         XCTAssertEqual(learn[1].train_episodes, 16, "G = 2 episodes for each of the 8 training questions")
         XCTAssertEqual(learn[1].train_mean_reward, control[1].train_mean_reward, "the first rollout is the same in both runs")
+        // What the rollout's prompts read from their questions (diagnostics of the style RL selects).
+        let restating = try XCTUnwrap(learn[1].train_restating)
+        let naming = try XCTUnwrap(learn[1].train_naming_subject)
+        XCTAssertTrue((0...1).contains(restating) && (0...1).contains(naming) && restating <= naming)
+        XCTAssertEqual(learn[1].train_restating, control[1].train_restating)
+        XCTAssertNil(learn[0].train_restating)
         // Learning rate 0: the same weights (the exported file differs from the base's in its
         // header only), so KL 0 and the same evaluation; the learning run's export differs.
         XCTAssertEqual(control[1].kl, 0)
