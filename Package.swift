@@ -178,7 +178,7 @@ let package = Package(
         .testTarget(name: "OpenAIWireTests", dependencies: ["OpenAIWire"]),
         // The adapters against recorded engine exchanges, and the llama.cpp backend against a real
         // llama-server (scripts/build-llama-server.sh) compared with the embedded engine.
-        .testTarget(name: "RemotePolicyTests", dependencies: ["RemotePolicy", "PromptR1", "PolicyEngine"]),
+        .testTarget(name: "RemotePolicyTests", dependencies: ["RemotePolicy", "PromptR1", "PolicyEngine", "FakeUpstream"]),
         .testTarget(name: "TrafficLogTests", dependencies: ["TrafficLog", "PromptR1", .product(name: "GRDB", package: "GRDB.swift")]),
         // The PostgreSQL backend against a real server (scripts/with-postgres.sh starts one). The
         // replica tests (several gateway processes on one log) are in GatewayServerTests.

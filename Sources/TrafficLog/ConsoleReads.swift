@@ -244,43 +244,18 @@ extension TrafficDatabase {
     }
 
     static func consoleWhere(_ f: ConsoleFilter) -> ([String], [(any DatabaseValueConvertible)?]) {
-        var clauses: [String] = []
-        var args: [(any DatabaseValueConvertible)?] = []
-        if let v = f.since {
-            clauses.append("e.created_at >= ?")
-            args.append(TrafficTime.databaseValue(v))
-        }
-        if let v = f.until {
-            clauses.append("e.created_at < ?")
-            args.append(TrafficTime.databaseValue(v))
-        }
-        if let v = f.route {
-            clauses.append("e.route = ?")
-            args.append(v)
-        }
-        if let v = f.mode {
-            clauses.append("e.mode = ?")
-            args.append(v)
-        }
-        if let v = f.status {
-            clauses.append("e.status = ?")
-            args.append(v)
-        }
-        if let v = f.outcome {
-            clauses.append("e.outcome = ?")
-            args.append(v)
-        }
-        if let v = f.policyVersion {
-            clauses.append("e.policy_version = ?")
-            args.append(v)
-        }
-        if let v = f.keyID {
-            clauses.append("e.key_id = ?")
-            args.append(v)
-        }
+        var w = SQLConditions()
+        w.add("e.created_at >= ?", f.since.map(TrafficTime.databaseValue))
+        w.add("e.created_at < ?", f.until.map(TrafficTime.databaseValue))
+        w.add("e.route = ?", f.route)
+        w.add("e.mode = ?", f.mode)
+        w.add("e.status = ?", f.status)
+        w.add("e.outcome = ?", f.outcome)
+        w.add("e.policy_version = ?", f.policyVersion)
+        w.add("e.key_id = ?", f.keyID)
         // `feedback_count > 0` is the condition of the partial index episodes_with_feedback.
-        if let v = f.hasFeedback { clauses.append(v ? "e.feedback_count > 0" : "e.feedback_count = 0") }
-        return (clauses, args)
+        if let v = f.hasFeedback { w.clauses.append(v ? "e.feedback_count > 0" : "e.feedback_count = 0") }
+        return (w.clauses, w.args)
     }
 
     /// The episode-list query: one page (plus one row, to know whether another follows).

@@ -304,33 +304,17 @@ public final class TrafficDatabase: Sendable {
     /// WHERE clause (possibly empty) and arguments for the filters of `query`
     /// (not limit/offset).
     static func whereClause(_ query: EpisodeQuery) -> (String, [(any DatabaseValueConvertible)?]) {
-        var clauses: [String] = []
-        var args: [(any DatabaseValueConvertible)?] = []
-        if let since = query.since {
-            clauses.append("e.created_at >= ?")
-            args.append(TrafficTime.databaseValue(since))
-        }
-        if let until = query.until {
-            clauses.append("e.created_at < ?")
-            args.append(TrafficTime.databaseValue(until))
-        }
-        if let route = query.route {
-            clauses.append("e.route = ?")
-            args.append(route)
-        }
-        if let mode = query.mode {
-            clauses.append("e.mode = ?")
-            args.append(mode)
-        }
-        if let pv = query.policyVersion {
-            clauses.append("e.policy_version = ?")
-            args.append(pv)
-        }
+        var w = SQLConditions()
+        w.add("e.created_at >= ?", query.since.map(TrafficTime.databaseValue))
+        w.add("e.created_at < ?", query.until.map(TrafficTime.databaseValue))
+        w.add("e.route = ?", query.route)
+        w.add("e.mode = ?", query.mode)
+        w.add("e.policy_version = ?", query.policyVersion)
         if let reward = query.hasRewardSource {
             let exists = "EXISTS (SELECT 1 FROM feedback f WHERE f.episode_id = e.id AND f.kind IN ('score', 'reference'))"
-            clauses.append(reward ? exists : "NOT \(exists)")
+            w.clauses.append(reward ? exists : "NOT \(exists)")
         }
-        return (clauses.isEmpty ? "" : " WHERE " + clauses.joined(separator: " AND "), args)
+        return (w.clauses.isEmpty ? "" : " WHERE " + w.clauses.joined(separator: " AND "), w.args)
     }
 
     /// Episodes matching `query`, ordered by (createdAt, id), read from one snapshot.
@@ -540,5 +524,17 @@ public final class TrafficDatabase: Sendable {
         try writer.writeWithoutTransaction { db in
             _ = try db.checkpoint(.truncate)
         }
+    }
+}
+
+/// The AND-ed conditions of a WHERE clause and their arguments: a condition joins only when its value is given.
+struct SQLConditions {
+    var clauses: [String] = []
+    var args: [(any DatabaseValueConvertible)?] = []
+
+    mutating func add(_ clause: String, _ value: (any DatabaseValueConvertible)?) {
+        guard let value else { return }
+        clauses.append(clause)
+        args.append(value)
     }
 }

@@ -5,6 +5,7 @@
 // A missing llama-server binary FAILS these tests.
 
 import AsyncHTTPClient
+import FakeUpstream
 import Foundation
 import PromptR1
 import RemotePolicy
@@ -61,7 +62,7 @@ final class RemotePolicyGatewayTests: XCTestCase {
 
     func testEpisodesThroughLlamaServerAreServedLoggedAndSwapped() async throws {
         let cases = try CollaborationTests.cases()
-        let engine = try GatewayLlamaServer.start(model: Self.gguf)
+        let engine = try LlamaServerProcess.start(model: Self.gguf, repositoryRoot: Self.root)
         defer { engine.stop() }
         let token = "admin-remote-policy-token"
         let models = FileManager.default.temporaryDirectory.appendingPathComponent("gw-remote-models-\(UUID().uuidString)")
@@ -94,9 +95,9 @@ final class RemotePolicyGatewayTests: XCTestCase {
         XCTAssertTrue(metrics.body.contains(#"gateway_policy_backend_failures_total{backend="llamacpp"} 0"#), metrics.body)
 
         // Blue/green: a second engine instance, health-checked and smoke-tested, then switched to.
-        let green = try GatewayLlamaServer.start(model: Self.gguf)
+        let green = try LlamaServerProcess.start(model: Self.gguf, repositoryRoot: Self.root)
         defer { green.stop() }
-        let dead = "http://127.0.0.1:\(try GatewayLlamaServer.freePort())"
+        let dead = "http://127.0.0.1:\(try LlamaServerProcess.freePort())"
         let refused = try await h.admin(
             .POST, "/admin/policy",
             body: #"{"path": "\#(link.lastPathComponent)", "backend": {"kind": "llamacpp", "base_url": "\#(dead)"}}"#, token: token)
@@ -155,84 +156,5 @@ final class RemotePolicyGatewayTests: XCTestCase {
                 for (a, b) in zip(lp, want.logprobs) { XCTAssertEqual(a, b, accuracy: 1e-4) }
             }
         }
-    }
-}
-
-/// A llama-server on a free loopback port (see Tests/RemotePolicyTests/LlamaServerTests.swift).
-final class GatewayLlamaServer: @unchecked Sendable {
-    let process: Process
-    let baseURL: String
-
-    struct Missing: Error, CustomStringConvertible { var description: String }
-
-    static func freePort() throws -> Int {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        defer { close(fd) }
-        var addr = sockaddr_in()
-        addr.sin_family = sa_family_t(AF_INET)
-        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
-        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
-        let ok = withUnsafeMutablePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, len) == 0 && getsockname(fd, $0, &len) == 0 }
-        }
-        guard ok else { throw Missing(description: "no free port") }
-        return Int(UInt16(bigEndian: addr.sin_port))
-    }
-
-    static func start(model: URL) throws -> GatewayLlamaServer {
-        let bin =
-            ProcessInfo.processInfo.environment["LLAMA_SERVER"].map { URL(fileURLWithPath: $0) }
-            ?? RemotePolicyGatewayTests.root.appendingPathComponent(".build-llama/bin/llama-server")
-        guard FileManager.default.isExecutableFile(atPath: bin.path) else {
-            throw Missing(description: "\(bin.path) is missing: run scripts/build-llama-server.sh (scripts/test.sh does)")
-        }
-        let port = try freePort()
-        let p = Process()
-        p.executableURL = bin
-        p.arguments = [
-            "-m", model.path, "--host", "127.0.0.1", "--port", "\(port)", "-c", "4096", "-np", "1",
-            "-t", "1", "--no-webui", "--log-disable",
-            "--cache-type-k", "f32", "--cache-type-v", "f32", "--flash-attn", "off",
-        ]
-        p.standardOutput = FileHandle.nullDevice
-        p.standardError = FileHandle.nullDevice
-        try p.run()
-        let s = GatewayLlamaServer(process: p, baseURL: "http://127.0.0.1:\(port)")
-        let deadline = Date().addingTimeInterval(60)
-        while Date() < deadline {
-            if !p.isRunning { throw Missing(description: "llama-server exited with \(p.terminationStatus)") }
-            if s.healthy() { return s }
-            Thread.sleep(forTimeInterval: 0.1)
-        }
-        s.stop()
-        throw Missing(description: "llama-server did not become healthy within 60 s")
-    }
-
-    init(process: Process, baseURL: String) {
-        self.process = process
-        self.baseURL = baseURL
-    }
-
-    func healthy() -> Bool {
-        final class Box: @unchecked Sendable { var ok = false }
-        let box = Box()
-        let done = DispatchSemaphore(value: 0)
-        var r = URLRequest(url: URL(string: baseURL + "/health")!)
-        r.timeoutInterval = 1
-        URLSession.shared.dataTask(with: r) { _, resp, _ in
-            box.ok = (resp as? HTTPURLResponse)?.statusCode == 200
-            done.signal()
-        }.resume()
-        done.wait()
-        return box.ok
-    }
-
-    func stop() {
-        guard process.isRunning else { return }
-        // SIGKILL, not terminate(): Foundation's Process starts the child with the signal mask of
-        // the calling thread, where Swift's runtime blocks SIGTERM and SIGINT, so llama-server
-        // never sees them and waitUntilExit() would wait forever. The engine holds no state.
-        kill(process.processIdentifier, SIGKILL)
-        process.waitUntilExit()
     }
 }

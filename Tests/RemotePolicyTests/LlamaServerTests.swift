@@ -4,6 +4,7 @@
 // out as through the embedded engine: the same upstream messages, the same final answers, the
 // same token ids, and log-probs within `logprobTolerance`. A missing binary or fixture FAILS.
 
+import FakeUpstream
 import Foundation
 import PolicyEngine
 import PromptR1
@@ -63,7 +64,7 @@ final class LlamaServerTests: XCTestCase {
     // MARK: tests
 
     func testGreedyEpisodesMatchTheEmbeddedEngine() async throws {
-        let server = try LlamaServer.start(model: Self.gguf)
+        let server = try LlamaServerProcess.start(model: Self.gguf, repositoryRoot: Self.root)
         defer { server.stop() }
         let remote = try await RemotePolicy.connect(
             directory: Self.policyDir,
@@ -110,7 +111,7 @@ final class LlamaServerTests: XCTestCase {
     /// temperature only, that is log_softmax(logits / T), which the embedded model computes from
     /// the same sequence by teacher forcing.
     func testSampledTurnLogsTheSamplingDistribution() async throws {
-        let server = try LlamaServer.start(model: Self.gguf)
+        let server = try LlamaServerProcess.start(model: Self.gguf, repositoryRoot: Self.root)
         defer { server.stop() }
         let remote = try await RemotePolicy.connect(
             directory: Self.policyDir,
@@ -139,7 +140,7 @@ final class LlamaServerTests: XCTestCase {
     /// An engine that is not there: the episode ends in a policy error (so `on_policy_error`
     /// applies), and after `circuit_failure_threshold` failures the breaker answers at once.
     func testUnreachableEngineIsAPolicyErrorAndOpensTheCircuit() async throws {
-        let server = try LlamaServer.start(model: Self.gguf)
+        let server = try LlamaServerProcess.start(model: Self.gguf, repositoryRoot: Self.root)
         let remote = try await RemotePolicy.connect(
             directory: Self.policyDir,
             backend: .init(
@@ -178,96 +179,5 @@ final class ReplayUpstream: UpstreamAnswering, @unchecked Sendable {
         }
         guard k < answers.count else { throw Exhausted() }
         return UpstreamAnswer(text: answers[k])
-    }
-}
-
-/// A llama-server process on a free loopback port, stopped by `stop()`.
-final class LlamaServer: @unchecked Sendable {
-    let process: Process
-    let baseURL: String
-
-    struct Missing: Error, CustomStringConvertible {
-        var description: String
-    }
-
-    static var binary: URL {
-        if let p = ProcessInfo.processInfo.environment["LLAMA_SERVER"] { return URL(fileURLWithPath: p) }
-        return LlamaServerTests.root.appendingPathComponent(".build-llama/bin/llama-server")
-    }
-
-    static func freePort() throws -> Int {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        defer { close(fd) }
-        var addr = sockaddr_in()
-        addr.sin_family = sa_family_t(AF_INET)
-        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
-        addr.sin_port = 0
-        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
-        let ok = withUnsafeMutablePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { p in
-                bind(fd, p, len) == 0 && getsockname(fd, p, &len) == 0
-            }
-        }
-        guard ok else { throw Missing(description: "no free port") }
-        return Int(UInt16(bigEndian: addr.sin_port))
-    }
-
-    static func start(model: URL) throws -> LlamaServer {
-        let bin = binary
-        guard FileManager.default.isExecutableFile(atPath: bin.path) else {
-            throw Missing(description: "\(bin.path) is missing: run scripts/build-llama-server.sh (scripts/test.sh does)")
-        }
-        guard FileManager.default.fileExists(atPath: model.path) else {
-            throw Missing(description: "\(model.path) is missing: run scripts/convert-policy-gguf.sh")
-        }
-        let port = try freePort()
-        let p = Process()
-        p.executableURL = bin
-        p.arguments = [
-            "-m", model.path, "--host", "127.0.0.1", "--port", "\(port)", "-c", "4096", "-np", "1",
-            "-t", "1", "--no-webui", "--log-disable",
-            "--cache-type-k", "f32", "--cache-type-v", "f32", "--flash-attn", "off",
-        ]
-        p.standardOutput = FileHandle.nullDevice
-        p.standardError = FileHandle.nullDevice
-        try p.run()
-        let server = LlamaServer(process: p, baseURL: "http://127.0.0.1:\(port)")
-        // Wait for /health to answer 200 (the model is loaded), at most 60 s.
-        let deadline = Date().addingTimeInterval(60)
-        while Date() < deadline {
-            if !p.isRunning { throw Missing(description: "llama-server exited with \(p.terminationStatus)") }
-            if server.healthy() { return server }
-            Thread.sleep(forTimeInterval: 0.1)
-        }
-        server.stop()
-        throw Missing(description: "llama-server did not become healthy within 60 s")
-    }
-
-    init(process: Process, baseURL: String) {
-        self.process = process
-        self.baseURL = baseURL
-    }
-
-    func healthy() -> Bool {
-        let done = DispatchSemaphore(value: 0)
-        final class Box: @unchecked Sendable { var ok = false }
-        let box = Box()
-        var r = URLRequest(url: URL(string: baseURL + "/health")!)
-        r.timeoutInterval = 1
-        URLSession.shared.dataTask(with: r) { _, resp, _ in
-            box.ok = (resp as? HTTPURLResponse)?.statusCode == 200
-            done.signal()
-        }.resume()
-        done.wait()
-        return box.ok
-    }
-
-    func stop() {
-        guard process.isRunning else { return }
-        // SIGKILL, not terminate(): Foundation's Process starts the child with the signal mask of
-        // the calling thread, where Swift's runtime blocks SIGTERM and SIGINT, so llama-server
-        // never sees them and waitUntilExit() would wait forever. The engine holds no state.
-        kill(process.processIdentifier, SIGKILL)
-        process.waitUntilExit()
     }
 }

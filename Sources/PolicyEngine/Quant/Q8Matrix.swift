@@ -70,7 +70,9 @@ final class Q8Matrix: @unchecked Sendable {  // immutable after init; owns its b
                     var sum: Int32 = 0
                     for j in 0..<block {
                         let k = b * block + j
-                        let v = Int8(max(-127, min(127, (src[j] * inv).rounded())))
+                        // Round half away from zero inline (`.rounded()` is a libm call: 5% of an 8-bit load).
+                        let x = max(-127, min(127, src[j] * inv))
+                        let v = Int8(x + (x >= 0 ? 0.5 : -0.5))
                         dst[(k / 4) * 32 + k % 4] = v
                         sum += Int32(v)
                     }
