@@ -42,14 +42,7 @@ struct SFTCommand: AsyncParsableCommand {
     @Option(name: .customLong("activation-budget-mb"), help: "MB of MLP activations kept per sequence (0: recompute everything).")
     var activationBudgetMB: Int = 1024
     @OptionGroup var filters: FilterOptions
-    @Option(help: "After training, hot-swap the checkpoint into a running gateway: its admin base URL (e.g. http://127.0.0.1:8081).")
-    var push: String?
-    @Option(
-        name: .customLong("push-path"),
-        help: "Path to send in the swap request (relative to the gateway's admin.models_dir; default: --out as given).") var pushPath:
-        String?
-    @Option(name: .customLong("token-env"), help: "Environment variable holding the gateway's admin token.") var tokenEnv: String =
-        "GATEWAY_ADMIN_TOKEN"
+    @OptionGroup var push: PushOptions
 
     func validate() throws {
         if gradAccum < 1 || epochs < 1 { throw ValidationError("--grad-accum and --epochs must be at least 1") }
@@ -99,10 +92,6 @@ struct SFTCommand: AsyncParsableCommand {
                     ["parent version", m.parent_version], ["new version", m.version], ["output", out],
                     ["wall time s", Table.num(m.wall_seconds, 1)],
                 ]), terminator: "")
-        if let push {
-            let token = ProcessInfo.processInfo.environment[tokenEnv].flatMap { $0.isEmpty ? nil : $0 }
-            let reply = try await TrainJob.push(adminURL: push, path: pushPath ?? out, token: token)
-            print("pushed to \(push): \(reply)")
-        }
+        try await push.run(checkpoint: out)
     }
 }

@@ -213,14 +213,7 @@ struct TrainRLCommand: AsyncParsableCommand {
             "PPO denominator: 'logged' (the behaviour log-probs in the log) or 'base' (recomputed with the weights the run starts from: --base, or the resumed state; use it for traffic sampled at a temperature other than 1 or with top-k/top-p)."
     ) var behaviour: String = "logged"
     @OptionGroup var filters: FilterOptions
-    @Option(help: "After training, hot-swap the checkpoint into a running gateway: its admin base URL (e.g. http://127.0.0.1:8081).")
-    var push: String?
-    @Option(
-        name: .customLong("push-path"),
-        help: "Path to send in the swap request (relative to the gateway's admin.models_dir; default: --out as given).") var pushPath:
-        String?
-    @Option(name: .customLong("token-env"), help: "Environment variable holding the gateway's admin token.") var tokenEnv: String =
-        "GATEWAY_ADMIN_TOKEN"
+    @OptionGroup var push: PushOptions
 
     func validate() throws {
         if gradAccum < 1 || epochs < 1 { throw ValidationError("--grad-accum and --epochs must be at least 1") }
@@ -289,11 +282,7 @@ struct TrainRLCommand: AsyncParsableCommand {
                     ["parent version", m.parent_version], ["new version", m.version], ["output", out],
                     ["wall time s", Table.num(m.wall_seconds, 1)],
                 ]), terminator: "")
-        if let push {
-            let token = ProcessInfo.processInfo.environment[tokenEnv].flatMap { $0.isEmpty ? nil : $0 }
-            let reply = try await TrainJob.push(adminURL: push, path: pushPath ?? out, token: token)
-            print("pushed to \(push): \(reply)")
-        }
+        try await push.run(checkpoint: out)
     }
 }
 
@@ -408,6 +397,26 @@ struct ExportCommand: AsyncParsableCommand {
         }
         rows += [["output", out], ["chat template", s.chatTemplate.path]]
         print(Table.render(["export", "value"], rows), terminator: "")
+    }
+}
+
+/// `--push`: the hot-swap into a running gateway that `train` and `sft` share.
+struct PushOptions: ParsableArguments {
+    @Option(help: "After training, hot-swap the checkpoint into a running gateway: its admin base URL (e.g. http://127.0.0.1:8081).")
+    var push: String?
+    @Option(
+        name: .customLong("push-path"),
+        help: "Path to send in the swap request (relative to the gateway's admin.models_dir; default: --out as given).") var pushPath:
+        String?
+    @Option(name: .customLong("token-env"), help: "Environment variable holding the gateway's admin token.") var tokenEnv: String =
+        "GATEWAY_ADMIN_TOKEN"
+
+    /// Swaps `checkpoint` in when `--push` was given.
+    func run(checkpoint out: String) async throws {
+        guard let push else { return }
+        let token = ProcessInfo.processInfo.environment[tokenEnv].flatMap { $0.isEmpty ? nil : $0 }
+        let reply = try await TrainJob.push(adminURL: push, path: pushPath ?? out, token: token)
+        print("pushed to \(push): \(reply)")
     }
 }
 
