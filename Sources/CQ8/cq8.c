@@ -95,9 +95,7 @@ static void gemm_portable(const int8_t *w, const float *wscales, int cols, int b
 #undef CQ8_GEMM_VNNI
 #undef CQ8_TILE
 
-// Fewer activation rows than a tile (a decode row, or one with a few draft tokens of speculative decoding): one
-// row at a time, each reading the weight panel from L1/L2 (memory reads it once for all of them), instead of a
-// full tile that multiplies rows of zero padding. The same per-row float operations, so the same results.
+// One activation row (single-sequence decode): the same per-row float operations, so the same results.
 #define CQ8_TILE 1
 #define CQ8_GEMM_NAME gemm_avx2_row
 #define CQ8_GEMM_TARGET "avx2,fma"
@@ -172,16 +170,16 @@ void cq8_gemm(const int8_t *w, const float *wscales, const int32_t *wsums, int c
     switch (cq8_level()) {
 #ifdef CQ8_X86
     case CQ8_LEVEL_VNNI:
-        if (nx < CQ8_MR) {
-            gemm_vnni_row(w, wscales, wsums, cols, block, nrows, g0, g1, xq, xa, xu, xscales, nx, nx, y, ldy, accumulate);
+        if (nx == 1) {
+            gemm_vnni_row(w, wscales, wsums, cols, block, nrows, g0, g1, xq, xa, xu, xscales, 1, 1, y, ldy, accumulate);
             return;
         }
         gemm_vnni(w, wscales, wsums, cols, block, nrows, g0, g1, xq, xa, xu, xscales, nx, cq8_padded_rows(nx), y, ldy,
                   accumulate);
         return;
     case CQ8_LEVEL_AVX2:
-        if (nx < CQ8_MR) {
-            gemm_avx2_row(w, wscales, wsums, cols, block, nrows, g0, g1, xq, xa, xu, xscales, nx, nx, y, ldy, accumulate);
+        if (nx == 1) {
+            gemm_avx2_row(w, wscales, wsums, cols, block, nrows, g0, g1, xq, xa, xu, xscales, 1, 1, y, ldy, accumulate);
             return;
         }
         gemm_avx2(w, wscales, wsums, cols, block, nrows, g0, g1, xq, xa, xu, xscales, nx, cq8_padded_rows(nx), y, ldy,
