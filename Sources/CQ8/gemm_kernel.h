@@ -40,34 +40,7 @@ __attribute__((target(CQ8_GEMM_TARGET))) static void CQ8_GEMM_NAME(
                     __m256i acc[2][CQ8_TILE];
                     for (int r = 0; r < CQ8_TILE; r++) acc[0][r] = acc[1][r] = _mm256_setzero_si256();
                     const int8_t *p0 = wg0 + (long)b * block * 8, *p1 = wg1 + (long)b * block * 8;
-#if CQ8_TILE == 1 && CQ8_GEMM_VNNI
-                    // One row has only two accumulators, and each dot instruction waits for the previous one on
-                    // the same accumulator (5 cycles): four quads at a time into four pairs of accumulators keeps
-                    // the units busy. Integer sums, so the order does not change the block's sum.
-                    __m256i e[2][3];
-                    for (int j = 0; j < 3; j++) e[0][j] = e[1][j] = _mm256_setzero_si256();
-                    int q0 = 0;
-                    for (; q0 + 4 <= quads; q0 += 4) {
-                        const long k = (long)b * block + q0 * 4;
-                        int32_t v[4];
-                        memcpy(v, xu + (long)i * cols + k, 16);
-                        const __m256i x0 = _mm256_set1_epi32(v[0]), x1 = _mm256_set1_epi32(v[1]);
-                        const __m256i x2 = _mm256_set1_epi32(v[2]), x3 = _mm256_set1_epi32(v[3]);
-                        acc[0][0] = _mm256_dpbusd_epi32(acc[0][0], x0, _mm256_loadu_si256((const __m256i *)(p0 + q0 * 32)));
-                        acc[1][0] = _mm256_dpbusd_epi32(acc[1][0], x0, _mm256_loadu_si256((const __m256i *)(p1 + q0 * 32)));
-                        e[0][0] = _mm256_dpbusd_epi32(e[0][0], x1, _mm256_loadu_si256((const __m256i *)(p0 + q0 * 32 + 32)));
-                        e[1][0] = _mm256_dpbusd_epi32(e[1][0], x1, _mm256_loadu_si256((const __m256i *)(p1 + q0 * 32 + 32)));
-                        e[0][1] = _mm256_dpbusd_epi32(e[0][1], x2, _mm256_loadu_si256((const __m256i *)(p0 + q0 * 32 + 64)));
-                        e[1][1] = _mm256_dpbusd_epi32(e[1][1], x2, _mm256_loadu_si256((const __m256i *)(p1 + q0 * 32 + 64)));
-                        e[0][2] = _mm256_dpbusd_epi32(e[0][2], x3, _mm256_loadu_si256((const __m256i *)(p0 + q0 * 32 + 96)));
-                        e[1][2] = _mm256_dpbusd_epi32(e[1][2], x3, _mm256_loadu_si256((const __m256i *)(p1 + q0 * 32 + 96)));
-                    }
-                    for (int j = 0; j < 2; j++)
-                        acc[j][0] = _mm256_add_epi32(_mm256_add_epi32(acc[j][0], e[j][0]), _mm256_add_epi32(e[j][1], e[j][2]));
-                    for (int q = q0; q < quads; q++) {
-#else
                     for (int q = 0; q < quads; q++) {
-#endif
                         const __m256i W0 = _mm256_loadu_si256((const __m256i *)(p0 + q * 32));
                         const __m256i W1 = _mm256_loadu_si256((const __m256i *)(p1 + q * 32));
                         const long k = (long)b * block + q * 4;
