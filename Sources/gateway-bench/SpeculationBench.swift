@@ -33,6 +33,7 @@ struct SpeculationBench: AsyncParsableCommand {
     @Option(help: "Timed steps per row count.") var repeats = 20
     @Option(help: "OpenBLAS threads.") var threads = 2
     @Flag(help: "Also the step cost with 8-bit weights.") var q8 = false
+    @Flag(help: "Print each step's time by section (the engine's profiler).") var profile = false
 
     struct Cases: Decodable {
         struct Case: Decodable {
@@ -147,6 +148,17 @@ struct SpeculationBench: AsyncParsableCommand {
                 if i >= 2 { times.append(dt) }
             }
             out[r] = times.sorted()[times.count / 2]
+            if profile {
+                m.profiler.enabled = true
+                m.profiler.reset()
+                for _ in 0..<repeats {
+                    try m.forward([ForwardRequest(tokens: rows, cache: cache, logits: r == 1 ? .last : .all)]) { _, _, _ in }
+                    cache.truncate(to: context)
+                }
+                m.profiler.enabled = false
+                let parts = m.profiler.seconds.filter { $0.1 > 0 }.map { "\($0.0.rawValue) \(String(format: "%.1f", $0.1 * 1000 / Double(repeats)))" }
+                print("   \(r) rows, ms per step by section: \(parts.joined(separator: ", "))")
+            }
         }
         return out
     }
