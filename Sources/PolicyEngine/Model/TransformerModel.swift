@@ -339,10 +339,10 @@ public final class TransformerModel: @unchecked Sendable {
             row0 += T
         }
         if let decode {
-            // Decode: sequences are independent, so they are split over the compute threads, each part with its own
-            // slice of the scores scratch.
-            ComputePool.shared.run(count: decode.rows.count, maxParts: min(2 * Kernels.computeThreads, ws.scoreParts)) { part, range in
-                decode.run(layer: l, part: part, rows: range)
+            // Decode: sequences and their KV heads are independent, so (sequence, KV head) pairs are split over the
+            // compute threads (a single sequence too), each part with its own slice of the scores scratch.
+            ComputePool.shared.run(count: decode.rows.count * nKV, maxParts: min(2 * Kernels.computeThreads, ws.scoreParts)) {
+                part, range in decode.run(layer: l, part: part, units: range)
             }
         }
         prof.mark(.attention)
@@ -508,14 +508,17 @@ private struct DecodeAttention: @unchecked Sendable {
     let Q: Int, KV: Int, hd: Int, nKV: Int, nRep: Int
     let scale: Float
 
-    func run(layer: Int, part: Int, rows range: Range<Int>) {
+    /// Unit u is KV head u % nKV of decode row u / nKV.
+    func run(layer: Int, part: Int, units range: Range<Int>) {
         let sc = scores + part * scoreStride
-        for (row, request) in rows[range] {
+        for u in range {
+            let (row, request) = rows[u / nKV]
+            let g = u % nKV
             let cache = caches[request]
             let S = cache.count + 1
             let K = cache.keys[layer]
             let V = cache.values[layer]
-            for g in 0..<nKV {
+            do {
                 let qg = q + row * Q + g * nRep * hd
                 cblas_sgemm(
                     CblasRowMajor, CblasNoTrans, CblasTrans, Int32(nRep), Int32(S), Int32(hd), scale,
