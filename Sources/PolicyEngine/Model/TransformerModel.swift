@@ -339,10 +339,15 @@ public final class TransformerModel: @unchecked Sendable {
             row0 += T
         }
         if let decode {
-            // Decode: sequences and their KV heads are independent, so (sequence, KV head) pairs are split over the
-            // compute threads (a single sequence too), each part with its own slice of the scores scratch.
-            ComputePool.shared.run(count: decode.rows.count * nKV, maxParts: min(2 * Kernels.computeThreads, ws.scoreParts)) {
-                part, range in decode.run(layer: l, part: part, units: range)
+            // Decode: sequences and their KV heads are independent, so they are split over the compute threads, each
+            // part with its own slice of the scores scratch. With OpenBLAS single-threaded (8-bit steps) a unit is
+            // one KV head of one sequence, so that a single sequence is split too; with OpenBLAS's own threads
+            // (float32) it is a whole sequence: concurrent small products from several threads into a threaded
+            // OpenBLAS took 12x longer.
+            let perHead = BLASThreads.blasIsSingleThreaded
+            let units = perHead ? decode.rows.count * nKV : decode.rows.count
+            ComputePool.shared.run(count: units, maxParts: min(2 * Kernels.computeThreads, ws.scoreParts)) { part, range in
+                decode.run(layer: l, part: part, units: range, perHead: perHead)
             }
         }
         prof.mark(.attention)
@@ -508,17 +513,16 @@ private struct DecodeAttention: @unchecked Sendable {
     let Q: Int, KV: Int, hd: Int, nKV: Int, nRep: Int
     let scale: Float
 
-    /// Unit u is KV head u % nKV of decode row u / nKV.
-    func run(layer: Int, part: Int, units range: Range<Int>) {
+    /// With `perHead`, unit u is KV head u % nKV of decode row u / nKV; otherwise every KV head of row u.
+    func run(layer: Int, part: Int, units range: Range<Int>, perHead: Bool) {
         let sc = scores + part * scoreStride
         for u in range {
-            let (row, request) = rows[u / nKV]
-            let g = u % nKV
+            let (row, request) = rows[perHead ? u / nKV : u]
             let cache = caches[request]
             let S = cache.count + 1
             let K = cache.keys[layer]
             let V = cache.values[layer]
-            do {
+            for g in perHead ? (u % nKV)..<(u % nKV + 1) : 0..<nKV {
                 let qg = q + row * Q + g * nRep * hd
                 cblas_sgemm(
                     CblasRowMajor, CblasNoTrans, CblasTrans, Int32(nRep), Int32(S), Int32(hd), scale,
