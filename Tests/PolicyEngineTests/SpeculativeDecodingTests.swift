@@ -88,6 +88,25 @@ final class SpeculativeDecodingTests: XCTestCase {
         }
     }
 
+    /// Chunks of up to `rowWiseAttention` tokens (a decode token with its drafts) are attended row by row like
+    /// decode rows: every position's logits equal those of one blocked prefill within 1e-4, on every fixture
+    /// family and with 8-bit weights (whose attention is split by KV head over the compute threads).
+    func testShortChunksAttendedRowByRowMatchABlockedPrefill() throws {
+        let tokens = (0..<60).map { Int32(($0 * 7919 + 5) % 1000) }
+        for (name, format) in [
+            ("qwen2-tiny", WeightFormat.f32), ("qwen3-tiny", .f32), ("llama-tiny", .f32), ("qwen3-tiny", .q8),
+        ] {
+            let model = try TransformerModel.load(from: EngineFixtures.model(name), weightFormat: format)
+            let blocked = try model.prefillAllLogits(tokens: tokens, cache: model.makeCache())
+            for chunk in [2, 5, TransformerModel.rowWiseAttention] {
+                let rowWise = try model.prefillAllLogits(tokens: tokens, cache: model.makeCache(), chunkSize: chunk)
+                for i in tokens.indices {
+                    XCTAssertLessThan(EngineFixtures.maxAbsDiff(rowWise[i], blocked[i]), 1e-4, "\(name) \(format) chunk \(chunk) row \(i)")
+                }
+            }
+        }
+    }
+
     /// Prompts with repeated spans, so that prompt lookup has something to draft from.
     private let prompts: [[Int32]] = {
         let a: [Int32] = (0..<24).map { Int32(($0 * 37 + 11) % 900 + 3) }

@@ -90,6 +90,10 @@ public final class TransformerModel: @unchecked Sendable {
     /// Prompts longer than this are run in several forward steps (bounds scratch memory; sgemm is already
     /// efficient at this size).
     public static let prefillChunk = 512
+    /// Chunks of at most this many tokens (a decode token, with its draft tokens under speculative decoding; a
+    /// short continuation) are attended row by row as decode rows are: the nRep query heads of a KV head as one
+    /// product per row, which for a few rows costs a fraction of the per-head prefill blocks.
+    static let rowWiseAttention = 8
     /// Query rows per attention block in prefill.
     static let attentionBlock = 128
 
@@ -206,7 +210,7 @@ public final class TransformerModel: @unchecked Sendable {
             }
             rows += r.tokens.count
             logitRows += r.logits == .all ? r.tokens.count : (r.logits == .last ? 1 : 0)
-            let m = r.tokens.count == 1 ? nRep : r.tokens.count
+            let m = r.tokens.count <= Self.rowWiseAttention ? nRep : r.tokens.count
             scoreSize = max(scoreSize, m * total)
         }
         for r in requests { try r.cache.reserve(r.cache.count + r.tokens.count) }
@@ -220,10 +224,12 @@ public final class TransformerModel: @unchecked Sendable {
         // Embedding lookup, positions and RoPE tables per row; which rows are single-token decodes (the same
         // for every layer).
         var row = 0
-        var decodeRows: [(row: Int, request: Int)] = []
+        var decodeRows: [(row: Int, request: Int, keys: Int)] = []
         for (k, r) in requests.enumerated() {
             let p0 = r.cache.count
-            if r.tokens.count == 1 { decodeRows.append((row, k)) }
+            if r.tokens.count <= Self.rowWiseAttention {
+                for i in 0..<r.tokens.count { decodeRows.append((row + i, k, p0 + i + 1)) }
+            }
             for (i, t) in r.tokens.enumerated() {
                 (ws.x + row * H).update(from: weights.embed.pointer + Int(t) * H, count: H)
                 rope.fill(position: p0 + i, cos: ws.cos + row * half, sin: ws.sin + row * half)
@@ -320,7 +326,7 @@ public final class TransformerModel: @unchecked Sendable {
             let V = req.cache.values[l]
             (K + p0 * KV).update(from: ws.k + row0 * KV, count: T * KV)
             (V + p0 * KV).update(from: ws.v + row0 * KV, count: T * KV)
-            if T > 1 {
+            if T > Self.rowWiseAttention {
                 // Prefill chunk: per head and block of query rows, scores [rows, keys] with the causal mask
                 // offset by p0. A block only looks at the keys it can see, which skips most of the masked half.
                 let job = PrefillAttention(
@@ -502,13 +508,14 @@ private struct PrefillAttention: @unchecked Sendable {
     }
 }
 
-/// Decode attention for a step's single-token rows, one layer at a time (raw pointers for the compute threads;
+/// Attention of a step's decode rows and rows of short chunks (see `rowWiseAttention`), one layer at a time (raw pointers for the compute threads;
 /// the caller waits for them). Part `p` uses scores[p * scoreStride ..< (p + 1) * scoreStride]. For each row,
 /// the nRep query heads sharing a KV head form one [nRep, hd] matrix.
 private struct DecodeAttention: @unchecked Sendable {
     let q: UnsafeMutablePointer<Float>, att: UnsafeMutablePointer<Float>, scores: UnsafeMutablePointer<Float>
     let scoreStride: Int
-    let rows: [(row: Int, request: Int)]
+    /// Each row's position in its sequence + 1: the keys it attends to.
+    let rows: [(row: Int, request: Int, keys: Int)]
     let caches: [KVCache]
     let Q: Int, KV: Int, hd: Int, nKV: Int, nRep: Int
     let scale: Float
@@ -517,9 +524,8 @@ private struct DecodeAttention: @unchecked Sendable {
     func run(layer: Int, part: Int, units range: Range<Int>, perHead: Bool) {
         let sc = scores + part * scoreStride
         for u in range {
-            let (row, request) = rows[perHead ? u / nKV : u]
+            let (row, request, S) = rows[perHead ? u / nKV : u]
             let cache = caches[request]
-            let S = cache.count + 1
             let K = cache.keys[layer]
             let V = cache.values[layer]
             for g in perHead ? (u % nKV)..<(u % nKV + 1) : 0..<nKV {
