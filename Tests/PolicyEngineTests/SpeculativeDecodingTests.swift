@@ -88,9 +88,9 @@ final class SpeculativeDecodingTests: XCTestCase {
         }
     }
 
-    /// Chunks of up to `rowWiseAttention` tokens (a decode token with its drafts) are attended row by row like
-    /// decode rows: every position's logits equal those of one blocked prefill within 1e-4, on every fixture
-    /// family and with 8-bit weights (whose attention is split by KV head over the compute threads).
+    /// Chunks of up to `rowWiseAttention` tokens (a decode token with its drafts) in 8-bit steps are attended row
+    /// by row like decode rows, split by KV head over the compute threads; in float32 steps they keep the prefill
+    /// blocks. Either way every position's logits equal those of one blocked prefill within 1e-4.
     func testShortChunksAttendedRowByRowMatchABlockedPrefill() throws {
         let tokens = (0..<60).map { Int32(($0 * 7919 + 5) % 1000) }
         for (name, format) in [

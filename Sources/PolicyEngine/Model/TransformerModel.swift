@@ -93,7 +93,11 @@ public final class TransformerModel: @unchecked Sendable {
     /// Chunks of at most this many tokens (a decode token, with its draft tokens under speculative decoding; a
     /// short continuation) are attended row by row as decode rows are: the nRep query heads of a KV head as one
     /// product per row, which for a few rows costs a fraction of the per-head prefill blocks.
+    /// Only with OpenBLAS single-threaded (8-bit steps, whose attention the engine's own threads split): in float32
+    /// steps, small products issued from several threads into OpenBLAS's threads serialise (2 rows took 35 ms
+    /// row-wise against 14 ms in prefill blocks on the 0.5B shape), so chunks keep the prefill blocks there.
     static let rowWiseAttention = 8
+    static var rowWiseLimit: Int { BLASThreads.blasIsSingleThreaded ? rowWiseAttention : 1 }
     /// Query rows per attention block in prefill.
     static let attentionBlock = 128
 
@@ -210,7 +214,7 @@ public final class TransformerModel: @unchecked Sendable {
             }
             rows += r.tokens.count
             logitRows += r.logits == .all ? r.tokens.count : (r.logits == .last ? 1 : 0)
-            let m = r.tokens.count <= Self.rowWiseAttention ? nRep : r.tokens.count
+            let m = r.tokens.count <= Self.rowWiseLimit ? nRep : r.tokens.count
             scoreSize = max(scoreSize, m * total)
         }
         for r in requests { try r.cache.reserve(r.cache.count + r.tokens.count) }
@@ -227,7 +231,7 @@ public final class TransformerModel: @unchecked Sendable {
         var decodeRows: [(row: Int, request: Int, keys: Int)] = []
         for (k, r) in requests.enumerated() {
             let p0 = r.cache.count
-            if r.tokens.count <= Self.rowWiseAttention {
+            if r.tokens.count <= Self.rowWiseLimit {
                 for i in 0..<r.tokens.count { decodeRows.append((row + i, k, p0 + i + 1)) }
             }
             for (i, t) in r.tokens.enumerated() {
@@ -326,7 +330,7 @@ public final class TransformerModel: @unchecked Sendable {
             let V = req.cache.values[l]
             (K + p0 * KV).update(from: ws.k + row0 * KV, count: T * KV)
             (V + p0 * KV).update(from: ws.v + row0 * KV, count: T * KV)
-            if T > Self.rowWiseAttention {
+            if T > Self.rowWiseLimit {
                 // Prefill chunk: per head and block of query rows, scores [rows, keys] with the causal mask
                 // offset by p0. A block only looks at the keys it can see, which skips most of the masked half.
                 let job = PrefillAttention(
