@@ -206,6 +206,7 @@ struct AdminRoutes: Sendable {
                 type: "server_error", code: "log_unavailable")
         }
         loaded.embedded?.scheduler.onPrefill = state.metrics.policyPrefill
+        loaded.embedded?.scheduler.onDraft = state.metrics.policyDrafts
         let old = holder.set(loaded)
         if let rollbackOf { holder.removeFromHistory(id: rollbackOf) }
         state.metrics.swapped()

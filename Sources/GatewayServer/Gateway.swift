@@ -62,7 +62,9 @@ public final class Gateway: Sendable {
         // A policy on an inference engine is connected (health check, smoke generation) when the
         // gateway starts running (`run()`), which can wait for the network.
         if let path = config.policy.path, config.policy.backend == nil {
-            let loaded = try LoadedPolicy.load(path: path, weights: config.policy.weights, prefixCacheMB: config.policy.prefixCacheMB)
+            let loaded = try LoadedPolicy.load(
+                path: path, weights: config.policy.weights, prefixCacheMB: config.policy.prefixCacheMB,
+                speculation: config.policy.promptLookup)
             // SQLite registers it now; on PostgreSQL (maybe not reachable yet) the policy sync
             // service does, as it starts.
             if let sqlite = database as? SQLiteLogBackend { try sqlite.database.insertPolicyVersion(loaded.record) }
@@ -98,6 +100,7 @@ public final class Gateway: Sendable {
         let state = GatewayState(config: config, auth: auth, upstream: upstream, database: database, writer: writer, logger: logger)
         self.state = state
         initialPolicy?.embedded?.scheduler.onPrefill = state.metrics.policyPrefill
+        initialPolicy?.embedded?.scheduler.onDraft = state.metrics.policyDrafts
 
         let router = Router(context: GatewayContext.self)
         router.add(middleware: GatewayMiddleware(state: state))
@@ -120,7 +123,7 @@ public final class Gateway: Sendable {
         }
         let policySync = PolicySync(
             backend: database, holder: holder, modelsDir: config.admin.modelsDir,
-            weights: config.policy.weights, policyBackend: { state.config.policy.backend },
+            policyConfig: { state.config.policy },
             pollInterval: .milliseconds(Int64(config.log.policyPollSeconds * 1000)),
             logger: logger, onSwitch: { state.metrics.swapped() })
         self.policySync = policySync

@@ -195,7 +195,28 @@ public struct GatewayConfig: Sendable, Equatable {
         public var weights: WeightFormat = .f32
         /// Bound of the policy's prefix cache (keys and values of shared prompt starts), in MB; 0: off.
         public var prefixCacheMB = 256
+        /// Speculative decoding of the embedded policy.
+        public var speculation = Speculation.promptLookup
+        /// Most draft tokens per sequence and decode step (`speculation: prompt_lookup`).
+        public var draftTokens = 4
         public init() {}
+
+        /// The engine's setting (nil: off).
+        public var promptLookup: PromptLookup? {
+            switch speculation {
+            case .off: return nil
+            case .promptLookup: return PromptLookup(draftTokens: draftTokens)
+            }
+        }
+    }
+
+    /// How the embedded policy decodes more than one token per forward step.
+    public enum Speculation: String, Sendable, CaseIterable {
+        /// One token per sequence and step.
+        case off
+        /// Drafts copied from the sequence's own context (the question, the upstream's answer), checked by
+        /// the model in one step: greedy output unchanged, sampled output from the same distribution.
+        case promptLookup = "prompt_lookup"
     }
 
     /// Which text the client gets when the policy answers.
@@ -379,6 +400,8 @@ public struct GatewayConfig: Sendable, Equatable {
         c.policy.keepaliveSeconds = try p.double("keepalive_seconds", default: c.policy.keepaliveSeconds, range: 0.1...3600)
         c.policy.weights = try p.oneOf("weights", default: c.policy.weights)
         c.policy.prefixCacheMB = try p.int("prefix_cache_mb", default: c.policy.prefixCacheMB, range: 0...1_048_576)
+        c.policy.speculation = try p.oneOf("speculation", default: c.policy.speculation)
+        c.policy.draftTokens = try p.int("draft_tokens", default: c.policy.draftTokens, range: 1...16)
         var backend = try p.object("backend")
         c.policy.backend = try Self.policyBackend(&backend)
         try p.finish()

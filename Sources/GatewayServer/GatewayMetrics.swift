@@ -27,6 +27,8 @@ public final class GatewayMetrics: Sendable {
     private let circuitOpened: Gauge
     private let prefillCached: Counter
     private let prefillComputed: Counter
+    private let draftAccepted: Counter
+    private let draftRejected: Counter
     /// The labelled request counters, looked up once per label set: the registry's own lookup
     /// hashes the descriptor and labels and takes its lock on every call.
     private let requestCounters = NIOLockedValueBox<[RequestKey: Counter]>([:])
@@ -70,6 +72,10 @@ public final class GatewayMetrics: Sendable {
         let prefill = d("policy_prefill_tokens", "total", "Policy prompt tokens: copied from the prefix cache (cached=true) or computed")
         prefillCached = registry.makeCounter(descriptor: prefill, labels: [("cached", "true")])
         prefillComputed = registry.makeCounter(descriptor: prefill, labels: [("cached", "false")])
+        let draft = d(
+            "policy_draft_tokens", "total", "Policy draft tokens of prompt-lookup speculative decoding: accepted by the model or not")
+        draftAccepted = registry.makeCounter(descriptor: draft, labels: [("accepted", "true")])
+        draftRejected = registry.makeCounter(descriptor: draft, labels: [("accepted", "false")])
     }
 
     /// Records one finished request from its log record.
@@ -113,6 +119,12 @@ public final class GatewayMetrics: Sendable {
     func swapped() { swaps.increment() }
 
     /// The policy engine's prompt tokens (see `BatchScheduler.onPrefill`).
+    /// The policy engine's draft tokens (see `BatchScheduler.onDraft`).
+    @Sendable func policyDrafts(drafted: Int, accepted: Int) {
+        if accepted > 0 { draftAccepted.increment(by: Int64(accepted)) }
+        if drafted > accepted { draftRejected.increment(by: Int64(drafted - accepted)) }
+    }
+
     @Sendable func policyPrefill(cached: Int, computed: Int) {
         if cached > 0 { prefillCached.increment(by: Int64(cached)) }
         if computed > 0 { prefillComputed.increment(by: Int64(computed)) }

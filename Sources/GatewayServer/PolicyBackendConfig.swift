@@ -87,8 +87,11 @@ extension LoadedPolicy {
         if let backend = config.backend { return try await connect(path: path, backend: backend, environment: environment) }
         let weights = config.weights
         let prefixCacheMB = config.prefixCacheMB
+        let speculation = config.promptLookup
         return try await NIOThreadPool.singleton.runIfActive {
-            try LoadedPolicy.load(path: path, weights: weights, prefixCacheMB: prefixCacheMB, prefillInBackground: prefillInBackground)
+            try LoadedPolicy.load(
+                path: path, weights: weights, prefixCacheMB: prefixCacheMB, speculation: speculation,
+                prefillInBackground: prefillInBackground)
         }
     }
 }

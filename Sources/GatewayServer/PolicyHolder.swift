@@ -96,7 +96,7 @@ public final class LoadedPolicy: Sendable {
     /// pre-fills the protocol's fixed prefix into the prefix cache, and hashes its weights.
     public static func load(
         path: String, weights: WeightFormat = .f32,
-        prefixCacheMB: Int = EnginePolicy.defaultPrefixCacheBytes >> 20,
+        prefixCacheMB: Int = EnginePolicy.defaultPrefixCacheBytes >> 20, speculation: PromptLookup? = nil,
         prefillInBackground: Bool = false
     ) throws -> LoadedPolicy {
         var isDir: ObjCBool = false
@@ -104,7 +104,8 @@ public final class LoadedPolicy: Sendable {
             throw LoadError.notADirectory(path)
         }
         let url = URL(fileURLWithPath: path)
-        let policy = try EnginePolicy(directory: url, weightFormat: weights, prefixCacheBytes: prefixCacheMB << 20)
+        let policy = try EnginePolicy(
+            directory: url, weightFormat: weights, prefixCacheBytes: prefixCacheMB << 20, speculation: speculation)
         let probe = policy.tokenizer.encode("<|im_start|>user\nHello<|im_end|>\n<|im_start|>assistant\n")
         let logits = try policy.model.prefill(tokens: probe, cache: policy.model.makeCache(initialCapacity: probe.count))
         guard logits.allSatisfy(\.isFinite) else {

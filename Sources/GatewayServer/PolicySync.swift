@@ -40,9 +40,8 @@ public final class PolicySync: Sendable {
     let backend: any LogBackend
     let holder: PolicyHolder
     let modelsDir: String
-    let weights: WeightFormat
-    /// The configured `policy.backend` (read at each switch: a config reload may change it).
-    let policyBackend: @Sendable () -> RemotePolicyBackend?
+    /// The configured `policy` section (read at each switch: a config reload may change its backend).
+    let policyConfig: @Sendable () -> GatewayConfig.Policy
     let replica: String
     let pollInterval: Duration
     let logger: Logger
@@ -50,15 +49,14 @@ public final class PolicySync: Sendable {
     private let state = Mutex(Status(inSync: true))
 
     init(
-        backend: any LogBackend, holder: PolicyHolder, modelsDir: String, weights: WeightFormat,
-        policyBackend: @escaping @Sendable () -> RemotePolicyBackend? = { nil },
+        backend: any LogBackend, holder: PolicyHolder, modelsDir: String,
+        policyConfig: @escaping @Sendable () -> GatewayConfig.Policy,
         pollInterval: Duration, logger: Logger, onSwitch: @escaping @Sendable () -> Void = {}
     ) {
         self.backend = backend
         self.holder = holder
         self.modelsDir = modelsDir
-        self.weights = weights
-        self.policyBackend = policyBackend
+        self.policyConfig = policyConfig
         self.pollInterval = pollInterval
         self.logger = logger
         self.onSwitch = onSwitch
@@ -160,12 +158,7 @@ public final class PolicySync: Sendable {
         let loaded: LoadedPolicy
         do {
             let path = try AdminRoutes.confine(latest.path, modelsDir: modelsDir)
-            if let remote = policyBackend() {
-                loaded = try await LoadedPolicy.connect(path: path, backend: remote)
-            } else {
-                let weights = self.weights
-                loaded = try await NIOThreadPool.singleton.runIfActive { try LoadedPolicy.load(path: path, weights: weights) }
-            }
+            loaded = try await LoadedPolicy.load(path: path, config: policyConfig())
         } catch {
             fail(
                 "policy version \(latest.versionID) (recorded by \(latest.replica ?? "another replica") at '\(latest.path)') could not be loaded; still serving \(holder.current?.version ?? "none"): \(error)"

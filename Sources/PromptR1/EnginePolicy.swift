@@ -27,10 +27,12 @@ public final class EnginePolicy: Sendable {
     /// about fifteen whole first prompts of a 0.5B policy (24.6 kB per position), one of a 4B policy.
     public static let defaultPrefixCacheBytes = 256 << 20
 
-    /// - Parameter prefixCacheBytes: bound of the keys and values of shared prompt prefixes kept (0: none).
+    /// - Parameters:
+    ///   - prefixCacheBytes: bound of the keys and values of shared prompt prefixes kept (0: none).
+    ///   - speculation: prompt-lookup speculative decoding (nil: off).
     public init(
         directory: URL, model: TransformerModel, tokenizer: Tokenizer,
-        prefixCacheBytes: Int = EnginePolicy.defaultPrefixCacheBytes
+        prefixCacheBytes: Int = EnginePolicy.defaultPrefixCacheBytes, speculation: PromptLookup? = nil
     ) throws {
         self.directory = directory
         self.model = model
@@ -44,17 +46,20 @@ public final class EnginePolicy: Sendable {
         endOfTurnIDs = stops
         scheduler = BatchScheduler(
             model: model, tokenBytes: { [tokenizer] in tokenizer.tokenBytes($0) },
-            prefixCache: prefixCacheBytes > 0 ? PrefixCache(model: model, capacityBytes: prefixCacheBytes) : nil)
+            prefixCache: prefixCacheBytes > 0 ? PrefixCache(model: model, capacityBytes: prefixCacheBytes) : nil,
+            speculation: speculation)
     }
 
     /// Loads a Hugging Face checkpoint folder (`.q8`: projections quantised to 8 bits at load).
     public convenience init(
         directory: URL, weightFormat: WeightFormat = .f32,
-        prefixCacheBytes: Int = EnginePolicy.defaultPrefixCacheBytes
+        prefixCacheBytes: Int = EnginePolicy.defaultPrefixCacheBytes, speculation: PromptLookup? = nil
     ) throws {
         let model = try TransformerModel.load(from: directory, weightFormat: weightFormat)
         let tokenizer = try Tokenizer(directory: directory)
-        try self.init(directory: directory, model: model, tokenizer: tokenizer, prefixCacheBytes: prefixCacheBytes)
+        try self.init(
+            directory: directory, model: model, tokenizer: tokenizer, prefixCacheBytes: prefixCacheBytes,
+            speculation: speculation)
     }
 
     /// The text every first prompt starts with, whatever the question: the system message with the tool,

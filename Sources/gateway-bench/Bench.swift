@@ -8,6 +8,7 @@ struct Bench: AsyncParsableCommand {
         abstract: "Benchmarks for the gateway (run a release build: swift run -c release gateway-bench ...).",
         subcommands: [
             ProxyBench.self, CollabBench.self, EngineBench.self, TrainBench.self, SoakBench.self, ConsoleBench.self, LogWriterBench.self,
+            SpeculationBench.self,
             FakeUpstreamCommand.self, NullProxyCommand.self,
         ]
     )

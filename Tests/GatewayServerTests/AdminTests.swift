@@ -276,6 +276,9 @@ final class AdminTests: XCTestCase {
         // The collaboration episode copied the protocol prefix pre-filled at load and computed the rest.
         XCTAssertGreaterThan(value("gateway_policy_prefill_tokens_total", ["cached": "true"]) ?? 0, 100)
         XCTAssertGreaterThan(value("gateway_policy_prefill_tokens_total", ["cached": "false"]) ?? 0, 0)
+        // Prompt lookup (on by default) drafted tokens in the episode's decode steps and the policy took some.
+        XCTAssertGreaterThan(value("gateway_policy_draft_tokens_total", ["accepted": "true"]) ?? 0, 0)
+        XCTAssertGreaterThan(value("gateway_policy_draft_tokens_total", ["accepted": "false"]) ?? 0, 0)
         XCTAssertEqual(value("gateway_requests_total", ["status": "400"]), 1)
         XCTAssertEqual(value("gateway_turns_per_episode_count"), 1)
         XCTAssertEqual(value("gateway_policy_swaps_total"), 1)

@@ -152,15 +152,29 @@ public final class BatchScheduler: @unchecked Sendable {  // mutable state guard
     /// (the n episodes of one request, a rollout group).
     public static let waitForSharedPrefix = 32
 
+    /// Prompt-lookup speculative decoding of decode steps (nil: one token per sequence and step).
+    public let speculation: PromptLookup?
+    /// Called on the worker thread after each speculative step of a sequence: draft tokens proposed, and
+    /// how many of them the model accepted (e.g. for a metric).
+    public var onDraft: (@Sendable (_ drafted: Int, _ accepted: Int) -> Void)? {
+        get { cond.withLock { draftObserver } }
+        set { cond.withLock { draftObserver = newValue } }
+    }
+    private var draftObserver: (@Sendable (Int, Int) -> Void)?
+    private var draftCounts = (drafted: 0, accepted: 0)
+    /// Draft tokens so far: proposed by prompt lookup, and accepted by the model.
+    public var draftTokens: (drafted: Int, accepted: Int) { cond.withLock { draftCounts } }
+
     public init(
         model: TransformerModel, tokenBytes: (@Sendable (Int32) -> [UInt8])? = nil, maxStepTokens: Int = 256,
-        prefixCache: PrefixCache? = nil
+        prefixCache: PrefixCache? = nil, speculation: PromptLookup? = nil
     ) {
         precondition(prefixCache.map { $0.model === model } ?? true, "a prefix cache belongs to one model")
         self.model = model
         self.tokenBytes = tokenBytes
         self.maxStepTokens = max(1, maxStepTokens)
         self.prefixCache = prefixCache
+        self.speculation = speculation
         // The worker holds the scheduler until `shutdown()`; a scheduler lives as long as its model is served.
         let t = Thread { self.workerLoop() }
         t.name = "PolicyEngine.BatchScheduler"
@@ -313,9 +327,16 @@ public final class BatchScheduler: @unchecked Sendable {  // mutable state guard
     private func step() {
         var requests: [ForwardRequest] = []
         var members: [Sequence] = []
+        var drafts: [[Int32]] = []
         var budget = maxStepTokens
         let maxPos = model.config.maxPositionEmbeddings
         var overflow: [Sequence] = []
+        // Drafts per decoding sequence, so that the step's decode rows stay within `maxStepRows`.
+        var draftLimit = 0
+        if let lookup = speculation {
+            let decoding = active.reduce(0) { $0 + ($1.generated > 0 && $1.pending.count - $1.fed == 1 ? 1 : 0) }
+            if decoding > 0 { draftLimit = min(lookup.draftTokens, lookup.maxStepRows / decoding - 1) }
+        }
         for s in active {
             if !s.resolved {
                 guard resolvePrefix(s) else { continue }
@@ -327,6 +348,20 @@ public final class BatchScheduler: @unchecked Sendable {  // mutable state guard
                 overflow.append(s)
                 continue
             }
+            var draft: [Int32] = []
+            if let lookup = speculation, draftLimit > 0, remaining == 1, s.generated > 0 {
+                // The last token plus drafts must fit the context, and the step emits at most drafts + 1.
+                let room = min(draftLimit, s.tracker.maxTokens - s.generated - 1, maxPos - s.cache.count - 1)
+                draft = lookup.draft(after: s.cache.tokens, last: s.pending[s.fed], limit: room)
+            }
+            if !draft.isEmpty {
+                s.pending = [s.pending[s.fed]] + draft
+                s.fed = 0
+                requests.append(ForwardRequest(tokens: s.pending[...], cache: s.cache, logits: .all))
+                members.append(s)
+                drafts.append(draft)
+                continue
+            }
             // Decode tokens always run; prompt chunks share the step budget (at least one token each).
             let n = remaining == 1 ? 1 : max(1, min(remaining, budget))
             if remaining > 1 { budget = max(0, budget - n) }
@@ -336,6 +371,7 @@ public final class BatchScheduler: @unchecked Sendable {  // mutable state guard
                     tokens: s.pending[s.fed..<(s.fed + n)], cache: s.cache,
                     logits: done ? .last : .none))
             members.append(s)
+            drafts.append([])
         }
         var finished = Set<Int>()
         for s in overflow {
@@ -350,10 +386,25 @@ public final class BatchScheduler: @unchecked Sendable {  // mutable state guard
             finished.insert(s.id)
         }
         if !requests.isEmpty {
-            var sampled: [Int: SampledToken] = [:]
+            // Per member: the tokens this step emits (accepted drafts, then the model's own token) and how
+            // many of them are accepted drafts. A member's rows arrive in order; the first rejected draft (or a
+            // stop token) ends its step.
+            var emitted = [[SampledToken]](repeating: [], count: members.count)
+            var accepted = [Int](repeating: 0, count: members.count)
+            var closed = [Bool](repeating: false, count: members.count)
             do {
-                try model.forward(requests) { i, _, logits in
-                    sampled[i] = members[i].sampler.sample(logits)
+                try model.forward(requests) { i, j, logits in
+                    guard !closed[i] else { return }
+                    let s = members[i]
+                    if j < drafts[i].count {
+                        let (t, ok) = s.sampler.verify(logits, draft: drafts[i][j])
+                        emitted[i].append(t)
+                        if ok { accepted[i] += 1 }
+                        closed[i] = !ok || s.tracker.stopTokenIds.contains(t.id)
+                    } else {
+                        emitted[i].append(s.sampler.sample(logits))
+                        closed[i] = true
+                    }
                 }
             } catch {
                 for s in members {
@@ -367,7 +418,7 @@ public final class BatchScheduler: @unchecked Sendable {  // mutable state guard
             }
             for (i, s) in members.enumerated() {
                 s.fed += requests[i].tokens.count
-                guard let tok = sampled[i] else { continue }
+                guard !emitted[i].isEmpty else { continue }
                 if s.generated == 0, let prompt = s.freshPrompt, let prefixCache {
                     // The whole prompt is in the cache now: keep it for the sequences that start the same way.
                     try? prefixCache.insert(prompt, from: s.cache)
@@ -379,12 +430,25 @@ public final class BatchScheduler: @unchecked Sendable {  // mutable state guard
                     finished.insert(s.id)
                     continue
                 }
-                s.generated += 1
-                s.pending = [tok.id]
+                // The cache keeps the rows of the emitted tokens but the last (which becomes the next input).
+                let rejectedRows = drafts[i].count
+                var used = 0
+                var reason: FinishReason?
+                for tok in emitted[i] {
+                    used += 1
+                    s.generated += 1
+                    reason = s.tracker.add(tok)
+                    let cached = s.cache.count - rejectedRows + used - 1
+                    if reason == nil && cached + 1 > maxPos { reason = .length }
+                    s.continuation.yield(.token(tok, text: s.tracker.takeDelta(finished: reason != nil)))
+                    if reason != nil { break }
+                }
+                if rejectedRows > 0 {
+                    s.cache.truncate(to: s.cache.count - rejectedRows + used - 1)
+                    countDrafts(drafted: drafts[i].count, accepted: min(accepted[i], used))
+                }
+                s.pending = [emitted[i][used - 1].id]
                 s.fed = 0
-                var reason = s.tracker.add(tok)
-                if reason == nil && s.cache.count + 1 > maxPos { reason = .length }
-                s.continuation.yield(.token(tok, text: s.tracker.takeDelta(finished: reason != nil)))
                 if let reason {
                     finish(s, reason)
                     finished.insert(s.id)
@@ -395,6 +459,15 @@ public final class BatchScheduler: @unchecked Sendable {  // mutable state guard
         stepCount += 1
         cond.unlock()
         if !finished.isEmpty { active.removeAll { finished.contains($0.id) } }
+    }
+
+    private func countDrafts(drafted: Int, accepted: Int) {
+        let observer = cond.withLock {
+            draftCounts.drafted += drafted
+            draftCounts.accepted += accepted
+            return draftObserver
+        }
+        observer?(drafted, accepted)
     }
 
     private func finish(_ s: Sequence, _ reason: FinishReason) {

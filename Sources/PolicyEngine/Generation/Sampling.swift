@@ -118,11 +118,47 @@ public final class Sampler {
 
     public func sample(_ logits: UnsafeBufferPointer<Float>) -> SampledToken {
         precondition(!logits.isEmpty, "Sampler: empty logits")
-        let p = parameters
-        if p.isGreedy {
+        if parameters.isGreedy {
             let id = Self.argmax(logits)
             return SampledToken(id: Int32(id), logprob: 0, rawLogprob: Self.logSoftmax(logits, at: id))
         }
+        let d = distribution(logits)
+        let id = draw(d, excluding: nil, mass: d.total)
+        return token(id, d, logits)
+    }
+
+    /// Speculative decoding's check of one draft token against the logits the model gives at its position
+    /// (prompt-lookup drafts are a point mass, so this is speculative sampling with a deterministic draft):
+    /// - greedy: the draft is accepted when it is the argmax; otherwise the argmax is emitted;
+    /// - sampled: the draft `d` is accepted with probability p(d), p the distribution `sample` draws from
+    ///   (temperature, top-k, top-p); otherwise a token is drawn from p without `d`, renormalised.
+    /// Either way the emitted token is distributed as p, and its log-probs are the model's (as `sample`).
+    public func verify(_ logits: UnsafeBufferPointer<Float>, draft: Int32) -> (token: SampledToken, accepted: Bool) {
+        precondition(!logits.isEmpty, "Sampler: empty logits")
+        if parameters.isGreedy {
+            let t = sample(logits)
+            return (t, t.id == draft)
+        }
+        let d = distribution(logits)
+        let p = probability(Int(draft), d)
+        if rng.nextUnit() < p { return (token(Int(draft), d, logits), true) }
+        let rest = d.total * (1 - p)  // what is left of the candidates' (unnormalised) mass without the draft
+        // Rounding can leave no mass outside a draft of probability ~1: then the draft is the only choice.
+        guard rest > 0 else { return (token(Int(draft), d, logits), true) }
+        return (token(draw(d, excluding: Int(draft), mass: rest), d, logits), false)
+    }
+
+    /// The sampling distribution of one logits row: softmax(logits / temperature) in `probs`, over the whole
+    /// vocabulary or over `candidates[..<keep]` (top-k / top-p), whose mass is `total`.
+    private struct Distribution {
+        var keep: Int?
+        var total: Double
+        var maxLogit: Float
+        var logSumRaw: Double
+    }
+
+    private func distribution(_ logits: UnsafeBufferPointer<Float>) -> Distribution {
+        let p = parameters
         let n = logits.count
         if probs.count != n { probs = [Float](repeating: 0, count: n) }
         // Softmax of logits / temperature (into `probs`), plus the raw log-sum-exp.
@@ -136,16 +172,9 @@ public final class Sampler {
             for i in 0..<n { pr[i] *= inv }
         }
         let logSumRaw = Foundation.log(sumRaw)
-        func raw(_ id: Int) -> Float { Float(Double(logits[id] - m) - logSumRaw) }
-
         let useTopK = p.topK > 0 && p.topK < n
         let useTopP = p.topP < 1
-        if !useTopK && !useTopP {
-            let id = drawFromAll(n)
-            return SampledToken(
-                id: Int32(id), logprob: Foundation.log(max(probs[id], .leastNonzeroMagnitude)),
-                rawLogprob: raw(id))
-        }
+        if !useTopK && !useTopP { return Distribution(keep: nil, total: 1, maxLogit: m, logSumRaw: logSumRaw) }
         // Candidate set: the smallest set of top tokens that can contain the top-k / nucleus. Start with a
         // probability threshold and lower it until enough mass (or count) is covered, then sort only those.
         var threshold: Float = 1e-4
@@ -176,25 +205,45 @@ public final class Sampler {
         }
         var total: Double = 0
         for j in 0..<keep { total += Double(probs[Int(candidates[j])]) }
-        let u = rng.nextUnit() * total
-        var acc: Double = 0
-        var chosen = Int(candidates[keep - 1])
-        for j in 0..<keep {
-            acc += Double(probs[Int(candidates[j])])
-            if u < acc {
-                chosen = Int(candidates[j])
-                break
-            }
-        }
-        let lp = Float(Foundation.log(Double(probs[chosen])) - Foundation.log(total))
-        return SampledToken(id: Int32(chosen), logprob: lp, rawLogprob: raw(chosen))
+        return Distribution(keep: keep, total: total, maxLogit: m, logSumRaw: logSumRaw)
     }
 
-    private func drawFromAll(_ n: Int) -> Int {
-        let u = rng.nextUnit()
+    /// Probability of `id` under `d` (0 outside its candidate set).
+    private func probability(_ id: Int, _ d: Distribution) -> Double {
+        guard let keep = d.keep else { return Double(probs[id]) }
+        for j in 0..<keep where Int(candidates[j]) == id { return Double(probs[id]) / d.total }
+        return 0
+    }
+
+    /// A draw from `d` without `excluded`, whose removal leaves `mass` (of `d.total`).
+    private func draw(_ d: Distribution, excluding excluded: Int?, mass: Double) -> Int {
+        guard let keep = d.keep else { return drawFromAll(probs.count, excluding: excluded, mass: mass) }
+        let u = rng.nextUnit() * mass
+        var acc: Double = 0
+        var chosen = -1
+        for j in 0..<keep where Int(candidates[j]) != excluded {
+            let c = Int(candidates[j])
+            acc += Double(probs[c])
+            chosen = c
+            if u < acc { break }
+        }
+        return chosen
+    }
+
+    private func token(_ id: Int, _ d: Distribution, _ logits: UnsafeBufferPointer<Float>) -> SampledToken {
+        let lp: Float =
+            d.keep == nil
+            ? Foundation.log(max(probs[id], .leastNonzeroMagnitude))
+            : Float(Foundation.log(Double(probs[id])) - Foundation.log(d.total))
+        return SampledToken(
+            id: Int32(id), logprob: lp, rawLogprob: Float(Double(logits[id] - d.maxLogit) - d.logSumRaw))
+    }
+
+    private func drawFromAll(_ n: Int, excluding excluded: Int?, mass: Double) -> Int {
+        let u = rng.nextUnit() * mass
         var acc: Double = 0
         var last = 0
-        for i in 0..<n where probs[i] > 0 {
+        for i in 0..<n where probs[i] > 0 && i != excluded {
             acc += Double(probs[i])
             last = i
             if u < acc { return i }

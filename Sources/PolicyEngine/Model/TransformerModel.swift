@@ -90,6 +90,14 @@ public final class TransformerModel: @unchecked Sendable {
     /// Prompts longer than this are run in several forward steps (bounds scratch memory; sgemm is already
     /// efficient at this size).
     public static let prefillChunk = 512
+    /// Chunks of at most this many tokens (a decode token, with its draft tokens under speculative decoding; a
+    /// short continuation) are attended row by row as decode rows are: the nRep query heads of a KV head as one
+    /// product per row, which for a few rows costs a fraction of the per-head prefill blocks.
+    /// Only with OpenBLAS single-threaded (8-bit steps, whose attention the engine's own threads split): in float32
+    /// steps, small products issued from several threads into OpenBLAS's threads serialise (2 rows took 35 ms
+    /// row-wise against 14 ms in prefill blocks on the 0.5B shape), so chunks keep the prefill blocks there.
+    static let rowWiseAttention = 8
+    static var rowWiseLimit: Int { BLASThreads.blasIsSingleThreaded ? rowWiseAttention : 1 }
     /// Query rows per attention block in prefill.
     static let attentionBlock = 128
 
@@ -206,7 +214,7 @@ public final class TransformerModel: @unchecked Sendable {
             }
             rows += r.tokens.count
             logitRows += r.logits == .all ? r.tokens.count : (r.logits == .last ? 1 : 0)
-            let m = r.tokens.count == 1 ? nRep : r.tokens.count
+            let m = r.tokens.count <= Self.rowWiseLimit ? nRep : r.tokens.count
             scoreSize = max(scoreSize, m * total)
         }
         for r in requests { try r.cache.reserve(r.cache.count + r.tokens.count) }
@@ -220,10 +228,12 @@ public final class TransformerModel: @unchecked Sendable {
         // Embedding lookup, positions and RoPE tables per row; which rows are single-token decodes (the same
         // for every layer).
         var row = 0
-        var decodeRows: [(row: Int, request: Int)] = []
+        var decodeRows: [(row: Int, request: Int, keys: Int)] = []
         for (k, r) in requests.enumerated() {
             let p0 = r.cache.count
-            if r.tokens.count == 1 { decodeRows.append((row, k)) }
+            if r.tokens.count <= Self.rowWiseLimit {
+                for i in 0..<r.tokens.count { decodeRows.append((row + i, k, p0 + i + 1)) }
+            }
             for (i, t) in r.tokens.enumerated() {
                 (ws.x + row * H).update(from: weights.embed.pointer + Int(t) * H, count: H)
                 rope.fill(position: p0 + i, cos: ws.cos + row * half, sin: ws.sin + row * half)
@@ -320,7 +330,7 @@ public final class TransformerModel: @unchecked Sendable {
             let V = req.cache.values[l]
             (K + p0 * KV).update(from: ws.k + row0 * KV, count: T * KV)
             (V + p0 * KV).update(from: ws.v + row0 * KV, count: T * KV)
-            if T > 1 {
+            if T > Self.rowWiseLimit {
                 // Prefill chunk: per head and block of query rows, scores [rows, keys] with the causal mask
                 // offset by p0. A block only looks at the keys it can see, which skips most of the masked half.
                 let job = PrefillAttention(
@@ -339,10 +349,15 @@ public final class TransformerModel: @unchecked Sendable {
             row0 += T
         }
         if let decode {
-            // Decode: sequences are independent, so they are split over the compute threads, each part with its own
-            // slice of the scores scratch.
-            ComputePool.shared.run(count: decode.rows.count, maxParts: min(2 * Kernels.computeThreads, ws.scoreParts)) { part, range in
-                decode.run(layer: l, part: part, rows: range)
+            // Decode: sequences and their KV heads are independent, so they are split over the compute threads, each
+            // part with its own slice of the scores scratch. With OpenBLAS single-threaded (8-bit steps) a unit is
+            // one KV head of one sequence, so that a single sequence is split too; with OpenBLAS's own threads
+            // (float32) it is a whole sequence: concurrent small products from several threads into a threaded
+            // OpenBLAS took 12x longer.
+            let perHead = BLASThreads.blasIsSingleThreaded
+            let units = perHead ? decode.rows.count * nKV : decode.rows.count
+            ComputePool.shared.run(count: units, maxParts: min(2 * Kernels.computeThreads, ws.scoreParts)) { part, range in
+                decode.run(layer: l, part: part, units: range, perHead: perHead)
             }
         }
         prof.mark(.attention)
@@ -497,25 +512,27 @@ private struct PrefillAttention: @unchecked Sendable {
     }
 }
 
-/// Decode attention for a step's single-token rows, one layer at a time (raw pointers for the compute threads;
+/// Attention of a step's decode rows and rows of short chunks (see `rowWiseAttention`), one layer at a time (raw pointers for the compute threads;
 /// the caller waits for them). Part `p` uses scores[p * scoreStride ..< (p + 1) * scoreStride]. For each row,
 /// the nRep query heads sharing a KV head form one [nRep, hd] matrix.
 private struct DecodeAttention: @unchecked Sendable {
     let q: UnsafeMutablePointer<Float>, att: UnsafeMutablePointer<Float>, scores: UnsafeMutablePointer<Float>
     let scoreStride: Int
-    let rows: [(row: Int, request: Int)]
+    /// Each row's position in its sequence + 1: the keys it attends to.
+    let rows: [(row: Int, request: Int, keys: Int)]
     let caches: [KVCache]
     let Q: Int, KV: Int, hd: Int, nKV: Int, nRep: Int
     let scale: Float
 
-    func run(layer: Int, part: Int, rows range: Range<Int>) {
+    /// With `perHead`, unit u is KV head u % nKV of decode row u / nKV; otherwise every KV head of row u.
+    func run(layer: Int, part: Int, units range: Range<Int>, perHead: Bool) {
         let sc = scores + part * scoreStride
-        for (row, request) in rows[range] {
+        for u in range {
+            let (row, request, S) = rows[perHead ? u / nKV : u]
             let cache = caches[request]
-            let S = cache.count + 1
             let K = cache.keys[layer]
             let V = cache.values[layer]
-            for g in 0..<nKV {
+            for g in perHead ? (u % nKV)..<(u % nKV + 1) : 0..<nKV {
                 let qg = q + row * Q + g * nRep * hd
                 cblas_sgemm(
                     CblasRowMajor, CblasNoTrans, CblasTrans, Int32(nRep), Int32(S), Int32(hd), scale,
