@@ -37,8 +37,13 @@ final class ExperimentTests: XCTestCase {
         // The table is not constant: answers differ between pairs, so guessing one value fails.
         XCTAssertGreaterThan(Set(held.map { $0.answers[0] }).count, 3)
         // Demonstrations: only the restating style gets an answer from the upstream.
-        let demos = w.demonstrations(styles: c.warmStart!.demoStyles)
-        XCTAssertEqual(demos.count, train.count * c.warmStart!.demoStyles.reduce(0) { $0 + $1.count })
+        let styles = try JSONDecoder().decode(
+            [LookupWorld.DemoStyle].self,
+            from: Data(
+                (#"[{"prompt": "What is the {property} of the {subject}?", "count": 1}, {"prompt": "{question}", "count": 2}, "#
+                    + #"{"prompt": "Please answer my question about the {subject}.", "count": 1}]"#).utf8))
+        let demos = w.demonstrations(styles: styles)
+        XCTAssertEqual(demos.count, train.count * 4)
         for d in demos { XCTAssertNil(try d.validate()) }
         let answered = demos.filter { $0.responses[0] != LookupWorld.notSure }.count
         XCTAssertEqual(answered, train.count, "one answered demonstration per training question")
@@ -91,4 +96,46 @@ final class ExperimentTests: XCTestCase {
         let svg = try String(contentsOf: out.appendingPathComponent("report.svg"), encoding: .utf8)
         XCTAssertTrue(svg.hasPrefix("<svg") && svg.contains("polyline") && svg.hasSuffix("</svg>\n"))
     }
+
+    /// Issue 19, item 4: the loop learns to prompt. `gateway-train experiment` with the committed
+    /// experiments/toy-ci.json (base promptr1-copy, which copies the question's words into its
+    /// prompt but picks one of seven prompt styles at random, two of which the literal upstream
+    /// answers), seed 1 (fixed before measuring), through the built executable in a debug build.
+    /// The held-out questions are pairs never trained on, and the upstream answers only prompts
+    /// that state "the <property> of the <subject>", so held-out EM can rise only if GRPO made
+    /// the policy prefer the restating style on questions it never saw.
+    ///
+    /// Margin, from the seeds measured on 2026-12-01 (scripts/experiment-seeds.sh, table in
+    /// docs/learning.md): over seeds 1-4 the learning run's rise in held-out EM after 3 iterations
+    /// was +0.208, +0.229, +0.354, +0.229 (mean 0.255, sd 0.067); the control's was exactly 0 in
+    /// every seed. 0.15 is below the smallest measured rise and below mean - 1.5 sd, and about two
+    /// standard errors of a difference of two 48-episode EMs near 0.2 (sqrt(2 * 0.2 * 0.8 / 48) =
+    /// 0.08) above 0: a rise this size is not what sampling noise alone gives.
+    func testHeldOutEMRisesWithLearningAndNotWithControl() throws {
+        let tmp = try TempDir()
+        let out = tmp.url.appendingPathComponent("exp")
+        let r = try TrainCLI.run(["experiment", "--config", Self.configURL.path, "--seed", "1", "--out", out.path])
+        XCTAssertEqual(r.status, 0, r.err)
+        let report = try JSONDecoder().decode(ExperimentReport.self, from: Data(contentsOf: out.appendingPathComponent("report.json")))
+        let learn = try XCTUnwrap(report.runs["learn"])
+        let control = try XCTUnwrap(report.runs["control"])
+        let config = try ExperimentConfig.load(Self.configURL)
+        XCTAssertEqual(learn.count, config.iterations + 1)
+        XCTAssertEqual(control.count, config.iterations + 1)
+        XCTAssertEqual(learn[0].heldout_em, control[0].heldout_em, "both runs start from the same policy")
+        XCTAssertEqual(learn[0].upstream_alone_em, 0, "the upstream alone answers no held-out question")
+        // At the start the policy restates only a minority of the time: RL has room.
+        let restating0 = try XCTUnwrap(learn[1].train_restating)
+        XCTAssertLessThan(restating0, 0.4)
+        XCTAssertLessThan(learn[0].heldout_em, 0.4)
+        let rise = learn.last!.heldout_em - learn[0].heldout_em
+        XCTAssertGreaterThanOrEqual(rise, Self.learningMargin, "held-out EM per iteration: \(learn.map(\.heldout_em))")
+        // The learning run's rollouts restate more by the end: the style the upstream answers was selected.
+        XCTAssertGreaterThan(try XCTUnwrap(learn.last!.train_restating), restating0)
+        // The control (learning rate 0) does not rise.
+        XCTAssertLessThanOrEqual(control.last!.heldout_em - control[0].heldout_em, 0, "control: \(control.map(\.heldout_em))")
+    }
+
+    /// See testHeldOutEMRisesWithLearningAndNotWithControl.
+    static let learningMargin = 0.15
 }
