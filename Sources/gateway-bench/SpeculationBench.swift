@@ -156,7 +156,9 @@ struct SpeculationBench: AsyncParsableCommand {
                     cache.truncate(to: context)
                 }
                 m.profiler.enabled = false
-                let parts = m.profiler.seconds.filter { $0.1 > 0 }.map { "\($0.0.rawValue) \(String(format: "%.1f", $0.1 * 1000 / Double(repeats)))" }
+                let parts = m.profiler.seconds.filter { $0.1 > 0 }.map {
+                    "\($0.0.rawValue) \(String(format: "%.1f", $0.1 * 1000 / Double(repeats)))"
+                }
                 print("   \(r) rows, ms per step by section: \(parts.joined(separator: ", "))")
             }
         }
