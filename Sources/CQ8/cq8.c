@@ -114,6 +114,27 @@ static void gemm_portable(const int8_t *w, const float *wscales, int cols, int b
 #undef CQ8_GEMM_VNNI
 #undef CQ8_TILE
 
+// 2 to 5 activation rows (a decode row with the draft tokens of speculative decoding): a tile of exactly that
+// height, instead of the 6-row tile computing the missing rows as zero padding.
+#define CQ8_TILE 2
+#include "gemm_tiles.h"
+#undef CQ8_TILE
+#define CQ8_TILE 3
+#include "gemm_tiles.h"
+#undef CQ8_TILE
+#define CQ8_TILE 4
+#include "gemm_tiles.h"
+#undef CQ8_TILE
+#define CQ8_TILE 5
+#include "gemm_tiles.h"
+#undef CQ8_TILE
+
+typedef void (*cq8_kernel)(const int8_t *, const float *, const int32_t *, int, int, int, int, int, const int8_t *,
+                           const uint8_t *, const uint8_t *, const float *, int, int, float *, int, int);
+// Kernels by activation rows, for fewer rows than CQ8_MR.
+static const cq8_kernel small_vnni[CQ8_MR] = {0, gemm_vnni_row, gemm_vnni_t2, gemm_vnni_t3, gemm_vnni_t4, gemm_vnni_t5};
+static const cq8_kernel small_avx2[CQ8_MR] = {0, gemm_avx2_row, gemm_avx2_t2, gemm_avx2_t3, gemm_avx2_t4, gemm_avx2_t5};
+
 #endif  // CQ8_X86
 
 // MARK: - Dispatch
@@ -170,16 +191,16 @@ void cq8_gemm(const int8_t *w, const float *wscales, const int32_t *wsums, int c
     switch (cq8_level()) {
 #ifdef CQ8_X86
     case CQ8_LEVEL_VNNI:
-        if (nx == 1) {
-            gemm_vnni_row(w, wscales, wsums, cols, block, nrows, g0, g1, xq, xa, xu, xscales, 1, 1, y, ldy, accumulate);
+        if (nx < CQ8_MR) {
+            small_vnni[nx](w, wscales, wsums, cols, block, nrows, g0, g1, xq, xa, xu, xscales, nx, nx, y, ldy, accumulate);
             return;
         }
         gemm_vnni(w, wscales, wsums, cols, block, nrows, g0, g1, xq, xa, xu, xscales, nx, cq8_padded_rows(nx), y, ldy,
                   accumulate);
         return;
     case CQ8_LEVEL_AVX2:
-        if (nx == 1) {
-            gemm_avx2_row(w, wscales, wsums, cols, block, nrows, g0, g1, xq, xa, xu, xscales, 1, 1, y, ldy, accumulate);
+        if (nx < CQ8_MR) {
+            small_avx2[nx](w, wscales, wsums, cols, block, nrows, g0, g1, xq, xa, xu, xscales, nx, nx, y, ldy, accumulate);
             return;
         }
         gemm_avx2(w, wscales, wsums, cols, block, nrows, g0, g1, xq, xa, xu, xscales, nx, cq8_padded_rows(nx), y, ldy,

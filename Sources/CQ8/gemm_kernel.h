@@ -1,7 +1,7 @@
 // The body of the packed int8 GEMM, included once per instruction set and tile height by cq8.c with
 //   CQ8_GEMM_NAME    function name
-//   CQ8_TILE         activation rows per register tile (CQ8_MR for prefill and batches; 1 for one decode row,
-//                    which would otherwise multiply CQ8_MR - 1 rows of zero padding)
+//   CQ8_TILE         activation rows per register tile (CQ8_MR for prefill and batches; 1 to 5 for exactly that
+//                    many rows, which would otherwise multiply rows of zero padding)
 //   CQ8_GEMM_TARGET  __attribute__((target(...))) string
 //   CQ8_GEMM_VNNI    1: vpdpbusd on (x + 128) and a correction by the weights' block sums;
 //                    0: AVX2, maddubs on |x| and the weights with the sign of x.

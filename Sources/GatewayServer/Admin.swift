@@ -205,8 +205,7 @@ struct AdminRoutes: Sendable {
                 status: 503, message: "The traffic log could not record the new version; the serving version is unchanged: \(error)",
                 type: "server_error", code: "log_unavailable")
         }
-        loaded.embedded?.scheduler.onPrefill = state.metrics.policyPrefill
-        loaded.embedded?.scheduler.onDraft = state.metrics.policyDrafts
+        state.metrics.observeEngine(of: loaded)
         let old = holder.set(loaded)
         if let rollbackOf { holder.removeFromHistory(id: rollbackOf) }
         state.metrics.swapped()

@@ -99,8 +99,7 @@ public final class Gateway: Sendable {
             logger: logger, maxRetryDelay: 1, linger: linger)
         let state = GatewayState(config: config, auth: auth, upstream: upstream, database: database, writer: writer, logger: logger)
         self.state = state
-        initialPolicy?.embedded?.scheduler.onPrefill = state.metrics.policyPrefill
-        initialPolicy?.embedded?.scheduler.onDraft = state.metrics.policyDrafts
+        if let initialPolicy { state.metrics.observeEngine(of: initialPolicy) }
 
         let router = Router(context: GatewayContext.self)
         router.add(middleware: GatewayMiddleware(state: state))
@@ -125,7 +124,11 @@ public final class Gateway: Sendable {
             backend: database, holder: holder, modelsDir: config.admin.modelsDir,
             policyConfig: { state.config.policy },
             pollInterval: .milliseconds(Int64(config.log.policyPollSeconds * 1000)),
-            logger: logger, onSwitch: { state.metrics.swapped() })
+            logger: logger,
+            onSwitch: { loaded in
+                state.metrics.observeEngine(of: loaded)
+                state.metrics.swapped()
+            })
         self.policySync = policySync
         let admin = AdminRoutes(
             state: state, holder: holder, tokenDigest: ClientAuth.digest(adminToken),

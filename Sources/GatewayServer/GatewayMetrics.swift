@@ -119,6 +119,12 @@ public final class GatewayMetrics: Sendable {
     func swapped() { swaps.increment() }
 
     /// The policy engine's prompt tokens (see `BatchScheduler.onPrefill`).
+    /// Counts an embedded policy's prompt and draft tokens from now on (every policy that will serve, whatever loaded it).
+    func observeEngine(of policy: LoadedPolicy) {
+        policy.embedded?.scheduler.onPrefill = policyPrefill
+        policy.embedded?.scheduler.onDraft = policyDrafts
+    }
+
     /// The policy engine's draft tokens (see `BatchScheduler.onDraft`).
     @Sendable func policyDrafts(drafted: Int, accepted: Int) {
         if accepted > 0 { draftAccepted.increment(by: Int64(accepted)) }

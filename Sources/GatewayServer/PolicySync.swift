@@ -45,13 +45,14 @@ public final class PolicySync: Sendable {
     let replica: String
     let pollInterval: Duration
     let logger: Logger
-    let onSwitch: @Sendable () -> Void
+    /// Called with the policy about to be switched to (metrics hooks, counters).
+    let onSwitch: @Sendable (LoadedPolicy) -> Void
     private let state = Mutex(Status(inSync: true))
 
     init(
         backend: any LogBackend, holder: PolicyHolder, modelsDir: String,
         policyConfig: @escaping @Sendable () -> GatewayConfig.Policy,
-        pollInterval: Duration, logger: Logger, onSwitch: @escaping @Sendable () -> Void = {}
+        pollInterval: Duration, logger: Logger, onSwitch: @escaping @Sendable (LoadedPolicy) -> Void = { _ in }
     ) {
         self.backend = backend
         self.holder = holder
@@ -176,9 +177,9 @@ public final class PolicySync: Sendable {
             return
         }
         try? await backend.insertPolicyVersion(loaded.record)
+        onSwitch(loaded)
         let old = holder.set(loaded)
         if latest.action == .rollback { holder.removeFromHistory(id: loaded.version) }
-        onSwitch()
         state.withLock { $0 = Status(version: latest.versionID, path: latest.path, seq: latest.seq, inSync: true, checkedAt: Date()) }
         logger.notice(
             "policy switched to the version recorded in the shared log",

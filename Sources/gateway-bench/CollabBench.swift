@@ -45,6 +45,8 @@ struct CollabBench: AsyncParsableCommand {
     )
     var questions: QuestionMode = .distinct
     @Option(name: .customLong("prefix-cache-mb")) var prefixCacheMB = 256
+    @Option(help: "off or prompt_lookup (policy.speculation), with --draft-tokens.") var speculation = "off"
+    @Option(name: .customLong("draft-tokens")) var draftTokens = 4
 
     enum QuestionMode: String, ExpressibleByArgument { case distinct, same }
 
@@ -65,8 +67,11 @@ struct CollabBench: AsyncParsableCommand {
         let tokenizer = try Tokenizer(directory: dir)
         // Two policies on the same weights: one with a prefix cache (the protocol prefix pre-filled as at
         // policy load), one without.
-        let plain = try EnginePolicy(directory: dir, model: model, tokenizer: tokenizer, prefixCacheBytes: 0)
-        let cached = try EnginePolicy(directory: dir, model: model, tokenizer: tokenizer, prefixCacheBytes: prefixCacheMB << 20)
+        guard ["off", "prompt_lookup"].contains(speculation) else { throw ValidationError("--speculation must be off or prompt_lookup") }
+        let lookup = speculation == "off" ? nil : PromptLookup(draftTokens: draftTokens)
+        let plain = try EnginePolicy(directory: dir, model: model, tokenizer: tokenizer, prefixCacheBytes: 0, speculation: lookup)
+        let cached = try EnginePolicy(
+            directory: dir, model: model, tokenizer: tokenizer, prefixCacheBytes: prefixCacheMB << 20, speculation: lookup)
         defer {
             plain.shutdown()
             cached.shutdown()
@@ -75,7 +80,7 @@ struct CollabBench: AsyncParsableCommand {
             "collab bench: model \(dir.lastPathComponent) (\(model.parameterCount / 1_000_000)M parameters, \(model.weightFormat), loaded in \(fmt((ContinuousClock.now - t0).milliseconds / 1000)) s)"
         )
         print(
-            "episode shape: \(turns) turns x \(tokensPerTurn) generated tokens; upstream answers instantly; OpenBLAS threads \(threads); questions: \(questions.rawValue)"
+            "episode shape: \(turns) turns x \(tokensPerTurn) generated tokens; upstream answers instantly; OpenBLAS threads \(threads); questions: \(questions.rawValue); speculation \(speculation)"
         )
         let question = "Which planet is the largest in the Solar System, and what is its largest moon?"
         print("first prompt: \(tokenizer.encode(PromptR1Prompt.firstPrompt(question: question)).count) tokens")
@@ -141,6 +146,10 @@ struct CollabBench: AsyncParsableCommand {
                         + padTo(fmt(Double(s.generated) / wall), 15)
                         + "\(cachedTokens) of \(cachedTokens + computed)"
                         + (s.failures > 0 ? "  (\(s.failures) episodes without answer!)" : ""))
+            }
+            if lookup != nil {
+                let d = (plain.scheduler.draftTokens, cached.scheduler.draftTokens)
+                print("       draft tokens so far: \(d.0.drafted + d.1.drafted) drafted, \(d.0.accepted + d.1.accepted) accepted")
             }
             if let on = rates[true], let off = rates[false], off > 0 {
                 print("       concurrency \(c): episodes/s with the prefix cache / without, same run: \(String(format: "%.2f", on / off))x")

@@ -102,6 +102,15 @@ struct SpeculationBench: AsyncParsableCommand {
         print(
             "   drafted \(d.drafted), accepted \(d.accepted) (\(pct(Double(d.accepted) / Double(max(1, d.drafted)))) of drafts); \(steps.count) speculative steps"
         )
+        var byLength = [Int: (steps: Int, accepted: Int)]()
+        for s in steps {
+            byLength[s.drafted, default: (0, 0)].steps += 1
+            byLength[s.drafted, default: (0, 0)].accepted += s.accepted
+        }
+        print(
+            "   speculative steps by drafted tokens: "
+                + byLength.keys.sorted().map { "\($0): \(byLength[$0]!.steps) steps, \(byLength[$0]!.accepted) accepted" }.joined(
+                    separator: "; "))
         print(
             "   decode: \(decodeTokens) tokens in \(decodeTokens) steps without drafts, \(decodeStepsOn) with (\(String(format: "%.2f", Double(decodeTokens) / Double(max(1, decodeStepsOn)))) tokens per step)"
         )
@@ -156,7 +165,9 @@ struct SpeculationBench: AsyncParsableCommand {
                     cache.truncate(to: context)
                 }
                 m.profiler.enabled = false
-                let parts = m.profiler.seconds.filter { $0.1 > 0 }.map { "\($0.0.rawValue) \(String(format: "%.1f", $0.1 * 1000 / Double(repeats)))" }
+                let parts = m.profiler.seconds.filter { $0.1 > 0 }.map {
+                    "\($0.0.rawValue) \(String(format: "%.1f", $0.1 * 1000 / Double(repeats)))"
+                }
                 print("   \(r) rows, ms per step by section: \(parts.joined(separator: ", "))")
             }
         }

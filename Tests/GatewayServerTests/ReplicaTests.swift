@@ -299,13 +299,22 @@ final class ReplicaTests: XCTestCase {
         XCTAssertTrue(
             sent.allSatisfy { $0.reply.status == 200 },
             "failed: \(sent.filter { $0.reply.status != 200 }.map { "\($0.reply.status) \($0.reply.body.prefix(200))" })")
-        // After the switch, both replicas serve B.
+        // After the switch, both replicas serve B, and the replica that followed the shared log counts the
+        // new engine's prompt tokens in its metrics.
+        func computedPrefill(_ r: Replica) async throws -> Double {
+            let text = try await Self.call(client, r.adminBase + "/metrics", method: .GET).body
+            let line = text.split(separator: "\n").first { $0.hasPrefix(#"gateway_policy_prefill_tokens_total{cached="false"}"#) }
+            return line.flatMap { Double($0.split(separator: " ").last ?? "") } ?? 0
+        }
+        let followerBefore = try await computedPrefill(r2)
         var after: [Sent] = []
         for (i, r) in replicas.enumerated() {
             let reply = try await Self.call(
                 client, r.base + "/v1/chat/completions", body: Self.collabBody(question.question, stream: false))
             after.append(Sent(replica: i, collab: true, reply: reply))
         }
+        let followerAfter = try await computedPrefill(r2)
+        XCTAssertGreaterThan(followerAfter, followerBefore, "the switched-to engine's prefill reaches /metrics")
 
         // Feedback through the other replica.
         let fromR1 = try XCTUnwrap(sent.first { $0.replica == 0 }?.reply.episodeID)

@@ -135,6 +135,16 @@ final class QuantizationTests: XCTestCase {
                 }
                 XCTAssertEqual(one, Array(all[(r * outDim)..<((r + 1) * outDim)]), "\(level) row \(r)")
             }
+            // 2 to 5 rows (a decode row with draft tokens) have tiles of their own height: still the same.
+            for n in 2...5 {
+                var few = [Float](repeating: 0, count: n * outDim)
+                x.withUnsafeBufferPointer {
+                    Q8Kernels.linear(
+                        $0.baseAddress! + 3 * inDim, rows: n, weight: q, bias: nil, into: &few, accumulate: false,
+                        scratch: Q8Scratch())
+                }
+                XCTAssertEqual(few, Array(all[(3 * outDim)..<((3 + n) * outDim)]), "\(level) \(n) rows")
+            }
         }
     }
 

@@ -12,8 +12,11 @@ final class SpeculativeDecodingTests: XCTestCase {
         // by 8 2 5.
         XCTAssertEqual(lookup.draft(after: [5, 6, 7, 9, 1, 5, 6, 7, 8, 2, 5, 6], last: 7, limit: 3), [8, 2, 5])
         XCTAssertEqual(lookup.draft(after: [5, 6, 7, 9, 1, 5, 6, 7, 8, 2, 5, 6], last: 7, limit: 1), [8])
-        // No 3-gram or 2-gram match, a 1-gram one: "4" was followed by 9 3.
-        XCTAssertEqual(lookup.draft(after: [4, 9, 3, 1, 2], last: 4, limit: 3), [9, 3, 1])
+        // No 3-gram or 2-gram match, a 1-gram one: "4" was followed by 9 3 1, of which a 1-token match drafts 2.
+        XCTAssertEqual(lookup.draft(after: [4, 9, 3, 1, 2], last: 4, limit: 3), [9, 3])
+        // A 2-token match drafts up to 4.
+        XCTAssertEqual(
+            PromptLookup(draftTokens: 6).draft(after: [7, 4, 9, 3, 1, 2, 8, 6, 7], last: 4, limit: 6), [9, 3, 1, 2])
         // The follower may run into the suffix itself (a repeating pattern).
         XCTAssertEqual(lookup.draft(after: [1, 2, 1, 2], last: 1, limit: 3), [2, 1])
         XCTAssertEqual(lookup.draft(after: [1, 2, 3], last: 4, limit: 3), [])
