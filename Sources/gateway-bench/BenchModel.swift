@@ -1,3 +1,4 @@
+import ArgumentParser
 import Foundation
 import PolicyEngine
 
@@ -32,4 +33,16 @@ enum BenchModel {
         }
         return dir
     }
+}
+
+/// `--model`, `--model-cache`, `--tokenizer-from`: the checkpoint a benchmark runs on.
+struct BenchModelOptions: ParsableArguments {
+    @Option(help: "Checkpoint folder (default: a Qwen2.5-0.5B-shaped random F32 model, created once).") var model: String?
+    @Option(name: .customLong("model-cache"), help: "Where the default model is written.") var modelCache =
+        "/tmp/prompt-r1-bench/qwen2.5-0.5b-shape"
+    @Option(name: .customLong("tokenizer-from"), help: "Tokenizer files copied next to the default model.") var tokenizerFrom =
+        "Tests/Fixtures/models/qwen3-tiny"
+
+    /// `--model`, or the default model (written on first use).
+    func folder() throws -> URL { try BenchModel.folder(given: model, cache: modelCache, tokenizerFrom: tokenizerFrom) }
 }

@@ -16,11 +16,7 @@ struct CollabBench: AsyncParsableCommand {
             "Gateway time per collaboration episode (policy prefill + decode), at 1 and 8 concurrent episodes, with and without the prefix cache."
     )
 
-    @Option(help: "Checkpoint folder (default: a Qwen2.5-0.5B-shaped random model, created once).") var model: String?
-    @Option(name: .customLong("model-cache"), help: "Where the default model is written.") var modelCache =
-        "/tmp/prompt-r1-bench/qwen2.5-0.5b-shape"
-    @Option(name: .customLong("tokenizer-from"), help: "Tokenizer files for the default model.") var tokenizerFrom =
-        "Tests/Fixtures/models/qwen3-tiny"
+    @OptionGroup var weights: BenchModelOptions
     @Option(name: .customLong("tokens-per-turn")) var tokensPerTurn = 32
     @Option var turns = 2
     @Option(help: "Comma-separated concurrency levels.") var concurrency = "1,8"
@@ -52,7 +48,7 @@ struct CollabBench: AsyncParsableCommand {
 
     func run() async throws {
         setenv("OPENBLAS_NUM_THREADS", "\(threads)", 1)
-        let dir = try BenchModel.folder(given: model, cache: modelCache, tokenizerFrom: tokenizerFrom)
+        let dir = try weights.folder()
         if let policyBackend {
             guard let kind = RemotePolicyBackend.Kind(rawValue: policyBackendKind) else {
                 throw ValidationError("--policy-backend-kind must be vllm, sglang or llamacpp")

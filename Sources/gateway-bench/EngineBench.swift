@@ -18,11 +18,7 @@ struct EngineBench: AsyncParsableCommand {
         commandName: "engine",
         abstract: "Engine prefill/decode/batching speed, memory and tokenizer speed against same-run baselines.")
 
-    @Option(help: "Checkpoint folder (default: a Qwen2.5-0.5B-shaped random F32 model, created once).") var model: String?
-    @Option(name: .customLong("model-cache"), help: "Where the default model is written.") var modelCache =
-        "/tmp/prompt-r1-bench/qwen2.5-0.5b-shape"
-    @Option(name: .customLong("tokenizer-from"), help: "Tokenizer files (default model and tokenizer figure).") var tokenizerFrom =
-        "Tests/Fixtures/models/qwen3-tiny"
+    @OptionGroup var weights: BenchModelOptions
     @Option(help: "OpenBLAS threads.") var threads = 2
     @Option(help: "Minimum measuring time per figure, seconds.") var seconds: Double = 4
     @Option(name: .customLong("python"), help: "Python for the optional PyTorch / HF tokenizers comparisons.") var python = "python3"
@@ -44,7 +40,7 @@ struct EngineBench: AsyncParsableCommand {
             throw ValidationError(
                 "--shape qwen3-4b runs with --q8 only: its float32 weights (16 GB) do not fit beside the OS on this class of machine")
         }
-        if shape == .qwen34b && model != nil { throw ValidationError("--shape and --model are exclusive") }
+        if shape == .qwen34b && weights.model != nil { throw ValidationError("--shape and --model are exclusive") }
     }
 
     func run() async throws {
@@ -61,7 +57,7 @@ struct EngineBench: AsyncParsableCommand {
         let rssBase = ProcStatus.bytes("VmRSS") ?? 0
 
         // 2. Model.
-        let dir = try BenchModel.folder(given: model, cache: modelCache, tokenizerFrom: tokenizerFrom)
+        let dir = try weights.folder()
         let (m, loadSeconds) = try Stopwatch.measure { try TransformerModel.load(from: dir) }
         let c = m.config
         let weightFileBytes = m.parameterCount * 4
@@ -145,7 +141,7 @@ struct EngineBench: AsyncParsableCommand {
         let hwm = ProcStatus.bytes("VmHWM") ?? 0
 
         // 6. Tokenizer.
-        let tokDir = URL(fileURLWithPath: tokenizerFrom)
+        let tokDir = URL(fileURLWithPath: weights.tokenizerFrom)
         let tokenizer = try Tokenizer(directory: tokDir)
         let text = MixedText.make(bytes: 1 << 20, seed: 11)
         let textBytes = text.utf8.count

@@ -21,11 +21,7 @@ struct SpeculationBench: AsyncParsableCommand {
         "Tests/Fixtures/models/promptr1-tiny"
     @Option(help: "Its episode cases: questions and scripted upstream answers.") var episodes =
         "Tests/Fixtures/reference/promptr1-tiny-episodes.json"
-    @Option(help: "Checkpoint for the step cost (default: a Qwen2.5-0.5B-shaped random model, created once).") var model: String?
-    @Option(name: .customLong("model-cache"), help: "Where the default model is written.") var modelCache =
-        "/tmp/prompt-r1-bench/qwen2.5-0.5b-shape"
-    @Option(name: .customLong("tokenizer-from"), help: "Tokenizer files for the default model.") var tokenizerFrom =
-        "Tests/Fixtures/models/qwen2-tiny"
+    @OptionGroup var weights: BenchModelOptions
     @Option(name: .customLong("draft-tokens")) var draftTokens = 4
     @Option(name: .customLong("max-ngram")) var maxNgram = 3
     @Option(name: .customLong("min-ngram")) var minNgram = 1
@@ -116,7 +112,7 @@ struct SpeculationBench: AsyncParsableCommand {
         )
 
         // 2. Step cost on the larger model, at the episodes' context length.
-        let big = try BenchModel.folder(given: model, cache: modelCache, tokenizerFrom: tokenizerFrom)
+        let big = try weights.folder()
         for format in q8 ? [WeightFormat.f32, .q8] : [.f32] {
             let m = try TransformerModel.load(from: big, weightFormat: format)
             let cost = try stepCost(m)

@@ -11,11 +11,7 @@ struct TrainBench: AsyncParsableCommand {
         commandName: "train",
         abstract: "Policy training step (forward + backward) tokens/s, LoRA and full, against PyTorch in the same run.")
 
-    @Option(help: "Checkpoint folder (default: a Qwen2.5-0.5B-shaped random F32 model, created once).") var model: String?
-    @Option(name: .customLong("model-cache"), help: "Where the default model is written.") var modelCache =
-        "/tmp/prompt-r1-bench/qwen2.5-0.5b-shape"
-    @Option(name: .customLong("tokenizer-from"), help: "Tokenizer files copied next to the default model.") var tokenizerFrom =
-        "Tests/Fixtures/models/qwen3-tiny"
+    @OptionGroup var weights: BenchModelOptions
     @Option(help: "OpenBLAS threads (and torch threads).") var threads = 2
     @Option(help: "Sequence length of the step.") var tokens = 256
     @Option(help: "Timed steps per mode (median reported), after one warm-up step.") var runs = 3
@@ -32,7 +28,7 @@ struct TrainBench: AsyncParsableCommand {
     func run() async throws {
         BLASThreads.set(threads)
         let core = BLASCore.selectOptimizedCore() ?? "?"
-        let dir = try BenchModel.folder(given: model, cache: modelCache, tokenizerFrom: tokenizerFrom)
+        let dir = try weights.folder()
         let modeList = modes.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }
         let T = tokens
         // The loss weights: the first quarter is "prompt" (weight 0), the rest "completion".
