@@ -7,20 +7,9 @@ import XCTest
 /// The trained fixture policy's greedy protocol episodes, with the prefix cache (protocol prefix pre-filled
 /// as at policy load) and without: every token and log-prob the same, and the cache really used.
 final class PrefixCacheEpisodeTests: XCTestCase {
-    struct Cases: Decodable {
-        struct Case: Decodable {
-            var question: String
-            var upstream_answers: [String]
-        }
-        var cases: [Case]
-    }
-
     func testGreedyEpisodesAreTokenIdenticalWithTheCache() async throws {
-        let fixtures = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
-            .appendingPathComponent("Fixtures")
-        let dir = fixtures.appendingPathComponent("models/promptr1-tiny")
-        let cases = try JSONDecoder().decode(
-            Cases.self, from: Data(contentsOf: fixtures.appendingPathComponent("reference/promptr1-tiny-episodes.json")))
+        let dir = TinyPolicyFixture.directory
+        let cases = try TinyPolicyFixture.cases()
         let model = try TransformerModel.load(from: dir)
         let tokenizer = try Tokenizer(directory: dir)
         let plain = try EnginePolicy(directory: dir, model: model, tokenizer: tokenizer, prefixCacheBytes: 0)
@@ -33,18 +22,14 @@ final class PrefixCacheEpisodeTests: XCTestCase {
         let pinned = try cached.prefillProtocolPrefix()
         let fixed = tokenizer.encode(EnginePolicy.protocolFixedPrefix)
         XCTAssertGreaterThan(pinned, fixed.count - 2, "the fixed prefix but at most its last token")
-        XCTAssertTrue(tokenizer.encode(PromptR1Prompt.firstPrompt(question: cases.cases[0].question)).starts(with: fixed[..<pinned]))
+        XCTAssertTrue(tokenizer.encode(PromptR1Prompt.firstPrompt(question: cases[0].question)).starts(with: fixed[..<pinned]))
 
-        func episode(_ policy: EnginePolicy, _ c: Cases.Case) async -> Episode {
-            let loop = CollaborationLoop(
-                options: .init(limits: .init(maxTurns: 5, maxTokensPerTurn: 200)),
-                upstream: ScriptedUpstream(c.upstream_answers.map { .text($0) }),
-                makeSession: policy.factory(sampling: .greedy))
-            return await loop.run(question: c.question)
+        func episode(_ policy: EnginePolicy, _ c: TinyPolicyFixture.Case) async -> Episode {
+            await TinyPolicyFixture.episode(policy, c, sampling: .greedy)
         }
         var firstPromptTokens = 0
         // Each question twice: the second time is a retry that copies the whole first prompt.
-        for c in cases.cases + cases.cases {
+        for c in cases + cases {
             let a = await episode(plain, c)
             let b = await episode(cached, c)
             XCTAssertEqual(a.tokenIDs, b.tokenIDs, c.question)
@@ -58,6 +43,6 @@ final class PrefixCacheEpisodeTests: XCTestCase {
         XCTAssertEqual(p.cached, 0)
         XCTAssertEqual(p.computed, q.cached + q.computed, "every prompt token is counted once")
         // The pinned prefix of every first prompt, then the whole first prompt (but its last token) of each retry.
-        XCTAssertGreaterThanOrEqual(q.cached, cases.cases.count * (pinned - 1) + firstPromptTokens / 2)
+        XCTAssertGreaterThanOrEqual(q.cached, cases.count * (pinned - 1) + firstPromptTokens / 2)
     }
 }

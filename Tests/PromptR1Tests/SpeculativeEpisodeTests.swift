@@ -8,33 +8,12 @@ import XCTest
 /// token-identical to ordinary decoding (float32 and 8-bit), sampled episodes log the model's own
 /// log-probs, and the acceptance rate is measured (docs/performance.md quotes it).
 final class SpeculativeEpisodeTests: XCTestCase {
-    struct Cases: Decodable {
-        struct Case: Decodable {
-            var question: String
-            var upstream_answers: [String]
-        }
-        var cases: [Case]
-    }
-
-    let fixtures = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
-        .appendingPathComponent("Fixtures")
-
-    private func cases() throws -> [Cases.Case] {
-        try JSONDecoder().decode(
-            Cases.self, from: Data(contentsOf: fixtures.appendingPathComponent("reference/promptr1-tiny-episodes.json"))
-        ).cases
-    }
-
-    private func episode(_ policy: EnginePolicy, _ c: Cases.Case, sampling: SamplingParameters) async -> Episode {
-        let loop = CollaborationLoop(
-            options: .init(limits: .init(maxTurns: 5, maxTokensPerTurn: 200)),
-            upstream: ScriptedUpstream(c.upstream_answers.map { .text($0) }),
-            makeSession: policy.factory(sampling: sampling))
-        return await loop.run(question: c.question)
+    private func episode(_ policy: EnginePolicy, _ c: TinyPolicyFixture.Case, sampling: SamplingParameters) async -> Episode {
+        await TinyPolicyFixture.episode(policy, c, sampling: sampling)
     }
 
     func testGreedyEpisodesAreTokenIdenticalAndDraftsAreAccepted() async throws {
-        let dir = fixtures.appendingPathComponent("models/promptr1-tiny")
+        let dir = TinyPolicyFixture.directory
         let tokenizer = try Tokenizer(directory: dir)
         for format in [WeightFormat.f32, .q8] {
             let model = try TransformerModel.load(from: dir, weightFormat: format)
@@ -45,7 +24,7 @@ final class SpeculativeEpisodeTests: XCTestCase {
                 fast.shutdown()
             }
             var generated = 0
-            for c in try cases() {
+            for c in try TinyPolicyFixture.cases() {
                 let a = await episode(plain, c, sampling: .greedy)
                 let b = await episode(fast, c, sampling: .greedy)
                 XCTAssertEqual(a.tokenIDs, b.tokenIDs, "\(format) \(c.question)")
@@ -71,12 +50,12 @@ final class SpeculativeEpisodeTests: XCTestCase {
     /// Sampled at temperature 1 (the sampling distribution is the model's), every logged policy log-prob is
     /// the one a plain forward pass over the whole episode gives.
     func testSampledEpisodesLogTheModelsLogprobs() async throws {
-        let dir = fixtures.appendingPathComponent("models/promptr1-tiny")
+        let dir = TinyPolicyFixture.directory
         let model = try TransformerModel.load(from: dir)
         let policy = try EnginePolicy(
             directory: dir, model: model, tokenizer: try Tokenizer(directory: dir), speculation: PromptLookup())
         defer { policy.shutdown() }
-        for (k, c) in try cases().enumerated() {
+        for (k, c) in try TinyPolicyFixture.cases().enumerated() {
             let e = await episode(policy, c, sampling: SamplingParameters(temperature: 1, seed: UInt64(k + 1)))
             let ids = e.tokenIDs
             let mask = e.lossMask
