@@ -118,8 +118,8 @@ public final class GatewayMetrics: Sendable {
 
     func swapped() { swaps.increment() }
 
-    /// The policy engine's prompt tokens (see `BatchScheduler.onPrefill`).
-    /// Counts an embedded policy's prompt and draft tokens from now on (every policy that will serve, whatever loaded it).
+    /// Counts an embedded policy's prompt and draft tokens from now on (every policy that will serve, whatever
+    /// loaded it).
     func observeEngine(of policy: LoadedPolicy) {
         policy.embedded?.scheduler.onPrefill = policyPrefill
         policy.embedded?.scheduler.onDraft = policyDrafts
@@ -131,6 +131,7 @@ public final class GatewayMetrics: Sendable {
         if drafted > accepted { draftRejected.increment(by: Int64(drafted - accepted)) }
     }
 
+    /// The policy engine's prompt tokens (see `BatchScheduler.onPrefill`).
     @Sendable func policyPrefill(cached: Int, computed: Int) {
         if cached > 0 { prefillCached.increment(by: Int64(cached)) }
         if computed > 0 { prefillComputed.increment(by: Int64(computed)) }

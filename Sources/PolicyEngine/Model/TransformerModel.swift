@@ -512,9 +512,10 @@ private struct PrefillAttention: @unchecked Sendable {
     }
 }
 
-/// Attention of a step's decode rows and rows of short chunks (see `rowWiseAttention`), one layer at a time (raw pointers for the compute threads;
-/// the caller waits for them). Part `p` uses scores[p * scoreStride ..< (p + 1) * scoreStride]. For each row,
-/// the nRep query heads sharing a KV head form one [nRep, hd] matrix.
+/// Attention of a step's decode rows and of the rows of short chunks (see `rowWiseAttention`), one layer at a
+/// time (raw pointers for the compute threads; the caller waits for them). Part `p` uses
+/// scores[p * scoreStride ..< (p + 1) * scoreStride]. For each row, the nRep query heads sharing a KV head form
+/// one [nRep, hd] matrix.
 private struct DecodeAttention: @unchecked Sendable {
     let q: UnsafeMutablePointer<Float>, att: UnsafeMutablePointer<Float>, scores: UnsafeMutablePointer<Float>
     let scoreStride: Int
