@@ -77,45 +77,13 @@ static void gemm_portable(const int8_t *w, const float *wscales, int cols, int b
 
 #ifdef CQ8_X86
 
-#define CQ8_TILE CQ8_MR
-#define CQ8_GEMM_NAME gemm_avx2
-#define CQ8_GEMM_TARGET "avx2,fma"
-#define CQ8_GEMM_VNNI 0
-#include "gemm_kernel.h"
-#undef CQ8_GEMM_NAME
-#undef CQ8_GEMM_TARGET
-#undef CQ8_GEMM_VNNI
-
-#define CQ8_GEMM_NAME gemm_vnni
-#define CQ8_GEMM_TARGET "avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni"
-#define CQ8_GEMM_VNNI 1
-#include "gemm_kernel.h"
-#undef CQ8_GEMM_NAME
-#undef CQ8_GEMM_TARGET
-#undef CQ8_GEMM_VNNI
-#undef CQ8_TILE
-
-// One activation row (single-sequence decode): the same per-row float operations, so the same results.
+// One kernel per instruction set and tile height (gemm_avx2_t<N>, gemm_vnni_t<N>): CQ8_MR rows for prefill
+// and batches; exactly 1 to 5 rows for a step with that many (a decode row, with the draft tokens of
+// speculative decoding), instead of the CQ8_MR-row tile computing the missing rows as zero padding. Every
+// height does the same per-row float operations, so a row's result does not depend on it.
 #define CQ8_TILE 1
-#define CQ8_GEMM_NAME gemm_avx2_row
-#define CQ8_GEMM_TARGET "avx2,fma"
-#define CQ8_GEMM_VNNI 0
-#include "gemm_kernel.h"
-#undef CQ8_GEMM_NAME
-#undef CQ8_GEMM_TARGET
-#undef CQ8_GEMM_VNNI
-
-#define CQ8_GEMM_NAME gemm_vnni_row
-#define CQ8_GEMM_TARGET "avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni"
-#define CQ8_GEMM_VNNI 1
-#include "gemm_kernel.h"
-#undef CQ8_GEMM_NAME
-#undef CQ8_GEMM_TARGET
-#undef CQ8_GEMM_VNNI
+#include "gemm_tiles.h"
 #undef CQ8_TILE
-
-// 2 to 5 activation rows (a decode row with the draft tokens of speculative decoding): a tile of exactly that
-// height, instead of the 6-row tile computing the missing rows as zero padding.
 #define CQ8_TILE 2
 #include "gemm_tiles.h"
 #undef CQ8_TILE
@@ -128,12 +96,16 @@ static void gemm_portable(const int8_t *w, const float *wscales, int cols, int b
 #define CQ8_TILE 5
 #include "gemm_tiles.h"
 #undef CQ8_TILE
+#define CQ8_TILE 6
+#include "gemm_tiles.h"
+#undef CQ8_TILE
+_Static_assert(CQ8_MR == 6, "the full tile is instantiated as gemm_*_t6");
 
 typedef void (*cq8_kernel)(const int8_t *, const float *, const int32_t *, int, int, int, int, int, const int8_t *,
                            const uint8_t *, const uint8_t *, const float *, int, int, float *, int, int);
 // Kernels by activation rows, for fewer rows than CQ8_MR.
-static const cq8_kernel small_vnni[CQ8_MR] = {0, gemm_vnni_row, gemm_vnni_t2, gemm_vnni_t3, gemm_vnni_t4, gemm_vnni_t5};
-static const cq8_kernel small_avx2[CQ8_MR] = {0, gemm_avx2_row, gemm_avx2_t2, gemm_avx2_t3, gemm_avx2_t4, gemm_avx2_t5};
+static const cq8_kernel small_vnni[CQ8_MR] = {0, gemm_vnni_t1, gemm_vnni_t2, gemm_vnni_t3, gemm_vnni_t4, gemm_vnni_t5};
+static const cq8_kernel small_avx2[CQ8_MR] = {0, gemm_avx2_t1, gemm_avx2_t2, gemm_avx2_t3, gemm_avx2_t4, gemm_avx2_t5};
 
 #endif  // CQ8_X86
 
@@ -195,7 +167,7 @@ void cq8_gemm(const int8_t *w, const float *wscales, const int32_t *wsums, int c
             small_vnni[nx](w, wscales, wsums, cols, block, nrows, g0, g1, xq, xa, xu, xscales, nx, nx, y, ldy, accumulate);
             return;
         }
-        gemm_vnni(w, wscales, wsums, cols, block, nrows, g0, g1, xq, xa, xu, xscales, nx, cq8_padded_rows(nx), y, ldy,
+        gemm_vnni_t6(w, wscales, wsums, cols, block, nrows, g0, g1, xq, xa, xu, xscales, nx, cq8_padded_rows(nx), y, ldy,
                   accumulate);
         return;
     case CQ8_LEVEL_AVX2:
@@ -203,7 +175,7 @@ void cq8_gemm(const int8_t *w, const float *wscales, const int32_t *wsums, int c
             small_avx2[nx](w, wscales, wsums, cols, block, nrows, g0, g1, xq, xa, xu, xscales, nx, nx, y, ldy, accumulate);
             return;
         }
-        gemm_avx2(w, wscales, wsums, cols, block, nrows, g0, g1, xq, xa, xu, xscales, nx, cq8_padded_rows(nx), y, ldy,
+        gemm_avx2_t6(w, wscales, wsums, cols, block, nrows, g0, g1, xq, xa, xu, xscales, nx, cq8_padded_rows(nx), y, ldy,
                   accumulate);
         return;
 #endif

@@ -1,4 +1,4 @@
-// The body of the packed int8 GEMM, included once per instruction set and tile height by cq8.c with
+// The body of the packed int8 GEMM, included once per instruction set and tile height (by gemm_tiles.h) with
 //   CQ8_GEMM_NAME    function name
 //   CQ8_TILE         activation rows per register tile (CQ8_MR for prefill and batches; 1 to 5 for exactly that
 //                    many rows, which would otherwise multiply rows of zero padding)

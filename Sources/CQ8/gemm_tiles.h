@@ -1,4 +1,4 @@
-// The AVX2 and VNNI kernels of one small tile height, included by cq8.c with CQ8_TILE defined (2 to 5):
+// The AVX2 and VNNI kernels of one tile height, included by cq8.c with CQ8_TILE defined (1 to CQ8_MR):
 // gemm_avx2_t<CQ8_TILE> and gemm_vnni_t<CQ8_TILE>.
 #define CQ8_CAT_(a, b) a##b
 #define CQ8_CAT(a, b) CQ8_CAT_(a, b)
